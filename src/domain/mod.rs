@@ -1,0 +1,177 @@
+//! Plain domain types parsed once at the edge: MAC addresses and client
+//! architectures. No I/O lives here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An Ethernet hardware address. The canonical text form is lower-case,
+/// colon-separated (`52:54:00:12:34:56`); parsing also accepts `-` separators
+/// and upper case, because iPXE's `${mac:hexhyp}` and operators write both.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// Takes the first six bytes of a `chaddr`; `None` if there are fewer.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        let six: [u8; 6] = bytes.get(..6)?.try_into().ok()?;
+        Some(Self(six))
+    }
+
+    /// `52-54-00-12-34-56`, the form iPXE's `${mac:hexhyp}` produces.
+    pub fn hyphenated(&self) -> String {
+        self.to_string().replace(':', "-")
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid MAC address {0:?}: expected six hex octets like 52:54:00:12:34:56")]
+pub struct MacParseError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || MacParseError(s.to_string());
+        let mut out = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in out.iter_mut() {
+            let part = parts.next().ok_or_else(err)?;
+            if part.len() != 2 {
+                return Err(err());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
+        }
+        if parts.next().is_some() {
+            return Err(err());
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Client system architecture, DHCP option 93 (RFC 4578 and the IANA
+/// "Processor Architecture Types" registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arch {
+    /// 0: x86 BIOS (legacy PXE).
+    BiosX86,
+    /// 6: IA32 UEFI.
+    EfiIa32,
+    /// 7 and 9: x64 UEFI (9 is "EFI BC", seen on older firmware).
+    EfiX64,
+    /// 10: ARM32 UEFI.
+    EfiArm32,
+    /// 11: ARM64 UEFI.
+    EfiArm64,
+    /// 15: x86 UEFI HTTP boot.
+    HttpIa32,
+    /// 16: x64 UEFI HTTP boot.
+    HttpX64,
+    /// 19: ARM64 UEFI HTTP boot.
+    HttpArm64,
+    /// Anything else, kept so it can be logged and recorded.
+    Other(u16),
+}
+
+impl Arch {
+    pub fn from_code(code: u16) -> Self {
+        match code {
+            0 => Arch::BiosX86,
+            6 => Arch::EfiIa32,
+            7 | 9 => Arch::EfiX64,
+            10 => Arch::EfiArm32,
+            11 => Arch::EfiArm64,
+            15 => Arch::HttpIa32,
+            16 => Arch::HttpX64,
+            19 => Arch::HttpArm64,
+            other => Arch::Other(other),
+        }
+    }
+
+    /// Short stable name, as stored in the database and shown to operators.
+    pub fn name(&self) -> String {
+        match self {
+            Arch::BiosX86 => "bios".into(),
+            Arch::EfiIa32 => "efi-ia32".into(),
+            Arch::EfiX64 => "efi-x64".into(),
+            Arch::EfiArm32 => "efi-arm32".into(),
+            Arch::EfiArm64 => "efi-arm64".into(),
+            Arch::HttpIa32 => "http-ia32".into(),
+            Arch::HttpX64 => "http-x64".into(),
+            Arch::HttpArm64 => "http-arm64".into(),
+            Arch::Other(code) => format!("arch-{code}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_both_separators_and_prints_canonical() {
+        let a: MacAddr = "52:54:00:AB:cd:01".parse().unwrap();
+        let b: MacAddr = "52-54-00-ab-cd-01".parse().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.to_string(), "52:54:00:ab:cd:01");
+        assert_eq!(a.hyphenated(), "52-54-00-ab-cd-01");
+    }
+
+    #[test]
+    fn mac_rejects_malformed() {
+        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "5:54:00:ab:cd:01", "zz:54:00:ab:cd:01"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn arch_codes_follow_the_registry() {
+        let table = [
+            (0, Arch::BiosX86),
+            (6, Arch::EfiIa32),
+            (7, Arch::EfiX64),
+            (9, Arch::EfiX64),
+            (10, Arch::EfiArm32),
+            (11, Arch::EfiArm64),
+            (15, Arch::HttpIa32),
+            (16, Arch::HttpX64),
+            (19, Arch::HttpArm64),
+            (42, Arch::Other(42)),
+        ];
+        for (code, arch) in table {
+            assert_eq!(Arch::from_code(code), arch, "code {code}");
+        }
+    }
+}

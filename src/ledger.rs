@@ -1,0 +1,110 @@
+//! The boot ledger: every step a machine takes (DHCP, TFTP, …) as an event.
+//!
+//! Architecture invariant: the packet paths never wait on SQLite. They hand
+//! events to [`Ledger::record`], which only pushes onto a bounded queue; the
+//! writer task in `store::writer` drains it and commits in batches. When the
+//! queue is full the event is dropped and counted (`ledger_dropped`), because
+//! answering a booting machine matters more than recording that it asked.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::domain::{Arch, MacAddr};
+use crate::metrics::Metrics;
+
+/// One thing worth writing down.
+#[derive(Debug, Clone)]
+pub enum Record {
+    /// A machine was seen sending a PXE (or otherwise answered) request:
+    /// upsert its facts.
+    MachineSeen(MachineFacts),
+    /// A step of a boot.
+    Event(Event),
+    /// A lease changed: persist it.
+    Lease(LeaseRecord),
+}
+
+/// What a DHCP request tells us about the machine behind it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MachineFacts {
+    pub mac: Option<MacAddr>,
+    pub uuid: Option<String>,
+    pub arch: Option<Arch>,
+    /// The client class: `pxe`, `ipxe`, `http`, … (see `dhcp::classify`).
+    pub firmware: Option<String>,
+    pub vendor_class: Option<String>,
+    pub user_class: Option<String>,
+    pub hostname: Option<String>,
+    pub circuit_id: Option<String>,
+    pub remote_id: Option<String>,
+    pub relay: Option<IpAddr>,
+    pub at_ms: i64,
+}
+
+/// A ledger event: one step of one machine's boot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub at_ms: i64,
+    pub mac: Option<MacAddr>,
+    pub ip: Option<IpAddr>,
+    /// `dhcp.offer`, `dhcp.ack`, `dhcp.nak`, `dhcp.decline`, `dhcp.release`,
+    /// `tftp.complete`, `tftp.failed`, …
+    pub step: &'static str,
+    /// Free-form, JSON-serialisable detail (file name, bootfile, reason).
+    pub detail: serde_json::Value,
+    pub bytes: Option<u64>,
+}
+
+/// The persisted form of a lease change.
+#[derive(Debug, Clone)]
+pub struct LeaseRecord {
+    pub ip: std::net::Ipv4Addr,
+    pub mac: Option<MacAddr>,
+    /// `bound`, `declined`, or `free` (delete the row).
+    pub state: &'static str,
+    pub expires_at_ms: i64,
+    pub hostname: Option<String>,
+}
+
+/// Cheap, cloneable handle the protocol servers use to record.
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Record>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ledger {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Record>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx, metrics }, rx)
+    }
+
+    /// Never blocks: a full queue drops the record and counts it.
+    pub fn record(&self, record: Record) {
+        if self.tx.try_send(record).is_err() {
+            Metrics::inc(&self.metrics.ledger_dropped);
+        }
+    }
+
+    pub fn event(
+        &self,
+        mac: Option<MacAddr>,
+        ip: Option<IpAddr>,
+        step: &'static str,
+        detail: serde_json::Value,
+        bytes: Option<u64>,
+    ) {
+        self.record(Record::Event(Event { at_ms: now_ms(), mac, ip, step, detail, bytes }));
+    }
+}
+
+/// Milliseconds since the Unix epoch, the time unit of every stored timestamp.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
