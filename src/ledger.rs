@@ -97,7 +97,14 @@ impl Ledger {
         detail: serde_json::Value,
         bytes: Option<u64>,
     ) {
-        self.record(Record::Event(Event { at_ms: now_ms(), mac, ip, step, detail, bytes }));
+        self.record(Record::Event(Event {
+            at_ms: now_ms(),
+            mac,
+            ip,
+            step,
+            detail,
+            bytes,
+        }));
     }
 }
 

@@ -151,7 +151,13 @@ mod tests {
 
     #[test]
     fn mac_rejects_malformed() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:01:02", "5:54:00:ab:cd:01", "zz:54:00:ab:cd:01"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:01:02",
+            "5:54:00:ab:cd:01",
+            "zz:54:00:ab:cd:01",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -1,6 +1,25 @@
 //! TFTP server (read-only, octet mode) for iPXE binaries and generated files.
 //!
-//! Being written; see the module contract in `server.rs` once it lands.
+//! What it owns: answering read requests on the socket `app` binds, with RFC
+//! 2347 options (blksize 2348, tsize and timeout 2349, windowsize 7440), from
+//! two sources: files the server generates ([`GeneratedFiles`], looked up
+//! first) and regular files under [`TftpConfig::root`].
+//!
+//! Code map:
+//! - [`codec`]: packets to and from bytes; pure.
+//! - [`options`]: option negotiation; pure.
+//! - `path`: name sanitising (pure) and confinement under the root.
+//! - `transfer`: one transfer's state machine (windows, retransmission,
+//!   block-number rollover) on its own socket.
+//! - `server`: the listen loop, refusals, the transfer cap, ledger and
+//!   metrics.
+//! - `net`: IP_PKTINFO and path-MTU details.
+//!
+//! Architecture invariants: no writes (WRQ is refused) and no listing; no
+//! path outside the canonical root is ever opened, symlinks included; error
+//! packets never contain a server path; no packet path waits on SQLite
+//! (completion and failure go through [`Ledger`]). Deliberately absent:
+//! netascii (refused: every boot file is binary), multicast (RFC 2090).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -11,18 +30,30 @@ use crate::domain::MacAddr;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
+pub mod codec;
+mod net;
+pub mod options;
+mod path;
+mod server;
+mod transfer;
+
+pub use server::run;
+
 /// Validated TFTP settings (built by `config`).
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
     /// Directory served; every path is confined to it after resolving symlinks.
     pub root: PathBuf,
-    /// Upper bound on negotiated blksize (further capped by the interface MTU).
+    /// Upper bound on negotiated blksize (further capped by the path MTU
+    /// minus 32 when the kernel knows it; 1468 suits a 1500-byte Ethernet).
     pub max_blksize: u16,
-    /// Upper bound on negotiated windowsize (RFC 7440).
+    /// Upper bound on negotiated windowsize (RFC 7440). tftp-hpa clients
+    /// fail above 64; gains level off around 16–64.
     pub max_windowsize: u16,
-    /// Transfers running at once; requests beyond it get an error packet.
+    /// Transfers running at once; requests beyond it get ERROR 0 "server busy".
     pub max_transfers: usize,
-    /// Initial retransmission timeout (clients may negotiate their own).
+    /// Initial retransmission timeout (clients may negotiate their own);
+    /// doubled per retry, up to 8×.
     pub timeout: Duration,
     /// Retransmissions of one block/window before a transfer is abandoned.
     pub retries: u32,
@@ -30,6 +61,9 @@ pub struct TftpConfig {
 
 /// Files produced by the server itself (per-machine GRUB configs, …) that
 /// TFTP serves next to the files in `root`. Looked up before the disk.
+///
+/// `path` is the sanitised request: relative, `/`-separated, no leading `/`,
+/// no `.` or `..` components (`/grub\grub.cfg` arrives as `grub/grub.cfg`).
 pub trait GeneratedFiles: Send + Sync {
     fn get(&self, path: &str, client: SocketAddr) -> Option<Arc<[u8]>>;
 }
@@ -42,6 +76,9 @@ pub type ClientLookup = Arc<dyn Fn(IpAddr) -> Option<MacAddr> + Send + Sync>;
 pub struct TftpState {
     pub config: TftpConfig,
     pub generated: Option<Arc<dyn GeneratedFiles>>,
+    /// Receives `tftp.complete`, `tftp.failed` (with a reason) and
+    /// `tftp.aborted` (the client ended the transfer right after the OACK,
+    /// as PXE ROMs do to learn `tsize`).
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
     pub lookup: ClientLookup,
