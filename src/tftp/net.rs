@@ -160,3 +160,31 @@ pub fn path_mtu(local: IpAddr, peer: SocketAddr) -> Option<usize> {
 pub fn path_mtu(_local: IpAddr, _peer: SocketAddr) -> Option<usize> {
     None
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wildcard_listener_learns_the_destination_address() {
+        let socket = UdpSocket::bind("0.0.0.0:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let listener = Listener::new(&socket).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"hello", ("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 64];
+        let rx = tokio::time::timeout(std::time::Duration::from_secs(5), listener.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..rx.len], b"hello");
+        assert_eq!(rx.from, client.local_addr().unwrap());
+        assert_eq!(rx.local, Some("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn loopback_path_mtu_is_known() {
+        let mtu = path_mtu("127.0.0.1".parse().unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert!(mtu.is_some_and(|m| m >= 1500), "{mtu:?}");
+    }
+}

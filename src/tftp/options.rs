@@ -101,10 +101,12 @@ mod tests {
         );
     }
 
+    type Pairs = &'static [(&'static str, &'static str)];
+
     #[test]
     fn table_of_requests() {
         // (requested, blksize, windowsize, timeout s, oack)
-        let table: &[(&[(&str, &str)], usize, u16, u64, &[(&str, &str)])] = &[
+        let table: &[(Pairs, usize, u16, u64, Pairs)] = &[
             (&[("blksize", "1468")], 1468, 1, 2, &[("blksize", "1468")]),
             (&[("blksize", "1432")], 1432, 1, 2, &[("blksize", "1432")]),
             // Capped to the limit, answered with the lower value.
