@@ -28,6 +28,8 @@ pub struct Negotiated {
     pub blksize: usize,
     pub windowsize: u16,
     pub timeout: Duration,
+    /// Whether the client chose `timeout` (RFC 2349) rather than the default.
+    pub timeout_negotiated: bool,
     /// Options acknowledged, in request order; empty means "send no OACK".
     pub oack: Vec<(String, String)>,
 }
@@ -42,6 +44,7 @@ pub fn negotiate(requested: &[(String, String)], limits: Limits, file_size: u64)
         blksize: DEFAULT_BLKSIZE,
         windowsize: 1,
         timeout: limits.default_timeout,
+        timeout_negotiated: false,
         oack: Vec::new(),
     };
     let max_blksize = limits.max_blksize.clamp(MIN_BLKSIZE, MAX_BLKSIZE);
@@ -58,6 +61,7 @@ pub fn negotiate(requested: &[(String, String)], limits: Limits, file_size: u64)
             }
             ("timeout", Some(n)) if (1..=255).contains(&n) => {
                 out.timeout = Duration::from_secs(n);
+                out.timeout_negotiated = true;
                 n.to_string()
             }
             // RFC 2349: in a read request the client sends 0 and the server
@@ -96,6 +100,7 @@ mod tests {
                 blksize: 512,
                 windowsize: 1,
                 timeout: Duration::from_secs(2),
+                timeout_negotiated: false,
                 oack: vec![]
             }
         );
@@ -147,6 +152,8 @@ mod tests {
             assert_eq!(n.blksize, *blksize, "{requested:?}");
             assert_eq!(n.windowsize, *windowsize, "{requested:?}");
             assert_eq!(n.timeout, Duration::from_secs(*timeout), "{requested:?}");
+            let asked_timeout = oack.iter().any(|(name, _)| *name == "timeout");
+            assert_eq!(n.timeout_negotiated, asked_timeout, "{requested:?}");
             assert_eq!(n.oack, req(oack), "{requested:?}");
         }
     }

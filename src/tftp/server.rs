@@ -32,6 +32,7 @@ use super::options::{negotiate, Limits};
 use super::path::{open_under_root, sanitize, PathError};
 use super::transfer::{Params, Source, Transfer, TransferError};
 use super::TftpState;
+use crate::domain::MacAddr;
 use crate::metrics::Metrics;
 
 /// Bytes of IPv4 + UDP + TFTP headers: blksize is capped to MTU minus this.
@@ -129,11 +130,18 @@ impl Server<'_> {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         });
-        let span = tracing::info_span!("tftp", client = %rx.from, file = %request.filename);
+        let mac = (self.state.lookup)(rx.from.ip());
+        let span = tracing::info_span!(
+            "tftp",
+            client = %rx.from,
+            mac = mac.map(tracing::field::display),
+            file = %request.filename,
+        );
         let job = Job {
             state: Arc::clone(&self.state),
             request,
             client: rx.from,
+            mac,
             local,
             shutdown: self.shutdown.clone(),
             _permit: permit,
@@ -145,7 +153,8 @@ impl Server<'_> {
     fn refuse(&self, to: SocketAddr, request: &Request, code: ErrorCode, message: &str) {
         Metrics::inc(&self.state.metrics.tftp_refused);
         tracing::info!(client = %to, file = %request.filename, reason = message, "TFTP request refused");
-        record_failure(&self.state, to, &request.filename, message);
+        let mac = (self.state.lookup)(to.ip());
+        record_failure(&self.state, mac, to, &request.filename, message);
         let packet = Packet::Error {
             code,
             message: message.to_string(),
@@ -157,8 +166,13 @@ impl Server<'_> {
     }
 }
 
-fn record_failure(state: &TftpState, client: SocketAddr, file: &str, reason: &str) {
-    let mac = (state.lookup)(client.ip());
+fn record_failure(
+    state: &TftpState,
+    mac: Option<MacAddr>,
+    client: SocketAddr,
+    file: &str,
+    reason: &str,
+) {
     let detail = json!({ "file": file, "reason": reason });
     state
         .ledger
@@ -170,6 +184,8 @@ struct Job {
     state: Arc<TftpState>,
     request: Request,
     client: SocketAddr,
+    /// From `state.lookup`, once, when the request arrived.
+    mac: Option<MacAddr>,
     local: IpAddr,
     shutdown: CancellationToken,
     /// Held for the life of the transfer: frees a slot when dropped.
@@ -185,6 +201,7 @@ impl Job {
                 Metrics::inc(&self.state.metrics.tftp_failed);
                 return record_failure(
                     &self.state,
+                    self.mac,
                     self.client,
                     &self.request.filename,
                     "no socket",
@@ -244,6 +261,7 @@ impl Job {
             blksize: negotiated.blksize,
             windowsize: negotiated.windowsize,
             timeout: negotiated.timeout,
+            backoff: !negotiated.timeout_negotiated,
             retries: config.retries,
             oack: negotiated.oack,
         }
@@ -254,6 +272,7 @@ impl Job {
         tracing::info!(reason = %err, "TFTP request refused");
         record_failure(
             &self.state,
+            self.mac,
             self.client,
             &self.request.filename,
             &err.to_string(),
@@ -275,8 +294,7 @@ impl Job {
         windowsize: u16,
         result: Result<u64, TransferError>,
     ) {
-        let (metrics, ip) = (&self.state.metrics, self.client.ip());
-        let mac = (self.state.lookup)(ip);
+        let (metrics, ip, mac) = (&self.state.metrics, self.client.ip(), self.mac);
         match result {
             Ok(bytes) => {
                 Metrics::inc(&metrics.tftp_completed);

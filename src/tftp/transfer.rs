@@ -42,6 +42,10 @@ pub struct Params {
     pub blksize: usize,
     pub windowsize: u16,
     pub timeout: Duration,
+    /// Double the timeout per retry (up to 8×). Off when the client chose
+    /// the timeout: it asked for that interval, and 255 s with backoff would
+    /// hold a transfer slot for hours.
+    pub backoff: bool,
     pub retries: u32,
     /// Options to acknowledge first; empty: start with DATA 1 directly.
     pub oack: Vec<(String, String)>,
@@ -166,7 +170,12 @@ impl Transfer {
                 tracing::debug!(attempt, "retransmitting after timeout");
                 self.send_flight(flight).await?;
             }
-            let wait = self.params.timeout * (1 << attempt.min(MAX_BACKOFF_SHIFT));
+            let shift = if self.params.backoff {
+                attempt.min(MAX_BACKOFF_SHIFT)
+            } else {
+                0
+            };
+            let wait = self.params.timeout * (1 << shift);
             if let Some(acked) = self.recv_ack_until(flight, Instant::now() + wait).await? {
                 return Ok(acked);
             }
