@@ -1,0 +1,740 @@
+//! Configuration: one TOML file, `IRONBOOT_*` environment variables and
+//! command-line flags, merged in that order (later wins) and validated into
+//! typed settings.
+//!
+//! Only `main` and this module read files, flags or the environment. Every
+//! error names the key it is about (`dhcp.subnet[0].range: …`), and figment
+//! adds where the value came from (file, environment variable, flag).
+//!
+//! Environment variables map to keys with `__` as the separator:
+//! `IRONBOOT_DHCP__MODE=full` sets `dhcp.mode`, `IRONBOOT_DATA_DIR` sets
+//! `data_dir`. Values are parsed as TOML values when they parse (numbers,
+//! booleans, arrays), else taken as strings. Only variables whose first key is
+//! a config section are read, so `IRONBOOT_TOKEN` and friends never clash.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::MacAddr;
+use crate::tftp::TftpConfig;
+
+/// Top-level keys; environment variables outside these are not config.
+const SECTIONS: &[&str] = &[
+    "data_dir",
+    "server_ip",
+    "log_format",
+    "http",
+    "tftp",
+    "dhcp",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("--set {0:?}: expected KEY=VALUE, e.g. --set dhcp.mode=full")]
+    BadSet(String),
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file's shape (what serde reads). Defaults are the embedded defaults.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// SQLite database and (later) the image store live here.
+    pub data_dir: PathBuf,
+    /// The address clients are told (next-server, URLs). Defaults to the
+    /// first boot interface's IPv4 address, else the host's first
+    /// non-loopback IPv4 address.
+    pub server_ip: Option<Ipv4Addr>,
+    pub log_format: LogFormat,
+    pub http: RawHttp,
+    pub tftp: RawTftp,
+    pub dhcp: RawDhcp,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./ironboot-data"),
+            server_ip: None,
+            log_format: LogFormat::Human,
+            http: RawHttp::default(),
+            tftp: RawTftp::default(),
+            dhcp: RawDhcp::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub listen: SocketAddr,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTftp {
+    /// `false` turns the TFTP server off (an external one serves the files).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    pub ipxe_dir: PathBuf,
+    pub max_blksize: u16,
+    pub max_windowsize: u16,
+    pub max_transfers: usize,
+    pub timeout: String,
+    pub retries: u32,
+}
+
+impl Default for RawTftp {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "0.0.0.0:69".parse().unwrap(),
+            ipxe_dir: PathBuf::from("/usr/lib/ipxe"),
+            max_blksize: 1468,
+            max_windowsize: 64,
+            max_transfers: 512,
+            timeout: "1s".into(),
+            retries: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhcpMode {
+    /// Hand out addresses from subnets and reservations, plus boot options.
+    Full,
+    /// Boot options only; another server owns addresses (also UDP 4011).
+    Proxy,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDhcp {
+    pub mode: DhcpMode,
+    /// Interfaces to serve on (one socket each, bound to the device). Empty:
+    /// one socket on `listen`, replies addressed from `server_ip`.
+    pub interfaces: Vec<String>,
+    pub listen: SocketAddr,
+    pub proxy_listen: SocketAddr,
+    /// Full mode: answer non-PXE clients that ironboot does not know yet.
+    pub serve_all: bool,
+    /// How long an OFFERed address stays held for the client it was offered to.
+    pub offer_timeout: String,
+    /// Send a minimal IPv6 router advertisement (lifetime 0, no prefix) on the
+    /// boot interfaces so iPXE's IPv6 autoconfiguration ends at once.
+    pub router_advertisement: Option<bool>,
+    pub bootfile: RawBootfiles,
+    pub subnet: Vec<RawSubnet>,
+    pub reservation: Vec<RawReservation>,
+}
+
+impl Default for RawDhcp {
+    fn default() -> Self {
+        Self {
+            mode: DhcpMode::Proxy,
+            interfaces: Vec::new(),
+            listen: "0.0.0.0:67".parse().unwrap(),
+            proxy_listen: "0.0.0.0:4011".parse().unwrap(),
+            serve_all: false,
+            offer_timeout: "60s".into(),
+            router_advertisement: None,
+            bootfile: RawBootfiles::default(),
+            subnet: Vec::new(),
+            reservation: Vec::new(),
+        }
+    }
+}
+
+/// Which file each client kind is told to load (names under the TFTP root).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBootfiles {
+    pub bios: String,
+    pub efi_x64: String,
+    pub efi_ia32: String,
+    pub efi_arm64: String,
+    /// Path of the iPXE script on the HTTP server, for clients already in iPXE.
+    pub ipxe_script: String,
+}
+
+impl Default for RawBootfiles {
+    fn default() -> Self {
+        Self {
+            bios: "undionly.kpxe".into(),
+            efi_x64: "ipxe.efi".into(),
+            efi_ia32: "ipxe.efi".into(),
+            efi_arm64: "grubnetaa64.efi".into(),
+            ipxe_script: "/boot.ipxe".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnet {
+    pub network: Ipv4Net,
+    pub range: Vec<Ipv4Addr>,
+    pub router: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    #[serde(default = "default_lease_time")]
+    pub lease_time: String,
+}
+
+fn default_lease_time() -> String {
+    "1h".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservation {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated settings (what the rest of the crate sees).
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub server_ip: Ipv4Addr,
+    pub log_format: LogFormat,
+    pub http_listen: SocketAddr,
+    pub tftp: Option<TftpSettings>,
+    pub dhcp: DhcpSettings,
+    /// Where the values came from, for the start-up banner.
+    pub source: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TftpSettings {
+    pub listen: SocketAddr,
+    pub server: TftpConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct DhcpSettings {
+    pub mode: DhcpMode,
+    pub interfaces: Vec<String>,
+    pub listen: SocketAddr,
+    pub proxy_listen: SocketAddr,
+    pub serve_all: bool,
+    pub offer_timeout: Duration,
+    pub router_advertisement: bool,
+    pub bootfiles: RawBootfiles,
+    pub subnets: Vec<Subnet>,
+    pub reservations: Vec<Reservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Net,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
+}
+
+/// What the command line contributes on top of file and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub file: Option<PathBuf>,
+    /// `(key path, value)` pairs from dedicated flags and `--set`.
+    pub values: Vec<(String, figment::value::Value)>,
+}
+
+impl Overrides {
+    /// Adds a `--set KEY=VALUE`; the value is read as TOML when it parses
+    /// (`10`, `true`, `["a", "b"]`, `{ network = … }`), else as a string.
+    pub fn set(&mut self, assignment: &str) -> Result<(), ConfigError> {
+        let (key, value) = assignment
+            .split_once('=')
+            .filter(|(k, _)| !k.trim().is_empty())
+            .ok_or_else(|| ConfigError::BadSet(assignment.to_string()))?;
+        self.values
+            .push((key.trim().to_string(), parse_value(value.trim())));
+        Ok(())
+    }
+
+    pub fn push(&mut self, key: &str, value: impl Serialize) {
+        let value = figment::value::Value::serialize(value).expect("plain values serialize");
+        self.values.push((key.to_string(), value));
+    }
+}
+
+fn parse_value(text: &str) -> figment::value::Value {
+    Figment::from(Toml::string(&format!("v = {text}")))
+        .extract_inner::<figment::value::Value>("v")
+        .unwrap_or_else(|_| figment::value::Value::from(text.to_string()))
+}
+
+/// Loads file, environment and overrides (in that order) and validates.
+pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    let mut figment = Figment::from(Serialized::defaults(RawConfig::default()));
+    let mut source = String::from("embedded defaults");
+    if let Some(file) = &overrides.file {
+        if !file.exists() {
+            return Err(invalid(
+                "--config",
+                format!("{} does not exist", file.display()),
+            ));
+        }
+        figment = figment.merge(Toml::file_exact(file));
+        source = format!("{}", file.display());
+    }
+    figment = figment.merge(env_provider());
+    for (key, value) in &overrides.values {
+        figment = figment.merge(Serialized::default(key, value.clone()));
+    }
+    let raw: RawConfig = figment
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    validate(raw, source)
+}
+
+/// Loads a configuration from TOML text alone (no environment, no flags):
+/// for tests and for tools that generate configs.
+pub fn load_str(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = Figment::from(Serialized::defaults(RawConfig::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    validate(raw, "inline TOML".into())
+}
+
+/// The process's `IRONBOOT_*` variables, restricted to config sections.
+fn env_provider() -> Env {
+    Env::prefixed("IRONBOOT_").split("__").filter(|key| {
+        let first = key.as_str().split('.').next().unwrap_or_default();
+        SECTIONS.contains(&first)
+    })
+}
+
+fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        invalid(
+            key,
+            format!("{text:?} is not a duration like \"90s\" or \"1h\": {e}"),
+        )
+    })
+}
+
+pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
+    let dhcp = validate_dhcp(&raw.dhcp)?;
+    let server_ip = match raw.server_ip {
+        Some(ip) if ip.is_unspecified() => {
+            return Err(invalid("server_ip", "0.0.0.0 cannot be told to clients"))
+        }
+        Some(ip) => ip,
+        None => guess_server_ip(&dhcp.interfaces).ok_or_else(|| {
+            invalid(
+                "server_ip",
+                "not set and no IPv4 address found on this host; set it",
+            )
+        })?,
+    };
+    let tftp = if raw.tftp.enabled {
+        Some(validate_tftp(&raw.tftp)?)
+    } else {
+        None
+    };
+    Ok(Config {
+        data_dir: raw.data_dir,
+        server_ip,
+        log_format: raw.log_format,
+        http_listen: raw.http.listen,
+        tftp,
+        dhcp,
+        source,
+    })
+}
+
+fn validate_tftp(raw: &RawTftp) -> Result<TftpSettings, ConfigError> {
+    if !(512..=65464).contains(&raw.max_blksize) {
+        return Err(invalid("tftp.max_blksize", "must be between 512 and 65464"));
+    }
+    if !(1..=64).contains(&raw.max_windowsize) {
+        return Err(invalid(
+            "tftp.max_windowsize",
+            "must be between 1 and 64 (tftp-hpa clients fail above 64)",
+        ));
+    }
+    if raw.max_transfers == 0 {
+        return Err(invalid("tftp.max_transfers", "must be at least 1"));
+    }
+    let timeout = parse_duration("tftp.timeout", &raw.timeout)?;
+    if timeout.is_zero() || timeout > Duration::from_secs(255) {
+        return Err(invalid("tftp.timeout", "must be between 1ms and 255s"));
+    }
+    Ok(TftpSettings {
+        listen: raw.listen,
+        server: TftpConfig {
+            root: raw.ipxe_dir.clone(),
+            max_blksize: raw.max_blksize,
+            max_windowsize: raw.max_windowsize,
+            max_transfers: raw.max_transfers,
+            timeout,
+            retries: raw.retries,
+        },
+    })
+}
+
+fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
+    let offer_timeout = parse_duration("dhcp.offer_timeout", &raw.offer_timeout)?;
+    let mut subnets = Vec::new();
+    for (i, s) in raw.subnet.iter().enumerate() {
+        subnets.push(validate_subnet(&format!("dhcp.subnet[{i}]"), s)?);
+    }
+    for (i, a) in subnets.iter().enumerate() {
+        for (j, b) in subnets.iter().enumerate().skip(i + 1) {
+            if a.network.contains(&b.network.network()) || b.network.contains(&a.network.network())
+            {
+                return Err(invalid(
+                    format!("dhcp.subnet[{j}].network"),
+                    format!("{} overlaps dhcp.subnet[{i}] ({})", b.network, a.network),
+                ));
+            }
+        }
+    }
+    let reservations = validate_reservations(&raw.reservation, &subnets)?;
+    if raw.mode == DhcpMode::Full && subnets.is_empty() {
+        return Err(invalid(
+            "dhcp.subnet",
+            "full mode needs at least one [[dhcp.subnet]]",
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in raw.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || !seen.insert(name) {
+            return Err(invalid(
+                format!("dhcp.interfaces[{i}]"),
+                format!("{name:?} is not a valid, distinct interface name"),
+            ));
+        }
+    }
+    for (key, value) in [
+        ("dhcp.bootfile.bios", &raw.bootfile.bios),
+        ("dhcp.bootfile.efi_x64", &raw.bootfile.efi_x64),
+        ("dhcp.bootfile.efi_ia32", &raw.bootfile.efi_ia32),
+        ("dhcp.bootfile.efi_arm64", &raw.bootfile.efi_arm64),
+        ("dhcp.bootfile.ipxe_script", &raw.bootfile.ipxe_script),
+    ] {
+        if value.is_empty()
+            || value.len() > 200
+            || value.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(invalid(
+                key,
+                "must be a non-empty file name without spaces or control characters",
+            ));
+        }
+    }
+    let router_advertisement = raw
+        .router_advertisement
+        .unwrap_or(raw.mode == DhcpMode::Full);
+    Ok(DhcpSettings {
+        mode: raw.mode,
+        interfaces: raw.interfaces.clone(),
+        listen: raw.listen,
+        proxy_listen: raw.proxy_listen,
+        serve_all: raw.serve_all,
+        offer_timeout,
+        router_advertisement,
+        bootfiles: raw.bootfile.clone(),
+        subnets,
+        reservations,
+    })
+}
+
+fn validate_subnet(key: &str, s: &RawSubnet) -> Result<Subnet, ConfigError> {
+    let [start, end] = s.range[..] else {
+        return Err(invalid(
+            format!("{key}.range"),
+            "must be [first, last], two addresses",
+        ));
+    };
+    if u32::from(start) > u32::from(end) {
+        return Err(invalid(
+            format!("{key}.range"),
+            format!("{start} comes after {end}"),
+        ));
+    }
+    for ip in [start, end] {
+        if !s.network.contains(&ip) || ip == s.network.network() || ip == s.network.broadcast() {
+            return Err(invalid(
+                format!("{key}.range"),
+                format!("{ip} is not a host address of {}", s.network),
+            ));
+        }
+    }
+    if let Some(router) = s.router {
+        if !s.network.contains(&router) {
+            return Err(invalid(
+                format!("{key}.router"),
+                format!("{router} is outside {}", s.network),
+            ));
+        }
+    }
+    let lease_time = parse_duration(&format!("{key}.lease_time"), &s.lease_time)?;
+    if lease_time < Duration::from_secs(60) {
+        return Err(invalid(format!("{key}.lease_time"), "must be at least 60s"));
+    }
+    if let Some(domain) = &s.domain {
+        if domain.is_empty()
+            || domain.len() > 253
+            || domain.chars().any(|c| c.is_control() || c == ' ')
+        {
+            return Err(invalid(format!("{key}.domain"), "is not a domain name"));
+        }
+    }
+    Ok(Subnet {
+        network: s.network.trunc(),
+        range_start: start,
+        range_end: end,
+        router: s.router,
+        dns: s.dns.clone(),
+        domain: s.domain.clone(),
+        lease_time,
+    })
+}
+
+fn validate_reservations(
+    raw: &[RawReservation],
+    subnets: &[Subnet],
+) -> Result<Vec<Reservation>, ConfigError> {
+    let mut macs = HashSet::new();
+    let mut ips = HashSet::new();
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("dhcp.reservation[{i}]");
+        let mac: MacAddr = r
+            .mac
+            .parse()
+            .map_err(|e| invalid(format!("{key}.mac"), format!("{e}")))?;
+        if !macs.insert(mac) {
+            return Err(invalid(
+                format!("{key}.mac"),
+                format!("{mac} is reserved twice"),
+            ));
+        }
+        if !ips.insert(r.ip) {
+            return Err(invalid(
+                format!("{key}.ip"),
+                format!("{} is reserved twice", r.ip),
+            ));
+        }
+        if !subnets.iter().any(|s| s.network.contains(&r.ip)) {
+            return Err(invalid(
+                format!("{key}.ip"),
+                format!("{} is in no [[dhcp.subnet]]", r.ip),
+            ));
+        }
+        if let Some(h) = &r.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 63
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            if !ok {
+                return Err(invalid(
+                    format!("{key}.hostname"),
+                    format!("{h:?} is not a host name (letters, digits, '-')"),
+                ));
+            }
+        }
+        out.push(Reservation {
+            mac,
+            ip: r.ip,
+            hostname: r.hostname.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// First IPv4 address of the first boot interface, else of any non-loopback
+/// interface, else loopback.
+fn guess_server_ip(interfaces: &[String]) -> Option<Ipv4Addr> {
+    let addrs = crate::netif::ipv4_addresses().unwrap_or_default();
+    if let Some(first) = interfaces.first() {
+        return addrs
+            .iter()
+            .find(|(name, _)| name == first)
+            .map(|(_, a)| a.addr());
+    }
+    addrs
+        .iter()
+        .map(|(_, a)| a.addr())
+        .find(|ip| !ip.is_loopback())
+        .or(Some(Ipv4Addr::LOCALHOST))
+}
+
+impl Config {
+    /// Where the database lives.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("ironboot.db")
+    }
+
+    /// Base URL clients use for HTTP (`http://SERVER_IP:PORT`).
+    pub fn http_base(&self) -> String {
+        format!("http://{}:{}", self.server_ip, self.http_listen.port())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        load_str(text)
+    }
+
+    const ISSUE_EXAMPLE: &str = r#"
+data_dir = "/var/lib/ironboot"
+server_ip = "10.77.0.1"
+
+[http]
+listen = "0.0.0.0:8080"
+
+[tftp]
+listen = "0.0.0.0:69"
+ipxe_dir = "/usr/lib/ipxe"
+
+[dhcp]
+mode = "full"
+interfaces = ["br0"]
+
+[[dhcp.subnet]]
+network = "10.77.0.0/24"
+range = ["10.77.0.100", "10.77.0.199"]
+router = "10.77.0.1"
+dns = ["10.77.0.1"]
+lease_time = "1h"
+
+[[dhcp.reservation]]
+mac = "52:54:00:00:00:01"
+ip = "10.77.0.50"
+hostname = "node1"
+"#;
+
+    #[test]
+    fn the_documented_example_loads() {
+        let c = from_toml(ISSUE_EXAMPLE).unwrap();
+        assert_eq!(c.server_ip, Ipv4Addr::new(10, 77, 0, 1));
+        assert_eq!(c.dhcp.mode, DhcpMode::Full);
+        assert_eq!(c.dhcp.subnets[0].lease_time, Duration::from_secs(3600));
+        assert_eq!(c.dhcp.reservations[0].mac.to_string(), "52:54:00:00:00:01");
+        assert!(
+            c.dhcp.router_advertisement,
+            "RA is on by default in full mode"
+        );
+    }
+
+    #[test]
+    fn embedded_defaults_are_proxy_mode() {
+        let c = from_toml("server_ip = \"192.0.2.1\"").unwrap();
+        assert_eq!(c.dhcp.mode, DhcpMode::Proxy);
+        assert_eq!(c.http_listen.port(), 8080);
+        assert_eq!(c.tftp.as_ref().unwrap().listen.port(), 69);
+        assert!(!c.dhcp.router_advertisement);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[dhcp]\nmode = \"fancy\"", "dhcp.mode"),
+            ("[dhcp]\nbogus = 1", "bogus"),
+            ("[tftp]\nmax_blksize = 4", "tftp.max_blksize"),
+            ("[dhcp]\nmode = \"full\"", "dhcp.subnet"),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.9\", \"10.0.0.2\"]",
+                "dhcp.subnet[0].range",
+            ),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.1.9\"]",
+                "dhcp.subnet[0].range",
+            ),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\nlease_time = \"soon\"",
+                "dhcp.subnet[0].lease_time",
+            ),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\n[[dhcp.reservation]]\nmac = \"nope\"\nip = \"10.0.0.5\"",
+                "dhcp.reservation[0].mac",
+            ),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\n[[dhcp.reservation]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.9.0.5\"",
+                "dhcp.reservation[0].ip",
+            ),
+            ("[dhcp]\noffer_timeout = \"x\"", "dhcp.offer_timeout"),
+        ];
+        for (text, key) in cases {
+            let err = from_toml(&format!("server_ip = \"192.0.2.1\"\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key),
+                "error for {text:?} should name {key}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn set_parses_toml_values_and_falls_back_to_strings() {
+        let mut o = Overrides::default();
+        o.set("dhcp.mode=full").unwrap();
+        o.set("tftp.max_blksize=1432").unwrap();
+        o.set("dhcp.interfaces=[\"br0\", \"br1\"]").unwrap();
+        assert!(o.set("novalue").is_err());
+        assert_eq!(o.values[0].1.as_str(), Some("full"));
+        assert_eq!(o.values[1].1.to_num().and_then(|n| n.to_i128()), Some(1432));
+        assert!(o.values[2].1.as_array().is_some());
+    }
+}
