@@ -1,0 +1,528 @@
+//! What to answer to one DHCP datagram: the decision chain, without sockets.
+//!
+//! `Dhcp::handle` takes the bytes and where they came from and returns the
+//! reply and where it must go (or nothing). It parses, classifies, picks the
+//! subnet, runs the RFC 2131 state machine against the in-memory lease table,
+//! records the machine and the step in the ledger (never waiting on SQLite),
+//! and encodes. Unknown or non-PXE clients are not errors: they get no answer
+//! and a debug line.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex, RwLock};
+
+use dhcproto::v4::MessageType;
+use ipnet::Ipv4Net;
+use serde_json::json;
+use tracing::{debug, warn};
+
+use crate::config::{DhcpMode, DhcpSettings, Subnet};
+use crate::domain::{Arch, MacAddr};
+use crate::ledger::{LeaseRecord, Ledger, MachineFacts, Record};
+use crate::metrics::Metrics;
+
+use super::classify::{bootfile, BootTargets, Bootfile, ClientFacts, ClientKind};
+use super::leases::{Entry, LeaseError, LeaseTable, Millis, State};
+use super::packet::{parse, Request};
+use super::reply::{encode, LeaseParams, ReplySpec};
+
+/// Which port a datagram arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// UDP 67: DHCP proper (and the first proxyDHCP offer).
+    Dhcp,
+    /// UDP 4011: the PXE boot-server exchange after a proxy offer.
+    Proxy,
+}
+
+/// One received datagram and the path it came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    pub bytes: &'a [u8],
+    pub src: SocketAddrV4,
+    pub port: Port,
+    /// This server's address on that path: the server identifier, and the
+    /// source address of the reply.
+    pub local: Ipv4Addr,
+    /// The receiving interface's network, when known (selects the subnet for
+    /// clients that are not relayed).
+    pub interface_net: Option<Ipv4Net>,
+}
+
+/// A reply and where it goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub bytes: Vec<u8>,
+    pub dest: SocketAddrV4,
+}
+
+const CLIENT_PORT: u16 = 68;
+
+/// The DHCP service's state, shared by its sockets.
+pub struct Dhcp {
+    settings: DhcpSettings,
+    targets: BootTargets,
+    leases: Mutex<LeaseTable>,
+    /// MACs answered in full mode whatever they send: reservations and
+    /// machines that have network-booted from this server.
+    known: RwLock<HashSet<MacAddr>>,
+    ledger: Ledger,
+    metrics: Arc<Metrics>,
+}
+
+impl Dhcp {
+    pub fn new(
+        settings: DhcpSettings,
+        targets: BootTargets,
+        leases: LeaseTable,
+        known: HashSet<MacAddr>,
+        ledger: Ledger,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut known = known;
+        known.extend(settings.reservations.iter().map(|r| r.mac));
+        Self {
+            settings,
+            targets,
+            leases: Mutex::new(leases),
+            known: RwLock::new(known),
+            ledger,
+            metrics,
+        }
+    }
+
+    pub fn settings(&self) -> &DhcpSettings {
+        &self.settings
+    }
+
+    /// The MAC holding `ip`, for TFTP's ledger events.
+    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        self.leases.lock().expect("lease lock").mac_of(ip)
+    }
+
+    /// Forgets offers nobody took up. Called periodically.
+    pub fn expire_offers(&self, now: Millis) -> usize {
+        self.leases.lock().expect("lease lock").expire_offers(now)
+    }
+
+    /// Decides the reply to one datagram.
+    pub fn handle(&self, inc: &Incoming<'_>, now: Millis) -> Option<Outgoing> {
+        Metrics::inc(&self.metrics.dhcp_received);
+        let req = match parse(inc.bytes) {
+            Ok(req) => req,
+            Err(e) => {
+                Metrics::inc(&self.metrics.dhcp_malformed);
+                debug!(src = %inc.src, error = %e, "dropping malformed DHCP datagram");
+                return None;
+            }
+        };
+        let facts = ClientFacts::from_request(&req);
+        let kind = facts.kind();
+        let span = tracing::debug_span!("dhcp", mac = %req.mac, xid = format_args!("{:#010x}", req.xid()), kind = kind.name());
+        let _enter = span.enter();
+        if kind.is_boot_client() {
+            self.remember(&req, &facts, kind, now);
+        }
+        let out = match self.settings.mode {
+            DhcpMode::Off => None,
+            DhcpMode::Proxy => self.proxy(&req, &facts, inc),
+            DhcpMode::Full => self.full(&req, &facts, inc, now),
+        };
+        match &out {
+            Some(_) => Metrics::inc(&self.metrics.dhcp_replies),
+            None => Metrics::inc(&self.metrics.dhcp_ignored),
+        }
+        out
+    }
+
+    fn remember(&self, req: &Request, facts: &ClientFacts, kind: ClientKind, now: Millis) {
+        let fresh = self.known.write().expect("known lock").insert(req.mac);
+        if fresh {
+            debug!("first boot request from this machine");
+        }
+        let relay = req.relay_info();
+        let giaddr = req.giaddr();
+        self.ledger.record(Record::MachineSeen(MachineFacts {
+            mac: Some(req.mac),
+            uuid: req.uuid(),
+            arch: facts.arch,
+            firmware: Some(kind.name().to_string()),
+            vendor_class: facts.vendor_class.clone(),
+            user_class: facts.user_classes.first().cloned(),
+            hostname: req.hostname(),
+            circuit_id: relay.circuit_id,
+            remote_id: relay.remote_id,
+            relay: (!giaddr.is_unspecified()).then_some(giaddr.into()),
+            at_ms: now,
+        }));
+    }
+
+    // -- proxy mode --------------------------------------------------------
+
+    fn proxy(&self, req: &Request, facts: &ClientFacts, inc: &Incoming<'_>) -> Option<Outgoing> {
+        let boot = self.boot_for(facts)?;
+        let msg_type = match (inc.port, req.msg_type) {
+            (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
+            (Port::Proxy, MessageType::Request | MessageType::Inform) => MessageType::Ack,
+            // REQUESTs on 67 belong to the server that owns addresses.
+            _ => return self.ignore("not for a proxy"),
+        };
+        let mut spec = ReplySpec::new(msg_type, inc.local);
+        spec.next_server = self.targets.server_ip;
+        spec.vendor_class = Some(if facts.kind() == ClientKind::HttpBoot {
+            "HTTPClient"
+        } else {
+            "PXEClient"
+        });
+        spec.pxe_discovery_control = is_bios_pxe(facts);
+        spec.boot = Some(boot.clone());
+        let step = if msg_type == MessageType::Offer {
+            "dhcp.proxy_offer"
+        } else {
+            "dhcp.proxy_ack"
+        };
+        self.event(req, step, None, Some(&boot));
+        Some(Outgoing {
+            bytes: encode(req, &spec),
+            dest: destination(req, inc, msg_type),
+        })
+    }
+
+    // -- full mode ---------------------------------------------------------
+
+    fn full(
+        &self,
+        req: &Request,
+        facts: &ClientFacts,
+        inc: &Incoming<'_>,
+        now: Millis,
+    ) -> Option<Outgoing> {
+        let kind = facts.kind();
+        let known = self.known.read().expect("known lock").contains(&req.mac);
+        if !kind.is_boot_client() && !known && !self.settings.serve_all {
+            return self.ignore("unknown client without PXE options");
+        }
+        let Some(subnet) = self.select_subnet(req, inc) else {
+            return self.ignore("no subnet configured for this path");
+        };
+        let boot = self.boot_for(facts);
+        match req.msg_type {
+            MessageType::Discover => self.discover(req, facts, inc, subnet, boot, now),
+            MessageType::Request => self.request(req, facts, inc, subnet, boot, now),
+            MessageType::Decline => self.decline(req, now),
+            MessageType::Release => self.release(req),
+            MessageType::Inform => self.inform(req, facts, inc, subnet, boot),
+            _ => self.ignore("not a client message"),
+        }
+    }
+
+    fn discover(
+        &self,
+        req: &Request,
+        facts: &ClientFacts,
+        inc: &Incoming<'_>,
+        subnet: &Subnet,
+        boot: Option<Bootfile>,
+        now: Millis,
+    ) -> Option<Outgoing> {
+        let offered = {
+            let mut leases = self.leases.lock().expect("lease lock");
+            leases
+                .offer(
+                    subnet,
+                    req.mac,
+                    req.requested_ip(),
+                    now,
+                    self.settings.offer_timeout,
+                )
+                .map(|ip| {
+                    (
+                        ip,
+                        leases.reservation(req.mac).and_then(|r| r.hostname.clone()),
+                    )
+                })
+        };
+        let (ip, hostname) = match offered {
+            Ok(found) => found,
+            Err(_) => {
+                Metrics::inc(&self.metrics.dhcp_pool_exhausted);
+                warn!(subnet = %subnet.network, "address pool exhausted; DISCOVER not answered");
+                return None;
+            }
+        };
+        let mut spec = self.lease_spec(
+            MessageType::Offer,
+            inc,
+            subnet,
+            hostname,
+            facts,
+            boot.clone(),
+        );
+        spec.yiaddr = ip;
+        self.event(req, "dhcp.offer", Some(ip), boot.as_ref());
+        Some(Outgoing {
+            bytes: encode(req, &spec),
+            dest: destination(req, inc, MessageType::Offer),
+        })
+    }
+
+    fn request(
+        &self,
+        req: &Request,
+        facts: &ClientFacts,
+        inc: &Incoming<'_>,
+        subnet: &Subnet,
+        boot: Option<Bootfile>,
+        now: Millis,
+    ) -> Option<Outgoing> {
+        if let Some(server_id) = req.server_id() {
+            if server_id != inc.local {
+                // SELECTING, and the client chose another server: let go.
+                self.leases
+                    .lock()
+                    .expect("lease lock")
+                    .expire_offers_of(req.mac);
+                return self.ignore("client selected another server");
+            }
+        }
+        // SELECTING / INIT-REBOOT name the address in opt 50; RENEWING and
+        // REBINDING put it in ciaddr.
+        let Some(ip) = req
+            .requested_ip()
+            .or_else(|| Some(req.ciaddr()).filter(|a| !a.is_unspecified()))
+        else {
+            return self.nak(req, inc, "no address requested");
+        };
+        let bound =
+            self.leases
+                .lock()
+                .expect("lease lock")
+                .bind(subnet, req.mac, ip, now, req.hostname());
+        match bound {
+            Ok(entry) => {
+                self.persist(&entry);
+                let mut spec = self.lease_spec(
+                    MessageType::Ack,
+                    inc,
+                    subnet,
+                    entry.hostname.clone(),
+                    facts,
+                    boot.clone(),
+                );
+                spec.yiaddr = ip;
+                self.event(req, "dhcp.ack", Some(ip), boot.as_ref());
+                Some(Outgoing {
+                    bytes: encode(req, &spec),
+                    dest: destination(req, inc, MessageType::Ack),
+                })
+            }
+            Err(LeaseError::WrongSubnet) => self.nak(req, inc, "address not on this network"),
+            Err(_) => self.nak(req, inc, "address not available"),
+        }
+    }
+
+    fn nak(&self, req: &Request, inc: &Incoming<'_>, why: &str) -> Option<Outgoing> {
+        Metrics::inc(&self.metrics.dhcp_naks);
+        let mut spec = ReplySpec::new(MessageType::Nak, inc.local);
+        spec.message = Some(why.to_string());
+        self.ledger.event(
+            Some(req.mac),
+            None,
+            "dhcp.nak",
+            json!({ "xid": req.xid(), "reason": why }),
+            None,
+        );
+        debug!(reason = why, "NAK");
+        Some(Outgoing {
+            bytes: encode(req, &spec),
+            dest: destination(req, inc, MessageType::Nak),
+        })
+    }
+
+    fn decline(&self, req: &Request, now: Millis) -> Option<Outgoing> {
+        Metrics::inc(&self.metrics.dhcp_declines);
+        let ip = req.requested_ip()?;
+        let entry = self
+            .leases
+            .lock()
+            .expect("lease lock")
+            .decline(req.mac, ip, now);
+        if let Some(entry) = entry {
+            warn!(%ip, "client declined address (in use on the wire?); quarantined");
+            self.persist(&entry);
+            self.ledger.event(
+                Some(req.mac),
+                Some(ip.into()),
+                "dhcp.decline",
+                json!({ "xid": req.xid() }),
+                None,
+            );
+        }
+        None
+    }
+
+    fn release(&self, req: &Request) -> Option<Outgoing> {
+        let ip = req.ciaddr();
+        if self.leases.lock().expect("lease lock").release(req.mac, ip) {
+            self.ledger.record(Record::Lease(LeaseRecord {
+                ip,
+                mac: Some(req.mac),
+                state: "free",
+                expires_at_ms: 0,
+                hostname: None,
+            }));
+            self.ledger.event(
+                Some(req.mac),
+                Some(ip.into()),
+                "dhcp.release",
+                json!({ "xid": req.xid() }),
+                None,
+            );
+        }
+        None
+    }
+
+    fn inform(
+        &self,
+        req: &Request,
+        facts: &ClientFacts,
+        inc: &Incoming<'_>,
+        subnet: &Subnet,
+        boot: Option<Bootfile>,
+    ) -> Option<Outgoing> {
+        // INFORM: configuration only, so no lease time (RFC 2131 §4.3.5).
+        let mut spec = self.lease_spec(MessageType::Ack, inc, subnet, None, facts, boot);
+        if let Some(lease) = spec.lease.as_mut() {
+            lease.lease_time = std::time::Duration::ZERO;
+        }
+        let bytes = encode(req, &spec);
+        self.event(req, "dhcp.inform", Some(req.ciaddr()), None);
+        Some(Outgoing {
+            bytes,
+            dest: destination(req, inc, MessageType::Ack),
+        })
+    }
+
+    // -- helpers -----------------------------------------------------------
+
+    fn boot_for(&self, facts: &ClientFacts) -> Option<Bootfile> {
+        match bootfile(facts, &self.targets) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                if facts.kind().is_boot_client() {
+                    debug!(?why, arch = ?facts.arch, "boot client gets no bootfile");
+                }
+                None
+            }
+        }
+    }
+
+    fn lease_spec(
+        &self,
+        msg_type: MessageType,
+        inc: &Incoming<'_>,
+        subnet: &Subnet,
+        hostname: Option<String>,
+        facts: &ClientFacts,
+        boot: Option<Bootfile>,
+    ) -> ReplySpec {
+        let mut spec = ReplySpec::new(msg_type, inc.local);
+        spec.next_server = self.targets.server_ip;
+        spec.lease = Some(LeaseParams {
+            lease_time: subnet.lease_time,
+            subnet_mask: subnet.network.netmask(),
+            broadcast: subnet.network.broadcast(),
+            router: subnet.router,
+            dns: subnet.dns.clone(),
+            domain: subnet.domain.clone(),
+            hostname,
+        });
+        if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
+            spec.vendor_class = Some("HTTPClient");
+        }
+        spec.boot = boot;
+        spec
+    }
+
+    /// Subnet by relay link selection, then giaddr, then the receiving
+    /// interface's network, then this server's own address on the path.
+    fn select_subnet(&self, req: &Request, inc: &Incoming<'_>) -> Option<&Subnet> {
+        let subnets = &self.settings.subnets;
+        let find = |ip: Ipv4Addr| subnets.iter().find(|s| s.network.contains(&ip));
+        let giaddr = req.giaddr();
+        if !giaddr.is_unspecified() {
+            return match req.relay_info().link_selection {
+                Some(link) => find(link),
+                None => find(giaddr),
+            };
+        }
+        if let Some(net) = inc.interface_net {
+            return find(net.addr());
+        }
+        find(inc.local)
+    }
+
+    fn persist(&self, entry: &Entry) {
+        self.ledger.record(Record::Lease(LeaseRecord {
+            ip: entry.ip,
+            mac: entry.mac,
+            state: match entry.state {
+                State::Bound => "bound",
+                State::Declined => "declined",
+                State::Offered => return,
+            },
+            expires_at_ms: entry.expires_at,
+            hostname: entry.hostname.clone(),
+        }));
+    }
+
+    fn event(
+        &self,
+        req: &Request,
+        step: &'static str,
+        ip: Option<Ipv4Addr>,
+        boot: Option<&Bootfile>,
+    ) {
+        let giaddr = req.giaddr();
+        let detail = json!({
+            "xid": req.xid(),
+            "bootfile": boot,
+            "relay": (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
+        });
+        self.ledger
+            .event(Some(req.mac), ip.map(Into::into), step, detail, None);
+    }
+
+    fn ignore(&self, why: &'static str) -> Option<Outgoing> {
+        debug!(reason = why, "not answering");
+        None
+    }
+}
+
+fn is_bios_pxe(facts: &ClientFacts) -> bool {
+    facts.kind() == ClientKind::Pxe && matches!(facts.arch, None | Some(Arch::BiosX86))
+}
+
+/// RFC 2131 §4.1: relayed replies go to the relay; replies on 4011 and to
+/// clients that have an address are unicast; the rest are broadcast.
+fn destination(req: &Request, inc: &Incoming<'_>, msg_type: MessageType) -> SocketAddrV4 {
+    let giaddr = req.giaddr();
+    let ciaddr = req.ciaddr();
+    if inc.port == Port::Proxy {
+        return inc.src;
+    }
+    if !giaddr.is_unspecified() {
+        // Relays send from 67; replying to the source port also serves
+        // RFC 8357 relays on other ports.
+        return SocketAddrV4::new(giaddr, inc.src.port());
+    }
+    if msg_type != MessageType::Nak && !ciaddr.is_unspecified() {
+        let port = if *inc.src.ip() == ciaddr {
+            inc.src.port()
+        } else {
+            CLIENT_PORT
+        };
+        return SocketAddrV4::new(ciaddr, port);
+    }
+    SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT)
+}

@@ -1,0 +1,118 @@
+//! A minimal IPv6 router advertisement on the boot interfaces.
+//!
+//! iPXE runs IPv6 autoconfiguration during every `Configuring (net0 …)` and
+//! waits about 13 s for a router advertisement when none comes. This module
+//! answers each router solicitation (and repeats every 10 s) with an RA that
+//! says as little as possible: router lifetime 0 (no host takes ironboot for
+//! a default router), no prefix, no M/O flags (nothing to ask DHCPv6). iPXE
+//! then ends autoconfiguration at once.
+//!
+//! Raw ICMPv6 socket per interface; the kernel fills in the checksum. An
+//! interface without IPv6 (libvirt disables it on its bridges) is logged once
+//! and skipped.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+const ROUTER_SOLICITATION: u8 = 133;
+const ROUTER_ADVERTISEMENT: u8 = 134;
+const REPEAT: Duration = Duration::from_secs(10);
+/// Solicitations from several clients at once get one answer.
+const MIN_GAP: Duration = Duration::from_millis(200);
+
+/// The RA body: type, code, checksum (kernel), hop limit, flags, lifetime 0,
+/// reachable time 0, retrans timer 0. No options.
+pub fn advertisement() -> [u8; 16] {
+    let mut ra = [0u8; 16];
+    ra[0] = ROUTER_ADVERTISEMENT;
+    ra[4] = 64; // current hop limit hint; 0 would mean "unspecified"
+                // ra[5] flags = 0: no managed/other configuration.
+                // ra[6..8] router lifetime = 0: not a default router.
+    ra
+}
+
+/// Opens the socket for one interface.
+pub fn bind(name: &str) -> io::Result<(Socket, u32)> {
+    let wrap =
+        |e: io::Error| io::Error::new(e.kind(), format!("router advertisement on {name}: {e}"));
+    let index = crate::netif::index(name).map_err(wrap)?;
+    let sock = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).map_err(wrap)?;
+    sock.bind_device(Some(name.as_bytes())).map_err(wrap)?;
+    sock.set_multicast_hops_v6(255).map_err(wrap)?;
+    sock.set_unicast_hops_v6(255).map_err(wrap)?;
+    sock.set_multicast_if_v6(index).map_err(wrap)?;
+    sock.set_multicast_loop_v6(false).map_err(wrap)?;
+    // Receiving solicitations needs the all-routers group; without IPv6 on
+    // the interface this fails, and the periodic RA still goes out if it can.
+    if let Err(e) = sock.join_multicast_v6(&ALL_ROUTERS, index) {
+        debug!(interface = name, error = %e, "cannot join ff02::2; sending periodic RAs only");
+    }
+    sock.set_nonblocking(true).map_err(wrap)?;
+    Ok((sock, index))
+}
+
+/// Runs the advertiser for one interface until `shutdown`.
+pub async fn run(
+    name: String,
+    sock: Socket,
+    index: u32,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    // tokio drives any datagram descriptor; a raw ICMPv6 socket reads and
+    // writes through recvfrom/sendto exactly like UDP, without `unsafe`.
+    let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
+    let dest = SocketAddrV6::new(ALL_NODES, 0, 0, index);
+    let ra = advertisement();
+    info!(interface = %name, "sending IPv6 router advertisements (lifetime 0, no prefix)");
+    let mut last = tokio::time::Instant::now() - REPEAT;
+    let mut warned = false;
+    let mut buf = [0u8; 1500];
+    loop {
+        let due = last + REPEAT;
+        let solicited = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(due) => false,
+            r = sock.recv_from(&mut buf) => matches!(r, Ok((n, _)) if n > 0 && buf[0] == ROUTER_SOLICITATION),
+        };
+        let now = tokio::time::Instant::now();
+        if !solicited && now < due {
+            continue;
+        }
+        if now.duration_since(last) < MIN_GAP {
+            continue;
+        }
+        last = now;
+        match sock.send_to(&ra, dest).await {
+            Ok(_) => Metrics::inc(&metrics.ra_sent),
+            Err(e) if !warned => {
+                warned = true;
+                warn!(interface = %name, error = %e, "cannot send router advertisement (IPv6 off on this interface?); iPXE will wait for its SLAAC timeout");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn advertisement_claims_nothing() {
+        let ra = super::advertisement();
+        assert_eq!(ra[0], 134);
+        assert_eq!(ra[5], 0, "no M/O flags");
+        assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
+        assert_eq!(ra.len(), 16, "no options, no prefix");
+    }
+}
