@@ -1,0 +1,168 @@
+//! SQLite through sqlx: the source of truth for machines, leases and the
+//! boot ledger.
+//!
+//! Opened once at start with WAL, `synchronous=NORMAL` and a busy timeout;
+//! migrations are embedded and run at open. Queries are checked at run time
+//! (`query_as` + `FromRow`), so building needs no database. The packet paths
+//! never call in here: they read what [`Store::load_leases`] and
+//! [`Store::known_macs`] loaded at start and write through the
+//! [`writer`] task.
+
+pub mod writer;
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use crate::dhcp::leases::{Entry, State};
+use crate::domain::MacAddr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Handle to the database (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct LeaseRow {
+    ip: String,
+    mac: Option<String>,
+    state: String,
+    expires_at_ms: i64,
+    hostname: Option<String>,
+}
+
+/// A machine as stored (what the API and tests read).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct MachineRow {
+    pub mac: String,
+    pub uuid: Option<String>,
+    pub arch: Option<String>,
+    pub firmware: Option<String>,
+    pub vendor_class: Option<String>,
+    pub user_class: Option<String>,
+    pub hostname: Option<String>,
+    pub circuit_id: Option<String>,
+    pub remote_id: Option<String>,
+    pub relay: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// A ledger event as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    pub step: String,
+    pub detail: String,
+    pub bytes: Option<i64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/ironboot.db` and migrates it.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let path = dir.join("ironboot.db");
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Every persisted lease still worth remembering (bound or quarantined,
+    /// expired or not: an expired binding still says who had the address).
+    pub async fn load_leases(&self) -> Result<Vec<Entry>, StoreError> {
+        let rows: Vec<LeaseRow> =
+            sqlx::query_as("SELECT ip, mac, state, expires_at_ms, hostname FROM leases")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Entry {
+                    ip: r.ip.parse::<Ipv4Addr>().ok()?,
+                    mac: r.mac.and_then(|m| m.parse().ok()),
+                    state: if r.state == "declined" {
+                        State::Declined
+                    } else {
+                        State::Bound
+                    },
+                    expires_at: r.expires_at_ms,
+                    hostname: r.hostname,
+                })
+            })
+            .collect())
+    }
+
+    /// MACs of every machine that has network-booted from this server.
+    pub async fn known_macs(&self) -> Result<HashSet<MacAddr>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
+    }
+
+    pub async fn machine(&self, mac: MacAddr) -> Result<Option<MachineRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM machines WHERE mac = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn machines(&self) -> Result<Vec<MachineRow>, StoreError> {
+        Ok(sqlx::query_as("SELECT * FROM machines ORDER BY mac")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The most recent `limit` events of one machine, newest first.
+    pub async fn events_of(&self, mac: MacAddr, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?")
+                .bind(mac.to_string())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

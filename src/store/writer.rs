@@ -1,0 +1,133 @@
+//! The ledger writer: drains the queue the packet paths fill and commits it
+//! in batches, one `BEGIN IMMEDIATE` transaction per batch.
+//!
+//! Batching is what keeps SQLite off the boot hot path: a storm of a thousand
+//! DHCP exchanges becomes a few dozen transactions. The cost is stated
+//! plainly: a crash loses at most the batch being collected (tens of
+//! milliseconds). A lost lease row is recovered when the client renews or
+//! re-REQUESTs its address (INIT-REBOOT), which the server honours when the
+//! address is free.
+
+use std::time::Duration;
+
+use sqlx::{Sqlite, SqliteConnection, Transaction};
+use tokio::sync::mpsc;
+use tracing::{debug, error};
+
+use super::Store;
+use crate::ledger::{now_ms, Event, LeaseRecord, MachineFacts, Record};
+
+/// Most records committed in one transaction.
+const MAX_BATCH: usize = 2048;
+/// How long to keep collecting after the first record of a batch.
+const LINGER: Duration = Duration::from_millis(20);
+
+/// Runs until every [`crate::ledger::Ledger`] handle is dropped, then commits
+/// what is left and returns.
+pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + LINGER;
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(e) = commit(&store, &batch).await {
+            error!(error = %e, records = batch.len(), "ledger batch not written");
+        } else {
+            debug!(records = batch.len(), "ledger batch committed");
+        }
+        batch.clear();
+    }
+}
+
+async fn commit(store: &Store, batch: &[Record]) -> Result<(), sqlx::Error> {
+    // BEGIN IMMEDIATE takes the write lock up front, so a concurrent writer
+    // waits on the busy timeout instead of failing mid-transaction.
+    let mut tx: Transaction<'_, Sqlite> = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    for record in batch {
+        match record {
+            Record::MachineSeen(m) => upsert_machine(&mut tx, m).await?,
+            Record::Event(e) => insert_event(&mut tx, e).await?,
+            Record::Lease(l) => write_lease(&mut tx, l).await?,
+        }
+    }
+    tx.commit().await
+}
+
+async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result<(), sqlx::Error> {
+    let Some(mac) = m.mac else { return Ok(()) };
+    sqlx::query(
+        "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, hostname,
+                               circuit_id, remote_id, relay, first_seen_ms, last_seen_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (mac) DO UPDATE SET
+             uuid = COALESCE(excluded.uuid, uuid),
+             arch = COALESCE(excluded.arch, arch),
+             firmware = COALESCE(excluded.firmware, firmware),
+             vendor_class = COALESCE(excluded.vendor_class, vendor_class),
+             user_class = COALESCE(excluded.user_class, user_class),
+             hostname = COALESCE(excluded.hostname, hostname),
+             circuit_id = COALESCE(excluded.circuit_id, circuit_id),
+             remote_id = COALESCE(excluded.remote_id, remote_id),
+             relay = COALESCE(excluded.relay, relay),
+             last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+    )
+    .bind(mac.to_string())
+    .bind(&m.uuid)
+    .bind(m.arch.map(|a| a.name()))
+    .bind(&m.firmware)
+    .bind(&m.vendor_class)
+    .bind(&m.user_class)
+    .bind(&m.hostname)
+    .bind(&m.circuit_id)
+    .bind(&m.remote_id)
+    .bind(m.relay.map(|r| r.to_string()))
+    .bind(m.at_ms)
+    .bind(m.at_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.at_ms)
+    .bind(e.mac.map(|m| m.to_string()))
+    .bind(e.ip.map(|i| i.to_string()))
+    .bind(e.step)
+    .bind(e.detail.to_string())
+    .bind(e.bytes.map(|b| b as i64))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_lease(conn: &mut SqliteConnection, l: &LeaseRecord) -> Result<(), sqlx::Error> {
+    if l.state == "free" {
+        sqlx::query("DELETE FROM leases WHERE ip = ?")
+            .bind(l.ip.to_string())
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
+             expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
+    )
+    .bind(l.ip.to_string())
+    .bind(l.mac.map(|m| m.to_string()))
+    .bind(l.state)
+    .bind(l.expires_at_ms)
+    .bind(&l.hostname)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
