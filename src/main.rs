@@ -1,1 +1,179 @@
-fn main() {}
+//! The `ironboot` binary: parses flags, loads configuration, sets up logging
+//! and runs the app until SIGINT or SIGTERM. The only place (with `config`)
+//! that reads flags and the environment.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ironboot::config::{self, DhcpMode, LogFormat, Overrides};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "ironboot",
+    version,
+    about = "Live-boot provisioning server for bare metal"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every service (DHCP, TFTP, HTTP) until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+    /// Load and validate the configuration, print it, and exit.
+    CheckConfig(ServeArgs),
+}
+
+/// Flags for the most used keys; `--set KEY=VALUE` reaches every key.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (optional: embedded defaults otherwise).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Set any config key, e.g. `--set dhcp.mode=full` or
+    /// `--set 'dhcp.subnet=[{network="10.77.0.0/24", range=["10.77.0.100","10.77.0.199"]}]'`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// data_dir
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// server_ip
+    #[arg(long)]
+    server_ip: Option<String>,
+    /// http.listen
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// tftp.listen
+    #[arg(long)]
+    tftp_listen: Option<String>,
+    /// tftp.ipxe_dir
+    #[arg(long)]
+    ipxe_dir: Option<PathBuf>,
+    /// dhcp.mode
+    #[arg(long, value_parser = ["full", "proxy", "off"])]
+    dhcp_mode: Option<String>,
+    /// dhcp.interfaces (repeat or comma-separate)
+    #[arg(long, value_delimiter = ',')]
+    interface: Vec<String>,
+    /// dhcp.listen
+    #[arg(long)]
+    dhcp_listen: Option<String>,
+    /// log_format: human or json
+    #[arg(long, value_parser = ["human", "json"])]
+    log_format: Option<String>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Result<Overrides, config::ConfigError> {
+        let mut o = Overrides {
+            file: self.config.clone(),
+            values: Vec::new(),
+        };
+        if let Some(v) = &self.data_dir {
+            o.push("data_dir", v);
+        }
+        let strings = [
+            ("server_ip", &self.server_ip),
+            ("http.listen", &self.http_listen),
+            ("tftp.listen", &self.tftp_listen),
+            ("dhcp.mode", &self.dhcp_mode),
+            ("dhcp.listen", &self.dhcp_listen),
+            ("log_format", &self.log_format),
+        ];
+        for (key, value) in strings {
+            if let Some(v) = value {
+                o.push(key, v);
+            }
+        }
+        if let Some(v) = &self.ipxe_dir {
+            o.push("tftp.ipxe_dir", v);
+        }
+        if !self.interface.is_empty() {
+            o.push("dhcp.interfaces", &self.interface);
+        }
+        for s in &self.set {
+            o.set(s)?;
+        }
+        Ok(o)
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("IRONBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (args, check_only) = match &cli.command {
+        Command::Serve(a) => (a, false),
+        Command::CheckConfig(a) => (a, true),
+    };
+    let config = match args.overrides().and_then(|o| config::load(&o)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ironboot: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("configuration OK ({})", config.source);
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(config.log_format);
+    if config.dhcp.mode == DhcpMode::Full && config.dhcp.interfaces.is_empty() {
+        tracing::warn!(
+            "full DHCP mode on every interface: set dhcp.interfaces to the boot network"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ironboot: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        ironboot::app::run(config, shutdown, None).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ironboot: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

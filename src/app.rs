@@ -1,0 +1,269 @@
+//! The process: bind every socket first (failing fast, naming the address),
+//! then run each service under one shutdown signal and wait for all of them.
+//!
+//! Order matters and is deliberate: open the store and load what the packet
+//! paths read; bind HTTP, TFTP, DHCP and RA sockets; only then start serving.
+//! On shutdown, services stop, their ledger handles drop, and the writer
+//! commits what is queued before the store closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{Config, DhcpMode};
+use crate::dhcp::classify::BootTargets;
+use crate::dhcp::leases::LeaseTable;
+use crate::dhcp::server::Paths;
+use crate::dhcp::{Dhcp, Port};
+use crate::http::HttpState;
+use crate::ledger::{now_ms, Ledger};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::tftp::{ClientLookup, TftpState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Setup(std::io::Error),
+}
+
+fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> AppError {
+    let addr = addr.to_string();
+    move |source| AppError::Bind { what, addr, source }
+}
+
+/// Where each service ended up listening (ports may have been 0 in the
+/// config); sent to the caller of [`run`] once everything is bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub tftp: Option<SocketAddr>,
+    pub dhcp: Option<SocketAddr>,
+    pub proxy: Option<SocketAddr>,
+}
+
+/// Every bound socket, before anything is served.
+struct Sockets {
+    http: TcpListener,
+    tftp: Option<tokio::net::UdpSocket>,
+    dhcp: Vec<(Port, tokio::net::UdpSocket)>,
+    ra: Vec<(String, socket2::Socket, u32)>,
+}
+
+async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
+    let http = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(bind_err("HTTP", config.http_listen))?;
+    let tftp = match &config.tftp {
+        Some(t) => Some(
+            tokio::net::UdpSocket::bind(t.listen)
+                .await
+                .map_err(bind_err("TFTP", t.listen))?,
+        ),
+        None => None,
+    };
+    let d = &config.dhcp;
+    let mut dhcp = Vec::new();
+    if d.mode != DhcpMode::Off {
+        dhcp.push((
+            Port::Dhcp,
+            crate::dhcp::server::bind(d.listen).map_err(bind_err("DHCP", d.listen))?,
+        ));
+    }
+    if d.mode == DhcpMode::Proxy {
+        let s = crate::dhcp::server::bind(d.proxy_listen)
+            .map_err(bind_err("proxyDHCP", d.proxy_listen))?;
+        dhcp.push((Port::Proxy, s));
+    }
+    let mut ra = Vec::new();
+    if d.mode != DhcpMode::Off && d.router_advertisement {
+        for name in &d.interfaces {
+            let (sock, index) = crate::dhcp::ra::bind(name).map_err(bind_err("IPv6 RA", name))?;
+            ra.push((name.clone(), sock, index));
+        }
+    }
+    Ok(Sockets {
+        http,
+        tftp,
+        dhcp,
+        ra,
+    })
+}
+
+/// Runs every service until `shutdown` is cancelled. `ready` (if given) gets
+/// the bound addresses once everything is bound and serving.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<Bound>>,
+) -> Result<(), AppError> {
+    let store = Store::open(&config.data_dir).await?;
+    let mut leases = LeaseTable::new(&config.dhcp.reservations);
+    for entry in store.load_leases().await? {
+        leases.restore(entry);
+    }
+    let known = store.known_macs().await?;
+    let paths = Arc::new(Paths::resolve(&config.dhcp.interfaces).map_err(AppError::Setup)?);
+    let sockets = bind_all(&config).await?;
+    let http_addr = sockets.http.local_addr().map_err(AppError::Setup)?;
+    let local = |s: &tokio::net::UdpSocket| s.local_addr().ok();
+    let bound = Bound {
+        http: http_addr,
+        tftp: sockets.tftp.as_ref().and_then(local),
+        dhcp: sockets
+            .dhcp
+            .iter()
+            .find(|(p, _)| *p == Port::Dhcp)
+            .and_then(|(_, s)| local(s)),
+        proxy: sockets
+            .dhcp
+            .iter()
+            .find(|(p, _)| *p == Port::Proxy)
+            .and_then(|(_, s)| local(s)),
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
+    let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
+
+    let targets = BootTargets {
+        files: config.dhcp.bootfiles.clone(),
+        server_ip: config.server_ip,
+        http_port: http_addr.port(),
+    };
+    let dhcp = Arc::new(Dhcp::new(
+        config.dhcp.clone(),
+        targets,
+        leases,
+        known,
+        ledger.clone(),
+        metrics.clone(),
+    ));
+    let mut services = Vec::new();
+    let mut tasks = JoinSet::new();
+
+    for (port, socket) in sockets.dhcp {
+        let addr = socket.local_addr().map_err(AppError::Setup)?;
+        services.push(format!("dhcp {:?} mode on {addr}", config.dhcp.mode).to_lowercase());
+        tasks.spawn(crate::dhcp::server::run(
+            socket,
+            port,
+            dhcp.clone(),
+            paths.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for (name, sock, index) in sockets.ra {
+        services.push(format!("ipv6 router advertisement on {name}"));
+        tasks.spawn(crate::dhcp::ra::run(
+            name,
+            sock,
+            index,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let (Some(socket), Some(t)) = (sockets.tftp, &config.tftp) {
+        let addr = socket.local_addr().map_err(AppError::Setup)?;
+        services.push(format!("tftp on {addr} from {}", t.server.root.display()));
+        let lookup_dhcp = dhcp.clone();
+        let lookup: ClientLookup = Arc::new(move |ip| match ip {
+            std::net::IpAddr::V4(v4) => lookup_dhcp.mac_of(v4),
+            std::net::IpAddr::V6(_) => None,
+        });
+        let state = Arc::new(TftpState {
+            config: t.server.clone(),
+            generated: None,
+            ledger: ledger.clone(),
+            metrics: metrics.clone(),
+            lookup,
+        });
+        tasks.spawn(crate::tftp::run(socket, state, shutdown.clone()));
+    }
+    {
+        let dhcp = dhcp.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => { dhcp.expire_offers(now_ms()); }
+                }
+            }
+        });
+    }
+    services.push(format!("http on {http_addr}"));
+    let ipxe_dir = config.tftp.as_ref().map(|t| t.server.root.clone());
+    let app = crate::http::router(
+        HttpState {
+            metrics: metrics.clone(),
+            services: Arc::new(services.clone()),
+        },
+        ipxe_dir,
+    );
+    tasks.spawn(crate::http::run(sockets.http, app, shutdown.clone()));
+
+    banner(&config, &services);
+    if let Some(ready) = ready {
+        let _ = ready.send(bound);
+    }
+
+    // A service that fails takes the process down with it: an operator
+    // should see a dead server, not one that silently stopped answering DHCP.
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        let result = joined.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = result {
+            error!(error = %e, "service failed; shutting down");
+            failure.get_or_insert(e);
+            shutdown.cancel();
+        }
+    }
+    drop(dhcp);
+    drop(ledger);
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
+        error!("ledger writer did not finish within 10 s");
+    }
+    store.close().await;
+    info!("stopped");
+    match failure {
+        Some(e) => Err(AppError::Setup(e)),
+        None => Ok(()),
+    }
+}
+
+fn banner(config: &Config, services: &[String]) {
+    println!(
+        "ironboot {} serving (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
+    println!("  server ip:  {} (told to clients)", config.server_ip);
+    println!("  data:       {}", config.database_path().display());
+    for s in services {
+        println!("  {s}");
+    }
+    println!(
+        "  boot script for iPXE clients: {}{}",
+        config.http_base(),
+        config.dhcp.bootfiles.ipxe_script
+    );
+}
