@@ -1,0 +1,176 @@
+//! Shared test harness: the real server on loopback, and protocol clients.
+#![allow(dead_code)]
+
+pub mod dhcp_client;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ironboot::app::Bound;
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+/// A running in-process server with its own data directory.
+pub struct TestServer {
+    pub bound: Bound,
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), ironboot::app::AppError>>,
+}
+
+/// The test network: two "relayed" subnets on loopback addresses, so replies
+/// to `giaddr` come back to the test's relay socket and nothing leaves lo.
+pub fn full_config(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+server_ip = "127.0.0.1"
+data_dir = "{data}"
+[http]
+listen = "127.0.0.1:0"
+[tftp]
+listen = "127.0.0.1:0"
+ipxe_dir = "{ipxe}"
+[dhcp]
+mode = "full"
+listen = "127.0.0.1:0"
+proxy_listen = "127.0.0.1:0"
+offer_timeout = "30s"
+{extra}
+[[dhcp.subnet]]
+network = "127.1.0.0/24"
+range = ["127.1.0.100", "127.1.0.103"]
+router = "127.1.0.1"
+dns = ["127.1.0.53"]
+domain = "lab.example"
+lease_time = "1h"
+
+[[dhcp.subnet]]
+network = "127.2.0.0/24"
+range = ["127.2.0.10", "127.2.0.20"]
+lease_time = "10m"
+
+[[dhcp.reservation]]
+mac = "52:54:00:00:00:01"
+ip = "127.1.0.50"
+hostname = "node1"
+"#,
+        data = dir.join("data").display(),
+        ipxe = ipxe_dir(dir).display(),
+    )
+}
+
+pub fn proxy_config(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+server_ip = "127.0.0.1"
+data_dir = "{data}"
+[http]
+listen = "127.0.0.1:0"
+[tftp]
+listen = "127.0.0.1:0"
+ipxe_dir = "{ipxe}"
+[dhcp]
+mode = "proxy"
+listen = "127.0.0.1:0"
+proxy_listen = "127.0.0.1:0"
+"#,
+        data = dir.join("data").display(),
+        ipxe = ipxe_dir(dir).display(),
+    )
+}
+
+fn ipxe_dir(dir: &std::path::Path) -> PathBuf {
+    let d = dir.join("ipxe");
+    std::fs::create_dir_all(&d).unwrap();
+    for (name, size) in [
+        ("undionly.kpxe", 70_000usize),
+        ("ipxe.efi", 300_000),
+        ("snponly.efi", 170_000),
+    ] {
+        let p = d.join(name);
+        if !p.exists() {
+            let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            std::fs::write(p, bytes).unwrap();
+        }
+    }
+    d
+}
+
+impl TestServer {
+    pub async fn start(config_text: &str, dir: TempDir) -> Self {
+        let config = ironboot::config::load_str(config_text).expect("test config is valid");
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(ironboot::app::run(config, shutdown.clone(), Some(tx)));
+        let bound = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .expect("server bound within 10 s")
+            .expect("server started");
+        Self {
+            bound,
+            dir,
+            shutdown,
+            task,
+        }
+    }
+
+    pub async fn full(extra: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let text = full_config(dir.path(), extra);
+        Self::start(&text, dir).await
+    }
+
+    /// Stops the server and waits until the ledger is flushed; returns the
+    /// data directory so a restart can reuse it.
+    pub async fn stop(self) -> TempDir {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("server stops within 15 s")
+            .expect("server task joined")
+            .expect("server exited cleanly");
+        self.dir
+    }
+
+    pub fn dhcp(&self) -> std::net::SocketAddr {
+        self.bound.dhcp.expect("DHCP bound")
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(self.bound.http, "/metrics").await
+    }
+
+    /// Reads one counter from `/metrics`.
+    pub async fn counter(&self, name: &str) -> u64 {
+        let text = self.metrics().await;
+        let key = format!("ironboot_{name}_total ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("counter {name} not in /metrics"))
+    }
+
+    /// Opens the server's database read-only (after `stop`, or live: WAL).
+    pub async fn db(dir: &std::path::Path) -> sqlx::SqlitePool {
+        let url = format!(
+            "sqlite://{}?mode=ro",
+            dir.join("data/ironboot.db").display()
+        );
+        sqlx::SqlitePool::connect(&url).await.unwrap()
+    }
+}
+
+/// Minimal HTTP/1.0 GET over a TCP socket (keeps test dependencies small).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    out
+}
