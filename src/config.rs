@@ -355,8 +355,13 @@ pub fn load_str(text: &str) -> Result<Config, ConfigError> {
 /// The process's `IRONBOOT_*` variables, restricted to config sections.
 fn env_provider() -> Env {
     Env::prefixed("IRONBOOT_").split("__").filter(|key| {
-        let first = key.as_str().split('.').next().unwrap_or_default();
-        SECTIONS.contains(&first)
+        let first = key
+            .as_str()
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        SECTIONS.contains(&first.as_str())
     })
 }
 

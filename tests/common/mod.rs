@@ -174,3 +174,29 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .unwrap();
     out
 }
+
+/// Whether the external programs a test needs are here. Missing ones skip
+/// the test with a printed reason, unless `IRONBOOT_E2E=require` (set by
+/// CI, which installs them), where a skip would hide a gap: then it panics.
+pub fn require_or_skip(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !on_path(p)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = format!("missing {}", missing.join(", "));
+    if std::env::var("IRONBOOT_E2E").as_deref() == Ok("require") {
+        panic!("IRONBOOT_E2E=require but {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
