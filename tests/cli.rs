@@ -76,7 +76,14 @@ fn the_documented_config_validates() {
 
 #[test]
 fn errors_name_the_key_whatever_the_source() {
-    let cases: &[(Option<&str>, &[(&str, &str)], &[&str], &str)] = &[
+    /// (config file, environment, flags, the key the error must name)
+    type Case<'a> = (
+        Option<&'a str>,
+        &'a [(&'a str, &'a str)],
+        &'a [&'a str],
+        &'a str,
+    );
+    let cases: &[Case] = &[
         (Some("[dhcp]\nmode = \"fancy\"\n"), &[], &[], "dhcp.mode"),
         (Some("[tftp]\nblksize = 1468\n"), &[], &[], "blksize"),
         (Some("[dhcp]\nmode = \"full\"\n"), &[], &[], "dhcp.subnet"),

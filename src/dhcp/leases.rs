@@ -407,7 +407,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 77, 0, 50),
             hostname: Some("node1".into()),
         };
-        let mut t = LeaseTable::new(&[r.clone()]);
+        let mut t = LeaseTable::new(std::slice::from_ref(&r));
         assert_eq!(t.offer(&s, mac(9), None, 0, HOLD), Ok(r.ip));
         assert_eq!(
             t.bind(&s, mac(9), r.ip, 0, None)
