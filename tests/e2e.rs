@@ -204,7 +204,7 @@ fn clean(raw: &[u8]) -> String {
             '\x1b' => {
                 if chars.peek() == Some(&'[') {
                     chars.next();
-                    while let Some(n) = chars.next() {
+                    for n in chars.by_ref() {
                         if n.is_ascii_alphabetic() {
                             break;
                         }
@@ -315,7 +315,7 @@ impl Lab {
     /// Runs a command to completion (bounded by `timeout` inside), returning
     /// (success, stdout + stderr).
     fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(&args[0])
+        let out = Command::new(args[0])
             .args(&args[1..])
             .stdin(Stdio::null())
             .output()
