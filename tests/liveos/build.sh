@@ -177,7 +177,8 @@ mknod -m 0666 "$ROOT/dev/null" c 1 3
 chmod 1777 "$ROOT/tmp"
 echo "$VERSION_TEXT" >"$ROOT/etc/liveos-version"
 
-# Reproducible archive: fixed order and timestamps, no name/time in gzip.
+# Sorted entries, fixed mtimes, no name/time in gzip (busybox cpio still
+# records inode numbers, so two builds differ by a few bytes).
 find "$ROOT" -exec touch -h -d @0 {} +
 (cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc 2>/dev/null) |
     gzip -n -9 >"$WORK/initrd.img"
