@@ -786,19 +786,11 @@ impl Vm {
     }
 }
 
-/// The `ipxe_dir` the server gets: copies of Debian's binaries.
-///
-/// Not `/usr/lib/ipxe` itself: Debian ships `/usr/lib/ipxe/ipxe.efi` as a
-/// symlink to `/boot/ipxe.efi`, and ironboot's TFTP confinement refuses it
-/// ("access violation"), so OVMF's PXE falls through to HTTP boot. See
-/// `tftp_serves_debian_ipxe_dir_as_installed` below (ignored until fixed).
-fn ipxe_copy(dir: &Path) -> PathBuf {
-    let out = dir.join("ipxe");
-    fs::create_dir_all(&out).unwrap();
-    for f in ["undionly.kpxe", "ipxe.efi", "snponly.efi"] {
-        fs::copy(Path::new(IPXE_DIR).join(f), out.join(f)).unwrap();
-    }
-    out
+/// The `ipxe_dir` the server gets: Debian's `/usr/lib/ipxe` as installed,
+/// where `ipxe.efi` is a symlink to `/boot/ipxe.efi` (ironboot serves its
+/// configured boot files by name; see `src/bootfiles.rs`).
+fn ipxe_dir() -> PathBuf {
+    PathBuf::from(IPXE_DIR)
 }
 
 // ---------------------------------------------------------------------------
@@ -813,7 +805,7 @@ fn full_dhcp_mode_boots_real_clients() {
     let total = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
     let mut lab = Lab::new(tools, "full", 5);
-    let ipxe = ipxe_copy(&lab.dir);
+    let ipxe = ipxe_dir();
     let t = lab.start_server(&ipxe);
     eprintln!(
         "e2e: namespaces {} / {}; server up in {}",
@@ -1191,13 +1183,11 @@ fn full_dhcp_mode_boots_real_clients() {
 }
 
 /// Debian installs `/usr/lib/ipxe/ipxe.efi` as a symlink to
-/// `/boot/ipxe.efi`; with the default `tftp.ipxe_dir = "/usr/lib/ipxe"`
-/// ironboot refuses it over TFTP ("access violation"), so every plain UEFI
-/// PXE client fails (OVMF then falls through to HTTP boot, where `/ipxe/`
-/// does follow the link). Ignored until the server serves its configured
-/// boot files from the installed package.
+/// `/boot/ipxe.efi`. With the default `tftp.ipxe_dir = "/usr/lib/ipxe"`,
+/// ironboot once refused it over TFTP ("access violation", found by the
+/// UEFI case), so every plain UEFI PXE client failed. The configured boot
+/// files are now served by name; this keeps it that way.
 #[test]
-#[ignore = "server bug: TFTP refuses Debian's /usr/lib/ipxe/ipxe.efi symlink"]
 fn tftp_serves_debian_ipxe_dir_as_installed() {
     let Some(tools) = tools_or_skip("tftp_serves_debian_ipxe_dir_as_installed") else {
         return;

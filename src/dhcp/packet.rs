@@ -204,7 +204,12 @@ impl Request {
     /// UUID, shown in the usual 8-4-4-4-12 form (byte order as sent).
     pub fn uuid(&self) -> Option<String> {
         match self.options.get(97)? {
-            [0, rest @ ..] if rest.len() == 16 => {
+            // All zeros or all ones means "no UUID" (QEMU's SeaBIOS sends zeros).
+            [0, rest @ ..]
+                if rest.len() == 16
+                    && rest.iter().any(|b| *b != 0)
+                    && rest.iter().any(|b| *b != 0xff) =>
+            {
                 let h: Vec<String> = rest.iter().map(|b| format!("{b:02x}")).collect();
                 Some(format!(
                     "{}-{}-{}-{}-{}",
@@ -418,6 +423,16 @@ pub(crate) mod tests {
         let req = parse(&discover_with(&opts)).unwrap();
         assert_eq!(req.options.get(94), Some(&[1u8, 2][..]));
         assert_eq!(req.options.get(121).map(<[u8]>::len), Some(5));
+    }
+
+    #[test]
+    fn placeholder_uuids_are_no_uuid() {
+        let mut zeros = vec![97, 17, 0];
+        zeros.extend([0u8; 16]);
+        assert_eq!(parse(&discover_with(&zeros)).unwrap().uuid(), None);
+        let mut ones = vec![97, 17, 0];
+        ones.extend([0xffu8; 16]);
+        assert_eq!(parse(&discover_with(&ones)).unwrap().uuid(), None);
     }
 
     #[test]

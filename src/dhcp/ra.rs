@@ -95,10 +95,16 @@ pub async fn run(
         }
         last = now;
         match sock.send_to(&ra, dest).await {
-            Ok(_) => Metrics::inc(&metrics.ra_sent),
+            Ok(_) => {
+                if warned {
+                    info!(interface = %name, "router advertisements are going out now");
+                    warned = false;
+                }
+                Metrics::inc(&metrics.ra_sent);
+            }
             Err(e) if !warned => {
                 warned = true;
-                warn!(interface = %name, error = %e, "cannot send router advertisement (IPv6 off on this interface?); iPXE will wait for its SLAAC timeout");
+                warn!(interface = %name, error = %e, "cannot send router advertisement yet (no carrier, or IPv6 off on this interface?); will keep trying");
             }
             Err(_) => {}
         }

@@ -1,0 +1,127 @@
+//! The boot loaders ironboot names in its DHCP replies (`undionly.kpxe`,
+//! `ipxe.efi`, …), served over TFTP and under `/ipxe/` over HTTP.
+//!
+//! They are the operator's files, named by the operator's configuration
+//! (`dhcp.bootfile.*`), and distributions install them as symlinks: Debian's
+//! `/usr/lib/ipxe/ipxe.efi` points to `/boot/ipxe.efi`. TFTP confines every
+//! client-supplied path to its root after resolving symlinks, which would
+//! refuse the very file the DHCP reply told the client to load. So exactly
+//! these names are resolved here (symlinks followed: the operator chose the
+//! directory and the names) and served from memory; every other path still
+//! goes through TFTP's strict confinement. TFTP and HTTP serve the same
+//! bytes for the same name. A file is re-read when its size or modification
+//! time changes, so upgrading the `ipxe` package needs no restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use crate::tftp::GeneratedFiles;
+
+pub struct Bootfiles {
+    dir: PathBuf,
+    names: BTreeSet<String>,
+    cache: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    modified: Option<SystemTime>,
+    len: u64,
+    bytes: Arc<[u8]>,
+}
+
+impl Bootfiles {
+    pub fn new(dir: PathBuf, names: impl IntoIterator<Item = String>) -> Self {
+        let names = names
+            .into_iter()
+            .map(|n| n.trim_start_matches('/').to_string())
+            .collect();
+        Self {
+            dir,
+            names,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The names served.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// The bytes of a configured boot file; `None` for any other name or a
+    /// file that is missing or unreadable.
+    pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
+        let name = name.trim_start_matches('/');
+        if !self.names.contains(name) {
+            return None;
+        }
+        let path = self.dir.join(name);
+        let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+        let modified = meta.modified().ok();
+        let mut cache = self.cache.lock().expect("bootfile cache lock");
+        if let Some(c) = cache.get(name) {
+            if c.modified == modified && c.len == meta.len() {
+                return Some(c.bytes.clone());
+            }
+        }
+        let bytes: Arc<[u8]> = std::fs::read(&path).ok()?.into();
+        cache.insert(
+            name.to_string(),
+            Cached {
+                modified,
+                len: bytes.len() as u64,
+                bytes: bytes.clone(),
+            },
+        );
+        Some(bytes)
+    }
+}
+
+impl GeneratedFiles for Bootfiles {
+    fn get(&self, path: &str, _client: SocketAddr) -> Option<Arc<[u8]>> {
+        Bootfiles::get(self, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_configured_names_through_symlinks_and_nothing_else() {
+        let root = tempfile::TempDir::new().unwrap();
+        let outside = tempfile::TempDir::new().unwrap();
+        std::fs::write(outside.path().join("ipxe.efi"), b"efi").unwrap();
+        std::fs::write(outside.path().join("secret"), b"no").unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("ipxe.efi"),
+            root.path().join("ipxe.efi"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("other"))
+            .unwrap();
+        std::fs::write(root.path().join("undionly.kpxe"), b"bios").unwrap();
+        let b = Bootfiles::new(
+            root.path().into(),
+            [
+                "ipxe.efi".to_string(),
+                "undionly.kpxe".into(),
+                "snponly.efi".into(),
+            ],
+        );
+        assert_eq!(
+            b.get("ipxe.efi").as_deref(),
+            Some(&b"efi"[..]),
+            "Debian-style symlink followed"
+        );
+        assert_eq!(b.get("/undionly.kpxe").as_deref(), Some(&b"bios"[..]));
+        assert_eq!(b.get("other"), None, "not a configured name");
+        assert_eq!(b.get("snponly.efi"), None, "configured but absent");
+        // A changed file is re-read.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(root.path().join("undionly.kpxe"), b"bios v2").unwrap();
+        assert_eq!(b.get("undionly.kpxe").as_deref(), Some(&b"bios v2"[..]));
+    }
+}
