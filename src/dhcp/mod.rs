@@ -17,3 +17,6 @@ pub mod reply;
 pub mod server;
 
 pub use handler::{Dhcp, Incoming, Outgoing, Port};
+
+#[cfg(test)]
+mod fixtures_tests;
