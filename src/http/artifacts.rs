@@ -1,0 +1,286 @@
+//! `GET`/`HEAD /artifacts/sha256/{hex}`: boot artifacts at permanent,
+//! content-addressed URLs.
+//!
+//! Because the URL is the digest of the bytes, every response may be cached
+//! forever by anyone: strong `ETag` (the digest), `Cache-Control: public,
+//! max-age=31536000, immutable`, `If-None-Match` → 304, single byte ranges
+//! (`bytes=a-b`, `a-`, `-n`) → 206, unsatisfiable → 416, `If-Range`. A
+//! request for several ranges gets the whole file (allowed by RFC 9110).
+//! Bodies stream from disk in 256 KiB reads. A client that hangs up early
+//! (UEFI HTTP boot sends HEAD, then GET, and may close) is normal: it is
+//! reported to the hook as incomplete, never logged as an error.
+
+use std::io::SeekFrom;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use futures_util::Stream;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::images::{Digest, ImageStore};
+
+/// One artifact response that finished (or was cut short).
+#[derive(Debug, Clone)]
+pub struct ServedArtifact {
+    pub digest: Digest,
+    pub client: Option<SocketAddr>,
+    pub bytes: u64,
+    /// The whole requested range was sent.
+    pub completed: bool,
+}
+
+/// Called once per GET body, when it ends.
+pub type Hook = Arc<dyn Fn(ServedArtifact) + Send + Sync>;
+
+#[derive(Clone)]
+struct ArtifactState {
+    store: Arc<ImageStore>,
+    hook: Option<Hook>,
+}
+
+pub fn router(store: Arc<ImageStore>, hook: Option<Hook>) -> Router {
+    Router::new()
+        .route("/artifacts/sha256/{hex}", get(serve))
+        .with_state(ArtifactState { store, hook })
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+async fn serve(
+    State(state): State<ArtifactState>,
+    method: Method,
+    headers: HeaderMap,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path(hex): Path<String>,
+) -> Response {
+    let Ok(digest) = hex.parse::<Digest>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_digest",
+            format!("{hex:?} is not a sha256 digest"),
+        );
+    };
+    let path = state.store.artifact_path(&digest);
+    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no artifact {digest}"),
+        );
+    };
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(_) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no artifact {digest}"),
+            )
+        }
+    };
+    let etag = format!("\"{digest}\"");
+    let common = [
+        (header::ETAG, etag.clone()),
+        (header::CACHE_CONTROL, IMMUTABLE.to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+    ];
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return (StatusCode::NOT_MODIFIED, common).into_response();
+        }
+    }
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok);
+    let (status, start, len) = match range.map(|r| parse_range(r, size)) {
+        None | Some(RangeSpec::Whole) => (StatusCode::OK, 0, size),
+        Some(RangeSpec::Part(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        Some(RangeSpec::Unsatisfiable) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [
+                    (header::CONTENT_RANGE, format!("bytes */{size}")),
+                    (header::ETAG, etag),
+                ],
+            )
+                .into_response();
+        }
+    };
+    let mut response = (status, common).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, len.into());
+    if status == StatusCode::PARTIAL_CONTENT {
+        let value = format!("bytes {start}-{}/{size}", start + len - 1);
+        h.insert(header::CONTENT_RANGE, value.parse().expect("ASCII header"));
+    }
+    if method == Method::HEAD {
+        return response;
+    }
+    if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "cannot read the artifact".into(),
+        );
+    }
+    let reader = ReaderStream::with_capacity(file.take(len), 256 * 1024);
+    let counted = Counted {
+        inner: reader,
+        sent: 0,
+        expected: len,
+        report: Some((state.hook.clone(), digest, Some(client))),
+    };
+    *response.body_mut() = Body::from_stream(counted);
+    response
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeSpec {
+    Whole,
+    /// Inclusive byte positions.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range against a file of `size` bytes. Anything that is not a
+/// single well-formed byte range is answered with the whole file.
+fn parse_range(header: &str, size: u64) -> RangeSpec {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Whole;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Whole;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, true) => return RangeSpec::Whole,
+        // Suffix: the last n bytes.
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return RangeSpec::Unsatisfiable,
+            Ok(n) => (size.saturating_sub(n), size.saturating_sub(1)),
+            Err(_) => return RangeSpec::Whole,
+        },
+        (false, _) => {
+            let Ok(start) = a.parse::<u64>() else {
+                return RangeSpec::Whole;
+            };
+            let end = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                match b.parse::<u64>() {
+                    Ok(e) if e >= start => e.min(size.saturating_sub(1)),
+                    _ => return RangeSpec::Whole,
+                }
+            };
+            (start, end)
+        }
+    };
+    if size == 0 || parsed.0 >= size {
+        return RangeSpec::Unsatisfiable;
+    }
+    RangeSpec::Part(parsed.0, parsed.1)
+}
+
+/// A body stream that counts what it sent and tells the hook when it ends,
+/// whether by finishing or by being dropped (client gone).
+struct Counted<S> {
+    inner: S,
+    sent: u64,
+    expected: u64,
+    report: Option<(Option<Hook>, Digest, Option<SocketAddr>)>,
+}
+
+impl<S> Counted<S> {
+    fn finish(&mut self) {
+        if let Some((Some(hook), digest, client)) = self.report.take() {
+            let completed = self.sent == self.expected;
+            if !completed {
+                tracing::debug!(%digest, sent = self.sent, expected = self.expected, "artifact download ended early");
+            }
+            hook(ServedArtifact {
+                digest,
+                client,
+                bytes: self.sent,
+                completed,
+            });
+        }
+    }
+}
+
+impl<S: Stream<Item = std::io::Result<Bytes>> + Unpin> Stream for Counted<S> {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(chunk))) => self.sent += chunk.len() as u64,
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_range, RangeSpec::*};
+
+    #[test]
+    fn range_forms() {
+        let size = 1000;
+        let table = [
+            ("bytes=0-99", Part(0, 99)),
+            ("bytes=900-", Part(900, 999)),
+            ("bytes=-100", Part(900, 999)),
+            ("bytes=-5000", Part(0, 999)),
+            ("bytes=990-2000", Part(990, 999)),
+            ("bytes=1000-", Unsatisfiable),
+            ("bytes=-0", Unsatisfiable),
+            ("bytes=0-1,5-6", Whole),
+            ("bytes=9-3", Whole),
+            ("items=0-1", Whole),
+            ("bytes=x-y", Whole),
+        ];
+        for (h, want) in table {
+            assert_eq!(parse_range(h, size), want, "{h}");
+        }
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+    }
+}

@@ -1,0 +1,371 @@
+//! The content-addressed image store on disk: files only (the database holds
+//! the rows that say which generation is which image).
+//!
+//! Layout under `data_dir/images/`:
+//! - `artifacts/sha256/<hex>`: each artifact (kernel, initrd, rootfs) once,
+//!   named by the sha256 of its bytes, mode 0444;
+//! - `manifests/<hex>.json`: each image's manifest, named by the sha256 of
+//!   its canonical JSON, mode 0444;
+//! - `tmp/`: uploads in progress.
+//!
+//! Invariants: nothing becomes visible under `artifacts/` or `manifests/`
+//! until it is complete, fsynced and verified: writes go to `tmp/`, are
+//! hashed while written, fsynced, checked against the expected digest, then
+//! renamed (and the directory fsynced). A crash at any point leaves at most a
+//! file in `tmp/`, which `open` removes. Identical content is stored once.
+//! Bodies are streamed, never held whole in memory.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt;
+
+/// A sha256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ImageError;
+
+    /// 64 hex digits, optionally prefixed `sha256:`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
+        let mut out = [0u8; 32];
+        if hex_part.len() != 64
+            || hex::decode_to_slice(hex_part.to_ascii_lowercase(), &mut out).is_err()
+        {
+            return Err(ImageError::InvalidManifest(format!(
+                "{s:?} is not a sha256 digest"
+            )));
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One artifact of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactRef {
+    /// A file name for people and loaders (`vmlinuz`, `initrd.img`).
+    pub name: String,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// An image: what a generation boots. Its identity is the sha256 of
+/// [`Manifest::canonical_json`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `x86_64` or `arm64`.
+    pub arch: String,
+    pub kernel: ArtifactRef,
+    /// At least one, in load order.
+    pub initrds: Vec<ArtifactRef>,
+    /// An optional root filesystem the booted OS fetches (squashfs, …).
+    #[serde(default)]
+    pub rootfs: Option<ArtifactRef>,
+    /// The kernel command line, a minijinja template.
+    pub cmdline: String,
+}
+
+impl Manifest {
+    /// serde_json of the struct: fields in declaration order, no whitespace.
+    /// The digest is the sha256 of exactly these bytes.
+    pub fn canonical_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("manifests serialize")
+    }
+
+    pub fn digest(&self) -> Digest {
+        Digest::of(&self.canonical_json())
+    }
+
+    pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRef> {
+        std::iter::once(&self.kernel)
+            .chain(&self.initrds)
+            .chain(&self.rootfs)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("content has sha256 {actual}, expected {expected}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("upload exceeds the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    InvalidManifest(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("upload interrupted: {0}")]
+    Body(String),
+    #[error("image store I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What garbage collection removed.
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    pub manifests_removed: usize,
+    pub artifacts_removed: usize,
+    pub bytes_freed: u64,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    /// Unique temporary names within this process.
+    seq: AtomicU64,
+}
+
+impl ImageStore {
+    /// Opens (creating) the store and removes what a crash left in `tmp/`.
+    pub fn open(root: &Path) -> Result<Self, ImageError> {
+        for dir in ["artifacts/sha256", "manifests", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))?;
+        }
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let path = entry?.path();
+            tracing::info!(path = %path.display(), "removing an incomplete upload left by a crash");
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn artifact_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("artifacts/sha256").join(d.to_string())
+    }
+
+    fn manifest_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("manifests").join(format!("{d}.json"))
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join("tmp")
+            .join(format!("{}-{n}", std::process::id()))
+    }
+
+    pub async fn artifact_size(&self, d: &Digest) -> Option<u64> {
+        tokio::fs::metadata(self.artifact_path(d))
+            .await
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+    }
+
+    /// Streams a body into the store (see the module invariants).
+    pub async fn put_artifact<S, E>(
+        &self,
+        expected: Option<Digest>,
+        max_size: u64,
+        body: S,
+    ) -> Result<ArtifactInfo, ImageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = self.tmp_path();
+        let result = self.write_tmp(&tmp, max_size, body).await;
+        let (digest, size) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if let Some(expected) = expected.filter(|e| *e != digest) {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(ImageError::DigestMismatch {
+                expected,
+                actual: digest,
+            });
+        }
+        self.publish(&tmp, &self.artifact_path(&digest)).await?;
+        Ok(ArtifactInfo { digest, size })
+    }
+
+    async fn write_tmp<S, E>(
+        &self,
+        tmp: &Path,
+        max_size: u64,
+        mut body: S,
+    ) -> Result<(Digest, u64), ImageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut file = tokio::fs::File::create(tmp).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| ImageError::Body(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > max_size {
+                return Err(ImageError::TooLarge { limit: max_size });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).await?;
+        }
+        file.sync_all().await?;
+        Ok((Digest(hasher.finalize().into()), size))
+    }
+
+    /// Makes a complete, fsynced temporary file visible under its final
+    /// name, read-only; if the name exists (same content), drops the copy.
+    async fn publish(&self, tmp: &Path, dest: &Path) -> Result<(), ImageError> {
+        if tokio::fs::metadata(dest).await.is_ok() {
+            tokio::fs::remove_file(tmp).await?;
+            return Ok(());
+        }
+        tokio::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o444)).await?;
+        tokio::fs::rename(tmp, dest).await?;
+        let dir = dest
+            .parent()
+            .expect("store paths have parents")
+            .to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::File::open(dir).and_then(|d| d.sync_all()))
+            .await
+            .map_err(|e| ImageError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
+    /// Stores a manifest after checking every artifact it names is present
+    /// with the stated size; returns its digest.
+    pub async fn put_manifest(&self, m: &Manifest) -> Result<Digest, ImageError> {
+        for a in m.artifacts() {
+            match self.artifact_size(&a.digest).await {
+                Some(size) if size == a.size => {}
+                Some(size) => {
+                    return Err(ImageError::InvalidManifest(format!(
+                        "{} ({}) is {size} bytes, the manifest says {}",
+                        a.name, a.digest, a.size
+                    )))
+                }
+                None => {
+                    return Err(ImageError::InvalidManifest(format!(
+                        "{} ({}) has not been uploaded",
+                        a.name, a.digest
+                    )))
+                }
+            }
+        }
+        let bytes = m.canonical_json();
+        let digest = Digest::of(&bytes);
+        let tmp = self.tmp_path();
+        let mut file = tokio::fs::File::create(&tmp).await?;
+        file.write_all(&bytes).await?;
+        file.sync_all().await?;
+        drop(file);
+        self.publish(&tmp, &self.manifest_path(&digest)).await?;
+        Ok(digest)
+    }
+
+    /// Reads a manifest and checks it still hashes to its name.
+    pub async fn read_manifest(&self, d: &Digest) -> Result<Manifest, ImageError> {
+        let bytes = tokio::fs::read(self.manifest_path(d))
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ImageError::NotFound(format!("image {d}")),
+                _ => ImageError::Io(e),
+            })?;
+        let actual = Digest::of(&bytes);
+        if actual != *d {
+            return Err(ImageError::DigestMismatch {
+                expected: *d,
+                actual,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::InvalidManifest(e.to_string()))
+    }
+
+    /// Deletes manifests not in `keep` and artifacts no kept manifest uses.
+    pub async fn gc(&self, keep: &HashSet<Digest>) -> Result<GcReport, ImageError> {
+        let mut report = GcReport::default();
+        let mut referenced = HashSet::new();
+        for d in keep {
+            if let Ok(m) = self.read_manifest(d).await {
+                referenced.extend(m.artifacts().map(|a| a.digest));
+            }
+        }
+        for (dir, is_manifest) in [("manifests", true), ("artifacts/sha256", false)] {
+            let mut entries = tokio::fs::read_dir(self.root.join(dir)).await?;
+            while let Some(entry) = entries.next_entry().await? {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Ok(d) = name.trim_end_matches(".json").parse::<Digest>() else {
+                    continue;
+                };
+                let live = if is_manifest {
+                    keep.contains(&d)
+                } else {
+                    referenced.contains(&d)
+                };
+                if live {
+                    continue;
+                }
+                let len = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
+                tokio::fs::remove_file(entry.path()).await?;
+                report.bytes_freed += len;
+                if is_manifest {
+                    report.manifests_removed += 1;
+                } else {
+                    report.artifacts_removed += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A stored artifact.
+#[derive(Debug, Clone, Copy)]
+pub struct ArtifactInfo {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+#[cfg(test)]
+mod tests;
