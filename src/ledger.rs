@@ -16,7 +16,7 @@ use crate::domain::{Arch, MacAddr};
 use crate::metrics::Metrics;
 
 /// One thing worth writing down.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Record {
     /// A machine was seen sending a PXE (or otherwise answered) request:
     /// upsert its facts.
@@ -25,6 +25,26 @@ pub enum Record {
     Event(Event),
     /// A lease changed: persist it.
     Lease(LeaseRecord),
+    /// A per-machine script was served: a new boot row.
+    BootStarted(BootRecord),
+    /// Answered once every record queued before it is committed; lets a
+    /// caller that must read its own writes (phone home) wait for them.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// A boot attempt, as written when its script is served.
+#[derive(Debug, Clone)]
+pub struct BootRecord {
+    pub id: i64,
+    pub mac: MacAddr,
+    pub token_hash: String,
+    pub stream: Option<String>,
+    pub generation: Option<i64>,
+    pub image: Option<String>,
+    /// `served` or `nothing`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub started_ms: i64,
 }
 
 /// What a DHCP request tells us about the machine behind it.
@@ -41,6 +61,10 @@ pub struct MachineFacts {
     pub circuit_id: Option<String>,
     pub remote_id: Option<String>,
     pub relay: Option<IpAddr>,
+    /// From iPXE's `${serial}` (SMBIOS), when the script request carries it.
+    pub serial: Option<String>,
+    /// The address the machine was last seen at.
+    pub ip: Option<IpAddr>,
     pub at_ms: i64,
 }
 
@@ -56,6 +80,8 @@ pub struct Event {
     /// Free-form, JSON-serialisable detail (file name, bootfile, reason).
     pub detail: serde_json::Value,
     pub bytes: Option<u64>,
+    /// The boot this step belongs to, when known.
+    pub boot_id: Option<i64>,
 }
 
 /// The persisted form of a lease change.
@@ -104,7 +130,38 @@ impl Ledger {
             step,
             detail,
             bytes,
+            boot_id: None,
         }));
+    }
+
+    /// An event that belongs to a known boot.
+    pub fn boot_event(
+        &self,
+        boot_id: i64,
+        mac: MacAddr,
+        ip: Option<IpAddr>,
+        step: &'static str,
+        detail: serde_json::Value,
+        bytes: Option<u64>,
+    ) {
+        self.record(Record::Event(Event {
+            at_ms: now_ms(),
+            mac: Some(mac),
+            ip,
+            step,
+            detail,
+            bytes,
+            boot_id: Some(boot_id),
+        }));
+    }
+
+    /// Waits until everything recorded before this call is committed (or the
+    /// writer is gone). Not for packet paths: they never wait.
+    pub async fn flush(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Record::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error};
 
 use super::Store;
-use crate::ledger::{now_ms, Event, LeaseRecord, MachineFacts, Record};
+use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
 /// Most records committed in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -35,10 +35,18 @@ pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
                 Ok(None) | Err(_) => break,
             }
         }
+        let (flushes, records): (Vec<Record>, Vec<Record>) =
+            batch.drain(..).partition(|r| matches!(r, Record::Flush(_)));
+        batch = records;
         if let Err(e) = commit(&store, &batch).await {
             error!(error = %e, records = batch.len(), "ledger batch not written");
         } else {
             debug!(records = batch.len(), "ledger batch committed");
+        }
+        for flush in flushes {
+            if let Record::Flush(tx) = flush {
+                let _ = tx.send(());
+            }
         }
         batch.clear();
     }
@@ -53,6 +61,8 @@ async fn commit(store: &Store, batch: &[Record]) -> Result<(), sqlx::Error> {
             Record::MachineSeen(m) => upsert_machine(&mut tx, m).await?,
             Record::Event(e) => insert_event(&mut tx, e).await?,
             Record::Lease(l) => write_lease(&mut tx, l).await?,
+            Record::BootStarted(b) => insert_boot(&mut tx, b).await?,
+            Record::Flush(_) => {}
         }
     }
     tx.commit().await
@@ -62,9 +72,12 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     let Some(mac) = m.mac else { return Ok(()) };
     sqlx::query(
         "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, hostname,
-                               circuit_id, remote_id, relay, first_seen_ms, last_seen_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               circuit_id, remote_id, relay, first_seen_ms, last_seen_ms,
+                               serial, ip)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (mac) DO UPDATE SET
+             serial = COALESCE(excluded.serial, serial),
+             ip = COALESCE(excluded.ip, ip),
              uuid = COALESCE(excluded.uuid, uuid),
              arch = COALESCE(excluded.arch, arch),
              firmware = COALESCE(excluded.firmware, firmware),
@@ -88,6 +101,8 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.relay.map(|r| r.to_string()))
     .bind(m.at_ms)
     .bind(m.at_ms)
+    .bind(&m.serial)
+    .bind(m.ip.map(|i| i.to_string()))
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -95,7 +110,7 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
 
 async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(e.at_ms)
     .bind(e.mac.map(|m| m.to_string()))
@@ -103,6 +118,26 @@ async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<(), sqlx
     .bind(e.step)
     .bind(e.detail.to_string())
     .bind(e.bytes.map(|b| b as i64))
+    .bind(e.boot_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO boots (id, mac, token_hash, stream, generation, image, state, reason, started_ms)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(b.id)
+    .bind(b.mac.to_string())
+    .bind(&b.token_hash)
+    .bind(&b.stream)
+    .bind(b.generation)
+    .bind(&b.image)
+    .bind(b.state)
+    .bind(&b.reason)
+    .bind(b.started_ms)
     .execute(&mut *conn)
     .await?;
     Ok(())

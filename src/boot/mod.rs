@@ -1,0 +1,173 @@
+//! Which generation a machine boots next, and why: a pure function of the
+//! machine, its group and the generations that exist.
+//!
+//! Order of precedence: a pin on the machine, then its group's pointer.
+//! (Rollouts and the last-known-good fallback slot in here later.) When
+//! nothing can be booted the answer says why, because the machine's console
+//! and the ledger must say it too.
+
+pub mod context;
+
+use serde::Serialize;
+
+/// A stream and a generation number: "worker gen 41".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct GenerationId {
+    pub stream: String,
+    pub number: i64,
+}
+
+impl GenerationId {
+    pub fn new(stream: impl Into<String>, number: i64) -> Self {
+        Self {
+            stream: stream.into(),
+            number,
+        }
+    }
+}
+
+impl std::fmt::Display for GenerationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} gen {}", self.stream, self.number)
+    }
+}
+
+/// What the decision needs to know about a machine.
+#[derive(Debug, Clone, Default)]
+pub struct MachineFacts {
+    pub group: String,
+    pub pin: Option<GenerationId>,
+    /// The architecture the machine's loader runs (`x86_64`, `arm64`), when
+    /// known from iPXE's `${buildarch}` or DHCP option 93.
+    pub arch: Option<String>,
+}
+
+/// What the decision needs to know about the machine's group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupFacts {
+    pub name: String,
+    pub pointer: Option<GenerationId>,
+}
+
+/// Where the chosen generation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Pin,
+    Group,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Target {
+    Boot {
+        generation: GenerationId,
+        source: Source,
+    },
+    Nothing {
+        reason: String,
+    },
+}
+
+/// Picks the generation for `machine`. `image_arch` says which architecture a
+/// generation's image is for, or `None` when the generation does not exist.
+pub fn target(
+    machine: &MachineFacts,
+    group: Option<&GroupFacts>,
+    image_arch: impl Fn(&GenerationId) -> Option<String>,
+) -> Target {
+    let (chosen, source) = match (&machine.pin, group.and_then(|g| g.pointer.as_ref())) {
+        (Some(pin), _) => (pin, Source::Pin),
+        (None, Some(pointer)) => (pointer, Source::Group),
+        (None, None) => {
+            let reason = match group {
+                Some(g) => format!("group {} points at no generation", g.name),
+                None => format!("group {} does not exist", machine.group),
+            };
+            return Target::Nothing { reason };
+        }
+    };
+    let Some(arch) = image_arch(chosen) else {
+        let what = if source == Source::Pin {
+            "pinned"
+        } else {
+            "group's"
+        };
+        return Target::Nothing {
+            reason: format!("the {what} generation {chosen} does not exist"),
+        };
+    };
+    if let Some(machine_arch) = &machine.arch {
+        if !same_arch(machine_arch, &arch) {
+            return Target::Nothing {
+                reason: format!("{chosen} is an {arch} image but this machine runs {machine_arch}"),
+            };
+        }
+    }
+    Target::Boot {
+        generation: chosen.clone(),
+        source,
+    }
+}
+
+/// iPXE says `x86_64`/`i386`/`arm64`; images say `x86_64`/`arm64`.
+fn same_arch(machine: &str, image: &str) -> bool {
+    let norm = |a: &str| {
+        match a {
+            "x86_64" | "amd64" | "x64" => "x86_64",
+            "arm64" | "aarch64" => "arm64",
+            other => other,
+        }
+        .to_string()
+    };
+    norm(machine) == norm(image)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(stream: &str, n: i64) -> GenerationId {
+        GenerationId::new(stream, n)
+    }
+
+    #[test]
+    fn decision_table() {
+        let existing = |g: &GenerationId| match (g.stream.as_str(), g.number) {
+            ("worker", 41 | 42) => Some("x86_64".to_string()),
+            ("arm", 1) => Some("arm64".to_string()),
+            _ => None,
+        };
+        let group = |p: Option<GenerationId>| GroupFacts {
+            name: "web".into(),
+            pointer: p,
+        };
+        let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
+            group: "web".into(),
+            pin,
+            arch: arch.map(str::to_string),
+        };
+        let boot = |g: GenerationId, source| Target::Boot {
+            generation: g,
+            source,
+        };
+        let nothing = |r: &str| Target::Nothing { reason: r.into() };
+        #[rustfmt::skip]
+        let cases = [
+            ("group pointer",              machine(None, None),                     Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
+            ("pin beats group",            machine(Some(gen("worker", 42)), None),  Some(group(Some(gen("worker", 41)))), boot(gen("worker", 42), Source::Pin)),
+            ("pin without group pointer",  machine(Some(gen("worker", 42)), None),  Some(group(None)),                    boot(gen("worker", 42), Source::Pin)),
+            ("empty group",                machine(None, None),                     Some(group(None)),                    nothing("group web points at no generation")),
+            ("missing group",              machine(None, None),                     None,                                 nothing("group web does not exist")),
+            ("pinned generation deleted",  machine(Some(gen("worker", 7)), None),   Some(group(Some(gen("worker", 41)))), nothing("the pinned generation worker gen 7 does not exist")),
+            ("group generation deleted",   machine(None, None),                     Some(group(Some(gen("worker", 9)))),  nothing("the group's generation worker gen 9 does not exist")),
+            ("arch matches (iPXE name)",   machine(None, Some("x86_64")),           Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
+            ("wrong arch is refused",      machine(None, Some("arm64")),            Some(group(Some(gen("worker", 41)))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
+            ("arm64 machine, arm64 image", machine(None, Some("aarch64")),          Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),
+        ];
+        for (name, m, g, want) in cases {
+            assert_eq!(target(&m, g.as_ref(), existing), want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Reading the inventory's view from SQLite at start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::boot::GenerationId;
+use crate::domain::MacAddr;
+use crate::images::{Digest, Manifest};
+use crate::ledger::now_ms;
+use crate::store::Store;
+
+use super::{Boot, Generation, Group, InventoryError, Machine, State};
+
+/// Open boots older than this can no longer confirm (their machine has long
+/// rebooted or given up).
+const OPEN_BOOT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+
+#[derive(sqlx::FromRow)]
+struct MachineRow {
+    mac: String,
+    group_name: String,
+    labels: String,
+    hostname: Option<String>,
+    uuid: Option<String>,
+    serial: Option<String>,
+    ip: Option<String>,
+    pin_stream: Option<String>,
+    pin_generation: Option<i64>,
+    current_stream: Option<String>,
+    current_generation: Option<i64>,
+    last_good_stream: Option<String>,
+    last_good_generation: Option<i64>,
+}
+
+const MACHINE_COLUMNS: &str =
+    "mac, group_name, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
+     current_stream, current_generation, last_good_stream, last_good_generation";
+
+fn pair(stream: Option<String>, number: Option<i64>) -> Option<GenerationId> {
+    Some(GenerationId::new(stream?, number?))
+}
+
+impl MachineRow {
+    fn into_machine(self) -> Option<Machine> {
+        let labels: BTreeMap<String, String> =
+            serde_json::from_str(&self.labels).unwrap_or_default();
+        Some(Machine {
+            mac: self.mac.parse().ok()?,
+            group: self.group_name,
+            labels,
+            hostname: self.hostname,
+            uuid: self.uuid,
+            serial: self.serial,
+            arch: None,
+            ip: self.ip,
+            pin: pair(self.pin_stream, self.pin_generation),
+            current: pair(self.current_stream, self.current_generation),
+            last_good: pair(self.last_good_stream, self.last_good_generation),
+        })
+    }
+}
+
+/// One machine's row, if the database has it.
+pub(super) async fn machine(
+    store: &Store,
+    mac: MacAddr,
+) -> Result<Option<Machine>, InventoryError> {
+    let row: Option<MachineRow> = sqlx::query_as(&format!(
+        "SELECT {MACHINE_COLUMNS} FROM machines WHERE mac = ?"
+    ))
+    .bind(mac.to_string())
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row.and_then(MachineRow::into_machine))
+}
+
+/// Everything, plus the highest boot id so far.
+pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError> {
+    let pool = store.pool();
+    let mut state = State::default();
+
+    let rows: Vec<MachineRow> = sqlx::query_as(&format!("SELECT {MACHINE_COLUMNS} FROM machines"))
+        .fetch_all(pool)
+        .await?;
+    for m in rows.into_iter().filter_map(MachineRow::into_machine) {
+        state.machines.insert(m.mac, m);
+    }
+
+    let groups: Vec<(String, Option<String>, Option<i64>, String)> =
+        sqlx::query_as("SELECT name, stream, generation, variables FROM groups")
+            .fetch_all(pool)
+            .await?;
+    for (name, stream, number, vars) in groups {
+        let variables = serde_json::from_str(&vars).unwrap_or_else(|_| serde_json::json!({}));
+        state.groups.insert(
+            name.clone(),
+            Group {
+                name,
+                pointer: pair(stream, number),
+                variables,
+            },
+        );
+    }
+
+    let gens: Vec<(String, i64, String, String, i64, Option<String>)> = sqlx::query_as(
+        "SELECT g.stream, g.number, g.image, i.manifest, g.imported_ms, g.imported_by
+         FROM generations g JOIN images i ON i.digest = g.image",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (stream, number, image, manifest, imported_ms, imported_by) in gens {
+        let (Ok(digest), Ok(manifest)) = (
+            image.parse::<Digest>(),
+            serde_json::from_str::<Manifest>(&manifest),
+        ) else {
+            tracing::error!(
+                stream,
+                number,
+                "generation with an unreadable image row; skipped"
+            );
+            continue;
+        };
+        let id = GenerationId::new(stream, number);
+        state.generations.insert(
+            id.clone(),
+            Arc::new(Generation {
+                id,
+                digest,
+                manifest,
+                imported_ms,
+                imported_by,
+            }),
+        );
+    }
+
+    let boots: Vec<(i64, String, String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT id, mac, token_hash, stream, generation FROM boots WHERE state = 'served' AND started_ms > ?",
+    )
+    .bind(now_ms() - OPEN_BOOT_WINDOW_MS)
+    .fetch_all(pool)
+    .await?;
+    for (id, mac, hash, stream, number) in boots {
+        if let Ok(mac) = mac.parse() {
+            state.boots.insert(
+                hash,
+                Boot {
+                    id,
+                    mac,
+                    generation: pair(stream, number),
+                    confirmed: false,
+                },
+            );
+        }
+    }
+    let (max_boot,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM boots")
+        .fetch_one(pool)
+        .await?;
+    Ok((state, max_boot))
+}

@@ -1,0 +1,593 @@
+//! The inventory the boot path reads: machines, groups, generations and the
+//! boots still waiting for their confirmation, held in memory.
+//!
+//! Architecture invariant: serving a script never waits on SQLite. It reads
+//! this in-memory view, and what it creates (a machine seen for the first
+//! time, a boot row) goes through the ledger queue. Operator changes (import,
+//! group pointer, pin) and confirmations are written to SQLite first, in a
+//! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
+//! shows what the database does not hold.
+
+mod load;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::boot::{self, GenerationId, Target};
+use crate::domain::MacAddr;
+use crate::images::{Digest, Manifest};
+use crate::ledger::{now_ms, BootRecord, Ledger, MachineFacts, Record};
+use crate::store::{Store, StoreError};
+
+/// A machine as the boot path sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub mac: MacAddr,
+    pub group: String,
+    pub labels: BTreeMap<String, String>,
+    pub hostname: Option<String>,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    /// The loader's architecture (`${buildarch}`: `x86_64`, `arm64`).
+    pub arch: Option<String>,
+    pub ip: Option<String>,
+    pub pin: Option<GenerationId>,
+    pub current: Option<GenerationId>,
+    pub last_good: Option<GenerationId>,
+}
+
+impl Machine {
+    fn new(mac: MacAddr) -> Self {
+        Self {
+            mac,
+            group: "default".into(),
+            labels: BTreeMap::new(),
+            hostname: None,
+            uuid: None,
+            serial: None,
+            arch: None,
+            ip: None,
+            pin: None,
+            current: None,
+            last_good: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub name: String,
+    pub pointer: Option<GenerationId>,
+    pub variables: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub id: GenerationId,
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub imported_ms: i64,
+    pub imported_by: Option<String>,
+}
+
+/// A boot whose token may still be used (config fetches, confirmation).
+#[derive(Debug, Clone)]
+pub struct Boot {
+    pub id: i64,
+    pub mac: MacAddr,
+    pub generation: Option<GenerationId>,
+    pub confirmed: bool,
+}
+
+/// What the script request told us about the machine (iPXE variables).
+#[derive(Debug, Clone, Default)]
+pub struct ScriptRequest {
+    pub mac: Option<MacAddr>,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub buildarch: Option<String>,
+    pub platform: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// Everything needed to render one boot's script and configs.
+#[derive(Debug, Clone)]
+pub struct BootPlan {
+    pub boot_id: i64,
+    /// The per-boot token in clear (only ever sent to the machine).
+    pub token: String,
+    pub machine: Machine,
+    pub group: Group,
+    pub target: Target,
+    pub generation: Option<Arc<Generation>>,
+    pub platform: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("{0} does not exist")]
+    NoSuchGeneration(GenerationId),
+    #[error("machine {0} is not known")]
+    NoSuchMachine(MacAddr),
+    #[error("unknown boot token")]
+    UnknownToken,
+    #[error("boot {0} was already confirmed")]
+    AlreadyConfirmed(i64),
+    #[error("boot {0} had nothing to boot; there is nothing to confirm")]
+    NothingToConfirm(i64),
+}
+
+#[derive(Default)]
+struct State {
+    machines: HashMap<MacAddr, Machine>,
+    groups: HashMap<String, Group>,
+    generations: HashMap<GenerationId, Arc<Generation>>,
+    /// By sha256 of the token.
+    boots: HashMap<String, Boot>,
+    /// The latest boot opened from each client address: artifact downloads
+    /// carry no token, so they are attributed by where they come from.
+    by_ip: HashMap<IpAddr, String>,
+}
+
+pub struct Inventory {
+    store: Store,
+    ledger: Ledger,
+    state: RwLock<State>,
+    next_boot: AtomicI64,
+}
+
+/// sha256 of a token, hex: what the database keeps instead of the token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// 256 random bits, hex: per-boot tokens and API tokens.
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+impl Inventory {
+    /// Loads the view from the database.
+    pub async fn load(store: Store, ledger: Ledger) -> Result<Self, InventoryError> {
+        let (state, max_boot) = load::state(&store).await?;
+        Ok(Self {
+            store,
+            ledger,
+            state: RwLock::new(state),
+            next_boot: AtomicI64::new(max_boot + 1),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().expect("inventory lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().expect("inventory lock")
+    }
+
+    pub fn generation(&self, id: &GenerationId) -> Option<Arc<Generation>> {
+        self.read().generations.get(id).cloned()
+    }
+
+    pub fn generations(&self) -> Vec<Arc<Generation>> {
+        let mut all: Vec<_> = self.read().generations.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    pub fn group(&self, name: &str) -> Option<Group> {
+        self.read().groups.get(name).cloned()
+    }
+
+    pub fn groups(&self) -> Vec<Group> {
+        let mut all: Vec<_> = self.read().groups.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn machine(&self, mac: MacAddr) -> Option<Machine> {
+        self.read().machines.get(&mac).cloned()
+    }
+
+    /// Serves a script request: registers an unknown machine, decides its
+    /// target, and opens a boot. Never waits on SQLite.
+    pub fn begin_boot(&self, mac: MacAddr, req: &ScriptRequest) -> BootPlan {
+        let now = now_ms();
+        let token = new_secret();
+        let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.write();
+        let fresh = !state.machines.contains_key(&mac);
+        let machine = state
+            .machines
+            .entry(mac)
+            .or_insert_with(|| Machine::new(mac));
+        machine.uuid = req.uuid.clone().or(machine.uuid.take());
+        machine.serial = req.serial.clone().or(machine.serial.take());
+        machine.arch = req.buildarch.clone().or(machine.arch.take());
+        machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
+        let machine = machine.clone();
+        let group = state.groups.get(&machine.group).cloned();
+        let facts = boot::MachineFacts {
+            group: machine.group.clone(),
+            pin: machine.pin.clone(),
+            arch: machine.arch.clone(),
+        };
+        let group_facts = group.as_ref().map(|g| boot::GroupFacts {
+            name: g.name.clone(),
+            pointer: g.pointer.clone(),
+        });
+        let target = boot::target(&facts, group_facts.as_ref(), |g| {
+            state.generations.get(g).map(|r| r.manifest.arch.clone())
+        });
+        let generation = match &target {
+            Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
+            Target::Nothing { .. } => None,
+        };
+        state.boots.insert(
+            token_hash(&token),
+            Boot {
+                id,
+                mac,
+                generation: generation.as_ref().map(|g| g.id.clone()),
+                confirmed: false,
+            },
+        );
+        if let Some(ip) = req.ip {
+            state.by_ip.insert(ip, token_hash(&token));
+        }
+        drop(state);
+
+        self.ledger.record(Record::MachineSeen(MachineFacts {
+            mac: Some(mac),
+            uuid: req.uuid.clone(),
+            serial: req.serial.clone(),
+            ip: req.ip,
+            firmware: fresh.then(|| "ipxe".to_string()),
+            at_ms: now,
+            ..MachineFacts::default()
+        }));
+        let (state_name, reason) = match &target {
+            Target::Boot { .. } => ("served", None),
+            Target::Nothing { reason } => ("nothing", Some(reason.clone())),
+        };
+        self.ledger.record(Record::BootStarted(BootRecord {
+            id,
+            mac,
+            token_hash: token_hash(&token),
+            stream: generation.as_ref().map(|g| g.id.stream.clone()),
+            generation: generation.as_ref().map(|g| g.id.number),
+            image: generation.as_ref().map(|g| g.digest.to_string()),
+            state: state_name,
+            reason,
+            started_ms: now,
+        }));
+        BootPlan {
+            boot_id: id,
+            token,
+            machine,
+            group: group.unwrap_or_else(|| Group {
+                name: facts.group,
+                pointer: None,
+                variables: serde_json::json!({}),
+            }),
+            target,
+            generation,
+            platform: req.platform.clone(),
+        }
+    }
+
+    /// The plan of an open boot, by its token (for config fetches): the
+    /// machine's facts as they are now, the generation the boot was served.
+    pub fn plan_for_token(&self, token: &str) -> Option<BootPlan> {
+        let state = self.read();
+        let boot = state.boots.get(&token_hash(token))?.clone();
+        let machine = state
+            .machines
+            .get(&boot.mac)
+            .cloned()
+            .unwrap_or_else(|| Machine::new(boot.mac));
+        let group = state
+            .groups
+            .get(&machine.group)
+            .cloned()
+            .unwrap_or_else(|| Group {
+                name: machine.group.clone(),
+                pointer: None,
+                variables: serde_json::json!({}),
+            });
+        let generation = boot
+            .generation
+            .as_ref()
+            .and_then(|g| state.generations.get(g).cloned());
+        let target = match &generation {
+            Some(g) => Target::Boot {
+                generation: g.id.clone(),
+                source: boot::Source::Group,
+            },
+            None => Target::Nothing {
+                reason: "this boot was served nothing".into(),
+            },
+        };
+        Some(BootPlan {
+            boot_id: boot.id,
+            token: token.to_string(),
+            machine,
+            group,
+            target,
+            generation,
+            platform: None,
+        })
+    }
+
+    /// The latest boot opened from `ip`, and the name of the artifact with
+    /// this digest in the generation it was served (`vmlinuz`, …).
+    pub fn boot_by_ip(
+        &self,
+        ip: IpAddr,
+        digest: &Digest,
+    ) -> Option<(i64, MacAddr, Option<String>)> {
+        let state = self.read();
+        let boot = state.boots.get(state.by_ip.get(&ip)?)?;
+        let name = boot
+            .generation
+            .as_ref()
+            .and_then(|g| state.generations.get(g))
+            .and_then(|g| {
+                g.manifest
+                    .artifacts()
+                    .find(|a| &a.digest == digest)
+                    .map(|a| a.name.clone())
+            });
+        Some((boot.id, boot.mac, name))
+    }
+
+    /// The booted OS confirms: the generation becomes the machine's current
+    /// and last good. Written to SQLite before memory changes.
+    pub async fn confirm(&self, token: &str) -> Result<(Boot, GenerationId), InventoryError> {
+        let hash = token_hash(token);
+        let boot = self
+            .read()
+            .boots
+            .get(&hash)
+            .cloned()
+            .ok_or(InventoryError::UnknownToken)?;
+        if boot.confirmed {
+            return Err(InventoryError::AlreadyConfirmed(boot.id));
+        }
+        let generation = boot
+            .generation
+            .clone()
+            .ok_or(InventoryError::NothingToConfirm(boot.id))?;
+        // The boot row was queued when its script was served: make sure it
+        // is committed before updating it.
+        self.ledger.flush().await;
+        let now = now_ms();
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state = 'served'")
+            .bind(now)
+            .bind(boot.id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(InventoryError::AlreadyConfirmed(boot.id));
+        }
+        sqlx::query(
+            "UPDATE machines SET current_stream = ?1, current_generation = ?2,
+                 last_good_stream = ?1, last_good_generation = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
+             WHERE mac = ?4",
+        )
+        .bind(&generation.stream)
+        .bind(generation.number)
+        .bind(now)
+        .bind(boot.mac.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        let mut state = self.write();
+        if let Some(b) = state.boots.get_mut(&hash) {
+            b.confirmed = true;
+        }
+        if let Some(m) = state.machines.get_mut(&boot.mac) {
+            m.current = Some(generation.clone());
+            m.last_good = Some(generation.clone());
+        }
+        Ok((boot, generation))
+    }
+
+    /// Records an import: the image (once per digest) and the stream's next
+    /// generation number, in one transaction.
+    pub async fn add_generation(
+        &self,
+        stream: &str,
+        digest: Digest,
+        manifest: Manifest,
+        by: Option<String>,
+    ) -> Result<Arc<Generation>, InventoryError> {
+        let now = now_ms();
+        let json = String::from_utf8(manifest.canonical_json()).expect("JSON is UTF-8");
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO images (digest, arch, manifest, created_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(digest.to_string())
+        .bind(&manifest.arch)
+        .bind(&json)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (next,): (i64,) =
+            sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE stream = ?")
+                .bind(stream)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query("INSERT INTO generations (stream, number, image, imported_ms, imported_by) VALUES (?, ?, ?, ?, ?)")
+            .bind(stream)
+            .bind(next)
+            .bind(digest.to_string())
+            .bind(now)
+            .bind(&by)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let generation = Arc::new(Generation {
+            id: GenerationId::new(stream, next),
+            digest,
+            manifest,
+            imported_ms: now,
+            imported_by: by,
+        });
+        self.write()
+            .generations
+            .insert(generation.id.clone(), generation.clone());
+        Ok(generation)
+    }
+
+    /// Moves a group's pointer (creating the group if needed), atomically.
+    pub async fn set_group_generation(
+        &self,
+        group: &str,
+        id: &GenerationId,
+    ) -> Result<Group, InventoryError> {
+        if self.generation(id).is_none() {
+            return Err(InventoryError::NoSuchGeneration(id.clone()));
+        }
+        sqlx::query(
+            "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
+        )
+        .bind(group)
+        .bind(&id.stream)
+        .bind(id.number)
+        .bind(now_ms())
+        .execute(self.store.pool())
+        .await?;
+        let mut state = self.write();
+        let entry = state
+            .groups
+            .entry(group.to_string())
+            .or_insert_with(|| Group {
+                name: group.to_string(),
+                pointer: None,
+                variables: serde_json::json!({}),
+            });
+        entry.pointer = Some(id.clone());
+        Ok(entry.clone())
+    }
+
+    /// Waits until everything the boot path has queued is in SQLite, so an
+    /// operator reads (and updates) what machines just did. Never called on
+    /// the boot path itself.
+    pub async fn settle(&self) {
+        self.ledger.flush().await;
+    }
+
+    /// Pins a machine to a generation (or removes the pin).
+    pub async fn set_pin(
+        &self,
+        mac: MacAddr,
+        pin: Option<GenerationId>,
+    ) -> Result<(), InventoryError> {
+        self.settle().await;
+        if let Some(id) = &pin {
+            if self.generation(id).is_none() {
+                return Err(InventoryError::NoSuchGeneration(id.clone()));
+            }
+        }
+        let updated =
+            sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
+                .bind(pin.as_ref().map(|p| p.stream.clone()))
+                .bind(pin.as_ref().map(|p| p.number))
+                .bind(mac.to_string())
+                .execute(self.store.pool())
+                .await?
+                .rows_affected();
+        if updated == 0 {
+            return Err(InventoryError::NoSuchMachine(mac));
+        }
+        // A machine seen only by DHCP so far is not in memory yet.
+        let known = self.read().machines.contains_key(&mac);
+        let loaded = if known {
+            None
+        } else {
+            load::machine(&self.store, mac).await?
+        };
+        let mut state = self.write();
+        if let Some(m) = loaded {
+            state.machines.entry(mac).or_insert(m);
+        }
+        state
+            .machines
+            .entry(mac)
+            .or_insert_with(|| Machine::new(mac))
+            .pin = pin;
+        Ok(())
+    }
+
+    /// Generations still needed by a group pointer, a pin, or a machine's
+    /// current or last good generation: garbage collection keeps these.
+    pub fn in_use(&self) -> HashMap<GenerationId, Vec<String>> {
+        let state = self.read();
+        let mut used: HashMap<GenerationId, Vec<String>> = HashMap::new();
+        for g in state.groups.values() {
+            if let Some(p) = &g.pointer {
+                used.entry(p.clone())
+                    .or_default()
+                    .push(format!("group {}", g.name));
+            }
+        }
+        for m in state.machines.values() {
+            for (what, id) in [
+                ("pinned by", &m.pin),
+                ("current on", &m.current),
+                ("last good on", &m.last_good),
+            ] {
+                if let Some(id) = id {
+                    used.entry(id.clone())
+                        .or_default()
+                        .push(format!("{what} {}", m.mac));
+                }
+            }
+        }
+        used
+    }
+
+    /// Deletes generation rows (garbage collection decided which) and the
+    /// images no generation refers to any more; returns the images left.
+    pub async fn delete_generations(
+        &self,
+        ids: &[GenerationId],
+    ) -> Result<Vec<Digest>, InventoryError> {
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for id in ids {
+            sqlx::query("DELETE FROM generations WHERE stream = ? AND number = ?")
+                .bind(&id.stream)
+                .bind(id.number)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM images WHERE digest NOT IN (SELECT image FROM generations)")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut state = self.write();
+        for id in ids {
+            state.generations.remove(id);
+        }
+        Ok(state.generations.values().map(|g| g.digest).collect())
+    }
+}
