@@ -1,0 +1,295 @@
+//! Templates: the minijinja environment and the one context templates see.
+//!
+//! Templates come from `boot-templates/` (embedded in the binary, or an
+//! operator's directory set by `templates_dir`), are all parsed once at start,
+//! and render with strict undefined: a missing variable fails the render
+//! instead of producing a half-empty script. Values written into iPXE scripts
+//! and kernel command lines are refused when they contain a newline or any
+//! other control character, so no machine fact can inject a command.
+//!
+//! Layout: `boot.ipxe` (the static first script), `ipxe/machine.ipxe` (the
+//! per-machine script), `ipxe/nothing.ipxe` (nothing to boot, and why), and
+//! `config/*` (served per machine at boot: cloud-init NoCloud `user-data`,
+//! `meta-data`, `vendor-data`, an Ignition `ignition.json`, any other file).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use include_dir::{include_dir, Dir};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use serde::Serialize;
+
+static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/boot-templates");
+
+/// Template names with a fixed role.
+pub const BOOT_IPXE: &str = "boot.ipxe";
+pub const MACHINE_IPXE: &str = "ipxe/machine.ipxe";
+pub const NOTHING_IPXE: &str = "ipxe/nothing.ipxe";
+/// The name under which an image's cmdline template is rendered (so its
+/// values get the same control-character check as scripts).
+const CMDLINE: &str = "cmdline.ipxe";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("template {name}: {source}")]
+    Template {
+        name: String,
+        source: minijinja::Error,
+    },
+    #[error("templates directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no template named {0}")]
+    Missing(String),
+}
+
+/// The parsed templates.
+pub struct Renderer {
+    env: Environment<'static>,
+    config_files: Vec<String>,
+}
+
+impl Renderer {
+    /// The templates embedded in the binary.
+    pub fn embedded() -> Result<Self, RenderError> {
+        let mut files = Vec::new();
+        collect_embedded(&EMBEDDED, &mut files);
+        Self::from_files(files)
+    }
+
+    /// An operator's template directory (same layout as `boot-templates/`).
+    pub fn from_dir(dir: &Path) -> Result<Self, RenderError> {
+        let mut files = Vec::new();
+        collect_dir(dir, dir, &mut files).map_err(|source| RenderError::Dir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Self::from_files(files)
+    }
+
+    fn from_files(files: Vec<(String, String)>) -> Result<Self, RenderError> {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".ipxe") {
+                AutoEscape::Custom("ipxe")
+            } else {
+                AutoEscape::None
+            }
+        });
+        env.set_formatter(|out, state, value| {
+            if state.auto_escape() == AutoEscape::Custom("ipxe") {
+                let text = value.to_string();
+                if let Some(c) = text.chars().find(|c| c.is_control()) {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("value {text:?} contains control character {c:?}, refused in a boot script"),
+                    ));
+                }
+                out.write_str(&text).map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))?;
+                return Ok(());
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
+        let mut config_files = Vec::new();
+        for (name, source) in files {
+            if let Some(file) = name.strip_prefix("config/") {
+                config_files.push(file.to_string());
+            }
+            env.add_template_owned(name.clone(), source)
+                .map_err(|source| RenderError::Template { name, source })?;
+        }
+        for required in [BOOT_IPXE, MACHINE_IPXE, NOTHING_IPXE] {
+            env.get_template(required)
+                .map_err(|_| RenderError::Missing(required.into()))?;
+        }
+        config_files.sort();
+        Ok(Self { env, config_files })
+    }
+
+    /// Renders a template by name.
+    pub fn render(&self, name: &str, ctx: &impl Serialize) -> Result<String, RenderError> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|_| RenderError::Missing(name.into()))?;
+        template
+            .render(ctx)
+            .map_err(|source| RenderError::Template {
+                name: name.into(),
+                source,
+            })
+    }
+
+    /// Renders a config file (`config/<file>`), if there is one by that name.
+    pub fn render_config(
+        &self,
+        file: &str,
+        ctx: &BootContext,
+    ) -> Option<Result<String, RenderError>> {
+        self.config_files
+            .iter()
+            .any(|f| f == file)
+            .then(|| self.render(&format!("config/{file}"), ctx))
+    }
+
+    /// The files under `config/`, as served per machine.
+    pub fn config_files(&self) -> &[String] {
+        &self.config_files
+    }
+
+    /// Renders an image's kernel command line template with the boot context.
+    pub fn render_cmdline(&self, template: &str, ctx: &BootContext) -> Result<String, RenderError> {
+        let tmpl = self
+            .env
+            .template_from_named_str(CMDLINE, template)
+            .map_err(|source| RenderError::Template {
+                name: "image cmdline".into(),
+                source,
+            })?;
+        let text = tmpl.render(ctx).map_err(|source| RenderError::Template {
+            name: "image cmdline".into(),
+            source,
+        })?;
+        Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+fn collect_embedded(dir: &Dir<'_>, out: &mut Vec<(String, String)>) {
+    for file in dir.files() {
+        if let Some(text) = file.contents_utf8() {
+            out.push((
+                file.path().to_string_lossy().replace('\\', "/"),
+                text.to_string(),
+            ));
+        }
+    }
+    for sub in dir.dirs() {
+        collect_embedded(sub, out);
+    }
+}
+
+fn collect_dir(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_dir(root, &path, out)?;
+        } else if path.is_file() {
+            let name = path
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .replace('\\', "/");
+            out.push((name, std::fs::read_to_string(&path)?));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The context: the only thing templates see.
+// ---------------------------------------------------------------------------
+
+/// Everything a per-machine template can use.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootContext {
+    pub machine: MachineCtx,
+    pub group: GroupCtx,
+    /// Absent when the machine has nothing to boot.
+    pub generation: Option<GenerationCtx>,
+    pub image: Option<ImageCtx>,
+    /// `pin` or `group`: where the generation came from.
+    pub source: Option<String>,
+    /// Why there is nothing to boot (for `ipxe/nothing.ipxe`).
+    pub reason: Option<String>,
+    pub urls: UrlsCtx,
+    pub boot: BootCtx,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineCtx {
+    pub mac: String,
+    /// `52-54-00-12-34-56`.
+    pub mac_hyphen: String,
+    /// Lower-case hex without separators: `525400123456`.
+    pub mac_hex: String,
+    pub ip: Option<String>,
+    /// The configured hostname, else `node-<mac_hex>`.
+    pub hostname: String,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub arch: Option<String>,
+    pub platform: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupCtx {
+    pub name: String,
+    /// The group's template variables (a JSON object).
+    pub vars: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationCtx {
+    pub stream: String,
+    pub number: i64,
+    /// The image digest (sha256 of its manifest), hex.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageCtx {
+    pub arch: String,
+    pub kernel: ArtifactCtx,
+    pub initrds: Vec<ArtifactCtx>,
+    pub rootfs: Option<ArtifactCtx>,
+    /// The image's cmdline template, rendered.
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactCtx {
+    pub name: String,
+    pub url: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlsCtx {
+    /// `http://SERVER:PORT`
+    pub server: String,
+    /// The per-boot NoCloud seed and config directory (ends in `/`).
+    pub seed: String,
+    /// Same as `seed`: `{{ urls.config }}ignition.json` reads better.
+    pub config: String,
+    /// Where the booted OS confirms (cloud-init `phone_home` posts here).
+    pub phone_home: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootCtx {
+    pub id: i64,
+    /// The per-boot token (also inside the seed and phone-home URLs).
+    pub token: String,
+    /// A stable-per-boot instance id for cloud-init.
+    pub instance_id: String,
+}
+
+/// The context of `boot.ipxe`, the same for every machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerContext {
+    pub urls: ServerUrls,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUrls {
+    pub server: String,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,237 @@
+//! Golden tests: whole rendered files, compared byte for byte.
+
+use super::*;
+
+fn context() -> BootContext {
+    let server = "http://10.77.0.1:8080".to_string();
+    let token = "tok123".to_string();
+    let seed = format!("{server}/config/{token}/");
+    BootContext {
+        machine: MachineCtx {
+            mac: "52:54:00:00:00:01".into(),
+            mac_hyphen: "52-54-00-00-00-01".into(),
+            mac_hex: "525400000001".into(),
+            ip: Some("10.77.0.50".into()),
+            hostname: "node1".into(),
+            uuid: Some("8a9d6a2e-0000-4000-8000-525400000001".into()),
+            serial: None,
+            arch: Some("x86_64".into()),
+            platform: Some("pcbios".into()),
+            labels: BTreeMap::from([("rack".to_string(), "r7".to_string())]),
+            group: "default".into(),
+        },
+        group: GroupCtx {
+            name: "default".into(),
+            vars: serde_json::json!({ "ntp": "10.77.0.1" }),
+        },
+        generation: Some(GenerationCtx {
+            stream: "worker".into(),
+            number: 41,
+            digest: "ab".repeat(32),
+        }),
+        image: Some(ImageCtx {
+            arch: "x86_64".into(),
+            kernel: ArtifactCtx {
+                name: "vmlinuz".into(),
+                url: format!("{server}/artifacts/sha256/{}", "11".repeat(32)),
+                sha256: "11".repeat(32),
+                size: 8_000_000,
+            },
+            initrds: vec![ArtifactCtx {
+                name: "initrd.img".into(),
+                url: format!("{server}/artifacts/sha256/{}", "22".repeat(32)),
+                sha256: "22".repeat(32),
+                size: 1_400_000,
+            }],
+            rootfs: None,
+            cmdline: "console=ttyS0".into(),
+        }),
+        source: Some("group".into()),
+        reason: None,
+        urls: UrlsCtx {
+            server: server.clone(),
+            seed: seed.clone(),
+            config: seed,
+            phone_home: format!("{server}/phone-home/{token}"),
+        },
+        boot: BootCtx {
+            id: 7,
+            token,
+            instance_id: "ironboot-525400000001-7".into(),
+        },
+    }
+}
+
+#[test]
+fn machine_script_golden() {
+    let r = Renderer::embedded().unwrap();
+    let text = r.render(MACHINE_IPXE, &context()).unwrap();
+    let k = "11".repeat(32);
+    let i = "22".repeat(32);
+    let d = "ab".repeat(32);
+    let want = format!(
+        "#!ipxe
+# ironboot: 52:54:00:00:00:01 boots worker generation 41 (group)
+# image   sha256:{d}
+# kernel  sha256:{k} 8000000 bytes
+# initrd0 sha256:{i} 1400000 bytes
+# Artifact URLs are content-addressed: the path is the sha256 of the bytes.
+echo ironboot: 52:54:00:00:00:01 -> worker gen 41 (boot 7)
+set attempt:int8 0
+:load
+imgfree
+kernel --name vmlinuz http://10.77.0.1:8080/artifacts/sha256/{k} console=ttyS0 ds=nocloud-net;s=http://10.77.0.1:8080/config/tok123/ initrd=initrd0 || goto retry
+initrd --name initrd0 http://10.77.0.1:8080/artifacts/sha256/{i} || goto retry
+boot || goto retry
+:retry
+inc attempt
+iseq ${{attempt}} 5 && goto give_up ||
+echo ironboot: loading failed (attempt ${{attempt}} of 5); retrying in 5 s
+sleep 5
+goto load
+:give_up
+echo ironboot: could not load worker gen 41; trying the next boot device
+sleep 10
+exit 1"
+    );
+    assert_eq!(text, want);
+}
+
+#[test]
+fn nothing_and_boot_ipxe_golden() {
+    let r = Renderer::embedded().unwrap();
+    let mut ctx = context();
+    ctx.generation = None;
+    ctx.image = None;
+    ctx.reason = Some("group default points at no generation".into());
+    let text = r.render(NOTHING_IPXE, &ctx).unwrap();
+    assert_eq!(
+        text,
+        "#!ipxe
+# ironboot: nothing to boot for 52:54:00:00:00:01
+echo ironboot: nothing to boot for 52:54:00:00:00:01: group default points at no generation
+echo ironboot: trying the next boot device in 10 s
+sleep 10
+iseq ${platform} pcbios && sanboot --no-describe --drive 0x80 ||
+exit 1"
+    );
+    let boot = r
+        .render(
+            BOOT_IPXE,
+            &ServerContext {
+                urls: ServerUrls {
+                    server: "http://10.77.0.1:8080".into(),
+                },
+            },
+        )
+        .unwrap();
+    assert!(boot.starts_with("#!ipxe\n"));
+    assert!(boot.contains(
+        "chain --autofree http://10.77.0.1:8080/boot/${mac:hexhyp}.ipxe?uuid=${uuid:uristring}&serial=${serial:uristring}&asset=${asset:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring}&chip=${net0/chip:uristring} || goto failed"
+    ));
+}
+
+#[test]
+fn cloud_init_files_golden() {
+    let r = Renderer::embedded().unwrap();
+    let ctx = context();
+    assert_eq!(
+        r.config_files(),
+        ["ignition.json", "meta-data", "user-data", "vendor-data"]
+    );
+    assert_eq!(
+        r.render_config("meta-data", &ctx).unwrap().unwrap(),
+        "instance-id: ironboot-525400000001-7\nlocal-hostname: node1"
+    );
+    assert_eq!(
+        r.render_config("user-data", &ctx).unwrap().unwrap(),
+        "#cloud-config
+# Rendered by ironboot for 52:54:00:00:00:01: worker generation 41.
+hostname: node1
+# cloud-init's phone_home module confirms this boot to ironboot; only then is
+# the generation current (and last good) for this machine.
+phone_home:
+  url: http://10.77.0.1:8080/phone-home/tok123
+  post: all
+  tries: 10"
+    );
+    let ign: serde_json::Value =
+        serde_json::from_str(&r.render_config("ignition.json", &ctx).unwrap().unwrap()).unwrap();
+    assert_eq!(ign["ignition"]["version"], "3.4.0");
+    assert_eq!(
+        ign["storage"]["files"][0]["contents"]["source"],
+        "data:,node1"
+    );
+    assert!(
+        r.render_config("network-config", &ctx).is_none(),
+        "absent optional files are 404s"
+    );
+}
+
+#[test]
+fn strict_undefined_and_control_characters_fail_the_render() {
+    let r = Renderer::embedded().unwrap();
+    let mut ctx = context();
+    ctx.image.as_mut().unwrap().cmdline = "console=ttyS0\nchain http://evil/".into();
+    let err = r.render(MACHINE_IPXE, &ctx).unwrap_err().to_string();
+    assert!(err.contains("control character"), "{err}");
+
+    let err = r
+        .render_cmdline("console=ttyS0 {{ nope }}", &context())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("undefined"), "{err}");
+    let mut ctx = context();
+    ctx.machine.hostname = "a\rb".into();
+    let err = r
+        .render_cmdline("hostname={{ machine.hostname }}", &ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("control character"), "{err}");
+    assert_eq!(
+        r.render_cmdline(
+            "  console=ttyS0   ip=dhcp\n  rack={{ machine.labels.rack }} ",
+            &context()
+        )
+        .unwrap(),
+        "console=ttyS0 ip=dhcp rack=r7",
+        "template newlines are whitespace; values are checked"
+    );
+}
+
+#[test]
+fn an_operator_directory_replaces_the_embedded_templates() {
+    let dir = tempfile::TempDir::new().unwrap();
+    std::fs::create_dir_all(dir.path().join("ipxe")).unwrap();
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("boot.ipxe"),
+        "#!ipxe\nchain {{ urls.server }}/x\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("ipxe/machine.ipxe"),
+        "#!ipxe\necho {{ machine.hostname }}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("ipxe/nothing.ipxe"), "#!ipxe\nexit\n").unwrap();
+    std::fs::write(
+        dir.path().join("config/motd"),
+        "hello {{ machine.hostname }} in {{ group.vars.ntp }}\n",
+    )
+    .unwrap();
+    let r = Renderer::from_dir(dir.path()).unwrap();
+    assert_eq!(
+        r.render(MACHINE_IPXE, &context()).unwrap(),
+        "#!ipxe\necho node1"
+    );
+    assert_eq!(
+        r.render_config("motd", &context()).unwrap().unwrap(),
+        "hello node1 in 10.77.0.1"
+    );
+    std::fs::remove_file(dir.path().join("ipxe/nothing.ipxe")).unwrap();
+    assert!(matches!(
+        Renderer::from_dir(dir.path()),
+        Err(RenderError::Missing(_))
+    ));
+}
