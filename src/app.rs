@@ -15,14 +15,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::auth::Tokens;
+use crate::bootfiles::Bootfiles;
 use crate::config::{Config, DhcpMode};
 use crate::dhcp::classify::BootTargets;
 use crate::dhcp::leases::LeaseTable;
 use crate::dhcp::server::Paths;
 use crate::dhcp::{Dhcp, Port};
+use crate::http::api::ApiState;
+use crate::http::boot::BootState;
 use crate::http::HttpState;
+use crate::images::ImageStore;
+use crate::inventory::Inventory;
 use crate::ledger::{now_ms, Ledger};
 use crate::metrics::Metrics;
+use crate::render::Renderer;
 use crate::store::{Store, StoreError};
 use crate::tftp::{ClientLookup, TftpState};
 
@@ -30,6 +37,14 @@ use crate::tftp::{ClientLookup, TftpState};
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Inventory(#[from] crate::inventory::InventoryError),
+    #[error(transparent)]
+    Images(#[from] crate::images::ImageError),
+    #[error(transparent)]
+    Render(#[from] crate::render::RenderError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("cannot bind {what} on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -111,6 +126,12 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), AppError> {
     let store = Store::open(&config.data_dir).await?;
+    let images = Arc::new(ImageStore::open(&config.data_dir.join("images"))?);
+    let renderer = Arc::new(match &config.templates_dir {
+        Some(dir) => Renderer::from_dir(dir)?,
+        None => Renderer::embedded()?,
+    });
+    let (tokens, new_token_file) = Tokens::load_or_bootstrap(&store, &config.data_dir).await?;
     let mut leases = LeaseTable::new(&config.dhcp.reservations);
     for entry in store.load_leases().await? {
         leases.restore(entry);
@@ -138,7 +159,16 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
     let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
+    let inventory = Arc::new(Inventory::load(store.clone(), ledger.clone()).await?);
 
+    let bootfiles = Arc::new(Bootfiles::new(
+        config
+            .tftp
+            .as_ref()
+            .map(|t| t.server.root.clone())
+            .unwrap_or_else(|| "/usr/lib/ipxe".into()),
+        config.dhcp.bootfiles.names(),
+    ));
     let targets = BootTargets {
         files: config.dhcp.bootfiles.clone(),
         server_ip: config.server_ip,
@@ -187,7 +217,7 @@ pub async fn run(
         });
         let state = Arc::new(TftpState {
             config: t.server.clone(),
-            generated: None,
+            generated: Some(bootfiles.clone()),
             ledger: ledger.clone(),
             metrics: metrics.clone(),
             lookup,
@@ -208,17 +238,33 @@ pub async fn run(
         });
     }
     services.push(format!("http on {http_addr}"));
-    let ipxe_dir = config.tftp.as_ref().map(|t| t.server.root.clone());
-    let app = crate::http::router(
-        HttpState {
-            metrics: metrics.clone(),
-            services: Arc::new(services.clone()),
-        },
-        ipxe_dir,
-    );
+    let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
+    let boot_state = BootState::new(
+        inventory.clone(),
+        renderer.clone(),
+        ledger.clone(),
+        server_url,
+    )?;
+    let api_state = ApiState {
+        inventory: inventory.clone(),
+        images: images.clone(),
+        tokens: Arc::new(tokens),
+        store: store.clone(),
+    };
+    let http_state = HttpState {
+        metrics: metrics.clone(),
+        services: Arc::new(services.clone()),
+    };
+    let app = crate::http::router(http_state, bootfiles)
+        .merge(crate::http::boot::router(boot_state))
+        .merge(crate::http::artifacts::router(
+            images.clone(),
+            Some(artifact_hook(&inventory, &ledger)),
+        ))
+        .merge(crate::http::api::router(api_state));
     tasks.spawn(crate::http::run(sockets.http, app, shutdown.clone()));
 
-    banner(&config, &services);
+    banner(&config, &services, new_token_file.as_deref());
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
@@ -235,6 +281,7 @@ pub async fn run(
         }
     }
     drop(dhcp);
+    drop(inventory);
     drop(ledger);
     if tokio::time::timeout(Duration::from_secs(10), writer)
         .await
@@ -250,7 +297,38 @@ pub async fn run(
     }
 }
 
-fn banner(config: &Config, services: &[String]) {
+/// Records each artifact download as a step of the boot its client opened
+/// last (artifact URLs carry no token).
+fn artifact_hook(inventory: &Arc<Inventory>, ledger: &Ledger) -> crate::http::artifacts::Hook {
+    let (inventory, ledger) = (inventory.clone(), ledger.clone());
+    Arc::new(move |served: crate::http::artifacts::ServedArtifact| {
+        let Some(client) = served.client else { return };
+        let detail = serde_json::json!({ "sha256": served.digest.to_string(), "completed": served.completed });
+        match inventory.boot_by_ip(client.ip(), &served.digest) {
+            Some((boot, mac, name)) => {
+                let mut detail = detail;
+                detail["name"] = serde_json::json!(name);
+                ledger.boot_event(
+                    boot,
+                    mac,
+                    Some(client.ip()),
+                    "boot.artifact",
+                    detail,
+                    Some(served.bytes),
+                );
+            }
+            None => ledger.event(
+                None,
+                Some(client.ip()),
+                "boot.artifact",
+                detail,
+                Some(served.bytes),
+            ),
+        }
+    })
+}
+
+fn banner(config: &Config, services: &[String], new_token_file: Option<&std::path::Path>) {
     println!(
         "ironboot {} serving (config: {})",
         env!("CARGO_PKG_VERSION"),
@@ -266,4 +344,11 @@ fn banner(config: &Config, services: &[String]) {
         config.http_base(),
         config.dhcp.bootfiles.ipxe_script
     );
+    println!("  API:        {}/api/v1/", config.http_base());
+    if let Some(path) = new_token_file {
+        println!(
+            "  first start: admin API token written to {} (mode 0600)",
+            path.display()
+        );
+    }
 }

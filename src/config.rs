@@ -66,6 +66,9 @@ pub struct RawConfig {
     /// non-loopback IPv4 address.
     pub server_ip: Option<Ipv4Addr>,
     pub log_format: LogFormat,
+    /// A directory laid out like `boot-templates/` that replaces the
+    /// templates embedded in the binary.
+    pub templates_dir: Option<PathBuf>,
     pub http: RawHttp,
     pub tftp: RawTftp,
     pub dhcp: RawDhcp,
@@ -77,6 +80,7 @@ impl Default for RawConfig {
             data_dir: PathBuf::from("./ironboot-data"),
             server_ip: None,
             log_format: LogFormat::Human,
+            templates_dir: None,
             http: RawHttp::default(),
             tftp: RawTftp::default(),
             dhcp: RawDhcp::default(),
@@ -206,6 +210,18 @@ impl Default for RawBootfiles {
     }
 }
 
+impl RawBootfiles {
+    /// The loader file names (what TFTP and `/ipxe/` serve by name).
+    pub fn names(&self) -> Vec<String> {
+        vec![
+            self.bios.clone(),
+            self.efi_x64.clone(),
+            self.efi_ia32.clone(),
+            self.efi_arm64.clone(),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSubnet {
@@ -240,6 +256,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub server_ip: Ipv4Addr,
     pub log_format: LogFormat,
+    pub templates_dir: Option<PathBuf>,
     pub http_listen: SocketAddr,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
@@ -397,6 +414,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         data_dir: raw.data_dir,
         server_ip,
         log_format: raw.log_format,
+        templates_dir: raw.templates_dir,
         http_listen: raw.http.listen,
         tftp,
         dhcp,

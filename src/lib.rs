@@ -8,8 +8,16 @@
 //!   runs each service under one shutdown signal and waits for all of them.
 //! - [`dhcp`]: DHCPv4 (full, proxy, relayed) and the IPv6 router advertisement
 //!   that ends iPXE's SLAAC wait. Parsing and classification are pure.
-//! - [`tftp`]: read-only TFTP with RFC 2347/2348/2349/7440 options.
-//! - [`http`]: axum routes (`/healthz`, `/metrics`, `/ipxe/`).
+//! - [`tftp`]: read-only TFTP with RFC 2347/2348/2349/7440 options;
+//!   [`bootfiles`]: the iPXE binaries it (and `/ipxe/`) serves by name.
+//! - [`boot`]: which generation a machine boots (pure), and the template
+//!   context built from that decision.
+//! - [`inventory`]: machines, groups, generations and open boots in memory,
+//!   for the boot path; operator changes written to SQLite first.
+//! - [`images`]: the content-addressed store of boot artifacts and manifests.
+//! - [`render`]: minijinja templates from `boot-templates/`, strict.
+//! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
+//! - [`auth`]: API bearer tokens; [`cli`]: the client subcommands.
 //! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
@@ -21,12 +29,19 @@
 //! would serialise concurrent DISCOVERs.
 
 pub mod app;
+pub mod auth;
+pub mod boot;
+pub mod bootfiles;
+pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod domain;
 pub mod http;
+pub mod images;
+pub mod inventory;
 pub mod ledger;
 pub mod metrics;
 pub mod netif;
+pub mod render;
 pub mod store;
 pub mod tftp;

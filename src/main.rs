@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ironboot::cli::commands::{GroupCommand, ImageCommand, MachinesCommand};
+use ironboot::cli::Connection;
 use ironboot::config::{self, DhcpMode, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +28,27 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it, and exit.
     CheckConfig(ServeArgs),
+    /// Image generations: import, list, garbage-collect.
+    Image {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: ImageCommand,
+    },
+    /// Groups and their generation pointers.
+    Group {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: GroupCommand,
+    },
+    /// Machines: list, show, boots, pin.
+    Machines {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: MachinesCommand,
+    },
 }
 
 /// Flags for the most used keys; `--set KEY=VALUE` reaches every key.
@@ -119,6 +142,7 @@ fn main() -> ExitCode {
     let (args, check_only) = match &cli.command {
         Command::Serve(a) => (a, false),
         Command::CheckConfig(a) => (a, true),
+        client => return run_client(client),
     };
     let config = match args.overrides().and_then(|o| config::load(&o)) {
         Ok(c) => c,
@@ -158,6 +182,35 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ironboot: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an API client subcommand; the exit code says what went wrong.
+fn run_client(command: &Command) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ironboot: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Image { conn, cmd } => ironboot::cli::commands::image(conn, cmd).await,
+            Command::Group { conn, cmd } => ironboot::cli::commands::group(conn, cmd).await,
+            Command::Machines { conn, cmd } => ironboot::cli::commands::machines(conn, cmd).await,
+            Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ironboot: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -153,6 +153,8 @@ impl Dhcp {
             circuit_id: relay.circuit_id,
             remote_id: relay.remote_id,
             relay: (!giaddr.is_unspecified()).then_some(giaddr.into()),
+            serial: None,
+            ip: None,
             at_ms: now,
         }));
     }

@@ -1,0 +1,148 @@
+//! A small typed wrapper over reqwest for the API: bearer token, JSON
+//! errors turned into messages, and exit codes by kind of failure.
+
+use std::path::Path;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach {server}: {source}")]
+    Connect {
+        server: String,
+        source: reqwest::Error,
+    },
+    #[error("{0}")]
+    Auth(String),
+    #[error("server refused ({status}): {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Refused { .. } => 1,
+            CliError::Usage(_) => 2,
+            CliError::Connect { .. } => 3,
+            CliError::Auth(_) => 4,
+        }
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> Result<Self, CliError> {
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(CliError::Usage(format!(
+                "--server {server:?}: expected http://HOST:PORT"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: server.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn request(&self, method: Method, path: &str) -> Result<reqwest::RequestBuilder, CliError> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            CliError::Auth("no API token: pass --token, set IRONBOOT_TOKEN, or run where DATA_DIR/admin.token is".into())
+        })?;
+        Ok(self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token))
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
+        let resp = rb.send().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let message = body["error"]["message"]
+            .as_str()
+            .unwrap_or("no details")
+            .to_string();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(CliError::Auth(format!("{status}: {message}")));
+        }
+        Err(CliError::Refused { status, message })
+    }
+
+    async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
+        let resp = self.send(rb).await?;
+        resp.json().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.json(self.request(Method::GET, path)?).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.json(self.request(Method::POST, path)?.json(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Result<Value, CliError> {
+        self.json(self.request(Method::PUT, path)?.json(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.json(self.request(Method::DELETE, path)?).await
+    }
+
+    /// Whether the server already has the artifact (then it is not sent).
+    pub async fn has_artifact(&self, hex: &str) -> Result<bool, CliError> {
+        let rb = self.request(Method::HEAD, &format!("/api/v1/artifacts/sha256/{hex}"))?;
+        let resp = rb.send().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                Err(CliError::Auth(format!("{}", resp.status())))
+            }
+            s => Err(CliError::Refused {
+                status: s,
+                message: "artifact check failed".into(),
+            }),
+        }
+    }
+
+    /// Streams a file to the server (never read whole into memory).
+    pub async fn upload_artifact(&self, hex: &str, path: &Path) -> Result<Value, CliError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let rb = self
+            .request(Method::PUT, &format!("/api/v1/artifacts/sha256/{hex}"))?
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body);
+        self.json(rb).await
+    }
+}

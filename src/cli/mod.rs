@@ -1,0 +1,214 @@
+//! The command-line client: every subcommand other than `serve` calls the
+//! REST API, like kubectl. Human tables by default, `-o json` for scripts.
+//!
+//! Exit codes: 0 success; 1 the server refused (4xx/5xx, message printed);
+//! 2 bad usage or local input (a file that cannot be read); 3 the server
+//! could not be reached; 4 authentication failed (no token, or refused).
+
+mod client;
+pub mod commands;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncReadExt;
+
+pub use client::{CliError, Client};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// How to reach the server (shared by every client subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "IRONBOOT_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+    /// API token; else IRONBOOT_TOKEN, else DATA_DIR/admin.token.
+    #[arg(long, global = true, env = "IRONBOOT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where a local server keeps admin.token.
+    #[arg(long = "data-dir", global = true, default_value = "./ironboot-data")]
+    pub data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+impl Connection {
+    pub fn client(&self) -> Result<Client, CliError> {
+        let token = match &self.token {
+            Some(t) => Some(t.trim().to_string()),
+            None => std::fs::read_to_string(crate::auth::admin_token_path(&self.data_dir))
+                .ok()
+                .map(|t| t.trim().to_string()),
+        };
+        Client::new(&self.server, token)
+    }
+}
+
+/// Arguments of `ironboot image import`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImportArgs {
+    /// The stream the new generation joins (e.g. `worker`).
+    #[arg(long)]
+    pub stream: String,
+    /// Kernel file (or, with --from-url, `URL#sha256=HEX`).
+    #[arg(long)]
+    pub kernel: String,
+    /// Initrd file(s), in order (repeatable).
+    #[arg(long, required = true)]
+    pub initrd: Vec<String>,
+    /// Optional root filesystem (squashfs, …) fetched by the booted OS.
+    #[arg(long)]
+    pub rootfs: Option<String>,
+    /// Kernel command line template (minijinja; sees the machine's facts).
+    #[arg(long, default_value = "console=tty0 console=ttyS0,115200n8")]
+    pub cmdline: String,
+    /// Architecture of the image.
+    #[arg(long, default_value = "x86_64", value_parser = ["x86_64", "arm64"])]
+    pub arch: String,
+    /// The artifacts are remote: the server downloads each `URL#sha256=HEX`
+    /// and verifies it.
+    #[arg(long)]
+    pub from_url: bool,
+}
+
+/// Imports an image: uploads (or has the server fetch) each artifact, then
+/// creates the generation. Prints `generation N <digest>`.
+pub async fn import(conn: &Connection, args: &ImportArgs) -> Result<(), CliError> {
+    let client = conn.client()?;
+    let kernel = artifact(&client, &args.kernel, args.from_url).await?;
+    let mut initrds = Vec::new();
+    for i in &args.initrd {
+        initrds.push(artifact(&client, i, args.from_url).await?);
+    }
+    let rootfs = match &args.rootfs {
+        Some(r) => Some(artifact(&client, r, args.from_url).await?),
+        None => None,
+    };
+    let manifest = json!({ "arch": args.arch, "kernel": kernel, "initrds": initrds, "rootfs": rootfs, "cmdline": args.cmdline });
+    let created = client
+        .post(
+            &format!("/api/v1/streams/{}/generations", args.stream),
+            &manifest,
+        )
+        .await?;
+    match conn.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&created).expect("JSON")),
+        Output::Table => println!(
+            "generation {} {}",
+            created["generation"],
+            created["digest"].as_str().unwrap_or("")
+        ),
+    }
+    Ok(())
+}
+
+/// One artifact reference for the manifest, after making sure the server
+/// has its bytes.
+async fn artifact(client: &Client, spec: &str, remote: bool) -> Result<Value, CliError> {
+    if remote {
+        let (url, hex) = spec.split_once("#sha256=").ok_or_else(|| {
+            CliError::Usage(format!("{spec}: with --from-url, write URL#sha256=HEX"))
+        })?;
+        let name = url
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty())
+            .unwrap_or("artifact");
+        let got = client
+            .post(
+                "/api/v1/artifacts/fetch",
+                &json!({ "url": url, "sha256": hex }),
+            )
+            .await?;
+        return Ok(json!({ "name": name, "digest": got["sha256"], "size": got["size"] }));
+    }
+    let path = Path::new(spec);
+    let (hex, size) = sha256_file(path).await?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "artifact".into());
+    if !client.has_artifact(&hex).await? {
+        client.upload_artifact(&hex, path).await?;
+    }
+    Ok(json!({ "name": name, "digest": hex, "size": size }))
+}
+
+async fn sha256_file(path: &Path) -> Result<(String, u64), CliError> {
+    let unreadable = |e: std::io::Error| CliError::Usage(format!("{}: {e}", path.display()));
+    let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).await.map_err(unreadable)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), size))
+}
+
+/// Prints JSON, or a table of `columns` from each row of `rows`.
+pub fn print(output: Output, whole: &Value, rows: &[Value], columns: &[(&str, &str)]) {
+    if output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(whole).expect("JSON"));
+        return;
+    }
+    let cell = |row: &Value, path: &str| -> String {
+        let v = path.split('.').fold(row, |v, k| &v[k]);
+        match v {
+            Value::Null => "-".into(),
+            Value::String(s) => s.clone(),
+            Value::Object(o) if o.contains_key("stream") => format!(
+                "{} gen {}",
+                o["stream"].as_str().unwrap_or("?"),
+                o["generation"]
+            ),
+            other => other.to_string(),
+        }
+    };
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(_, p)| cell(r, p)).collect())
+        .collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            table
+                .iter()
+                .map(|r| r[i].len())
+                .chain([h.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|(h, _)| h.to_string()).collect());
+    for row in table {
+        line(row);
+    }
+}

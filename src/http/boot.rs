@@ -1,0 +1,289 @@
+//! The endpoints machines call while they boot. Open (firmware cannot
+//! authenticate), except that a confirmation needs its per-boot token.
+//!
+//! - `GET /boot.ipxe`: the static first script (rendered once at start).
+//! - `GET /boot/{mac}.ipxe?uuid=…&serial=…&buildarch=…&platform=…`: the
+//!   per-machine script; opens a boot with its own token.
+//! - `GET /config/{token}/{file}`: a file from `boot-templates/config/`,
+//!   rendered at request time for that boot (the NoCloud seed directory).
+//! - `POST /phone-home/{token}`: the booted OS confirms (cloud-init's
+//!   `phone_home` module posts a form; the body is not needed).
+//!
+//! Every step lands in the ledger; none of these waits on a SQLite write
+//! except the confirmation, which is not on the hot path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use crate::boot::{context, Target};
+use crate::domain::MacAddr;
+use crate::inventory::{Inventory, InventoryError, ScriptRequest};
+use crate::ledger::Ledger;
+use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE, MACHINE_IPXE, NOTHING_IPXE};
+
+#[derive(Clone)]
+pub struct BootState {
+    pub inventory: Arc<Inventory>,
+    pub renderer: Arc<Renderer>,
+    pub ledger: Ledger,
+    /// `http://SERVER:PORT`, as machines reach it.
+    pub server: String,
+    boot_ipxe: Arc<String>,
+}
+
+impl BootState {
+    pub fn new(
+        inventory: Arc<Inventory>,
+        renderer: Arc<Renderer>,
+        ledger: Ledger,
+        server: String,
+    ) -> Result<Self, crate::render::RenderError> {
+        let boot_ipxe = renderer.render(
+            BOOT_IPXE,
+            &ServerContext {
+                urls: ServerUrls {
+                    server: server.clone(),
+                },
+            },
+        )?;
+        Ok(Self {
+            inventory,
+            renderer,
+            ledger,
+            server,
+            boot_ipxe: Arc::new(boot_ipxe),
+        })
+    }
+}
+
+pub fn router(state: BootState) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(boot_ipxe))
+        .route("/boot/{file}", get(machine_script))
+        .route("/config/{token}/{file}", get(config_file))
+        .route("/phone-home/{token}", post(phone_home))
+        .with_state(state)
+}
+
+fn script(text: String) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+async fn boot_ipxe(State(state): State<BootState>) -> Response {
+    script(state.boot_ipxe.as_ref().clone())
+}
+
+async fn machine_script(
+    State(state): State<BootState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(mac) = file
+        .strip_suffix(".ipxe")
+        .and_then(|m| m.parse::<MacAddr>().ok())
+    else {
+        return (StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n").into_response();
+    };
+    let nonempty = |k: &str| {
+        q.get(k)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let req = ScriptRequest {
+        mac: Some(mac),
+        uuid: nonempty("uuid"),
+        serial: nonempty("serial"),
+        buildarch: nonempty("buildarch"),
+        platform: nonempty("platform"),
+        ip: Some(peer.ip()),
+    };
+    let plan = state.inventory.begin_boot(mac, &req);
+    let rendered = context::build(&plan, &state.server, &state.renderer).and_then(|ctx| {
+        let template = if matches!(plan.target, Target::Boot { .. }) && ctx.image.is_some() {
+            MACHINE_IPXE
+        } else {
+            NOTHING_IPXE
+        };
+        state.renderer.render(template, &ctx)
+    });
+    let detail = json!({ "target": plan.target, "chip": nonempty("chip"), "platform": req.platform, "buildarch": req.buildarch });
+    match rendered {
+        Ok(text) => {
+            info!(%mac, boot = plan.boot_id, target = ?plan.target, "boot script served");
+            state.ledger.boot_event(
+                plan.boot_id,
+                mac,
+                Some(peer.ip()),
+                "boot.script",
+                detail,
+                Some(text.len() as u64),
+            );
+            script(text)
+        }
+        Err(e) => {
+            // The operator's template is at fault: say so on the console too.
+            error!(%mac, error = %e, "boot script failed to render");
+            state.ledger.boot_event(
+                plan.boot_id,
+                mac,
+                Some(peer.ip()),
+                "boot.render_failed",
+                json!({ "error": e.to_string() }),
+                None,
+            );
+            script(format!(
+                "#!ipxe\necho ironboot: the boot script for {mac} failed to render; see the server log\nsleep 10\nexit 1\n"
+            ))
+        }
+    }
+}
+
+async fn config_file(
+    State(state): State<BootState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((token, file)): Path<(String, String)>,
+) -> Response {
+    let Some(plan) = state.inventory.plan_for_token(&token) else {
+        return (StatusCode::NOT_FOUND, "unknown boot\n").into_response();
+    };
+    let rendered = context::build(&plan, &state.server, &state.renderer)
+        .map(|ctx| state.renderer.render_config(&file, &ctx));
+    match rendered {
+        Ok(Some(Ok(text))) => {
+            state.ledger.boot_event(
+                plan.boot_id,
+                plan.machine.mac,
+                Some(peer.ip()),
+                "boot.config",
+                json!({ "file": file }),
+                Some(text.len() as u64),
+            );
+            let ctype = if file.ends_with(".json") {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            (
+                [
+                    (header::CONTENT_TYPE, ctype),
+                    (header::CACHE_CONTROL, "no-store"),
+                ],
+                text,
+            )
+                .into_response()
+        }
+        // Optional NoCloud files (network-config, …) are simply absent.
+        Ok(None) => (StatusCode::NOT_FOUND, "no such config file\n").into_response(),
+        Ok(Some(Err(e))) | Err(e) => {
+            error!(mac = %plan.machine.mac, file, error = %e, "config failed to render");
+            state.ledger.boot_event(
+                plan.boot_id,
+                plan.machine.mac,
+                Some(peer.ip()),
+                "boot.render_failed",
+                json!({ "file": file, "error": e.to_string() }),
+                None,
+            );
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "config failed to render; see the server log\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn phone_home(
+    State(state): State<BootState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    body: String,
+) -> Response {
+    // cloud-init posts instance_id, hostname, fqdn and public keys; keep the
+    // non-key fields as the confirmation's detail.
+    let fields: HashMap<String, String> = form_fields(&body);
+    let detail =
+        json!({ "instance_id": fields.get("instance_id"), "hostname": fields.get("hostname") });
+    match state.inventory.confirm(&token).await {
+        Ok((boot, generation)) => {
+            info!(mac = %boot.mac, boot = boot.id, %generation, "boot confirmed");
+            state.ledger.boot_event(
+                boot.id,
+                boot.mac,
+                Some(peer.ip()),
+                "boot.confirm",
+                detail,
+                None,
+            );
+            Json(json!({ "status": "confirmed", "boot": boot.id, "stream": generation.stream, "generation": generation.number }))
+                .into_response()
+        }
+        Err(e) => {
+            let (status, code) = match &e {
+                InventoryError::UnknownToken => (StatusCode::FORBIDDEN, "unknown_token"),
+                InventoryError::AlreadyConfirmed(_) => (StatusCode::CONFLICT, "replayed"),
+                InventoryError::NothingToConfirm(_) => (StatusCode::CONFLICT, "nothing_served"),
+                _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            };
+            if status.is_server_error() {
+                error!(error = %e, "confirmation failed");
+            } else {
+                warn!(peer = %peer, reason = code, "confirmation refused");
+            }
+            state.ledger.event(
+                None,
+                Some(peer.ip()),
+                "boot.confirm_refused",
+                json!({ "reason": code, "detail": detail }),
+                None,
+            );
+            let message = if status.is_server_error() {
+                "internal error".to_string()
+            } else {
+                e.to_string()
+            };
+            (
+                status,
+                Json(json!({ "error": { "code": code, "message": message } })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The urlencoded form cloud-init posts; anything unparsable is ignored
+/// (the token in the URL is what confirms, not the body).
+fn form_fields(body: &str) -> HashMap<String, String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(body)
+        .map(|v| v.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn form_decoding() {
+        let f = super::form_fields("instance_id=iid-1&hostname=node%2D7&fqdn=a+b&pub_key_rsa=");
+        assert_eq!(f["instance_id"], "iid-1");
+        assert_eq!(f["hostname"], "node-7");
+        assert_eq!(f["fqdn"], "a b");
+        let _ = super::form_fields("%%%&=&&"); // malformed: no panic, whatever it yields
+    }
+}
