@@ -709,3 +709,128 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn artifacts_are_immutable_with_ranges_and_conditional_requests() {
+    let server = server().await;
+    let api = Api::new(&server);
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    let hex = api.upload(&body).await;
+    let url = api.url(&format!("/artifacts/sha256/{hex}"));
+    let http = reqwest::Client::new();
+    let etag = format!("\"{hex}\"");
+
+    let full = http.get(&url).send().await.unwrap();
+    assert_eq!(full.status(), StatusCode::OK);
+    let h = full.headers().clone();
+    assert_eq!(h["etag"], etag.as_str());
+    assert_eq!(h["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(h["accept-ranges"], "bytes");
+    assert_eq!(h["content-length"], "100000");
+    assert_eq!(full.bytes().await.unwrap().as_ref(), body.as_slice());
+
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(
+        (
+            head.status(),
+            head.headers()["content-length"].to_str().unwrap()
+        ),
+        (StatusCode::OK, "100000")
+    );
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let not_modified = http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+
+    for (range, start, end) in [
+        ("bytes=10-19", 10usize, 19usize),
+        ("bytes=99990-", 99_990, 99_999),
+        ("bytes=-5", 99_995, 99_999),
+    ] {
+        let r = http.get(&url).header("range", range).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            r.headers()["content-range"].to_str().unwrap(),
+            format!("bytes {start}-{end}/100000"),
+            "{range}"
+        );
+        assert_eq!(
+            r.bytes().await.unwrap().as_ref(),
+            &body[start..=end],
+            "{range}"
+        );
+    }
+    let r = http
+        .get(&url)
+        .header("range", "bytes=100000-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.headers()["content-range"], "bytes */100000");
+    // If-Range with another validator: the whole file, not the range.
+    let r = http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+
+    assert_eq!(
+        http.get(api.url("/artifacts/sha256/xyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+    let missing = http
+        .get(api.url(&format!("/artifacts/sha256/{}", "ab".repeat(32))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "not_found"
+    );
+    assert_eq!(
+        http.get(api.url("/artifacts/sha256/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND,
+        "no listing"
+    );
+
+    // A client that hangs up mid-body (UEFI HTTP boot may) is calm; the next one is served.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(server.bound.http)
+            .await
+            .unwrap();
+        s.write_all(format!("GET /artifacts/sha256/{hex} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut few = [0u8; 64];
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut few)).await;
+    }
+    let again = http.get(&url).send().await.unwrap();
+    assert_eq!(again.bytes().await.unwrap().len(), 100_000);
+}
