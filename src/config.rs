@@ -659,33 +659,7 @@ mod tests {
         load_str(text)
     }
 
-    const ISSUE_EXAMPLE: &str = r#"
-data_dir = "/var/lib/ironboot"
-server_ip = "10.77.0.1"
-
-[http]
-listen = "0.0.0.0:8080"
-
-[tftp]
-listen = "0.0.0.0:69"
-ipxe_dir = "/usr/lib/ipxe"
-
-[dhcp]
-mode = "full"
-interfaces = ["br0"]
-
-[[dhcp.subnet]]
-network = "10.77.0.0/24"
-range = ["10.77.0.100", "10.77.0.199"]
-router = "10.77.0.1"
-dns = ["10.77.0.1"]
-lease_time = "1h"
-
-[[dhcp.reservation]]
-mac = "52:54:00:00:00:01"
-ip = "10.77.0.50"
-hostname = "node1"
-"#;
+    const ISSUE_EXAMPLE: &str = include_str!("../tests/fixtures/ironboot.example.toml");
 
     #[test]
     fn the_documented_example_loads() {
