@@ -28,12 +28,20 @@ fn targets() -> BootTargets {
     }
 }
 
+/// (capture, kind, architecture, what it is told to load)
+type Row = (
+    &'static str,
+    ClientKind,
+    Option<Arch>,
+    Result<Bootfile, NoBoot>,
+);
+
 #[test]
 fn every_capture_decodes_and_classifies() {
     use Bootfile::*;
     let script = || Ok(Http("http://10.77.0.1:8080/boot.ipxe".into()));
     #[rustfmt::skip]
-    let table: Vec<(&str, ClientKind, Option<Arch>, Result<Bootfile, NoBoot>)> = vec![
+    let table: Vec<Row> = vec![
         ("qemu-bios-ipxe-rom",          ClientKind::Ipxe,     Some(Arch::BiosX86), script()),
         ("ipxe-chained-undionly-rom",   ClientKind::Ipxe,     Some(Arch::BiosX86), script()),
         ("ipxe-chained-undionly",       ClientKind::Ipxe,     Some(Arch::BiosX86), script()),

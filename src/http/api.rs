@@ -690,7 +690,7 @@ async fn gc(
     }
     let (mut delete, mut kept_in_use) = (Vec::new(), Vec::new());
     for (_, mut ids) in by_stream {
-        ids.sort_by(|a, b| b.number.cmp(&a.number));
+        ids.sort_by_key(|id| std::cmp::Reverse(id.number));
         for id in ids.into_iter().skip(req.retain) {
             match used.get(&id) {
                 Some(users) => kept_in_use.push(

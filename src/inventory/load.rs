@@ -15,6 +15,16 @@ use super::{Boot, Generation, Group, InventoryError, Machine, State};
 /// rebooted or given up).
 const OPEN_BOOT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// A boot whose token may still confirm.
+#[derive(sqlx::FromRow)]
+struct OpenBoot {
+    id: i64,
+    mac: String,
+    token_hash: String,
+    stream: Option<String>,
+    generation: Option<i64>,
+}
+
 #[derive(sqlx::FromRow)]
 struct MachineRow {
     mac: String,
@@ -133,20 +143,20 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         );
     }
 
-    let boots: Vec<(i64, String, String, Option<String>, Option<i64>)> = sqlx::query_as(
+    let boots: Vec<OpenBoot> = sqlx::query_as(
         "SELECT id, mac, token_hash, stream, generation FROM boots WHERE state = 'served' AND started_ms > ?",
     )
     .bind(now_ms() - OPEN_BOOT_WINDOW_MS)
     .fetch_all(pool)
     .await?;
-    for (id, mac, hash, stream, number) in boots {
-        if let Ok(mac) = mac.parse() {
+    for b in boots {
+        if let Ok(mac) = b.mac.parse() {
             state.boots.insert(
-                hash,
+                b.token_hash,
                 Boot {
-                    id,
+                    id: b.id,
                     mac,
-                    generation: pair(stream, number),
+                    generation: pair(b.stream, b.generation),
                     confirmed: false,
                 },
             );
