@@ -328,27 +328,33 @@ fn artifact_hook(inventory: &Arc<Inventory>, ledger: &Ledger) -> crate::http::ar
     })
 }
 
+/// Prints what is served and where. Written with errors ignored: a server
+/// whose stdout was closed (a supervisor that stopped reading) keeps serving;
+/// `println!` would panic on the broken pipe.
 fn banner(config: &Config, services: &[String], new_token_file: Option<&std::path::Path>) {
-    println!(
-        "ironboot {} serving (config: {})",
+    use std::io::Write;
+    let mut text = format!(
+        "ironboot {} serving (config: {})\n",
         env!("CARGO_PKG_VERSION"),
         config.source
     );
-    println!("  server ip:  {} (told to clients)", config.server_ip);
-    println!("  data:       {}", config.database_path().display());
+    text += &format!("  server ip:  {} (told to clients)\n", config.server_ip);
+    text += &format!("  data:       {}\n", config.database_path().display());
     for s in services {
-        println!("  {s}");
+        text += &format!("  {s}\n");
     }
-    println!(
-        "  boot script for iPXE clients: {}{}",
+    text += &format!(
+        "  boot script for iPXE clients: {}{}\n",
         config.http_base(),
         config.dhcp.bootfiles.ipxe_script
     );
-    println!("  API:        {}/api/v1/", config.http_base());
+    text += &format!("  API:        {}/api/v1/\n", config.http_base());
     if let Some(path) = new_token_file {
-        println!(
-            "  first start: admin API token written to {} (mode 0600)",
+        text += &format!(
+            "  first start: admin API token written to {} (mode 0600)\n",
             path.display()
         );
     }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -176,6 +176,8 @@ fn serve_on_embedded_defaults_prints_what_it_serves_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // The test stops reading stdout after the banner line it needs and
+    // closes the pipe: the server must shrug that off (it once panicked).
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let banner: Vec<String> = stdout
         .lines()

@@ -620,6 +620,20 @@ async fn create_generation(
     if !matches!(manifest.arch.as_str(), "x86_64" | "arm64") {
         return Err(ApiError::bad("arch", "must be x86_64 or arm64"));
     }
+    for a in manifest.artifacts() {
+        let ok = !a.name.is_empty()
+            && a.name.len() <= 128
+            && !a.name.starts_with('.')
+            && a.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c));
+        if !ok {
+            return Err(ApiError::bad(
+                "name",
+                format!("artifact name {:?} must be 1-128 of A-Z a-z 0-9 . _ + -, not starting with '.'", a.name),
+            ));
+        }
+    }
     if manifest.cmdline.chars().any(|c| c.is_control()) {
         return Err(ApiError::bad(
             "cmdline",
@@ -650,16 +664,30 @@ async fn delete_generation(
             format!("{id} is in use: {}", users.join(", ")),
         ));
     }
-    let keep: HashSet<Digest> = s
-        .inventory
-        .delete_generations(std::slice::from_ref(&id))
-        .await?
-        .into_iter()
-        .collect();
-    let report = s.images.gc(&keep).await?;
+    let report = delete_and_collect(&s, std::slice::from_ref(&id)).await?;
     Ok(Json(
         json!({ "deleted": [{ "stream": id.stream, "generation": id.number }], "files": report }),
     ))
+}
+
+/// Deletes generations, then the files only their images used.
+async fn delete_and_collect(
+    s: &ApiState,
+    ids: &[GenerationId],
+) -> ApiResult<crate::images::GcReport> {
+    let images: HashSet<Digest> = ids
+        .iter()
+        .filter_map(|id| s.inventory.generation(id))
+        .map(|g| g.digest)
+        .collect();
+    let keep: HashSet<Digest> = s
+        .inventory
+        .delete_generations(ids)
+        .await?
+        .into_iter()
+        .collect();
+    let released: HashSet<Digest> = images.difference(&keep).copied().collect();
+    Ok(s.images.gc(&keep, &released).await?)
 }
 
 #[derive(Deserialize)]
@@ -709,13 +737,7 @@ async fn gc(
             json!({ "dry_run": req.dry_run, "deleted": deleted, "kept_in_use": kept_in_use }),
         ));
     }
-    let keep: HashSet<Digest> = s
-        .inventory
-        .delete_generations(&delete)
-        .await?
-        .into_iter()
-        .collect();
-    let files = s.images.gc(&keep).await?;
+    let files = delete_and_collect(&s, &delete).await?;
     Ok(Json(
         json!({ "dry_run": false, "deleted": deleted, "kept_in_use": kept_in_use, "files": files }),
     ))

@@ -143,6 +143,10 @@ pub enum ImageError {
     Io(#[from] std::io::Error),
 }
 
+/// How old an unreferenced file must be before garbage collection takes it
+/// without being told it was released.
+pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// What garbage collection removed.
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
@@ -197,7 +201,8 @@ impl ImageStore {
             .map(|m| m.len())
     }
 
-    /// Streams a body into the store (see the module invariants).
+    /// Streams a body into the store (see the module invariants). If the
+    /// future is dropped (the client hung up), the temporary file goes too.
     pub async fn put_artifact<S, E>(
         &self,
         expected: Option<Digest>,
@@ -208,23 +213,15 @@ impl ImageStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let tmp = self.tmp_path();
-        let result = self.write_tmp(&tmp, max_size, body).await;
-        let (digest, size) = match result {
-            Ok(done) => done,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        let tmp = TmpFile(self.tmp_path());
+        let (digest, size) = self.write_tmp(&tmp.0, max_size, body).await?;
         if let Some(expected) = expected.filter(|e| *e != digest) {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(ImageError::DigestMismatch {
                 expected,
                 actual: digest,
             });
         }
-        self.publish(&tmp, &self.artifact_path(&digest)).await?;
+        self.publish(&tmp.0, &self.artifact_path(&digest)).await?;
         Ok(ArtifactInfo { digest, size })
     }
 
@@ -295,12 +292,12 @@ impl ImageStore {
         }
         let bytes = m.canonical_json();
         let digest = Digest::of(&bytes);
-        let tmp = self.tmp_path();
-        let mut file = tokio::fs::File::create(&tmp).await?;
+        let tmp = TmpFile(self.tmp_path());
+        let mut file = tokio::fs::File::create(&tmp.0).await?;
         file.write_all(&bytes).await?;
         file.sync_all().await?;
         drop(file);
-        self.publish(&tmp, &self.manifest_path(&digest)).await?;
+        self.publish(&tmp.0, &self.manifest_path(&digest)).await?;
         Ok(digest)
     }
 
@@ -322,13 +319,28 @@ impl ImageStore {
         serde_json::from_slice(&bytes).map_err(|e| ImageError::InvalidManifest(e.to_string()))
     }
 
-    /// Deletes manifests not in `keep` and artifacts no kept manifest uses.
-    pub async fn gc(&self, keep: &HashSet<Digest>) -> Result<GcReport, ImageError> {
+    /// Garbage collection. `keep`: every image the database still refers
+    /// to. `released`: images whose last generation was just deleted. A
+    /// manifest or artifact that nothing kept refers to is deleted if it
+    /// belonged to a released image, or if it is older than [`GC_GRACE`]:
+    /// a younger orphan may be an import in progress (artifacts are
+    /// uploaded before the manifest that names them is recorded).
+    pub async fn gc(
+        &self,
+        keep: &HashSet<Digest>,
+        released: &HashSet<Digest>,
+    ) -> Result<GcReport, ImageError> {
         let mut report = GcReport::default();
         let mut referenced = HashSet::new();
         for d in keep {
             if let Ok(m) = self.read_manifest(d).await {
                 referenced.extend(m.artifacts().map(|a| a.digest));
+            }
+        }
+        let mut freed = HashSet::new();
+        for d in released.difference(keep) {
+            if let Ok(m) = self.read_manifest(d).await {
+                freed.extend(m.artifacts().map(|a| a.digest));
             }
         }
         for (dir, is_manifest) in [("manifests", true), ("artifacts/sha256", false)] {
@@ -338,17 +350,22 @@ impl ImageStore {
                 let Ok(d) = name.trim_end_matches(".json").parse::<Digest>() else {
                     continue;
                 };
-                let live = if is_manifest {
-                    keep.contains(&d)
+                let (live, let_go) = if is_manifest {
+                    (keep.contains(&d), released.contains(&d))
                 } else {
-                    referenced.contains(&d)
+                    (referenced.contains(&d), freed.contains(&d))
                 };
-                if live {
+                let meta = entry.metadata().await?;
+                let old = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age > GC_GRACE);
+                if live || !(let_go || old) {
                     continue;
                 }
-                let len = entry.metadata().await.map(|m| m.len()).unwrap_or(0);
                 tokio::fs::remove_file(entry.path()).await?;
-                report.bytes_freed += len;
+                report.bytes_freed += meta.len();
                 if is_manifest {
                     report.manifests_removed += 1;
                 } else {
@@ -357,6 +374,16 @@ impl ImageStore {
             }
         }
         Ok(report)
+    }
+}
+
+/// A temporary upload file, removed when dropped (after a successful
+/// publish it no longer exists, and the removal is a no-op).
+struct TmpFile(PathBuf);
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

@@ -202,6 +202,20 @@ async fn manifests_round_trip_refuse_missing_artifacts_and_detect_tampering() {
 }
 
 #[tokio::test]
+async fn a_dropped_upload_leaves_no_temporary_file() {
+    let (_d, s) = store();
+    let endless = stream::repeat_with(|| Ok::<_, std::io::Error>(Bytes::from_static(&[1u8; 4096])));
+    let put = s.put_artifact(None, u64::MAX, endless);
+    // The client hangs up: the upload future is dropped mid-stream.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), put)
+            .await
+            .is_err()
+    );
+    assert!(files_in(&s.root.join("tmp")).is_empty());
+}
+
+#[tokio::test]
 async fn gc_keeps_referenced_files_and_removes_the_rest() {
     let (_d, s) = store();
     let shared = s
@@ -236,8 +250,20 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
         s.put_manifest(&m_old).await.unwrap(),
         s.put_manifest(&m_new).await.unwrap(),
     );
-    let report = s.gc(&HashSet::from([d_new])).await.unwrap();
+    // An orphan upload (an import in progress) is young: spared.
+    let orphan = s
+        .put_artifact(None, u64::MAX, chunks(b"uploaded, not yet named", 4))
+        .await
+        .unwrap();
+    let report = s
+        .gc(&HashSet::from([d_new]), &HashSet::from([d_old]))
+        .await
+        .unwrap();
     assert_eq!((report.manifests_removed, report.artifacts_removed), (1, 1));
+    assert!(
+        s.artifact_size(&orphan.digest).await.is_some(),
+        "young orphans survive"
+    );
     assert!(
         s.artifact_size(&shared.digest).await.is_some(),
         "still used by the kept image"
