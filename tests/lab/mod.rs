@@ -29,6 +29,41 @@ pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 pub const IPXE_DIR: &str = "/usr/lib/ipxe";
 pub const RESERVED_MAC: &str = "52:54:00:00:00:01";
 pub const RESERVED_IP: &str = "10.77.0.50";
+/// QEMU's iPXE option ROM for virtio-net, legacy PXE and EFI in one image
+/// (package `ipxe-qemu`); QEMU's default `romfile` for the NIC.
+pub const EFI_VIRTIO_ROM: &str = "/usr/lib/ipxe/qemu/efi-virtio.rom";
+
+/// How a VM network-boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS (`-machine pc`) with QEMU's iPXE ROM on the NIC.
+    BiosIpxeRom,
+    /// OVMF (`-machine q35`) with QEMU's iPXE EFI ROM on the NIC: iPXE's
+    /// driver is what OVMF boots from the network.
+    UefiIpxeRom,
+    /// OVMF with no option ROM (`romfile=`): the firmware's own PXE, which
+    /// loads `ipxe.efi` over TFTP.
+    UefiPxe,
+}
+
+/// Links (or copies) the `ironboot` cargo built into `dir`.
+fn snapshot_bin(dir: &Path) -> PathBuf {
+    let built = Path::new(env!("CARGO_BIN_EXE_ironboot"));
+    let bin = dir.join("ironboot");
+    if fs::hard_link(built, &bin).is_err() {
+        fs::copy(built, &bin).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
+    bin
+}
+
+/// Removes every IRONBOOT_* variable from a command's environment.
+fn scrub_env(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("IRONBOOT_") {
+            command.env_remove(key);
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Requirements
@@ -78,7 +113,7 @@ pub fn requirements() -> Result<Tools, String> {
         ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
         ("/usr/lib/ipxe/ipxe.efi", "ipxe"),
         ("/usr/lib/ipxe/snponly.efi", "ipxe"),
-        ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
+        (EFI_VIRTIO_ROM, "ipxe-qemu"),
         ("/dev/net/tun", "a kernel with tun"),
     ] {
         if !Path::new(file).exists() {
@@ -94,13 +129,18 @@ pub fn tools_or_skip(test: &str) -> Option<Tools> {
     match requirements() {
         Ok(tools) => Some(tools),
         Err(reason) => {
-            if std::env::var("IRONBOOT_E2E").as_deref() == Ok("require") {
-                panic!("{test}: IRONBOOT_E2E=require but {reason}");
-            }
-            eprintln!("SKIPPED {test}: {reason} (IRONBOOT_E2E=require makes this a failure)");
+            skip(test, &reason);
             None
         }
     }
+}
+
+/// Prints why `test` is skipped; with `IRONBOOT_E2E=require`, fails instead.
+pub fn skip(test: &str, reason: &str) {
+    if std::env::var("IRONBOOT_E2E").as_deref() == Ok("require") {
+        panic!("{test}: IRONBOOT_E2E=require but {reason}");
+    }
+    eprintln!("SKIPPED {test}: {reason} (IRONBOOT_E2E=require makes this a failure)");
 }
 
 // ---------------------------------------------------------------------------
@@ -265,6 +305,12 @@ pub struct Lab {
     pub tmp: Option<tempfile::TempDir>,
     pub dir: PathBuf,
     pub server: Option<Proc>,
+    /// This run's `ironboot`: a hard link to (else a copy of) the binary
+    /// cargo built, taken when the lab is made, so the server and every CLI
+    /// call of one run are the same build even if cargo re-links
+    /// `target/debug/ironboot` meanwhile (worktrees sharing one
+    /// CARGO_TARGET_DIR do).
+    pub bin: PathBuf,
     pub rt: tokio::runtime::Runtime,
     pub db: Option<sqlx::SqlitePool>,
 }
@@ -281,6 +327,7 @@ impl Lab {
             cns: format!("{ns}-c"),
             ns,
             namespaces: Vec::new(),
+            bin: snapshot_bin(tmp.path()),
             dir: tmp.path().to_path_buf(),
             tmp: Some(tmp),
             server: None,
@@ -297,14 +344,23 @@ impl Lab {
     /// Runs a command to completion (bounded by `timeout` inside), returning
     /// (success, stdout + stderr).
     pub fn run(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+        let out = self.output(args);
         let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
+    }
+
+    /// Runs a command to completion, stdout and stderr apart. No IRONBOOT_*
+    /// variable reaches it: the CLI reads `IRONBOOT_SERVER` and
+    /// `IRONBOOT_TOKEN`, the server its whole configuration.
+    pub fn output(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(args[0]);
+        scrub_env(&mut command);
+        command
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
     }
 
     pub fn ip(&self, args: &[&str]) {
@@ -317,6 +373,20 @@ impl Lab {
 
     /// `ip netns exec NS timeout SECS cmd…`, to completion.
     pub fn exec(&self, ns: &str, secs: u64, cmd: &[&str]) -> (bool, String) {
+        let all = self.in_ns(ns, secs, cmd);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run(&refs)
+    }
+
+    /// `ip netns exec NS timeout SECS cmd…`, to completion, stdout and
+    /// stderr apart (for commands whose stdout is JSON).
+    pub fn exec_output(&self, ns: &str, secs: u64, cmd: &[&str]) -> std::process::Output {
+        let all = self.in_ns(ns, secs, cmd);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.output(&refs)
+    }
+
+    fn in_ns(&self, ns: &str, secs: u64, cmd: &[&str]) -> Vec<String> {
         let mut all = vec![
             self.tools.ip.to_str().unwrap().to_string(),
             "netns".into(),
@@ -328,8 +398,7 @@ impl Lab {
             secs.to_string(),
         ];
         all.extend(cmd.iter().map(|s| s.to_string()));
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        self.run(&refs)
+        all
     }
 
     /// `ip netns exec NS timeout SECS cmd…` in the background, output to `log`.
@@ -339,11 +408,7 @@ impl Lab {
         let mut command = Command::new(&self.tools.ip);
         // The server reads IRONBOOT_* variables as config (and the test's
         // own IRONBOOT_E2E must not reach it): only the config file counts.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("IRONBOOT_") {
-                command.env_remove(key);
-            }
-        }
+        scrub_env(&mut command);
         let child = command
             .args(["netns", "exec", ns])
             .arg(&self.tools.timeout)
@@ -462,12 +527,16 @@ hostname = "node1"
     pub fn start_server(&mut self, ipxe_dir: &Path) -> Duration {
         let started = Instant::now();
         let config = self.config(ipxe_dir);
-        let bin = env!("CARGO_BIN_EXE_ironboot");
         let proc = self.spawn(
             "ironboot",
             &self.ns.clone(),
             400,
-            &[bin, "serve", "--config", config.to_str().unwrap()],
+            &[
+                self.bin.to_str().unwrap(),
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+            ],
             &self.server_log(),
         );
         self.server = Some(proc);
@@ -567,7 +636,29 @@ hostname = "node1"
         }
     }
 
+    /// A VM that network-boots from `tap`: OVMF's own PXE when `uefi`
+    /// (256 MiB), else SeaBIOS with QEMU's iPXE ROM (128 MiB).
     pub fn start_vm(&self, name: &str, tap: &str, mac: &str, uefi: bool) -> Vm {
+        let (firmware, memory_mb) = match uefi {
+            true => (Firmware::UefiPxe, 256),
+            false => (Firmware::BiosIpxeRom, 128),
+        };
+        self.start_vm_with(name, tap, mac, firmware, memory_mb)
+    }
+
+    /// A VM with a virtio-net NIC on `tap` that network-boots through
+    /// `firmware`, under TCG, its serial console in `DIR/NAME.serial.log`;
+    /// QEMU exits when the guest powers off (`-no-reboot`) and is bounded by
+    /// `timeout` (240 s).
+    pub fn start_vm_with(
+        &self,
+        name: &str,
+        tap: &str,
+        mac: &str,
+        firmware: Firmware,
+        memory_mb: u32,
+    ) -> Vm {
+        let memory = memory_mb.to_string();
         let serial = self.dir.join(format!("{name}.serial.log"));
         let _ = fs::write(&serial, b"");
         let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
@@ -586,33 +677,27 @@ hostname = "node1"
             "-netdev",
             &netdev,
         ];
-        if uefi {
-            args.extend(
-                [
-                    "-machine",
-                    "q35,accel=tcg,graphics=off",
-                    "-bios",
-                    OVMF,
-                    "-m",
-                    "256",
-                    "-device",
-                    &format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
-                ]
-                .map(String::from),
-            );
-        } else {
-            args.extend(
-                [
-                    "-machine",
-                    "pc,accel=tcg,graphics=off",
-                    "-m",
-                    "128",
-                    "-device",
-                    &format!("virtio-net-pci,netdev=n0,mac={mac}"),
-                ]
-                .map(String::from),
-            );
+        let (machine, bios, nic) = match firmware {
+            Firmware::BiosIpxeRom => ("pc", None, format!("virtio-net-pci,netdev=n0,mac={mac}")),
+            Firmware::UefiIpxeRom => (
+                "q35",
+                Some(OVMF),
+                format!("virtio-net-pci,netdev=n0,mac={mac},romfile={EFI_VIRTIO_ROM}"),
+            ),
+            Firmware::UefiPxe => (
+                "q35",
+                Some(OVMF),
+                format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+            ),
+        };
+        args.extend([
+            "-machine".into(),
+            format!("{machine},accel=tcg,graphics=off"),
+        ]);
+        if let Some(bios) = bios {
+            args.extend(["-bios".into(), bios.into()]);
         }
+        args.extend(["-m".into(), memory, "-device".into(), nic]);
         args.extend(common.map(String::from));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = self.spawn(
@@ -758,6 +843,21 @@ impl Vm {
                     secs(self.started.elapsed()),
                     tail(&self.serial, 30)
                 );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `limit` for QEMU to exit by itself (the guest powered
+    /// off under `-no-reboot`); `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.proc.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
