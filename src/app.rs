@@ -159,7 +159,9 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
     let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
-    let inventory = Arc::new(Inventory::load(store.clone(), ledger.clone()).await?);
+    let inventory = Inventory::load(store.clone(), ledger.clone()).await?;
+    inventory.apply_reservations(&config.dhcp.reservations);
+    let inventory = Arc::new(inventory);
 
     let bootfiles = Arc::new(Bootfiles::new(
         config

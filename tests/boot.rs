@@ -183,7 +183,10 @@ async fn a_machine_boots_its_groups_generation_and_confirms() {
         meta.contains("instance-id: ironboot-525400000001-"),
         "{meta}"
     );
-    assert!(meta.contains("local-hostname: node-525400000001"), "{meta}");
+    assert!(
+        meta.contains("local-hostname: node1"),
+        "the reservation names the machine: {meta}"
+    );
     let (_, user) = api.text(&format!("{seed_path}user-data")).await;
     assert!(user.starts_with("#cloud-config"), "{user}");
     let phone = find_url(&user, "http://").to_string();

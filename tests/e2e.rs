@@ -12,8 +12,9 @@
 //! - (e) atftp (blksize, windowsize, tsize) and tftp-hpa download
 //!   `undionly.kpxe` byte for byte.
 //!
-//! `/boot.ipxe` is not served yet, so every iPXE ends with a 404 there: the
-//! serial-log line of iPXE fetching that URL is the proof the chain worked.
+//! No generation is imported here, so every iPXE ends with a "nothing to
+//! boot" script: the serial-log line of iPXE fetching `/boot.ipxe` is the
+//! proof the DHCP/TFTP chain worked (`tests/e2e_boot.rs` boots for real).
 //!
 //! The namespaces, bridge, taps, processes and VMs come from `tests/lab`
 //! (shared with `tests/e2e_boot.rs`): nothing touches the root namespace,

@@ -178,6 +178,21 @@ impl Inventory {
         self.state.write().expect("inventory lock")
     }
 
+    /// A DHCP reservation's hostname is the machine's name: templates see
+    /// it (meta-data `local-hostname`) before the machine ever booted.
+    pub fn apply_reservations(&self, reservations: &[crate::config::Reservation]) {
+        let mut state = self.write();
+        for r in reservations {
+            if let Some(name) = &r.hostname {
+                state
+                    .machines
+                    .entry(r.mac)
+                    .or_insert_with(|| Machine::new(r.mac))
+                    .hostname = Some(name.clone());
+            }
+        }
+    }
+
     pub fn generation(&self, id: &GenerationId) -> Option<Arc<Generation>> {
         self.read().generations.get(id).cloned()
     }
