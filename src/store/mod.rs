@@ -50,35 +50,6 @@ struct LeaseRow {
     hostname: Option<String>,
 }
 
-/// A machine as stored (what the API and tests read).
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct MachineRow {
-    pub mac: String,
-    pub uuid: Option<String>,
-    pub arch: Option<String>,
-    pub firmware: Option<String>,
-    pub vendor_class: Option<String>,
-    pub user_class: Option<String>,
-    pub hostname: Option<String>,
-    pub circuit_id: Option<String>,
-    pub remote_id: Option<String>,
-    pub relay: Option<String>,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-}
-
-/// A ledger event as stored.
-#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
-pub struct EventRow {
-    pub id: i64,
-    pub at_ms: i64,
-    pub mac: Option<String>,
-    pub ip: Option<String>,
-    pub step: String,
-    pub detail: String,
-    pub bytes: Option<i64>,
-}
-
 impl Store {
     /// Opens (creating if needed) `dir/ironboot.db` and migrates it.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -136,30 +107,6 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
-    }
-
-    pub async fn machine(&self, mac: MacAddr) -> Result<Option<MachineRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM machines WHERE mac = ?")
-            .bind(mac.to_string())
-            .fetch_optional(&self.pool)
-            .await?)
-    }
-
-    pub async fn machines(&self) -> Result<Vec<MachineRow>, StoreError> {
-        Ok(sqlx::query_as("SELECT * FROM machines ORDER BY mac")
-            .fetch_all(&self.pool)
-            .await?)
-    }
-
-    /// The most recent `limit` events of one machine, newest first.
-    pub async fn events_of(&self, mac: MacAddr, limit: i64) -> Result<Vec<EventRow>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT * FROM events WHERE mac = ? ORDER BY id DESC LIMIT ?")
-                .bind(mac.to_string())
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?,
-        )
     }
 
     pub async fn close(&self) {
