@@ -222,6 +222,7 @@ impl Inventory {
     pub fn begin_boot(&self, mac: MacAddr, req: &ScriptRequest) -> BootPlan {
         let now = now_ms();
         let token = new_secret();
+        let hash = token_hash(&token);
         let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
         let mut state = self.write();
         let fresh = !state.machines.contains_key(&mac);
@@ -252,7 +253,7 @@ impl Inventory {
             Target::Nothing { .. } => None,
         };
         state.boots.insert(
-            token_hash(&token),
+            hash.clone(),
             Boot {
                 id,
                 mac,
@@ -261,7 +262,7 @@ impl Inventory {
             },
         );
         if let Some(ip) = req.ip {
-            state.by_ip.insert(ip, token_hash(&token));
+            state.by_ip.insert(ip, hash.clone());
         }
         drop(state);
 
@@ -281,7 +282,7 @@ impl Inventory {
         self.ledger.record(Record::BootStarted(BootRecord {
             id,
             mac,
-            token_hash: token_hash(&token),
+            token_hash: hash,
             stream: generation.as_ref().map(|g| g.id.stream.clone()),
             generation: generation.as_ref().map(|g| g.id.number),
             image: generation.as_ref().map(|g| g.digest.to_string()),
