@@ -8,16 +8,20 @@
 //!   OVMF's own PXE is never used;
 //! - (c) UEFI, OVMF's own PXE (`romfile=` empty): `ipxe.efi` over TFTP from
 //!   `/usr/lib/ipxe` as installed, then HTTP, then the live OS;
+//! - (e) UEFI HTTP boot, OVMF with its PXE turned off (`romfile=` empty,
+//!   fw_cfg `IPv4PXESupport`/`IPv6PXESupport` = `n`, 512 MiB): DHCP with opt
+//!   60 `HTTPClient`, `ipxe.efi` from the `/ipxe/` URL in the offer, then the
+//!   script, then the live OS;
 //! - (d) generation 2 (same kernel and initrd, another command line) is
 //!   imported and the group pointed at it; (a)'s machine boots again and
 //!   confirms generation 2, generation 1 is still there for a rollback, and
 //!   the machine's history holds both confirmed boots.
 //!
-//! (a), (b) and (c) boot at once (three TCG guests on two cores), (d) after
-//! them. Each case asserts from the guest's serial console (iPXE's echo of
-//! the per-machine script, the kernel's command line, the live OS's
+//! (a), (b), (c) and (e) boot at once (four TCG guests on two cores), (d)
+//! after them. Each case asserts from the guest's serial console (iPXE's
+//! echo of the per-machine script, the kernel's command line, the live OS's
 //! `IRONBOOT-LIVEOS:` lines) and from the REST API, never from ironboot's
-//! own log.
+//! own log ((e) also reads the server's `dhcp.offer` events).
 //!
 //! The live OS is `tests/liveos/build.sh` (root and apt: it runs
 //! `apt-get download` once, then its result is cached in `tests/.cache`).
@@ -45,7 +49,10 @@ const GEN1_CMDLINE: &str = "console=ttyS0,115200n8";
 const GEN2_CMDLINE: &str = "console=ttyS0,115200n8 ironboot.test=gen2";
 const UEFI_ROM_MAC: &str = "52:54:00:00:b0:02";
 const UEFI_PXE_MAC: &str = "52:54:00:00:b0:03";
-/// From VM start to the live OS's `done`, with three TCG guests at once.
+const UEFI_HTTP_MAC: &str = "52:54:00:00:b0:04";
+/// What ironboot offers a UEFI HTTP boot client (README: `/ipxe/<binary>`).
+const IPXE_EFI_URL: &str = "http://10.77.0.1:8080/ipxe/ipxe.efi";
+/// From VM start to the live OS's `done`, with four TCG guests at once.
 const BOOT_LIMIT: Duration = Duration::from_secs(150);
 const BIOS_MB: u32 = 256;
 const UEFI_MB: u32 = 512;
@@ -376,6 +383,59 @@ fn wait_booted(vm: &mut Vm, mac: &str, generation: i64, cmdline: &str) -> Booted
     }
 }
 
+/// (e): OVMF's HTTP boot (not its PXE) fetched `ipxe.efi` from the URL
+/// ironboot offered, and that iPXE (on the firmware's SNP) asked for the
+/// script; the offer is in the server's events, the boot in the API.
+fn assert_uefi_http(lab: &Lab, api: &Api, e: &Booted, vm: &Vm) {
+    let at = |needle: &str| e.serial.find(needle);
+    let order = [
+        at("Start HTTP Boot"),
+        at(IPXE_EFI_URL),
+        at(&format!("net0: {UEFI_HTTP_MAC} using SNP")),
+        at(&format!("Filename: {BOOT_URL}")),
+    ];
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|w| w[0] < w[1]),
+        "(e) OVMF's HTTP boot loads {IPXE_EFI_URL}, whose iPXE then asks for the script \
+         ({order:?})\n{}",
+        tail(&vm.serial, 40)
+    );
+    assert!(
+        !e.serial.contains("NBP filename") && !e.serial.contains("Start PXE"),
+        "(e) OVMF's PXE should be off\n{}",
+        tail(&vm.serial, 40)
+    );
+    // The firmware's DISCOVER got the ipxe.efi URL; iPXE's own, the script.
+    let offers = lab.wait_rows(
+        "(e) dhcp.offer with the ipxe.efi URL",
+        "SELECT detail FROM events WHERE mac = ? AND step = 'dhcp.offer' ORDER BY id",
+        &[UEFI_HTTP_MAC],
+        |rows| !rows.is_empty(),
+    );
+    let bootfiles: Vec<Value> = offers
+        .iter()
+        .map(|r| {
+            let detail: Value =
+                serde_json::from_str(r[0].as_deref().unwrap_or("null")).unwrap_or(Value::Null);
+            detail["bootfile"].clone()
+        })
+        .collect();
+    let http = |url: &str| json!({ "via": "http", "file": url });
+    assert_eq!(
+        bootfiles.first(),
+        Some(&http(IPXE_EFI_URL)),
+        "(e) the first offer: {bootfiles:#?}"
+    );
+    assert!(
+        bootfiles.contains(&http(BOOT_URL)),
+        "(e) iPXE's offer gives the script: {bootfiles:#?}"
+    );
+    // The firmware's DHCP (opt 93 = 16) records `http-x64`; iPXE's own DHCP
+    // (opt 60 `PXEClient:Arch:00007…`, opt 93 = 7) then records `efi-x64`,
+    // and the live OS's udhcpc sends no arch: `efi-x64` is what stays.
+    assert_confirmed(api, UEFI_HTTP_MAC, 1, "efi-x64");
+}
+
 fn report(case: &str, b: &Booted) -> String {
     format!(
         "{case}: script at {}, live OS init at {}, phone_home ok at {}, powered off at {}",
@@ -410,7 +470,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
 
     // Server, generation 1, the default group pointed at it -----------------
     let started = Instant::now();
-    let mut lab = Lab::new(tools, "boot", 3);
+    let mut lab = Lab::new(tools, "boot", 4);
     lab.start_server(&ipxe_dir());
     let api = Api::new(&lab, curl);
     let (gen1, digest1) = import(&lab, &os, GEN1_CMDLINE);
@@ -424,7 +484,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
     );
     timings.push(("server + import gen 1 + point".into(), started.elapsed()));
 
-    // (a), (b), (c) at once ---------------------------------------------------
+    // (a), (b), (c), (e) at once ----------------------------------------------
     let started = Instant::now();
     let mut vms = [
         lab.start_vm_with(
@@ -448,8 +508,15 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
             Firmware::UefiPxe,
             UEFI_MB,
         ),
+        lab.start_vm_with(
+            "e-uefi-http",
+            "tap3",
+            UEFI_HTTP_MAC,
+            Firmware::UefiHttp,
+            UEFI_MB,
+        ),
     ];
-    let macs = [RESERVED_MAC, UEFI_ROM_MAC, UEFI_PXE_MAC];
+    let macs = [RESERVED_MAC, UEFI_ROM_MAC, UEFI_PXE_MAC, UEFI_HTTP_MAC];
     let booted: Vec<Booted> = std::thread::scope(|s| {
         let waits: Vec<_> = vms
             .iter_mut()
@@ -464,7 +531,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
             })
             .collect()
     });
-    let [a, b, c] = <[Booted; 3]>::try_from(booted).ok().unwrap();
+    let [a, b, c, e] = <[Booted; 4]>::try_from(booted).ok().unwrap();
     let parallel = started.elapsed();
 
     // (a) BIOS, QEMU's iPXE ROM
@@ -519,6 +586,14 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
         c.phone_home,
     ));
 
+    // (e) UEFI HTTP boot -> ipxe.efi over HTTP -> the script
+    assert_uefi_http(&lab, &api, &e, &vms[3]);
+    eprintln!("e2e-boot {}", report("(e) UEFI HTTP boot -> ipxe.efi", &e));
+    timings.push((
+        "(e) UEFI HTTP -> ipxe.efi -> phone_home ok".into(),
+        e.phone_home,
+    ));
+
     // The operator's list agrees.
     let list: Value = serde_json::from_str(&cli(&lab, &["machines", "list", "-o", "json"]))
         .expect("machines list -o json is JSON");
@@ -533,7 +608,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
     for vm in vms {
         vm.stop();
     }
-    timings.push(("(a)+(b)+(c) at once, wall".into(), parallel));
+    timings.push(("(a)+(b)+(c)+(e) at once, wall".into(), parallel));
 
     // (d) generation 2, the group moves, (a)'s machine boots it ---------------
     let started = Instant::now();

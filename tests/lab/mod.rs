@@ -44,6 +44,11 @@ pub enum Firmware {
     /// OVMF with no option ROM (`romfile=`): the firmware's own PXE, which
     /// loads `ipxe.efi` over TFTP.
     UefiPxe,
+    /// OVMF with no option ROM and its PXE turned off (fw_cfg
+    /// `opt/org.tianocore/IPv4PXESupport` and `IPv6PXESupport` = `n`): the
+    /// firmware's own UEFI HTTP boot (DHCP opt 60 `HTTPClient`, arch 16),
+    /// which loads `ipxe.efi` from the URL the DHCP reply gives.
+    UefiHttp,
 }
 
 /// Links (or copies) the `ironboot` cargo built into `dir`.
@@ -684,7 +689,7 @@ hostname = "node1"
                 Some(OVMF),
                 format!("virtio-net-pci,netdev=n0,mac={mac},romfile={EFI_VIRTIO_ROM}"),
             ),
-            Firmware::UefiPxe => (
+            Firmware::UefiPxe | Firmware::UefiHttp => (
                 "q35",
                 Some(OVMF),
                 format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
@@ -698,6 +703,14 @@ hostname = "node1"
             args.extend(["-bios".into(), bios.into()]);
         }
         args.extend(["-m".into(), memory, "-device".into(), nic]);
+        if firmware == Firmware::UefiHttp {
+            for stack in ["IPv4PXESupport", "IPv6PXESupport"] {
+                args.extend([
+                    "-fw_cfg".into(),
+                    format!("name=opt/org.tianocore/{stack},string=n"),
+                ]);
+            }
+        }
         args.extend(common.map(String::from));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = self.spawn(
