@@ -139,7 +139,7 @@ async fn a_machine_boots_its_groups_generation_and_confirms() {
     assert_eq!(status, StatusCode::OK);
     assert!(
         boot.contains(&format!(
-            "chain --autofree {}/boot/${{mac:hexhyp}}.ipxe?uuid=${{uuid:uristring}}",
+            "chain --autofree {}/boot/${{mac:hexhyp}}.ipxe?uuid=${{uuid}}&serial=${{serial:uristring}}",
             api.base
         )),
         "{boot}"
@@ -836,4 +836,19 @@ async fn artifacts_are_immutable_with_ranges_and_conditional_requests() {
     }
     let again = http.get(&url).send().await.unwrap();
     assert_eq!(again.bytes().await.unwrap().len(), 100_000);
+}
+
+#[tokio::test]
+async fn bios_ipxe_facts_as_real_firmware_sends_them() {
+    let server = server().await;
+    let api = Api::new(&server);
+    let gen = api
+        .import("worker", b"kernel", b"initrd", "console=ttyS0")
+        .await;
+    api.point("default", "worker", gen).await;
+    // iPXE 2019's ${uuid:uristring} percent-encodes raw UUID bytes (not UTF-8),
+    // and a BIOS iPXE build reports buildarch i386: still a bootable script.
+    let (status, script) = api.text("/boot/52-54-00-00-00-07.ipxe?uuid=%18%5B%FF%C3%A1&serial=&buildarch=i386&platform=pcbios&chip=undionly").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(script.contains("-> worker gen 1"), "{script}");
 }

@@ -115,7 +115,9 @@ pub fn target(
 fn same_arch(machine: &str, image: &str) -> bool {
     let norm = |a: &str| {
         match a {
-            "x86_64" | "amd64" | "x64" => "x86_64",
+            // A BIOS iPXE is an i386 build (QEMU's ROM, undionly.kpxe) and
+            // boots x86_64 kernels: one family here.
+            "x86_64" | "amd64" | "x64" | "i386" | "i686" => "x86",
             "arm64" | "aarch64" => "arm64",
             other => other,
         }
@@ -162,6 +164,7 @@ mod tests {
             ("missing group",              machine(None, None),                     None,                                 nothing("group web does not exist")),
             ("pinned generation deleted",  machine(Some(gen("worker", 7)), None),   Some(group(Some(gen("worker", 41)))), nothing("the pinned generation worker gen 7 does not exist")),
             ("group generation deleted",   machine(None, None),                     Some(group(Some(gen("worker", 9)))),  nothing("the group's generation worker gen 9 does not exist")),
+            ("BIOS iPXE is i386",          machine(None, Some("i386")),             Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("arch matches (iPXE name)",   machine(None, Some("x86_64")),           Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("wrong arch is refused",      machine(None, Some("arm64")),            Some(group(Some(gen("worker", 41)))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
             ("arm64 machine, arm64 image", machine(None, Some("aarch64")),          Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -93,8 +93,11 @@ async fn machine_script(
     State(state): State<BootState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(file): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    // Whatever the firmware sent, a booting machine gets a script: the query
+    // is read leniently (iPXE can percent-encode raw bytes).
+    let q = lenient_query(query.as_deref().unwrap_or(""));
     let Some(mac) = file
         .strip_suffix(".ipxe")
         .and_then(|m| m.parse::<MacAddr>().ok())
@@ -108,7 +111,8 @@ async fn machine_script(
     };
     let req = ScriptRequest {
         mac: Some(mac),
-        uuid: nonempty("uuid"),
+        // iPXE prints the all-zero UUID when the firmware has none.
+        uuid: nonempty("uuid").filter(|u| u.chars().any(|c| c != '0' && c != '-')),
         serial: nonempty("serial"),
         buildarch: nonempty("buildarch"),
         platform: nonempty("platform"),
@@ -276,6 +280,41 @@ fn form_fields(body: &str) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// `a=1&b=%41` → map, never failing: invalid percent escapes stay as
+/// they are, invalid UTF-8 becomes U+FFFD.
+fn lenient_query(query: &str) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let bytes = s.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+                (b'%', Some(b)) => {
+                    out.push(b);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -285,5 +324,15 @@ mod tests {
         assert_eq!(f["hostname"], "node-7");
         assert_eq!(f["fqdn"], "a b");
         let _ = super::form_fields("%%%&=&&"); // malformed: no panic, whatever it yields
+    }
+
+    #[test]
+    fn script_queries_are_read_leniently() {
+        // What iPXE 2019 sends for ${uuid:uristring}: raw bytes, not UTF-8.
+        let q = super::lenient_query("uuid=%18%5B%FF%C3&serial=SN%2077&buildarch=i386&bad=%zz&%");
+        assert_eq!(q["serial"], "SN 77");
+        assert_eq!(q["buildarch"], "i386");
+        assert_eq!(q["bad"], "%zz");
+        assert!(q["uuid"].contains('\u{fffd}'));
     }
 }

@@ -127,7 +127,7 @@ exit 1"
         .unwrap();
     assert!(boot.starts_with("#!ipxe\n"));
     assert!(boot.contains(
-        "chain --autofree http://10.77.0.1:8080/boot/${mac:hexhyp}.ipxe?uuid=${uuid:uristring}&serial=${serial:uristring}&asset=${asset:uristring}&buildarch=${buildarch:uristring}&platform=${platform:uristring}&chip=${net0/chip:uristring} || goto failed"
+        "chain --autofree http://10.77.0.1:8080/boot/${mac:hexhyp}.ipxe?uuid=${uuid}&serial=${serial:uristring}&asset=${asset:uristring}&buildarch=${buildarch}&platform=${platform}&chip=${net0/chip} || goto failed"
     ));
 }
 

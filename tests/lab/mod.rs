@@ -793,7 +793,9 @@ impl Drop for Lab {
                 eprintln!("warning: ip netns del {ns} failed");
             }
         }
-        if std::thread::panicking() {
+        // Kept on failure, or always with IRONBOOT_E2E_KEEP=1 (to read the
+        // serial consoles of a passing run).
+        if std::thread::panicking() || std::env::var_os("IRONBOOT_E2E_KEEP").is_some() {
             if let Some(tmp) = self.tmp.take() {
                 let kept = tmp.keep();
                 eprintln!("e2e: kept logs and database in {}", kept.display());
