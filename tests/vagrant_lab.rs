@@ -40,7 +40,7 @@ impl Drop for Down {
 }
 
 #[test]
-#[ignore = "machines cannot boot yet: server refuses x86_64 images to BIOS iPXE (buildarch=i386)"]
+#[ignore = "not yet run since the i386/uuid server fixes; run with --ignored (issue 7)"]
 fn the_vagrant_lab_boots_a_machine_to_confirmation_and_leaves_nothing() {
     let root = std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
