@@ -123,15 +123,7 @@ impl Ledger {
         detail: serde_json::Value,
         bytes: Option<u64>,
     ) {
-        self.record(Record::Event(Event {
-            at_ms: now_ms(),
-            mac,
-            ip,
-            step,
-            detail,
-            bytes,
-            boot_id: None,
-        }));
+        self.push(mac, ip, step, detail, bytes, None);
     }
 
     /// An event that belongs to a known boot.
@@ -144,14 +136,27 @@ impl Ledger {
         detail: serde_json::Value,
         bytes: Option<u64>,
     ) {
+        self.push(Some(mac), ip, step, detail, bytes, Some(boot_id));
+    }
+
+    fn push(
+        &self,
+        mac: Option<MacAddr>,
+        ip: Option<IpAddr>,
+        step: &'static str,
+        detail: serde_json::Value,
+        bytes: Option<u64>,
+        boot_id: Option<i64>,
+    ) {
+        let at_ms = now_ms();
         self.record(Record::Event(Event {
-            at_ms: now_ms(),
-            mac: Some(mac),
+            at_ms,
+            mac,
             ip,
             step,
             detail,
             bytes,
-            boot_id: Some(boot_id),
+            boot_id,
         }));
     }
 
