@@ -6,6 +6,42 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// What a machine is: a server boots a live OS; a switch runs ONIE or a
+/// network OS's zero-touch provisioning. Stored as `server` / `switch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineKind {
+    #[default]
+    Server,
+    Switch,
+}
+
+impl MachineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Server => "server",
+            Self::Switch => "switch",
+        }
+    }
+}
+
+impl fmt::Display for MachineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MachineKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "server" => Ok(Self::Server),
+            "switch" => Ok(Self::Switch),
+            other => Err(format!("unknown machine kind {other:?} (server, switch)")),
+        }
+    }
+}
+
 /// An Ethernet hardware address. The canonical text form is lower-case,
 /// colon-separated (`52:54:00:12:34:56`); parsing also accepts `-` separators
 /// and upper case, because iPXE's `${mac:hexhyp}` and operators write both.

@@ -28,6 +28,7 @@ struct OpenBoot {
 #[derive(sqlx::FromRow)]
 struct MachineRow {
     mac: String,
+    kind: String,
     group_name: String,
     labels: String,
     hostname: Option<String>,
@@ -43,7 +44,7 @@ struct MachineRow {
 }
 
 const MACHINE_COLUMNS: &str =
-    "mac, group_name, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
+    "mac, kind, group_name, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
      current_stream, current_generation, last_good_stream, last_good_generation";
 
 fn pair(stream: Option<String>, number: Option<i64>) -> Option<GenerationId> {
@@ -56,6 +57,7 @@ impl MachineRow {
             serde_json::from_str(&self.labels).unwrap_or_default();
         Some(Machine {
             mac: self.mac.parse().ok()?,
+            kind: self.kind.parse().unwrap_or_default(),
             group: self.group_name,
             labels,
             hostname: self.hostname,

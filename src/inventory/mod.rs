@@ -19,7 +19,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::boot::{self, GenerationId, Target};
-use crate::domain::MacAddr;
+use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
@@ -28,6 +28,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub mac: MacAddr,
+    pub kind: MachineKind,
     pub group: String,
     pub labels: BTreeMap<String, String>,
     pub hostname: Option<String>,
@@ -45,6 +46,7 @@ impl Machine {
     fn new(mac: MacAddr) -> Self {
         Self {
             mac,
+            kind: MachineKind::Server,
             group: "default".into(),
             labels: BTreeMap::new(),
             hostname: None,
