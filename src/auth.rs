@@ -3,7 +3,9 @@
 //!
 //! If no token exists at start, an admin token is generated and written to
 //! `data_dir/admin.token` with mode 0600; the path is printed, and the CLI
-//! reads that file when it runs on the same machine.
+//! reads that file when it runs on the same machine. A token already in that
+//! file (put there by provisioning, e.g. the Vagrant lab's server VM) is
+//! adopted instead, so the first admin token can be known before start.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -35,6 +37,8 @@ pub struct Principal {
 pub enum AuthError {
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
+    #[error("{path}: {reason}")]
+    PreseededToken { path: String, reason: &'static str },
     #[error("cannot write {path}: {source}")]
     TokenFile {
         path: String,
@@ -74,12 +78,18 @@ impl Tokens {
         }
         let mut written = None;
         if by_hash.is_empty() {
-            let token = crate::inventory::new_secret();
             let path = admin_token_path(data_dir);
-            write_secret(&path, &token).map_err(|source| AuthError::TokenFile {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let token = match preseeded_token(&path)? {
+                Some(token) => token,
+                None => {
+                    let token = crate::inventory::new_secret();
+                    write_secret(&path, &token).map_err(|source| AuthError::TokenFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                    token
+                }
+            };
             sqlx::query("INSERT INTO api_tokens (name, hash, role, created_ms) VALUES ('admin', ?, 'admin', ?)")
                 .bind(token_hash(&token))
                 .bind(now_ms())
@@ -111,6 +121,40 @@ impl Tokens {
     }
 }
 
+/// A token an operator put in `admin.token` before the first start: at least
+/// 32 characters of `[A-Za-z0-9_-]` (a guessable one is refused, not used).
+fn preseeded_token(path: &Path) -> Result<Option<String>, AuthError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AuthError::TokenFile {
+                path: path.display().to_string(),
+                source,
+            })
+        }
+    };
+    let token = text.trim();
+    let refuse = |reason| AuthError::PreseededToken {
+        path: path.display().to_string(),
+        reason,
+    };
+    if token.len() < 32 {
+        return Err(refuse(
+            "a preseeded admin token must be at least 32 characters",
+        ));
+    }
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(refuse(
+            "a preseeded admin token may hold only A-Z a-z 0-9 - _",
+        ));
+    }
+    Ok(Some(token.to_string()))
+}
+
 /// Writes a secret to a new file readable by its owner only.
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
@@ -124,4 +168,39 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn bootstrap(dir: &Path) -> Result<(Tokens, Option<PathBuf>), AuthError> {
+        let store = Store::open(dir).await.expect("store");
+        Tokens::load_or_bootstrap(&store, dir).await
+    }
+
+    #[tokio::test]
+    async fn the_first_start_writes_an_admin_token_or_adopts_a_preseeded_one() {
+        let fresh = tempfile::tempdir().unwrap();
+        let (tokens, written) = bootstrap(fresh.path()).await.unwrap();
+        let token = std::fs::read_to_string(written.unwrap()).unwrap();
+        assert_eq!(tokens.check(token.trim()).unwrap().role, Role::Admin);
+
+        let seeded = tempfile::tempdir().unwrap();
+        let secret = "lab-0123456789abcdef0123456789abcdef";
+        std::fs::write(admin_token_path(seeded.path()), format!("{secret}\n")).unwrap();
+        let (tokens, _) = bootstrap(seeded.path()).await.unwrap();
+        assert_eq!(tokens.check(secret).unwrap().role, Role::Admin);
+        // Adopted once: the next start finds it in the database.
+        let (tokens, written) = bootstrap(seeded.path()).await.unwrap();
+        assert!(written.is_none());
+        assert!(tokens.check(secret).is_some());
+
+        for bad in ["short", "has spaces in it but is long enough to pass"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(admin_token_path(dir.path()), bad).unwrap();
+            let err = bootstrap(dir.path()).await.err().expect("refused");
+            assert!(err.to_string().contains("admin.token"), "{err}");
+        }
+    }
 }
