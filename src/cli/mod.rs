@@ -175,10 +175,14 @@ pub fn print(output: Output, whole: &Value, rows: &[Value], columns: &[(&str, &s
         match v {
             Value::Null => "-".into(),
             Value::String(s) => s.clone(),
+            // A generation reference: {stream, generation} in API bodies,
+            // {stream, number} where the server serialises a GenerationId.
             Value::Object(o) if o.contains_key("stream") => format!(
                 "{} gen {}",
                 o["stream"].as_str().unwrap_or("?"),
-                o["generation"]
+                o.get("generation")
+                    .or(o.get("number"))
+                    .unwrap_or(&Value::Null)
             ),
             other => other.to_string(),
         }
