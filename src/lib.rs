@@ -43,5 +43,6 @@ pub mod ledger;
 pub mod metrics;
 pub mod netif;
 pub mod render;
+pub mod rollout;
 pub mod store;
 pub mod tftp;

@@ -11,7 +11,7 @@ pub mod context;
 use serde::Serialize;
 
 /// A stream and a generation number: "worker gen 41".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct GenerationId {
     pub stream: String,
     pub number: i64,
