@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::domain::{Arch, MacAddr};
+use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::metrics::Metrics;
 
 /// One thing worth writing down.
@@ -65,6 +65,9 @@ pub struct MachineFacts {
     pub serial: Option<String>,
     /// The address the machine was last seen at.
     pub ip: Option<IpAddr>,
+    /// Set when the request shows what the machine is (ONIE or a network
+    /// OS: a switch); `None` leaves the recorded kind alone.
+    pub kind: Option<MachineKind>,
     pub at_ms: i64,
 }
 

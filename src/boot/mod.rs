@@ -7,6 +7,8 @@
 //! and the ledger must say it too.
 
 pub mod context;
+pub mod loader;
+pub mod onie;
 
 use serde::Serialize;
 

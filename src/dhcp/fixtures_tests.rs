@@ -49,7 +49,7 @@ fn every_capture_decodes_and_classifies() {
         ("ovmf-ipxe-rom",               ClientKind::Ipxe,     Some(Arch::EfiX64),  script()),
         ("ipxe-chained-snponly",        ClientKind::Ipxe,     Some(Arch::EfiX64),  script()),
         ("ovmf-httpboot",               ClientKind::HttpBoot, Some(Arch::HttpX64), Ok(Http("http://10.77.0.1:8080/ipxe/ipxe.efi".into()))),
-        ("udhcpc-onie",                 ClientKind::Onie,     None,                Err(NoBoot::Onie)),
+        ("udhcpc-onie",                 ClientKind::Onie,     None,                Ok(OnieInstaller("http://10.77.0.1:8080/onie/52-54-00-99-00-06/onie-installer".into()))),
     ];
     for (name, kind, arch, boot) in table {
         for (stage, msg_type) in [

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::boot::loader::{Loader, LoaderSettings};
 use crate::boot::{self, GenerationId, Target};
 use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
@@ -147,6 +148,10 @@ pub struct Inventory {
     next_boot: AtomicI64,
 }
 
+fn group_loader(g: &Group) -> Option<Loader> {
+    g.variables.get("loader")?.as_str()?.parse().ok()
+}
+
 /// sha256 of a token, hex: what the database keeps instead of the token.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -219,9 +224,43 @@ impl Inventory {
         self.read().machines.get(&mac).cloned()
     }
 
+    /// The operator's loader settings for `mac`: the machine's label
+    /// `loader` and its group's variable `loader` (`ipxe` or `grub`;
+    /// anything else counts as unset).
+    pub fn loader_settings(&self, mac: MacAddr) -> LoaderSettings {
+        let state = self.read();
+        let Some(m) = state.machines.get(&mac) else {
+            let group = state.groups.get("default");
+            return LoaderSettings {
+                machine: None,
+                group: group.and_then(group_loader),
+            };
+        };
+        LoaderSettings {
+            machine: m
+                .labels
+                .get("loader")
+                .and_then(|l| l.parse::<Loader>().ok()),
+            group: state.groups.get(&m.group).and_then(group_loader),
+        }
+    }
+
     /// Serves a script request: registers an unknown machine, decides its
     /// target, and opens a boot. Never waits on SQLite.
     pub fn begin_boot(&self, mac: MacAddr, req: &ScriptRequest) -> BootPlan {
+        self.begin_boot_as(mac, req, "ipxe", None)
+    }
+
+    /// [`Inventory::begin_boot`] for another loader or client: `firmware`
+    /// is recorded for a machine seen for the first time (`grub`, `onie`,
+    /// `ztp`); `kind` (a switch, for ONIE and ZTP) is recorded when given.
+    pub fn begin_boot_as(
+        &self,
+        mac: MacAddr,
+        req: &ScriptRequest,
+        firmware: &str,
+        kind: Option<MachineKind>,
+    ) -> BootPlan {
         let now = now_ms();
         let token = new_secret();
         let hash = token_hash(&token);
@@ -236,6 +275,9 @@ impl Inventory {
         machine.serial = req.serial.clone().or(machine.serial.take());
         machine.arch = req.buildarch.clone().or(machine.arch.take());
         machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
+        if let Some(kind) = kind {
+            machine.kind = kind;
+        }
         let machine = machine.clone();
         let group = state.groups.get(&machine.group).cloned();
         let facts = boot::MachineFacts {
@@ -273,7 +315,8 @@ impl Inventory {
             uuid: req.uuid.clone(),
             serial: req.serial.clone(),
             ip: req.ip,
-            firmware: fresh.then(|| "ipxe".to_string()),
+            firmware: fresh.then(|| firmware.to_string()),
+            kind,
             at_ms: now,
             ..MachineFacts::default()
         }));

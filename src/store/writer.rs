@@ -73,9 +73,10 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     sqlx::query(
         "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, hostname,
                                circuit_id, remote_id, relay, first_seen_ms, last_seen_ms,
-                               serial, ip)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               serial, ip, kind)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, 'server'))
          ON CONFLICT (mac) DO UPDATE SET
+             kind = CASE WHEN ? IS NULL THEN kind ELSE excluded.kind END,
              serial = COALESCE(excluded.serial, serial),
              ip = COALESCE(excluded.ip, ip),
              uuid = COALESCE(excluded.uuid, uuid),
@@ -103,6 +104,8 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.at_ms)
     .bind(&m.serial)
     .bind(m.ip.map(|i| i.to_string()))
+    .bind(m.kind.map(|k| k.as_str()))
+    .bind(m.kind.map(|k| k.as_str()))
     .execute(&mut *conn)
     .await?;
     Ok(())
