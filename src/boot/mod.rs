@@ -1,7 +1,9 @@
 //! Which generation a machine boots next, and why: a pure function of the
 //! machine, its group and the generations that exist.
 //!
-//! Order of precedence: a pin on the machine, then its group's pointer.
+//! Order of precedence: a pin on the machine, then its group's pointer for
+//! the machine's architecture (a group holds one generation per
+//! architecture), then the group's pointer set last.
 //! (Rollouts and the last-known-good fallback slot in here later.) When
 //! nothing can be booted the answer says why, because the machine's console
 //! and the ledger must say it too.
@@ -48,7 +50,24 @@ pub struct MachineFacts {
 #[derive(Debug, Clone, Default)]
 pub struct GroupFacts {
     pub name: String,
+    /// The pointer set last, whatever its architecture.
     pub pointer: Option<GenerationId>,
+    /// One generation per image architecture (`x86_64`, `arm64`).
+    pub by_arch: Vec<(String, GenerationId)>,
+}
+
+impl GroupFacts {
+    /// The generation for a machine of `arch`: the one for its family if
+    /// the group holds one, else the pointer set last.
+    pub fn pointer_for(&self, arch: Option<&str>) -> Option<&GenerationId> {
+        arch.and_then(|a| {
+            self.by_arch
+                .iter()
+                .find(|(image_arch, _)| same_arch(a, image_arch))
+                .map(|(_, g)| g)
+        })
+        .or(self.pointer.as_ref())
+    }
 }
 
 /// Where the chosen generation came from.
@@ -79,7 +98,8 @@ pub fn target(
     group: Option<&GroupFacts>,
     image_arch: impl Fn(&GenerationId) -> Option<String>,
 ) -> Target {
-    let (chosen, source) = match (&machine.pin, group.and_then(|g| g.pointer.as_ref())) {
+    let pointer = group.and_then(|g| g.pointer_for(machine.arch.as_deref()));
+    let (chosen, source) = match (&machine.pin, pointer) {
         (Some(pin), _) => (pin, Source::Pin),
         (None, Some(pointer)) => (pointer, Source::Group),
         (None, None) => {
@@ -114,7 +134,7 @@ pub fn target(
 }
 
 /// iPXE says `x86_64`/`i386`/`arm64`; images say `x86_64`/`arm64`.
-fn same_arch(machine: &str, image: &str) -> bool {
+pub fn same_arch(machine: &str, image: &str) -> bool {
     let norm = |a: &str| {
         match a {
             // A BIOS iPXE is an i386 build (QEMU's ROM, undionly.kpxe) and
@@ -146,6 +166,15 @@ mod tests {
         let group = |p: Option<GenerationId>| GroupFacts {
             name: "web".into(),
             pointer: p,
+            by_arch: vec![],
+        };
+        let two_arch = |last: GenerationId| GroupFacts {
+            name: "web".into(),
+            pointer: Some(last),
+            by_arch: vec![
+                ("x86_64".into(), gen("worker", 41)),
+                ("arm64".into(), gen("arm", 1)),
+            ],
         };
         let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
             group: "web".into(),
@@ -170,6 +199,10 @@ mod tests {
             ("arch matches (iPXE name)",   machine(None, Some("x86_64")),           Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("wrong arch is refused",      machine(None, Some("arm64")),            Some(group(Some(gen("worker", 41)))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
             ("arm64 machine, arm64 image", machine(None, Some("aarch64")),          Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),
+            ("per-arch: arm64 machine",    machine(None, Some("arm64")),            Some(two_arch(gen("worker", 41))),    boot(gen("arm", 1), Source::Group)),
+            ("per-arch: BIOS i386 iPXE",   machine(None, Some("i386")),             Some(two_arch(gen("arm", 1))),        boot(gen("worker", 41), Source::Group)),
+            ("per-arch: arch unknown",     machine(None, None),                     Some(two_arch(gen("arm", 1))),        boot(gen("arm", 1), Source::Group)),
+            ("per-arch: pin still wins",   machine(Some(gen("worker", 42)), Some("x86_64")), Some(two_arch(gen("arm", 1))), boot(gen("worker", 42), Source::Pin)),
         ];
         for (name, m, g, want) in cases {
             assert_eq!(target(&m, g.as_ref(), existing), want, "{name}");

@@ -109,9 +109,19 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
             Group {
                 name,
                 pointer: pair(stream, number),
+                by_arch: BTreeMap::new(),
                 variables,
             },
         );
+    }
+    let per_arch: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT group_name, arch, stream, generation FROM group_generations")
+            .fetch_all(pool)
+            .await?;
+    for (group, arch, stream, number) in per_arch {
+        if let Some(g) = state.groups.get_mut(&group) {
+            g.by_arch.insert(arch, GenerationId::new(stream, number));
+        }
     }
 
     let gens: Vec<(String, i64, String, String, i64, Option<String>)> = sqlx::query_as(

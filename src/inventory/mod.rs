@@ -65,7 +65,12 @@ impl Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
     pub name: String,
+    /// The pointer set last.
     pub pointer: Option<GenerationId>,
+    /// One generation per image architecture (`x86_64`, `arm64`): machines
+    /// boot the one for their own architecture.
+    #[serde(default)]
+    pub by_arch: BTreeMap<String, GenerationId>,
     pub variables: serde_json::Value,
 }
 
@@ -288,6 +293,11 @@ impl Inventory {
         let group_facts = group.as_ref().map(|g| boot::GroupFacts {
             name: g.name.clone(),
             pointer: g.pointer.clone(),
+            by_arch: g
+                .by_arch
+                .iter()
+                .map(|(a, id)| (a.clone(), id.clone()))
+                .collect(),
         });
         let target = boot::target(&facts, group_facts.as_ref(), |g| {
             state.generations.get(g).map(|r| r.manifest.arch.clone())
@@ -342,6 +352,7 @@ impl Inventory {
             group: group.unwrap_or_else(|| Group {
                 name: facts.group,
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             }),
             target,
@@ -367,6 +378,7 @@ impl Inventory {
             .unwrap_or_else(|| Group {
                 name: machine.group.clone(),
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             });
         let generation = boot
@@ -518,15 +530,19 @@ impl Inventory {
         Ok(generation)
     }
 
-    /// Moves a group's pointer (creating the group if needed), atomically.
+    /// Moves a group's pointer (creating the group if needed), and its
+    /// pointer for the generation's architecture, atomically.
     pub async fn set_group_generation(
         &self,
         group: &str,
         id: &GenerationId,
     ) -> Result<Group, InventoryError> {
-        if self.generation(id).is_none() {
+        let Some(generation) = self.generation(id) else {
             return Err(InventoryError::NoSuchGeneration(id.clone()));
-        }
+        };
+        let arch = generation.manifest.arch.clone();
+        let now = now_ms();
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
@@ -534,9 +550,22 @@ impl Inventory {
         .bind(group)
         .bind(&id.stream)
         .bind(id.number)
-        .bind(now_ms())
-        .execute(self.store.pool())
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+        )
+        .bind(group)
+        .bind(&arch)
+        .bind(&id.stream)
+        .bind(id.number)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let mut state = self.write();
         let entry = state
             .groups
@@ -544,9 +573,11 @@ impl Inventory {
             .or_insert_with(|| Group {
                 name: group.to_string(),
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             });
         entry.pointer = Some(id.clone());
+        entry.by_arch.insert(arch, id.clone());
         Ok(entry.clone())
     }
 
@@ -605,7 +636,11 @@ impl Inventory {
         let state = self.read();
         let mut used: HashMap<GenerationId, Vec<String>> = HashMap::new();
         for g in state.groups.values() {
-            if let Some(p) = &g.pointer {
+            let mut held: Vec<&GenerationId> = g.by_arch.values().collect();
+            held.extend(&g.pointer);
+            held.sort();
+            held.dedup();
+            for p in held {
                 used.entry(p.clone())
                     .or_default()
                     .push(format!("group {}", g.name));
