@@ -115,9 +115,11 @@ fn grub_config_golden() {
 # kernel  sha256:{k} 8000000 bytes
 # initrd0 sha256:{i} 1400000 bytes
 # GRUB netboot has no HTTP: kernel and initrds come over TFTP, by digest.
+# Each argument is quoted on its own: GRUB would pass one quoted argument
+# holding spaces to the kernel with its quotes.
 set timeout=0
 echo 'ironboot: 52:54:00:00:00:01 -> worker gen 41 (boot 7)'
-linux (tftp,10.77.0.1)/artifacts/sha256/{k} 'console=ttyS0 ds=nocloud-net;s=http://10.77.0.1:8080/config/tok123/'
+linux (tftp,10.77.0.1)/artifacts/sha256/{k} 'console=ttyS0' 'ds=nocloud-net;s=http://10.77.0.1:8080/config/tok123/'
 initrd (tftp,10.77.0.1)/artifacts/sha256/{i}
 boot
 echo 'ironboot: could not boot worker gen 41; trying the next boot device'
