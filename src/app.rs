@@ -180,7 +180,10 @@ pub async fn run(
         server_ip: config.server_ip,
         http_port: http_addr.port(),
     };
-    let loader_inventory = inventory.clone();
+    // DHCP and the inventory ask each other (loader settings; switch
+    // ports): weak references, so neither keeps the other (and the ledger)
+    // alive at shutdown.
+    let loader_inventory = Arc::downgrade(&inventory);
     let dhcp = Arc::new(
         Dhcp::new(
             config.dhcp.clone(),
@@ -190,8 +193,20 @@ pub async fn run(
             ledger.clone(),
             metrics.clone(),
         )
-        .with_loader_settings(Arc::new(move |mac| loader_inventory.loader_settings(mac))),
+        .with_loader_settings(Arc::new(move |mac| {
+            loader_inventory
+                .upgrade()
+                .map(|inventory| inventory.loader_settings(mac))
+                .unwrap_or_default()
+        })),
     );
+    {
+        let dhcp = Arc::downgrade(&dhcp);
+        inventory.set_port_lookup(Arc::new(move |mac| {
+            let seen = dhcp.upgrade()?.seen(mac)?;
+            crate::boot::identity::SwitchPort::new(seen.circuit_id, seen.remote_id)
+        }));
+    }
     let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
     let netboot = {
         let (by_ip, by_mac) = (dhcp.clone(), dhcp.clone());

@@ -68,7 +68,21 @@ pub struct MachineFacts {
     /// Set when the request shows what the machine is (ONIE or a network
     /// OS: a switch); `None` leaves the recorded kind alone.
     pub kind: Option<MachineKind>,
+    /// What a replacement machine inherits from the one whose switch port
+    /// it took (see `boot::identity`): its group, labels (JSON) and pin.
+    /// `None`: left alone.
+    pub inherited: Option<Inherited>,
     pub at_ms: i64,
+}
+
+/// A machine's role, copied to its replacement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inherited {
+    pub group: String,
+    /// The labels as a JSON object.
+    pub labels: String,
+    pub hostname: Option<String>,
+    pub pin: Option<(String, i64)>,
 }
 
 /// A ledger event: one step of one machine's boot.

@@ -9,6 +9,7 @@
 //! and the ledger must say it too.
 
 pub mod context;
+pub mod identity;
 pub mod loader;
 pub mod onie;
 

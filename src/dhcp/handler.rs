@@ -196,6 +196,7 @@ impl Dhcp {
             serial: None,
             ip: None,
             kind: kind.is_switch().then_some(MachineKind::Switch),
+            inherited: None,
             at_ms: now,
         }));
     }

@@ -13,16 +13,17 @@ mod load;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::boot::identity::{self, Candidate, IdentityMatch, SwitchPort};
 use crate::boot::loader::{Loader, LoaderSettings};
 use crate::boot::{self, GenerationId, Target};
 use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
-use crate::ledger::{now_ms, BootRecord, Ledger, MachineFacts, Record};
+use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
 
 /// A machine as the boot path sees it.
@@ -41,6 +42,8 @@ pub struct Machine {
     pub pin: Option<GenerationId>,
     pub current: Option<GenerationId>,
     pub last_good: Option<GenerationId>,
+    /// The switch port (relay option 82) it was last seen behind.
+    pub port: Option<SwitchPort>,
 }
 
 impl Machine {
@@ -58,6 +61,7 @@ impl Machine {
             pin: None,
             current: None,
             last_good: None,
+            port: None,
         }
     }
 }
@@ -114,7 +118,13 @@ pub struct BootPlan {
     pub target: Target,
     pub generation: Option<Arc<Generation>>,
     pub platform: Option<String>,
+    /// How the request was matched to the machine (its MAC, or the switch
+    /// port of a machine it replaces).
+    pub identity: IdentityMatch,
 }
+
+/// The switch port a MAC's last DHCP request was relayed from.
+pub type PortLookup = Arc<dyn Fn(MacAddr) -> Option<SwitchPort> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -151,6 +161,21 @@ pub struct Inventory {
     ledger: Ledger,
     state: RwLock<State>,
     next_boot: AtomicI64,
+    /// Set once at start, when DHCP exists: relay identity needs it.
+    ports: OnceLock<PortLookup>,
+}
+
+/// The machine (label `identity`) or its group (variable `identity`) says
+/// `port`: identify it by its switch port.
+fn by_port(m: &Machine, groups: &HashMap<String, Group>) -> bool {
+    let says = |v: Option<&str>| v.is_some_and(|v| v.trim().eq_ignore_ascii_case("port"));
+    says(m.labels.get("identity").map(String::as_str))
+        || says(
+            groups
+                .get(&m.group)
+                .and_then(|g| g.variables.get("identity"))
+                .and_then(|v| v.as_str()),
+        )
 }
 
 fn group_loader(g: &Group) -> Option<Loader> {
@@ -179,6 +204,7 @@ impl Inventory {
             ledger,
             state: RwLock::new(state),
             next_boot: AtomicI64::new(max_boot + 1),
+            ports: OnceLock::new(),
         })
     }
 
@@ -229,6 +255,12 @@ impl Inventory {
         self.read().machines.get(&mac).cloned()
     }
 
+    /// Lets boots know the switch port of each MAC (from DHCP's relay
+    /// information), for relay identity. Only the first call counts.
+    pub fn set_port_lookup(&self, lookup: PortLookup) {
+        let _ = self.ports.set(lookup);
+    }
+
     /// The operator's loader settings for `mac`: the machine's label
     /// `loader` and its group's variable `loader` (`ipxe` or `grub`;
     /// anything else counts as unset).
@@ -270,8 +302,42 @@ impl Inventory {
         let token = new_secret();
         let hash = token_hash(&token);
         let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
+        let port = self.ports.get().and_then(|lookup| lookup(mac));
         let mut state = self.write();
         let fresh = !state.machines.contains_key(&mac);
+        let identity = {
+            let s = &*state;
+            identity::resolve(
+                mac,
+                !fresh,
+                port.as_ref(),
+                s.machines.values().map(|m| Candidate {
+                    mac: m.mac,
+                    port: m.port.as_ref(),
+                    by_port: by_port(m, &s.groups),
+                }),
+            )
+        };
+        let inherited = match &identity {
+            IdentityMatch::Port { replaces, .. } => {
+                state.machines.get_mut(replaces).map(|old| {
+                    // The port is the replacement's now.
+                    old.port = None;
+                    Machine {
+                        kind: old.kind,
+                        group: old.group.clone(),
+                        labels: old.labels.clone(),
+                        hostname: old.hostname.clone(),
+                        pin: old.pin.clone(),
+                        ..Machine::new(mac)
+                    }
+                })
+            }
+            IdentityMatch::Mac => None,
+        };
+        if let Some(m) = &inherited {
+            state.machines.insert(mac, m.clone());
+        }
         let machine = state
             .machines
             .entry(mac)
@@ -282,6 +348,9 @@ impl Inventory {
         machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
         if let Some(kind) = kind {
             machine.kind = kind;
+        }
+        if port.is_some() {
+            machine.port = port.clone();
         }
         let machine = machine.clone();
         let group = state.groups.get(&machine.group).cloned();
@@ -327,9 +396,25 @@ impl Inventory {
             ip: req.ip,
             firmware: fresh.then(|| firmware.to_string()),
             kind,
+            inherited: inherited.as_ref().map(|m| Inherited {
+                group: m.group.clone(),
+                labels: serde_json::to_string(&m.labels).expect("labels serialize"),
+                hostname: m.hostname.clone(),
+                pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+            }),
             at_ms: now,
             ..MachineFacts::default()
         }));
+        if let IdentityMatch::Port { port, replaces } = &identity {
+            tracing::info!(%mac, %replaces, ?port, "new machine in a known switch port: it replaces the old one");
+            self.ledger.event(
+                Some(mac),
+                req.ip,
+                "machine.replaced",
+                serde_json::json!({ "replaces": replaces, "port": port, "group": machine.group, "pin": machine.pin }),
+                None,
+            );
+        }
         let (state_name, reason) = match &target {
             Target::Boot { .. } => ("served", None),
             Target::Nothing { reason } => ("nothing", Some(reason.clone())),
@@ -358,6 +443,7 @@ impl Inventory {
             target,
             generation,
             platform: req.platform.clone(),
+            identity,
         }
     }
 
@@ -402,6 +488,7 @@ impl Inventory {
             target,
             generation,
             platform: None,
+            identity: IdentityMatch::Mac,
         })
     }
 

@@ -108,6 +108,20 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.kind.map(|k| k.as_str()))
     .execute(&mut *conn)
     .await?;
+    if let Some(i) = &m.inherited {
+        sqlx::query(
+            "UPDATE machines SET group_name = ?, labels = ?, hostname = COALESCE(?, hostname),
+                 pin_stream = ?, pin_generation = ? WHERE mac = ?",
+        )
+        .bind(&i.group)
+        .bind(&i.labels)
+        .bind(&i.hostname)
+        .bind(i.pin.as_ref().map(|p| p.0.clone()))
+        .bind(i.pin.as_ref().map(|p| p.1))
+        .bind(mac.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 
