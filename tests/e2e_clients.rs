@@ -6,8 +6,9 @@
 //!   (`grubnetaa64.efi`, from `dhcp.bootfile.grub_dir`) over TFTP, serves it
 //!   the per-machine GRUB config and the arm64 kernel and initrd by digest
 //!   over TFTP, and the arm64 live OS phones home: generation `arm` 1 is
-//!   confirmed. The group `default` also holds an x86_64 generation (the
-//!   switch's installer): one generation per architecture.
+//!   confirmed. The group `default` also holds an x86_64 live OS (its
+//!   pointer set last) and an x86_64 installer: one generation per
+//!   architecture, and one installer per architecture for switches.
 //! - (b) ONIE: busybox `udhcpc` run as ONIE runs it (`-V onie_vendor:…`,
 //!   asking for 114 and 125) from the client namespace gets opt 114 and opt
 //!   125 (enterprise 42623, sub-option 1) with the installer URL; `wget`
@@ -279,8 +280,29 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
         ],
     );
     assert!(out.starts_with("generation 1 "), "{out}");
+    // An x86_64 live OS for the group's x86 servers, set last: the switch
+    // still gets the group's x86_64 installer, the arm64 guest its arm64 image.
+    let x86 = lab.dir.join("x86-kernel");
+    std::fs::write(&x86, b"an x86_64 kernel no machine here boots").unwrap();
+    let out = cli(
+        &lab,
+        &[
+            "image",
+            "import",
+            "--stream",
+            "live",
+            "--arch",
+            "x86_64",
+            "--kernel",
+            x86.to_str().unwrap(),
+            "--initrd",
+            x86.to_str().unwrap(),
+        ],
+    );
+    assert!(out.starts_with("generation 1 "), "{out}");
     cli(&lab, &["group", "set-generation", "default", "arm", "1"]);
     cli(&lab, &["group", "set-generation", "default", "nos", "1"]);
+    cli(&lab, &["group", "set-generation", "default", "live", "1"]);
 
     let mut vm = start_arm64(&lab, &qemu_arm);
 

@@ -45,6 +45,9 @@ pub struct MachineFacts {
     /// The architecture the machine's loader runs (`x86_64`, `arm64`), when
     /// known from iPXE's `${buildarch}` or DHCP option 93.
     pub arch: Option<String>,
+    /// A switch: it boots ONIE installers, so its group's installer
+    /// generation for its arch is the one it gets.
+    pub switch: bool,
 }
 
 /// What the decision needs to know about the machine's group.
@@ -53,18 +56,36 @@ pub struct GroupFacts {
     pub name: String,
     /// The pointer set last, whatever its architecture.
     pub pointer: Option<GenerationId>,
-    /// One generation per image architecture (`x86_64`, `arm64`).
+    /// One generation per image architecture (`x86_64`, `arm64`), and one
+    /// per installer architecture (`x86_64/installer`) for switches.
     pub by_arch: Vec<(String, GenerationId)>,
 }
 
+/// The key a group's generation is held under: the image's architecture,
+/// with `/installer` for a switch installer.
+pub fn slot(arch: &str, installer: bool) -> String {
+    if installer {
+        format!("{arch}/installer")
+    } else {
+        arch.to_string()
+    }
+}
+
 impl GroupFacts {
-    /// The generation for a machine of `arch`: the one for its family if
-    /// the group holds one, else the pointer set last.
-    pub fn pointer_for(&self, arch: Option<&str>) -> Option<&GenerationId> {
+    /// The generation for a machine of `arch` (a switch or not): the one
+    /// for its family and kind if the group holds one, else the pointer set
+    /// last.
+    pub fn pointer_for(&self, arch: Option<&str>, switch: bool) -> Option<&GenerationId> {
         arch.and_then(|a| {
             self.by_arch
                 .iter()
-                .find(|(image_arch, _)| same_arch(a, image_arch))
+                .find(|(key, _)| {
+                    let (image_arch, installer) = match key.strip_suffix("/installer") {
+                        Some(image_arch) => (image_arch, true),
+                        None => (key.as_str(), false),
+                    };
+                    installer == switch && same_arch(a, image_arch)
+                })
                 .map(|(_, g)| g)
         })
         .or(self.pointer.as_ref())
@@ -99,7 +120,7 @@ pub fn target(
     group: Option<&GroupFacts>,
     image_arch: impl Fn(&GenerationId) -> Option<String>,
 ) -> Target {
-    let pointer = group.and_then(|g| g.pointer_for(machine.arch.as_deref()));
+    let pointer = group.and_then(|g| g.pointer_for(machine.arch.as_deref(), machine.switch));
     let (chosen, source) = match (&machine.pin, pointer) {
         (Some(pin), _) => (pin, Source::Pin),
         (None, Some(pointer)) => (pointer, Source::Group),
@@ -162,6 +183,7 @@ mod tests {
         let existing = |g: &GenerationId| match (g.stream.as_str(), g.number) {
             ("worker", 41 | 42) => Some("x86_64".to_string()),
             ("arm", 1) => Some("arm64".to_string()),
+            ("nos", 2) => Some("x86_64".to_string()),
             _ => None,
         };
         let group = |p: Option<GenerationId>| GroupFacts {
@@ -175,12 +197,18 @@ mod tests {
             by_arch: vec![
                 ("x86_64".into(), gen("worker", 41)),
                 ("arm64".into(), gen("arm", 1)),
+                ("x86_64/installer".into(), gen("nos", 2)),
             ],
         };
         let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
             group: "web".into(),
             pin,
             arch: arch.map(str::to_string),
+            switch: false,
+        };
+        let switch = |arch: &str| MachineFacts {
+            switch: true,
+            ..machine(None, Some(arch))
         };
         let boot = |g: GenerationId, source| Target::Boot {
             generation: g,
@@ -203,6 +231,8 @@ mod tests {
             ("per-arch: arm64 machine",    machine(None, Some("arm64")),            Some(two_arch(gen("worker", 41))),    boot(gen("arm", 1), Source::Group)),
             ("per-arch: BIOS i386 iPXE",   machine(None, Some("i386")),             Some(two_arch(gen("arm", 1))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: arch unknown",     machine(None, None),                     Some(two_arch(gen("arm", 1))),        boot(gen("arm", 1), Source::Group)),
+            ("per-arch: x86_64 switch",    switch("x86_64"),                        Some(two_arch(gen("worker", 41))),    boot(gen("nos", 2), Source::Group)),
+            ("per-arch: x86_64 server",    machine(None, Some("x86_64")),           Some(two_arch(gen("nos", 2))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: pin still wins",   machine(Some(gen("worker", 42)), Some("x86_64")), Some(two_arch(gen("arm", 1))), boot(gen("worker", 42), Source::Pin)),
         ];
         for (name, m, g, want) in cases {

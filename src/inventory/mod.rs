@@ -358,6 +358,7 @@ impl Inventory {
             group: machine.group.clone(),
             pin: machine.pin.clone(),
             arch: machine.arch.clone(),
+            switch: machine.kind == MachineKind::Switch,
         };
         let group_facts = group.as_ref().map(|g| boot::GroupFacts {
             name: g.name.clone(),
@@ -627,7 +628,10 @@ impl Inventory {
         let Some(generation) = self.generation(id) else {
             return Err(InventoryError::NoSuchGeneration(id.clone()));
         };
-        let arch = generation.manifest.arch.clone();
+        let arch = boot::slot(
+            &generation.manifest.arch,
+            generation.manifest.is_installer(),
+        );
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
