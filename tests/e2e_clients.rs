@@ -19,7 +19,9 @@
 //! - (c) Cumulus ZTP: the same switch, now running its network OS, asks for
 //!   opt 239 and gets its provisioning script URL; the script carries the
 //!   `CUMULUS-AUTOPROVISIONING` marker and, run with busybox, confirms the
-//!   boot: the installer generation is the switch's current one.
+//!   boot: the installer generation is the switch's current one. Then a
+//!   rollout: installer generation 2 is imported and the group pointed at
+//!   it; ONIE gets the new bytes and ZTP confirms generation 2.
 //!
 //! (b) and (c) run while (a)'s VM boots. The arm64 live OS is
 //! `tests/liveos/build.sh --arch arm64` (cached in `tests/.cache`).

@@ -28,6 +28,7 @@ use tracing::error;
 
 use crate::boot::onie::{self, OnieHeaders};
 use crate::domain::MacAddr;
+use crate::http::api::ApiError;
 use crate::netboot::Netboot;
 
 pub fn router(netboot: Arc<Netboot>) -> Router {
@@ -91,7 +92,9 @@ async fn waterfall_for(
     peer: SocketAddr,
 ) -> Response {
     let Some(wanted) = onie::installer_path(path) else {
-        return not_found("not found\n");
+        // Not ONIE's: answer as the app's fallback does for any unknown path.
+        return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
+            .into_response();
     };
     let onie = onie_headers(headers);
     let Some(mac) = onie.eth_addr.or(wanted.mac) else {
