@@ -330,3 +330,108 @@ impl GeneratedFiles for Netboot {
             .map(|i| i.path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+
+    const MAC: &str = "52:54:00:00:a6:41";
+
+    async fn netboot(
+        dir: &std::path::Path,
+    ) -> (Netboot, tokio::sync::mpsc::Receiver<crate::ledger::Record>) {
+        let store = Store::open(dir).await.unwrap();
+        let (ledger, rx) = Ledger::new(1024, Arc::new(Metrics::default()));
+        let inventory = Arc::new(Inventory::load(store, ledger.clone()).await.unwrap());
+        let images = Arc::new(ImageStore::open(&dir.join("images")).unwrap());
+        let bootfiles = Arc::new(Bootfiles::new(
+            dir.join("loaders"),
+            ["grubnetaa64.efi".to_string()],
+        ));
+        let known: MacAddr = MAC.parse().unwrap();
+        let nb = Netboot::new(
+            bootfiles,
+            inventory,
+            Arc::new(Renderer::embedded().unwrap()),
+            images,
+            ledger,
+            "http://10.77.0.1:8080".into(),
+            // Only 10.77.0.101 holds a lease (the arm64 machine's).
+            Arc::new(move |ip| (ip == IpAddr::from([10, 77, 0, 101])).then_some(known)),
+            Arc::new(|_| {
+                Some(SeenClient {
+                    arch: Some(Arch::EfiArm64),
+                    ..SeenClient::default()
+                })
+            }),
+        );
+        (nb, rx)
+    }
+
+    fn text(bytes: Option<Arc<[u8]>>) -> String {
+        String::from_utf8(bytes.expect("served").to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tftp_names_resolve_to_generated_files_and_nothing_else() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (nb, _rx) = netboot(dir.path()).await;
+        let leased: SocketAddr = "10.77.0.101:2000".parse().unwrap();
+        let stranger: SocketAddr = "10.77.0.200:2000".parse().unwrap();
+
+        // Known by address: its own config (here: nothing to boot, and why).
+        let own = text(nb.get("grub/grub.cfg", leased));
+        assert!(
+            own.starts_with("# ironboot: nothing to boot for 52:54:00:00:a6:41\n"),
+            "{own}"
+        );
+        assert!(
+            own.contains("group default points at no generation"),
+            "{own}"
+        );
+        // Fetched again at once: the same boot, not a second one.
+        assert_eq!(text(nb.get("grub/grub.cfg", leased)), own);
+        // Unknown address (proxy mode): the generic chain by MAC.
+        let generic = text(nb.get("grub/grub.cfg", stranger));
+        assert!(
+            generic.contains("configfile (tftp,10.77.0.1)/grub/grub.cfg-01-${net_default_mac}\n"),
+            "{generic}"
+        );
+        // What that chain asks for, in GRUB's colon form and PXELINUX's hyphens.
+        for name in [
+            "grub/grub.cfg-01-52:54:00:00:a6:41",
+            "grub.cfg-01-52-54-00-00-a6-41",
+        ] {
+            let by_name = text(nb.get(name, stranger));
+            assert!(
+                by_name.contains("nothing to boot for 52:54:00:00:a6:41"),
+                "{name}: {by_name}"
+            );
+        }
+        for refused in ["grub/grub.cfg-01-nonsense", "grub/other.cfg", "boot.ipxe"] {
+            assert!(nb.get(refused, stranger).is_none(), "{refused}");
+        }
+        // Artifacts by digest only, and only when present.
+        let absent = format!("artifacts/sha256/{}", "ab".repeat(32));
+        for name in [
+            absent.as_str(),
+            "artifacts/sha256/zz",
+            "artifacts/sha256/../../etc/passwd",
+        ] {
+            assert_eq!(nb.file(name, stranger), None, "{name}");
+        }
+        // ONIE waterfall: a switch known by prefix or address; none has an
+        // installer generation yet, so nothing is served.
+        assert_eq!(nb.file("onie-installer", stranger), None);
+        assert_eq!(
+            nb.file("52-54-00-0e-00-01/onie-installer-x86_64", stranger),
+            None
+        );
+        assert!(nb
+            .inventory
+            .machine("52:54:00:0e:00:01".parse().unwrap())
+            .is_some_and(|m| m.kind == MachineKind::Switch));
+    }
+}
