@@ -163,27 +163,67 @@ pub async fn run(
     inventory.apply_reservations(&config.dhcp.reservations);
     let inventory = Arc::new(inventory);
 
-    let bootfiles = Arc::new(Bootfiles::new(
+    let mut bootfiles = Bootfiles::new(
         config
             .tftp
             .as_ref()
             .map(|t| t.server.root.clone())
             .unwrap_or_else(|| "/usr/lib/ipxe".into()),
         config.dhcp.bootfiles.names(),
-    ));
+    );
+    if let Some(dir) = &config.dhcp.bootfiles.grub_dir {
+        bootfiles.add(dir.clone(), config.dhcp.bootfiles.grub_names());
+    }
+    let bootfiles = Arc::new(bootfiles);
     let targets = BootTargets {
         files: config.dhcp.bootfiles.clone(),
         server_ip: config.server_ip,
         http_port: http_addr.port(),
     };
-    let dhcp = Arc::new(Dhcp::new(
-        config.dhcp.clone(),
-        targets,
-        leases,
-        known,
-        ledger.clone(),
-        metrics.clone(),
-    ));
+    // DHCP and the inventory ask each other (loader settings; switch
+    // ports): weak references, so neither keeps the other (and the ledger)
+    // alive at shutdown.
+    let loader_inventory = Arc::downgrade(&inventory);
+    let dhcp = Arc::new(
+        Dhcp::new(
+            config.dhcp.clone(),
+            targets,
+            leases,
+            known,
+            ledger.clone(),
+            metrics.clone(),
+        )
+        .with_loader_settings(Arc::new(move |mac| {
+            loader_inventory
+                .upgrade()
+                .map(|inventory| inventory.loader_settings(mac))
+                .unwrap_or_default()
+        })),
+    );
+    {
+        let dhcp = Arc::downgrade(&dhcp);
+        inventory.set_port_lookup(Arc::new(move |mac| {
+            let seen = dhcp.upgrade()?.seen(mac)?;
+            crate::boot::identity::SwitchPort::new(seen.circuit_id, seen.remote_id)
+        }));
+    }
+    let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
+    let netboot = {
+        let (by_ip, by_mac) = (dhcp.clone(), dhcp.clone());
+        Arc::new(crate::netboot::Netboot::new(
+            bootfiles.clone(),
+            inventory.clone(),
+            renderer.clone(),
+            images.clone(),
+            ledger.clone(),
+            server_url.clone(),
+            Arc::new(move |ip| match ip {
+                std::net::IpAddr::V4(v4) => by_ip.mac_of(v4),
+                std::net::IpAddr::V6(_) => None,
+            }),
+            Arc::new(move |mac| by_mac.seen(mac)),
+        ))
+    };
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
 
@@ -219,7 +259,7 @@ pub async fn run(
         });
         let state = Arc::new(TftpState {
             config: t.server.clone(),
-            generated: Some(bootfiles.clone()),
+            generated: Some(netboot.clone()),
             ledger: ledger.clone(),
             metrics: metrics.clone(),
             lookup,
@@ -240,7 +280,6 @@ pub async fn run(
         });
     }
     services.push(format!("http on {http_addr}"));
-    let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
     let boot_state = BootState::new(
         inventory.clone(),
         renderer.clone(),
@@ -263,7 +302,8 @@ pub async fn run(
             images.clone(),
             Some(artifact_hook(&inventory, &ledger)),
         ))
-        .merge(crate::http::api::router(api_state));
+        .merge(crate::http::api::router(api_state))
+        .merge(crate::http::switch::router(netboot));
     tasks.spawn(crate::http::run(sockets.http, app, shutdown.clone()));
 
     banner(&config, &services, new_token_file.as_deref());

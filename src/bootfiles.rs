@@ -12,7 +12,7 @@
 //! bytes for the same name. A file is re-read when its size or modification
 //! time changes, so upgrading the `ipxe` package needs no restart.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,8 +21,8 @@ use std::time::SystemTime;
 use crate::tftp::GeneratedFiles;
 
 pub struct Bootfiles {
-    dir: PathBuf,
-    names: BTreeSet<String>,
+    /// Each served name and the directory it is read from.
+    names: BTreeMap<String, PathBuf>,
     cache: Mutex<HashMap<String, Cached>>,
 }
 
@@ -34,30 +34,34 @@ struct Cached {
 
 impl Bootfiles {
     pub fn new(dir: PathBuf, names: impl IntoIterator<Item = String>) -> Self {
-        let names = names
-            .into_iter()
-            .map(|n| n.trim_start_matches('/').to_string())
-            .collect();
-        Self {
-            dir,
-            names,
+        let mut files = Self {
+            names: BTreeMap::new(),
             cache: Mutex::new(HashMap::new()),
+        };
+        files.add(dir, names);
+        files
+    }
+
+    /// Serves more names from another directory (the GRUB loaders from
+    /// `dhcp.bootfile.grub_dir`). A name already served keeps its directory.
+    pub fn add(&mut self, dir: PathBuf, names: impl IntoIterator<Item = String>) {
+        for n in names {
+            self.names
+                .entry(n.trim_start_matches('/').to_string())
+                .or_insert_with(|| dir.clone());
         }
     }
 
     /// The names served.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.names.iter().map(String::as_str)
+        self.names.keys().map(String::as_str)
     }
 
     /// The bytes of a configured boot file; `None` for any other name or a
     /// file that is missing or unreadable.
     pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
         let name = name.trim_start_matches('/');
-        if !self.names.contains(name) {
-            return None;
-        }
-        let path = self.dir.join(name);
+        let path = self.names.get(name)?.join(name);
         let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
         let modified = meta.modified().ok();
         let mut cache = self.cache.lock().expect("bootfile cache lock");

@@ -193,9 +193,17 @@ pub struct RawBootfiles {
     pub bios: String,
     pub efi_x64: String,
     pub efi_ia32: String,
+    /// The arm64 loader: Debian's netboot GRUB (`grub-efi-arm64-bin`),
+    /// read from `grub_dir` when that is set.
     pub efi_arm64: String,
     /// Path of the iPXE script on the HTTP server, for clients already in iPXE.
     pub ipxe_script: String,
+    /// The x64 netboot GRUB (`grub-efi-amd64-bin`'s `grubnetx64.efi`), for
+    /// x64 UEFI machines or groups whose loader is set to `grub`.
+    pub grub_x64: String,
+    /// Where the GRUB loaders (`efi_arm64`, `grub_x64`) are read from, e.g.
+    /// `/usr/lib/grub/arm64-efi/monolithic`; unset: the TFTP root.
+    pub grub_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for RawBootfiles {
@@ -206,19 +214,30 @@ impl Default for RawBootfiles {
             efi_ia32: "ipxe.efi".into(),
             efi_arm64: "grubnetaa64.efi".into(),
             ipxe_script: "/boot.ipxe".into(),
+            grub_x64: "grubnetx64.efi".into(),
+            grub_dir: None,
         }
     }
 }
 
 impl RawBootfiles {
-    /// The loader file names (what TFTP and `/ipxe/` serve by name).
+    /// The loader file names (what TFTP and `/ipxe/` serve by name) that
+    /// live in the TFTP root.
     pub fn names(&self) -> Vec<String> {
-        vec![
+        let mut names = vec![
             self.bios.clone(),
             self.efi_x64.clone(),
             self.efi_ia32.clone(),
-            self.efi_arm64.clone(),
-        ]
+        ];
+        if self.grub_dir.is_none() {
+            names.extend(self.grub_names());
+        }
+        names
+    }
+
+    /// The GRUB loader names (read from `grub_dir` when it is set).
+    pub fn grub_names(&self) -> Vec<String> {
+        vec![self.efi_arm64.clone(), self.grub_x64.clone()]
     }
 }
 
@@ -491,6 +510,7 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
         ("dhcp.bootfile.efi_ia32", &raw.bootfile.efi_ia32),
         ("dhcp.bootfile.efi_arm64", &raw.bootfile.efi_arm64),
         ("dhcp.bootfile.ipxe_script", &raw.bootfile.ipxe_script),
+        ("dhcp.bootfile.grub_x64", &raw.bootfile.grub_x64),
     ] {
         if value.is_empty()
             || value.len() > 200

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::domain::{Arch, MacAddr};
+use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::metrics::Metrics;
 
 /// One thing worth writing down.
@@ -65,7 +65,24 @@ pub struct MachineFacts {
     pub serial: Option<String>,
     /// The address the machine was last seen at.
     pub ip: Option<IpAddr>,
+    /// Set when the request shows what the machine is (ONIE or a network
+    /// OS: a switch); `None` leaves the recorded kind alone.
+    pub kind: Option<MachineKind>,
+    /// What a replacement machine inherits from the one whose switch port
+    /// it took (see `boot::identity`): its group, labels (JSON) and pin.
+    /// `None`: left alone.
+    pub inherited: Option<Inherited>,
     pub at_ms: i64,
+}
+
+/// A machine's role, copied to its replacement.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inherited {
+    pub group: String,
+    /// The labels as a JSON object.
+    pub labels: String,
+    pub hostname: Option<String>,
+    pub pin: Option<(String, i64)>,
 }
 
 /// A ledger event: one step of one machine's boot.

@@ -9,7 +9,9 @@
 //! - [`dhcp`]: DHCPv4 (full, proxy, relayed) and the IPv6 router advertisement
 //!   that ends iPXE's SLAAC wait. Parsing and classification are pure.
 //! - [`tftp`]: read-only TFTP with RFC 2347/2348/2349/7440 options;
-//!   [`bootfiles`]: the iPXE binaries it (and `/ipxe/`) serves by name.
+//!   [`bootfiles`]: the loader binaries it (and `/ipxe/`) serves by name;
+//!   [`netboot`]: per-machine GRUB configs, artifacts for GRUB and ONIE
+//!   installers, the same over TFTP and HTTP.
 //! - [`boot`]: which generation a machine boots (pure), and the template
 //!   context built from that decision.
 //! - [`inventory`]: machines, groups, generations and open boots in memory,
@@ -41,6 +43,7 @@ pub mod images;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod netboot;
 pub mod netif;
 pub mod render;
 pub mod rollout;

@@ -15,6 +15,18 @@ pub fn artifact_url(server: &str, digest: &impl std::fmt::Display) -> String {
     format!("{server}/artifacts/sha256/{digest}")
 }
 
+/// GRUB's name for this server's TFTP: `(tftp,10.77.0.1)`, from the host of
+/// the HTTP base URL (the same address machines are told).
+pub fn tftp_device(server: &str) -> String {
+    let host = server
+        .split_once("://")
+        .map_or(server, |(_, rest)| rest)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default();
+    format!("(tftp,{host})")
+}
+
 /// Builds the context; the image's cmdline template is rendered here, with
 /// the context as it stands, so it can use every machine fact.
 pub fn build(
@@ -25,6 +37,7 @@ pub fn build(
     let m = &plan.machine;
     let mac_hex = m.mac.to_string().replace(':', "");
     let seed = format!("{server}/config/{}/", plan.token);
+    let tftp = tftp_device(server);
     let mut ctx = BootContext {
         machine: MachineCtx {
             mac: m.mac.to_string(),
@@ -55,6 +68,7 @@ pub fn build(
             seed: seed.clone(),
             config: seed,
             phone_home: format!("{server}/phone-home/{}", plan.token),
+            tftp: tftp.clone(),
         },
         boot: BootCtx {
             id: plan.boot_id,
@@ -67,6 +81,7 @@ pub fn build(
             let artifact = |a: &ArtifactRef| ArtifactCtx {
                 name: a.name.clone(),
                 url: artifact_url(server, &a.digest),
+                tftp: format!("{}/artifacts/sha256/{}", tftp, a.digest),
                 sha256: a.digest.to_string(),
                 size: a.size,
             };
@@ -79,9 +94,16 @@ pub fn build(
                 Source::Pin => "pin".into(),
                 Source::Group => "group".into(),
             });
+            if g.manifest.kernel.is_none() {
+                ctx.reason = Some(format!(
+                    "{} is a switch installer, not a live OS; it is served to ONIE only",
+                    g.id
+                ));
+                return Ok(ctx);
+            }
             ctx.image = Some(ImageCtx {
                 arch: g.manifest.arch.clone(),
-                kernel: artifact(&g.manifest.kernel),
+                kernel: artifact(g.manifest.kernel.as_ref().expect("checked above")),
                 initrds: g.manifest.initrds.iter().map(artifact).collect(),
                 rootfs: g.manifest.rootfs.as_ref().map(artifact),
                 cmdline: String::new(),

@@ -1,12 +1,17 @@
 //! Which generation a machine boots next, and why: a pure function of the
 //! machine, its group and the generations that exist.
 //!
-//! Order of precedence: a pin on the machine, then its group's pointer.
+//! Order of precedence: a pin on the machine, then its group's pointer for
+//! the machine's architecture (a group holds one generation per
+//! architecture), then the group's pointer set last.
 //! (Rollouts and the last-known-good fallback slot in here later.) When
 //! nothing can be booted the answer says why, because the machine's console
 //! and the ledger must say it too.
 
 pub mod context;
+pub mod identity;
+pub mod loader;
+pub mod onie;
 
 use serde::Serialize;
 
@@ -40,13 +45,51 @@ pub struct MachineFacts {
     /// The architecture the machine's loader runs (`x86_64`, `arm64`), when
     /// known from iPXE's `${buildarch}` or DHCP option 93.
     pub arch: Option<String>,
+    /// A switch: it boots ONIE installers, so its group's installer
+    /// generation for its arch is the one it gets.
+    pub switch: bool,
 }
 
 /// What the decision needs to know about the machine's group.
 #[derive(Debug, Clone, Default)]
 pub struct GroupFacts {
     pub name: String,
+    /// The pointer set last, whatever its architecture.
     pub pointer: Option<GenerationId>,
+    /// One generation per image architecture (`x86_64`, `arm64`), and one
+    /// per installer architecture (`x86_64/installer`) for switches.
+    pub by_arch: Vec<(String, GenerationId)>,
+}
+
+/// The key a group's generation is held under: the image's architecture,
+/// with `/installer` for a switch installer.
+pub fn slot(arch: &str, installer: bool) -> String {
+    if installer {
+        format!("{arch}/installer")
+    } else {
+        arch.to_string()
+    }
+}
+
+impl GroupFacts {
+    /// The generation for a machine of `arch` (a switch or not): the one
+    /// for its family and kind if the group holds one, else the pointer set
+    /// last.
+    pub fn pointer_for(&self, arch: Option<&str>, switch: bool) -> Option<&GenerationId> {
+        arch.and_then(|a| {
+            self.by_arch
+                .iter()
+                .find(|(key, _)| {
+                    let (image_arch, installer) = match key.strip_suffix("/installer") {
+                        Some(image_arch) => (image_arch, true),
+                        None => (key.as_str(), false),
+                    };
+                    installer == switch && same_arch(a, image_arch)
+                })
+                .map(|(_, g)| g)
+        })
+        .or(self.pointer.as_ref())
+    }
 }
 
 /// Where the chosen generation came from.
@@ -77,7 +120,8 @@ pub fn target(
     group: Option<&GroupFacts>,
     image_arch: impl Fn(&GenerationId) -> Option<String>,
 ) -> Target {
-    let (chosen, source) = match (&machine.pin, group.and_then(|g| g.pointer.as_ref())) {
+    let pointer = group.and_then(|g| g.pointer_for(machine.arch.as_deref(), machine.switch));
+    let (chosen, source) = match (&machine.pin, pointer) {
         (Some(pin), _) => (pin, Source::Pin),
         (None, Some(pointer)) => (pointer, Source::Group),
         (None, None) => {
@@ -112,7 +156,7 @@ pub fn target(
 }
 
 /// iPXE says `x86_64`/`i386`/`arm64`; images say `x86_64`/`arm64`.
-fn same_arch(machine: &str, image: &str) -> bool {
+pub fn same_arch(machine: &str, image: &str) -> bool {
     let norm = |a: &str| {
         match a {
             // A BIOS iPXE is an i386 build (QEMU's ROM, undionly.kpxe) and
@@ -139,16 +183,32 @@ mod tests {
         let existing = |g: &GenerationId| match (g.stream.as_str(), g.number) {
             ("worker", 41 | 42) => Some("x86_64".to_string()),
             ("arm", 1) => Some("arm64".to_string()),
+            ("nos", 2) => Some("x86_64".to_string()),
             _ => None,
         };
         let group = |p: Option<GenerationId>| GroupFacts {
             name: "web".into(),
             pointer: p,
+            by_arch: vec![],
+        };
+        let two_arch = |last: GenerationId| GroupFacts {
+            name: "web".into(),
+            pointer: Some(last),
+            by_arch: vec![
+                ("x86_64".into(), gen("worker", 41)),
+                ("arm64".into(), gen("arm", 1)),
+                ("x86_64/installer".into(), gen("nos", 2)),
+            ],
         };
         let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
             group: "web".into(),
             pin,
             arch: arch.map(str::to_string),
+            switch: false,
+        };
+        let switch = |arch: &str| MachineFacts {
+            switch: true,
+            ..machine(None, Some(arch))
         };
         let boot = |g: GenerationId, source| Target::Boot {
             generation: g,
@@ -168,6 +228,12 @@ mod tests {
             ("arch matches (iPXE name)",   machine(None, Some("x86_64")),           Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("wrong arch is refused",      machine(None, Some("arm64")),            Some(group(Some(gen("worker", 41)))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
             ("arm64 machine, arm64 image", machine(None, Some("aarch64")),          Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),
+            ("per-arch: arm64 machine",    machine(None, Some("arm64")),            Some(two_arch(gen("worker", 41))),    boot(gen("arm", 1), Source::Group)),
+            ("per-arch: BIOS i386 iPXE",   machine(None, Some("i386")),             Some(two_arch(gen("arm", 1))),        boot(gen("worker", 41), Source::Group)),
+            ("per-arch: arch unknown",     machine(None, None),                     Some(two_arch(gen("arm", 1))),        boot(gen("arm", 1), Source::Group)),
+            ("per-arch: x86_64 switch",    switch("x86_64"),                        Some(two_arch(gen("worker", 41))),    boot(gen("nos", 2), Source::Group)),
+            ("per-arch: x86_64 server",    machine(None, Some("x86_64")),           Some(two_arch(gen("nos", 2))),        boot(gen("worker", 41), Source::Group)),
+            ("per-arch: pin still wins",   machine(Some(gen("worker", 42)), Some("x86_64")), Some(two_arch(gen("arm", 1))), boot(gen("worker", 42), Source::Pin)),
         ];
         for (name, m, g, want) in cases {
             assert_eq!(target(&m, g.as_ref(), existing), want, "{name}");

@@ -64,11 +64,15 @@ pub struct ImportArgs {
     #[arg(long)]
     pub stream: String,
     /// Kernel file (or, with --from-url, `URL#sha256=HEX`).
-    #[arg(long)]
-    pub kernel: String,
+    #[arg(long, required_unless_present = "installer")]
+    pub kernel: Option<String>,
     /// Initrd file(s), in order (repeatable).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "installer")]
     pub initrd: Vec<String>,
+    /// An ONIE installer instead of a live OS: the generation is what a
+    /// switch's ONIE installs (no kernel, initrd or rootfs with it).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs"])]
+    pub installer: Option<String>,
     /// Optional root filesystem (squashfs, …) fetched by the booted OS.
     #[arg(long)]
     pub rootfs: Option<String>,
@@ -88,7 +92,15 @@ pub struct ImportArgs {
 /// creates the generation. Prints `generation N <digest>`.
 pub async fn import(conn: &Connection, args: &ImportArgs) -> Result<(), CliError> {
     let client = conn.client()?;
-    let kernel = artifact(&client, &args.kernel, args.from_url).await?;
+    if let Some(installer) = &args.installer {
+        let installer = artifact(&client, installer, args.from_url).await?;
+        let manifest = json!({ "arch": args.arch, "installer": installer });
+        return create_generation(conn, &client, &args.stream, &manifest).await;
+    }
+    let kernel = match &args.kernel {
+        Some(k) => artifact(&client, k, args.from_url).await?,
+        None => return Err(CliError::Usage("--kernel or --installer is needed".into())),
+    };
     let mut initrds = Vec::new();
     for i in &args.initrd {
         initrds.push(artifact(&client, i, args.from_url).await?);
@@ -98,11 +110,17 @@ pub async fn import(conn: &Connection, args: &ImportArgs) -> Result<(), CliError
         None => None,
     };
     let manifest = json!({ "arch": args.arch, "kernel": kernel, "initrds": initrds, "rootfs": rootfs, "cmdline": args.cmdline });
+    create_generation(conn, &client, &args.stream, &manifest).await
+}
+
+async fn create_generation(
+    conn: &Connection,
+    client: &Client,
+    stream: &str,
+    manifest: &Value,
+) -> Result<(), CliError> {
     let created = client
-        .post(
-            &format!("/api/v1/streams/{}/generations", args.stream),
-            &manifest,
-        )
+        .post(&format!("/api/v1/streams/{stream}/generations"), manifest)
         .await?;
     match conn.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&created).expect("JSON")),

@@ -49,7 +49,7 @@ fn every_capture_decodes_and_classifies() {
         ("ovmf-ipxe-rom",               ClientKind::Ipxe,     Some(Arch::EfiX64),  script()),
         ("ipxe-chained-snponly",        ClientKind::Ipxe,     Some(Arch::EfiX64),  script()),
         ("ovmf-httpboot",               ClientKind::HttpBoot, Some(Arch::HttpX64), Ok(Http("http://10.77.0.1:8080/ipxe/ipxe.efi".into()))),
-        ("udhcpc-onie",                 ClientKind::Onie,     None,                Err(NoBoot::Onie)),
+        ("udhcpc-onie",                 ClientKind::Onie,     None,                Ok(OnieInstaller("http://10.77.0.1:8080/onie/52-54-00-99-00-06/onie-installer".into()))),
     ];
     for (name, kind, arch, boot) in table {
         for (stage, msg_type) in [
@@ -137,7 +137,7 @@ fn the_handler_answers_every_captured_boot_client_in_proxy_mode() {
         if name == "udhcpc-onie" {
             assert!(
                 out.is_none(),
-                "switches are answered by the ONIE support, not yet"
+                "switches need an address with their URL: full mode only"
             );
             continue;
         }
@@ -180,4 +180,56 @@ fn parse_reply(bytes: &[u8]) -> std::collections::HashMap<u8, Vec<u8>> {
         }
     }
     out
+}
+
+/// The captured ONIE DISCOVER (busybox udhcpc run as ONIE runs it), through
+/// the whole handler in full mode: an address, opt 114 and opt 125 with the
+/// installer URL, opt 66, and no loader file.
+#[test]
+fn the_captured_onie_client_gets_its_installer_url_in_full_mode() {
+    let settings = crate::config::load_str(
+        r#"
+server_ip = "10.77.0.1"
+[dhcp]
+mode = "full"
+[[dhcp.subnet]]
+network = "10.77.0.0/24"
+range = ["10.77.0.100", "10.77.0.110"]
+"#,
+    )
+    .unwrap()
+    .dhcp;
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    let (ledger, _rx) = crate::ledger::Ledger::new(1024, metrics.clone());
+    let dhcp = Dhcp::new(
+        settings,
+        targets(),
+        crate::dhcp::leases::LeaseTable::new(&[]),
+        Default::default(),
+        ledger,
+        metrics,
+    );
+    let bytes = fixture("udhcpc-onie-discover");
+    let inc = Incoming {
+        bytes: &bytes,
+        src: "0.0.0.0:68".parse().unwrap(),
+        port: Port::Dhcp,
+        local: Ipv4Addr::new(10, 77, 0, 1),
+        interface_net: Some("10.77.0.1/24".parse().unwrap()),
+    };
+    let out = dhcp.handle(&inc, 0).expect("ONIE is answered");
+    let reply = parse_reply(&out.bytes);
+    let url = "http://10.77.0.1:8080/onie/52-54-00-99-00-06/onie-installer";
+    assert_eq!(reply[&114], url.as_bytes());
+    assert_eq!(reply.get(&125).cloned(), crate::boot::onie::option_125(url));
+    assert_eq!(reply[&66], b"10.77.0.1");
+    assert!(!reply.contains_key(&67), "no loader for a switch");
+    assert!(!reply.contains_key(&239), "239 was not asked for");
+    assert_eq!(&out.bytes[16..19], &[10, 77, 0], "an address in the subnet");
+    assert_eq!(
+        dhcp.seen("52:54:00:99:00:06".parse().unwrap())
+            .map(|s| s.arch),
+        Some(None),
+        "seen, without option 93"
+    );
 }

@@ -7,7 +7,7 @@
 //! and encodes. Unknown or non-PXE clients are not errors: they get no answer
 //! and a debug line.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -16,12 +16,13 @@ use ipnet::Ipv4Net;
 use serde_json::json;
 use tracing::{debug, warn};
 
+use crate::boot::loader::LoaderSettings;
 use crate::config::{DhcpMode, DhcpSettings, Subnet};
-use crate::domain::{Arch, MacAddr};
+use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::ledger::{LeaseRecord, Ledger, MachineFacts, Record};
 use crate::metrics::Metrics;
 
-use super::classify::{bootfile, BootTargets, Bootfile, ClientFacts, ClientKind};
+use super::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind, ZtpFlavour};
 use super::leases::{Entry, LeaseError, LeaseTable, Millis, State};
 use super::packet::{parse, Request};
 use super::reply::{encode, LeaseParams, ReplySpec};
@@ -58,6 +59,20 @@ pub struct Outgoing {
 
 const CLIENT_PORT: u16 = 68;
 
+/// What the last boot request of a machine said, kept in memory for the
+/// paths that follow DHCP: GRUB's config (which architecture asked) and
+/// relay identity (which switch port it came from).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeenClient {
+    pub arch: Option<Arch>,
+    pub circuit_id: Option<String>,
+    pub remote_id: Option<String>,
+}
+
+/// The operator's loader settings for a machine (label and group variable
+/// `loader`), looked up in the inventory's memory.
+pub type LoaderLookup = Arc<dyn Fn(MacAddr) -> LoaderSettings + Send + Sync>;
+
 /// The DHCP service's state, shared by its sockets.
 pub struct Dhcp {
     settings: DhcpSettings,
@@ -66,6 +81,11 @@ pub struct Dhcp {
     /// MACs answered in full mode whatever they send: reservations and
     /// machines that have network-booted from this server.
     known: RwLock<HashSet<MacAddr>>,
+    /// Per MAC: the facts of its last boot request.
+    seen: RwLock<HashMap<MacAddr, SeenClient>>,
+    /// Loader settings by MAC; without it every architecture gets its
+    /// default loader.
+    loader_settings: Option<LoaderLookup>,
     ledger: Ledger,
     metrics: Arc<Metrics>,
 }
@@ -86,9 +106,23 @@ impl Dhcp {
             targets,
             leases: Mutex::new(leases),
             known: RwLock::new(known),
+            seen: RwLock::new(HashMap::new()),
+            loader_settings: None,
             ledger,
             metrics,
         }
+    }
+
+    /// Lets machine and group settings choose the loader (see
+    /// [`crate::boot::loader`]).
+    pub fn with_loader_settings(mut self, lookup: LoaderLookup) -> Self {
+        self.loader_settings = Some(lookup);
+        self
+    }
+
+    /// What `mac`'s last boot request said, if it sent one since start.
+    pub fn seen(&self, mac: MacAddr) -> Option<SeenClient> {
+        self.seen.read().expect("seen lock").get(&mac).cloned()
     }
 
     pub fn settings(&self) -> &DhcpSettings {
@@ -142,6 +176,12 @@ impl Dhcp {
         }
         let relay = req.relay_info();
         let giaddr = req.giaddr();
+        let seen = SeenClient {
+            arch: facts.arch,
+            circuit_id: relay.circuit_id.clone(),
+            remote_id: relay.remote_id.clone(),
+        };
+        self.seen.write().expect("seen lock").insert(req.mac, seen);
         self.ledger.record(Record::MachineSeen(MachineFacts {
             mac: Some(req.mac),
             uuid: req.uuid(),
@@ -155,6 +195,8 @@ impl Dhcp {
             relay: (!giaddr.is_unspecified()).then_some(giaddr.into()),
             serial: None,
             ip: None,
+            kind: kind.is_switch().then_some(MachineKind::Switch),
+            inherited: None,
             at_ms: now,
         }));
     }
@@ -162,6 +204,10 @@ impl Dhcp {
     // -- proxy mode --------------------------------------------------------
 
     fn proxy(&self, req: &Request, facts: &ClientFacts, inc: &Incoming<'_>) -> Option<Outgoing> {
+        if facts.kind().is_switch() {
+            // ONIE and network OSes need an address with their URL.
+            return self.ignore("switches are answered in full mode only");
+        }
         let boot = self.boot_for(facts)?;
         let msg_type = match (inc.port, req.msg_type) {
             (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
@@ -408,7 +454,11 @@ impl Dhcp {
     // -- helpers -----------------------------------------------------------
 
     fn boot_for(&self, facts: &ClientFacts) -> Option<Bootfile> {
-        match bootfile(facts, &self.targets) {
+        let settings = match (&self.loader_settings, facts.mac) {
+            (Some(lookup), Some(mac)) => lookup(mac),
+            _ => LoaderSettings::default(),
+        };
+        match bootfile_with(facts, &self.targets, settings) {
             Ok(b) => Some(b),
             Err(why) => {
                 if facts.kind().is_boot_client() {
@@ -442,6 +492,8 @@ impl Dhcp {
         if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
             spec.vendor_class = Some("HTTPClient");
         }
+        spec.wants_ztp_option =
+            facts.kind() == ClientKind::Ztp && facts.ztp_flavour() == ZtpFlavour::Cumulus;
         spec.boot = boot;
         spec
     }

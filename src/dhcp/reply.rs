@@ -5,7 +5,10 @@
 //! - options 97 (UUID), 61 (client id) and 82 (relay info) are echoed;
 //! - a reply is never shorter than the 300-byte BOOTP minimum;
 //! - URLs longer than the `file` field go in option 67 only (dhcproto would
-//!   panic on them in the header).
+//!   panic on them in the header);
+//! - options dhcproto does not know or would re-encode its own way are
+//!   appended raw: 114 and 125 (ONIE's installer URL), 239 (a switch's
+//!   provisioning script, only when the client asked for it), 82 last.
 //!
 //! Pure: a request and a [`ReplySpec`] in, bytes out.
 
@@ -15,8 +18,9 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Encodable, Encoder};
 
-use super::classify::Bootfile;
+use super::classify::{Bootfile, OPT_ZTP_SCRIPT};
 use super::packet::Request;
+use crate::boot::onie;
 
 /// RFC 951: BOOTP messages are at least 300 bytes; some ROMs drop shorter.
 pub const MIN_REPLY_LEN: usize = 300;
@@ -53,6 +57,9 @@ pub struct ReplySpec {
     pub pxe_discovery_control: bool,
     /// Option 56, for NAKs.
     pub message: Option<String>,
+    /// A [`Bootfile::Ztp`] URL may go in opt 239 (if the client asked for
+    /// it) rather than opt 67: a script for Cumulus-style clients.
+    pub wants_ztp_option: bool,
 }
 
 impl ReplySpec {
@@ -67,6 +74,7 @@ impl ReplySpec {
             vendor_class: None,
             pxe_discovery_control: false,
             message: None,
+            wants_ztp_option: false,
         }
     }
 }
@@ -93,12 +101,17 @@ pub fn encode(req: &Request, spec: &ReplySpec) -> Vec<u8> {
     }
     if spec.msg_type != MessageType::Nak {
         add_lease(opts, spec.lease.as_ref());
-        add_boot(&mut msg, spec);
+        add_boot(&mut msg, spec, ztp_in_239(req, spec));
     }
     echo(&mut msg, req);
     let mut buf = Vec::with_capacity(MIN_REPLY_LEN + 64);
     msg.encode(&mut Encoder::new(&mut buf))
         .expect("encoding into a Vec cannot fail");
+    if spec.msg_type != MessageType::Nak {
+        for (code, value) in raw_boot_options(req, spec) {
+            append_raw(&mut buf, code, &value);
+        }
+    }
     append_relay_info(&mut buf, req);
     if buf.len() < MIN_REPLY_LEN {
         buf.resize(MIN_REPLY_LEN, 0);
@@ -131,10 +144,30 @@ fn add_lease(opts: &mut dhcproto::v4::DhcpOptions, lease: Option<&LeaseParams>) 
     }
 }
 
-fn add_boot(msg: &mut Message, spec: &ReplySpec) {
+/// A Cumulus-style script URL goes in opt 239 when the client asked for
+/// 239; otherwise (and for SONiC's `ztp.json`) in opt 67.
+fn ztp_in_239(req: &Request, spec: &ReplySpec) -> bool {
+    spec.wants_ztp_option && req.requested_options().contains(&OPT_ZTP_SCRIPT)
+}
+
+fn add_boot(msg: &mut Message, spec: &ReplySpec, ztp_in_239: bool) {
     let Some(boot) = &spec.boot else { return };
     let name = boot.name();
     msg.set_siaddr(spec.next_server);
+    if let Bootfile::OnieInstaller(_) | Bootfile::Ztp(_) = boot {
+        // Raw options carry the URL (see `raw_boot_options`); option 66
+        // still names the server for ONIE's TFTP waterfall.
+        msg.opts_mut().insert(DhcpOption::TFTPServerName(
+            spec.next_server.to_string().into_bytes(),
+        ));
+        if let Bootfile::Ztp(url) = boot {
+            if !ztp_in_239 {
+                msg.opts_mut()
+                    .insert(DhcpOption::BootfileName(url.as_bytes().to_vec()));
+            }
+        }
+        return;
+    }
     if name.len() <= FILE_FIELD_MAX {
         msg.set_fname_str(name);
     }
@@ -150,6 +183,38 @@ fn add_boot(msg: &mut Message, spec: &ReplySpec) {
         // Sub-option 6 (PXE_DISCOVERY_CONTROL) = 8: use the bootfile given.
         opts.insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
     }
+}
+
+/// Boot options dhcproto cannot encode as they must be: ONIE's default URL
+/// (114; dhcproto's `CaptivePortal` has the same bytes but is kept out of
+/// its hands) and vendor-identifying options (125), the ZTP script (239).
+fn raw_boot_options(req: &Request, spec: &ReplySpec) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    match &spec.boot {
+        Some(Bootfile::OnieInstaller(url)) => {
+            if url.len() <= 255 {
+                out.push((114, url.as_bytes().to_vec()));
+            }
+            if let Some(vivso) = onie::option_125(url) {
+                out.push((125, vivso));
+            }
+        }
+        Some(Bootfile::Ztp(url)) if ztp_in_239(req, spec) && url.len() <= 255 => {
+            out.push((OPT_ZTP_SCRIPT, url.as_bytes().to_vec()))
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Appends one option before END.
+fn append_raw(buf: &mut Vec<u8>, code: u8, value: &[u8]) {
+    debug_assert_eq!(buf.last(), Some(&255), "dhcproto ends options with END");
+    buf.pop();
+    buf.push(code);
+    buf.push(value.len() as u8);
+    buf.extend_from_slice(value);
+    buf.push(255);
 }
 
 /// Options a server must hand back as the client sent them.
@@ -251,6 +316,43 @@ mod tests {
         assert!(reply_of(&bytes)
             .fname()
             .is_none_or(|f| f.iter().all(|b| *b == 0)));
+    }
+
+    #[test]
+    fn onie_gets_114_and_125_and_no_loader() {
+        let req = parse(&discover_with(&[55, 3, 66, 114, 125])).unwrap();
+        let url = "http://10.77.0.1:8080/onie/52-54-00-12-34-56/onie-installer";
+        let mut spec = ReplySpec::new(MessageType::Offer, Ipv4Addr::new(10, 77, 0, 1));
+        spec.boot = Some(Bootfile::OnieInstaller(url.into()));
+        let bytes = encode(&req, &spec);
+        assert_eq!(raw_option(&bytes, 114).unwrap(), url.as_bytes());
+        assert_eq!(raw_option(&bytes, 125), onie::option_125(url));
+        assert_eq!(raw_option(&bytes, 66).unwrap(), b"10.77.0.1");
+        assert_eq!(raw_option(&bytes, 67), None, "no loader file");
+        assert_eq!(raw_option(&bytes, 255), None);
+        assert_eq!(*bytes.iter().rev().find(|b| **b != 0).unwrap(), 255);
+    }
+
+    #[test]
+    fn ztp_script_url_in_239_only_when_requested() {
+        let url = "http://10.77.0.1:8080/ztp/52-54-00-12-34-56/cumulus.sh";
+        type Row<'a> = (&'a str, Vec<u8>, bool, Option<&'a [u8]>, Option<&'a [u8]>);
+        #[rustfmt::skip]
+        let table: [Row; 4] = [
+            ("asks 239, 239 chosen",   vec![55, 3, 1, 3, 239], true,  Some(url.as_bytes()), None),
+            ("239 allowed, not asked", vec![55, 2, 1, 3],      true,  None,                 Some(url.as_bytes())),
+            ("opt 67 by vendor class", vec![55, 2, 1, 67],     false, None,                 Some(url.as_bytes())),
+            ("asks 239, 67 chosen",    vec![55, 2, 67, 239],   false, None,                 Some(url.as_bytes())),
+        ];
+        for (name, prl, wants_239, want_239, want_67) in table {
+            let req = parse(&discover_with(&prl)).unwrap();
+            let mut spec = ReplySpec::new(MessageType::Ack, Ipv4Addr::new(10, 77, 0, 1));
+            spec.boot = Some(Bootfile::Ztp(url.into()));
+            spec.wants_ztp_option = wants_239;
+            let bytes = encode(&req, &spec);
+            assert_eq!(raw_option(&bytes, 239).as_deref(), want_239, "{name}");
+            assert_eq!(raw_option(&bytes, 67).as_deref(), want_67, "{name}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod boot;
+pub mod switch;
 
 use std::sync::Arc;
 

@@ -94,19 +94,31 @@ pub struct ArtifactRef {
 
 /// An image: what a generation boots. Its identity is the sha256 of
 /// [`Manifest::canonical_json`].
+///
+/// Two shapes: a live OS (kernel and at least one initrd) for servers, or
+/// an ONIE installer (one `installer` file, nothing else) for switches. The
+/// fields the second shape added are left out of the JSON when empty, so a
+/// live-OS manifest has the same bytes, and digest, as before they existed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// `x86_64` or `arm64`.
     pub arch: String,
-    pub kernel: ArtifactRef,
-    /// At least one, in load order.
+    /// Present in a live-OS image, absent in an installer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<ArtifactRef>,
+    /// At least one in a live-OS image, in load order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub initrds: Vec<ArtifactRef>,
     /// An optional root filesystem the booted OS fetches (squashfs, …).
     #[serde(default)]
     pub rootfs: Option<ArtifactRef>,
     /// The kernel command line, a minijinja template.
+    #[serde(default)]
     pub cmdline: String,
+    /// An ONIE installer (a self-extracting NOS image a switch runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installer: Option<ArtifactRef>,
 }
 
 impl Manifest {
@@ -121,9 +133,33 @@ impl Manifest {
     }
 
     pub fn artifacts(&self) -> impl Iterator<Item = &ArtifactRef> {
-        std::iter::once(&self.kernel)
+        self.kernel
+            .iter()
             .chain(&self.initrds)
             .chain(&self.rootfs)
+            .chain(&self.installer)
+    }
+
+    /// Whether this is an ONIE installer image rather than a live OS.
+    pub fn is_installer(&self) -> bool {
+        self.installer.is_some()
+    }
+
+    /// The image's shape is one of the two: a live OS (kernel, at least one
+    /// initrd, no installer) or an installer alone. Says which field is wrong.
+    pub fn check_shape(&self) -> Result<(), (&'static str, &'static str)> {
+        match (&self.installer, &self.kernel) {
+            (Some(_), None) if self.initrds.is_empty() && self.rootfs.is_none() => Ok(()),
+            (Some(_), _) => Err((
+                "installer",
+                "an installer image holds the installer only (no kernel, initrds or rootfs)",
+            )),
+            (None, None) => Err(("kernel", "an image needs a kernel (or an installer)")),
+            (None, Some(_)) if self.initrds.is_empty() => {
+                Err(("initrds", "an image needs at least one initrd"))
+            }
+            (None, Some(_)) => Ok(()),
+        }
     }
 }
 

@@ -48,10 +48,11 @@ fn manifest_digest_is_stable_and_sensitive() {
     };
     let m = Manifest {
         arch: "x86_64".into(),
-        kernel: a.clone(),
+        kernel: Some(a.clone()),
         initrds: vec![a.clone()],
         rootfs: None,
         cmdline: "console=ttyS0".into(),
+        installer: None,
     };
     assert_eq!(m.digest(), m.clone().digest());
     let json = String::from_utf8(m.canonical_json()).unwrap();
@@ -166,17 +167,18 @@ async fn manifests_round_trip_refuse_missing_artifacts_and_detect_tampering() {
     };
     let m = Manifest {
         arch: "x86_64".into(),
-        kernel: art("vmlinuz", k),
+        kernel: Some(art("vmlinuz", k)),
         initrds: vec![art("initrd.img", i)],
         rootfs: None,
         cmdline: "x".into(),
+        installer: None,
     };
     let d = s.put_manifest(&m).await.unwrap();
     assert_eq!(d, m.digest());
     assert_eq!(s.read_manifest(&d).await.unwrap(), m);
 
     let mut wrong_size = m.clone();
-    wrong_size.kernel.size = 99;
+    wrong_size.kernel.as_mut().unwrap().size = 99;
     assert!(matches!(
         s.put_manifest(&wrong_size).await,
         Err(ImageError::InvalidManifest(_))
@@ -237,10 +239,11 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
     };
     let m_old = Manifest {
         arch: "x86_64".into(),
-        kernel: art(shared),
+        kernel: Some(art(shared)),
         initrds: vec![art(old)],
         rootfs: None,
         cmdline: "".into(),
+        installer: None,
     };
     let m_new = Manifest {
         initrds: vec![art(new)],
@@ -271,4 +274,61 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
     assert!(s.artifact_size(&old.digest).await.is_none());
     assert!(s.read_manifest(&d_old).await.is_err());
     assert!(s.read_manifest(&d_new).await.is_ok());
+}
+
+#[test]
+fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
+    let a = ArtifactRef {
+        name: "vmlinuz".into(),
+        digest: Digest::of(b"k"),
+        size: 1,
+    };
+    let live = Manifest {
+        arch: "x86_64".into(),
+        kernel: Some(a.clone()),
+        initrds: vec![a.clone()],
+        rootfs: None,
+        cmdline: "c".into(),
+        installer: None,
+    };
+    let d = a.digest.to_string();
+    assert_eq!(
+        String::from_utf8(live.canonical_json()).unwrap(),
+        format!(
+            "{{\"arch\":\"x86_64\",\"kernel\":{{\"name\":\"vmlinuz\",\"digest\":\"{d}\",\"size\":1}},\
+             \"initrds\":[{{\"name\":\"vmlinuz\",\"digest\":\"{d}\",\"size\":1}}],\"rootfs\":null,\"cmdline\":\"c\"}}"
+        ),
+        "the manifest format from before installers existed"
+    );
+    assert_eq!(live.check_shape(), Ok(()));
+    let installer = Manifest {
+        arch: "x86_64".into(),
+        kernel: None,
+        initrds: vec![],
+        rootfs: None,
+        cmdline: String::new(),
+        installer: Some(a.clone()),
+    };
+    assert_eq!(installer.check_shape(), Ok(()));
+    assert!(installer.is_installer());
+    let parsed: Manifest = serde_json::from_str(&format!(
+        "{{\"arch\":\"x86_64\",\"installer\":{{\"name\":\"onie-installer.bin\",\"digest\":\"{d}\",\"size\":1}}}}"
+    ))
+    .unwrap();
+    assert_eq!(parsed.check_shape(), Ok(()));
+    let both = Manifest {
+        kernel: Some(a.clone()),
+        ..installer.clone()
+    };
+    assert_eq!(both.check_shape().unwrap_err().0, "installer");
+    let bare = Manifest {
+        installer: None,
+        ..installer
+    };
+    assert_eq!(bare.check_shape().unwrap_err().0, "kernel");
+    let no_initrd = Manifest {
+        initrds: vec![],
+        ..live
+    };
+    assert_eq!(no_initrd.check_shape().unwrap_err().0, "initrds");
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::boot::identity::SwitchPort;
 use crate::boot::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, Manifest};
@@ -41,11 +42,14 @@ struct MachineRow {
     current_generation: Option<i64>,
     last_good_stream: Option<String>,
     last_good_generation: Option<i64>,
+    circuit_id: Option<String>,
+    remote_id: Option<String>,
 }
 
 const MACHINE_COLUMNS: &str =
     "mac, kind, group_name, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
-     current_stream, current_generation, last_good_stream, last_good_generation";
+     current_stream, current_generation, last_good_stream, last_good_generation,
+     circuit_id, remote_id";
 
 fn pair(stream: Option<String>, number: Option<i64>) -> Option<GenerationId> {
     Some(GenerationId::new(stream?, number?))
@@ -68,6 +72,7 @@ impl MachineRow {
             pin: pair(self.pin_stream, self.pin_generation),
             current: pair(self.current_stream, self.current_generation),
             last_good: pair(self.last_good_stream, self.last_good_generation),
+            port: SwitchPort::new(self.circuit_id, self.remote_id),
         })
     }
 }
@@ -109,9 +114,19 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
             Group {
                 name,
                 pointer: pair(stream, number),
+                by_arch: BTreeMap::new(),
                 variables,
             },
         );
+    }
+    let per_arch: Vec<(String, String, String, i64)> =
+        sqlx::query_as("SELECT group_name, arch, stream, generation FROM group_generations")
+            .fetch_all(pool)
+            .await?;
+    for (group, arch, stream, number) in per_arch {
+        if let Some(g) = state.groups.get_mut(&group) {
+            g.by_arch.insert(arch, GenerationId::new(stream, number));
+        }
     }
 
     let gens: Vec<(String, i64, String, String, i64, Option<String>)> = sqlx::query_as(

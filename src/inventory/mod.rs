@@ -13,15 +13,17 @@ mod load;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::boot::identity::{self, Candidate, IdentityMatch, SwitchPort};
+use crate::boot::loader::{Loader, LoaderSettings};
 use crate::boot::{self, GenerationId, Target};
 use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
-use crate::ledger::{now_ms, BootRecord, Ledger, MachineFacts, Record};
+use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
 
 /// A machine as the boot path sees it.
@@ -40,6 +42,8 @@ pub struct Machine {
     pub pin: Option<GenerationId>,
     pub current: Option<GenerationId>,
     pub last_good: Option<GenerationId>,
+    /// The switch port (relay option 82) it was last seen behind.
+    pub port: Option<SwitchPort>,
 }
 
 impl Machine {
@@ -57,6 +61,7 @@ impl Machine {
             pin: None,
             current: None,
             last_good: None,
+            port: None,
         }
     }
 }
@@ -64,7 +69,12 @@ impl Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
     pub name: String,
+    /// The pointer set last.
     pub pointer: Option<GenerationId>,
+    /// One generation per image architecture (`x86_64`, `arm64`): machines
+    /// boot the one for their own architecture.
+    #[serde(default)]
+    pub by_arch: BTreeMap<String, GenerationId>,
     pub variables: serde_json::Value,
 }
 
@@ -108,7 +118,13 @@ pub struct BootPlan {
     pub target: Target,
     pub generation: Option<Arc<Generation>>,
     pub platform: Option<String>,
+    /// How the request was matched to the machine (its MAC, or the switch
+    /// port of a machine it replaces).
+    pub identity: IdentityMatch,
 }
+
+/// The switch port a MAC's last DHCP request was relayed from.
+pub type PortLookup = Arc<dyn Fn(MacAddr) -> Option<SwitchPort> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -145,6 +161,25 @@ pub struct Inventory {
     ledger: Ledger,
     state: RwLock<State>,
     next_boot: AtomicI64,
+    /// Set once at start, when DHCP exists: relay identity needs it.
+    ports: OnceLock<PortLookup>,
+}
+
+/// The machine (label `identity`) or its group (variable `identity`) says
+/// `port`: identify it by its switch port.
+fn by_port(m: &Machine, groups: &HashMap<String, Group>) -> bool {
+    let says = |v: Option<&str>| v.is_some_and(|v| v.trim().eq_ignore_ascii_case("port"));
+    says(m.labels.get("identity").map(String::as_str))
+        || says(
+            groups
+                .get(&m.group)
+                .and_then(|g| g.variables.get("identity"))
+                .and_then(|v| v.as_str()),
+        )
+}
+
+fn group_loader(g: &Group) -> Option<Loader> {
+    g.variables.get("loader")?.as_str()?.parse().ok()
 }
 
 /// sha256 of a token, hex: what the database keeps instead of the token.
@@ -169,6 +204,7 @@ impl Inventory {
             ledger,
             state: RwLock::new(state),
             next_boot: AtomicI64::new(max_boot + 1),
+            ports: OnceLock::new(),
         })
     }
 
@@ -219,15 +255,89 @@ impl Inventory {
         self.read().machines.get(&mac).cloned()
     }
 
+    /// Lets boots know the switch port of each MAC (from DHCP's relay
+    /// information), for relay identity. Only the first call counts.
+    pub fn set_port_lookup(&self, lookup: PortLookup) {
+        let _ = self.ports.set(lookup);
+    }
+
+    /// The operator's loader settings for `mac`: the machine's label
+    /// `loader` and its group's variable `loader` (`ipxe` or `grub`;
+    /// anything else counts as unset).
+    pub fn loader_settings(&self, mac: MacAddr) -> LoaderSettings {
+        let state = self.read();
+        let Some(m) = state.machines.get(&mac) else {
+            let group = state.groups.get("default");
+            return LoaderSettings {
+                machine: None,
+                group: group.and_then(group_loader),
+            };
+        };
+        LoaderSettings {
+            machine: m
+                .labels
+                .get("loader")
+                .and_then(|l| l.parse::<Loader>().ok()),
+            group: state.groups.get(&m.group).and_then(group_loader),
+        }
+    }
+
     /// Serves a script request: registers an unknown machine, decides its
     /// target, and opens a boot. Never waits on SQLite.
     pub fn begin_boot(&self, mac: MacAddr, req: &ScriptRequest) -> BootPlan {
+        self.begin_boot_as(mac, req, "ipxe", None)
+    }
+
+    /// [`Inventory::begin_boot`] for another loader or client: `firmware`
+    /// is recorded for a machine seen for the first time (`grub`, `onie`,
+    /// `ztp`); `kind` (a switch, for ONIE and ZTP) is recorded when given.
+    pub fn begin_boot_as(
+        &self,
+        mac: MacAddr,
+        req: &ScriptRequest,
+        firmware: &str,
+        kind: Option<MachineKind>,
+    ) -> BootPlan {
         let now = now_ms();
         let token = new_secret();
         let hash = token_hash(&token);
         let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
+        let port = self.ports.get().and_then(|lookup| lookup(mac));
         let mut state = self.write();
         let fresh = !state.machines.contains_key(&mac);
+        let identity = {
+            let s = &*state;
+            identity::resolve(
+                mac,
+                !fresh,
+                port.as_ref(),
+                s.machines.values().map(|m| Candidate {
+                    mac: m.mac,
+                    port: m.port.as_ref(),
+                    by_port: by_port(m, &s.groups),
+                }),
+            )
+        };
+        let inherited = match &identity {
+            IdentityMatch::Port { replaces, .. } => {
+                state.machines.get_mut(replaces).map(|old| {
+                    // The port is the replacement's now.
+                    old.port = None;
+                    Machine {
+                        kind: old.kind,
+                        group: old.group.clone(),
+                        labels: old.labels.clone(),
+                        hostname: old.hostname.clone(),
+                        pin: old.pin.clone(),
+                        ..Machine::new(mac)
+                    }
+                })
+            }
+            IdentityMatch::Mac => None,
+        };
+        if let Some(m) = &inherited {
+            state.machines.insert(mac, m.clone());
+        }
         let machine = state
             .machines
             .entry(mac)
@@ -236,16 +346,28 @@ impl Inventory {
         machine.serial = req.serial.clone().or(machine.serial.take());
         machine.arch = req.buildarch.clone().or(machine.arch.take());
         machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
+        if let Some(kind) = kind {
+            machine.kind = kind;
+        }
+        if port.is_some() {
+            machine.port = port.clone();
+        }
         let machine = machine.clone();
         let group = state.groups.get(&machine.group).cloned();
         let facts = boot::MachineFacts {
             group: machine.group.clone(),
             pin: machine.pin.clone(),
             arch: machine.arch.clone(),
+            switch: machine.kind == MachineKind::Switch,
         };
         let group_facts = group.as_ref().map(|g| boot::GroupFacts {
             name: g.name.clone(),
             pointer: g.pointer.clone(),
+            by_arch: g
+                .by_arch
+                .iter()
+                .map(|(a, id)| (a.clone(), id.clone()))
+                .collect(),
         });
         let target = boot::target(&facts, group_facts.as_ref(), |g| {
             state.generations.get(g).map(|r| r.manifest.arch.clone())
@@ -273,10 +395,27 @@ impl Inventory {
             uuid: req.uuid.clone(),
             serial: req.serial.clone(),
             ip: req.ip,
-            firmware: fresh.then(|| "ipxe".to_string()),
+            firmware: fresh.then(|| firmware.to_string()),
+            kind,
+            inherited: inherited.as_ref().map(|m| Inherited {
+                group: m.group.clone(),
+                labels: serde_json::to_string(&m.labels).expect("labels serialize"),
+                hostname: m.hostname.clone(),
+                pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+            }),
             at_ms: now,
             ..MachineFacts::default()
         }));
+        if let IdentityMatch::Port { port, replaces } = &identity {
+            tracing::info!(%mac, %replaces, ?port, "new machine in a known switch port: it replaces the old one");
+            self.ledger.event(
+                Some(mac),
+                req.ip,
+                "machine.replaced",
+                serde_json::json!({ "replaces": replaces, "port": port, "group": machine.group, "pin": machine.pin }),
+                None,
+            );
+        }
         let (state_name, reason) = match &target {
             Target::Boot { .. } => ("served", None),
             Target::Nothing { reason } => ("nothing", Some(reason.clone())),
@@ -299,11 +438,13 @@ impl Inventory {
             group: group.unwrap_or_else(|| Group {
                 name: facts.group,
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             }),
             target,
             generation,
             platform: req.platform.clone(),
+            identity,
         }
     }
 
@@ -324,6 +465,7 @@ impl Inventory {
             .unwrap_or_else(|| Group {
                 name: machine.group.clone(),
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             });
         let generation = boot
@@ -347,6 +489,7 @@ impl Inventory {
             target,
             generation,
             platform: None,
+            identity: IdentityMatch::Mac,
         })
     }
 
@@ -475,15 +618,22 @@ impl Inventory {
         Ok(generation)
     }
 
-    /// Moves a group's pointer (creating the group if needed), atomically.
+    /// Moves a group's pointer (creating the group if needed), and its
+    /// pointer for the generation's architecture, atomically.
     pub async fn set_group_generation(
         &self,
         group: &str,
         id: &GenerationId,
     ) -> Result<Group, InventoryError> {
-        if self.generation(id).is_none() {
+        let Some(generation) = self.generation(id) else {
             return Err(InventoryError::NoSuchGeneration(id.clone()));
-        }
+        };
+        let arch = boot::slot(
+            &generation.manifest.arch,
+            generation.manifest.is_installer(),
+        );
+        let now = now_ms();
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
@@ -491,9 +641,22 @@ impl Inventory {
         .bind(group)
         .bind(&id.stream)
         .bind(id.number)
-        .bind(now_ms())
-        .execute(self.store.pool())
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+        )
+        .bind(group)
+        .bind(&arch)
+        .bind(&id.stream)
+        .bind(id.number)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         let mut state = self.write();
         let entry = state
             .groups
@@ -501,9 +664,11 @@ impl Inventory {
             .or_insert_with(|| Group {
                 name: group.to_string(),
                 pointer: None,
+                by_arch: BTreeMap::new(),
                 variables: serde_json::json!({}),
             });
         entry.pointer = Some(id.clone());
+        entry.by_arch.insert(arch, id.clone());
         Ok(entry.clone())
     }
 
@@ -562,7 +727,11 @@ impl Inventory {
         let state = self.read();
         let mut used: HashMap<GenerationId, Vec<String>> = HashMap::new();
         for g in state.groups.values() {
-            if let Some(p) = &g.pointer {
+            let mut held: Vec<&GenerationId> = g.by_arch.values().collect();
+            held.extend(&g.pointer);
+            held.sort();
+            held.dedup();
+            for p in held {
                 used.entry(p.clone())
                     .or_default()
                     .push(format!("group {}", g.name));

@@ -25,6 +25,13 @@ static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/boot-templates");
 pub const BOOT_IPXE: &str = "boot.ipxe";
 pub const MACHINE_IPXE: &str = "ipxe/machine.ipxe";
 pub const NOTHING_IPXE: &str = "ipxe/nothing.ipxe";
+/// GRUB's first config (`/grub/grub.cfg` over TFTP), the same for every
+/// machine that is not known by its address yet.
+pub const GRUB_CFG: &str = "grub/grub.cfg";
+pub const MACHINE_GRUB: &str = "grub/machine.cfg";
+pub const NOTHING_GRUB: &str = "grub/nothing.cfg";
+/// A switch's provisioning script (`ztp/<file>`, see `dhcp::classify`).
+pub const ZTP_DIR: &str = "ztp/";
 /// The name under which an image's cmdline template is rendered (so its
 /// values get the same control-character check as scripts).
 const CMDLINE: &str = "cmdline.ipxe";
@@ -66,6 +73,16 @@ impl Renderer {
             path: dir.display().to_string(),
             source,
         })?;
+        // A directory written before GRUB and switch support keeps working:
+        // what it lacks under `grub/` and `ztp/` comes from the embedded set.
+        let mut embedded = Vec::new();
+        collect_embedded(&EMBEDDED, &mut embedded);
+        for (name, text) in embedded {
+            let later = name.starts_with("grub/") || name.starts_with(ZTP_DIR);
+            if later && !files.iter().any(|(n, _)| *n == name) {
+                files.push((name, text));
+            }
+        }
         Self::from_files(files)
     }
 
@@ -75,17 +92,27 @@ impl Renderer {
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".ipxe") {
                 AutoEscape::Custom("ipxe")
+            } else if name.starts_with("grub/") {
+                AutoEscape::Custom("grub")
             } else {
                 AutoEscape::None
             }
         });
         env.set_formatter(|out, state, value| {
-            if state.auto_escape() == AutoEscape::Custom("ipxe") {
+            let mode = state.auto_escape();
+            if mode == AutoEscape::Custom("ipxe") || mode == AutoEscape::Custom("grub") {
                 let text = value.to_string();
                 if let Some(c) = text.chars().find(|c| c.is_control()) {
                     return Err(minijinja::Error::new(
                         ErrorKind::InvalidOperation,
                         format!("value {text:?} contains control character {c:?}, refused in a boot script"),
+                    ));
+                }
+                // GRUB configs put values inside single quotes.
+                if mode == AutoEscape::Custom("grub") && text.contains('\'') {
+                    return Err(minijinja::Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("value {text:?} contains a single quote, refused in a GRUB config"),
                     ));
                 }
                 out.write_str(&text).map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))?;
@@ -101,7 +128,14 @@ impl Renderer {
             env.add_template_owned(name.clone(), source)
                 .map_err(|source| RenderError::Template { name, source })?;
         }
-        for required in [BOOT_IPXE, MACHINE_IPXE, NOTHING_IPXE] {
+        for required in [
+            BOOT_IPXE,
+            MACHINE_IPXE,
+            NOTHING_IPXE,
+            GRUB_CFG,
+            MACHINE_GRUB,
+            NOTHING_GRUB,
+        ] {
             env.get_template(required)
                 .map_err(|_| RenderError::Missing(required.into()))?;
         }
@@ -121,6 +155,11 @@ impl Renderer {
                 name: name.into(),
                 source,
             })
+    }
+
+    /// Whether a template by this name exists.
+    pub fn has(&self, name: &str) -> bool {
+        self.env.get_template(name).is_ok()
     }
 
     /// Renders a config file (`config/<file>`), if there is one by that name.
@@ -255,6 +294,9 @@ pub struct ImageCtx {
 pub struct ArtifactCtx {
     pub name: String,
     pub url: String,
+    /// The same bytes over TFTP, as GRUB names them:
+    /// `(tftp,SERVER)/artifacts/sha256/<hex>`.
+    pub tftp: String,
     pub sha256: String,
     pub size: u64,
 }
@@ -269,6 +311,8 @@ pub struct UrlsCtx {
     pub config: String,
     /// Where the booted OS confirms (cloud-init `phone_home` posts here).
     pub phone_home: String,
+    /// GRUB's device for this server's TFTP: `(tftp,SERVER)`.
+    pub tftp: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

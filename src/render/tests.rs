@@ -34,12 +34,14 @@ fn context() -> BootContext {
             kernel: ArtifactCtx {
                 name: "vmlinuz".into(),
                 url: format!("{server}/artifacts/sha256/{}", "11".repeat(32)),
+                tftp: format!("(tftp,10.77.0.1)/artifacts/sha256/{}", "11".repeat(32)),
                 sha256: "11".repeat(32),
                 size: 8_000_000,
             },
             initrds: vec![ArtifactCtx {
                 name: "initrd.img".into(),
                 url: format!("{server}/artifacts/sha256/{}", "22".repeat(32)),
+                tftp: format!("(tftp,10.77.0.1)/artifacts/sha256/{}", "22".repeat(32)),
                 sha256: "22".repeat(32),
                 size: 1_400_000,
             }],
@@ -53,6 +55,7 @@ fn context() -> BootContext {
             seed: seed.clone(),
             config: seed,
             phone_home: format!("{server}/phone-home/{token}"),
+            tftp: "(tftp,10.77.0.1)".into(),
         },
         boot: BootCtx {
             id: 7,
@@ -95,6 +98,93 @@ sleep 10
 exit 1"
     );
     assert_eq!(text, want);
+}
+
+#[test]
+fn grub_config_golden() {
+    let r = Renderer::embedded().unwrap();
+    let mut ctx = context();
+    ctx.machine.arch = Some("arm64".into());
+    let text = r.render(MACHINE_GRUB, &ctx).unwrap();
+    let k = "11".repeat(32);
+    let i = "22".repeat(32);
+    let d = "ab".repeat(32);
+    let want = format!(
+        "# ironboot: 52:54:00:00:00:01 boots worker generation 41 (group)
+# image   sha256:{d}
+# kernel  sha256:{k} 8000000 bytes
+# initrd0 sha256:{i} 1400000 bytes
+# GRUB netboot has no HTTP: kernel and initrds come over TFTP, by digest.
+# Each argument is quoted on its own: GRUB would pass one quoted argument
+# holding spaces to the kernel with its quotes.
+set timeout=0
+echo 'ironboot: 52:54:00:00:00:01 -> worker gen 41 (boot 7)'
+linux (tftp,10.77.0.1)/artifacts/sha256/{k} 'console=ttyS0' 'ds=nocloud-net;s=http://10.77.0.1:8080/config/tok123/'
+initrd (tftp,10.77.0.1)/artifacts/sha256/{i}
+boot
+echo 'ironboot: could not boot worker gen 41; trying the next boot device'
+sleep 10
+exit"
+    );
+    assert_eq!(text, want);
+
+    let mut nothing = context();
+    nothing.generation = None;
+    nothing.image = None;
+    nothing.reason = Some("worker gen 41 is an x86_64 image but this machine runs arm64".into());
+    assert_eq!(
+        r.render(NOTHING_GRUB, &nothing).unwrap(),
+        "# ironboot: nothing to boot for 52:54:00:00:00:01
+echo 'ironboot: nothing to boot for 52:54:00:00:00:01: worker gen 41 is an x86_64 image but this machine runs arm64'
+echo 'ironboot: trying the next boot device in 10 s'
+sleep 10
+exit"
+    );
+
+    // A value that would end GRUB's quoting is refused, like a newline.
+    let mut quoted = context();
+    if let Some(image) = quoted.image.as_mut() {
+        image.cmdline = "console=ttyS0' ; reboot '".into();
+    }
+    let err = r.render(MACHINE_GRUB, &quoted).unwrap_err().to_string();
+    assert!(err.contains("single quote"), "{err}");
+
+    #[derive(serde::Serialize)]
+    struct Urls {
+        server: &'static str,
+        tftp: &'static str,
+    }
+    #[derive(serde::Serialize)]
+    struct Generic {
+        urls: Urls,
+    }
+    let generic = r
+        .render(
+            GRUB_CFG,
+            &Generic {
+                urls: Urls {
+                    server: "http://10.77.0.1:8080",
+                    tftp: "(tftp,10.77.0.1)",
+                },
+            },
+        )
+        .unwrap();
+    assert!(generic.contains("configfile (tftp,10.77.0.1)/grub/grub.cfg-01-${net_default_mac}\n"));
+}
+
+#[test]
+fn ztp_files_render() {
+    let r = Renderer::embedded().unwrap();
+    let ctx = context();
+    let cumulus = r.render("ztp/cumulus.sh", &ctx).unwrap();
+    assert!(cumulus.starts_with("#!/bin/bash\n# CUMULUS-AUTOPROVISIONING\n"));
+    assert!(cumulus.contains("\"http://10.77.0.1:8080/phone-home/tok123\""));
+    let sonic: serde_json::Value =
+        serde_json::from_str(&r.render("ztp/ztp.json", &ctx).unwrap()).unwrap();
+    assert_eq!(
+        sonic["ztp"]["01-provisioning-script"]["plugin"]["url"],
+        "http://10.77.0.1:8080/ztp/52-54-00-00-00-01/cumulus.sh"
+    );
 }
 
 #[test]

@@ -73,9 +73,10 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     sqlx::query(
         "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, hostname,
                                circuit_id, remote_id, relay, first_seen_ms, last_seen_ms,
-                               serial, ip)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                               serial, ip, kind)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, 'server'))
          ON CONFLICT (mac) DO UPDATE SET
+             kind = CASE WHEN ? IS NULL THEN kind ELSE excluded.kind END,
              serial = COALESCE(excluded.serial, serial),
              ip = COALESCE(excluded.ip, ip),
              uuid = COALESCE(excluded.uuid, uuid),
@@ -103,8 +104,24 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.at_ms)
     .bind(&m.serial)
     .bind(m.ip.map(|i| i.to_string()))
+    .bind(m.kind.map(|k| k.as_str()))
+    .bind(m.kind.map(|k| k.as_str()))
     .execute(&mut *conn)
     .await?;
+    if let Some(i) = &m.inherited {
+        sqlx::query(
+            "UPDATE machines SET group_name = ?, labels = ?, hostname = COALESCE(?, hostname),
+                 pin_stream = ?, pin_generation = ? WHERE mac = ?",
+        )
+        .bind(&i.group)
+        .bind(&i.labels)
+        .bind(&i.hostname)
+        .bind(i.pin.as_ref().map(|p| p.0.clone()))
+        .bind(i.pin.as_ref().map(|p| p.1))
+        .bind(mac.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
     Ok(())
 }
 

@@ -66,6 +66,13 @@ pub struct TftpConfig {
 /// no `.` or `..` components (`/grub\grub.cfg` arrives as `grub/grub.cfg`).
 pub trait GeneratedFiles: Send + Sync {
     fn get(&self, path: &str, client: SocketAddr) -> Option<Arc<[u8]>>;
+
+    /// A file the server chose by name outside the root (an image artifact,
+    /// a switch's installer): opened as it is, streamed from disk. Asked
+    /// after [`GeneratedFiles::get`] and before the root.
+    fn file(&self, _path: &str, _client: SocketAddr) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// Maps a client's IP to its MAC (from the lease table) so TFTP events land

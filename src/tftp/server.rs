@@ -230,10 +230,29 @@ impl Job {
     /// Resolves the request: generated files first, then the disk under root.
     async fn open(&self) -> Result<(String, Source, u64), PathError> {
         let path = sanitize(&self.request.filename)?;
-        if let Some(generated) = &self.state.generated {
-            if let Some(bytes) = generated.get(&path, self.client) {
-                let size = bytes.len() as u64;
-                return Ok((path, Source::Memory(bytes), size));
+        if let Some(generated) = self.state.generated.clone() {
+            let (name, client) = (path.clone(), self.client);
+            // Generating may render templates and read disk: off the runtime.
+            let found = tokio::task::spawn_blocking(move || {
+                if let Some(bytes) = generated.get(&name, client) {
+                    return Some(Ok(bytes));
+                }
+                let chosen = generated.file(&name, client)?;
+                let file = std::fs::File::open(chosen).ok()?;
+                Some(Err(file))
+            })
+            .await
+            .map_err(|_| PathError::NotFound)?;
+            match found {
+                Some(Ok(bytes)) => {
+                    let size = bytes.len() as u64;
+                    return Ok((path, Source::Memory(bytes), size));
+                }
+                Some(Err(file)) => {
+                    let size = file.metadata().map_err(|_| PathError::NotFound)?.len();
+                    return Ok((path, Source::Disk(Arc::new(file)), size));
+                }
+                None => {}
             }
         }
         let root = self.state.config.root.clone();

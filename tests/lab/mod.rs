@@ -318,6 +318,9 @@ pub struct Lab {
     pub bin: PathBuf,
     pub rt: tokio::runtime::Runtime,
     pub db: Option<sqlx::SqlitePool>,
+    /// TOML appended to the server's configuration (whole tables, e.g.
+    /// `[dhcp.bootfile]` with a `grub_dir`).
+    pub extra_config: String,
 }
 
 impl Lab {
@@ -341,6 +344,7 @@ impl Lab {
                 .build()
                 .unwrap(),
             db: None,
+            extra_config: String::new(),
         };
         lab.network(taps);
         lab
@@ -517,7 +521,7 @@ hostname = "node1"
 "#,
             data = self.dir.join("data").display(),
             ipxe = ipxe_dir.display(),
-        );
+        ) + &self.extra_config;
         let path = self.dir.join("ironboot.toml");
         fs::write(&path, text).unwrap();
         path

@@ -3,18 +3,35 @@
 #   OUTDIR/vmlinuz     Debian's cloud kernel (virtio drivers, LZ4: fast under TCG)
 #   OUTDIR/initrd.img  static busybox, the virtio-net modules, tests/liveos/init
 #   OUTDIR/VERSION     kernel package and version + sha256 of the inputs
-# Usage: tests/liveos/build.sh [OUTDIR]     (default tests/.cache/liveos)
+# and, for arm64 only:
+#   OUTDIR/grubnetaa64.efi  Debian's netboot GRUB (grub-efi-arm64-bin), the
+#                           loader arm64 UEFI clients get (Debian has no arm64 iPXE)
+# Usage: tests/liveos/build.sh [--arch amd64|arm64] [OUTDIR]
+#   (default amd64 into tests/.cache/liveos; arm64 into tests/.cache/liveos-arm64)
 # Runs as root on Debian 12. Needs apt (only Debian's mirrors), dpkg-deb and
 # busybox-static. Downloaded .debs are kept in tests/.cache/debs; when VERSION
-# already matches what would be built, it does nothing.
+# already matches what would be built, it does nothing. arm64 packages come
+# from Debian's arm64 archive through a private apt state under
+# tests/.cache/apt-arm64 (package lists for arm64 only): the host's dpkg
+# architectures and apt lists are never touched.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TESTS=$(dirname "$HERE")
-OUTDIR=${1:-$TESTS/.cache/liveos}
+ARCH=amd64
+if [ "${1:-}" = "--arch" ]; then
+    ARCH=${2:?--arch needs amd64 or arm64}
+    shift 2
+fi
+case "$ARCH" in
+    amd64) DEFAULT_OUT=$TESTS/.cache/liveos ;;
+    arm64) DEFAULT_OUT=$TESTS/.cache/liveos-arm64 ;;
+    *) echo "liveos: error: --arch must be amd64 or arm64" >&2; exit 1 ;;
+esac
+OUTDIR=${1:-$DEFAULT_OUT}
 DEBDIR=$TESTS/.cache/debs
 BUSYBOX=${BUSYBOX:-/bin/busybox}
-KERNEL_META=linux-image-cloud-amd64
+KERNEL_META=linux-image-cloud-$ARCH
 # Modules for a virtio-net NIC; their dependencies are added from depends=.
 MODULES=(virtio_pci virtio_net)
 
@@ -29,6 +46,7 @@ done
 if ldd "$BUSYBOX" >/dev/null 2>&1; then
     die "$BUSYBOX is dynamically linked (apt-get install busybox-static)"
 fi
+HOST_BUSYBOX=$BUSYBOX
 
 mkdir -p "$OUTDIR" "$DEBDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -36,35 +54,86 @@ OUTDIR=$(cd "$OUTDIR" && pwd)
 exec 9>"$DEBDIR/.lock"
 flock 9
 
+# apt for the target architecture: the host's own for amd64; for arm64 a
+# private state (lists, cache, status) that knows only arm64.
+APT_OPTS=()
+if [ "$ARCH" = arm64 ]; then
+    APTDIR=$TESTS/.cache/apt-arm64
+    mkdir -p "$APTDIR/lists/partial" "$APTDIR/cache/archives/partial"
+    : >>"$APTDIR/status"
+    APT_OPTS=(
+        -o APT::Architecture=arm64 -o APT::Architectures::=arm64
+        -o Dir::State::Lists="$APTDIR/lists" -o Dir::State::status="$APTDIR/status"
+        -o Dir::Cache="$APTDIR/cache" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
+        -o Debug::NoLocking=1
+    )
+fi
+apt_cache() { apt-cache "${APT_OPTS[@]}" "$@"; }
+apt_get() { apt-get "${APT_OPTS[@]}" "$@"; }
+
+# download PKG[=VER] DEST: one .deb, kept in DEBDIR.
+download() {
+    local dl got
+    dl=$(mktemp -d "$DEBDIR/.dl.XXXXXX")
+    (cd "$dl" && apt_get download -q -o APT::Sandbox::User=root "$1" >&2)
+    got=("$dl"/*.deb)
+    [ -s "${got[0]}" ] || die "apt-get download $1 gave no .deb"
+    mv "${got[0]}" "$2"
+    rmdir "$dl"
+}
+
 # --- Which kernel: the cloud metapackage's versioned dependency -------------
 # One apt-cache call (this machine keeps no pkgcache.bin, so each costs ~0.7 s):
 # the candidate metapackage depends on "linux-image-6.1.0-N-cloud-amd64 (= V)".
 resolve_kernel() {
-    apt-cache show --no-all-versions "$KERNEL_META" 2>/dev/null |
+    apt_cache show --no-all-versions "$KERNEL_META" 2>/dev/null |
         awk '/^Depends:/ {
             sub(/^Depends:[ \t]*/, "")
             n = split($0, deps, /[ \t]*[,|][ \t]*/)
             for (i = 1; i <= n; i++) if (deps[i] ~ /^linux-image-[0-9]/) { print deps[i]; exit }
         }'
 }
-DEP=$(resolve_kernel)
+DEP=$(resolve_kernel || true)
 if [ -z "$DEP" ]; then
     log "apt-cache does not know $KERNEL_META: apt-get update"
-    apt-get update -q >&2
-    DEP=$(resolve_kernel)
+    apt_get update -q >&2
+    DEP=$(resolve_kernel || true)
 fi
 [ -n "$DEP" ] || die "cannot resolve $KERNEL_META to a linux-image-* package"
 KPKG=${DEP%% *}
 case "$DEP" in
     *"(= "*")") KVER=${DEP##*(= } && KVER=${KVER%)} ;;
-    *) KVER=$(apt-cache policy "$KPKG" | awk '$1 == "Candidate:" { print $2; exit }') ;;
+    *) KVER=$(apt_cache policy "$KPKG" | awk '$1 == "Candidate:" { print $2; exit }') ;;
 esac
 [ -n "$KVER" ] && [ "$KVER" != "(none)" ] || die "no candidate version of $KPKG"
 KREL=${KPKG#linux-image-}
 
+# arm64 also needs an arm64 busybox for the initramfs and the netboot GRUB.
+if [ "$ARCH" = arm64 ]; then
+    EXTRA_DEBS=()
+    for pkg in busybox-static grub-efi-arm64-bin; do
+        ver=$(apt_cache policy "$pkg" | awk '$1 == "Candidate:" { print $2; exit }')
+        [ -n "$ver" ] && [ "$ver" != "(none)" ] || die "no arm64 candidate for $pkg"
+        deb=$DEBDIR/${pkg}_${ver//:/%3a}_arm64.deb
+        if [ ! -s "$deb" ]; then
+            log "downloading $pkg:arm64=$ver"
+            download "$pkg=$ver" "$deb"
+        fi
+        EXTRA_DEBS+=("$deb")
+    done
+    EXTRA_ROOT=$(mktemp -d)
+    trap 'rm -rf "$EXTRA_ROOT"' EXIT
+    for deb in "${EXTRA_DEBS[@]}"; do dpkg-deb -x "$deb" "$EXTRA_ROOT"; done
+    BUSYBOX=$EXTRA_ROOT/bin/busybox
+    GRUBNET=$EXTRA_ROOT/usr/lib/grub/arm64-efi/monolithic/grubnetaa64.efi
+    [ -s "$BUSYBOX" ] || die "no bin/busybox in the arm64 busybox-static"
+    [ -s "$GRUBNET" ] || die "no monolithic/grubnetaa64.efi in grub-efi-arm64-bin"
+fi
+
 INPUTS_SHA=$(cat "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$BUSYBOX" |
     sha256sum | cut -d' ' -f1)
-VERSION_TEXT="kernel-package=$KPKG
+VERSION_TEXT="arch=$ARCH
+kernel-package=$KPKG
 kernel-version=$KVER
 kernel-release=$KREL
 inputs-sha256=$INPUTS_SHA"
@@ -76,17 +145,12 @@ if [ -f "$OUTDIR/VERSION" ] && [ -s "$OUTDIR/vmlinuz" ] && [ -s "$OUTDIR/initrd.
 fi
 
 # --- The kernel package ------------------------------------------------------
-DEB=$DEBDIR/${KPKG}_${KVER//:/%3a}_amd64.deb
+DEB=$DEBDIR/${KPKG}_${KVER//:/%3a}_$ARCH.deb
 if [ ! -s "$DEB" ]; then
     log "downloading $KPKG=$KVER"
-    dl=$(mktemp -d "$DEBDIR/.dl.XXXXXX")
-    (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$KPKG=$KVER" >&2)
-    got=("$dl"/*.deb)
-    [ -s "${got[0]}" ] || die "apt-get download $KPKG=$KVER gave no .deb"
-    mv "${got[0]}" "$DEB"
-    rmdir "$dl"
+    download "$KPKG=$KVER" "$DEB"
     # Older kernels of the same flavour are not needed any more.
-    for old in "$DEBDIR"/linux-image-*-cloud-amd64_*.deb; do
+    for old in "$DEBDIR"/linux-image-*-cloud-"$ARCH"_*.deb; do
         [ "$old" = "$DEB" ] || rm -f "$old"
     done
 else
@@ -94,7 +158,7 @@ else
 fi
 
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'rm -rf "$WORK" "${EXTRA_ROOT:-}"' EXIT
 PKGROOT=$WORK/pkg
 ROOT=$WORK/root
 dpkg-deb -x "$DEB" "$PKGROOT"
@@ -162,11 +226,12 @@ done
 printf '%s\n' "${ORDER[@]}" >"$ROOT/etc/liveos-modules"
 log "modules (load order): $(printf '%s ' "${ORDER[@]##*/}")"
 cp "$MODSRC"/modules.builtin* "$MODSRC/modules.order" "$ROOT/lib/modules/$KREL/" 2>/dev/null || true
-"$BUSYBOX" depmod -b "$ROOT" "$KREL" || log "busybox depmod failed (insmod still works)"
+"$HOST_BUSYBOX" depmod -b "$ROOT" "$KREL" || log "busybox depmod failed (insmod still works)"
 
 # --- The rest of the initramfs -----------------------------------------------
 cp "$BUSYBOX" "$ROOT/bin/busybox"
-for applet in $("$BUSYBOX" --list); do
+# The host's busybox lists the applets (an arm64 one cannot run here).
+for applet in $("$HOST_BUSYBOX" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$ROOT/bin/$applet"
 done
 ln -s bin "$ROOT/sbin"
@@ -180,7 +245,7 @@ echo "$VERSION_TEXT" >"$ROOT/etc/liveos-version"
 # Sorted entries, fixed mtimes, no name/time in gzip (busybox cpio still
 # records inode numbers, so two builds differ by a few bytes).
 find "$ROOT" -exec touch -h -d @0 {} +
-(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc 2>/dev/null) |
+(cd "$ROOT" && find . -mindepth 1 | LC_ALL=C sort | "$HOST_BUSYBOX" cpio -o -H newc 2>/dev/null) |
     gzip -n -9 >"$WORK/initrd.img"
 
 # --- Install ----------------------------------------------------------------
@@ -189,6 +254,9 @@ install -m 0644 "$PKGROOT/boot/vmlinuz-$KREL" "$OUTDIR/vmlinuz.tmp"
 install -m 0644 "$WORK/initrd.img" "$OUTDIR/initrd.img.tmp"
 mv -f "$OUTDIR/vmlinuz.tmp" "$OUTDIR/vmlinuz"
 mv -f "$OUTDIR/initrd.img.tmp" "$OUTDIR/initrd.img"
+if [ "$ARCH" = arm64 ]; then
+    install -m 0644 "$GRUBNET" "$OUTDIR/grubnetaa64.efi"
+fi
 echo "$VERSION_TEXT" >"$OUTDIR/VERSION.tmp"
 mv -f "$OUTDIR/VERSION.tmp" "$OUTDIR/VERSION"
 log "built $OUTDIR: vmlinuz $(stat -c %s "$OUTDIR/vmlinuz") bytes," \

@@ -169,11 +169,8 @@ async fn create_generation(
     valid_name("stream", &stream)?;
     let manifest: Manifest = serde_json::from_str(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("manifest: {e}")))?;
-    if manifest.initrds.is_empty() {
-        return Err(ApiError::bad(
-            "initrds",
-            "an image needs at least one initrd",
-        ));
+    if let Err((field, message)) = manifest.check_shape() {
+        return Err(ApiError::bad(field, message));
     }
     if !matches!(manifest.arch.as_str(), "x86_64" | "arm64") {
         return Err(ApiError::bad("arch", "must be x86_64 or arm64"));

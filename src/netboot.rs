@@ -1,0 +1,437 @@
+//! Boots that do not go through iPXE: GRUB netboot (arm64, or by setting),
+//! ONIE installers and network-OS provisioning scripts for switches.
+//!
+//! [`Netboot`] answers both TFTP (as its [`GeneratedFiles`]) and the HTTP
+//! switch routes, so every name a client may ask for resolves to the same
+//! choice whichever protocol it uses:
+//! - `grub/grub.cfg` (the machine known by its leased address, else a
+//!   generic config that chains by `${net_default_mac}`) and
+//!   `grub/grub.cfg-01-<mac>`: the per-machine GRUB config, rendered by the
+//!   same templates and context as the iPXE script;
+//! - `artifacts/sha256/<hex>`: an image artifact, for GRUB (which has no
+//!   HTTP) to load kernel and initrds by digest;
+//! - ONIE's waterfall (`onie-installer…`, with a `<MAC>/` or hex-IP prefix):
+//!   the installer of the switch's target generation;
+//! - the configured loaders (`undionly.kpxe`, `grubnetaa64.efi`, …).
+//!
+//! Every decision is [`crate::boot`]'s and the inventory's; this module only
+//! renders, records and names files. A rendered GRUB config is reused for a
+//! few seconds, so a loader that fetches it twice opens one boot, not two.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tracing::{error, info};
+
+use crate::boot::loader::Loader;
+use crate::boot::onie::{self, OnieHeaders};
+use crate::boot::{context, GenerationId, Target};
+use crate::bootfiles::Bootfiles;
+use crate::dhcp::handler::SeenClient;
+use crate::domain::{Arch, MacAddr, MachineKind};
+use crate::images::{Digest, ImageStore};
+use crate::inventory::{BootPlan, Inventory, ScriptRequest};
+use crate::ledger::Ledger;
+use crate::render::{
+    RenderError, Renderer, GRUB_CFG, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE,
+    ZTP_DIR,
+};
+use crate::tftp::GeneratedFiles;
+
+/// How long a rendered GRUB config is served again to the same machine.
+const GRUB_REUSE: Duration = Duration::from_secs(10);
+
+/// Who is behind an address (the DHCP lease table), and what its last boot
+/// request said.
+pub type ClientLookup = Arc<dyn Fn(IpAddr) -> Option<MacAddr> + Send + Sync>;
+pub type SeenLookup = Arc<dyn Fn(MacAddr) -> Option<SeenClient> + Send + Sync>;
+
+pub struct Netboot {
+    pub bootfiles: Arc<Bootfiles>,
+    pub inventory: Arc<Inventory>,
+    pub renderer: Arc<Renderer>,
+    pub images: Arc<ImageStore>,
+    pub ledger: Ledger,
+    /// `http://SERVER:PORT`, as machines reach it.
+    pub server: String,
+    pub clients: ClientLookup,
+    pub seen: SeenLookup,
+    grub_cache: Mutex<HashMap<MacAddr, Rendered>>,
+}
+
+/// A GRUB config and when it was rendered.
+type Rendered = (Instant, Arc<[u8]>);
+
+/// An installer chosen for a switch.
+#[derive(Debug, Clone)]
+pub struct Installer {
+    pub path: PathBuf,
+    pub size: u64,
+    pub name: String,
+    pub boot_id: i64,
+    pub generation: GenerationId,
+}
+
+/// Renders a boot plan for `loader`: the machine's script or config, or the
+/// "nothing to boot" one with its reason.
+pub fn render_boot(
+    plan: &BootPlan,
+    server: &str,
+    renderer: &Renderer,
+    loader: Loader,
+) -> Result<String, RenderError> {
+    let ctx = context::build(plan, server, renderer)?;
+    let bootable = matches!(plan.target, Target::Boot { .. }) && ctx.image.is_some();
+    let template = match (loader, bootable) {
+        (Loader::Ipxe, true) => MACHINE_IPXE,
+        (Loader::Ipxe, false) => NOTHING_IPXE,
+        (Loader::Grub, true) => MACHINE_GRUB,
+        (Loader::Grub, false) => NOTHING_GRUB,
+    };
+    renderer.render(template, &ctx)
+}
+
+/// iPXE's `${buildarch}` for a DHCP architecture: what images are matched
+/// against.
+fn buildarch(arch: Arch) -> Option<&'static str> {
+    match arch {
+        Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
+        Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),
+        Arch::BiosX86 | Arch::EfiIa32 | Arch::HttpIa32 => Some("i386"),
+        Arch::EfiArm32 | Arch::Other(_) => None,
+    }
+}
+
+impl Netboot {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        bootfiles: Arc<Bootfiles>,
+        inventory: Arc<Inventory>,
+        renderer: Arc<Renderer>,
+        images: Arc<ImageStore>,
+        ledger: Ledger,
+        server: String,
+        clients: ClientLookup,
+        seen: SeenLookup,
+    ) -> Self {
+        Self {
+            bootfiles,
+            inventory,
+            renderer,
+            images,
+            ledger,
+            server,
+            clients,
+            seen,
+            grub_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The generic `/grub/grub.cfg`, for a machine not known by address.
+    fn generic_grub(&self) -> Option<Arc<[u8]>> {
+        #[derive(serde::Serialize)]
+        struct Ctx {
+            urls: Urls,
+        }
+        #[derive(serde::Serialize)]
+        struct Urls {
+            server: String,
+            tftp: String,
+        }
+        let full = Ctx {
+            urls: Urls {
+                tftp: context::tftp_device(&self.server),
+                server: self.server.clone(),
+            },
+        };
+        match self.renderer.render(GRUB_CFG, &full) {
+            Ok(text) => Some(Arc::from(text.into_bytes())),
+            Err(e) => {
+                error!(error = %e, "grub/grub.cfg failed to render");
+                None
+            }
+        }
+    }
+
+    /// The per-machine GRUB config: opens a boot (or reuses the one just
+    /// opened for this machine).
+    pub fn grub_config(&self, mac: MacAddr, ip: IpAddr) -> Arc<[u8]> {
+        if let Some((at, bytes)) = self.grub_cache.lock().expect("grub cache").get(&mac) {
+            if at.elapsed() < GRUB_REUSE {
+                return bytes.clone();
+            }
+        }
+        let arch = (self.seen)(mac).and_then(|s| s.arch);
+        let req = ScriptRequest {
+            mac: Some(mac),
+            buildarch: arch.and_then(buildarch).map(str::to_string),
+            platform: Some("efi".into()),
+            ip: Some(ip),
+            ..ScriptRequest::default()
+        };
+        let plan = self.inventory.begin_boot_as(mac, &req, "grub", None);
+        let detail = json!({ "target": plan.target, "identity": plan.identity, "loader": "grub", "buildarch": req.buildarch });
+        let text = match render_boot(&plan, &self.server, &self.renderer, Loader::Grub) {
+            Ok(text) => {
+                info!(%mac, boot = plan.boot_id, target = ?plan.target, "GRUB config served");
+                self.ledger.boot_event(
+                    plan.boot_id,
+                    mac,
+                    Some(ip),
+                    "boot.script",
+                    detail,
+                    Some(text.len() as u64),
+                );
+                text
+            }
+            Err(e) => {
+                error!(%mac, error = %e, "GRUB config failed to render");
+                self.ledger.boot_event(
+                    plan.boot_id,
+                    mac,
+                    Some(ip),
+                    "boot.render_failed",
+                    json!({ "error": e.to_string(), "loader": "grub" }),
+                    None,
+                );
+                format!("echo 'ironboot: the config for {mac} failed to render; see the server log'\nsleep 10\nexit\n")
+            }
+        };
+        let bytes: Arc<[u8]> = Arc::from(text.into_bytes());
+        let mut cache = self.grub_cache.lock().expect("grub cache");
+        cache.retain(|_, (at, _)| at.elapsed() < GRUB_REUSE);
+        cache.insert(mac, (Instant::now(), bytes.clone()));
+        bytes
+    }
+
+    /// The installer for a switch's ONIE: records what ONIE said (kind
+    /// switch, serial, arch) and opens a boot of its target generation.
+    /// `Err` carries why there is none (ONIE then tries its next name).
+    pub fn onie_installer(
+        &self,
+        mac: MacAddr,
+        headers: &OnieHeaders,
+        ip: IpAddr,
+        asked: &str,
+    ) -> Result<Installer, String> {
+        let req = ScriptRequest {
+            mac: Some(mac),
+            serial: headers.serial.clone(),
+            buildarch: headers.arch.clone(),
+            ip: Some(ip),
+            ..ScriptRequest::default()
+        };
+        let plan = self
+            .inventory
+            .begin_boot_as(mac, &req, "onie", Some(MachineKind::Switch));
+        let chosen = match (&plan.target, &plan.generation) {
+            (Target::Boot { .. }, Some(g)) => match &g.manifest.installer {
+                Some(a) => Ok(Installer {
+                    path: self.images.artifact_path(&a.digest),
+                    size: a.size,
+                    name: a.name.clone(),
+                    boot_id: plan.boot_id,
+                    generation: g.id.clone(),
+                }),
+                None => Err(format!(
+                    "{} is a live OS image, not an ONIE installer",
+                    g.id
+                )),
+            },
+            (Target::Nothing { reason }, _) => Err(reason.clone()),
+            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
+        };
+        let (step, detail) = match &chosen {
+            Ok(i) => (
+                "onie.installer",
+                json!({ "asked": asked, "onie": headers, "stream": i.generation.stream,
+                        "generation": i.generation.number, "name": i.name }),
+            ),
+            Err(reason) => (
+                "onie.nothing",
+                json!({ "asked": asked, "onie": headers, "reason": reason }),
+            ),
+        };
+        info!(%mac, asked, outcome = ?chosen.as_ref().map(|i| &i.generation), "ONIE installer request");
+        self.ledger
+            .boot_event(plan.boot_id, mac, Some(ip), step, detail, None);
+        chosen
+    }
+
+    /// A switch's provisioning file (`cumulus.sh`, `ztp.json`) from
+    /// `boot-templates/ztp/`: opens a boot whose confirmation the script
+    /// posts. `None` for a file there is no template for.
+    pub fn ztp_file(
+        &self,
+        mac: MacAddr,
+        file: &str,
+        ip: IpAddr,
+    ) -> Option<Result<String, RenderError>> {
+        let template = format!("{ZTP_DIR}{file}");
+        if !self.renderer.has(&template) {
+            return None;
+        }
+        let req = ScriptRequest {
+            mac: Some(mac),
+            ip: Some(ip),
+            ..ScriptRequest::default()
+        };
+        let plan = self
+            .inventory
+            .begin_boot_as(mac, &req, "ztp", Some(MachineKind::Switch));
+        let rendered = context::build(&plan, &self.server, &self.renderer)
+            .and_then(|ctx| self.renderer.render(&template, &ctx));
+        let detail = match &rendered {
+            Ok(_) => json!({ "file": file, "target": plan.target }),
+            Err(e) => json!({ "file": file, "error": e.to_string() }),
+        };
+        let step = if rendered.is_ok() {
+            "ztp.script"
+        } else {
+            "boot.render_failed"
+        };
+        let size = rendered.as_ref().ok().map(|t| t.len() as u64);
+        self.ledger
+            .boot_event(plan.boot_id, mac, Some(ip), step, detail, size);
+        Some(rendered)
+    }
+}
+
+impl GeneratedFiles for Netboot {
+    fn get(&self, path: &str, client: SocketAddr) -> Option<Arc<[u8]>> {
+        if let Some(bytes) = self.bootfiles.get(path) {
+            return Some(bytes);
+        }
+        let name = path.strip_prefix("grub/").unwrap_or(path);
+        if name == "grub.cfg" {
+            return match (self.clients)(client.ip()) {
+                Some(mac) => Some(self.grub_config(mac, client.ip())),
+                None => self.generic_grub(),
+            };
+        }
+        let mac = name.strip_prefix("grub.cfg-01-")?.parse().ok()?;
+        Some(self.grub_config(mac, client.ip()))
+    }
+
+    fn file(&self, path: &str, client: SocketAddr) -> Option<PathBuf> {
+        if let Some(hex) = path.strip_prefix("artifacts/sha256/") {
+            let digest: Digest = hex.parse().ok()?;
+            let file = self.images.artifact_path(&digest);
+            return file.is_file().then_some(file);
+        }
+        let wanted = onie::installer_path(path)?;
+        let mac = wanted.mac.or_else(|| (self.clients)(client.ip()))?;
+        self.onie_installer(mac, &OnieHeaders::default(), client.ip(), path)
+            .ok()
+            .map(|i| i.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+
+    const MAC: &str = "52:54:00:00:a6:41";
+
+    async fn netboot(
+        dir: &std::path::Path,
+    ) -> (Netboot, tokio::sync::mpsc::Receiver<crate::ledger::Record>) {
+        let store = Store::open(dir).await.unwrap();
+        let (ledger, rx) = Ledger::new(1024, Arc::new(Metrics::default()));
+        let inventory = Arc::new(Inventory::load(store, ledger.clone()).await.unwrap());
+        let images = Arc::new(ImageStore::open(&dir.join("images")).unwrap());
+        let bootfiles = Arc::new(Bootfiles::new(
+            dir.join("loaders"),
+            ["grubnetaa64.efi".to_string()],
+        ));
+        let known: MacAddr = MAC.parse().unwrap();
+        let nb = Netboot::new(
+            bootfiles,
+            inventory,
+            Arc::new(Renderer::embedded().unwrap()),
+            images,
+            ledger,
+            "http://10.77.0.1:8080".into(),
+            // Only 10.77.0.101 holds a lease (the arm64 machine's).
+            Arc::new(move |ip| (ip == IpAddr::from([10, 77, 0, 101])).then_some(known)),
+            Arc::new(|_| {
+                Some(SeenClient {
+                    arch: Some(Arch::EfiArm64),
+                    ..SeenClient::default()
+                })
+            }),
+        );
+        (nb, rx)
+    }
+
+    fn text(bytes: Option<Arc<[u8]>>) -> String {
+        String::from_utf8(bytes.expect("served").to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tftp_names_resolve_to_generated_files_and_nothing_else() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (nb, _rx) = netboot(dir.path()).await;
+        let leased: SocketAddr = "10.77.0.101:2000".parse().unwrap();
+        let stranger: SocketAddr = "10.77.0.200:2000".parse().unwrap();
+
+        // Known by address: its own config (here: nothing to boot, and why).
+        let own = text(nb.get("grub/grub.cfg", leased));
+        assert!(
+            own.starts_with("# ironboot: nothing to boot for 52:54:00:00:a6:41\n"),
+            "{own}"
+        );
+        assert!(
+            own.contains("group default points at no generation"),
+            "{own}"
+        );
+        // Fetched again at once: the same boot, not a second one.
+        assert_eq!(text(nb.get("grub/grub.cfg", leased)), own);
+        // Unknown address (proxy mode): the generic chain by MAC.
+        let generic = text(nb.get("grub/grub.cfg", stranger));
+        assert!(
+            generic.contains("configfile (tftp,10.77.0.1)/grub/grub.cfg-01-${net_default_mac}\n"),
+            "{generic}"
+        );
+        // What that chain asks for, in GRUB's colon form and PXELINUX's hyphens.
+        for name in [
+            "grub/grub.cfg-01-52:54:00:00:a6:41",
+            "grub.cfg-01-52-54-00-00-a6-41",
+        ] {
+            let by_name = text(nb.get(name, stranger));
+            assert!(
+                by_name.contains("nothing to boot for 52:54:00:00:a6:41"),
+                "{name}: {by_name}"
+            );
+        }
+        for refused in ["grub/grub.cfg-01-nonsense", "grub/other.cfg", "boot.ipxe"] {
+            assert!(nb.get(refused, stranger).is_none(), "{refused}");
+        }
+        // Artifacts by digest only, and only when present.
+        let absent = format!("artifacts/sha256/{}", "ab".repeat(32));
+        for name in [
+            absent.as_str(),
+            "artifacts/sha256/zz",
+            "artifacts/sha256/../../etc/passwd",
+        ] {
+            assert_eq!(nb.file(name, stranger), None, "{name}");
+        }
+        // ONIE waterfall: a switch known by prefix or address; none has an
+        // installer generation yet, so nothing is served.
+        assert_eq!(nb.file("onie-installer", stranger), None);
+        assert_eq!(
+            nb.file("52-54-00-0e-00-01/onie-installer-x86_64", stranger),
+            None
+        );
+        assert!(nb
+            .inventory
+            .machine("52:54:00:0e:00:01".parse().unwrap())
+            .is_some_and(|m| m.kind == MachineKind::Switch));
+    }
+}
