@@ -121,6 +121,15 @@ impl From<InventoryError> for ApiError {
             InventoryError::NoSuchMachine(_) => {
                 Self::new(StatusCode::NOT_FOUND, "no_such_machine", e.to_string())
             }
+            InventoryError::NoSuchGroup(_) => {
+                Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string())
+            }
+            InventoryError::GroupExists(_) => {
+                Self::new(StatusCode::CONFLICT, "group_exists", e.to_string())
+            }
+            InventoryError::GroupInUse { .. } => {
+                Self::new(StatusCode::CONFLICT, "group_in_use", e.to_string())
+            }
             other => Self::internal(other),
         }
     }
