@@ -12,6 +12,7 @@ pub mod context;
 pub mod identity;
 pub mod loader;
 pub mod onie;
+pub mod select;
 
 use serde::Serialize;
 
