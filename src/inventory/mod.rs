@@ -8,6 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
 //! shows what the database does not hold.
 
+mod edit;
 mod load;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,8 @@ use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
+
+pub use edit::{Deleted, MachineChange};
 
 /// A machine as the boot path sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +145,8 @@ pub enum InventoryError {
     AlreadyConfirmed(i64),
     #[error("boot {0} had nothing to boot; there is nothing to confirm")]
     NothingToConfirm(i64),
+    #[error("group {0} does not exist")]
+    NoSuchGroup(String),
 }
 
 #[derive(Default)]

@@ -234,6 +234,9 @@ impl From<InventoryError> for ApiError {
             InventoryError::NoSuchMachine(_) => {
                 Self::new(StatusCode::NOT_FOUND, "no_such_machine", e.to_string())
             }
+            InventoryError::NoSuchGroup(_) => {
+                Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string()).with_field("group")
+            }
             other => Self::internal(other),
         }
     }
