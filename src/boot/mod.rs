@@ -11,6 +11,7 @@
 pub mod context;
 pub mod identity;
 pub mod loader;
+pub mod membership;
 pub mod onie;
 pub mod select;
 

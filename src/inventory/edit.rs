@@ -18,8 +18,9 @@ pub struct MachineChange {
     pub hostname: Option<Option<String>>,
     /// The whole new label set.
     pub labels: Option<BTreeMap<String, String>>,
-    /// The group the operator assigns (it must exist).
-    pub group: Option<String>,
+    /// The group the operator assigns (it must exist); `Some(None)`
+    /// removes the assignment, and selectors decide again.
+    pub group: Option<Option<String>>,
     /// `Some(None)` removes the pin.
     pub pin: Option<Option<GenerationId>>,
     pub kind: Option<MachineKind>,
@@ -55,7 +56,7 @@ impl Inventory {
         if !exists {
             return Err(InventoryError::NoSuchMachine(mac));
         }
-        if let Some(group) = &change.group {
+        if let Some(Some(group)) = &change.group {
             let known = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
                 .bind(group)
                 .fetch_optional(&mut *tx)
@@ -64,8 +65,14 @@ impl Inventory {
             if !known {
                 return Err(InventoryError::NoSuchGroup(group.clone()));
             }
-            sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ?")
+            sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
                 .bind(group)
+                .bind(&key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(None) = &change.group {
+            sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
                 .bind(&key)
                 .execute(&mut *tx)
                 .await?;
@@ -107,29 +114,34 @@ impl Inventory {
         } else {
             load::machine(&self.store, mac).await?
         };
-        let mut state = self.write();
-        if let Some(m) = loaded {
-            state.machines.entry(mac).or_insert(m);
-        }
-        let m = state
-            .machines
-            .entry(mac)
-            .or_insert_with(|| Machine::new(mac));
-        if let Some(group) = change.group {
-            m.group = group;
-        }
-        if let Some(hostname) = change.hostname {
-            m.hostname = hostname;
-        }
-        if let Some(labels) = change.labels {
-            m.labels = labels;
-        }
-        if let Some(pin) = change.pin {
-            m.pin = pin;
-        }
-        if let Some(kind) = change.kind {
-            m.kind = kind;
-        }
+        let moved = {
+            let mut state = self.write();
+            if let Some(m) = loaded {
+                state.machines.entry(mac).or_insert(m);
+            }
+            let m = state
+                .machines
+                .entry(mac)
+                .or_insert_with(|| Machine::new(mac));
+            if let Some(group) = change.group {
+                m.assigned = group;
+            }
+            if let Some(hostname) = change.hostname {
+                m.hostname = hostname;
+            }
+            if let Some(labels) = change.labels {
+                m.labels = labels;
+            }
+            if let Some(pin) = change.pin {
+                m.pin = pin;
+            }
+            if let Some(kind) = change.kind {
+                m.kind = kind;
+            }
+            // Labels and assignment decide the group: compute it again.
+            state.regroup()
+        };
+        load::save_groups(&self.store, &moved).await?;
         Ok(())
     }
 

@@ -30,7 +30,11 @@ pub struct MachineView {
     pub mac: String,
     /// `server` or `switch`.
     pub kind: String,
+    /// The group it boots from.
     pub group: String,
+    /// Whether an operator assigned that group (else the groups' label
+    /// selectors, or `default`, decided it).
+    pub group_assigned: bool,
     pub labels: BTreeMap<String, String>,
     pub hostname: Option<String>,
     pub uuid: Option<String>,
@@ -64,6 +68,7 @@ impl MachineView {
         etag_of(&(
             &self.kind,
             &self.group,
+            self.group_assigned,
             &self.labels,
             &self.hostname,
             &self.pin,
@@ -125,6 +130,7 @@ struct MachineRow {
     mac: String,
     kind: String,
     group_name: String,
+    group_assigned: bool,
     labels: String,
     hostname: Option<String>,
     uuid: Option<String>,
@@ -156,6 +162,7 @@ impl MachineRow {
             mac: self.mac,
             kind: self.kind,
             group: self.group_name,
+            group_assigned: self.group_assigned,
             labels: serde_json::from_str(&self.labels).unwrap_or_default(),
             hostname: self.hostname,
             uuid: self.uuid,
@@ -178,7 +185,7 @@ impl MachineRow {
 }
 
 const MACHINE_COLUMNS: &str =
-    "mac, kind, group_name, labels, hostname, uuid, serial, arch, firmware, vendor_class, ip,
+    "mac, kind, group_name, group_assigned, labels, hostname, uuid, serial, arch, firmware, vendor_class, ip,
      circuit_id, remote_id, pin_stream, pin_generation, current_stream, current_generation,
      last_good_stream, last_good_generation, first_seen_ms, last_seen_ms,
      (SELECT b.state FROM boots b WHERE b.mac = m.mac ORDER BY b.id DESC LIMIT 1) AS last_boot";
@@ -447,8 +454,12 @@ pub struct MachinePatch {
     /// `null` removes it.
     #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
     pub labels: Option<BTreeMap<String, Option<String>>>,
-    /// Assigns the machine to this group (which must exist).
-    pub group: Option<String>,
+    /// Assigns the machine to this group (which must exist); it beats
+    /// every group's selector. `null` removes the assignment: the
+    /// selectors decide again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub group: Option<Option<String>>,
     /// Pins it to a generation (`null` removes the pin).
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<GenerationRef>)]
@@ -520,7 +531,7 @@ impl MachinePatch {
             }
             None => None,
         };
-        if let Some(g) = &self.group {
+        if let Some(Some(g)) = &self.group {
             valid_name("group", g)?;
         }
         let kind = match &self.kind {

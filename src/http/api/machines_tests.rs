@@ -247,7 +247,24 @@ async fn an_update_is_whole_checked_against_if_match_and_seen_by_the_boot_path()
         )
         .await;
     assert_eq!(a.body["group"], "web", "{}", a.body);
+    assert_eq!(a.body["group_assigned"], true);
     assert_eq!(h.state.inventory.machine(mac).unwrap().group, "web");
+    let a = h
+        .call(
+            Method::PATCH,
+            &uri,
+            Some(&admin),
+            Some(json!({ "group": null })),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (&a.body["group"], &a.body["group_assigned"]),
+        (&json!("default"), &json!(false)),
+        "{}",
+        a.body
+    );
+    assert_eq!(h.state.inventory.machine(mac).unwrap().group, "default");
 
     let reader = h.reader.clone();
     let a = h

@@ -237,6 +237,12 @@ impl From<InventoryError> for ApiError {
             InventoryError::NoSuchGroup(_) => {
                 Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string()).with_field("group")
             }
+            InventoryError::GroupExists(_) => {
+                Self::new(StatusCode::CONFLICT, "group_exists", e.to_string())
+            }
+            InventoryError::GroupInUse { .. } => {
+                Self::new(StatusCode::CONFLICT, "group_in_use", e.to_string())
+            }
             other => Self::internal(other),
         }
     }
