@@ -9,6 +9,7 @@
 //! shows what the database does not hold.
 
 mod groups;
+pub use groups::GroupChange;
 mod load;
 
 use std::collections::{BTreeMap, HashMap};
