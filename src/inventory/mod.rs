@@ -10,6 +10,7 @@
 
 mod edit;
 mod groups;
+pub use groups::GroupChange;
 mod load;
 
 use std::collections::{BTreeMap, HashMap};
