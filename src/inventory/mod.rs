@@ -9,6 +9,9 @@
 //! shows what the database does not hold.
 
 mod load;
+mod rollouts;
+
+pub use rollouts::{RolloutCommandError, StartRollout};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -154,6 +157,8 @@ struct State {
     /// The latest boot opened from each client address: artifact downloads
     /// carry no token, so they are attributed by where they come from.
     by_ip: HashMap<IpAddr, String>,
+    /// Rollouts and the watchdog's per-machine health: asked at every boot.
+    fleet: crate::rollout::engine::Fleet,
 }
 
 pub struct Inventory {
@@ -163,6 +168,9 @@ pub struct Inventory {
     next_boot: AtomicI64,
     /// Set once at start, when DHCP exists: relay identity needs it.
     ports: OnceLock<PortLookup>,
+    /// Where machines a rollout moved (or rolled back) are sent to be
+    /// rebooted (the reboot hook's queue); set once at start.
+    reboots: OnceLock<tokio::sync::mpsc::Sender<crate::rollout::hook::Job>>,
 }
 
 /// The machine (label `identity`) or its group (variable `identity`) says
@@ -198,13 +206,19 @@ pub fn new_secret() -> String {
 impl Inventory {
     /// Loads the view from the database.
     pub async fn load(store: Store, ledger: Ledger) -> Result<Self, InventoryError> {
-        let (state, max_boot) = load::state(&store).await?;
+        let (mut state, max_boot) = load::state(&store).await?;
+        state.fleet = crate::rollout::store::load(
+            store.pool(),
+            crate::rollout::settings::RolloutSettings::default().watchdog,
+        )
+        .await?;
         Ok(Self {
             store,
             ledger,
             state: RwLock::new(state),
             next_boot: AtomicI64::new(max_boot + 1),
             ports: OnceLock::new(),
+            reboots: OnceLock::new(),
         })
     }
 
@@ -372,6 +386,17 @@ impl Inventory {
         let target = boot::target(&facts, group_facts.as_ref(), |g| {
             state.generations.get(g).map(|r| r.manifest.arch.clone())
         });
+        // Rollouts and the watchdog have their say; the previous boot, if
+        // it never confirmed, is counted as failed first.
+        let (target, fleet) = state.fleet.boot(
+            mac,
+            &machine.group,
+            machine.last_good.as_ref(),
+            target,
+            id,
+            now,
+        );
+        self.apply_pointers(&mut state, &fleet.persist.pointers);
         let generation = match &target {
             Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
             Target::Nothing { .. } => None,
@@ -431,6 +456,7 @@ impl Inventory {
             reason,
             started_ms: now,
         }));
+        self.after_fleet(fleet, false);
         BootPlan {
             boot_id: id,
             token,
@@ -518,6 +544,18 @@ impl Inventory {
     /// The booted OS confirms: the generation becomes the machine's current
     /// and last good. Written to SQLite before memory changes.
     pub async fn confirm(&self, token: &str) -> Result<(Boot, GenerationId), InventoryError> {
+        self.confirm_with(token, &BTreeMap::new()).await
+    }
+
+    /// [`Inventory::confirm`] with the phone-home payload's fields, which a
+    /// rollout's health gate may require (`checks=passed`). A late
+    /// confirmation of a boot the watchdog already counted as failed still
+    /// counts: the machine is up.
+    pub async fn confirm_with(
+        &self,
+        token: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(Boot, GenerationId), InventoryError> {
         let hash = token_hash(token);
         let boot = self
             .read()
@@ -537,7 +575,7 @@ impl Inventory {
         self.ledger.flush().await;
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state = 'served'")
+        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state IN ('served', 'failed')")
             .bind(now)
             .bind(boot.id)
             .execute(&mut *tx)
@@ -557,7 +595,15 @@ impl Inventory {
         .bind(boot.mac.to_string())
         .execute(&mut *tx)
         .await?;
+        // The watchdog and any rollout that moved the machine see it, in
+        // the same transaction.
+        let fleet = self
+            .write()
+            .fleet
+            .confirmed(boot.mac, &generation, fields, now);
+        crate::rollout::store::write(&mut tx, &fleet.persist).await?;
         tx.commit().await?;
+        self.after_fleet(fleet, true);
 
         let mut state = self.write();
         if let Some(b) = state.boots.get_mut(&hash) {
@@ -749,6 +795,11 @@ impl Inventory {
                         .push(format!("{what} {}", m.mac));
                 }
             }
+        }
+        for (id, rollout) in state.fleet.held_generations() {
+            used.entry(id)
+                .or_default()
+                .push(format!("rollout {rollout}"));
         }
         used
     }

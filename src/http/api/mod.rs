@@ -11,6 +11,7 @@
 mod groups;
 mod images;
 mod machines;
+mod rollouts;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(machines::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(rollouts::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
