@@ -320,6 +320,7 @@ pub async fn run(
         images: images.clone(),
         tokens: Arc::new(tokens),
         store: store.clone(),
+        edits: Default::default(),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),

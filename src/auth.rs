@@ -26,6 +26,34 @@ pub enum Role {
     Read,
 }
 
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Read => "read",
+        }
+    }
+
+    /// The stored form; anything but `admin` grants reading only.
+    fn parse(text: &str) -> Self {
+        if text == "admin" {
+            Role::Admin
+        } else {
+            Role::Read
+        }
+    }
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub created_ms: i64,
+    pub revoked_ms: Option<i64>,
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, Serialize)]
 pub struct Principal {
@@ -37,6 +65,8 @@ pub struct Principal {
 pub enum AuthError {
     #[error("database: {0}")]
     Sqlx(#[from] sqlx::Error),
+    #[error("it is the last admin token; create another admin token first")]
+    LastAdmin,
     #[error("{path}: {reason}")]
     PreseededToken { path: String, reason: &'static str },
     #[error("cannot write {path}: {source}")]
@@ -69,11 +99,7 @@ impl Tokens {
                 .await?;
         let mut by_hash = HashMap::new();
         for (name, hash, role) in rows {
-            let role = if role == "admin" {
-                Role::Admin
-            } else {
-                Role::Read
-            };
+            let role = Role::parse(&role);
             by_hash.insert(hash, Principal { name, role });
         }
         let mut written = None;
@@ -110,6 +136,105 @@ impl Tokens {
             },
             written,
         ))
+    }
+
+    /// Creates a token; returns its row and the secret, which is shown once
+    /// and never stored (the database and memory keep its sha256).
+    pub async fn create(
+        &self,
+        store: &Store,
+        name: &str,
+        role: Role,
+    ) -> Result<(TokenInfo, String), AuthError> {
+        let secret = crate::inventory::new_secret();
+        let hash = token_hash(&secret);
+        let now = now_ms();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(name)
+        .bind(&hash)
+        .bind(role.as_str())
+        .bind(now)
+        .fetch_one(store.pool())
+        .await?;
+        self.by_hash.write().expect("tokens lock").insert(
+            hash,
+            Principal {
+                name: name.to_string(),
+                role,
+            },
+        );
+        let info = TokenInfo {
+            id,
+            name: name.to_string(),
+            role,
+            created_ms: now,
+            revoked_ms: None,
+        };
+        Ok((info, secret))
+    }
+
+    /// Every token ever made (revoked ones too, with when), oldest first.
+    pub async fn list(store: &Store) -> Result<Vec<TokenInfo>, AuthError> {
+        let rows: Vec<(i64, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, name, role, created_ms, revoked_ms FROM api_tokens ORDER BY id",
+        )
+        .fetch_all(store.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, role, created_ms, revoked_ms)| TokenInfo {
+                id,
+                name,
+                role: Role::parse(&role),
+                created_ms,
+                revoked_ms,
+            })
+            .collect())
+    }
+
+    /// Revokes a live token: written to SQLite, then forgotten in memory
+    /// (the next request with it is 401). Refused when it is the last live
+    /// admin token, which would lock every operator out. `Ok(None)`: no
+    /// live token has this id.
+    pub async fn revoke(&self, store: &Store, id: i64) -> Result<Option<TokenInfo>, AuthError> {
+        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT name, hash, role, created_ms FROM api_tokens WHERE id = ? AND revoked_ms IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((name, hash, role, created_ms)) = row else {
+            return Ok(None);
+        };
+        let role = Role::parse(&role);
+        if role == Role::Admin {
+            let (admins,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_ms IS NULL",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            if admins <= 1 {
+                return Err(AuthError::LastAdmin);
+            }
+        }
+        let now = now_ms();
+        sqlx::query("UPDATE api_tokens SET revoked_ms = ? WHERE id = ?")
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.by_hash.write().expect("tokens lock").remove(&hash);
+        Ok(Some(TokenInfo {
+            id,
+            name,
+            role,
+            created_ms,
+            revoked_ms: Some(now),
+        }))
     }
 
     pub fn check(&self, token: &str) -> Option<Principal> {

@@ -74,7 +74,8 @@ pub struct MachineFacts {
     /// What a replacement machine inherits from the one whose switch port
     /// it took (see `boot::identity`): its group, labels (JSON) and pin.
     /// `None`: left alone.
-    pub inherited: Option<Inherited>,
+    /// Boxed: rare, and it would make every record as large as itself.
+    pub inherited: Option<Box<Inherited>>,
     pub at_ms: i64,
 }
 
@@ -82,6 +83,8 @@ pub struct MachineFacts {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Inherited {
     pub group: String,
+    /// `group` was assigned by an operator (else selectors computed it).
+    pub assigned: bool,
     /// The labels as a JSON object.
     pub labels: String,
     pub hostname: Option<String>,

@@ -285,7 +285,7 @@ async fn a_canary_rollout_moves_the_group_wave_by_wave_gated_on_confirmations() 
         .iter()
         .find(|g| g["name"] == "default")
         .unwrap();
-    assert_eq!(default["pointer"]["number"], b, "{default}");
+    assert_eq!(default["pointer"]["generation"], b, "{default}");
     assert_eq!(api.boot(M3).await.generation, b);
 
     // A finished rollout cannot be resumed, paused or aborted.

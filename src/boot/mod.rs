@@ -13,7 +13,9 @@
 pub mod context;
 pub mod identity;
 pub mod loader;
+pub mod membership;
 pub mod onie;
+pub mod select;
 
 use serde::Serialize;
 

@@ -83,11 +83,13 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// One artifact of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactRef {
     /// A file name for people and loaders (`vmlinuz`, `initrd.img`).
     pub name: String,
+    /// sha256 of the bytes, 64 hex digits.
+    #[schema(value_type = String, pattern = "^[0-9a-f]{64}$")]
     pub digest: Digest,
     pub size: u64,
 }
@@ -99,7 +101,7 @@ pub struct ArtifactRef {
 /// an ONIE installer (one `installer` file, nothing else) for switches. The
 /// fields the second shape added are left out of the JSON when empty, so a
 /// live-OS manifest has the same bytes, and digest, as before they existed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// `x86_64` or `arm64`.
@@ -184,7 +186,7 @@ pub enum ImageError {
 pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What garbage collection removed.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct GcReport {
     pub manifests_removed: usize,
     pub artifacts_removed: usize,

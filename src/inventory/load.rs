@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::boot::identity::SwitchPort;
+use crate::boot::select::Selector;
 use crate::boot::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, Manifest};
@@ -31,6 +32,7 @@ struct MachineRow {
     mac: String,
     kind: String,
     group_name: String,
+    group_assigned: bool,
     labels: String,
     hostname: Option<String>,
     uuid: Option<String>,
@@ -47,7 +49,7 @@ struct MachineRow {
 }
 
 const MACHINE_COLUMNS: &str =
-    "mac, kind, group_name, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
+    "mac, kind, group_name, group_assigned, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
      current_stream, current_generation, last_good_stream, last_good_generation,
      circuit_id, remote_id";
 
@@ -62,7 +64,9 @@ impl MachineRow {
         Some(Machine {
             mac: self.mac.parse().ok()?,
             kind: self.kind.parse().unwrap_or_default(),
+            assigned: self.group_assigned.then(|| self.group_name.clone()),
             group: self.group_name,
+            membership: crate::boot::membership::Membership::Default,
             labels,
             hostname: self.hostname,
             uuid: self.uuid,
@@ -103,16 +107,36 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         state.machines.insert(m.mac, m);
     }
 
-    let groups: Vec<(String, Option<String>, Option<i64>, String)> =
-        sqlx::query_as("SELECT name, stream, generation, variables FROM groups")
-            .fetch_all(pool)
-            .await?;
-    for (name, stream, number, vars) in groups {
+    type GroupRow = (
+        String,
+        Option<String>,
+        Option<i64>,
+        String,
+        Option<String>,
+        String,
+    );
+    let groups: Vec<GroupRow> = sqlx::query_as(
+        "SELECT name, stream, generation, variables, selector, description FROM groups",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (name, stream, number, vars, selector, description) in groups {
         let variables = serde_json::from_str(&vars).unwrap_or_else(|_| serde_json::json!({}));
+        // Stored selectors were validated when set; one edited into the
+        // database by hand and broken claims nothing, loudly.
+        let selector = selector.and_then(|text| match text.parse::<Selector>() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(group = %name, selector = %text, error = %e, "unreadable group selector; ignored");
+                None
+            }
+        });
         state.groups.insert(
             name.clone(),
             Group {
                 name,
+                description,
+                selector,
                 pointer: pair(stream, number),
                 by_arch: BTreeMap::new(),
                 variables,
@@ -183,4 +207,27 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         .fetch_one(pool)
         .await?;
     Ok((state, max_boot))
+}
+
+/// Writes the computed group of machines whose group moved (not assigned
+/// ones: theirs is the operator's). Informational: what boots read is the
+/// in-memory membership; this keeps `machines.group_name` telling the truth
+/// to SQL readers.
+pub(super) async fn save_groups(
+    store: &Store,
+    moved: &[(MacAddr, String)],
+) -> Result<(), InventoryError> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    for (mac, group) in moved {
+        sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+            .bind(group)
+            .bind(mac.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

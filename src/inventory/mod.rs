@@ -8,6 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
 //! shows what the database does not hold.
 
+mod groups;
 mod load;
 mod rollouts;
 
@@ -23,6 +24,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::boot::identity::{self, Candidate, IdentityMatch, SwitchPort};
 use crate::boot::loader::{Loader, LoaderSettings};
+use crate::boot::membership::{self, Claim, Membership, DEFAULT_GROUP};
+use crate::boot::select::Selector;
 use crate::boot::{self, GenerationId, Target};
 use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
@@ -34,7 +37,14 @@ use crate::store::{Store, StoreError};
 pub struct Machine {
     pub mac: MacAddr,
     pub kind: MachineKind,
+    /// The group it is in: `assigned` if set, else computed from the
+    /// groups' selectors (see [`crate::boot::membership`]). Kept current
+    /// whenever labels, assignments or selectors change.
     pub group: String,
+    /// The group an operator assigned; it beats every selector.
+    pub assigned: Option<String>,
+    /// Why it is in `group` (explicit, a selector, default, a tie).
+    pub membership: Membership,
     pub labels: BTreeMap<String, String>,
     pub hostname: Option<String>,
     pub uuid: Option<String>,
@@ -54,7 +64,9 @@ impl Machine {
         Self {
             mac,
             kind: MachineKind::Server,
-            group: "default".into(),
+            group: DEFAULT_GROUP.into(),
+            assigned: None,
+            membership: Membership::Default,
             labels: BTreeMap::new(),
             hostname: None,
             uuid: None,
@@ -72,6 +84,10 @@ impl Machine {
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
     pub name: String,
+    /// What the group is for, for operators.
+    pub description: String,
+    /// Claims machines whose labels match (`None`: only assigned ones).
+    pub selector: Option<Selector>,
     /// The pointer set last.
     pub pointer: Option<GenerationId>,
     /// One generation per image architecture (`x86_64`, `arm64`): machines
@@ -145,6 +161,12 @@ pub enum InventoryError {
     AlreadyConfirmed(i64),
     #[error("boot {0} had nothing to boot; there is nothing to confirm")]
     NothingToConfirm(i64),
+    #[error("group {0} does not exist")]
+    NoSuchGroup(String),
+    #[error("group {0} already exists")]
+    GroupExists(String),
+    #[error("group {group} is in use: {}", reasons.join("; "))]
+    GroupInUse { group: String, reasons: Vec<String> },
 }
 
 #[derive(Default)]
@@ -159,6 +181,172 @@ struct State {
     by_ip: HashMap<IpAddr, String>,
     /// Rollouts and the watchdog's per-machine health: asked at every boot.
     fleet: crate::rollout::engine::Fleet,
+}
+
+impl State {
+    /// The groups that claim machines by selector.
+    fn claims(&self) -> impl Iterator<Item = Claim<'_>> {
+        self.groups.values().filter_map(|g| {
+            g.selector.as_ref().map(|selector| Claim {
+                group: &g.name,
+                selector,
+            })
+        })
+    }
+
+    /// The membership of `m` as things stand.
+    fn membership_of(&self, m: &Machine) -> Membership {
+        membership::resolve(m.assigned.as_deref(), &m.labels, self.claims())
+    }
+
+    /// Recomputes every machine's group (after a selector, an assignment or
+    /// labels changed); returns the unassigned machines whose group moved,
+    /// with their new group, for the database.
+    fn regroup(&mut self) -> Vec<(MacAddr, String)> {
+        let computed: Vec<(MacAddr, Membership)> = self
+            .machines
+            .values()
+            .map(|m| (m.mac, self.membership_of(m)))
+            .collect();
+        let mut moved = Vec::new();
+        for (mac, membership) in computed {
+            let Some(m) = self.machines.get_mut(&mac) else {
+                continue;
+            };
+            let group = membership.group().to_string();
+            if group != m.group && m.assigned.is_none() {
+                moved.push((mac, group.clone()));
+            }
+            if membership.is_tie() && !m.membership.is_tie() {
+                tracing::warn!(%mac, reason = %membership.reason(), "selector tie");
+            }
+            m.group = group;
+            m.membership = membership;
+        }
+        moved
+    }
+
+    /// The machine's group, if it exists.
+    fn group_of(&self, m: &Machine) -> Option<&Group> {
+        self.groups.get(&m.group)
+    }
+}
+
+/// What the boot path decides for one request, without changing anything:
+/// [`Inventory::begin_boot_as`] applies it; `explain` shows it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// How the request was matched to a machine.
+    pub identity: IdentityMatch,
+    /// The inventory did not know this MAC.
+    pub fresh: bool,
+    /// The machine as it is after this request (facts merged, a replaced
+    /// machine's role inherited, membership computed).
+    pub machine: Machine,
+    /// Its group, when the group exists.
+    pub group: Option<Group>,
+    pub target: Target,
+    pub generation: Option<Arc<Generation>>,
+}
+
+/// Decides a request from `mac`: identity, the machine, its group and its
+/// target generation. Pure: reads `state`, changes nothing.
+fn decide(
+    state: &State,
+    mac: MacAddr,
+    req: &ScriptRequest,
+    port: Option<&SwitchPort>,
+    kind: Option<MachineKind>,
+) -> Decision {
+    let existing = state.machines.get(&mac);
+    let fresh = existing.is_none();
+    let identity = identity::resolve(
+        mac,
+        !fresh,
+        port,
+        state.machines.values().map(|m| Candidate {
+            mac: m.mac,
+            port: m.port.as_ref(),
+            by_port: by_port(m, &state.groups),
+        }),
+    );
+    let mut machine = match (&identity, existing) {
+        (IdentityMatch::Port { replaces, .. }, _) => match state.machines.get(replaces) {
+            Some(old) => Machine {
+                kind: old.kind,
+                group: old.group.clone(),
+                assigned: old.assigned.clone(),
+                labels: old.labels.clone(),
+                hostname: old.hostname.clone(),
+                pin: old.pin.clone(),
+                ..Machine::new(mac)
+            },
+            None => Machine::new(mac),
+        },
+        (IdentityMatch::Mac, Some(m)) => m.clone(),
+        (IdentityMatch::Mac, None) => Machine::new(mac),
+    };
+    machine.uuid = req.uuid.clone().or(machine.uuid.take());
+    machine.serial = req.serial.clone().or(machine.serial.take());
+    machine.arch = req.buildarch.clone().or(machine.arch.take());
+    machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
+    if let Some(kind) = kind {
+        machine.kind = kind;
+    }
+    if let Some(port) = port {
+        machine.port = Some(port.clone());
+    }
+    machine.membership = state.membership_of(&machine);
+    machine.group = machine.membership.group().to_string();
+    let group = state.group_of(&machine).cloned();
+    let target = target_of(state, &machine, group.as_ref());
+    let generation = match &target {
+        Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
+        Target::Nothing { .. } => None,
+    };
+    Decision {
+        identity,
+        fresh,
+        machine,
+        group,
+        target,
+        generation,
+    }
+}
+
+/// [`boot::target`] for a machine of the inventory.
+fn target_of(state: &State, machine: &Machine, group: Option<&Group>) -> Target {
+    let facts = boot::MachineFacts {
+        group: machine.group.clone(),
+        pin: machine.pin.clone(),
+        arch: machine.arch.clone(),
+        switch: machine.kind == MachineKind::Switch,
+    };
+    let group_facts = group.map(|g| boot::GroupFacts {
+        name: g.name.clone(),
+        pointer: g.pointer.clone(),
+        by_arch: g
+            .by_arch
+            .iter()
+            .map(|(a, id)| (a.clone(), id.clone()))
+            .collect(),
+    });
+    boot::target(&facts, group_facts.as_ref(), |g| {
+        state.generations.get(g).map(|r| r.manifest.arch.clone())
+    })
+}
+
+/// An empty group named `name` (what a machine of a group that does not
+/// exist renders with).
+fn empty_group(name: &str) -> Group {
+    Group {
+        name: name.to_string(),
+        description: String::new(),
+        selector: None,
+        pointer: None,
+        by_arch: BTreeMap::new(),
+        variables: serde_json::json!({}),
+    }
 }
 
 pub struct Inventory {
@@ -212,6 +400,8 @@ impl Inventory {
             crate::rollout::settings::RolloutSettings::default().watchdog,
         )
         .await?;
+        let moved = state.regroup();
+        load::save_groups(&store, &moved).await?;
         Ok(Self {
             store,
             ledger,
@@ -243,6 +433,7 @@ impl Inventory {
                     .hostname = Some(name.clone());
             }
         }
+        state.regroup();
     }
 
     pub fn generation(&self, id: &GenerationId) -> Option<Arc<Generation>> {
@@ -281,10 +472,11 @@ impl Inventory {
     pub fn loader_settings(&self, mac: MacAddr) -> LoaderSettings {
         let state = self.read();
         let Some(m) = state.machines.get(&mac) else {
-            let group = state.groups.get("default");
+            // A machine not seen yet: the group selectors give it.
+            let membership = state.membership_of(&Machine::new(mac));
             return LoaderSettings {
                 machine: None,
-                group: group.and_then(group_loader),
+                group: state.groups.get(membership.group()).and_then(group_loader),
             };
         };
         LoaderSettings {
@@ -318,74 +510,25 @@ impl Inventory {
         let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
         let port = self.ports.get().and_then(|lookup| lookup(mac));
         let mut state = self.write();
-        let fresh = !state.machines.contains_key(&mac);
-        let identity = {
-            let s = &*state;
-            identity::resolve(
-                mac,
-                !fresh,
-                port.as_ref(),
-                s.machines.values().map(|m| Candidate {
-                    mac: m.mac,
-                    port: m.port.as_ref(),
-                    by_port: by_port(m, &s.groups),
-                }),
-            )
-        };
+        let Decision {
+            identity,
+            fresh,
+            machine,
+            group,
+            target,
+            generation: _,
+        } = decide(&state, mac, req, port.as_ref(), kind);
         let inherited = match &identity {
             IdentityMatch::Port { replaces, .. } => {
-                state.machines.get_mut(replaces).map(|old| {
-                    // The port is the replacement's now.
+                // The port is the replacement's now.
+                if let Some(old) = state.machines.get_mut(replaces) {
                     old.port = None;
-                    Machine {
-                        kind: old.kind,
-                        group: old.group.clone(),
-                        labels: old.labels.clone(),
-                        hostname: old.hostname.clone(),
-                        pin: old.pin.clone(),
-                        ..Machine::new(mac)
-                    }
-                })
+                }
+                Some(machine.clone())
             }
             IdentityMatch::Mac => None,
         };
-        if let Some(m) = &inherited {
-            state.machines.insert(mac, m.clone());
-        }
-        let machine = state
-            .machines
-            .entry(mac)
-            .or_insert_with(|| Machine::new(mac));
-        machine.uuid = req.uuid.clone().or(machine.uuid.take());
-        machine.serial = req.serial.clone().or(machine.serial.take());
-        machine.arch = req.buildarch.clone().or(machine.arch.take());
-        machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
-        if let Some(kind) = kind {
-            machine.kind = kind;
-        }
-        if port.is_some() {
-            machine.port = port.clone();
-        }
-        let machine = machine.clone();
-        let group = state.groups.get(&machine.group).cloned();
-        let facts = boot::MachineFacts {
-            group: machine.group.clone(),
-            pin: machine.pin.clone(),
-            arch: machine.arch.clone(),
-            switch: machine.kind == MachineKind::Switch,
-        };
-        let group_facts = group.as_ref().map(|g| boot::GroupFacts {
-            name: g.name.clone(),
-            pointer: g.pointer.clone(),
-            by_arch: g
-                .by_arch
-                .iter()
-                .map(|(a, id)| (a.clone(), id.clone()))
-                .collect(),
-        });
-        let target = boot::target(&facts, group_facts.as_ref(), |g| {
-            state.generations.get(g).map(|r| r.manifest.arch.clone())
-        });
+        state.machines.insert(mac, machine.clone());
         // Rollouts and the watchdog have their say; the previous boot, if
         // it never confirmed, is counted as failed first.
         let (target, fleet) = state.fleet.boot(
@@ -422,11 +565,14 @@ impl Inventory {
             ip: req.ip,
             firmware: fresh.then(|| firmware.to_string()),
             kind,
-            inherited: inherited.as_ref().map(|m| Inherited {
-                group: m.group.clone(),
-                labels: serde_json::to_string(&m.labels).expect("labels serialize"),
-                hostname: m.hostname.clone(),
-                pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+            inherited: inherited.as_ref().map(|m| {
+                Box::new(Inherited {
+                    group: m.assigned.clone().unwrap_or_else(|| m.group.clone()),
+                    assigned: m.assigned.is_some(),
+                    labels: serde_json::to_string(&m.labels).expect("labels serialize"),
+                    hostname: m.hostname.clone(),
+                    pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+                })
             }),
             at_ms: now,
             ..MachineFacts::default()
@@ -460,13 +606,8 @@ impl Inventory {
         BootPlan {
             boot_id: id,
             token,
+            group: group.unwrap_or_else(|| empty_group(&machine.group)),
             machine,
-            group: group.unwrap_or_else(|| Group {
-                name: facts.group,
-                pointer: None,
-                by_arch: BTreeMap::new(),
-                variables: serde_json::json!({}),
-            }),
             target,
             generation,
             platform: req.platform.clone(),
@@ -485,15 +626,9 @@ impl Inventory {
             .cloned()
             .unwrap_or_else(|| Machine::new(boot.mac));
         let group = state
-            .groups
-            .get(&machine.group)
+            .group_of(&machine)
             .cloned()
-            .unwrap_or_else(|| Group {
-                name: machine.group.clone(),
-                pointer: None,
-                by_arch: BTreeMap::new(),
-                variables: serde_json::json!({}),
-            });
+            .unwrap_or_else(|| empty_group(&machine.group));
         let generation = boot
             .generation
             .as_ref()
@@ -707,12 +842,7 @@ impl Inventory {
         let entry = state
             .groups
             .entry(group.to_string())
-            .or_insert_with(|| Group {
-                name: group.to_string(),
-                pointer: None,
-                by_arch: BTreeMap::new(),
-                variables: serde_json::json!({}),
-            });
+            .or_insert_with(|| empty_group(group));
         entry.pointer = Some(id.clone());
         entry.by_arch.insert(arch, id.clone());
         Ok(entry.clone())
@@ -764,6 +894,7 @@ impl Inventory {
             .entry(mac)
             .or_insert_with(|| Machine::new(mac))
             .pin = pin;
+        state.regroup();
         Ok(())
     }
 

@@ -111,10 +111,11 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .await?;
     if let Some(i) = &m.inherited {
         sqlx::query(
-            "UPDATE machines SET group_name = ?, labels = ?, hostname = COALESCE(?, hostname),
-                 pin_stream = ?, pin_generation = ? WHERE mac = ?",
+            "UPDATE machines SET group_name = ?, group_assigned = ?, labels = ?,
+                 hostname = COALESCE(?, hostname), pin_stream = ?, pin_generation = ? WHERE mac = ?",
         )
         .bind(&i.group)
+        .bind(i.assigned)
         .bind(&i.labels)
         .bind(&i.hostname)
         .bind(i.pin.as_ref().map(|p| p.0.clone()))

@@ -1,36 +1,43 @@
 //! Artifacts (upload, server-side fetch), streams and generations (import,
 //! show, delete unless in use), and garbage collection.
 
-use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::http::header;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::*;
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route(
-            "/api/v1/artifacts/sha256/{hex}",
-            put(put_artifact).head(head_artifact),
-        )
-        .route("/api/v1/artifacts/fetch", post(fetch_artifact))
-        .route("/api/v1/streams", get(list_streams))
-        .route(
-            "/api/v1/streams/{stream}/generations",
-            get(list_generations).post(create_generation),
-        )
-        .route(
-            "/api/v1/streams/{stream}/generations/{number}",
-            get(get_generation).delete(delete_generation),
-        )
-        .route("/api/v1/gc", post(gc))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(put_artifact, head_artifact))
+        .routes(routes!(fetch_artifact))
+        .routes(routes!(list_streams))
+        .routes(routes!(list_generations, create_generation))
+        .routes(routes!(get_generation, delete_generation))
+        .routes(routes!(gc))
 }
 
-async fn head_artifact(_: Reader, State(s): State<ApiState>, Path(hex): Path<String>) -> Response {
+/// An artifact in the store.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactInfo {
+    pub sha256: String,
+    pub size: u64,
+    /// `fetch` only: whether it was downloaded (false: it was there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetched: Option<bool>,
+}
+
+/// Whether the store has an artifact (`Content-Length`: its size).
+#[utoipa::path(head, path = "/api/v1/artifacts/sha256/{hex}", tag = "images",
+    params(("hex" = String, Path, description = "sha256, 64 hex digits")),
+    responses((status = 200, description = "present"), (status = 404, description = "absent"),
+        (status = 400, description = "not a digest")))]
+async fn head_artifact(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiPath(hex): ApiPath<String>,
+) -> Response {
     let Ok(digest) = parse_digest(&hex) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
@@ -41,10 +48,14 @@ async fn head_artifact(_: Reader, State(s): State<ApiState>, Path(hex): Path<Str
 }
 
 /// Streams an upload into the store; the body must hash to the URL's digest.
+#[utoipa::path(put, path = "/api/v1/artifacts/sha256/{hex}", tag = "images",
+    params(("hex" = String, Path, description = "sha256 of the body, 64 hex digits")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = ArtifactInfo)))]
 async fn put_artifact(
     _: Admin,
     State(s): State<ApiState>,
-    Path(hex): Path<String>,
+    ApiPath(hex): ApiPath<String>,
     body: Body,
 ) -> ApiResult<Response> {
     let digest = parse_digest(&hex)?;
@@ -54,12 +65,17 @@ async fn put_artifact(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "sha256": info.digest.to_string(), "size": info.size })),
+        Json(ArtifactInfo {
+            sha256: info.digest.to_string(),
+            size: info.size,
+            fetched: None,
+        }),
     )
         .into_response())
 }
 
-#[derive(Deserialize)]
+/// An artifact the server downloads itself.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FetchRequest {
     url: String,
@@ -67,6 +83,11 @@ struct FetchRequest {
 }
 
 /// Downloads a remote artifact into the store, verifying its digest.
+#[utoipa::path(post, path = "/api/v1/artifacts/fetch", tag = "images",
+    request_body = FetchRequest,
+    responses((status = 200, body = ArtifactInfo, description = "already present"),
+        (status = 201, body = ArtifactInfo, description = "downloaded"),
+        (status = 502, body = ErrorBody, description = "the download failed")))]
 async fn fetch_artifact(
     _: Admin,
     State(s): State<ApiState>,
@@ -77,10 +98,12 @@ async fn fetch_artifact(
         return Err(ApiError::bad("url", "must be an http:// or https:// URL"));
     }
     if let Some(size) = s.images.artifact_size(&digest).await {
-        return Ok(
-            Json(json!({ "sha256": digest.to_string(), "size": size, "fetched": false }))
-                .into_response(),
-        );
+        return Ok(Json(ArtifactInfo {
+            sha256: digest.to_string(),
+            size,
+            fetched: Some(false),
+        })
+        .into_response());
     }
     let resp = reqwest::get(&req.url)
         .await
@@ -98,24 +121,63 @@ async fn fetch_artifact(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "sha256": info.digest.to_string(), "size": info.size, "fetched": true })),
+        Json(ArtifactInfo {
+            sha256: info.digest.to_string(),
+            size: info.size,
+            fetched: Some(true),
+        }),
     )
         .into_response())
 }
 
-fn generation_json(g: &crate::inventory::Generation, in_use: Option<&Vec<String>>) -> Value {
-    json!({
-        "stream": g.id.stream,
-        "generation": g.id.number,
-        "digest": g.digest.to_string(),
-        "manifest": g.manifest,
-        "imported_ms": g.imported_ms,
-        "imported_by": g.imported_by,
-        "in_use_by": in_use.cloned().unwrap_or_default(),
-    })
+/// A generation of a stream: its image and who uses it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationView {
+    pub stream: String,
+    pub generation: i64,
+    /// The image: sha256 of its canonical manifest.
+    pub digest: String,
+    pub manifest: Manifest,
+    pub imported_ms: i64,
+    /// The API token that imported it.
+    pub imported_by: Option<String>,
+    /// Group pointers, pins, machines running it (it cannot be deleted
+    /// while this is not empty).
+    pub in_use_by: Vec<String>,
 }
 
-async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<Value> {
+fn generation_json(
+    g: &crate::inventory::Generation,
+    in_use: Option<&Vec<String>>,
+) -> GenerationView {
+    GenerationView {
+        stream: g.id.stream.clone(),
+        generation: g.id.number,
+        digest: g.digest.to_string(),
+        manifest: g.manifest.clone(),
+        imported_ms: g.imported_ms,
+        imported_by: g.imported_by.clone(),
+        in_use_by: in_use.cloned().unwrap_or_default(),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamView {
+    pub stream: String,
+    /// How many generations it holds.
+    pub generations: usize,
+    pub latest: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamList {
+    pub streams: Vec<StreamView>,
+}
+
+/// Every stream with its generation count and latest number.
+#[utoipa::path(get, path = "/api/v1/streams", tag = "images",
+    responses((status = 200, body = StreamList)))]
+async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<StreamList> {
     let mut streams: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for g in s.inventory.generations() {
         streams
@@ -123,34 +185,57 @@ async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<Value> {
             .or_default()
             .push(g.id.number);
     }
-    let list: Vec<Value> = streams
+    let streams = streams
         .into_iter()
-        .map(|(name, gens)| json!({ "stream": name, "generations": gens.len(), "latest": gens.iter().max() }))
+        .map(|(name, gens)| StreamView {
+            stream: name,
+            generations: gens.len(),
+            latest: gens.iter().max().copied(),
+        })
         .collect();
-    Json(json!({ "streams": list }))
+    Json(StreamList { streams })
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GenerationList {
+    pub stream: String,
+    pub generations: Vec<GenerationView>,
+}
+
+/// A stream's generations, oldest first.
+#[utoipa::path(get, path = "/api/v1/streams/{stream}/generations", tag = "images",
+    params(("stream" = String, Path, description = "Stream name")),
+    responses((status = 200, body = GenerationList)))]
 async fn list_generations(
     _: Reader,
     State(s): State<ApiState>,
-    Path(stream): Path<String>,
-) -> Json<Value> {
+    ApiPath(stream): ApiPath<String>,
+) -> Json<GenerationList> {
     let used = s.inventory.in_use();
-    let list: Vec<Value> = s
+    let list: Vec<GenerationView> = s
         .inventory
         .generations()
         .iter()
         .filter(|g| g.id.stream == stream)
         .map(|g| generation_json(g, used.get(&g.id)))
         .collect();
-    Json(json!({ "stream": stream, "generations": list }))
+    Json(GenerationList {
+        stream,
+        generations: list,
+    })
 }
 
+/// One generation: its manifest (artifacts, sizes, digests, cmdline), import
+/// time, who imported it, who uses it.
+#[utoipa::path(get, path = "/api/v1/streams/{stream}/generations/{number}", tag = "images",
+    params(("stream" = String, Path, description = "Stream name"),
+        ("number" = i64, Path, description = "Generation number")),
+    responses((status = 200, body = GenerationView)))]
 async fn get_generation(
     _: Reader,
     State(s): State<ApiState>,
-    Path((stream, number)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    ApiPath((stream, number)): ApiPath<(String, String)>,
+) -> ApiResult<Json<GenerationView>> {
     let id = GenerationId::new(stream, parse_number(&number)?);
     let g = s
         .inventory
@@ -160,10 +245,14 @@ async fn get_generation(
 }
 
 /// Imports a generation: every artifact must already be in the store.
+#[utoipa::path(post, path = "/api/v1/streams/{stream}/generations", tag = "images",
+    params(("stream" = String, Path, description = "Stream name")),
+    request_body = Manifest,
+    responses((status = 201, body = GenerationView)))]
 async fn create_generation(
     Admin(who): Admin,
     State(s): State<ApiState>,
-    Path(stream): Path<String>,
+    ApiPath(stream): ApiPath<String>,
     body: String,
 ) -> ApiResult<Response> {
     valid_name("stream", &stream)?;
@@ -203,11 +292,23 @@ async fn create_generation(
     Ok((StatusCode::CREATED, Json(generation_json(&g, None))).into_response())
 }
 
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeleteReport {
+    pub deleted: Vec<GenerationRef>,
+    pub files: crate::images::GcReport,
+}
+
+/// Deletes a generation (refused with 409 while it is in use) and the files
+/// only it used.
+#[utoipa::path(delete, path = "/api/v1/streams/{stream}/generations/{number}", tag = "images",
+    params(("stream" = String, Path, description = "Stream name"),
+        ("number" = i64, Path, description = "Generation number")),
+    responses((status = 200, body = DeleteReport)))]
 async fn delete_generation(
     _: Admin,
     State(s): State<ApiState>,
-    Path((stream, number)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+    ApiPath((stream, number)): ApiPath<(String, String)>,
+) -> ApiResult<Json<DeleteReport>> {
     let id = GenerationId::new(stream, parse_number(&number)?);
     s.inventory
         .generation(&id)
@@ -219,10 +320,11 @@ async fn delete_generation(
             format!("{id} is in use: {}", users.join(", ")),
         ));
     }
-    let report = delete_and_collect(&s, std::slice::from_ref(&id)).await?;
-    Ok(Json(
-        json!({ "deleted": [{ "stream": id.stream, "generation": id.number }], "files": report }),
-    ))
+    let files = delete_and_collect(&s, std::slice::from_ref(&id)).await?;
+    Ok(Json(DeleteReport {
+        deleted: vec![GenerationRef::from(&id)],
+        files,
+    }))
 }
 
 /// Deletes generations, then the files only their images used.
@@ -245,7 +347,7 @@ async fn delete_and_collect(
     Ok(s.images.gc(&keep, &released).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GcRequest {
     /// Keep at least this many newest generations of each stream.
@@ -254,12 +356,33 @@ struct GcRequest {
     dry_run: bool,
 }
 
+/// A generation garbage collection kept because something uses it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeptInUse {
+    pub stream: String,
+    pub generation: i64,
+    pub in_use_by: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GcResult {
+    pub dry_run: bool,
+    pub deleted: Vec<GenerationRef>,
+    pub kept_in_use: Vec<KeptInUse>,
+    /// Absent on a dry run or when nothing was deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::images::GcReport>,
+}
+
 /// Deletes old generations beyond `retain` per stream, never one in use.
+#[utoipa::path(post, path = "/api/v1/gc", tag = "images",
+    request_body = GcRequest,
+    responses((status = 200, body = GcResult)))]
 async fn gc(
     _: Admin,
     State(s): State<ApiState>,
     ApiJson(req): ApiJson<GcRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<GcResult>> {
     if req.retain == 0 {
         return Err(ApiError::bad("retain", "must be at least 1"));
     }
@@ -276,24 +399,25 @@ async fn gc(
         ids.sort_by_key(|id| std::cmp::Reverse(id.number));
         for id in ids.into_iter().skip(req.retain) {
             match used.get(&id) {
-                Some(users) => kept_in_use.push(
-                    json!({ "stream": id.stream, "generation": id.number, "in_use_by": users }),
-                ),
+                Some(users) => kept_in_use.push(KeptInUse {
+                    stream: id.stream.clone(),
+                    generation: id.number,
+                    in_use_by: users.clone(),
+                }),
                 None => delete.push(id),
             }
         }
     }
-    let deleted: Vec<Value> = delete
-        .iter()
-        .map(|id| json!({ "stream": id.stream, "generation": id.number }))
-        .collect();
-    if req.dry_run || delete.is_empty() {
-        return Ok(Json(
-            json!({ "dry_run": req.dry_run, "deleted": deleted, "kept_in_use": kept_in_use }),
-        ));
-    }
-    let files = delete_and_collect(&s, &delete).await?;
-    Ok(Json(
-        json!({ "dry_run": false, "deleted": deleted, "kept_in_use": kept_in_use, "files": files }),
-    ))
+    let deleted: Vec<GenerationRef> = delete.iter().map(GenerationRef::from).collect();
+    let files = if req.dry_run || delete.is_empty() {
+        None
+    } else {
+        Some(delete_and_collect(&s, &delete).await?)
+    };
+    Ok(Json(GcResult {
+        dry_run: req.dry_run,
+        deleted,
+        kept_in_use,
+        files,
+    }))
 }

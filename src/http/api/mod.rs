@@ -1,30 +1,58 @@
-//! The REST API under `/api/v1/` (the part live boot needs; the rest of the
-//! inventory API builds on it). Bearer tokens: `read` to look, `admin` to
+//! The REST API under `/api/v1/`. Bearer tokens: `read` to look, `admin` to
 //! change. Errors are JSON: `{"error": {"code", "message", "field"}}` with
 //! a 4xx that says what is wrong; a 500 is logged and says nothing more.
+//! The OpenAPI 3.1 document at `/api/v1/openapi.json` is generated from the
+//! handlers below ([`openapi`]), so it says what the server does.
 //!
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! boots, pins), [`images`] (artifacts, streams, generations, gc),
 //! [`groups`] (groups and their generation pointers). This file holds what
-//! they share: state, errors, authentication, parsing of path parameters.
+//! they share: state, errors, authentication, extractors whose rejections
+//! are JSON errors, and [`etag`] (ETag / If-Match).
+//!
+//! # Adding a resource
+//!
+//! 1. A module `src/http/api/NAME.rs` with `use super::*;` and
+//!    `pub(super) fn routes() -> OpenApiRouter<ApiState>` built with
+//!    `OpenApiRouter::new().routes(routes!(list_x, create_x))` — handlers
+//!    on the same path go in one `routes!`, one method each.
+//! 2. Each handler carries `#[utoipa::path(get, path = "/api/v1/…",
+//!    tag = "NAME", params(…), responses((status = 200, body = X)))]`;
+//!    request and response types derive `utoipa::ToSchema` (and
+//!    `IntoParams` for query structs). Error responses (`4XX`, the
+//!    [`ErrorBody`] schema) and the bearer scheme are added to every
+//!    operation by [`openapi::finish`]: do not repeat them.
+//! 3. Take [`Reader`] or [`Admin`] first (authentication), then
+//!    [`ApiPath`], [`ApiQuery`], [`ApiJson`] rather than axum's own (their
+//!    rejections are JSON errors). Return `ApiResult<Json<T>>`, or
+//!    `ApiResult<Tagged<T>>` for a resource that can be updated (adds its
+//!    `ETag`); an update takes [`IfMatch`], holds `s.edits.lock()` across
+//!    read, `if_match.check(&etag_of(&current))?` and write, and changes
+//!    SQLite in one transaction before memory (nothing half-applied).
+//! 4. Add `mod NAME;` and `.merge(NAME::routes())` in [`api_routes`].
+//!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
+mod etag;
 mod groups;
 mod images;
 mod machines;
+mod openapi;
 mod rollouts;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tracing::error;
+pub use utoipa_axum::router::OpenApiRouter;
+pub use utoipa_axum::routes;
 
 use crate::auth::{Principal, Role, Tokens};
 use crate::boot::GenerationId;
@@ -32,6 +60,7 @@ use crate::domain::MacAddr;
 use crate::images::{Digest, ImageError, ImageStore, Manifest};
 use crate::inventory::{Inventory, InventoryError};
 use crate::store::Store;
+pub use etag::{etag_of, IfMatch, Tagged};
 
 /// Largest artifact an upload may carry (64 GiB: squashfs root images).
 pub const MAX_ARTIFACT: u64 = 64 << 30;
@@ -42,31 +71,96 @@ pub struct ApiState {
     pub images: Arc<ImageStore>,
     pub tokens: Arc<Tokens>,
     pub store: Store,
+    /// Held by an API update across its If-Match check and its write, so
+    /// two updates of one resource cannot both pass the check.
+    pub edits: Arc<tokio::sync::Mutex<()>>,
 }
 
-/// The whole API: one router per resource, a JSON 404 for the rest.
-pub fn router(state: ApiState) -> Router {
-    Router::new()
+/// Every resource router, with the OpenAPI paths each contributes.
+fn api_routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::base())
         .merge(machines::routes())
         .merge(images::routes())
         .merge(groups::routes())
         .merge(rollouts::routes())
+}
+
+/// The OpenAPI document of the whole API (what `/api/v1/openapi.json`
+/// serves).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::finish(api_routes().into_openapi())
+}
+
+/// The whole API: one router per resource, the OpenAPI document (readable
+/// without a token: it is the guide to getting one), a JSON 404 for the rest.
+pub fn router(state: ApiState) -> Router {
+    let (routes, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(
+        serde_json::to_value(openapi::finish(doc)).expect("the OpenAPI document serializes"),
+    );
+    routes
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move { Json(doc.as_ref().clone()) }),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
         .with_state(state)
 }
 
-#[derive(Debug, Deserialize)]
+/// A generation of a stream, as the API writes it: `{"stream", "generation"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct GenerationRef {
+pub struct GenerationRef {
     pub stream: String,
     pub generation: i64,
+}
+
+impl From<&GenerationId> for GenerationRef {
+    fn from(id: &GenerationId) -> Self {
+        Self {
+            stream: id.stream.clone(),
+            generation: id.number,
+        }
+    }
+}
+
+impl GenerationRef {
+    /// Both halves present in a row, or none.
+    pub fn pair(stream: Option<String>, generation: Option<i64>) -> Option<Self> {
+        Some(Self {
+            stream: stream?,
+            generation: generation?,
+        })
+    }
+
+    pub fn id(&self) -> GenerationId {
+        GenerationId::new(self.stream.clone(), self.generation)
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Errors and auth
 // ---------------------------------------------------------------------------
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid`, `unauthenticated`, `forbidden`,
+    /// `not_found`, `no_such_machine`, `conflict`, `etag_mismatch`, …
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// The request field (body key, query or path parameter, header) at
+    /// fault, when there is one.
+    pub field: Option<String>,
+}
 
 /// A JSON error response.
 #[derive(Debug)]
@@ -85,6 +179,20 @@ impl ApiError {
             message: message.into(),
             field: None,
         }
+    }
+
+    /// The request field at fault.
+    pub fn with_field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.code
     }
 
     fn bad(field: &'static str, message: impl Into<String>) -> Self {
@@ -108,8 +216,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+                field: self.field.map(Into::into),
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -122,6 +235,15 @@ impl From<InventoryError> for ApiError {
             }
             InventoryError::NoSuchMachine(_) => {
                 Self::new(StatusCode::NOT_FOUND, "no_such_machine", e.to_string())
+            }
+            InventoryError::NoSuchGroup(_) => {
+                Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string())
+            }
+            InventoryError::GroupExists(_) => {
+                Self::new(StatusCode::CONFLICT, "group_exists", e.to_string())
+            }
+            InventoryError::GroupInUse { .. } => {
+                Self::new(StatusCode::CONFLICT, "group_in_use", e.to_string())
             }
             other => Self::internal(other),
         }
@@ -175,6 +297,38 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromR
                 rejection.body_text(),
             )),
         }
+    }
+}
+
+/// `Path<T>` whose rejection is an [`ApiError`].
+pub struct ApiPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> ApiResult<Self> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                rejection.body_text(),
+            )),
+        }
+    }
+}
+
+/// `Query<T>` whose rejection is an [`ApiError`].
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> ApiResult<Self> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("query: {e}")))
     }
 }
 
@@ -269,3 +423,6 @@ fn valid_name(field: &'static str, name: &str) -> ApiResult<()> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests;

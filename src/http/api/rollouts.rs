@@ -5,12 +5,10 @@
 //! resuming a finished one) is a 409 with `code: "conflict"` and a message
 //! that says why and what to do.
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::*;
 use crate::inventory::{RolloutCommandError, StartRollout};
@@ -18,46 +16,172 @@ use crate::rollout::engine::{Entry, FleetError};
 use crate::rollout::watchdog::Health;
 use crate::rollout::{Canary, Require, RolloutError, State as RState, Strategy};
 
-pub(super) fn routes() -> Router<ApiState> {
-    Router::new()
-        .route("/api/v1/rollouts", get(list).post(start))
-        .route("/api/v1/rollouts/{id}", get(status))
-        .route("/api/v1/rollouts/{id}/pause", post(pause))
-        .route("/api/v1/rollouts/{id}/resume", post(resume))
-        .route("/api/v1/rollouts/{id}/abort", post(abort))
-        .route("/api/v1/watchdog", get(watchdog))
-        .route("/api/v1/machines/{mac}/health", get(machine_health))
-        .route("/api/v1/machines/{mac}/degraded", delete(clear_degraded))
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, start))
+        .routes(routes!(status))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
+        .routes(routes!(abort))
+        .routes(routes!(watchdog))
+        .routes(routes!(machine_health))
+        .routes(routes!(clear_degraded))
 }
 
 /// A start request. `canary`: a count (`1`), a share (`"10%"`) or a list of
 /// MACs; `steps`: cumulative shares (`["50%", "100%"]` or `[50, 100]`);
 /// `timeout`: how long each wave has to confirm (`"10m"`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct StartBody {
+pub struct StartBody {
+    /// The group to move.
     group: String,
+    /// The stream of the generation to move it to.
     stream: String,
+    /// The generation number to move it to (B).
     to: i64,
+    /// `canary` (the default) or `blue_green`.
     #[serde(default)]
     strategy: Option<String>,
+    /// Canary only: a count (`1`, the default), a share (`"10%"`) or a list
+    /// of MACs.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     canary: Option<Value>,
+    /// Canary only: cumulative shares after the canary, `["50%", "100%"]`
+    /// or `[50, 100]` or `"50%,100%"`; the rest follows in a last wave.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     steps: Option<Value>,
+    /// How long each wave has to confirm (`"10m"`, the default).
     #[serde(default)]
     timeout: Option<String>,
+    /// `key=value` a confirmation's phone-home payload must carry to count.
     #[serde(default)]
     require: Option<String>,
+    /// Roll moved machines back to A when a gate fails (default true);
+    /// `false` stops the rollout where it is.
     #[serde(default)]
     rollback: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct AbortBody {
+pub struct AbortBody {
+    /// Why (recorded as the rollout's reason).
     #[serde(default)]
     reason: Option<String>,
+}
+
+/// One machine of a wave.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MachineProgress {
+    pub mac: String,
+    /// `pending` (its wave has not moved), `waiting` (moved to B, waiting
+    /// for its reboot and confirmation), `confirmed`, `failed`.
+    pub status: &'static str,
+    pub moved_ms: Option<i64>,
+    pub confirmed_ms: Option<i64>,
+    /// Why its boot of B failed.
+    pub failed: Option<String>,
+    /// Sent back to A (the rollout rolled back or was aborted).
+    pub rolled_back: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WaveView {
+    pub wave: usize,
+    /// `passed`, `open`, `paused`, `failed`, `aborted` or `pending`.
+    pub gate: &'static str,
+    pub machines: Vec<MachineProgress>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Counts {
+    pub machines: usize,
+    pub pending: usize,
+    pub waiting: usize,
+    pub confirmed: usize,
+    pub failed: usize,
+}
+
+/// A rollout: every wave, every machine, and why it stopped.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RolloutView {
+    pub id: i64,
+    pub group: String,
+    /// The group pointer it moves (`x86_64`, `arm64`, `x86_64/installer`).
+    pub slot: String,
+    /// `running`, `paused`, `succeeded`, `rolled_back`, `stopped`, `aborted`.
+    pub state: &'static str,
+    /// Why it rolled back, stopped or was aborted.
+    pub reason: Option<String>,
+    pub from: GenerationRef,
+    pub to: GenerationRef,
+    /// `{"kind": "canary", "canary": …, "steps": […]}` or `{"kind": "blue_green"}`.
+    #[schema(value_type = Object)]
+    pub strategy: Value,
+    pub timeout_s: i64,
+    pub require: Option<String>,
+    pub rollback: bool,
+    /// The wave whose gate is open (or closed last).
+    pub wave: usize,
+    pub wave_started_ms: i64,
+    pub waves: Vec<WaveView>,
+    pub counts: Counts,
+    pub created_ms: i64,
+    pub created_by: Option<String>,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RolloutList {
+    /// Newest first.
+    pub rollouts: Vec<RolloutView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DegradedView {
+    pub generation: GenerationRef,
+    pub since_ms: i64,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailingView {
+    pub generation: GenerationRef,
+    pub failures: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenBootView {
+    pub generation: GenerationRef,
+    pub served_ms: i64,
+    pub boot: Option<i64>,
+}
+
+/// A machine as the watchdog sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthView {
+    pub mac: String,
+    /// Set while it boots its last good generation instead of its target.
+    pub degraded: Option<DegradedView>,
+    /// Failed boots of one generation counted so far.
+    pub failing: Option<FailingView>,
+    /// The boot served and not confirmed yet.
+    pub open_boot: Option<OpenBootView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    pub max_failures: u32,
+    pub confirm_timeout_s: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WatchdogView {
+    pub policy: PolicyView,
+    pub degraded: Vec<HealthView>,
 }
 
 fn parse_canary(v: &Value) -> ApiResult<Canary> {
@@ -184,35 +308,30 @@ impl From<RolloutCommandError> for ApiError {
 }
 
 /// Where each machine of a wave is.
-fn machine_status(e: &Entry, mac: &MacAddr) -> Value {
+fn machine_status(e: &Entry, mac: &MacAddr) -> MachineProgress {
     let r = &e.rollout;
     let sent_back = matches!(r.state, RState::RolledBack { .. } | RState::Aborted { .. });
-    match r.moved.get(mac) {
-        None => json!({ "mac": mac, "status": "pending" }),
-        Some(m) => {
-            let status = if m.failed.is_some() {
-                "failed"
-            } else if m.confirmed_ms.is_some() {
-                "confirmed"
-            } else {
-                "waiting"
-            };
-            json!({
-                "mac": mac,
-                "status": status,
-                "moved_ms": m.moved_ms,
-                "confirmed_ms": m.confirmed_ms,
-                "failed": m.failed,
-                "rolled_back": sent_back,
-            })
-        }
+    let m = r.moved.get(mac);
+    let status = match m {
+        None => "pending",
+        Some(m) if m.failed.is_some() => "failed",
+        Some(m) if m.confirmed_ms.is_some() => "confirmed",
+        Some(_) => "waiting",
+    };
+    MachineProgress {
+        mac: mac.to_string(),
+        status,
+        moved_ms: m.map(|m| m.moved_ms),
+        confirmed_ms: m.and_then(|m| m.confirmed_ms),
+        failed: m.and_then(|m| m.failed.clone()),
+        rolled_back: sent_back && m.is_some(),
     }
 }
 
-/// A rollout as the API shows it: every wave, every machine, the reason.
-pub(crate) fn view(e: &Entry) -> Value {
+/// A rollout as the API shows it.
+pub(crate) fn view(e: &Entry) -> RolloutView {
     let r = &e.rollout;
-    let waves: Vec<Value> = r
+    let waves: Vec<WaveView> = r
         .waves
         .iter()
         .enumerate()
@@ -225,58 +344,67 @@ pub(crate) fn view(e: &Entry) -> Value {
                 (_, RState::Aborted { .. }) => "aborted",
                 (_, RState::RolledBack { .. } | RState::Stopped { .. }) => "failed",
             };
-            json!({
-                "wave": i,
-                "gate": gate,
-                "machines": machines.iter().map(|m| machine_status(e, m)).collect::<Vec<_>>(),
-            })
+            WaveView {
+                wave: i,
+                gate,
+                machines: machines.iter().map(|m| machine_status(e, m)).collect(),
+            }
         })
         .collect();
     let count = |s: &str| {
         waves
             .iter()
-            .flat_map(|w| w["machines"].as_array().cloned().unwrap_or_default())
-            .filter(|m| m["status"] == s)
+            .flat_map(|w| &w.machines)
+            .filter(|m| m.status == s)
             .count()
     };
+    let counts = Counts {
+        machines: r.waves.iter().map(Vec::len).sum(),
+        pending: count("pending"),
+        waiting: count("waiting"),
+        confirmed: count("confirmed"),
+        failed: count("failed"),
+    };
     let strategy = match &r.spec.strategy {
-        Strategy::BlueGreen => json!({ "kind": "blue_green" }),
+        Strategy::BlueGreen => serde_json::json!({ "kind": "blue_green" }),
         Strategy::Canary { canary, steps } => {
-            json!({ "kind": "canary", "canary": canary, "steps": steps })
+            serde_json::json!({ "kind": "canary", "canary": canary, "steps": steps })
         }
     };
-    json!({
-        "id": e.id,
-        "group": r.spec.group,
-        "slot": e.slot,
-        "state": e.state_key(),
-        "reason": e.reason(),
-        "from": { "stream": r.spec.from.stream, "generation": r.spec.from.number },
-        "to": { "stream": r.spec.to.stream, "generation": r.spec.to.number },
-        "strategy": strategy,
-        "timeout_s": r.spec.timeout_ms / 1000,
-        "require": r.spec.require.as_ref().map(|q| format!("{}={}", q.key, q.value)),
-        "rollback": r.spec.rollback,
-        "wave": r.wave,
-        "wave_started_ms": r.wave_started_ms,
-        "waves": waves,
-        "counts": {
-            "machines": r.waves.iter().map(Vec::len).sum::<usize>(),
-            "pending": count("pending"),
-            "waiting": count("waiting"),
-            "confirmed": count("confirmed"),
-            "failed": count("failed"),
-        },
-        "created_ms": e.created_ms,
-        "created_by": e.created_by,
-        "updated_ms": e.updated_ms,
-    })
+    RolloutView {
+        id: e.id,
+        group: r.spec.group.clone(),
+        slot: e.slot.clone(),
+        state: e.state_key(),
+        reason: e.reason().map(String::from),
+        from: GenerationRef::from(&r.spec.from),
+        to: GenerationRef::from(&r.spec.to),
+        strategy,
+        timeout_s: r.spec.timeout_ms / 1000,
+        require: r
+            .spec
+            .require
+            .as_ref()
+            .map(|q| format!("{}={}", q.key, q.value)),
+        rollback: r.spec.rollback,
+        wave: r.wave,
+        wave_started_ms: r.wave_started_ms,
+        waves,
+        counts,
+        created_ms: e.created_ms,
+        created_by: e.created_by.clone(),
+        updated_ms: e.updated_ms,
+    }
 }
 
-async fn list(_: Reader, State(s): State<ApiState>) -> Json<Value> {
+#[utoipa::path(get, path = "/api/v1/rollouts", tag = "rollouts",
+    responses((status = 200, body = RolloutList)))]
+async fn list(_: Reader, State(s): State<ApiState>) -> Json<RolloutList> {
     let mut all = s.inventory.rollouts();
     all.reverse();
-    Json(json!({ "rollouts": all.iter().map(view).collect::<Vec<_>>() }))
+    Json(RolloutList {
+        rollouts: all.iter().map(view).collect(),
+    })
 }
 
 fn parse_id(text: &str) -> ApiResult<i64> {
@@ -294,29 +422,41 @@ fn found(s: &ApiState, id: i64) -> ApiResult<Entry> {
     })
 }
 
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "rollouts",
+    params(("id" = i64, Path, description = "Rollout id")),
+    responses((status = 200, body = RolloutView)))]
 async fn status(
     _: Reader,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<RolloutView>> {
     Ok(Json(view(&found(&s, parse_id(&id)?)?)))
 }
 
+/// Starts a rollout; 409 when the group already has one (running, paused
+/// or stopped), or when the group has no generation or machines to move.
+#[utoipa::path(post, path = "/api/v1/rollouts", tag = "rollouts",
+    request_body = StartBody,
+    responses((status = 201, body = RolloutView)))]
 async fn start(
     Admin(p): Admin,
     State(s): State<ApiState>,
     ApiJson(body): ApiJson<StartBody>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     let req = body.into_request()?;
     let e = s.inventory.start_rollout(req, Some(p.name)).await?;
     Ok((StatusCode::CREATED, Json(view(&e))))
 }
 
+/// 409 when the rollout's state does not allow it.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/pause", tag = "rollouts",
+    params(("id" = i64, Path, description = "Rollout id")),
+    responses((status = 200, body = RolloutView)))]
 async fn pause(
     Admin(p): Admin,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<RolloutView>> {
     let e = s
         .inventory
         .pause_rollout(parse_id(&id)?, Some(&p.name))
@@ -324,11 +464,15 @@ async fn pause(
     Ok(Json(view(&e)))
 }
 
+/// 409 when the rollout's state does not allow it.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/resume", tag = "rollouts",
+    params(("id" = i64, Path, description = "Rollout id")),
+    responses((status = 200, body = RolloutView)))]
 async fn resume(
     Admin(p): Admin,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<RolloutView>> {
     let e = s
         .inventory
         .resume_rollout(parse_id(&id)?, Some(&p.name))
@@ -336,12 +480,17 @@ async fn resume(
     Ok(Json(view(&e)))
 }
 
+/// Sends every moved machine back to A; 409 when already finished.
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/abort", tag = "rollouts",
+    params(("id" = i64, Path, description = "Rollout id")),
+    request_body(content = Option<AbortBody>, description = "optional"),
+    responses((status = 200, body = RolloutView)))]
 async fn abort(
     Admin(p): Admin,
     State(s): State<ApiState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: String,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RolloutView>> {
     // The body is optional: `{"reason": "…"}`.
     let body: AbortBody = if body.trim().is_empty() {
         AbortBody::default()
@@ -359,54 +508,67 @@ async fn abort(
     Ok(Json(view(&e)))
 }
 
-fn health_view(mac: MacAddr, h: &Health) -> Value {
-    json!({
-        "mac": mac,
-        "degraded": h.degraded.as_ref().map(|d| json!({
-            "generation": { "stream": d.generation.stream, "generation": d.generation.number },
-            "since_ms": d.since_ms,
-            "reason": d.reason,
-        })),
-        "failing": h.failing.as_ref().map(|(g, n)| json!({
-            "generation": { "stream": g.stream, "generation": g.number },
-            "failures": n,
-        })),
-        "open_boot": h.open.as_ref().map(|o| json!({
-            "generation": { "stream": o.generation.stream, "generation": o.generation.number },
-            "served_ms": o.served_ms,
-            "boot": o.boot_id,
-        })),
+fn health_view(mac: MacAddr, h: &Health) -> HealthView {
+    HealthView {
+        mac: mac.to_string(),
+        degraded: h.degraded.as_ref().map(|d| DegradedView {
+            generation: GenerationRef::from(&d.generation),
+            since_ms: d.since_ms,
+            reason: d.reason.clone(),
+        }),
+        failing: h.failing.as_ref().map(|(g, n)| FailingView {
+            generation: GenerationRef::from(g),
+            failures: *n,
+        }),
+        open_boot: h.open.as_ref().map(|o| OpenBootView {
+            generation: GenerationRef::from(&o.generation),
+            served_ms: o.served_ms,
+            boot: o.boot_id,
+        }),
+    }
+}
+
+/// The watchdog's policy and every degraded machine.
+#[utoipa::path(get, path = "/api/v1/watchdog", tag = "rollouts",
+    responses((status = 200, body = WatchdogView)))]
+async fn watchdog(_: Reader, State(s): State<ApiState>) -> Json<WatchdogView> {
+    let policy = s.inventory.watchdog_policy();
+    Json(WatchdogView {
+        policy: PolicyView {
+            max_failures: policy.max_failures,
+            confirm_timeout_s: policy.confirm_timeout_ms / 1000,
+        },
+        degraded: s
+            .inventory
+            .degraded()
+            .iter()
+            .map(|(m, h)| health_view(*m, h))
+            .collect(),
     })
 }
 
-async fn watchdog(_: Reader, State(s): State<ApiState>) -> Json<Value> {
-    let policy = s.inventory.watchdog_policy();
-    let degraded: Vec<Value> = s
-        .inventory
-        .degraded()
-        .iter()
-        .map(|(m, h)| health_view(*m, h))
-        .collect();
-    Json(json!({
-        "policy": { "max_failures": policy.max_failures, "confirm_timeout_s": policy.confirm_timeout_ms / 1000 },
-        "degraded": degraded,
-    }))
-}
-
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/health", tag = "rollouts",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = HealthView)))]
 async fn machine_health(
     _: Reader,
     State(s): State<ApiState>,
-    Path(mac): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(mac): ApiPath<String>,
+) -> ApiResult<Json<HealthView>> {
     let mac = parse_mac(&mac)?;
     Ok(Json(health_view(mac, &s.inventory.health(mac))))
 }
 
+/// Clears a degraded mark: the machine's next boot tries its target
+/// again. 409 when it is not degraded.
+#[utoipa::path(delete, path = "/api/v1/machines/{mac}/degraded", tag = "rollouts",
+    params(("mac" = String, Path, description = "MAC address")),
+    responses((status = 200, body = HealthView)))]
 async fn clear_degraded(
     Admin(p): Admin,
     State(s): State<ApiState>,
-    Path(mac): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(mac): ApiPath<String>,
+) -> ApiResult<Json<HealthView>> {
     let mac = parse_mac(&mac)?;
     let h = s.inventory.clear_degraded(mac, Some(&p.name)).await?;
     Ok(Json(health_view(mac, &h)))

@@ -1,0 +1,551 @@
+//! Operator changes to groups and to what decides a machine's group: group
+//! create/update/delete, explicit assignment, labels.
+//!
+//! Same rule as the rest of the inventory: SQLite first, in one
+//! `BEGIN IMMEDIATE` transaction that either applies everything or nothing,
+//! then memory. Every change that can move a machine between groups ends in
+//! [`State::regroup`](super::State), so the next boot, DHCP answer and
+//! `explain` all see the new membership at once.
+
+use std::collections::BTreeMap;
+
+use crate::boot::membership::{Membership, DEFAULT_GROUP};
+use crate::boot::select::Selector;
+use crate::boot::{self, GenerationId};
+use crate::domain::MacAddr;
+use crate::ledger::now_ms;
+
+use super::{empty_group, load, Group, Inventory, InventoryError, Machine};
+
+/// What an operator sets on a group. On create, `None` means the default
+/// (no description, no selector, no variables, no generation); on update,
+/// `None` leaves the field as it is. `selector: Some(None)` removes it.
+#[derive(Debug, Clone, Default)]
+pub struct GroupChange {
+    pub description: Option<String>,
+    pub selector: Option<Option<Selector>>,
+    /// Template variables: a JSON object, replaced whole.
+    pub variables: Option<serde_json::Value>,
+    /// Moves the group's pointer (and its pointer for the generation's
+    /// architecture), as `set_group_generation` does.
+    pub generation: Option<GenerationId>,
+}
+
+/// How many machines a refusal names before "and N more".
+const NAMED: usize = 5;
+
+fn listed(what: &str, macs: &[String]) -> String {
+    let mut text = format!("{} machine(s) {what}: ", macs.len());
+    text.push_str(
+        &macs
+            .iter()
+            .take(NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    if macs.len() > NAMED {
+        text.push_str(&format!(" and {} more", macs.len() - NAMED));
+    }
+    text
+}
+
+impl Inventory {
+    /// A machine's membership (why it is in its group), if it is known.
+    pub fn membership(&self, mac: MacAddr) -> Option<Membership> {
+        self.read().machines.get(&mac).map(|m| m.membership.clone())
+    }
+
+    /// The machines in `group` (assigned, by selector, or by default),
+    /// sorted by MAC.
+    pub fn members(&self, group: &str) -> Vec<Machine> {
+        let mut all: Vec<Machine> = self
+            .read()
+            .machines
+            .values()
+            .filter(|m| m.group == group)
+            .cloned()
+            .collect();
+        all.sort_by_key(|m| m.mac);
+        all
+    }
+
+    /// Creates a group.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        change: GroupChange,
+    ) -> Result<Group, InventoryError> {
+        self.save_group(name, change, true).await
+    }
+
+    /// Changes a group's description, selector, variables or generation.
+    pub async fn update_group(
+        &self,
+        name: &str,
+        change: GroupChange,
+    ) -> Result<Group, InventoryError> {
+        self.save_group(name, change, false).await
+    }
+
+    async fn save_group(
+        &self,
+        name: &str,
+        change: GroupChange,
+        create: bool,
+    ) -> Result<Group, InventoryError> {
+        let slot = match &change.generation {
+            Some(id) => {
+                let g = self
+                    .generation(id)
+                    .ok_or_else(|| InventoryError::NoSuchGeneration(id.clone()))?;
+                Some(boot::slot(&g.manifest.arch, g.manifest.is_installer()))
+            }
+            None => None,
+        };
+        let now = now_ms();
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        match (create, exists) {
+            (true, true) => return Err(InventoryError::GroupExists(name.into())),
+            (false, false) => return Err(InventoryError::NoSuchGroup(name.into())),
+            (true, false) => {
+                sqlx::query("INSERT INTO groups (name, updated_ms) VALUES (?, ?)")
+                    .bind(name)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            (false, true) => {}
+        }
+        if let Some(d) = &change.description {
+            sqlx::query("UPDATE groups SET description = ?, updated_ms = ? WHERE name = ?")
+                .bind(d)
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(sel) = &change.selector {
+            sqlx::query("UPDATE groups SET selector = ?, updated_ms = ? WHERE name = ?")
+                .bind(sel.as_ref().map(Selector::to_string))
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(vars) = &change.variables {
+            sqlx::query("UPDATE groups SET variables = ?, updated_ms = ? WHERE name = ?")
+                .bind(vars.to_string())
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let (Some(id), Some(slot)) = (&change.generation, &slot) {
+            sqlx::query(
+                "UPDATE groups SET stream = ?, generation = ?, updated_ms = ? WHERE name = ?",
+            )
+            .bind(&id.stream)
+            .bind(id.number)
+            .bind(now)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+            )
+            .bind(name)
+            .bind(slot)
+            .bind(&id.stream)
+            .bind(id.number)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+
+        let (group, moved) = {
+            let mut state = self.write();
+            let g = state
+                .groups
+                .entry(name.to_string())
+                .or_insert_with(|| empty_group(name));
+            if let Some(d) = change.description {
+                g.description = d;
+            }
+            if let Some(sel) = change.selector {
+                g.selector = sel;
+            }
+            if let Some(vars) = change.variables {
+                g.variables = vars;
+            }
+            if let (Some(id), Some(slot)) = (change.generation, slot) {
+                g.pointer = Some(id.clone());
+                g.by_arch.insert(slot, id);
+            }
+            let group = g.clone();
+            (group, state.regroup())
+        };
+        load::save_groups(&self.store, &moved).await?;
+        Ok(group)
+    }
+
+    /// Why `group` cannot be deleted now (empty: it can).
+    pub fn group_dependents(&self, group: &str) -> Vec<String> {
+        if group == DEFAULT_GROUP {
+            return vec![format!(
+                "{DEFAULT_GROUP} holds every machine no other group claims; it cannot be deleted"
+            )];
+        }
+        let state = self.read();
+        let mut assigned = Vec::new();
+        let mut pinned = Vec::new();
+        for m in state.machines.values() {
+            if m.assigned.as_deref() == Some(group) {
+                assigned.push(m.mac.to_string());
+            } else if m.group == group && m.pin.is_some() {
+                pinned.push(m.mac.to_string());
+            }
+        }
+        assigned.sort();
+        pinned.sort();
+        let mut reasons = Vec::new();
+        if !assigned.is_empty() {
+            reasons.push(listed(
+                "explicitly assigned to it (assign them elsewhere first)",
+                &assigned,
+            ));
+        }
+        if !pinned.is_empty() {
+            reasons.push(listed(
+                "in it are pinned to a generation (unpin them first)",
+                &pinned,
+            ));
+        }
+        reasons
+    }
+
+    /// Deletes a group, unless machines depend on it (see
+    /// [`Inventory::group_dependents`]). Machines it claimed by selector
+    /// move to the next group that claims them, or `default`.
+    pub async fn delete_group(&self, group: &str) -> Result<(), InventoryError> {
+        if self.group(group).is_none() {
+            return Err(InventoryError::NoSuchGroup(group.into()));
+        }
+        let mut reasons = self.group_dependents(group);
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        if reasons.is_empty() {
+            // Assignments are written before memory changes: the database
+            // is the last word on them.
+            let assigned: Vec<(String,)> = sqlx::query_as(
+                "SELECT mac FROM machines WHERE group_assigned = 1 AND group_name = ? ORDER BY mac",
+            )
+            .bind(group)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !assigned.is_empty() {
+                let macs: Vec<String> = assigned.into_iter().map(|(m,)| m).collect();
+                reasons.push(listed(
+                    "explicitly assigned to it (assign them elsewhere first)",
+                    &macs,
+                ));
+            }
+        }
+        if !reasons.is_empty() {
+            return Err(InventoryError::GroupInUse {
+                group: group.into(),
+                reasons,
+            });
+        }
+        sqlx::query("DELETE FROM group_generations WHERE group_name = ?")
+            .bind(group)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM groups WHERE name = ?")
+            .bind(group)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let moved = {
+            let mut state = self.write();
+            state.groups.remove(group);
+            state.regroup()
+        };
+        load::save_groups(&self.store, &moved).await?;
+        Ok(())
+    }
+
+    /// Loads a machine the boot path has not seen since start (seen only by
+    /// DHCP) into memory.
+    async fn ensure_loaded(&self, mac: MacAddr) -> Result<(), InventoryError> {
+        if self.read().machines.contains_key(&mac) {
+            return Ok(());
+        }
+        let loaded = load::machine(&self.store, mac)
+            .await?
+            .ok_or(InventoryError::NoSuchMachine(mac))?;
+        self.write().machines.entry(mac).or_insert(loaded);
+        Ok(())
+    }
+
+    /// Assigns a machine to a group explicitly (`None`: removes the
+    /// assignment; selectors decide again). Returns the machine as it is now.
+    pub async fn assign_group(
+        &self,
+        mac: MacAddr,
+        group: Option<&str>,
+    ) -> Result<Machine, InventoryError> {
+        self.settle().await;
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(g) = group {
+            let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
+                .bind(g)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !exists {
+                return Err(InventoryError::NoSuchGroup(g.into()));
+            }
+        }
+        let updated = match group {
+            Some(g) => {
+                sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
+                    .bind(g)
+                    .bind(mac.to_string())
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
+                    .bind(mac.to_string())
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+        if updated.rows_affected() == 0 {
+            return Err(InventoryError::NoSuchMachine(mac));
+        }
+        tx.commit().await?;
+        self.ensure_loaded(mac).await?;
+        self.apply_to_machine(mac, |m| m.assigned = group.map(str::to_string))
+            .await
+    }
+
+    /// Replaces a machine's labels; its group is computed again.
+    pub async fn set_labels(
+        &self,
+        mac: MacAddr,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Machine, InventoryError> {
+        self.settle().await;
+        let json = serde_json::to_string(&labels).expect("labels serialize");
+        let updated = sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
+            .bind(&json)
+            .bind(mac.to_string())
+            .execute(self.store.pool())
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(InventoryError::NoSuchMachine(mac));
+        }
+        self.ensure_loaded(mac).await?;
+        self.apply_to_machine(mac, |m| m.labels = labels).await
+    }
+
+    /// Changes a machine in memory, regroups, and records moved groups.
+    async fn apply_to_machine(
+        &self,
+        mac: MacAddr,
+        change: impl FnOnce(&mut Machine),
+    ) -> Result<Machine, InventoryError> {
+        let (machine, moved) = {
+            let mut state = self.write();
+            let Some(m) = state.machines.get_mut(&mac) else {
+                return Err(InventoryError::NoSuchMachine(mac));
+            };
+            change(m);
+            let moved = state.regroup();
+            (state.machines[&mac].clone(), moved)
+        };
+        load::save_groups(&self.store, &moved).await?;
+        Ok(machine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::boot::loader::Loader;
+    use crate::boot::Target;
+    use crate::images::{ArtifactRef, Digest, Manifest};
+    use crate::inventory::ScriptRequest;
+    use crate::ledger::Ledger;
+    use crate::metrics::Metrics;
+    use crate::store::Store;
+
+    async fn inventory(dir: &std::path::Path) -> Inventory {
+        let store = Store::open(dir).await.unwrap();
+        let (ledger, rx) = Ledger::new(1024, Arc::new(Metrics::default()));
+        tokio::spawn(crate::store::writer::run(store.clone(), rx));
+        Inventory::load(store, ledger).await.unwrap()
+    }
+
+    fn live(tag: &[u8]) -> Manifest {
+        let a = ArtifactRef {
+            name: "vmlinuz".into(),
+            digest: Digest::of(tag),
+            size: 1,
+        };
+        Manifest {
+            arch: "x86_64".into(),
+            kernel: Some(a.clone()),
+            initrds: vec![a],
+            rootfs: None,
+            cmdline: String::new(),
+            installer: None,
+        }
+    }
+
+    fn booted(inv: &Inventory, mac: MacAddr) -> Option<GenerationId> {
+        match inv.begin_boot(mac, &ScriptRequest::default()).target {
+            Target::Boot { generation, .. } => Some(generation),
+            Target::Nothing { .. } => None,
+        }
+    }
+
+    fn sel(text: &str) -> Option<Option<Selector>> {
+        Some(Some(text.parse().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn selectors_assignments_and_labels_change_what_machines_boot() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let inv = inventory(dir.path()).await;
+        let g1 = inv
+            .add_generation("worker", live(b"1").digest(), live(b"1"), None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        let g2 = inv
+            .add_generation("worker", live(b"2").digest(), live(b"2"), None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        inv.set_group_generation("default", &g1).await.unwrap();
+        inv.create_group(
+            "db",
+            GroupChange {
+                description: Some("databases".into()),
+                selector: sel("role=db"),
+                variables: Some(serde_json::json!({ "loader": "grub" })),
+                generation: Some(g2.clone()),
+            },
+        )
+        .await
+        .unwrap();
+        let mac: MacAddr = "52:54:00:00:00:07".parse().unwrap();
+
+        // Unknown and unlabelled: default.
+        assert_eq!(booted(&inv, mac), Some(g1.clone()));
+        assert_eq!(inv.membership(mac), Some(Membership::Default));
+        inv.settle().await;
+
+        // Labelled: the selector claims it, and it boots db's generation
+        // with db's loader setting.
+        let m = inv
+            .set_labels(mac, [("role".into(), "db".into())].into())
+            .await
+            .unwrap();
+        assert_eq!(m.group, "db");
+        assert_eq!(booted(&inv, mac), Some(g2.clone()));
+        assert_eq!(inv.loader_settings(mac).group, Some(Loader::Grub));
+        assert_eq!(inv.members("db").len(), 1);
+
+        // A second group matching as specifically: a tie, reported, and the
+        // machine falls back to default.
+        inv.create_group(
+            "db2",
+            GroupChange {
+                selector: sel("role in (db,sql)"),
+                ..GroupChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        let tie = inv.membership(mac).unwrap();
+        assert!(tie.is_tie(), "{tie:?}");
+        assert_eq!(booted(&inv, mac), Some(g1.clone()));
+        assert_eq!(inv.loader_settings(mac).group, None);
+
+        // Explicit assignment resolves it.
+        inv.assign_group(mac, Some("db")).await.unwrap();
+        assert_eq!(booted(&inv, mac), Some(g2.clone()));
+        assert!(matches!(
+            inv.assign_group(mac, Some("nope")).await,
+            Err(InventoryError::NoSuchGroup(_))
+        ));
+
+        // Delete refused while assigned, then while a member is pinned.
+        let refused = inv.delete_group("db").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("explicitly assigned")
+                && refused.to_string().contains("52:54:00:00:00:07"),
+            "{refused}"
+        );
+        inv.assign_group(mac, None).await.unwrap();
+        inv.update_group(
+            "db2",
+            GroupChange {
+                selector: Some(None),
+                ..GroupChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(inv.membership(mac).unwrap().group(), "db");
+        inv.set_pin(mac, Some(g1.clone())).await.unwrap();
+        let refused = inv.delete_group("db").await.unwrap_err();
+        assert!(refused.to_string().contains("pinned"), "{refused}");
+        assert!(inv.delete_group("default").await.is_err());
+        inv.set_pin(mac, None).await.unwrap();
+
+        // Everything survives a restart; group_name in SQL tells the truth.
+        inv.settle().await;
+        drop(inv);
+        let inv = inventory(dir.path()).await;
+        let m = inv.machine(mac).unwrap();
+        assert_eq!((m.group.as_str(), m.assigned.as_deref()), ("db", None));
+        assert_eq!(inv.group("db").unwrap().description, "databases");
+        let (group_name,): (String,) =
+            sqlx::query_as("SELECT group_name FROM machines WHERE mac = ?")
+                .bind(mac.to_string())
+                .fetch_one(inv.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(group_name, "db");
+
+        // Deleting the group moves its members back to default.
+        inv.delete_group("db").await.unwrap();
+        assert_eq!(inv.machine(mac).unwrap().group, "default");
+        assert_eq!(booted(&inv, mac), Some(g1));
+        assert!(matches!(
+            inv.update_group("db", GroupChange::default()).await,
+            Err(InventoryError::NoSuchGroup(_))
+        ));
+        assert!(matches!(
+            inv.create_group("db2", GroupChange::default()).await,
+            Err(InventoryError::GroupExists(_))
+        ));
+    }
+}
