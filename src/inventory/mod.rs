@@ -8,7 +8,9 @@
 //! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
 //! shows what the database does not hold.
 
+mod edit;
 mod groups;
+pub use groups::GroupChange;
 mod load;
 mod rollouts;
 
@@ -31,6 +33,8 @@ use crate::domain::{MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
+
+pub use edit::{Deleted, MachineChange};
 
 /// A machine as the boot path sees it.
 #[derive(Debug, Clone, Serialize)]

@@ -1,4 +1,6 @@
-//! Machines: list, show (with recent boots and their steps), boot history, pins.
+//! Machines: list (filters, cursor paging), show (with recent boots and
+//! their steps), update (hostname, labels, group, pin, kind; `If-Match`),
+//! delete (history kept unless purged), boot history, pins.
 
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -10,7 +12,7 @@ use super::*;
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_machines))
-        .routes(routes!(get_machine))
+        .routes(routes!(get_machine, update_machine, delete_machine))
         .routes(routes!(machine_boots))
         .routes(routes!(pin_machine, unpin_machine))
 }
@@ -28,7 +30,11 @@ pub struct MachineView {
     pub mac: String,
     /// `server` or `switch`.
     pub kind: String,
+    /// The group it boots from.
     pub group: String,
+    /// Whether an operator assigned that group (else the groups' label
+    /// selectors, or `default`, decided it).
+    pub group_assigned: bool,
     pub labels: BTreeMap<String, String>,
     pub hostname: Option<String>,
     pub uuid: Option<String>,
@@ -36,6 +42,12 @@ pub struct MachineView {
     /// The client architecture its firmware announced (DHCP option 93):
     /// `bios`, `efi-x64`, `efi-arm64`, `http-x64`, …
     pub arch: Option<String>,
+    /// Its CPU architecture, as images name it (`x86_64`, `arm64`, …):
+    /// what iPXE or GRUB reported, else what `arch` implies.
+    pub cpu: Option<String>,
+    /// From its latest boot: `new` (never served an image), `booting`
+    /// (served, not confirmed yet), `confirmed`, `failed`.
+    pub state: MachineState,
     /// How it booted first: `pxe`, `ipxe`, `http`, `grub`, `onie`, `ztp`, …
     pub firmware: Option<String>,
     pub vendor_class: Option<String>,
@@ -56,6 +68,7 @@ impl MachineView {
         etag_of(&(
             &self.kind,
             &self.group,
+            self.group_assigned,
             &self.labels,
             &self.hostname,
             &self.pin,
@@ -63,9 +76,45 @@ impl MachineView {
     }
 }
 
+/// Where a machine stands, from its latest boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    New,
+    Booting,
+    Confirmed,
+    Failed,
+}
+
+impl MachineState {
+    /// From the state of the machine's latest boot row.
+    fn of_latest_boot(state: Option<&str>) -> Self {
+        match state {
+            Some("served") => Self::Booting,
+            Some("confirmed") => Self::Confirmed,
+            Some("failed") => Self::Failed,
+            _ => Self::New,
+        }
+    }
+}
+
+/// A page of machines, in MAC order.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct MachineList {
     pub machines: Vec<MachineView>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next: Option<String>,
+}
+
+/// The CPU architecture a firmware architecture implies.
+fn cpu_of(arch: &str) -> Option<&'static str> {
+    Some(match arch {
+        "bios" | "efi-x64" | "http-x64" => "x86_64",
+        "efi-arm64" | "http-arm64" => "arm64",
+        "efi-ia32" | "http-ia32" => "i386",
+        "efi-arm32" => "arm",
+        _ => return None,
+    })
 }
 
 /// A machine with its latest boots.
@@ -81,6 +130,7 @@ struct MachineRow {
     mac: String,
     kind: String,
     group_name: String,
+    group_assigned: bool,
     labels: String,
     hostname: Option<String>,
     uuid: Option<String>,
@@ -99,14 +149,20 @@ struct MachineRow {
     last_good_generation: Option<i64>,
     first_seen_ms: i64,
     last_seen_ms: i64,
+    last_boot: Option<String>,
 }
 
 impl MachineRow {
-    fn into_view(self) -> MachineView {
+    /// `loader_arch`: what iPXE or GRUB said (memory only).
+    fn into_view(self, loader_arch: Option<String>) -> MachineView {
+        let cpu = loader_arch.or_else(|| self.arch.as_deref().and_then(cpu_of).map(str::to_string));
         MachineView {
+            cpu,
+            state: MachineState::of_latest_boot(self.last_boot.as_deref()),
             mac: self.mac,
             kind: self.kind,
             group: self.group_name,
+            group_assigned: self.group_assigned,
             labels: serde_json::from_str(&self.labels).unwrap_or_default(),
             hostname: self.hostname,
             uuid: self.uuid,
@@ -129,9 +185,22 @@ impl MachineRow {
 }
 
 const MACHINE_COLUMNS: &str =
-    "mac, kind, group_name, labels, hostname, uuid, serial, arch, firmware, vendor_class, ip,
+    "mac, kind, group_name, group_assigned, labels, hostname, uuid, serial, arch, firmware, vendor_class, ip,
      circuit_id, remote_id, pin_stream, pin_generation, current_stream, current_generation,
-     last_good_stream, last_good_generation, first_seen_ms, last_seen_ms";
+     last_good_stream, last_good_generation, first_seen_ms, last_seen_ms,
+     (SELECT b.state FROM boots b WHERE b.mac = m.mac ORDER BY b.id DESC LIMIT 1) AS last_boot";
+
+impl ApiState {
+    fn view(&self, row: MachineRow) -> MachineView {
+        let loader_arch = row
+            .mac
+            .parse()
+            .ok()
+            .and_then(|mac| self.inventory.machine(mac))
+            .and_then(|m| m.arch);
+        row.into_view(loader_arch)
+    }
+}
 
 /// One step of a boot (a ledger event).
 #[derive(Debug, Serialize, ToSchema)]
@@ -166,19 +235,138 @@ pub struct MachineBoots {
     pub boots: Vec<BootView>,
 }
 
-/// Every known machine.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct MachineFilter {
+    /// Label selector: `role=db,rack in (r1,r2)`, `!decommissioned`,
+    /// `a=1 || b=2`.
+    selector: Option<String>,
+    /// In this group.
+    group: Option<String>,
+    /// Running (confirmed) a generation of this stream.
+    stream: Option<String>,
+    /// Running this generation number.
+    generation: Option<i64>,
+    state: Option<MachineState>,
+    /// `server` or `switch`.
+    kind: Option<String>,
+    /// Firmware architecture (`efi-x64`, …) or CPU (`x86_64`, `arm64`).
+    arch: Option<String>,
+    /// Last seen at or after: milliseconds since the epoch, or RFC 3339.
+    seen_since: Option<String>,
+    /// Last seen before: milliseconds since the epoch, or RFC 3339.
+    seen_before: Option<String>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Largest page of any list.
+pub(super) const MAX_PAGE: i64 = 1000;
+
+/// A point in time as the API takes it: milliseconds since the epoch, or
+/// an RFC 3339 timestamp.
+pub(super) fn parse_time(field: &'static str, text: &str) -> ApiResult<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(text)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            ApiError::bad(
+                field,
+                format!("{text:?}: expected milliseconds since the epoch or RFC 3339 (2026-11-28T10:00:00Z)"),
+            )
+        })
+}
+
+/// Machines, in MAC order, filtered; a page at a time (`next` is the cursor
+/// of the following page).
 #[utoipa::path(get, path = "/api/v1/machines", tag = "machines",
+    params(MachineFilter),
     responses((status = 200, body = MachineList)))]
-async fn list_machines(_: Reader, State(s): State<ApiState>) -> ApiResult<Json<MachineList>> {
+async fn list_machines(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiQuery(f): ApiQuery<MachineFilter>,
+) -> ApiResult<Json<MachineList>> {
+    let selector: Option<crate::boot::select::Selector> = match &f.selector {
+        Some(text) => Some(
+            text.parse()
+                .map_err(|e: crate::boot::select::SelectorError| {
+                    ApiError::bad("selector", e.to_string())
+                })?,
+        ),
+        None => None,
+    };
+    let cursor = match &f.cursor {
+        Some(c) => Some(
+            c.parse::<MacAddr>()
+                .map_err(|_| ApiError::bad("cursor", "not a cursor this API returned"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    if let Some(kind) = &f.kind {
+        kind.parse::<crate::domain::MachineKind>()
+            .map_err(|e| ApiError::bad("kind", e))?;
+    }
+    let since = f
+        .seen_since
+        .as_deref()
+        .map(|t| parse_time("seen_since", t))
+        .transpose()?;
+    let before = f
+        .seen_before
+        .as_deref()
+        .map(|t| parse_time("seen_before", t))
+        .transpose()?;
+    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
     s.inventory.settle().await;
     let rows: Vec<MachineRow> = sqlx::query_as(&format!(
-        "SELECT {MACHINE_COLUMNS} FROM machines ORDER BY mac"
+        "SELECT {MACHINE_COLUMNS} FROM machines m
+         WHERE (?1 IS NULL OR m.mac > ?1) AND (?2 IS NULL OR group_name = ?2)
+           AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR current_stream = ?4)
+           AND (?5 IS NULL OR current_generation = ?5)
+           AND (?6 IS NULL OR last_seen_ms >= ?6) AND (?7 IS NULL OR last_seen_ms < ?7)
+         ORDER BY m.mac"
     ))
+    .bind(&cursor)
+    .bind(&f.group)
+    .bind(&f.kind)
+    .bind(&f.stream)
+    .bind(f.generation)
+    .bind(since)
+    .bind(before)
     .fetch_all(s.store.pool())
     .await?;
-    Ok(Json(MachineList {
-        machines: rows.into_iter().map(MachineRow::into_view).collect(),
-    }))
+    let mut machines: Vec<MachineView> = rows
+        .into_iter()
+        .map(|r| s.view(r))
+        .filter(|m| f.state.is_none_or(|st| m.state == st))
+        .filter(|m| {
+            f.arch
+                .as_deref()
+                .is_none_or(|a| m.arch.as_deref() == Some(a) || m.cpu.as_deref() == Some(a))
+        })
+        .filter(|m| {
+            selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(&m.labels).is_some())
+        })
+        .take(limit + 1)
+        .collect();
+    let next = if machines.len() > limit {
+        machines.truncate(limit);
+        machines.last().map(|m| m.mac.clone())
+    } else {
+        None
+    };
+    Ok(Json(MachineList { machines, next }))
 }
 
 async fn boots_of(store: &Store, mac: MacAddr, limit: i64) -> ApiResult<Vec<BootView>> {
@@ -214,12 +402,12 @@ async fn boots_of(store: &Store, mac: MacAddr, limit: i64) -> ApiResult<Vec<Boot
 async fn machine_row(s: &ApiState, mac: MacAddr) -> ApiResult<MachineView> {
     s.inventory.settle().await;
     let row: Option<MachineRow> = sqlx::query_as(&format!(
-        "SELECT {MACHINE_COLUMNS} FROM machines WHERE mac = ?"
+        "SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?"
     ))
     .bind(mac.to_string())
     .fetch_optional(s.store.pool())
     .await?;
-    row.map(MachineRow::into_view)
+    row.map(|r| s.view(r))
         .ok_or_else(|| InventoryError::NoSuchMachine(mac).into())
 }
 
@@ -242,6 +430,195 @@ async fn get_machine(
             recent_boots: boots_of(&s.store, mac, 10).await?,
         },
     ))
+}
+
+/// `Some(value)` for a field that is present, even as `null` (which is
+/// `Some(None)`): lets an update tell "remove" from "leave alone".
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// An update of a machine; absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachinePatch {
+    /// A DNS name (`null` removes it).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub hostname: Option<Option<String>>,
+    /// Merged into the labels (JSON merge patch): a string sets a label,
+    /// `null` removes it.
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub labels: Option<BTreeMap<String, Option<String>>>,
+    /// Assigns the machine to this group (which must exist); it beats
+    /// every group's selector. `null` removes the assignment: the
+    /// selectors decide again.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub group: Option<Option<String>>,
+    /// Pins it to a generation (`null` removes the pin).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<GenerationRef>)]
+    pub pin: Option<Option<GenerationRef>>,
+    /// `server` or `switch`.
+    pub kind: Option<String>,
+}
+
+/// Letters, digits and `-_./:`, 1-63 of them: what selectors can name.
+fn valid_label_part(field: &'static str, text: &str) -> ApiResult<()> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            field,
+            format!("label {text:?}: 1-63 letters, digits, '-', '_', '.', '/' or ':'"),
+        ))
+    }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and inner hyphens.
+fn valid_hostname(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(
+            "hostname",
+            format!("{name:?} is not a host name (letters, digits, '-', dot-separated)"),
+        ))
+    }
+}
+
+impl MachinePatch {
+    /// Checks the values and turns them into a change of `current`.
+    fn change(self, current: &MachineView) -> ApiResult<crate::inventory::MachineChange> {
+        if let Some(Some(h)) = &self.hostname {
+            valid_hostname(h)?;
+        }
+        let labels = match self.labels {
+            Some(patch) => {
+                let mut labels = current.labels.clone();
+                for (k, v) in patch {
+                    valid_label_part("labels", &k)?;
+                    match v {
+                        Some(v) => {
+                            valid_label_part("labels", &v)?;
+                            labels.insert(k, v);
+                        }
+                        None => {
+                            labels.remove(&k);
+                        }
+                    }
+                }
+                Some(labels)
+            }
+            None => None,
+        };
+        if let Some(Some(g)) = &self.group {
+            valid_name("group", g)?;
+        }
+        let kind = match &self.kind {
+            Some(k) => Some(
+                k.parse::<crate::domain::MachineKind>()
+                    .map_err(|e| ApiError::bad("kind", e))?,
+            ),
+            None => None,
+        };
+        Ok(crate::inventory::MachineChange {
+            hostname: self.hostname,
+            labels,
+            group: self.group,
+            pin: self.pin.map(|p| p.map(|p| p.id())),
+            kind,
+        })
+    }
+}
+
+/// Changes a machine's hostname, labels, group, pin or kind, all or nothing.
+/// With `If-Match`, only if the machine is still as last read.
+#[utoipa::path(patch, path = "/api/v1/machines/{mac}", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address"),
+        ("If-Match" = Option<String>, Header, description = "The ETag as last read")),
+    request_body = MachinePatch,
+    responses((status = 200, body = MachineView, headers(("ETag" = String)))))]
+async fn update_machine(
+    _: Admin,
+    State(s): State<ApiState>,
+    ApiPath(mac): ApiPath<String>,
+    if_match: IfMatch,
+    ApiJson(patch): ApiJson<MachinePatch>,
+) -> ApiResult<Tagged<MachineView>> {
+    let mac = parse_mac(&mac)?;
+    let _edit = s.edits.lock().await;
+    let current = machine_row(&s, mac).await?;
+    if_match.check(&current.etag())?;
+    let change = patch.change(&current)?;
+    s.inventory.update_machine(mac, change).await?;
+    let now = machine_row(&s, mac).await?;
+    Ok(Tagged::with_tag(now.etag(), now))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct DeleteOptions {
+    /// Also delete its boots and events (default: keep its history).
+    purge: Option<bool>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MachineDeleted {
+    pub mac: String,
+    pub purged: bool,
+    /// Boot rows deleted (0 unless purged).
+    pub boots_deleted: u64,
+    /// Events deleted (0 unless purged).
+    pub events_deleted: u64,
+}
+
+/// Forgets a machine; its boot history stays unless `purge=true`. If it
+/// boots again it comes back as a new machine.
+#[utoipa::path(delete, path = "/api/v1/machines/{mac}", tag = "machines",
+    params(("mac" = String, Path, description = "MAC address"),
+        ("If-Match" = Option<String>, Header, description = "The ETag as last read"),
+        DeleteOptions),
+    responses((status = 200, body = MachineDeleted)))]
+async fn delete_machine(
+    _: Admin,
+    State(s): State<ApiState>,
+    ApiPath(mac): ApiPath<String>,
+    ApiQuery(opts): ApiQuery<DeleteOptions>,
+    if_match: IfMatch,
+) -> ApiResult<Json<MachineDeleted>> {
+    let mac = parse_mac(&mac)?;
+    let purge = opts.purge.unwrap_or(false);
+    let _edit = s.edits.lock().await;
+    let current = machine_row(&s, mac).await?;
+    if_match.check(&current.etag())?;
+    let deleted = s.inventory.delete_machine(mac, purge).await?;
+    Ok(Json(MachineDeleted {
+        mac: mac.to_string(),
+        purged: purge,
+        boots_deleted: deleted.boots,
+        events_deleted: deleted.events,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -311,3 +688,7 @@ async fn unpin_machine(
         pin: None,
     }))
 }
+
+#[cfg(test)]
+#[path = "machines_tests.rs"]
+mod tests;

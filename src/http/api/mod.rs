@@ -237,7 +237,7 @@ impl From<InventoryError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "no_such_machine", e.to_string())
             }
             InventoryError::NoSuchGroup(_) => {
-                Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string())
+                Self::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string()).with_field("group")
             }
             InventoryError::GroupExists(_) => {
                 Self::new(StatusCode::CONFLICT, "group_exists", e.to_string())
