@@ -321,6 +321,8 @@ pub async fn run(
         tokens: Arc::new(tokens),
         store: store.clone(),
         edits: Default::default(),
+        live: ledger.live(),
+        shutdown: shutdown.clone(),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::metrics::Metrics;
@@ -123,16 +123,36 @@ pub struct LeaseRecord {
 pub struct Ledger {
     tx: mpsc::Sender<Record>,
     metrics: Arc<Metrics>,
+    /// Every event as it is recorded, for live watchers (the API's
+    /// Server-Sent Events). Sending never blocks: a watcher that falls
+    /// behind loses the oldest events and is told how many.
+    live: broadcast::Sender<Event>,
 }
+
+/// Events a slow live watcher may fall behind by before it loses some.
+const LIVE_BACKLOG: usize = 4096;
 
 impl Ledger {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<Record>) {
         let (tx, rx) = mpsc::channel(capacity);
-        (Self { tx, metrics }, rx)
+        let (live, _) = broadcast::channel(LIVE_BACKLOG);
+        (Self { tx, metrics, live }, rx)
+    }
+
+    /// A handle to subscribe to events as they are recorded. It does not
+    /// keep the ledger's writer alive.
+    pub fn live(&self) -> broadcast::Sender<Event> {
+        self.live.clone()
     }
 
     /// Never blocks: a full queue drops the record and counts it.
     pub fn record(&self, record: Record) {
+        if let Record::Event(e) = &record {
+            // Cloned only while someone watches.
+            if self.live.receiver_count() > 0 {
+                let _ = self.live.send(e.clone());
+            }
+        }
         if self.tx.try_send(record).is_err() {
             Metrics::inc(&self.metrics.ledger_dropped);
         }

@@ -4,16 +4,15 @@
 
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use super::history::{boots_of, BootFilter, BootView};
 use super::*;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
         .routes(routes!(list_machines))
         .routes(routes!(get_machine, update_machine, delete_machine))
-        .routes(routes!(machine_boots))
         .routes(routes!(pin_machine, unpin_machine))
 }
 
@@ -202,39 +201,6 @@ impl ApiState {
     }
 }
 
-/// One step of a boot (a ledger event).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StepView {
-    pub at_ms: i64,
-    pub step: String,
-    pub bytes: Option<i64>,
-    /// Free-form detail the step recorded (file name, bootfile, reason).
-    pub detail: Value,
-}
-
-/// One boot attempt and its steps.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
-pub struct BootView {
-    pub id: i64,
-    pub stream: Option<String>,
-    pub generation: Option<i64>,
-    /// The image digest served.
-    pub image: Option<String>,
-    /// `served`, `confirmed`, `failed` or `nothing`.
-    pub state: String,
-    pub reason: Option<String>,
-    pub started_ms: i64,
-    pub confirmed_ms: Option<i64>,
-    #[sqlx(skip)]
-    pub steps: Vec<StepView>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct MachineBoots {
-    pub mac: String,
-    pub boots: Vec<BootView>,
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -369,35 +335,6 @@ async fn list_machines(
     Ok(Json(MachineList { machines, next }))
 }
 
-async fn boots_of(store: &Store, mac: MacAddr, limit: i64) -> ApiResult<Vec<BootView>> {
-    let mut boots: Vec<BootView> = sqlx::query_as(
-        "SELECT id, stream, generation, image, state, reason, started_ms, confirmed_ms
-         FROM boots WHERE mac = ? ORDER BY id DESC LIMIT ?",
-    )
-    .bind(mac.to_string())
-    .bind(limit)
-    .fetch_all(store.pool())
-    .await?;
-    for b in &mut boots {
-        let steps: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT at_ms, step, detail, bytes FROM events WHERE boot_id = ? ORDER BY id",
-        )
-        .bind(b.id)
-        .fetch_all(store.pool())
-        .await?;
-        b.steps = steps
-            .into_iter()
-            .map(|(at_ms, step, detail, bytes)| StepView {
-                at_ms,
-                step,
-                bytes,
-                detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
-            })
-            .collect();
-    }
-    Ok(boots)
-}
-
 /// Loads one machine's row (after the ledger has settled).
 async fn machine_row(s: &ApiState, mac: MacAddr) -> ApiResult<MachineView> {
     s.inventory.settle().await;
@@ -427,7 +364,7 @@ async fn get_machine(
         tag,
         MachineDetail {
             machine,
-            recent_boots: boots_of(&s.store, mac, 10).await?,
+            recent_boots: boots_of(&s.store, Some(mac), &BootFilter::latest(10), true).await?,
         },
     ))
 }
@@ -618,32 +555,6 @@ async fn delete_machine(
         purged: purge,
         boots_deleted: deleted.boots,
         events_deleted: deleted.events,
-    }))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-struct Paging {
-    /// At most this many (1-1000, default 100).
-    limit: Option<i64>,
-}
-
-/// A machine's boots, newest first, with their steps.
-#[utoipa::path(get, path = "/api/v1/machines/{mac}/boots", tag = "machines",
-    params(("mac" = String, Path, description = "MAC address"), Paging),
-    responses((status = 200, body = MachineBoots)))]
-async fn machine_boots(
-    _: Reader,
-    State(s): State<ApiState>,
-    ApiPath(mac): ApiPath<String>,
-    ApiQuery(p): ApiQuery<Paging>,
-) -> ApiResult<Json<MachineBoots>> {
-    let mac = parse_mac(&mac)?;
-    s.inventory.settle().await;
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(MachineBoots {
-        mac: mac.to_string(),
-        boots: boots_of(&s.store, mac, limit).await?,
     }))
 }
 

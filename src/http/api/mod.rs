@@ -5,8 +5,9 @@
 //! handlers below ([`openapi`]), so it says what the server does.
 //!
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
-//! boots, pins), [`images`] (artifacts, streams, generations, gc),
-//! [`groups`] (groups and their generation pointers). This file holds what
+//! pins), [`history`] (boots and events, the live event stream), [`images`]
+//! (artifacts, streams, generations, gc), [`groups`] (groups and their
+//! generation pointers). This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -34,6 +35,7 @@
 
 mod etag;
 mod groups;
+mod history;
 mod images;
 mod machines;
 mod openapi;
@@ -74,12 +76,19 @@ pub struct ApiState {
     /// Held by an API update across its If-Match check and its write, so
     /// two updates of one resource cannot both pass the check.
     pub edits: Arc<tokio::sync::Mutex<()>>,
+    /// Ledger events as they are recorded (`Ledger::live`), for the
+    /// Server-Sent Events stream.
+    pub live: tokio::sync::broadcast::Sender<crate::ledger::Event>,
+    /// Cancelled at shutdown: ends long-lived answers (event streams), so
+    /// the HTTP server's graceful shutdown does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
 fn api_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(machines::routes())
+        .merge(history::routes())
         .merge(images::routes())
         .merge(groups::routes())
         .merge(rollouts::routes())

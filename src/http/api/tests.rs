@@ -20,6 +20,8 @@ pub(super) struct Harness {
     pub state: ApiState,
     pub admin: String,
     pub reader: String,
+    /// Records events as the protocol servers would.
+    pub ledger: Ledger,
     _dir: tempfile::TempDir,
 }
 
@@ -36,7 +38,12 @@ impl Harness {
         let store = Store::open(dir.path()).await.unwrap();
         let (ledger, rx) = Ledger::new(1024, Arc::new(Metrics::default()));
         tokio::spawn(crate::store::writer::run(store.clone(), rx));
-        let inventory = Arc::new(Inventory::load(store.clone(), ledger).await.unwrap());
+        let live = ledger.live();
+        let inventory = Arc::new(
+            Inventory::load(store.clone(), ledger.clone())
+                .await
+                .unwrap(),
+        );
         let images = Arc::new(ImageStore::open(&dir.path().join("images")).unwrap());
         let (tokens, written) = Tokens::load_or_bootstrap(&store, dir.path()).await.unwrap();
         let admin = std::fs::read_to_string(written.unwrap())
@@ -50,12 +57,15 @@ impl Harness {
             tokens: Arc::new(tokens),
             store,
             edits: Default::default(),
+            live,
+            shutdown: Default::default(),
         };
         Self {
             app: router(state.clone()),
             state,
             admin,
             reader,
+            ledger,
             _dir: dir,
         }
     }

@@ -1,0 +1,445 @@
+//! Boots and events: what machines did, per machine and fleet-wide, newest
+//! first, filtered by time, generation, step and result, a page at a time;
+//! and the live stream of events as Server-Sent Events.
+//!
+//! Paging is by row id (strictly decreasing), so a page never repeats or
+//! skips a row while new boots arrive: `next` is the id to continue below.
+
+use std::convert::Infallible;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::{IntoParams, ToSchema};
+
+use super::machines::{parse_time, MAX_PAGE};
+use super::*;
+
+pub(super) fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_boots))
+        .routes(routes!(machine_boots))
+        .routes(routes!(list_events))
+        .routes(routes!(machine_events))
+        .routes(routes!(event_stream))
+}
+
+/// One step of a boot (a ledger event).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StepView {
+    pub at_ms: i64,
+    pub step: String,
+    pub bytes: Option<i64>,
+    /// Free-form detail the step recorded (file name, bootfile, reason).
+    pub detail: Value,
+}
+
+/// One boot attempt and its steps.
+#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+pub struct BootView {
+    pub id: i64,
+    pub mac: String,
+    pub stream: Option<String>,
+    pub generation: Option<i64>,
+    /// The image digest served.
+    pub image: Option<String>,
+    /// The result so far: `served` (not confirmed yet), `confirmed`,
+    /// `failed`, or `nothing` (there was nothing to boot).
+    pub state: String,
+    pub reason: Option<String>,
+    pub started_ms: i64,
+    pub confirmed_ms: Option<i64>,
+    /// Its steps, oldest first (per machine always; fleet-wide with
+    /// `steps=true`).
+    #[sqlx(skip)]
+    pub steps: Vec<StepView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BootList {
+    pub boots: Vec<BootView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    pub next: Option<i64>,
+}
+
+/// Filters of boot lists.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct BootFilter {
+    /// Of this machine only (fleet-wide list).
+    mac: Option<String>,
+    /// Started at or after: milliseconds since the epoch, or RFC 3339.
+    since: Option<String>,
+    /// Started before: milliseconds since the epoch, or RFC 3339.
+    until: Option<String>,
+    /// Served a generation of this stream.
+    stream: Option<String>,
+    /// Served this generation number.
+    generation: Option<i64>,
+    /// `served`, `confirmed`, `failed` or `nothing`.
+    result: Option<String>,
+    /// Fleet-wide: include each boot's steps.
+    steps: Option<bool>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    cursor: Option<i64>,
+}
+
+impl BootFilter {
+    /// The newest `n` boots.
+    pub fn latest(n: i64) -> Self {
+        Self {
+            limit: Some(n),
+            ..Self::default()
+        }
+    }
+}
+
+const RESULTS: [&str; 4] = ["served", "confirmed", "failed", "nothing"];
+
+/// The machine of a per-machine list; a `mac` query parameter must agree.
+fn same_mac(path: &str, query: Option<&str>) -> ApiResult<MacAddr> {
+    let mac = parse_mac(path)?;
+    match query.map(parse_mac).transpose()? {
+        Some(other) if other != mac => Err(ApiError::bad(
+            "mac",
+            "the mac query parameter names another machine than the path",
+        )),
+        _ => Ok(mac),
+    }
+}
+
+/// A page of boots (of one machine, or all), newest first.
+pub async fn boots_of(
+    store: &Store,
+    mac: Option<MacAddr>,
+    f: &BootFilter,
+    steps: bool,
+) -> ApiResult<Vec<BootView>> {
+    Ok(boot_page(store, mac, f, steps).await?.boots)
+}
+
+async fn boot_page(
+    store: &Store,
+    mac: Option<MacAddr>,
+    f: &BootFilter,
+    steps: bool,
+) -> ApiResult<BootList> {
+    if let Some(r) = &f.result {
+        if !RESULTS.contains(&r.as_str()) {
+            return Err(ApiError::bad(
+                "result",
+                format!("{r:?}: one of {}", RESULTS.join(", ")),
+            ));
+        }
+    }
+    let since = f
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t))
+        .transpose()?;
+    let until = f
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()?;
+    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let mut boots: Vec<BootView> = sqlx::query_as(
+        "SELECT id, mac, stream, generation, image, state, reason, started_ms, confirmed_ms
+         FROM boots
+         WHERE (?1 IS NULL OR mac = ?1) AND (?2 IS NULL OR id < ?2)
+           AND (?3 IS NULL OR started_ms >= ?3) AND (?4 IS NULL OR started_ms < ?4)
+           AND (?5 IS NULL OR stream = ?5) AND (?6 IS NULL OR generation = ?6)
+           AND (?7 IS NULL OR state = ?7)
+         ORDER BY id DESC LIMIT ?8",
+    )
+    .bind(mac.map(|m| m.to_string()))
+    .bind(f.cursor)
+    .bind(since)
+    .bind(until)
+    .bind(&f.stream)
+    .bind(f.generation)
+    .bind(&f.result)
+    .bind(limit + 1)
+    .fetch_all(store.pool())
+    .await?;
+    let next = if boots.len() as i64 > limit {
+        boots.truncate(limit as usize);
+        boots.last().map(|b| b.id)
+    } else {
+        None
+    };
+    if steps {
+        for b in &mut boots {
+            let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
+                "SELECT at_ms, step, detail, bytes FROM events WHERE boot_id = ? ORDER BY id",
+            )
+            .bind(b.id)
+            .fetch_all(store.pool())
+            .await?;
+            b.steps = rows
+                .into_iter()
+                .map(|(at_ms, step, detail, bytes)| StepView {
+                    at_ms,
+                    step,
+                    bytes,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                })
+                .collect();
+        }
+    }
+    Ok(BootList { boots, next })
+}
+
+/// Every machine's boots, newest first.
+#[utoipa::path(get, path = "/api/v1/boots", tag = "history",
+    params(BootFilter),
+    responses((status = 200, body = BootList)))]
+async fn list_boots(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiQuery(f): ApiQuery<BootFilter>,
+) -> ApiResult<Json<BootList>> {
+    let mac = f.mac.as_deref().map(parse_mac).transpose()?;
+    s.inventory.settle().await;
+    let steps = f.steps.unwrap_or(false);
+    Ok(Json(boot_page(&s.store, mac, &f, steps).await?))
+}
+
+/// A machine's boots, newest first, with their steps.
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/boots", tag = "history",
+    params(("mac" = String, Path, description = "MAC address"), BootFilter),
+    responses((status = 200, body = BootList)))]
+async fn machine_boots(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiPath(mac): ApiPath<String>,
+    ApiQuery(f): ApiQuery<BootFilter>,
+) -> ApiResult<Json<BootList>> {
+    let mac = same_mac(&mac, f.mac.as_deref())?;
+    s.inventory.settle().await;
+    Ok(Json(boot_page(&s.store, Some(mac), &f, true).await?))
+}
+
+/// One ledger event.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventView {
+    /// Row id (absent in the live stream: not yet written).
+    pub id: Option<i64>,
+    pub at_ms: i64,
+    pub mac: Option<String>,
+    pub ip: Option<String>,
+    /// `dhcp.offer`, `dhcp.ack`, `tftp.complete`, `boot.script`, …
+    pub step: String,
+    pub detail: Value,
+    pub bytes: Option<i64>,
+    /// The boot it belongs to, when known.
+    pub boot_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last.
+    pub next: Option<i64>,
+}
+
+/// Filters of event lists.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventFilter {
+    /// Of this machine only (fleet-wide list).
+    mac: Option<String>,
+    /// At or after: milliseconds since the epoch, or RFC 3339.
+    since: Option<String>,
+    /// Before: milliseconds since the epoch, or RFC 3339.
+    until: Option<String>,
+    /// A step (`dhcp.ack`) or a family of steps (`dhcp`).
+    step: Option<String>,
+    /// Of this boot.
+    boot: Option<i64>,
+    /// Of boots that served a generation of this stream.
+    stream: Option<String>,
+    /// Of boots that served this generation number.
+    generation: Option<i64>,
+    /// Page size, 1-1000 (default 100).
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    cursor: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    at_ms: i64,
+    mac: Option<String>,
+    ip: Option<String>,
+    step: String,
+    detail: String,
+    bytes: Option<i64>,
+    boot_id: Option<i64>,
+}
+
+async fn event_page(store: &Store, mac: Option<MacAddr>, f: &EventFilter) -> ApiResult<EventList> {
+    let since = f
+        .since
+        .as_deref()
+        .map(|t| parse_time("since", t))
+        .transpose()?;
+    let until = f
+        .until
+        .as_deref()
+        .map(|t| parse_time("until", t))
+        .transpose()?;
+    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let family = f.step.as_ref().map(|s| format!("{s}.%"));
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT e.id, e.at_ms, e.mac, e.ip, e.step, e.detail, e.bytes, e.boot_id
+         FROM events e LEFT JOIN boots b ON b.id = e.boot_id
+         WHERE (?1 IS NULL OR e.mac = ?1) AND (?2 IS NULL OR e.id < ?2)
+           AND (?3 IS NULL OR e.at_ms >= ?3) AND (?4 IS NULL OR e.at_ms < ?4)
+           AND (?5 IS NULL OR e.step = ?5 OR e.step LIKE ?6)
+           AND (?7 IS NULL OR e.boot_id = ?7)
+           AND (?8 IS NULL OR b.stream = ?8) AND (?9 IS NULL OR b.generation = ?9)
+         ORDER BY e.id DESC LIMIT ?10",
+    )
+    .bind(mac.map(|m| m.to_string()))
+    .bind(f.cursor)
+    .bind(since)
+    .bind(until)
+    .bind(&f.step)
+    .bind(&family)
+    .bind(f.boot)
+    .bind(&f.stream)
+    .bind(f.generation)
+    .bind(limit + 1)
+    .fetch_all(store.pool())
+    .await?;
+    let mut events: Vec<EventView> = rows
+        .into_iter()
+        .map(|r| EventView {
+            id: Some(r.id),
+            at_ms: r.at_ms,
+            mac: r.mac,
+            ip: r.ip,
+            step: r.step,
+            detail: serde_json::from_str(&r.detail).unwrap_or(Value::Null),
+            bytes: r.bytes,
+            boot_id: r.boot_id,
+        })
+        .collect();
+    let next = if events.len() as i64 > limit {
+        events.truncate(limit as usize);
+        events.last().and_then(|e| e.id)
+    } else {
+        None
+    };
+    Ok(EventList { events, next })
+}
+
+/// Every ledger event, newest first.
+#[utoipa::path(get, path = "/api/v1/events", tag = "history",
+    params(EventFilter),
+    responses((status = 200, body = EventList)))]
+async fn list_events(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiQuery(f): ApiQuery<EventFilter>,
+) -> ApiResult<Json<EventList>> {
+    let mac = f.mac.as_deref().map(parse_mac).transpose()?;
+    s.inventory.settle().await;
+    Ok(Json(event_page(&s.store, mac, &f).await?))
+}
+
+/// A machine's ledger events, newest first.
+#[utoipa::path(get, path = "/api/v1/machines/{mac}/events", tag = "history",
+    params(("mac" = String, Path, description = "MAC address"), EventFilter),
+    responses((status = 200, body = EventList)))]
+async fn machine_events(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiPath(mac): ApiPath<String>,
+    ApiQuery(f): ApiQuery<EventFilter>,
+) -> ApiResult<Json<EventList>> {
+    let mac = same_mac(&mac, f.mac.as_deref())?;
+    s.inventory.settle().await;
+    Ok(Json(event_page(&s.store, Some(mac), &f).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct LiveFilter {
+    /// Only this machine's events.
+    mac: Option<String>,
+    /// Only this step (`dhcp.ack`) or family (`dhcp`).
+    step: Option<String>,
+}
+
+/// Events as they happen, as Server-Sent Events: each `data:` line is an
+/// event's JSON (the `Event` schema, without `id`). A watcher that falls
+/// behind gets an `event: lagged` message saying how many it missed. Ends
+/// when the server shuts down.
+#[utoipa::path(get, path = "/api/v1/events/stream", tag = "history",
+    params(LiveFilter),
+    responses((status = 200, description = "A stream of events", content_type = "text/event-stream", body = String)))]
+async fn event_stream(
+    _: Reader,
+    State(s): State<ApiState>,
+    ApiQuery(f): ApiQuery<LiveFilter>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let mac = f.mac.as_deref().map(parse_mac).transpose()?;
+    let step = f.step;
+    let rx = s.live.subscribe();
+    let stop = s.shutdown.clone();
+    let wanted = move |e: &crate::ledger::Event| {
+        mac.is_none_or(|m| e.mac == Some(m))
+            && step.as_deref().is_none_or(|st| {
+                e.step == st
+                    || (e.step.starts_with(st) && e.step.as_bytes().get(st.len()) == Some(&b'.'))
+            })
+    };
+    let stream = futures_util::stream::unfold((rx, stop), move |(mut rx, stop)| {
+        let wanted = wanted.clone();
+        async move {
+            loop {
+                let got = tokio::select! {
+                    _ = stop.cancelled() => return None,
+                    got = rx.recv() => got,
+                };
+                let msg = match got {
+                    Ok(e) if wanted(&e) => SseEvent::default().json_data(EventView {
+                        id: None,
+                        at_ms: e.at_ms,
+                        mac: e.mac.map(|m| m.to_string()),
+                        ip: e.ip.map(|i| i.to_string()),
+                        step: e.step.to_string(),
+                        detail: e.detail,
+                        bytes: e.bytes.map(|b| b as i64),
+                        boot_id: e.boot_id,
+                    }),
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        Ok(SseEvent::default().event("lagged").data(n.to_string()))
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                match msg {
+                    Ok(m) => return Some((Ok(m), (rx, stop))),
+                    Err(_) => continue,
+                }
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+#[path = "history_tests.rs"]
+mod tests;
