@@ -39,6 +39,7 @@ mod history;
 mod images;
 mod machines;
 mod openapi;
+mod rollouts;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -90,6 +91,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(history::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(rollouts::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`
