@@ -58,10 +58,16 @@ impl Relay {
     pub fn bind(giaddr: Ipv4Addr, port: u16, server: SocketAddr) -> std::io::Result<Self> {
         use socket2::{Domain, Protocol, Socket, Type};
         let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        // Port 67 next to a server bound to the wildcard address.
+        // Port 67 next to a server bound to the wildcard address (dnsmasq
+        // with bind-interfaces sets SO_REUSEPORT; both sides must).
         sock.set_reuse_address(true)?;
+        sock.set_reuse_port(true)?;
         // A storm's replies arrive in bursts; the default buffer drops them.
-        let _ = sock.set_recv_buffer_size(8 << 20);
+        if nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20))
+            .is_err()
+        {
+            let _ = sock.set_recv_buffer_size(8 << 20);
+        }
         sock.set_nonblocking(true)?;
         sock.bind(&SocketAddr::from((giaddr, port)).into())?;
         let sock = Arc::new(UdpSocket::from_std(sock.into())?);
