@@ -34,11 +34,13 @@
 //!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
 mod etag;
+mod explain;
 mod groups;
 mod history;
 mod images;
 mod machines;
 mod openapi;
+mod templates;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -81,6 +83,9 @@ pub struct ApiState {
     /// Cancelled at shutdown: ends long-lived answers (event streams), so
     /// the HTTP server's graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What `explain` and template previews need: the renderer, the URL
+    /// machines reach, the DHCP settings answers depend on.
+    pub explainer: Arc<crate::explain::Explainer>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -90,6 +95,8 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(history::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(explain::routes())
+        .merge(templates::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`
