@@ -40,6 +40,7 @@ mod history;
 mod images;
 mod machines;
 mod openapi;
+mod rollouts;
 mod templates;
 
 use std::collections::{BTreeMap, HashSet};
@@ -97,6 +98,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(groups::routes())
         .merge(explain::routes())
         .merge(templates::routes())
+        .merge(rollouts::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`
