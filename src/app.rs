@@ -294,6 +294,7 @@ pub async fn run(
         edits: Default::default(),
         live: ledger.live(),
         shutdown: shutdown.clone(),
+        dhcp: Some(dhcp.clone()),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),

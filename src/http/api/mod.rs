@@ -7,7 +7,7 @@
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! pins), [`history`] (boots and events, the live event stream), [`images`]
 //! (artifacts, streams, generations, gc), [`groups`] (groups and their
-//! generation pointers). This file holds what
+//! generation pointers), [`leases`], [`tokens`]. This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -37,8 +37,10 @@ mod etag;
 mod groups;
 mod history;
 mod images;
+mod leases;
 mod machines;
 mod openapi;
+mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -81,6 +83,9 @@ pub struct ApiState {
     /// Cancelled at shutdown: ends long-lived answers (event streams), so
     /// the HTTP server's graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The DHCP service, for its leases (`None` where there is none, as in
+    /// unit tests).
+    pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -88,6 +93,8 @@ fn api_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(machines::routes())
         .merge(history::routes())
+        .merge(leases::routes())
+        .merge(tokens::routes())
         .merge(images::routes())
         .merge(groups::routes())
 }

@@ -59,6 +59,7 @@ impl Harness {
             edits: Default::default(),
             live,
             shutdown: Default::default(),
+            dhcp: None,
         };
         Self {
             app: router(state.clone()),
