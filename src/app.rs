@@ -55,6 +55,9 @@ pub enum AppError {
     Setup(std::io::Error),
 }
 
+/// How often rollout gates and watchdog timeouts are checked.
+const ROLLOUT_TICK: Duration = Duration::from_millis(500);
+
 fn bind_err(what: &'static str, addr: impl ToString) -> impl FnOnce(std::io::Error) -> AppError {
     let addr = addr.to_string();
     move |source| AppError::Bind { what, addr, source }
@@ -161,6 +164,9 @@ pub async fn run(
     let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
     let inventory = Inventory::load(store.clone(), ledger.clone()).await?;
     inventory.apply_reservations(&config.dhcp.reservations);
+    // Machines a rollout moves are handed to the reboot hook's task.
+    let (reboot_tx, reboot_rx) = tokio::sync::mpsc::channel(4096);
+    inventory.configure_rollouts(config.rollout.watchdog, reboot_tx);
     let inventory = Arc::new(inventory);
 
     let mut bootfiles = Bootfiles::new(
@@ -279,6 +285,29 @@ pub async fn run(
             }
         });
     }
+    {
+        // Rollout gates and the watchdog's silence timeout run on the clock.
+        let inventory = inventory.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(ROLLOUT_TICK);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => inventory.tick_rollouts(now_ms()),
+                }
+            }
+        });
+    }
+    if config.rollout.hook.is_configured() {
+        services.push("reboot hook for rollouts".into());
+    }
+    tasks.spawn(crate::rollout::hook::run(
+        config.rollout.hook.clone(),
+        reboot_rx,
+        ledger.clone(),
+        shutdown.clone(),
+    ));
     services.push(format!("http on {http_addr}"));
     let boot_state = BootState::new(
         inventory.clone(),

@@ -33,6 +33,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "tftp",
     "dhcp",
+    "rollout",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     pub tftp: RawTftp,
     pub dhcp: RawDhcp,
+    /// The watchdog and the reboot hook (`rollout::settings`).
+    pub rollout: crate::rollout::settings::RawRollout,
 }
 
 impl Default for RawConfig {
@@ -84,6 +87,7 @@ impl Default for RawConfig {
             http: RawHttp::default(),
             tftp: RawTftp::default(),
             dhcp: RawDhcp::default(),
+            rollout: Default::default(),
         }
     }
 }
@@ -279,6 +283,7 @@ pub struct Config {
     pub http_listen: SocketAddr,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
+    pub rollout: crate::rollout::settings::RolloutSettings,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -429,7 +434,10 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     } else {
         None
     };
+    let rollout = crate::rollout::settings::validate(&raw.rollout)
+        .map_err(|(key, message)| invalid(key, message))?;
     Ok(Config {
+        rollout,
         data_dir: raw.data_dir,
         server_ip,
         log_format: raw.log_format,

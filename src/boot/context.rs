@@ -93,6 +93,8 @@ pub fn build(
             ctx.source = Some(match source {
                 Source::Pin => "pin".into(),
                 Source::Group => "group".into(),
+                Source::Rollout => "rollout".into(),
+                Source::LastGood => "last_good".into(),
             });
             if g.manifest.kernel.is_none() {
                 ctx.reason = Some(format!(

@@ -4,7 +4,9 @@
 //! Order of precedence: a pin on the machine, then its group's pointer for
 //! the machine's architecture (a group holds one generation per
 //! architecture), then the group's pointer set last.
-//! (Rollouts and the last-known-good fallback slot in here later.) When
+//! Rollouts and the last-known-good watchdog then have their say (see
+//! `rollout::engine::Fleet::boot`: a moved machine boots the rollout's
+//! generation, a degraded one its last good). When
 //! nothing can be booted the answer says why, because the machine's console
 //! and the ledger must say it too.
 
@@ -100,6 +102,10 @@ impl GroupFacts {
 pub enum Source {
     Pin,
     Group,
+    /// A rollout moved the machine to its group's next generation.
+    Rollout,
+    /// The watchdog: the target kept failing, so the last good generation.
+    LastGood,
 }
 
 /// The answer.

@@ -7,7 +7,9 @@
 //! - `GET /config/{token}/{file}`: a file from `boot-templates/config/`,
 //!   rendered at request time for that boot (the NoCloud seed directory).
 //! - `POST /phone-home/{token}`: the booted OS confirms (cloud-init's
-//!   `phone_home` module posts a form; the body is not needed).
+//!   `phone_home` module posts a form; the body is not needed, but a
+//!   rollout's health gate can require one of its fields, e.g.
+//!   `checks=passed`).
 //!
 //! Every step lands in the ledger; none of these waits on a SQLite write
 //! except the confirmation, which is not on the hot path.
@@ -225,7 +227,9 @@ async fn phone_home(
     let fields: HashMap<String, String> = form_fields(&body);
     let detail =
         json!({ "instance_id": fields.get("instance_id"), "hostname": fields.get("hostname") });
-    match state.inventory.confirm(&token).await {
+    let payload: std::collections::BTreeMap<String, String> =
+        fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    match state.inventory.confirm_with(&token, &payload).await {
         Ok((boot, generation)) => {
             info!(mac = %boot.mac, boot = boot.id, %generation, "boot confirmed");
             state.ledger.boot_event(

@@ -12,6 +12,9 @@ mod edit;
 mod groups;
 pub use groups::GroupChange;
 mod load;
+mod rollouts;
+
+pub use rollouts::{RolloutCommandError, StartRollout};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -180,6 +183,8 @@ struct State {
     /// The latest boot opened from each client address: artifact downloads
     /// carry no token, so they are attributed by where they come from.
     by_ip: HashMap<IpAddr, String>,
+    /// Rollouts and the watchdog's per-machine health: asked at every boot.
+    fleet: crate::rollout::engine::Fleet,
 }
 
 impl State {
@@ -355,6 +360,9 @@ pub struct Inventory {
     next_boot: AtomicI64,
     /// Set once at start, when DHCP exists: relay identity needs it.
     ports: OnceLock<PortLookup>,
+    /// Where machines a rollout moved (or rolled back) are sent to be
+    /// rebooted (the reboot hook's queue); set once at start.
+    reboots: OnceLock<tokio::sync::mpsc::Sender<crate::rollout::hook::Job>>,
 }
 
 /// The machine (label `identity`) or its group (variable `identity`) says
@@ -391,6 +399,11 @@ impl Inventory {
     /// Loads the view from the database.
     pub async fn load(store: Store, ledger: Ledger) -> Result<Self, InventoryError> {
         let (mut state, max_boot) = load::state(&store).await?;
+        state.fleet = crate::rollout::store::load(
+            store.pool(),
+            crate::rollout::settings::RolloutSettings::default().watchdog,
+        )
+        .await?;
         let moved = state.regroup();
         load::save_groups(&store, &moved).await?;
         Ok(Self {
@@ -399,6 +412,7 @@ impl Inventory {
             state: RwLock::new(state),
             next_boot: AtomicI64::new(max_boot + 1),
             ports: OnceLock::new(),
+            reboots: OnceLock::new(),
         })
     }
 
@@ -506,7 +520,7 @@ impl Inventory {
             machine,
             group,
             target,
-            generation,
+            generation: _,
         } = decide(&state, mac, req, port.as_ref(), kind);
         let inherited = match &identity {
             IdentityMatch::Port { replaces, .. } => {
@@ -519,6 +533,21 @@ impl Inventory {
             IdentityMatch::Mac => None,
         };
         state.machines.insert(mac, machine.clone());
+        // Rollouts and the watchdog have their say; the previous boot, if
+        // it never confirmed, is counted as failed first.
+        let (target, fleet) = state.fleet.boot(
+            mac,
+            &machine.group,
+            machine.last_good.as_ref(),
+            target,
+            id,
+            now,
+        );
+        self.apply_pointers(&mut state, &fleet.persist.pointers);
+        let generation = match &target {
+            Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
+            Target::Nothing { .. } => None,
+        };
         state.boots.insert(
             hash.clone(),
             Boot {
@@ -577,6 +606,7 @@ impl Inventory {
             reason,
             started_ms: now,
         }));
+        self.after_fleet(fleet, false);
         BootPlan {
             boot_id: id,
             token,
@@ -653,6 +683,18 @@ impl Inventory {
     /// The booted OS confirms: the generation becomes the machine's current
     /// and last good. Written to SQLite before memory changes.
     pub async fn confirm(&self, token: &str) -> Result<(Boot, GenerationId), InventoryError> {
+        self.confirm_with(token, &BTreeMap::new()).await
+    }
+
+    /// [`Inventory::confirm`] with the phone-home payload's fields, which a
+    /// rollout's health gate may require (`checks=passed`). A late
+    /// confirmation of a boot the watchdog already counted as failed still
+    /// counts: the machine is up.
+    pub async fn confirm_with(
+        &self,
+        token: &str,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(Boot, GenerationId), InventoryError> {
         let hash = token_hash(token);
         let boot = self
             .read()
@@ -672,7 +714,7 @@ impl Inventory {
         self.ledger.flush().await;
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state = 'served'")
+        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state IN ('served', 'failed')")
             .bind(now)
             .bind(boot.id)
             .execute(&mut *tx)
@@ -692,7 +734,15 @@ impl Inventory {
         .bind(boot.mac.to_string())
         .execute(&mut *tx)
         .await?;
+        // The watchdog and any rollout that moved the machine see it, in
+        // the same transaction.
+        let fleet = self
+            .write()
+            .fleet
+            .confirmed(boot.mac, &generation, fields, now);
+        crate::rollout::store::write(&mut tx, &fleet.persist).await?;
         tx.commit().await?;
+        self.after_fleet(fleet, true);
 
         let mut state = self.write();
         if let Some(b) = state.boots.get_mut(&hash) {
@@ -880,6 +930,11 @@ impl Inventory {
                         .push(format!("{what} {}", m.mac));
                 }
             }
+        }
+        for (id, rollout) in state.fleet.held_generations() {
+            used.entry(id)
+                .or_default()
+                .push(format!("rollout {rollout}"));
         }
         used
     }

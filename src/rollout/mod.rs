@@ -26,7 +26,17 @@
 //!
 //! [`watchdog`] is the other half of issue 5's safety net: per machine,
 //! failed boots counted and the last good generation served after too many.
+//!
+//! Around the two pure machines: [`engine`] (every rollout and machine
+//! health, fed boots, confirmations and the clock, still pure), [`store`]
+//! (their rows, migration 0007), [`hook`] (the optional reboot command or
+//! webhook) and [`settings`] (the `[rollout]` config section). The
+//! inventory holds the engine under its lock and asks it at every boot.
 
+pub mod engine;
+pub mod hook;
+pub mod settings;
+pub mod store;
 pub mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -401,6 +411,67 @@ impl Rollout {
             wave: self.wave,
             reason,
             rolled_back,
+        }
+    }
+}
+
+/// `1` (a count), `10%` (a share), or MACs separated by commas: how
+/// operators write a canary on the command line and in the API.
+impl std::str::FromStr for Canary {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(p) = text.strip_suffix('%') {
+            return p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .map(Canary::Percent)
+                .ok_or_else(|| format!("{text:?} is not a share of the group (1%-100%)"));
+        }
+        if let Ok(n) = text.parse::<usize>() {
+            return Ok(Canary::Count(n));
+        }
+        text.split(',')
+            .map(|m| {
+                m.trim()
+                    .parse::<MacAddr>()
+                    .map_err(|_| format!("{text:?}: expected a count (1), a share (10%) or MACs"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Canary::Machines)
+    }
+}
+
+/// `10%,50%,100%` (the `%` optional) → `[10, 50, 100]`.
+pub fn parse_steps(text: &str) -> Result<Vec<u8>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim_end_matches('%')
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| format!("step {s:?} is not a share of the group (1%-100%)"))
+        })
+        .collect()
+}
+
+/// `key=value`: what a confirmation must carry.
+impl std::str::FromStr for Require {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok(Require {
+                key: k.trim().to_string(),
+                value: v.trim().to_string(),
+            }),
+            _ => Err(format!("{text:?}: expected key=value, e.g. checks=passed")),
         }
     }
 }

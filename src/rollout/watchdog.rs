@@ -24,6 +24,9 @@ pub struct Policy {
 pub struct Open {
     pub generation: GenerationId,
     pub served_ms: i64,
+    /// The boot row, when the server knows it (marked failed with the reason).
+    #[serde(default)]
+    pub boot_id: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,15 +97,31 @@ impl Health {
         generation: &GenerationId,
         now_ms: i64,
     ) -> Option<Failure> {
-        let failure = self.open.take().map(|prev| {
-            let reason = format!("netbooted again without confirming {}", prev.generation);
-            self.count(policy, prev.generation, reason, now_ms)
-        });
+        let failure = self.netbooted(policy, now_ms).map(|(f, _)| f);
+        self.open(generation, None, now_ms);
+        failure
+    }
+
+    /// The machine netboots again: a boot still open was never confirmed,
+    /// so it failed (with the boot row it was, if known). The server calls
+    /// this before deciding what to serve, so the failure counts at once.
+    pub fn netbooted(&mut self, policy: &Policy, now_ms: i64) -> Option<(Failure, Option<i64>)> {
+        let prev = self.open.take()?;
+        let reason = format!("netbooted again without confirming {}", prev.generation);
+        Some((
+            self.count(policy, prev.generation, reason, now_ms),
+            prev.boot_id,
+        ))
+    }
+
+    /// A boot of `generation` (boot row `boot_id`) was served: it is open
+    /// until it confirms, the machine netboots again, or the timeout passes.
+    pub fn open(&mut self, generation: &GenerationId, boot_id: Option<i64>, now_ms: i64) {
         self.open = Some(Open {
             generation: generation.clone(),
             served_ms: now_ms,
+            boot_id,
         });
-        failure
     }
 
     /// The served boot confirmed `generation`: healthy again.
@@ -128,6 +147,11 @@ impl Health {
 
     /// The clock: an open boot past the timeout failed (counted once).
     pub fn tick(&mut self, policy: &Policy, now_ms: i64) -> Option<Failure> {
+        self.tick_boot(policy, now_ms).map(|(f, _)| f)
+    }
+
+    /// [`Health::tick`], with the boot row of the boot that failed.
+    pub fn tick_boot(&mut self, policy: &Policy, now_ms: i64) -> Option<(Failure, Option<i64>)> {
         let open = self.open.as_ref()?;
         if now_ms - open.served_ms < policy.confirm_timeout_ms {
             return None;
@@ -138,7 +162,15 @@ impl Health {
             open.generation,
             policy.confirm_timeout_ms / 1000
         );
-        Some(self.count(policy, open.generation, reason, now_ms))
+        Some((
+            self.count(policy, open.generation, reason, now_ms),
+            open.boot_id,
+        ))
+    }
+
+    /// Nothing to remember: no open boot, no failures, no mark.
+    pub fn is_clear(&self) -> bool {
+        *self == Health::default()
     }
 
     /// An operator clears the mark and the count.

@@ -62,6 +62,7 @@ async fn commit(store: &Store, batch: &[Record]) -> Result<(), sqlx::Error> {
             Record::Event(e) => insert_event(&mut tx, e).await?,
             Record::Lease(l) => write_lease(&mut tx, l).await?,
             Record::BootStarted(b) => insert_boot(&mut tx, b).await?,
+            Record::Rollout(p) => crate::rollout::store::write(&mut tx, p).await?,
             Record::Flush(_) => {}
         }
     }

@@ -40,6 +40,7 @@ mod images;
 mod leases;
 mod machines;
 mod openapi;
+mod rollouts;
 mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
@@ -97,6 +98,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(tokens::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(rollouts::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`

@@ -1,0 +1,274 @@
+//! The inventory's side of rollouts and the watchdog: operator commands,
+//! the clock, and what a transition's [`Outcome`] does (rows, ledger events,
+//! reboot requests).
+//!
+//! Writes: the boot path and the clock queue a transition's rows through
+//! the ledger (one record, so one transaction); operator commands write
+//! theirs in their own `BEGIN IMMEDIATE` transaction after the ledger is
+//! flushed and answer only once it is committed. Rows carry the engine's
+//! `rev`, so either order leaves the newest state.
+
+use super::{Inventory, InventoryError, State};
+use crate::boot::{self, GenerationId, GroupFacts};
+use crate::domain::{MacAddr, MachineKind};
+use crate::ledger::{now_ms, Record};
+use crate::rollout::engine::{Entry, FleetError, Outcome, PointerMove};
+use crate::rollout::hook::Job;
+use crate::rollout::watchdog::{Health, Policy};
+use crate::rollout::{Require, Spec, Strategy};
+
+/// What an operator asks for when starting a rollout.
+#[derive(Debug, Clone)]
+pub struct StartRollout {
+    pub group: String,
+    pub to: GenerationId,
+    pub strategy: Strategy,
+    pub timeout_ms: i64,
+    pub require: Option<Require>,
+    pub rollback: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutCommandError {
+    #[error(transparent)]
+    Fleet(#[from] FleetError),
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error("group {0} does not exist")]
+    NoSuchGroup(String),
+    #[error("{0}")]
+    NoStartingPoint(String),
+}
+
+impl From<sqlx::Error> for RolloutCommandError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Inventory(InventoryError::Sqlx(e))
+    }
+}
+
+impl Inventory {
+    /// The watchdog's policy and the reboot hook's queue (once, at start).
+    pub fn configure_rollouts(&self, policy: Policy, reboots: tokio::sync::mpsc::Sender<Job>) {
+        self.write().fleet.policy = policy;
+        let _ = self.reboots.set(reboots);
+    }
+
+    pub fn rollouts(&self) -> Vec<Entry> {
+        self.read().fleet.rollouts().cloned().collect()
+    }
+
+    pub fn rollout(&self, id: i64) -> Option<Entry> {
+        self.read().fleet.rollout(id).cloned()
+    }
+
+    pub fn watchdog_policy(&self) -> Policy {
+        self.read().fleet.policy
+    }
+
+    pub fn health(&self, mac: MacAddr) -> Health {
+        self.read().fleet.health(mac)
+    }
+
+    pub fn degraded(&self) -> Vec<(MacAddr, Health)> {
+        self.read().fleet.degraded()
+    }
+
+    /// A completed rollout moved a group pointer: memory follows (the rows
+    /// are in the same transition's write).
+    pub(super) fn apply_pointers(&self, state: &mut State, pointers: &[PointerMove]) {
+        for m in pointers {
+            if let Some(g) = state.groups.get_mut(&m.group) {
+                g.pointer = Some(m.generation.clone());
+                g.by_arch.insert(m.slot.clone(), m.generation.clone());
+            }
+        }
+    }
+
+    /// Records a transition's events and asks for its reboots; queues its
+    /// rows unless the caller already wrote them.
+    pub(super) fn after_fleet(&self, out: Outcome, written: bool) {
+        if !written && !out.persist.is_empty() {
+            self.ledger.record(Record::Rollout(out.persist));
+        }
+        for n in out.notes {
+            self.ledger.event(n.mac, None, n.step, n.detail, None);
+        }
+        if out.reboots.is_empty() {
+            return;
+        }
+        let Some(queue) = self.reboots.get() else {
+            return;
+        };
+        let state = self.read();
+        for reboot in out.reboots {
+            let m = state.machines.get(&reboot.mac);
+            let job = Job {
+                ip: m.and_then(|m| m.ip.clone()),
+                hostname: m.and_then(|m| m.hostname.clone()),
+                reboot,
+            };
+            if queue.try_send(job).is_err() {
+                tracing::warn!("reboot hook queue full; a machine waits for its own reboot");
+            }
+        }
+    }
+
+    /// The clock: watchdog timeouts and rollout gates.
+    pub fn tick_rollouts(&self, now_ms: i64) {
+        let out = {
+            let mut state = self.write();
+            let out = state.fleet.tick(now_ms);
+            self.apply_pointers(&mut state, &out.persist.pointers);
+            out
+        };
+        self.after_fleet(out, false);
+    }
+
+    /// Runs an operator command on the fleet and commits its rows before
+    /// answering.
+    async fn fleet_command<T>(
+        &self,
+        f: impl FnOnce(&mut crate::rollout::engine::Fleet, i64) -> Result<(T, Outcome), FleetError>,
+    ) -> Result<T, RolloutCommandError> {
+        // Rows the boot path queued are committed first (the one-rollout-
+        // per-group index must see a finished rollout as finished).
+        self.settle().await;
+        let now = now_ms();
+        let (value, out) = {
+            let mut state = self.write();
+            let (value, out) = f(&mut state.fleet, now)?;
+            self.apply_pointers(&mut state, &out.persist.pointers);
+            (value, out)
+        };
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        crate::rollout::store::write(&mut tx, &out.persist).await?;
+        tx.commit().await?;
+        self.after_fleet(out, true);
+        Ok(value)
+    }
+
+    /// Starts a rollout of `req.group` to `req.to` from the generation the
+    /// group points at for that image's architecture. Its machines are the
+    /// group's members that follow that pointer (not pinned, of the right
+    /// kind and architecture).
+    pub async fn start_rollout(
+        &self,
+        req: StartRollout,
+        by: Option<String>,
+    ) -> Result<Entry, RolloutCommandError> {
+        self.settle().await;
+        let to = self
+            .generation(&req.to)
+            .ok_or_else(|| InventoryError::NoSuchGeneration(req.to.clone()))?;
+        let installer = to.manifest.is_installer();
+        let arch = to.manifest.arch.clone();
+        let slot = boot::slot(&arch, installer);
+        let group = self
+            .group(&req.group)
+            .ok_or_else(|| RolloutCommandError::NoSuchGroup(req.group.clone()))?;
+        let facts = GroupFacts {
+            name: group.name.clone(),
+            pointer: group.pointer.clone(),
+            by_arch: group.by_arch.clone().into_iter().collect(),
+        };
+        let from = facts
+            .pointer_for(Some(&arch), installer)
+            .cloned()
+            .filter(|g| {
+                self.generation(g).is_some_and(|g| {
+                    boot::slot(&g.manifest.arch, g.manifest.is_installer()) == slot
+                })
+            })
+            .ok_or_else(|| {
+                RolloutCommandError::NoStartingPoint(format!(
+                    "group {} has no {slot} generation to roll out from; point it at one first",
+                    req.group
+                ))
+            })?;
+        let rows: Vec<(String, Option<String>, String)> =
+            sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = ?")
+                .bind(&req.group)
+                .fetch_all(self.store.pool())
+                .await?;
+        let members: Vec<MacAddr> = {
+            let state = self.read();
+            // Machines the database knows (seen at least once): one known
+            // only from a DHCP reservation has never booted and would hold
+            // its wave until the timeout.
+            let members: Vec<MacAddr> = rows
+                .into_iter()
+                .filter_map(|(mac, pin, kind)| {
+                    let mac: MacAddr = mac.parse().ok()?;
+                    let (pinned, switch, arch) = match state.machines.get(&mac) {
+                        Some(m) => (
+                            m.pin.is_some(),
+                            m.kind == MachineKind::Switch,
+                            m.arch.clone(),
+                        ),
+                        None => (pin.is_some(), kind == "switch", None),
+                    };
+                    let fits = arch
+                        .as_deref()
+                        .is_none_or(|a| boot::same_arch(a, &to.manifest.arch));
+                    (!pinned && switch == installer && fits).then_some(mac)
+                })
+                .collect();
+            members
+        };
+        let spec = Spec {
+            group: req.group.clone(),
+            from,
+            to: req.to.clone(),
+            strategy: req.strategy,
+            timeout_ms: req.timeout_ms,
+            require: req.require,
+            rollback: req.rollback,
+        };
+        let id = self
+            .fleet_command(|fleet, now| fleet.start(spec, slot, &members, by, now))
+            .await?;
+        Ok(self.rollout(id).expect("just started"))
+    }
+
+    pub async fn pause_rollout(
+        &self,
+        id: i64,
+        by: Option<&str>,
+    ) -> Result<Entry, RolloutCommandError> {
+        self.fleet_command(|f, now| f.pause(id, by, now).map(|o| ((), o)))
+            .await?;
+        Ok(self.rollout(id).expect("exists"))
+    }
+
+    pub async fn resume_rollout(
+        &self,
+        id: i64,
+        by: Option<&str>,
+    ) -> Result<Entry, RolloutCommandError> {
+        self.fleet_command(|f, now| f.resume(id, by, now).map(|o| ((), o)))
+            .await?;
+        Ok(self.rollout(id).expect("exists"))
+    }
+
+    pub async fn abort_rollout(
+        &self,
+        id: i64,
+        reason: &str,
+        by: Option<&str>,
+    ) -> Result<Entry, RolloutCommandError> {
+        self.fleet_command(|f, now| f.abort(id, reason, by, now).map(|o| ((), o)))
+            .await?;
+        Ok(self.rollout(id).expect("exists"))
+    }
+
+    /// Clears a machine's degraded mark: its next boot tries its target again.
+    pub async fn clear_degraded(
+        &self,
+        mac: MacAddr,
+        by: Option<&str>,
+    ) -> Result<Health, RolloutCommandError> {
+        self.fleet_command(|f, now| f.clear(mac, by, now).map(|o| ((), o)))
+            .await?;
+        Ok(self.health(mac))
+    }
+}

@@ -1,0 +1,595 @@
+//! Rollouts and the watchdog over loopback HTTP, with simulated machines:
+//! each "boot" fetches the machine's iPXE script, reads which kernel it was
+//! served and its per-boot token, and then confirms (phone home) or stays
+//! silent, as a healthy or a broken image would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const M1: &str = "52:54:00:00:07:01";
+const M2: &str = "52:54:00:00:07:02";
+const M3: &str = "52:54:00:00:07:03";
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+/// What one boot of a simulated machine was served.
+struct Booted {
+    /// The generation whose kernel the script loads.
+    generation: i64,
+    token: String,
+}
+
+impl Api {
+    fn new(server: &TestServer) -> Self {
+        let token = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+        Self {
+            base: format!("http://{}", server.bound.http),
+            token: token.trim().into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut rb = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, v) = self.call(method, path, body).await;
+        assert!(status.is_success(), "{path}: {status} {v}");
+        v
+    }
+
+    async fn upload(&self, bytes: &[u8]) -> String {
+        let hex = hex::encode(Sha256::digest(bytes));
+        let resp = self
+            .http
+            .put(format!("{}/api/v1/artifacts/sha256/{hex}", self.base))
+            .bearer_auth(&self.token)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        hex
+    }
+
+    /// Imports generation N of `worker`, whose kernel is recognisable.
+    async fn import(&self, n: u8) -> i64 {
+        let kernel = vec![n; 4096];
+        let initrd = vec![n.wrapping_add(100); 2048];
+        let (k, i) = (self.upload(&kernel).await, self.upload(&initrd).await);
+        let v = self
+            .ok(
+                Method::POST,
+                "/api/v1/streams/worker/generations",
+                Some(json!({
+                    "arch": "x86_64",
+                    "kernel": { "name": "vmlinuz", "digest": k, "size": kernel.len() },
+                    "initrds": [{ "name": "initrd.img", "digest": i, "size": initrd.len() }],
+                    "rootfs": null,
+                    "cmdline": "console=ttyS0",
+                })),
+            )
+            .await;
+        v["generation"].as_i64().unwrap()
+    }
+
+    async fn point(&self, group: &str, generation: i64) {
+        self.ok(
+            Method::PUT,
+            &format!("/api/v1/groups/{group}/generation"),
+            Some(json!({ "stream": "worker", "generation": generation })),
+        )
+        .await;
+    }
+
+    /// One network boot of `mac`: the script it is served.
+    async fn boot(&self, mac: &str) -> Booted {
+        let url = format!(
+            "{}/boot/{}.ipxe?buildarch=x86_64&platform=pcbios",
+            self.base,
+            mac.replace(':', "-")
+        );
+        let script = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let kernel = script
+            .split("/artifacts/sha256/")
+            .nth(1)
+            .unwrap_or_else(|| panic!("a kernel in\n{script}"));
+        let hex = &kernel[..64];
+        let generation = (1..=9u8)
+            .find(|n| hex::encode(Sha256::digest(vec![*n; 4096])) == hex)
+            .expect("a kernel this test imported") as i64;
+        let token = script
+            .split("/config/")
+            .nth(1)
+            .and_then(|t| t.split('/').next())
+            .unwrap_or_else(|| panic!("a token in\n{script}"))
+            .to_string();
+        Booted { generation, token }
+    }
+
+    /// The booted OS phones home, with an optional form payload.
+    async fn confirm(&self, booted: &Booted, form: &str) -> StatusCode {
+        self.http
+            .post(format!("{}/phone-home/{}", self.base, booted.token))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    /// Boots and confirms; returns the generation it runs.
+    async fn boot_ok(&self, mac: &str) -> i64 {
+        let b = self.boot(mac).await;
+        assert_eq!(self.confirm(&b, "").await, StatusCode::OK);
+        b.generation
+    }
+
+    async fn rollout(&self, id: i64) -> Value {
+        self.ok(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
+            .await
+    }
+
+    /// Polls a rollout until `pred` holds (at most 15 s).
+    async fn wait_for(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..150 {
+            let r = self.rollout(id).await;
+            if pred(&r) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "rollout {id} never reached {what}: {}",
+            self.rollout(id).await
+        );
+    }
+}
+
+fn statuses(r: &Value, wave: usize) -> Vec<(String, String)> {
+    r["waves"][wave]["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mac"].as_str().unwrap().to_string(),
+                m["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Three machines on generation 1 (A), confirmed.
+async fn fleet_on_a(api: &Api) -> (i64, i64) {
+    let a = api.import(1).await;
+    let b = api.import(2).await;
+    api.point("default", a).await;
+    for m in [M1, M2, M3] {
+        assert_eq!(api.boot_ok(m).await, a);
+    }
+    (a, b)
+}
+
+#[tokio::test]
+async fn a_canary_rollout_moves_the_group_wave_by_wave_gated_on_confirmations() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_on_a(&api).await;
+
+    let (status, r) = api
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(
+                json!({ "group": "default", "stream": "worker", "to": b, "canary": 1,
+                         "steps": ["100%"], "timeout": "1m", "require": "checks=passed" }),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(r["state"], "running");
+    assert_eq!(statuses(&r, 0), vec![(M1.into(), "waiting".into())]);
+    assert_eq!(
+        statuses(&r, 1),
+        vec![(M2.into(), "pending".into()), (M3.into(), "pending".into())]
+    );
+
+    // A second rollout on the same group is refused, clearly.
+    let (status, refused) = api
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "conflict");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("already has rollout {id} (running)")),
+        "{refused}"
+    );
+
+    // Machines not moved yet still boot A; the canary boots B.
+    assert_eq!(api.boot_ok(M2).await, a);
+    let canary = api.boot(M1).await;
+    assert_eq!(canary.generation, b);
+    // A confirmation without the required check does not pass the gate.
+    assert_eq!(api.confirm(&canary, "checks=failed").await, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let r = api.rollout(id).await;
+    assert_eq!(r["wave"], 0, "{r}");
+    let canary = api.boot(M1).await;
+    assert_eq!(canary.generation, b);
+    assert_eq!(
+        api.confirm(&canary, "instance_id=x&checks=passed").await,
+        StatusCode::OK
+    );
+
+    // The gate passes and the rest moves.
+    let r = api.wait_for(id, "wave 1", |r| r["wave"] == 1).await;
+    assert_eq!(r["waves"][0]["gate"], "passed");
+    assert_eq!(statuses(&r, 0), vec![(M1.into(), "confirmed".into())]);
+    assert_eq!(
+        statuses(&r, 1),
+        vec![(M2.into(), "waiting".into()), (M3.into(), "waiting".into())]
+    );
+    for m in [M2, M3] {
+        let booted = api.boot(m).await;
+        assert_eq!(booted.generation, b);
+        assert_eq!(api.confirm(&booted, "checks=passed").await, StatusCode::OK);
+    }
+    let r = api
+        .wait_for(id, "success", |r| r["state"] == "succeeded")
+        .await;
+    assert_eq!(r["counts"]["confirmed"], 3, "{r}");
+
+    // The group now points at B: every machine boots it without the rollout.
+    let groups = api.ok(Method::GET, "/api/v1/groups", None).await;
+    let default = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "default")
+        .unwrap();
+    assert_eq!(default["pointer"]["generation"], b, "{default}");
+    assert_eq!(api.boot(M3).await.generation, b);
+
+    // A finished rollout cannot be resumed, paused or aborted.
+    for verb in ["resume", "pause", "abort"] {
+        let (status, v) = api
+            .call(Method::POST, &format!("/api/v1/rollouts/{id}/{verb}"), None)
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{verb}: {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("succeeded"),
+            "{v}"
+        );
+    }
+    let list = api.ok(Method::GET, "/api/v1/rollouts", None).await;
+    assert_eq!(list["rollouts"][0]["id"], id);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_netboots_again_without_confirming_rolls_the_rollout_back_at_once() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_on_a(&api).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "5m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    let broken = api.boot(M1).await;
+    assert_eq!(broken.generation, b);
+    // The broken image never phones home; the machine netboots again and
+    // that very boot brings A back.
+    assert_eq!(api.boot_ok(M1).await, a);
+    let r = api.rollout(id).await;
+    assert_eq!(r["state"], "rolled_back", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(M1) && reason.contains("netbooted again without confirming worker gen 2"),
+        "{reason}"
+    );
+    assert_eq!(r["waves"][0]["gate"], "failed");
+    assert_eq!(r["waves"][0]["machines"][0]["status"], "failed");
+    assert_eq!(r["waves"][0]["machines"][0]["rolled_back"], true);
+    assert_eq!(r["waves"][1]["gate"], "pending");
+    // The others never left A, and the failed boot says why.
+    assert_eq!(api.boot_ok(M2).await, a);
+    let boots = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/boots"), None)
+        .await;
+    let failed = boots["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["state"] == "failed")
+        .unwrap_or_else(|| panic!("a failed boot in {boots}"));
+    assert_eq!(failed["generation"], b);
+    // A new rollout may start once this one is finished.
+    let (status, v) = api
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": "34%" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_watchdog_serves_the_last_good_generation_after_repeated_failures_until_cleared() {
+    let server = TestServer::full("[rollout]\nwatchdog_failures = 2\n").await;
+    let api = Api::new(&server);
+    let a = api.import(1).await;
+    let broken = api.import(2).await;
+    api.point("default", a).await;
+    assert_eq!(api.boot_ok(M1).await, a);
+    api.point("default", broken).await;
+    assert_eq!(api.boot(M1).await.generation, broken);
+    assert_eq!(
+        api.boot(M1).await.generation,
+        broken,
+        "one failure is not enough"
+    );
+    // The second failure marks it degraded; this boot already gets A.
+    assert_eq!(api.boot_ok(M1).await, a);
+    let h = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/health"), None)
+        .await;
+    let reason = h["degraded"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("2 failed boots of worker gen 2") && reason.contains("netbooted again"),
+        "{h}"
+    );
+    let w = api.ok(Method::GET, "/api/v1/watchdog", None).await;
+    assert_eq!(w["policy"]["max_failures"], 2);
+    assert_eq!(w["degraded"][0]["mac"], M1, "{w}");
+    // It stays on A (confirming A does not clear B's mark) …
+    assert_eq!(api.boot_ok(M1).await, a);
+    // … until an operator clears the mark: the next boot tries B again.
+    let cleared = api
+        .ok(
+            Method::DELETE,
+            &format!("/api/v1/machines/{M1}/degraded"),
+            None,
+        )
+        .await;
+    assert_eq!(cleared["degraded"], Value::Null);
+    let (status, v) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/machines/{M1}/degraded"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(api.boot(M1).await.generation, broken);
+
+    // The ledger explains it.
+    let dir = server.stop().await;
+    let db = TestServer::db(dir.path()).await;
+    let steps: Vec<(String,)> = sqlx::query_as(
+        "SELECT step FROM events WHERE mac = ? AND step LIKE 'watchdog.%' ORDER BY id",
+    )
+    .bind(M1)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    let steps: Vec<&str> = steps.iter().map(|(s,)| s.as_str()).collect();
+    for step in [
+        "watchdog.failed_boot",
+        "watchdog.degraded",
+        "watchdog.last_good",
+        "watchdog.cleared",
+    ] {
+        assert!(steps.contains(&step), "{step} in {steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_resumes_where_it_was_after_a_restart() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (_a, b) = fleet_on_a(&api).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": [M2], "timeout": "5m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(api.boot_ok(M2).await, b);
+    let before = api.wait_for(id, "wave 1", |r| r["wave"] == 1).await;
+    assert_eq!(
+        statuses(&before, 1),
+        vec![(M1.into(), "waiting".into()), (M3.into(), "waiting".into())]
+    );
+    let dir = server.stop().await;
+
+    let text = common::full_config(dir.path(), "");
+    let server = TestServer::start(&text, dir).await;
+    let api = Api::new(&server);
+    let after = api.rollout(id).await;
+    assert_eq!(
+        after["waves"], before["waves"],
+        "the same waves and progress"
+    );
+    assert_eq!(after["state"], "running");
+    for m in [M1, M3] {
+        assert_eq!(api.boot_ok(m).await, b);
+    }
+    api.wait_for(id, "success", |r| r["state"] == "succeeded")
+        .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_silent_canary_times_out_and_the_reboot_hook_is_called_for_moves_and_roll_backs() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let log = dir.path().join("reboots.log");
+    let extra = format!(
+        "[rollout]\nconfirm_timeout = \"2s\"\nreboot_command = \"echo $IRONBOOT_MAC $IRONBOOT_GENERATION >> {}\"\n",
+        log.display()
+    );
+    let text = common::full_config(dir.path(), &extra);
+    let server = TestServer::start(&text, dir).await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_on_a(&api).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "10m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(api.boot(M1).await.generation, b);
+    // Silent past confirm_timeout: a failed boot, the gate fails.
+    let r = api
+        .wait_for(id, "roll back", |r| r["state"] == "rolled_back")
+        .await;
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no confirmation of worker gen 2 within 2 s"),
+        "{r}"
+    );
+    // The hook was asked to reboot the canary onto B, then back onto A.
+    let mut lines = String::new();
+    for _ in 0..50 {
+        lines = std::fs::read_to_string(&log).unwrap_or_default();
+        if lines.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines, format!("{M1} {b}\n{M1} {a}\n"));
+    assert_eq!(api.boot_ok(M1).await, a);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pause_resume_and_abort_and_their_refusals() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_on_a(&api).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "strategy": "blue_green", "timeout": "5m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(
+        r["waves"][0]["machines"].as_array().unwrap().len(),
+        2,
+        "the first half"
+    );
+    let r = api
+        .ok(Method::POST, &format!("/api/v1/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(r["state"], "paused");
+    let (status, _) = api
+        .call(Method::POST, &format!("/api/v1/rollouts/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    for m in [M1, M2] {
+        assert_eq!(
+            api.boot_ok(m).await,
+            b,
+            "a paused rollout keeps its moved machines on B"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        api.rollout(id).await["wave"],
+        0,
+        "a paused gate does not pass"
+    );
+    api.ok(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), None)
+        .await;
+    api.wait_for(id, "wave 1", |r| r["wave"] == 1).await;
+    let r = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/abort"),
+            Some(json!({ "reason": "change freeze" })),
+        )
+        .await;
+    assert_eq!(r["state"], "aborted");
+    assert_eq!(r["reason"], "change freeze");
+    for m in [M1, M2, M3] {
+        assert_eq!(api.boot_ok(m).await, a, "aborted: back to A");
+    }
+    let (status, v) = api
+        .call(Method::POST, &format!("/api/v1/rollouts/{id}/resume"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let (status, v) = api.call(Method::GET, "/api/v1/rollouts/99", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = api
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": 9 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let (status, v) = api
+        .call(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "steps": "50%,20%" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["field"], "steps");
+    server.stop().await;
+}
