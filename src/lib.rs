@@ -24,6 +24,8 @@
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
 //! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces.
+//! - [`storm`]: the boot-storm simulator behind `ironboot-storm` (a client;
+//!   nothing in the server uses it).
 //!
 //! Architecture invariant: no packet path awaits a SQLite write. What DHCP and
 //! TFTP read is in memory; what they record goes through [`ledger::Ledger`].
@@ -48,4 +50,5 @@ pub mod netif;
 pub mod render;
 pub mod rollout;
 pub mod store;
+pub mod storm;
 pub mod tftp;
