@@ -333,6 +333,7 @@ pub async fn run(
         live: ledger.live(),
         shutdown: shutdown.clone(),
         explainer,
+        dhcp: Some(dhcp.clone()),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),

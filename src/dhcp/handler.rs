@@ -134,6 +134,32 @@ impl Dhcp {
         self.leases.lock().expect("lease lock").mac_of(ip)
     }
 
+    /// The lease table as it is now (for the API).
+    pub fn leases(&self) -> Vec<Entry> {
+        self.leases.lock().expect("lease lock").entries()
+    }
+
+    /// An operator frees `ip`: forgotten in memory, deleted from SQLite
+    /// through the ledger, and recorded as `dhcp.operator_release`.
+    pub fn release_by_operator(&self, ip: Ipv4Addr) -> Option<Entry> {
+        let entry = self.leases.lock().expect("lease lock").remove(ip)?;
+        self.ledger.record(Record::Lease(LeaseRecord {
+            ip,
+            mac: entry.mac,
+            state: "free",
+            expires_at_ms: 0,
+            hostname: None,
+        }));
+        self.ledger.event(
+            entry.mac,
+            Some(ip.into()),
+            "dhcp.operator_release",
+            serde_json::json!({ "state": format!("{:?}", entry.state).to_lowercase() }),
+            None,
+        );
+        Some(entry)
+    }
+
     /// Forgets offers nobody took up. Called periodically.
     pub fn expire_offers(&self, now: Millis) -> usize {
         self.leases.lock().expect("lease lock").expire_offers(now)

@@ -7,7 +7,7 @@
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! pins), [`history`] (boots and events, the live event stream), [`images`]
 //! (artifacts, streams, generations, gc), [`groups`] (groups and their
-//! generation pointers). This file holds what
+//! generation pointers), [`leases`], [`tokens`]. This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -38,10 +38,12 @@ mod explain;
 mod groups;
 mod history;
 mod images;
+mod leases;
 mod machines;
 mod openapi;
 mod rollouts;
 mod templates;
+mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -87,6 +89,9 @@ pub struct ApiState {
     /// What `explain` and template previews need: the renderer, the URL
     /// machines reach, the DHCP settings answers depend on.
     pub explainer: Arc<crate::explain::Explainer>,
+    /// The DHCP service, for its leases (`None` where there is none, as in
+    /// unit tests).
+    pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -94,6 +99,8 @@ fn api_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(machines::routes())
         .merge(history::routes())
+        .merge(leases::routes())
+        .merge(tokens::routes())
         .merge(images::routes())
         .merge(groups::routes())
         .merge(explain::routes())

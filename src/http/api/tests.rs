@@ -71,6 +71,7 @@ impl Harness {
                 mode: crate::config::DhcpMode::Full,
                 serve_all: false,
             }),
+            dhcp: None,
         };
         Self {
             app: router(state.clone()),

@@ -1,0 +1,256 @@
+//! The inventory API through a real socket, against the whole server: DHCP
+//! leases listed and released, tokens, If-Match conflicts, the live event
+//! stream, and `/metrics` after real DHCP traffic.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::dhcp_client::{mac, message, msg_type, with, Client, Relay};
+use common::TestServer;
+use dhcproto::v4::{DhcpOption, MessageType};
+use futures_util::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+const RELAY1: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
+const SERVER_ID: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: &TestServer) -> Self {
+        let token = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+        Self {
+            base: format!("http://{}", server.bound.http),
+            token: token.trim().into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.unwrap();
+        let (status, headers) = (resp.status(), resp.headers().clone());
+        (status, headers, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let token = self.token.clone();
+        let (s, _, v) = self.call(method, path, Some(&token), body, &[]).await;
+        (s, v)
+    }
+}
+
+/// DISCOVER → OFFER → REQUEST → ACK through a relay; the bound address.
+async fn dora(relay: &Relay, m: [u8; 6], xid: u32) -> Ipv4Addr {
+    let offer = relay
+        .exchange(&message(
+            Client::BiosPxe,
+            MessageType::Discover,
+            m,
+            xid,
+            relay.giaddr,
+        ))
+        .await
+        .expect("OFFER");
+    let ip = offer.yiaddr();
+    let req = message(
+        Client::BiosPxe,
+        MessageType::Request,
+        m,
+        xid + 1,
+        relay.giaddr,
+    );
+    let req = with(
+        with(req, DhcpOption::RequestedIpAddress(ip)),
+        DhcpOption::ServerIdentifier(SERVER_ID),
+    );
+    let ack = relay.exchange(&req).await.expect("ACK");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    ip
+}
+
+#[tokio::test]
+async fn leases_tokens_and_errors_through_a_real_socket() {
+    let server = TestServer::full("serve_all = true").await;
+    let api = Api::new(&server);
+    let relay = Relay::new(RELAY1, server.dhcp()).await;
+    let ip = dora(&relay, mac(70), 7000).await;
+
+    let (status, leases) = api.admin(Method::GET, "/api/v1/leases", None).await;
+    assert_eq!(status, StatusCode::OK, "{leases}");
+    let lease = leases["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ip"] == ip.to_string())
+        .unwrap_or_else(|| panic!("{ip} listed: {leases}"))
+        .clone();
+    assert_eq!(lease["state"], "bound");
+    assert_eq!(lease["subnet"], "127.1.0.0/24");
+    assert_eq!(lease["mac"], "52:54:00:aa:00:46");
+    let (_, mine) = api
+        .admin(
+            Method::GET,
+            "/api/v1/leases?mac=52:54:00:aa:00:46&state=bound",
+            None,
+        )
+        .await;
+    assert_eq!(mine["leases"].as_array().unwrap().len(), 1);
+
+    // A read-only token may look, not release.
+    let (status, created) = api
+        .admin(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({ "name": "viewer", "role": "read" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let reader = created["secret"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/leases/{ip}");
+    let (status, _, body) = api
+        .call(Method::DELETE, &path, Some(&reader), None, &[])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    let (status, _, body) = api.call(Method::DELETE, &path, None, None, &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+
+    let (status, released) = api.admin(Method::DELETE, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{released}");
+    assert_eq!(released["ip"], ip.to_string());
+    let (_, leases) = api.admin(Method::GET, "/api/v1/leases", None).await;
+    assert!(
+        !leases.to_string().contains(&format!("\"{ip}\"")),
+        "{leases}"
+    );
+    let (status, body) = api.admin(Method::DELETE, &path, None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (StatusCode::NOT_FOUND, &json!("no_such_lease"))
+    );
+    let (status, body) = api
+        .admin(Method::DELETE, "/api/v1/leases/not-an-ip", None)
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (StatusCode::BAD_REQUEST, &json!("ip"))
+    );
+
+    // The release is in the ledger, and the lease row is gone from SQLite.
+    let (_, events) = api
+        .admin(
+            Method::GET,
+            "/api/v1/events?step=dhcp.operator_release",
+            None,
+        )
+        .await;
+    assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
+    let dir = server.stop().await;
+    let db = TestServer::db(dir.path()).await;
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE ip = ?")
+        .bind(ip.to_string())
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn if_match_conflicts_and_the_live_stream_through_a_real_socket() {
+    let server = TestServer::full("serve_all = true").await;
+    let api = Api::new(&server);
+
+    // Watch the stream before the machine shows up.
+    let resp = api
+        .http
+        .get(format!("{}/api/v1/events/stream?step=dhcp", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream();
+    let relay = Relay::new(RELAY1, server.dhcp()).await;
+    dora(&relay, mac(71), 7100).await;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !text.contains("dhcp.ack") {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events within 10 s")
+            .expect("stream open")
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("\"step\":\"dhcp.offer\""), "{text}");
+
+    // Two operators: the second one's stale ETag is refused.
+    let m = "52:54:00:aa:00:47";
+    let (status, headers, _) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/machines/{m}"),
+            Some(&api.token.clone()),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let tag = headers["etag"].to_str().unwrap().to_string();
+    let token = api.token.clone();
+    let patch = |host: &str| Some(json!({ "hostname": host }));
+    let (status, _, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/machines/{m}"),
+            Some(&token),
+            patch("a"),
+            &[("if-match", &tag)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/machines/{m}"),
+            Some(&token),
+            patch("b"),
+            &[("if-match", &tag)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED, "{body}");
+    assert_eq!(body["error"]["code"], "etag_mismatch");
+    let (_, shown) = api
+        .admin(Method::GET, &format!("/api/v1/machines/{m}"), None)
+        .await;
+    assert_eq!(shown["hostname"], "a");
+
+    // Shutdown is not held up by the open stream.
+    drop(stream);
+    server.stop().await;
+}
