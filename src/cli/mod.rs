@@ -7,6 +7,8 @@
 
 mod client;
 pub mod commands;
+pub mod explain;
+pub mod groups;
 
 use std::path::{Path, PathBuf};
 
