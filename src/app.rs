@@ -186,6 +186,7 @@ pub async fn run(
         server_ip: config.server_ip,
         http_port: http_addr.port(),
     };
+    let explain_targets = targets.clone();
     // DHCP and the inventory ask each other (loader settings; switch
     // ports): weak references, so neither keeps the other (and the ledger)
     // alive at shutdown.
@@ -315,6 +316,14 @@ pub async fn run(
         ledger.clone(),
         server_url,
     )?;
+    let explainer = Arc::new(crate::explain::Explainer {
+        inventory: inventory.clone(),
+        renderer: renderer.clone(),
+        server: format!("http://{}:{}", config.server_ip, http_addr.port()),
+        targets: explain_targets,
+        mode: config.dhcp.mode,
+        serve_all: config.dhcp.serve_all,
+    });
     let api_state = ApiState {
         inventory: inventory.clone(),
         images: images.clone(),
@@ -323,6 +332,7 @@ pub async fn run(
         edits: Default::default(),
         live: ledger.live(),
         shutdown: shutdown.clone(),
+        explainer,
         dhcp: Some(dhcp.clone()),
     };
     let http_state = HttpState {

@@ -40,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod domain;
+pub mod explain;
 pub mod http;
 pub mod images;
 pub mod inventory;

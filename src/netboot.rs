@@ -97,7 +97,7 @@ pub fn render_boot(
 
 /// iPXE's `${buildarch}` for a DHCP architecture: what images are matched
 /// against.
-fn buildarch(arch: Arch) -> Option<&'static str> {
+pub fn buildarch(arch: Arch) -> Option<&'static str> {
     match arch {
         Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
         Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),

@@ -248,14 +248,13 @@ impl Dhcp {
             _ => return self.ignore("not for a proxy"),
         };
         let mut spec = ReplySpec::new(msg_type, inc.local);
-        spec.next_server = self.targets.server_ip;
-        spec.vendor_class = Some(if facts.kind() == ClientKind::HttpBoot {
-            "HTTPClient"
-        } else {
-            "PXEClient"
-        });
-        spec.pxe_discovery_control = is_bios_pxe(facts);
-        spec.boot = Some(boot.clone());
+        boot_reply(
+            &mut spec,
+            facts,
+            Some(boot.clone()),
+            self.targets.server_ip,
+            DhcpMode::Proxy,
+        );
         let step = if msg_type == MessageType::Offer {
             "dhcp.proxy_offer"
         } else {
@@ -521,12 +520,13 @@ impl Dhcp {
             domain: subnet.domain.clone(),
             hostname,
         });
-        if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
-            spec.vendor_class = Some("HTTPClient");
-        }
-        spec.wants_ztp_option =
-            facts.kind() == ClientKind::Ztp && facts.ztp_flavour() == ZtpFlavour::Cumulus;
-        spec.boot = boot;
+        boot_reply(
+            &mut spec,
+            facts,
+            boot,
+            self.targets.server_ip,
+            DhcpMode::Full,
+        );
         spec
     }
 
@@ -583,6 +583,34 @@ impl Dhcp {
         debug!(reason = why, "not answering");
         None
     }
+}
+
+/// The boot part of a reply (next server, bootfile, opt 60/43/239 as the
+/// client kind needs) in `mode`: shared by proxy and full mode, and by
+/// `explain`, so what it shows is what goes on the wire.
+pub fn boot_reply(
+    spec: &mut ReplySpec,
+    facts: &ClientFacts,
+    boot: Option<Bootfile>,
+    next_server: Ipv4Addr,
+    mode: DhcpMode,
+) {
+    spec.next_server = next_server;
+    if mode == DhcpMode::Proxy {
+        spec.vendor_class = Some(if facts.kind() == ClientKind::HttpBoot {
+            "HTTPClient"
+        } else {
+            "PXEClient"
+        });
+        spec.pxe_discovery_control = is_bios_pxe(facts);
+    } else {
+        if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
+            spec.vendor_class = Some("HTTPClient");
+        }
+        spec.wants_ztp_option =
+            facts.kind() == ClientKind::Ztp && facts.ztp_flavour() == ZtpFlavour::Cumulus;
+    }
+    spec.boot = boot;
 }
 
 fn is_bios_pxe(facts: &ClientFacts) -> bool {

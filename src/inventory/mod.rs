@@ -318,6 +318,30 @@ fn decide(
     }
 }
 
+/// Boot id and token of a previewed plan: nothing is opened, so the URLs
+/// that carry a token carry this placeholder instead.
+pub const PREVIEW_TOKEN: &str = "PREVIEW";
+
+impl Decision {
+    /// The plan a boot would render with, for a preview (boot id 0,
+    /// [`PREVIEW_TOKEN`]).
+    pub fn preview_plan(&self, platform: Option<String>) -> BootPlan {
+        BootPlan {
+            boot_id: 0,
+            token: PREVIEW_TOKEN.into(),
+            machine: self.machine.clone(),
+            group: self
+                .group
+                .clone()
+                .unwrap_or_else(|| empty_group(&self.machine.group)),
+            target: self.target.clone(),
+            generation: self.generation.clone(),
+            platform,
+            identity: self.identity.clone(),
+        }
+    }
+}
+
 /// [`boot::target`] for a machine of the inventory.
 fn target_of(state: &State, machine: &Machine, group: Option<&Group>) -> Target {
     let facts = boot::MachineFacts {
@@ -617,6 +641,20 @@ impl Inventory {
             platform: req.platform.clone(),
             identity,
         }
+    }
+
+    /// What [`Inventory::begin_boot_as`] would decide for this request,
+    /// with nothing registered, opened or recorded (`explain`). `port`: the
+    /// relay's switch port; `None`: what DHCP last saw, as a boot uses.
+    pub fn preview(
+        &self,
+        mac: MacAddr,
+        req: &ScriptRequest,
+        kind: Option<MachineKind>,
+        port: Option<SwitchPort>,
+    ) -> Decision {
+        let port = port.or_else(|| self.ports.get().and_then(|lookup| lookup(mac)));
+        decide(&self.read(), mac, req, port.as_ref(), kind)
     }
 
     /// The plan of an open boot, by its token (for config fetches): the

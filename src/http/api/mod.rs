@@ -34,6 +34,7 @@
 //!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
 mod etag;
+mod explain;
 mod groups;
 mod history;
 mod images;
@@ -41,6 +42,7 @@ mod leases;
 mod machines;
 mod openapi;
 mod rollouts;
+mod templates;
 mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
@@ -84,6 +86,9 @@ pub struct ApiState {
     /// Cancelled at shutdown: ends long-lived answers (event streams), so
     /// the HTTP server's graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What `explain` and template previews need: the renderer, the URL
+    /// machines reach, the DHCP settings answers depend on.
+    pub explainer: Arc<crate::explain::Explainer>,
     /// The DHCP service, for its leases (`None` where there is none, as in
     /// unit tests).
     pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
@@ -98,6 +103,8 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(tokens::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(explain::routes())
+        .merge(templates::routes())
         .merge(rollouts::routes())
 }
 
