@@ -338,12 +338,14 @@ pub async fn run(
     let http_state = HttpState {
         metrics: metrics.clone(),
         services: Arc::new(services.clone()),
+        dhcp: Some(dhcp.clone()),
+        store: Some(store.clone()),
     };
     let app = crate::http::router(http_state, bootfiles)
         .merge(crate::http::boot::router(boot_state))
         .merge(crate::http::artifacts::router(
             images.clone(),
-            Some(artifact_hook(&inventory, &ledger)),
+            Some(artifact_hook(&inventory, &ledger, &metrics)),
         ))
         .merge(crate::http::api::router(api_state))
         .merge(crate::http::switch::router(netboot));
@@ -384,9 +386,15 @@ pub async fn run(
 
 /// Records each artifact download as a step of the boot its client opened
 /// last (artifact URLs carry no token).
-fn artifact_hook(inventory: &Arc<Inventory>, ledger: &Ledger) -> crate::http::artifacts::Hook {
-    let (inventory, ledger) = (inventory.clone(), ledger.clone());
+fn artifact_hook(
+    inventory: &Arc<Inventory>,
+    ledger: &Ledger,
+    metrics: &Arc<Metrics>,
+) -> crate::http::artifacts::Hook {
+    let (inventory, ledger, metrics) = (inventory.clone(), ledger.clone(), metrics.clone());
     Arc::new(move |served: crate::http::artifacts::ServedArtifact| {
+        Metrics::inc(&metrics.http_artifacts);
+        Metrics::add(&metrics.http_artifact_bytes, served.bytes);
         let Some(client) = served.client else { return };
         let detail = serde_json::json!({ "sha256": served.digest.to_string(), "completed": served.completed });
         match inventory.boot_by_ip(client.ip(), &served.digest) {

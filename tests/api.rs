@@ -254,3 +254,119 @@ async fn if_match_conflicts_and_the_live_stream_through_a_real_socket() {
     drop(stream);
     server.stop().await;
 }
+
+/// The value of one sample line of `/metrics` (`name{labels}` as written).
+fn sample(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_dhcp_by_type_and_outcome_leases_boots_and_artifact_bytes() {
+    use sha2::{Digest as _, Sha256};
+    let server = TestServer::full("serve_all = true").await;
+    let api = Api::new(&server);
+    let relay = Relay::new(RELAY1, server.dhcp()).await;
+    dora(&relay, mac(72), 7200).await;
+    relay.send_raw(b"not dhcp at all").await;
+
+    // A generation, pointed at by default, a script served, a kernel fetched.
+    let kernel = vec![7u8; 3000];
+    let mut hexes = Vec::new();
+    for bytes in [&kernel[..], b"initrd"] {
+        let hex = hex::encode(Sha256::digest(bytes));
+        let resp = api
+            .http
+            .put(format!("{}/api/v1/artifacts/sha256/{hex}", api.base))
+            .bearer_auth(&api.token)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+        hexes.push(hex);
+    }
+    let manifest = json!({
+        "arch": "x86_64",
+        "kernel": { "name": "vmlinuz", "digest": hexes[0], "size": kernel.len() },
+        "initrds": [{ "name": "initrd.img", "digest": hexes[1], "size": 6 }],
+        "cmdline": "console=ttyS0",
+    });
+    let (status, body) = api
+        .admin(
+            Method::POST,
+            "/api/v1/streams/worker/generations",
+            Some(manifest),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = api
+        .admin(
+            Method::PUT,
+            "/api/v1/groups/default/generation",
+            Some(json!({ "stream": "worker", "generation": 1 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let script = reqwest::get(format!(
+        "{}/boot/52-54-00-aa-00-48.ipxe?buildarch=x86_64",
+        api.base
+    ))
+    .await
+    .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    let got = reqwest::get(format!("{}/artifacts/sha256/{}", api.base, hexes[0]))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got.len(), kernel.len());
+
+    // The artifact hook runs when the body ends, and boot rows are written
+    // in batches: allow them a moment.
+    let mut text = String::new();
+    let started = r#"ironboot_boots_total{stream="worker",generation="1",result="started"}"#;
+    for _ in 0..50 {
+        text = server.metrics().await;
+        if sample(&text, "ironboot_http_artifact_bytes_total") == Some(3000)
+            && sample(&text, started) == Some(1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (key, want) in [
+        (
+            r#"ironboot_dhcp_packets_total{type="discover",outcome="offer"}"#,
+            1,
+        ),
+        (
+            r#"ironboot_dhcp_packets_total{type="request",outcome="ack"}"#,
+            1,
+        ),
+        (
+            r#"ironboot_dhcp_packets_total{type="unknown",outcome="malformed"}"#,
+            1,
+        ),
+        (r#"ironboot_dhcp_leases_in_use{subnet="127.1.0.0/24"}"#, 1),
+        (r#"ironboot_dhcp_leases_in_use{subnet="127.2.0.0/24"}"#, 0),
+        (
+            r#"ironboot_boots_total{stream="worker",generation="1",result="started"}"#,
+            1,
+        ),
+        (
+            r#"ironboot_boots_total{stream="worker",generation="1",result="confirmed"}"#,
+            0,
+        ),
+        ("ironboot_http_artifact_bytes_total", 3000),
+        ("ironboot_http_artifacts_total", 1),
+        ("ironboot_dhcp_malformed_total", 1),
+    ] {
+        assert_eq!(sample(&text, key), Some(want), "{key}\n{text}");
+    }
+    assert!(text.contains("# TYPE ironboot_dhcp_leases_in_use gauge"));
+    assert!(text.contains("ironboot_tftp_bytes_total"));
+    server.stop().await;
+}

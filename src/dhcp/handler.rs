@@ -172,6 +172,7 @@ impl Dhcp {
             Ok(req) => req,
             Err(e) => {
                 Metrics::inc(&self.metrics.dhcp_malformed);
+                self.metrics.dhcp_packets.malformed();
                 debug!(src = %inc.src, error = %e, "dropping malformed DHCP datagram");
                 return None;
             }
@@ -192,6 +193,11 @@ impl Dhcp {
             Some(_) => Metrics::inc(&self.metrics.dhcp_replies),
             None => Metrics::inc(&self.metrics.dhcp_ignored),
         }
+        self.metrics.dhcp_packets.answered(
+            u8::from(req.msg_type),
+            out.as_ref()
+                .and_then(|o| crate::metrics::dhcp_message_type(&o.bytes)),
+        );
         out
     }
 
