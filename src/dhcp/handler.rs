@@ -229,6 +229,7 @@ impl Dhcp {
             ip: None,
             kind: kind.is_switch().then_some(MachineKind::Switch),
             inherited: None,
+            computed_group: None,
             at_ms: now,
         }));
     }
