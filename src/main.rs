@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ironboot::cli::commands::{GroupCommand, ImageCommand, MachinesCommand};
+use ironboot::cli::commands::{GroupCommand, ImageCommand};
+use ironboot::cli::inventory::{BootsCommand, LeasesCommand, MachinesCommand, TokensCommand};
 use ironboot::cli::Connection;
 use ironboot::config::{self, DhcpMode, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,8 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it, and exit.
     CheckConfig(ServeArgs),
-    /// Image generations: import, list, garbage-collect.
+    /// Image generations: import, list, garbage-collect (also `images`).
+    #[command(alias = "images")]
     Image {
         #[command(flatten)]
         conn: Connection,
@@ -42,12 +44,33 @@ enum Command {
         #[command(subcommand)]
         cmd: GroupCommand,
     },
-    /// Machines: list, show, boots, pin.
+    /// Machines: list, show, label, set, pin, delete, boots.
     Machines {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
         cmd: MachinesCommand,
+    },
+    /// Boots of the whole fleet, newest first.
+    Boots {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: BootsCommand,
+    },
+    /// DHCP leases: list, release.
+    Leases {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: LeasesCommand,
+    },
+    /// API tokens: list, create, revoke (admin).
+    Tokens {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: TokensCommand,
     },
 }
 
@@ -202,7 +225,10 @@ fn run_client(command: &Command) -> ExitCode {
         match command {
             Command::Image { conn, cmd } => ironboot::cli::commands::image(conn, cmd).await,
             Command::Group { conn, cmd } => ironboot::cli::commands::group(conn, cmd).await,
-            Command::Machines { conn, cmd } => ironboot::cli::commands::machines(conn, cmd).await,
+            Command::Machines { conn, cmd } => ironboot::cli::inventory::machines(conn, cmd).await,
+            Command::Boots { conn, cmd } => ironboot::cli::inventory::boots(conn, cmd).await,
+            Command::Leases { conn, cmd } => ironboot::cli::inventory::leases(conn, cmd).await,
+            Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });
