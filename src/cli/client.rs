@@ -142,6 +142,35 @@ impl Client {
         self.json(self.request(Method::DELETE, path)?).await
     }
 
+    /// A JSON request that may carry `If-Match`; returns the body and the
+    /// answer's `ETag`, for read-modify-write updates.
+    pub async fn send_tagged(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(Value, Option<String>), CliError> {
+        let mut rb = self.request(method, path)?;
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        if let Some(tag) = if_match {
+            rb = rb.header(reqwest::header::IF_MATCH, tag);
+        }
+        let resp = self.send(rb).await?;
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let value = resp.json().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })?;
+        Ok((value, tag))
+    }
+
     /// Whether the server already has the artifact (then it is not sent).
     pub async fn has_artifact(&self, hex: &str) -> Result<bool, CliError> {
         let rb = self.request(Method::HEAD, &format!("/api/v1/artifacts/sha256/{hex}"))?;

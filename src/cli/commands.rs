@@ -23,18 +23,6 @@ pub enum ImageCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum GroupCommand {
-    /// Point a group at a generation (creates the group if needed).
-    SetGeneration {
-        group: String,
-        stream: String,
-        generation: i64,
-    },
-    /// List groups and their generation pointers.
-    List,
-}
-
 pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
@@ -93,42 +81,6 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
                 &report,
                 &deleted,
                 &[("DELETED STREAM", "stream"), ("GEN", "generation")],
-            );
-            Ok(())
-        }
-    }
-}
-
-pub async fn group(conn: &Connection, cmd: &GroupCommand) -> Result<(), CliError> {
-    let client = conn.client()?;
-    match cmd {
-        GroupCommand::SetGeneration {
-            group,
-            stream,
-            generation,
-        } => {
-            let g = client
-                .put(
-                    &format!("/api/v1/groups/{group}/generation"),
-                    &json!({ "stream": stream, "generation": generation }),
-                )
-                .await?;
-            match conn.output {
-                super::Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&g).expect("JSON"))
-                }
-                super::Output::Table => println!("group {group} -> {stream} gen {generation}"),
-            }
-            Ok(())
-        }
-        GroupCommand::List => {
-            let all = client.get("/api/v1/groups").await?;
-            let rows = all["groups"].as_array().cloned().unwrap_or_default();
-            print(
-                conn.output,
-                &all,
-                &rows,
-                &[("GROUP", "name"), ("GENERATION", "pointer")],
             );
             Ok(())
         }

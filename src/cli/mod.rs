@@ -9,6 +9,8 @@
 
 mod client;
 pub mod commands;
+pub mod explain;
+pub mod groups;
 pub mod inventory;
 
 use std::path::{Path, PathBuf};
