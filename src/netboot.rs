@@ -174,7 +174,7 @@ impl Netboot {
             ..ScriptRequest::default()
         };
         let plan = self.inventory.begin_boot_as(mac, &req, "grub", None);
-        let detail = json!({ "target": plan.target, "identity": plan.identity, "loader": "grub", "buildarch": req.buildarch });
+        let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": "grub", "buildarch": req.buildarch });
         let text = match render_boot(&plan, &self.server, &self.renderer, Loader::Grub) {
             Ok(text) => {
                 info!(%mac, boot = plan.boot_id, target = ?plan.target, "GRUB config served");

@@ -137,7 +137,10 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
                 .await?;
             match conn.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r).expect("JSON")),
-                Output::Table => print!("{}", r["text"].as_str().unwrap_or("")),
+                Output::Table => {
+                    let text = r["text"].as_str().unwrap_or("");
+                    println!("{}", text.strip_suffix('\n').unwrap_or(text));
+                }
             }
         }
         TemplatesCommand::Render {

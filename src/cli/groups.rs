@@ -105,6 +105,11 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             let all = client.get("/api/v1/groups").await?;
             let rows = all["groups"].as_array().cloned().unwrap_or_default();
             print(conn.output, &all, &rows, GROUP_COLUMNS);
+            let ties = all["ties"].as_array().cloned().unwrap_or_default();
+            if conn.output == Output::Table && !ties.is_empty() {
+                println!("\nselector ties (these machines are in default until resolved):");
+                print(conn.output, &all, &ties, MEMBER_COLUMNS);
+            }
         }
         GroupsCommand::Show { group } => {
             let g = client.get(&format!("/api/v1/groups/{group}")).await?;
