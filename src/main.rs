@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ironboot::cli::commands::{ImageCommand, MachinesCommand};
+use ironboot::cli::commands::ImageCommand;
 use ironboot::cli::explain::{ExplainArgs, TemplatesCommand};
 use ironboot::cli::groups::GroupsCommand;
+use ironboot::cli::inventory::{BootsCommand, LeasesCommand, MachinesCommand, TokensCommand};
 use ironboot::cli::Connection;
 use ironboot::config::{self, DhcpMode, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it, and exit.
     CheckConfig(ServeArgs),
-    /// Image generations: import, list, garbage-collect.
+    /// Image generations: import, list, garbage-collect (also `images`).
+    #[command(alias = "images")]
     Image {
         #[command(flatten)]
         conn: Connection,
@@ -60,12 +62,33 @@ enum Command {
         #[command(subcommand)]
         cmd: TemplatesCommand,
     },
-    /// Machines: list, show, boots, pin.
+    /// Machines: list, show, label, set, pin, delete, boots.
     Machines {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
         cmd: MachinesCommand,
+    },
+    /// Boots of the whole fleet, newest first.
+    Boots {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: BootsCommand,
+    },
+    /// DHCP leases: list, release.
+    Leases {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: LeasesCommand,
+    },
+    /// API tokens: list, create, revoke (admin).
+    Tokens {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: TokensCommand,
     },
 }
 
@@ -222,7 +245,10 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Groups { conn, cmd } => ironboot::cli::groups::groups(conn, cmd).await,
             Command::Explain { conn, args } => ironboot::cli::explain::explain(conn, args).await,
             Command::Templates { conn, cmd } => ironboot::cli::explain::templates(conn, cmd).await,
-            Command::Machines { conn, cmd } => ironboot::cli::commands::machines(conn, cmd).await,
+            Command::Machines { conn, cmd } => ironboot::cli::inventory::machines(conn, cmd).await,
+            Command::Boots { conn, cmd } => ironboot::cli::inventory::boots(conn, cmd).await,
+            Command::Leases { conn, cmd } => ironboot::cli::inventory::leases(conn, cmd).await,
+            Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });

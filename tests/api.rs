@@ -370,3 +370,138 @@ async fn metrics_count_dhcp_by_type_and_outcome_leases_boots_and_artifact_bytes(
     assert!(text.contains("ironboot_tftp_bytes_total"));
     server.stop().await;
 }
+
+/// Runs the `ironboot` binary as a client of `server`.
+fn cli(server: &TestServer, token: Option<&str>, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"));
+    cmd.args(args)
+        .args(["--server", &format!("http://{}", server.bound.http)])
+        .arg("--data-dir")
+        .arg(server.dir.path().join("data"))
+        .env_remove("IRONBOOT_TOKEN")
+        .env_remove("IRONBOOT_SERVER");
+    if let Some(t) = token {
+        cmd.args(["--token", t]);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_end_to_end_with_its_exit_codes() {
+    let server = TestServer::full("serve_all = true").await;
+    let relay = Relay::new(RELAY1, server.dhcp()).await;
+    let ip = dora(&relay, mac(73), 7300).await;
+    dora(&relay, mac(74), 7400).await;
+    let m = "52:54:00:aa:00:49";
+    let run = |token: Option<&str>, args: &[&str]| {
+        tokio::task::block_in_place(|| cli(&server, token, args))
+    };
+
+    let (code, out, err) = run(None, &["machines", "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    let header = out.lines().next().unwrap();
+    for col in ["MAC", "KIND", "ARCH", "GROUP", "STATE"] {
+        assert!(header.contains(col), "{header}");
+    }
+    assert!(
+        out.contains(m) && out.contains("server") && out.contains("bios"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(None, &["machines", "label", m, "role=db", "rack=r1"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, out, _) = run(None, &["machines", "label", m, "rack-"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(m), "{out}");
+    let (code, out, _) = run(None, &["machines", "list", "-l", "role=db", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["machines"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(listed["machines"][0]["labels"], json!({ "role": "db" }));
+    let (_, out, _) = run(None, &["machines", "list", "--limit", "1", "-o", "json"]);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["machines"].as_array().unwrap().len(), 1);
+
+    let (code, out, _) = run(None, &["machines", "show", m]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("role=db") && out.contains("kind"), "{out}");
+    let (code, out, _) = run(None, &["machines", "show", m, "-o", "json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["mac"], m);
+
+    // Exit codes: 5 not found, 6 conflict, 4 auth, 3 unreachable, 2 usage.
+    let (code, _, err) = run(None, &["machines", "set", m, "--group", "nope"]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("nope"), "{err}");
+    let (code, _, err) = run(
+        None,
+        &["machines", "label", m, "a=b", "--if-match", "\"stale\""],
+    );
+    assert_eq!(code, Some(6), "{err}");
+    let (code, out, _) = run(None, &["tokens", "create", "viewer", "--role", "read"]);
+    assert_eq!(code, Some(0));
+    let secret = out.lines().nth(1).unwrap().trim().to_string();
+    let (code, _, err) = run(Some(&secret), &["machines", "label", m, "a=b"]);
+    assert_eq!(code, Some(4), "{err}");
+    assert!(err.contains("admin token"), "{err}");
+    let (code, _, _) = run(Some(&secret), &["machines", "list"]);
+    assert_eq!(code, Some(0));
+    let (code, _, err) = run(Some("wrong"), &["machines", "list"]);
+    assert_eq!(code, Some(4), "{err}");
+    let (code, _, err) = run(None, &["machines", "label", m, "novalue"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = run(None, &["machines", "bogus"]);
+    assert_eq!(code, Some(2), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+        .args([
+            "machines",
+            "list",
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"));
+
+    let (code, out, _) = run(None, &["tokens", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("viewer") && !out.contains(&secret), "{out}");
+    let (code, _, err) = run(None, &["tokens", "revoke", "2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, _) = run(Some(&secret), &["machines", "list"]);
+    assert_eq!(code, Some(4), "revoked");
+    let (code, _, err) = run(None, &["tokens", "revoke", "1"]);
+    assert_eq!(code, Some(6), "the last admin token: {err}");
+
+    let (code, out, _) = run(None, &["leases", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(&ip.to_string()) && out.contains("bound"),
+        "{out}"
+    );
+    let (code, out, _) = run(None, &["leases", "release", &ip.to_string()]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, _, _) = run(None, &["leases", "release", &ip.to_string()]);
+    assert_eq!(code, Some(5));
+
+    let (code, out, _) = run(None, &["boots", "list", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    assert!(serde_json::from_str::<Value>(&out).unwrap()["boots"].is_array());
+    let (code, out, _) = run(None, &["images", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+
+    let (code, out, _) = run(None, &["machines", "delete", m]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("kept"), "{out}");
+    let (code, _, _) = run(None, &["machines", "show", m]);
+    assert_eq!(code, Some(5));
+    server.stop().await;
+}

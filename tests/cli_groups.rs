@@ -136,19 +136,19 @@ async fn groups_selectors_explain_and_templates_through_the_cli() {
     let script = ok(&["templates", "render", MAC]);
     assert!(script.starts_with("#!ipxe"), "{script}");
     let (code, _, err) = run(&["templates", "render", MAC, "-t", "nope"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(5), "not found: {err}");
 
     // Delete: refused while the machine is assigned, with the reason.
     let resp = patch(json!({ "group": "db" })).await.unwrap();
     assert!(resp.status().is_success());
     let (code, _, err) = run(&["groups", "delete", "db"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(6), "conflict: {err}");
     assert!(
         err.contains("explicitly assigned") && err.contains(MAC),
         "{err}"
     );
     let (code, _, err) = run(&["groups", "delete", "default"]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(6), "conflict: {err}");
     patch(json!({ "group": null })).await.unwrap();
     ok(&["groups", "delete", "db"]);
     let json: Value = serde_json::from_str(&ok(&["explain", MAC, "-o", "json"])).unwrap();

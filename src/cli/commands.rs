@@ -23,35 +23,6 @@ pub enum ImageCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub enum MachinesCommand {
-    /// Every machine with its current and last good generation.
-    List,
-    /// One machine, with its recent boots and their steps.
-    Show { mac: String },
-    /// A machine's boot history.
-    Boots { mac: String },
-    /// Pin a machine to a generation (beats its group's pointer).
-    Pin {
-        mac: String,
-        stream: String,
-        generation: i64,
-    },
-    /// Remove a machine's pin.
-    Unpin { mac: String },
-}
-
-const MACHINE_COLUMNS: &[(&str, &str)] = &[
-    ("MAC", "mac"),
-    ("GROUP", "group"),
-    ("IP", "ip"),
-    ("ARCH", "arch"),
-    ("FIRMWARE", "firmware"),
-    ("PIN", "pin"),
-    ("CURRENT", "current"),
-    ("LAST GOOD", "last_good"),
-];
-
 pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
@@ -115,68 +86,3 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
         }
     }
 }
-
-pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), CliError> {
-    let client = conn.client()?;
-    match cmd {
-        MachinesCommand::List => {
-            let all = client.get("/api/v1/machines").await?;
-            let rows = all["machines"].as_array().cloned().unwrap_or_default();
-            print(conn.output, &all, &rows, MACHINE_COLUMNS);
-        }
-        MachinesCommand::Show { mac } => {
-            let m = client.get(&format!("/api/v1/machines/{mac}")).await?;
-            print(conn.output, &m, std::slice::from_ref(&m), MACHINE_COLUMNS);
-            if conn.output == super::Output::Table {
-                let boots = m["recent_boots"].as_array().cloned().unwrap_or_default();
-                println!();
-                print(conn.output, &m, &boots, BOOT_COLUMNS);
-            }
-        }
-        MachinesCommand::Boots { mac } => {
-            let b = client.get(&format!("/api/v1/machines/{mac}/boots")).await?;
-            let rows = b["boots"].as_array().cloned().unwrap_or_default();
-            print(conn.output, &b, &rows, BOOT_COLUMNS);
-        }
-        MachinesCommand::Pin {
-            mac,
-            stream,
-            generation,
-        } => {
-            let r = client
-                .put(
-                    &format!("/api/v1/machines/{mac}/pin"),
-                    &json!({ "stream": stream, "generation": generation }),
-                )
-                .await?;
-            print(
-                conn.output,
-                &r,
-                std::slice::from_ref(&r),
-                &[("MAC", "mac"), ("PIN", "pin")],
-            );
-        }
-        MachinesCommand::Unpin { mac } => {
-            let r = client
-                .delete(&format!("/api/v1/machines/{mac}/pin"))
-                .await?;
-            print(
-                conn.output,
-                &r,
-                std::slice::from_ref(&r),
-                &[("MAC", "mac"), ("PIN", "pin")],
-            );
-        }
-    }
-    Ok(())
-}
-
-const BOOT_COLUMNS: &[(&str, &str)] = &[
-    ("BOOT", "id"),
-    ("STREAM", "stream"),
-    ("GEN", "generation"),
-    ("STATE", "state"),
-    ("STARTED MS", "started_ms"),
-    ("CONFIRMED MS", "confirmed_ms"),
-    ("REASON", "reason"),
-];
