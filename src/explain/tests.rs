@@ -291,7 +291,7 @@ async fn any_request_gets_an_explanation_not_a_panic() {
         "_",
         " ",
     ];
-    let mut text = |rng: &mut rand::rngs::StdRng| -> Option<String> {
+    let text = |rng: &mut rand::rngs::StdRng| -> Option<String> {
         if rng.gen_bool(0.3) {
             return None;
         }
