@@ -95,6 +95,9 @@ pub struct Explainer {
     pub mode: DhcpMode,
     /// Full mode answers non-PXE clients it does not know.
     pub serve_all: bool,
+    /// The DHCP service's own "known MAC" set (`Dhcp::knows`); without
+    /// it, the inventory's machines count as known.
+    pub known: Option<Arc<dyn Fn(MacAddr) -> bool + Send + Sync>>,
 }
 
 /// The answer. Sections are `null` when the request never gets that far.
@@ -680,7 +683,10 @@ impl Explainer {
     ) -> (DhcpView, Option<LoaderView>) {
         let kind = facts.kind();
         let boot = bootfile_with(facts, &self.targets, settings).ok();
-        let known = self.inventory.machine(req.mac).is_some();
+        let known = match &self.known {
+            Some(knows) => knows(req.mac),
+            None => self.inventory.machine(req.mac).is_some(),
+        };
         // The gates of `Dhcp::proxy` and `Dhcp::full`.
         let refused = match self.mode {
             DhcpMode::Off => Some("DHCP is off".to_string()),

@@ -122,6 +122,7 @@ fn explainer(inventory: Arc<Inventory>, mode: DhcpMode) -> Explainer {
         },
         mode,
         serve_all: false,
+        known: None,
     }
 }
 
