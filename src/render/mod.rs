@@ -195,6 +195,13 @@ impl Renderer {
             .then(|| self.render(&format!("config/{file}"), ctx))
     }
 
+    /// Every template's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.env.templates().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
     /// The files under `config/`, as served per machine.
     pub fn config_files(&self) -> &[String] {
         &self.config_files
