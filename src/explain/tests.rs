@@ -99,8 +99,10 @@ async fn setup(dir: &std::path::Path) -> Arc<Inventory> {
         (SWITCH, vec![]),
         (TIED, vec![("role", "db"), ("zone", "eu"), ("rack", "r1")]),
     ] {
-        inv.begin_boot(mac(m), &ScriptRequest::default());
+        // Booted and confirmed once: the watchdog has nothing to say.
+        let plan = inv.begin_boot(mac(m), &ScriptRequest::default());
         inv.settle().await;
+        inv.confirm(&plan.token).await.unwrap();
         let labels = labels
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -324,4 +326,62 @@ async fn any_request_gets_an_explanation_not_a_panic() {
         let e = if i % 2 == 0 { &full } else { &proxy }.explain(&q);
         assert!(!e.steps.is_empty());
     }
+}
+
+#[tokio::test]
+async fn a_rollout_that_moved_the_machine_is_in_the_explanation() {
+    use crate::inventory::StartRollout;
+    use crate::rollout::{Canary, Strategy};
+    let dir = tempfile::TempDir::new().unwrap();
+    let inv = setup(dir.path()).await;
+    let mut next = live("x86_64");
+    next.cmdline.push_str(" next");
+    let to = inv
+        .add_generation("worker", next.digest(), next, None)
+        .await
+        .unwrap()
+        .id
+        .clone();
+    inv.start_rollout(
+        StartRollout {
+            group: "db".into(),
+            to: to.clone(),
+            strategy: Strategy::Canary {
+                canary: Canary::Count(1),
+                steps: vec![100],
+            },
+            timeout_ms: 600_000,
+            require: None,
+            rollback: true,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let full = explainer(inv.clone(), DhcpMode::Full);
+    let e = full.explain(&query(NODE7, Some(7), "PXEClient"));
+    assert_eq!(
+        e.target,
+        Target::Boot {
+            generation: to.clone(),
+            source: Source::Rollout
+        }
+    );
+    assert!(
+        e.steps
+            .iter()
+            .any(|s| s.starts_with("rollout ")
+                && s.contains(&format!("{to} instead of worker gen 2"))),
+        "{:#?}",
+        e.steps
+    );
+    // And a real boot agrees.
+    let plan = inv.begin_boot(
+        mac(NODE7),
+        &ScriptRequest {
+            buildarch: Some("x86_64".into()),
+            ..ScriptRequest::default()
+        },
+    );
+    assert_eq!(plan.target, e.target);
 }
