@@ -57,11 +57,12 @@ start() {
     PIDS+=("$LAST_PID")
 }
 
-# stop PID: SIGTERM, wait up to 5 s, then SIGKILL.
+# stop PID: SIGTERM, wait up to 20 s (a server flushing its ledger), then
+# SIGKILL.
 stop() {
     local pid=$1
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
 }
 
@@ -71,7 +72,7 @@ wait_tcp() {
         in_ns bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "nothing listens on port $1; logs:" >&2; tail -n5 "$WORK"/*.log >&2; return 1
+    echo "nothing listens on port $1; logs:" >&2; tail -n5 "$WORK"/*.log "$WORK"/*.err >&2 2>/dev/null; return 1
 }
 
 # wait_udp PORT: until a UDP socket is bound on PORT in the namespace.
@@ -80,7 +81,7 @@ wait_udp() {
         [ -n "$(in_ns ss -Hulpn "sport = :$1")" ] && return 0
         sleep 0.1
     done
-    echo "nothing bound on UDP port $1; logs:" >&2; tail -n5 "$WORK"/*.log >&2; return 1
+    echo "nothing bound on UDP port $1; logs:" >&2; tail -n5 "$WORK"/*.log "$WORK"/*.err >&2 2>/dev/null; return 1
 }
 
 # median N...: the median of numbers.

@@ -9,7 +9,7 @@ out="notes/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
 for b in "${@:-dhcp tftp http storm scale}"; do
     for one in $b; do
         echo "== $one" | tee -a "$out"
-        ./"$one".sh 2>&1 | tee -a "$out"
+        ./"$one".sh 2>&1 | tee -a "$out" || echo "$one: FAILED (see above)" | tee -a "$out"
     done
 done
 echo "results in benches/$out"

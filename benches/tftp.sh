@@ -16,7 +16,7 @@ start_server() {
         local d=$WORK/ib; rm -rf "$d"; start_ironboot "$d" "max_transfers = 4096"
         cp "$WORK/root/file.bin" "$d/tftp/"; SERVER_PID=$IRONBOOT_PID ;;
     tftp-hpa)
-        start tftpd in.tftpd -L -s -a 127.0.0.1:69 -B 1468 "$WORK/root"; SERVER_PID=$LAST_PID; wait_udp 69 ;;
+        start tftpd in.tftpd -L -s -a :69 -B 1468 "$WORK/root"; SERVER_PID=$LAST_PID; wait_udp 69 ;;
     dnsmasq)
         start dnsmasq dnsmasq -k -u root --log-facility="$WORK/dnsmasq.syslog" --quiet-tftp --port=0 --enable-tftp --tftp-root="$WORK/root" --tftp-max=4096 --listen-address=127.0.0.1 --bind-interfaces
         SERVER_PID=$LAST_PID; wait_udp 69 ;;
