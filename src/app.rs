@@ -323,6 +323,10 @@ pub async fn run(
         targets: explain_targets,
         mode: config.dhcp.mode,
         serve_all: config.dhcp.serve_all,
+        known: {
+            let dhcp = dhcp.clone();
+            Some(Arc::new(move |mac| dhcp.knows(mac)))
+        },
     });
     let api_state = ApiState {
         inventory: inventory.clone(),

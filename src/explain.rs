@@ -95,6 +95,9 @@ pub struct Explainer {
     pub mode: DhcpMode,
     /// Full mode answers non-PXE clients it does not know.
     pub serve_all: bool,
+    /// The DHCP service's own "known MAC" set (`Dhcp::knows`); without
+    /// it, the inventory's machines count as known.
+    pub known: Option<Arc<dyn Fn(MacAddr) -> bool + Send + Sync>>,
 }
 
 /// The answer. Sections are `null` when the request never gets that far.
@@ -374,12 +377,66 @@ fn loader_view(choice: &LoaderChoice) -> LoaderView {
     }
 }
 
+/// What the watchdog or a rollout would record at this boot, in a sentence.
+fn describe_note(note: &crate::rollout::engine::Note) -> String {
+    let d = &note.detail;
+    let gen = |v: &serde_json::Value| match (v["stream"].as_str(), v["number"].as_i64()) {
+        (Some(s), Some(n)) => format!("{s} gen {n}"),
+        _ => v.to_string(),
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    match note.step {
+        "watchdog.failed_boot" => format!(
+            "watchdog: booting now counts its previous boot {} of {} as failed ({})",
+            d["boot"],
+            gen(&d["generation"]),
+            text(&d["reason"])
+        ),
+        "watchdog.degraded" => format!(
+            "watchdog: {} has failed too often here: {}",
+            gen(&d["generation"]),
+            text(&d["reason"])
+        ),
+        "watchdog.last_good" => format!(
+            "watchdog: {} instead of {} ({})",
+            gen(&d["serving"]),
+            gen(&d["target"]),
+            text(&d["reason"])
+        ),
+        "watchdog.no_fallback" => format!(
+            "watchdog: {} keeps failing and there is no last good generation ({})",
+            gen(&d["target"]),
+            text(&d["reason"])
+        ),
+        "rollout.serve" => format!(
+            "rollout {}: {} instead of {}",
+            d["rollout"],
+            gen(&d["generation"]),
+            gen(&d["instead_of"])
+        ),
+        step => format!("{step}: {d}"),
+    }
+}
+
 fn describe_target(d: &Decision) -> String {
     match &d.target {
         Target::Boot {
             generation,
             source: Source::Pin,
         } => format!("target: {generation}, because the machine is pinned to it"),
+        Target::Boot {
+            generation,
+            source: Source::Rollout,
+        } => format!(
+            "target: {generation}, because a rollout of group {} has moved this machine",
+            d.machine.group
+        ),
+        Target::Boot {
+            generation,
+            source: Source::LastGood,
+        } => format!(
+            "target: {generation}, its last good generation: the watchdog saw its target fail"
+        ),
         Target::Boot { generation, .. } => {
             let arch = d
                 .machine
@@ -507,6 +564,7 @@ impl Explainer {
             Some(p) => format!("pin: {p} (beats the group's generation)"),
             None => "pin: none".into(),
         });
+        steps.extend(decision.notes.iter().map(describe_note));
         steps.push(describe_target(&decision));
 
         let mut out = Explanation {
@@ -636,7 +694,10 @@ impl Explainer {
     ) -> (DhcpView, Option<LoaderView>) {
         let kind = facts.kind();
         let boot = bootfile_with(facts, &self.targets, settings).ok();
-        let known = self.inventory.machine(req.mac).is_some();
+        let known = match &self.known {
+            Some(knows) => knows(req.mac),
+            None => self.inventory.machine(req.mac).is_some(),
+        };
         // The gates of `Dhcp::proxy` and `Dhcp::full`.
         let refused = match self.mode {
             DhcpMode::Off => Some("DHCP is off".to_string()),

@@ -23,6 +23,8 @@
 //! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
+//! - [`explain`]: what a request would be served and why, from the boot
+//!   path's own decisions (selectors and membership are in [`boot`]).
 //! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces.
 //! - [`storm`]: the boot-storm simulator behind `ironboot-storm` (a client;
 //!   nothing in the server uses it).

@@ -125,6 +125,12 @@ impl Dhcp {
         self.seen.read().expect("seen lock").get(&mac).cloned()
     }
 
+    /// Whether full mode answers `mac` whatever it sends (a reservation,
+    /// or a machine that has network-booted from this server).
+    pub fn knows(&self, mac: MacAddr) -> bool {
+        self.known.read().expect("known lock").contains(&mac)
+    }
+
     pub fn settings(&self) -> &DhcpSettings {
         &self.settings
     }
@@ -229,6 +235,7 @@ impl Dhcp {
             ip: None,
             kind: kind.is_switch().then_some(MachineKind::Switch),
             inherited: None,
+            computed_group: None,
             at_ms: now,
         }));
     }

@@ -122,6 +122,7 @@ fn explainer(inventory: Arc<Inventory>, mode: DhcpMode) -> Explainer {
         },
         mode,
         serve_all: false,
+        known: None,
     }
 }
 
@@ -266,4 +267,119 @@ async fn explain_changes_nothing_and_agrees_with_a_real_boot() {
     )
     .unwrap();
     assert!(text.contains("node-525400000007"), "{text}");
+}
+
+#[tokio::test]
+async fn any_request_gets_an_explanation_not_a_panic() {
+    use rand::{Rng, SeedableRng};
+    let dir = tempfile::TempDir::new().unwrap();
+    let inv = setup(dir.path()).await;
+    let full = explainer(inv.clone(), DhcpMode::Full);
+    let proxy = explainer(inv, DhcpMode::Proxy);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let pieces = [
+        "PXEClient",
+        "HTTPClient",
+        "onie_vendor:",
+        "x86_64-acme_widget-r0",
+        "SONiC",
+        "cumulus",
+        "iPXE",
+        ":Arch:",
+        "é",
+        "\u{1F600}",
+        "-",
+        "_",
+        " ",
+    ];
+    let text = |rng: &mut rand::rngs::StdRng| -> Option<String> {
+        if rng.gen_bool(0.3) {
+            return None;
+        }
+        let n = rng.gen_range(1..120);
+        Some(
+            (0..n)
+                .map(|_| pieces[rng.gen_range(0..pieces.len())])
+                .collect::<String>(),
+        )
+    };
+    for i in 0..300 {
+        let macs = [NODE7, ARM, SWITCH, TIED, STRANGER];
+        let q = Query {
+            arch: rng.gen_bool(0.7).then(|| rng.gen_range(0..30)),
+            vendor_class: text(&mut rng),
+            user_class: text(&mut rng),
+            ipxe: rng.gen_bool(0.2),
+            ztp: rng.gen_bool(0.2),
+            circuit_id: text(&mut rng),
+            remote_id: text(&mut rng),
+            onie: rng.gen_bool(0.1).then(|| {
+                onie_headers(&BTreeMap::from([(
+                    "ONIE-ARCH".to_string(),
+                    "x86_64".to_string(),
+                )]))
+            }),
+            ..Query::new(mac(macs[i % macs.len()]))
+        };
+        let e = if i % 2 == 0 { &full } else { &proxy }.explain(&q);
+        assert!(!e.steps.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_that_moved_the_machine_is_in_the_explanation() {
+    use crate::inventory::StartRollout;
+    use crate::rollout::{Canary, Strategy};
+    let dir = tempfile::TempDir::new().unwrap();
+    let inv = setup(dir.path()).await;
+    let mut next = live("x86_64");
+    next.cmdline.push_str(" next");
+    let to = inv
+        .add_generation("worker", next.digest(), next, None)
+        .await
+        .unwrap()
+        .id
+        .clone();
+    inv.start_rollout(
+        StartRollout {
+            group: "db".into(),
+            to: to.clone(),
+            strategy: Strategy::Canary {
+                canary: Canary::Count(1),
+                steps: vec![100],
+            },
+            timeout_ms: 600_000,
+            require: None,
+            rollback: true,
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let full = explainer(inv.clone(), DhcpMode::Full);
+    let e = full.explain(&query(NODE7, Some(7), "PXEClient"));
+    assert_eq!(
+        e.target,
+        Target::Boot {
+            generation: to.clone(),
+            source: Source::Rollout
+        }
+    );
+    assert!(
+        e.steps
+            .iter()
+            .any(|s| s.starts_with("rollout ")
+                && s.contains(&format!("{to} instead of worker gen 2"))),
+        "{:#?}",
+        e.steps
+    );
+    // And a real boot agrees.
+    let plan = inv.begin_boot(
+        mac(NODE7),
+        &ScriptRequest {
+            buildarch: Some("x86_64".into()),
+            ..ScriptRequest::default()
+        },
+    );
+    assert_eq!(plan.target, e.target);
 }

@@ -109,6 +109,13 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.kind.map(|k| k.as_str()))
     .execute(&mut *conn)
     .await?;
+    if let Some(group) = &m.computed_group {
+        sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+            .bind(group)
+            .bind(mac.to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
     if let Some(i) = &m.inherited {
         sqlx::query(
             "UPDATE machines SET group_name = ?, group_assigned = ?, labels = ?,

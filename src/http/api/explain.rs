@@ -197,3 +197,32 @@ mod tests {
         assert_error(&a, StatusCode::UNAUTHORIZED, "unauthenticated");
     }
 }
+
+#[cfg(test)]
+mod openapi_refs {
+    /// Every `$ref` in the document names a schema it defines.
+    #[test]
+    fn every_reference_resolves() {
+        let doc = serde_json::to_value(super::super::openapi_document()).unwrap();
+        let schemas = doc["components"]["schemas"].as_object().unwrap().clone();
+        fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(r) = o.get("$ref").and_then(|r| r.as_str()) {
+                        out.push(r.to_string());
+                    }
+                    o.values().for_each(|v| walk(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut refs = Vec::new();
+        walk(&doc, &mut refs);
+        for r in refs {
+            let name = r.trim_start_matches("#/components/schemas/");
+            assert!(schemas.contains_key(name), "{r} does not resolve");
+        }
+        assert!(schemas.contains_key("explain.Explanation"));
+    }
+}

@@ -70,6 +70,7 @@ impl Harness {
                 },
                 mode: crate::config::DhcpMode::Full,
                 serve_all: false,
+                known: None,
             }),
             dhcp: None,
         };
