@@ -99,8 +99,10 @@ async fn setup(dir: &std::path::Path) -> Arc<Inventory> {
         (SWITCH, vec![]),
         (TIED, vec![("role", "db"), ("zone", "eu"), ("rack", "r1")]),
     ] {
-        inv.begin_boot(mac(m), &ScriptRequest::default());
+        // Booted and confirmed once: the watchdog has nothing to say.
+        let plan = inv.begin_boot(mac(m), &ScriptRequest::default());
         inv.settle().await;
+        inv.confirm(&plan.token).await.unwrap();
         let labels = labels
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
