@@ -31,6 +31,10 @@ struct Args {
     /// Relay address put in giaddr: picks the server's subnet, gets the replies.
     #[arg(long, default_value = "127.0.0.1")]
     giaddr: Ipv4Addr,
+    /// Relay port: 0 (any; ironboot answers it) or 67 for servers that
+    /// answer relays on 67 (dnsmasq, Kea; needs root or a namespace).
+    #[arg(long, default_value_t = 0)]
+    relay_port: u16,
     /// TFTP port on the next-server the DHCP ACK names.
     #[arg(long, default_value_t = 69)]
     tftp_port: u16,
@@ -53,6 +57,12 @@ struct Args {
     /// dnsmasq + nginx stack serves.
     #[arg(long)]
     subset: bool,
+    /// Only TFTP: every machine reads this file (from --tftp-server), no DHCP.
+    #[arg(long, requires = "tftp_server")]
+    tftp_only: Option<String>,
+    /// The TFTP server for --tftp-only.
+    #[arg(long)]
+    tftp_server: Option<SocketAddr>,
     /// First machine index (MACs are 02:57 + the index, unless --mac-prefix).
     #[arg(long, default_value_t = 0)]
     first: u32,
@@ -84,6 +94,7 @@ fn main() -> ExitCode {
     let mut plan = Plan::new(args.machines, args.dhcp, args.giaddr);
     plan.concurrency = args.concurrency.unwrap_or(args.machines).max(1);
     plan.rate = args.rate;
+    plan.relay_port = args.relay_port;
     plan.tftp_port = args.tftp_port;
     plan.tftp.blksize = args.blksize;
     plan.tftp.windowsize = args.windowsize;
@@ -95,6 +106,7 @@ fn main() -> ExitCode {
     plan.http_attempts = args.http_attempts;
     plan.http_retry_delay = Duration::from_secs_f64(args.http_retry_delay);
     plan.subset = args.subset;
+    plan.tftp_only = args.tftp_server.zip(args.tftp_only);
     plan.first = args.first;
     plan.mac_prefix = [a, b];
     plan.server_pid = args.server_pid;

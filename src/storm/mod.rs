@@ -61,6 +61,9 @@ pub struct Plan {
     /// The relay address written into `giaddr`; replies come back to it,
     /// and it selects the server's subnet.
     pub giaddr: Ipv4Addr,
+    /// The relay's port: 0 (any; ironboot answers the port a relay sent
+    /// from) or 67 for servers that answer relays on 67 (dnsmasq, Kea).
+    pub relay_port: u16,
     /// TFTP port on the next-server the DHCP ACK names (69 on a real one).
     pub tftp_port: u16,
     pub tftp: TftpOptions,
@@ -74,6 +77,9 @@ pub struct Plan {
     pub http_timeout: Duration,
     /// Stop after the kernel and initrds (the dnsmasq + nginx subset).
     pub subset: bool,
+    /// Only TFTP: each machine reads this file from this server, no DHCP
+    /// (the TFTP benchmark: N concurrent transfers of one file).
+    pub tftp_only: Option<(SocketAddr, String)>,
     /// First two bytes of every MAC; the rest is the machine's index.
     pub mac_prefix: [u8; 2],
     /// Index of the first machine (to run several simulators side by side).
@@ -93,6 +99,7 @@ impl Plan {
             rate: 0.0,
             dhcp_server,
             giaddr,
+            relay_port: 0,
             tftp_port: 69,
             tftp: TftpOptions {
                 blksize: 1468,
@@ -106,6 +113,7 @@ impl Plan {
             http_retry_delay: Duration::from_secs(5),
             http_timeout: Duration::from_secs(120),
             subset: false,
+            tftp_only: None,
             mac_prefix: [0x02, 0x57],
             first: 0,
             server_pid: None,
@@ -244,6 +252,20 @@ pub async fn run(plan: Plan) -> Report {
     let slots = Arc::new(Semaphore::new(plan.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let sampler = plan.server_pid.map(proc::PeakSampler::start);
+    let relay = match dhcp::Relay::bind(plan.giaddr, plan.relay_port, plan.dhcp_server) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let why = format!("relay socket on {}:{}: {e}", plan.giaddr, plan.relay_port);
+            let outcomes: Vec<Outcome> = (0..plan.machines)
+                .map(|_| Outcome {
+                    samples: Vec::new(),
+                    failed: Some((Step::Dhcp, why.clone())),
+                    finished: Duration::ZERO,
+                })
+                .collect();
+            return Report::new(&plan, &outcomes, start.elapsed(), None, None, None);
+        }
+    };
     for i in 0..plan.machines {
         if plan.rate > 0.0 {
             let at = start + Duration::from_secs_f64(i as f64 / plan.rate);
@@ -252,13 +274,14 @@ pub async fn run(plan: Plan) -> Report {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let plan = plan.clone();
+        let (plan, relay) = (plan.clone(), relay.clone());
         let machine = Machine::new(plan.first + i as u32, plan.mac_prefix);
         tasks.spawn(async move {
             let at = Arc::new(AtomicU8::new(Step::Dhcp as u8));
             let mut samples = Vec::new();
             let result =
-                tokio::time::timeout_at(deadline, boot(&plan, &machine, &at, &mut samples)).await;
+                tokio::time::timeout_at(deadline, boot(&plan, &relay, &machine, &at, &mut samples))
+                    .await;
             drop(permit);
             let failed = match result {
                 Ok(Ok(())) => None,
@@ -300,6 +323,7 @@ type StepResult<T> = Result<T, (Step, String)>;
 /// One machine's whole boot. Records a sample per completed step.
 async fn boot(
     plan: &Plan,
+    relay: &dhcp::Relay,
     machine: &Machine,
     at: &AtomicU8,
     samples: &mut Vec<Sample>,
@@ -317,17 +341,22 @@ async fn boot(
         })
     };
 
+    if let Some((server, file)) = &plan.tftp_only {
+        let t = begin(Step::Tftp);
+        let local = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let fetched = tftp::fetch(*server, local, file, &plan.tftp)
+            .await
+            .map_err(|e| (Step::Tftp, format!("{file}: {e}")))?;
+        record(samples, Step::Tftp, t, fetched.bytes, fetched.resends);
+        return Ok(());
+    }
+
     // 1. The PXE ROM's DHCP.
     let t = begin(Step::Dhcp);
-    let (lease, retries) = dhcp::exchange(
-        machine,
-        Firmware::PxeRom,
-        plan.giaddr,
-        plan.dhcp_server,
-        &plan.dhcp_timeouts,
-    )
-    .await
-    .map_err(|e| (Step::Dhcp, e.to_string()))?;
+    let (lease, retries) = relay
+        .exchange(machine, Firmware::PxeRom, &plan.dhcp_timeouts)
+        .await
+        .map_err(|e| (Step::Dhcp, e.to_string()))?;
     record(samples, Step::Dhcp, t, 0, retries);
     // The machine's own address, when this host can send from it (loopback
     // storms lease 127.x addresses): servers tell machines apart by it.
@@ -359,15 +388,10 @@ async fn boot(
 
     // 3. iPXE's own DHCP.
     let t = begin(Step::DhcpIpxe);
-    let (ipxe_lease, retries) = dhcp::exchange(
-        machine,
-        Firmware::Ipxe,
-        plan.giaddr,
-        plan.dhcp_server,
-        &plan.dhcp_timeouts,
-    )
-    .await
-    .map_err(|e| (Step::DhcpIpxe, e.to_string()))?;
+    let (ipxe_lease, retries) = relay
+        .exchange(machine, Firmware::Ipxe, &plan.dhcp_timeouts)
+        .await
+        .map_err(|e| (Step::DhcpIpxe, e.to_string()))?;
     record(samples, Step::DhcpIpxe, t, 0, retries);
     if !ipxe_lease.bootfile.starts_with("http://") {
         return Err((

@@ -14,6 +14,7 @@ use super::{failures_by_step, Outcome, Plan, Step};
 pub struct Report {
     pub machines: usize,
     pub subset: bool,
+    pub tftp_only: bool,
     /// Machines that finished every step (confirmed, unless `subset`).
     pub completed: usize,
     pub failed: usize,
@@ -123,6 +124,7 @@ impl Report {
         Self {
             machines: outcomes.len(),
             subset: plan.subset,
+            tftp_only: plan.tftp_only.is_some(),
             completed,
             failed: outcomes.len() - completed,
             failures,
@@ -150,7 +152,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let flow = if self.subset {
+        let flow = if self.tftp_only {
+            "TFTP only"
+        } else if self.subset {
             "subset: dhcp, tftp, dhcp-ipxe, script, kernel, initrd"
         } else {
             "full flow"
