@@ -134,14 +134,25 @@ pub struct ClientView {
     pub kind: String,
     /// How the request reaches the server: `dhcp`, `onie_http`, `script`.
     pub via: &'static str,
-    /// Option 93 as named in the inventory (`bios`, `efi_x64`, …).
+    /// Option 93 as named in the inventory (`bios`, `efi_x64`, …);
+    /// `other:N` for an architecture type ironboot does not know.
     #[schema(value_type = Option<String>)]
+    #[serde(serialize_with = "arch_text")]
     pub arch: Option<Arch>,
     pub vendor_class: Option<String>,
     pub user_classes: Vec<String>,
     /// The relay's switch port (option 82): `{"circuit_id", "remote_id"}`.
     #[schema(value_type = Option<Object>)]
     pub port: Option<SwitchPort>,
+}
+
+/// An architecture as the document promises, a string: serde's own form
+/// for the known ones, `other:N` for the rest (serde would write an object).
+fn arch_text<S: serde::Serializer>(arch: &Option<Arch>, s: S) -> Result<S::Ok, S::Error> {
+    match arch {
+        Some(Arch::Other(n)) => s.serialize_some(&format!("other:{n}")),
+        known => known.serialize(s),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
