@@ -12,7 +12,7 @@ setup_ns
 
 # populate DIR N: N machines (and labels on every tenth) straight into SQLite.
 populate() {
-    sqlite3 "$1/data/ironboot.db" <<SQL
+    sqlite3 "$1/data/ironboot.db" >/dev/null <<SQL
 PRAGMA journal_mode=WAL;
 WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < $2 - 1)
 INSERT INTO machines (mac, arch, firmware, first_seen_ms, last_seen_ms)
