@@ -49,6 +49,20 @@ enum Command {
         #[command(subcommand)]
         cmd: MachinesCommand,
     },
+    /// Rollouts: start (canary or blue/green), status, pause, resume, abort, list.
+    Rollout {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: ironboot::cli::rollout::RolloutCommand,
+    },
+    /// The last-known-good watchdog: degraded machines, clear a mark.
+    Watchdog {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: ironboot::cli::rollout::WatchdogCommand,
+    },
 }
 
 /// Flags for the most used keys; `--set KEY=VALUE` reaches every key.
@@ -203,6 +217,8 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Image { conn, cmd } => ironboot::cli::commands::image(conn, cmd).await,
             Command::Group { conn, cmd } => ironboot::cli::commands::group(conn, cmd).await,
             Command::Machines { conn, cmd } => ironboot::cli::commands::machines(conn, cmd).await,
+            Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
+            Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });

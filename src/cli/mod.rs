@@ -7,6 +7,7 @@
 
 mod client;
 pub mod commands;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 
