@@ -186,6 +186,7 @@ pub async fn run(
         server_ip: config.server_ip,
         http_port: http_addr.port(),
     };
+    let explain_targets = targets.clone();
     // DHCP and the inventory ask each other (loader settings; switch
     // ports): weak references, so neither keeps the other (and the ledger)
     // alive at shutdown.
@@ -315,6 +316,18 @@ pub async fn run(
         ledger.clone(),
         server_url,
     )?;
+    let explainer = Arc::new(crate::explain::Explainer {
+        inventory: inventory.clone(),
+        renderer: renderer.clone(),
+        server: format!("http://{}:{}", config.server_ip, http_addr.port()),
+        targets: explain_targets,
+        mode: config.dhcp.mode,
+        serve_all: config.dhcp.serve_all,
+        known: {
+            let dhcp = dhcp.clone();
+            Some(Arc::new(move |mac| dhcp.knows(mac)))
+        },
+    });
     let api_state = ApiState {
         inventory: inventory.clone(),
         images: images.clone(),
@@ -323,16 +336,20 @@ pub async fn run(
         edits: Default::default(),
         live: ledger.live(),
         shutdown: shutdown.clone(),
+        explainer,
+        dhcp: Some(dhcp.clone()),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),
         services: Arc::new(services.clone()),
+        dhcp: Some(dhcp.clone()),
+        store: Some(store.clone()),
     };
     let app = crate::http::router(http_state, bootfiles)
         .merge(crate::http::boot::router(boot_state))
         .merge(crate::http::artifacts::router(
             images.clone(),
-            Some(artifact_hook(&inventory, &ledger)),
+            Some(artifact_hook(&inventory, &ledger, &metrics)),
         ))
         .merge(crate::http::api::router(api_state))
         .merge(crate::http::switch::router(netboot));
@@ -373,9 +390,15 @@ pub async fn run(
 
 /// Records each artifact download as a step of the boot its client opened
 /// last (artifact URLs carry no token).
-fn artifact_hook(inventory: &Arc<Inventory>, ledger: &Ledger) -> crate::http::artifacts::Hook {
-    let (inventory, ledger) = (inventory.clone(), ledger.clone());
+fn artifact_hook(
+    inventory: &Arc<Inventory>,
+    ledger: &Ledger,
+    metrics: &Arc<Metrics>,
+) -> crate::http::artifacts::Hook {
+    let (inventory, ledger, metrics) = (inventory.clone(), ledger.clone(), metrics.clone());
     Arc::new(move |served: crate::http::artifacts::ServedArtifact| {
+        Metrics::inc(&metrics.http_artifacts);
+        Metrics::add(&metrics.http_artifact_bytes, served.bytes);
         let Some(client) = served.client else { return };
         let detail = serde_json::json!({ "sha256": served.digest.to_string(), "completed": served.completed });
         match inventory.boot_by_ip(client.ip(), &served.digest) {

@@ -76,6 +76,10 @@ pub struct MachineFacts {
     /// `None`: left alone.
     /// Boxed: rare, and it would make every record as large as itself.
     pub inherited: Option<Box<Inherited>>,
+    /// The group its labels and the selectors put it in, when a boot
+    /// computed one other than `default` (written unless an operator
+    /// assigned a group; `None`: left alone).
+    pub computed_group: Option<String>,
     pub at_ms: i64,
 }
 

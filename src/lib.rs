@@ -23,7 +23,11 @@
 //! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
+//! - [`explain`]: what a request would be served and why, from the boot
+//!   path's own decisions (selectors and membership are in [`boot`]).
 //! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces.
+//! - [`storm`]: the boot-storm simulator behind `ironboot-storm` (a client;
+//!   nothing in the server uses it).
 //!
 //! Architecture invariant: no packet path awaits a SQLite write. What DHCP and
 //! TFTP read is in memory; what they record goes through [`ledger::Ledger`].
@@ -38,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod domain;
+pub mod explain;
 pub mod http;
 pub mod images;
 pub mod inventory;
@@ -48,4 +53,5 @@ pub mod netif;
 pub mod render;
 pub mod rollout;
 pub mod store;
+pub mod storm;
 pub mod tftp;

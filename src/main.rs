@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ironboot::cli::commands::{GroupCommand, ImageCommand, MachinesCommand};
+use ironboot::cli::commands::ImageCommand;
+use ironboot::cli::explain::{ExplainArgs, TemplatesCommand};
+use ironboot::cli::groups::GroupsCommand;
+use ironboot::cli::inventory::{BootsCommand, LeasesCommand, MachinesCommand, TokensCommand};
 use ironboot::cli::Connection;
 use ironboot::config::{self, DhcpMode, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
@@ -28,21 +31,38 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it, and exit.
     CheckConfig(ServeArgs),
-    /// Image generations: import, list, garbage-collect.
+    /// Image generations: import, list, garbage-collect (also `images`).
+    #[command(alias = "images")]
     Image {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
         cmd: ImageCommand,
     },
-    /// Groups and their generation pointers.
-    Group {
+    /// Groups: selectors, variables, generation pointers, members.
+    #[command(alias = "group")]
+    Groups {
         #[command(flatten)]
         conn: Connection,
         #[command(subcommand)]
-        cmd: GroupCommand,
+        cmd: GroupsCommand,
     },
-    /// Machines: list, show, boots, pin.
+    /// What a MAC (with the DHCP options or ONIE headers it would send)
+    /// would be served, and why, step by step. Changes nothing.
+    Explain {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ExplainArgs,
+    },
+    /// Templates: list, and render one for a machine without booting it.
+    Templates {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: TemplatesCommand,
+    },
+    /// Machines: list, show, label, set, pin, delete, boots.
     Machines {
         #[command(flatten)]
         conn: Connection,
@@ -62,6 +82,27 @@ enum Command {
         conn: Connection,
         #[command(subcommand)]
         cmd: ironboot::cli::rollout::WatchdogCommand,
+    },
+    /// Boots of the whole fleet, newest first.
+    Boots {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: BootsCommand,
+    },
+    /// DHCP leases: list, release.
+    Leases {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: LeasesCommand,
+    },
+    /// API tokens: list, create, revoke (admin).
+    Tokens {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: TokensCommand,
     },
 }
 
@@ -215,8 +256,13 @@ fn run_client(command: &Command) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Image { conn, cmd } => ironboot::cli::commands::image(conn, cmd).await,
-            Command::Group { conn, cmd } => ironboot::cli::commands::group(conn, cmd).await,
-            Command::Machines { conn, cmd } => ironboot::cli::commands::machines(conn, cmd).await,
+            Command::Groups { conn, cmd } => ironboot::cli::groups::groups(conn, cmd).await,
+            Command::Explain { conn, args } => ironboot::cli::explain::explain(conn, args).await,
+            Command::Templates { conn, cmd } => ironboot::cli::explain::templates(conn, cmd).await,
+            Command::Machines { conn, cmd } => ironboot::cli::inventory::machines(conn, cmd).await,
+            Command::Boots { conn, cmd } => ironboot::cli::inventory::boots(conn, cmd).await,
+            Command::Leases { conn, cmd } => ironboot::cli::inventory::leases(conn, cmd).await,
+            Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
             Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
             Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),

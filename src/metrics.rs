@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
     ($($name:ident: $help:literal),* $(,)?) => {
-        /// Every counter the server keeps. Each field is one Prometheus counter
-        /// named `ironboot_<field>_total`.
+        /// Every counter the server keeps. Each plain field is one Prometheus
+        /// counter named `ironboot_<field>_total`.
         #[derive(Debug, Default)]
         pub struct Metrics {
             $(#[doc = $help] pub $name: AtomicU64,)*
+            /// DHCP datagrams by message type and outcome.
+            pub dhcp_packets: DhcpPackets,
         }
 
         impl Metrics {
@@ -24,6 +26,7 @@ macro_rules! counters {
                     let _ = writeln!(out, "# TYPE {name} counter");
                     let _ = writeln!(out, "{name} {}", self.$name.load(Ordering::Relaxed));
                 )*
+                self.dhcp_packets.render(&mut out);
                 out
             }
         }
@@ -47,6 +50,149 @@ counters! {
     tftp_refused: "TFTP requests refused (not found, access violation, busy)",
     tftp_bytes: "TFTP payload bytes sent in completed transfers",
     ledger_dropped: "Ledger events dropped because the writer queue was full",
+    http_artifact_bytes: "Boot artifact bytes sent over HTTP (kernels, initrds, root filesystems, installers)",
+    http_artifacts: "Boot artifact downloads over HTTP (whole or ranges)",
+}
+
+/// DHCP message type names by their option 53 code (0: not known).
+const DHCP_TYPES: [&str; 9] = [
+    "unknown", "discover", "offer", "request", "decline", "ack", "nak", "release", "inform",
+];
+/// Outcomes: 0 ignored (no reply), 1-8 the reply's type, 9 malformed.
+const OUTCOMES: usize = 10;
+
+/// DHCP datagrams received, by their message type and what came of them:
+/// the type of the reply (`offer`, `ack`, `nak`), `ignored`, or
+/// `malformed` (dropped before its type was known).
+#[derive(Debug, Default)]
+pub struct DhcpPackets {
+    counts: [[AtomicU64; OUTCOMES]; DHCP_TYPES.len()],
+}
+
+impl DhcpPackets {
+    /// One datagram of type `request` (option 53 code) answered with a
+    /// reply of type `reply` (`None`: not answered).
+    pub fn answered(&self, request: u8, reply: Option<u8>) {
+        let t = if (request as usize) < DHCP_TYPES.len() {
+            request as usize
+        } else {
+            0
+        };
+        let o = match reply {
+            Some(r) if (1..=8).contains(&r) => r as usize,
+            Some(_) | None => 0,
+        };
+        self.counts[t][o].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A datagram that could not be parsed.
+    pub fn malformed(&self) {
+        self.counts[0][OUTCOMES - 1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, request: &str, outcome: &str) -> u64 {
+        let t = DHCP_TYPES.iter().position(|n| *n == request);
+        let o = match outcome {
+            "ignored" => Some(0),
+            "malformed" => Some(OUTCOMES - 1),
+            other => DHCP_TYPES.iter().position(|n| *n == other),
+        };
+        match (t, o) {
+            (Some(t), Some(o)) => self.counts[t][o].load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "ironboot_dhcp_packets_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} DHCP datagrams received, by message type and outcome (the reply's type, ignored, malformed)"
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (t, row) in self.counts.iter().enumerate() {
+            for (o, count) in row.iter().enumerate() {
+                let n = count.load(Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                let outcome = match o {
+                    0 => "ignored",
+                    o if o == OUTCOMES - 1 => "malformed",
+                    o => DHCP_TYPES[o],
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{type=\"{}\",outcome=\"{outcome}\"}} {n}",
+                    DHCP_TYPES[t]
+                );
+            }
+        }
+    }
+}
+
+/// The message type (option 53) of an encoded DHCP message, if it has one.
+pub fn dhcp_message_type(bytes: &[u8]) -> Option<u8> {
+    let mut i = 240; // fixed header (236) and the magic cookie
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => i += 1,
+            255 => return None,
+            code => {
+                let len = *bytes.get(i + 1)? as usize;
+                if code == 53 && len == 1 {
+                    return bytes.get(i + 2).copied();
+                }
+                i += 2 + len;
+            }
+        }
+    }
+    None
+}
+
+/// Writes a gauge family: `# HELP`, `# TYPE`, one line per label set.
+pub fn write_gauge(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: &[(Vec<(&str, String)>, u64)],
+) {
+    write_family(out, name, help, "gauge", samples);
+}
+
+/// Writes a counter family (values computed elsewhere, e.g. from SQLite).
+pub fn write_counter(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: &[(Vec<(&str, String)>, u64)],
+) {
+    write_family(out, name, help, "counter", samples);
+}
+
+fn write_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    samples: &[(Vec<(&str, String)>, u64)],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
+    }
+}
+
+/// A label value as the text format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {

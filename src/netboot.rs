@@ -97,7 +97,7 @@ pub fn render_boot(
 
 /// iPXE's `${buildarch}` for a DHCP architecture: what images are matched
 /// against.
-fn buildarch(arch: Arch) -> Option<&'static str> {
+pub fn buildarch(arch: Arch) -> Option<&'static str> {
     match arch {
         Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
         Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),
@@ -174,7 +174,7 @@ impl Netboot {
             ..ScriptRequest::default()
         };
         let plan = self.inventory.begin_boot_as(mac, &req, "grub", None);
-        let detail = json!({ "target": plan.target, "identity": plan.identity, "loader": "grub", "buildarch": req.buildarch });
+        let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": "grub", "buildarch": req.buildarch });
         let text = match render_boot(&plan, &self.server, &self.renderer, Loader::Grub) {
             Ok(text) => {
                 info!(%mac, boot = plan.boot_id, target = ?plan.target, "GRUB config served");

@@ -664,7 +664,7 @@ async fn the_cli_imports_points_and_lists() {
     // Exit codes scripts can rely on.
     let (code, _, err) =
         tokio::task::block_in_place(|| cli(&["machines", "show", "52:54:00:99:99:99"]));
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(5), "not found: {err}");
     let out = std::process::Command::new(BIN)
         .args(["machines", "list", "--server", &base, "--token", "wrong"])
         .output()

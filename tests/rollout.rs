@@ -639,7 +639,7 @@ async fn the_cli_starts_shows_and_refuses_rollouts() {
     assert!(text.contains(&format!("  {M1}  waiting")), "{text}");
     assert!(text.contains(&format!("  {M3}  pending")), "{text}");
     let (code, text) = cli(&api, &start);
-    assert_eq!(code, 1, "{text}");
+    assert_eq!(code, 6, "a conflict: {text}");
     assert!(
         text.contains("409") && text.contains("already has rollout 1"),
         "{text}"
@@ -657,7 +657,7 @@ async fn the_cli_starts_shows_and_refuses_rollouts() {
         "{text}"
     );
     let (code, text) = cli(&api, &["rollout", "resume", "1"]);
-    assert_eq!(code, 1, "{text}");
+    assert_eq!(code, 6, "{text}");
     assert!(text.contains("cannot be resumed"), "{text}");
     let (code, text) = cli(&api, &["rollout", "status", "1", "-o", "json"]);
     assert_eq!(code, 0, "{text}");
@@ -666,7 +666,7 @@ async fn the_cli_starts_shows_and_refuses_rollouts() {
     let (code, text) = cli(&api, &["watchdog", "list"]);
     assert_eq!(code, 0, "{text}");
     let (code, text) = cli(&api, &["watchdog", "clear", M1]);
-    assert_eq!(code, 1, "{text}");
+    assert_eq!(code, 6, "{text}");
     assert!(text.contains("not degraded"), "{text}");
     server.stop().await;
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 pub enum CliError {
     #[error("{0}")]
     Usage(String),
-    #[error("cannot reach {server}: {source}")]
+    #[error("cannot reach the server at {server}: {source} (is it running? check --server or IRONBOOT_SERVER)")]
     Connect {
         server: String,
         source: reqwest::Error,
@@ -19,15 +19,23 @@ pub enum CliError {
     Auth(String),
     #[error("server refused ({status}): {message}")]
     Refused { status: StatusCode, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict ({status}): {message}")]
+    Conflict { status: StatusCode, message: String },
 }
 
 impl CliError {
+    /// The documented exit codes (README, "Inventory API and CLI"). 1-4
+    /// predate 5 and 6 and keep their meaning.
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Refused { .. } => 1,
             CliError::Usage(_) => 2,
             CliError::Connect { .. } => 3,
             CliError::Auth(_) => 4,
+            CliError::NotFound(_) => 5,
+            CliError::Conflict { .. } => 6,
         }
     }
 }
@@ -80,10 +88,19 @@ impl Client {
             .as_str()
             .unwrap_or("no details")
             .to_string();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(CliError::Auth(format!("{status}: {message}")));
+        match status {
+            StatusCode::UNAUTHORIZED => Err(CliError::Auth(format!(
+                "{status}: {message} (check --token, IRONBOOT_TOKEN or DATA_DIR/admin.token)"
+            ))),
+            StatusCode::FORBIDDEN => Err(CliError::Auth(format!(
+                "{status}: {message} (this needs an admin token)"
+            ))),
+            StatusCode::NOT_FOUND => Err(CliError::NotFound(message)),
+            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => {
+                Err(CliError::Conflict { status, message })
+            }
+            _ => Err(CliError::Refused { status, message }),
         }
-        Err(CliError::Refused { status, message })
     }
 
     async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
@@ -107,8 +124,51 @@ impl Client {
         self.json(self.request(Method::PUT, path)?.json(body)).await
     }
 
+    /// A PATCH, with `If-Match` when given.
+    pub async fn patch(
+        &self,
+        path: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<Value, CliError> {
+        let mut rb = self.request(Method::PATCH, path)?.json(body);
+        if let Some(tag) = if_match {
+            rb = rb.header(reqwest::header::IF_MATCH, tag);
+        }
+        self.json(rb).await
+    }
+
     pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
         self.json(self.request(Method::DELETE, path)?).await
+    }
+
+    /// A JSON request that may carry `If-Match`; returns the body and the
+    /// answer's `ETag`, for read-modify-write updates.
+    pub async fn send_tagged(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<(Value, Option<String>), CliError> {
+        let mut rb = self.request(method, path)?;
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        if let Some(tag) = if_match {
+            rb = rb.header(reqwest::header::IF_MATCH, tag);
+        }
+        let resp = self.send(rb).await?;
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let value = resp.json().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })?;
+        Ok((value, tag))
     }
 
     /// Whether the server already has the artifact (then it is not sent).

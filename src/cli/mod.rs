@@ -1,12 +1,17 @@
 //! The command-line client: every subcommand other than `serve` calls the
 //! REST API, like kubectl. Human tables by default, `-o json` for scripts.
 //!
-//! Exit codes: 0 success; 1 the server refused (4xx/5xx, message printed);
-//! 2 bad usage or local input (a file that cannot be read); 3 the server
-//! could not be reached; 4 authentication failed (no token, or refused).
+//! Exit codes: 0 success; 1 the server refused (a 4xx or 5xx not below,
+//! message printed); 2 bad usage or local input (a file that cannot be
+//! read); 3 the server could not be reached; 4 authentication failed (no
+//! token, a bad one, or a read-only one for a change); 5 not found; 6
+//! conflict (in use, exists, or the `If-Match` ETag no longer matches).
 
 mod client;
 pub mod commands;
+pub mod explain;
+pub mod groups;
+pub mod inventory;
 pub mod rollout;
 
 use std::path::{Path, PathBuf};

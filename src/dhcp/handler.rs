@@ -125,6 +125,12 @@ impl Dhcp {
         self.seen.read().expect("seen lock").get(&mac).cloned()
     }
 
+    /// Whether full mode answers `mac` whatever it sends (a reservation,
+    /// or a machine that has network-booted from this server).
+    pub fn knows(&self, mac: MacAddr) -> bool {
+        self.known.read().expect("known lock").contains(&mac)
+    }
+
     pub fn settings(&self) -> &DhcpSettings {
         &self.settings
     }
@@ -132,6 +138,32 @@ impl Dhcp {
     /// The MAC holding `ip`, for TFTP's ledger events.
     pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
         self.leases.lock().expect("lease lock").mac_of(ip)
+    }
+
+    /// The lease table as it is now (for the API).
+    pub fn leases(&self) -> Vec<Entry> {
+        self.leases.lock().expect("lease lock").entries()
+    }
+
+    /// An operator frees `ip`: forgotten in memory, deleted from SQLite
+    /// through the ledger, and recorded as `dhcp.operator_release`.
+    pub fn release_by_operator(&self, ip: Ipv4Addr) -> Option<Entry> {
+        let entry = self.leases.lock().expect("lease lock").remove(ip)?;
+        self.ledger.record(Record::Lease(LeaseRecord {
+            ip,
+            mac: entry.mac,
+            state: "free",
+            expires_at_ms: 0,
+            hostname: None,
+        }));
+        self.ledger.event(
+            entry.mac,
+            Some(ip.into()),
+            "dhcp.operator_release",
+            serde_json::json!({ "state": format!("{:?}", entry.state).to_lowercase() }),
+            None,
+        );
+        Some(entry)
     }
 
     /// Forgets offers nobody took up. Called periodically.
@@ -146,6 +178,7 @@ impl Dhcp {
             Ok(req) => req,
             Err(e) => {
                 Metrics::inc(&self.metrics.dhcp_malformed);
+                self.metrics.dhcp_packets.malformed();
                 debug!(src = %inc.src, error = %e, "dropping malformed DHCP datagram");
                 return None;
             }
@@ -166,6 +199,11 @@ impl Dhcp {
             Some(_) => Metrics::inc(&self.metrics.dhcp_replies),
             None => Metrics::inc(&self.metrics.dhcp_ignored),
         }
+        self.metrics.dhcp_packets.answered(
+            u8::from(req.msg_type),
+            out.as_ref()
+                .and_then(|o| crate::metrics::dhcp_message_type(&o.bytes)),
+        );
         out
     }
 
@@ -197,6 +235,7 @@ impl Dhcp {
             ip: None,
             kind: kind.is_switch().then_some(MachineKind::Switch),
             inherited: None,
+            computed_group: None,
             at_ms: now,
         }));
     }
@@ -216,14 +255,13 @@ impl Dhcp {
             _ => return self.ignore("not for a proxy"),
         };
         let mut spec = ReplySpec::new(msg_type, inc.local);
-        spec.next_server = self.targets.server_ip;
-        spec.vendor_class = Some(if facts.kind() == ClientKind::HttpBoot {
-            "HTTPClient"
-        } else {
-            "PXEClient"
-        });
-        spec.pxe_discovery_control = is_bios_pxe(facts);
-        spec.boot = Some(boot.clone());
+        boot_reply(
+            &mut spec,
+            facts,
+            Some(boot.clone()),
+            self.targets.server_ip,
+            DhcpMode::Proxy,
+        );
         let step = if msg_type == MessageType::Offer {
             "dhcp.proxy_offer"
         } else {
@@ -489,12 +527,13 @@ impl Dhcp {
             domain: subnet.domain.clone(),
             hostname,
         });
-        if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
-            spec.vendor_class = Some("HTTPClient");
-        }
-        spec.wants_ztp_option =
-            facts.kind() == ClientKind::Ztp && facts.ztp_flavour() == ZtpFlavour::Cumulus;
-        spec.boot = boot;
+        boot_reply(
+            &mut spec,
+            facts,
+            boot,
+            self.targets.server_ip,
+            DhcpMode::Full,
+        );
         spec
     }
 
@@ -551,6 +590,34 @@ impl Dhcp {
         debug!(reason = why, "not answering");
         None
     }
+}
+
+/// The boot part of a reply (next server, bootfile, opt 60/43/239 as the
+/// client kind needs) in `mode`: shared by proxy and full mode, and by
+/// `explain`, so what it shows is what goes on the wire.
+pub fn boot_reply(
+    spec: &mut ReplySpec,
+    facts: &ClientFacts,
+    boot: Option<Bootfile>,
+    next_server: Ipv4Addr,
+    mode: DhcpMode,
+) {
+    spec.next_server = next_server;
+    if mode == DhcpMode::Proxy {
+        spec.vendor_class = Some(if facts.kind() == ClientKind::HttpBoot {
+            "HTTPClient"
+        } else {
+            "PXEClient"
+        });
+        spec.pxe_discovery_control = is_bios_pxe(facts);
+    } else {
+        if facts.kind() == ClientKind::HttpBoot && boot.is_some() {
+            spec.vendor_class = Some("HTTPClient");
+        }
+        spec.wants_ztp_option =
+            facts.kind() == ClientKind::Ztp && facts.ztp_flavour() == ZtpFlavour::Cumulus;
+    }
+    spec.boot = boot;
 }
 
 fn is_bios_pxe(facts: &ClientFacts) -> bool {

@@ -289,6 +289,25 @@ impl LeaseTable {
         Some(entry)
     }
 
+    /// Every entry (offered, bound, quarantined), by address.
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.by_ip.values().cloned().collect();
+        all.sort_by_key(|e| e.ip);
+        all
+    }
+
+    /// An operator frees an address, whatever its state (a machine that is
+    /// gone, a quarantine to lift). Returns what was there.
+    pub fn remove(&mut self, ip: Ipv4Addr) -> Option<Entry> {
+        let entry = self.by_ip.remove(&ip)?;
+        if let Some(mac) = entry.mac {
+            if self.by_mac.get(&mac) == Some(&ip) {
+                self.by_mac.remove(&mac);
+            }
+        }
+        Some(entry)
+    }
+
     /// RELEASE: the client is done with the address.
     pub fn release(&mut self, mac: MacAddr, ip: Ipv4Addr) -> bool {
         let owned = self

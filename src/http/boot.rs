@@ -129,7 +129,7 @@ async fn machine_script(
         };
         state.renderer.render(template, &ctx)
     });
-    let detail = json!({ "target": plan.target, "identity": plan.identity, "chip": nonempty("chip"), "platform": req.platform, "buildarch": req.buildarch });
+    let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": nonempty("chip"), "platform": req.platform, "buildarch": req.buildarch });
     match rendered {
         Ok(text) => {
             info!(%mac, boot = plan.boot_id, target = ?plan.target, "boot script served");

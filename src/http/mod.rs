@@ -32,6 +32,11 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Names of the services that are bound and running (for `/healthz`).
     pub services: Arc<Vec<String>>,
+    /// For gauges read at scrape time: leases in use per subnet.
+    pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
+    /// For boot counts by stream, generation and result (SQLite is their
+    /// source of truth: they survive restarts).
+    pub store: Option<crate::store::Store>,
 }
 
 /// Health, metrics, and `/ipxe/<name>`: the configured boot loaders, so
@@ -66,10 +71,82 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+    let mut text = state.metrics.render();
+    if let Some(dhcp) = &state.dhcp {
+        crate::metrics::write_gauge(
+            &mut text,
+            "ironboot_dhcp_leases_in_use",
+            "Addresses bound to a client and not expired, per configured subnet",
+            &leases_in_use(dhcp, crate::ledger::now_ms()),
+        );
+    }
+    if let Some(store) = &state.store {
+        match boot_counts(store).await {
+            Ok(samples) => crate::metrics::write_counter(
+                &mut text,
+                "ironboot_boots_total",
+                "Boots by stream, generation and result: started (a script served it), confirmed, failed",
+                &samples,
+            ),
+            Err(e) => tracing::error!(error = %e, "boot counts for /metrics"),
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
+
+fn leases_in_use(dhcp: &crate::dhcp::Dhcp, now: i64) -> Samples {
+    let leases = dhcp.leases();
+    dhcp.settings()
+        .subnets
+        .iter()
+        .map(|s| {
+            let n = leases
+                .iter()
+                .filter(|l| {
+                    l.state == crate::dhcp::leases::State::Bound
+                        && l.expires_at > now
+                        && s.network.contains(&l.ip)
+                })
+                .count();
+            (vec![("subnet", s.network.to_string())], n as u64)
+        })
+        .collect()
+}
+
+async fn boot_counts(store: &crate::store::Store) -> Result<Samples, sqlx::Error> {
+    let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT stream, generation, state, COUNT(*) FROM boots
+         WHERE stream IS NOT NULL AND generation IS NOT NULL
+         GROUP BY stream, generation, state ORDER BY stream, generation",
     )
+    .fetch_all(store.pool())
+    .await?;
+    let mut counts: std::collections::BTreeMap<(String, i64), [u64; 3]> = Default::default();
+    for (stream, generation, state, n) in rows {
+        let c = counts.entry((stream, generation)).or_default();
+        c[0] += n as u64;
+        match state.as_str() {
+            "confirmed" => c[1] += n as u64,
+            "failed" => c[2] += n as u64,
+            _ => {}
+        }
+    }
+    let mut samples = Vec::new();
+    for ((stream, generation), c) in counts {
+        for (result, n) in ["started", "confirmed", "failed"].into_iter().zip(c) {
+            samples.push((
+                vec![
+                    ("stream", stream.clone()),
+                    ("generation", generation.to_string()),
+                    ("result", result.to_string()),
+                ],
+                n,
+            ));
+        }
+    }
+    Ok(samples)
 }
 
 /// Serves until `shutdown`, then finishes in-flight requests. Handlers see

@@ -547,5 +547,28 @@ mod tests {
             inv.create_group("db2", GroupChange::default()).await,
             Err(InventoryError::GroupExists(_))
         ));
+
+        // A selector that claims unlabelled machines: a new machine is in
+        // it from its first boot, in memory and in the database.
+        inv.create_group(
+            "unsorted",
+            GroupChange {
+                selector: sel("!role"),
+                ..GroupChange::default()
+            },
+        )
+        .await
+        .unwrap();
+        let new: MacAddr = "52:54:00:00:00:08".parse().unwrap();
+        booted(&inv, new);
+        inv.settle().await;
+        assert_eq!(inv.machine(new).unwrap().group, "unsorted");
+        let (group_name,): (String,) =
+            sqlx::query_as("SELECT group_name FROM machines WHERE mac = ?")
+                .bind(new.to_string())
+                .fetch_one(inv.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(group_name, "unsorted");
     }
 }

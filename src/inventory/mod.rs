@@ -251,6 +251,9 @@ pub struct Decision {
     pub group: Option<Group>,
     pub target: Target,
     pub generation: Option<Arc<Generation>>,
+    /// What rollouts and the watchdog said about this boot (previews only:
+    /// `rollout.serve`, `watchdog.last_good`, …).
+    pub notes: Vec<crate::rollout::engine::Note>,
 }
 
 /// Decides a request from `mac`: identity, the machine, its group and its
@@ -315,6 +318,31 @@ fn decide(
         group,
         target,
         generation,
+        notes: Vec::new(),
+    }
+}
+
+/// Boot id and token of a previewed plan: nothing is opened, so the URLs
+/// that carry a token carry this placeholder instead.
+pub const PREVIEW_TOKEN: &str = "PREVIEW";
+
+impl Decision {
+    /// The plan a boot would render with, for a preview (boot id 0,
+    /// [`PREVIEW_TOKEN`]).
+    pub fn preview_plan(&self, platform: Option<String>) -> BootPlan {
+        BootPlan {
+            boot_id: 0,
+            token: PREVIEW_TOKEN.into(),
+            machine: self.machine.clone(),
+            group: self
+                .group
+                .clone()
+                .unwrap_or_else(|| empty_group(&self.machine.group)),
+            target: self.target.clone(),
+            generation: self.generation.clone(),
+            platform,
+            identity: self.identity.clone(),
+        }
     }
 }
 
@@ -521,6 +549,7 @@ impl Inventory {
             group,
             target,
             generation: _,
+            notes: _,
         } = decide(&state, mac, req, port.as_ref(), kind);
         let inherited = match &identity {
             IdentityMatch::Port { replaces, .. } => {
@@ -578,6 +607,10 @@ impl Inventory {
                     pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
                 })
             }),
+            // A new machine a selector claims at once: the database says so
+            // too (memory regrouped everything else already).
+            computed_group: (fresh && inherited.is_none() && machine.group != DEFAULT_GROUP)
+                .then(|| machine.group.clone()),
             at_ms: now,
             ..MachineFacts::default()
         }));
@@ -617,6 +650,39 @@ impl Inventory {
             platform: req.platform.clone(),
             identity,
         }
+    }
+
+    /// What [`Inventory::begin_boot_as`] would decide for this request,
+    /// with nothing registered, opened or recorded (`explain`). `port`: the
+    /// relay's switch port; `None`: what DHCP last saw, as a boot uses.
+    pub fn preview(
+        &self,
+        mac: MacAddr,
+        req: &ScriptRequest,
+        kind: Option<MachineKind>,
+        port: Option<SwitchPort>,
+    ) -> Decision {
+        let port = port.or_else(|| self.ports.get().and_then(|lookup| lookup(mac)));
+        let state = self.read();
+        let mut d = decide(&state, mac, req, port.as_ref(), kind);
+        // Rollouts and the watchdog have their say as at a boot: the same
+        // call, on a copy, so nothing they would record happens.
+        let mut fleet = state.fleet.clone();
+        let (target, outcome) = fleet.boot(
+            mac,
+            &d.machine.group,
+            d.machine.last_good.as_ref(),
+            d.target.clone(),
+            0,
+            now_ms(),
+        );
+        d.generation = match &target {
+            Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
+            Target::Nothing { .. } => None,
+        };
+        d.target = target;
+        d.notes = outcome.notes;
+        d
     }
 
     /// The plan of an open boot, by its token (for config fetches): the

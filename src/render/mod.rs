@@ -13,6 +13,7 @@
 //! `meta-data`, `vendor-data`, an Ignition `ignition.json`, any other file).
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 
 use include_dir::{include_dir, Dir};
@@ -35,6 +36,13 @@ pub const ZTP_DIR: &str = "ztp/";
 /// The name under which an image's cmdline template is rendered (so its
 /// values get the same control-character check as scripts).
 const CMDLINE: &str = "cmdline.ipxe";
+/// Distinct cmdline templates kept compiled before the cache starts over.
+const MAX_CMDLINES: usize = 1024;
+
+struct Cmdlines {
+    env: Environment<'static>,
+    names: HashMap<String, String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -56,6 +64,11 @@ pub enum RenderError {
 pub struct Renderer {
     env: Environment<'static>,
     config_files: Vec<String>,
+    /// Image cmdline templates, compiled once per distinct text (a script
+    /// request renders one; parsing it each time showed in the profile).
+    /// A clone of `env`, so the same filters and escaping apply; names are
+    /// `<index>.cmdline.ipxe`, indexed by the text in `cmdline_names`.
+    cmdlines: std::sync::RwLock<Cmdlines>,
 }
 
 impl Renderer {
@@ -140,7 +153,15 @@ impl Renderer {
                 .map_err(|_| RenderError::Missing(required.into()))?;
         }
         config_files.sort();
-        Ok(Self { env, config_files })
+        let cmdlines = std::sync::RwLock::new(Cmdlines {
+            env: env.clone(),
+            names: HashMap::new(),
+        });
+        Ok(Self {
+            env,
+            config_files,
+            cmdlines,
+        })
     }
 
     /// Renders a template by name.
@@ -174,6 +195,13 @@ impl Renderer {
             .then(|| self.render(&format!("config/{file}"), ctx))
     }
 
+    /// Every template's name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.env.templates().map(|(n, _)| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
     /// The files under `config/`, as served per machine.
     pub fn config_files(&self) -> &[String] {
         &self.config_files
@@ -181,17 +209,41 @@ impl Renderer {
 
     /// Renders an image's kernel command line template with the boot context.
     pub fn render_cmdline(&self, template: &str, ctx: &BootContext) -> Result<String, RenderError> {
-        let tmpl = self
-            .env
-            .template_from_named_str(CMDLINE, template)
-            .map_err(|source| RenderError::Template {
-                name: "image cmdline".into(),
-                source,
-            })?;
-        let text = tmpl.render(ctx).map_err(|source| RenderError::Template {
+        let err = |source| RenderError::Template {
             name: "image cmdline".into(),
             source,
-        })?;
+        };
+        let text = {
+            let cache = self.cmdlines.read().unwrap_or_else(|e| e.into_inner());
+            match cache.names.get(template) {
+                Some(name) => Some(cache.env.get_template(name).map_err(err)?.render(ctx)),
+                None => None,
+            }
+        };
+        let text = match text {
+            Some(rendered) => rendered.map_err(err)?,
+            None => {
+                let mut cache = self.cmdlines.write().unwrap_or_else(|e| e.into_inner());
+                // Images are few; a runaway number of distinct texts (a bug
+                // or an attack through imports) starts the cache over.
+                if cache.names.len() >= MAX_CMDLINES {
+                    cache.env = self.env.clone();
+                    cache.names.clear();
+                }
+                let name = format!("{}.{CMDLINE}", cache.names.len());
+                cache
+                    .env
+                    .add_template_owned(name.clone(), template.to_string())
+                    .map_err(err)?;
+                cache.names.insert(template.to_string(), name.clone());
+                cache
+                    .env
+                    .get_template(&name)
+                    .map_err(err)?
+                    .render(ctx)
+                    .map_err(err)?
+            }
+        };
         Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }

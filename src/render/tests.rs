@@ -290,6 +290,26 @@ fn strict_undefined_and_control_characters_fail_the_render() {
 }
 
 #[test]
+fn cmdline_templates_compile_once_and_each_text_keeps_its_meaning() {
+    let r = Renderer::embedded().unwrap();
+    let mut ctx = context();
+    let a = "rack={{ machine.labels.rack }}";
+    let b = "host={{ machine.hostname }}";
+    assert_eq!(r.render_cmdline(a, &ctx).unwrap(), "rack=r7");
+    assert_eq!(
+        r.render_cmdline(b, &ctx).unwrap(),
+        format!("host={}", ctx.machine.hostname)
+    );
+    // The cached template sees the new context, and a broken template
+    // fails every time, not only the first.
+    ctx.machine.labels.insert("rack".into(), "r9".into());
+    assert_eq!(r.render_cmdline(a, &ctx).unwrap(), "rack=r9");
+    for _ in 0..2 {
+        assert!(r.render_cmdline("{{ nope }}", &ctx).is_err());
+    }
+}
+
+#[test]
 fn an_operator_directory_replaces_the_embedded_templates() {
     let dir = tempfile::TempDir::new().unwrap();
     std::fs::create_dir_all(dir.path().join("ipxe")).unwrap();

@@ -66,6 +66,22 @@ impl Store {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection still inside a transaction when it comes back is
+            // closed, not reused. sqlx leaves one so when a COMMIT fails (a
+            // full disk) and the ROLLBACK on drop fails too; reused, every
+            // later BEGIN on it fails ("non-zero transaction depth"), so one
+            // moment without disk space broke writes until restart (seen
+            // under the API fuzz test on a full disk).
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::TransactionManager;
+                    Ok(
+                        <sqlx::Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(
+                            conn,
+                        ) == 0,
+                    )
+                })
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
@@ -111,5 +127,33 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transaction whose ROLLBACK on drop fails (here: it was already
+    /// rolled back behind sqlx's back, as SQLite does on a failed COMMIT
+    /// with a full disk) must not poison the pool.
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        for _ in 0..8 {
+            let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
+            drop(tx);
+        }
+        for _ in 0..8 {
+            let mut tx = store
+                .pool()
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .expect("a fresh BEGIN works");
+            sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
     }
 }

@@ -65,6 +65,10 @@ impl From<&crate::inventory::Group> for GroupView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GroupList {
     pub groups: Vec<GroupView>,
+    /// Machines whose labels match several groups' selectors with the same
+    /// specificity: an error to fix (make one selector more specific, or
+    /// assign the machine). Until then they are in `default`.
+    pub ties: Vec<MemberView>,
 }
 
 /// `None` when absent; `Some(None)` when explicitly null.
@@ -235,12 +239,20 @@ fn no_such_group(group: &str) -> ApiError {
     )
 }
 
-/// Every group with its selector and generation pointers.
+/// Every group with its selector and generation pointers, and the
+/// machines caught in a selector tie.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups",
     responses((status = 200, body = GroupList)))]
 async fn list_groups(_: Reader, State(s): State<ApiState>) -> Json<GroupList> {
     Json(GroupList {
         groups: s.inventory.groups().iter().map(GroupView::from).collect(),
+        ties: s
+            .inventory
+            .members(DEFAULT_GROUP)
+            .iter()
+            .filter(|m| m.membership.is_tie())
+            .map(MemberView::from)
+            .collect(),
     })
 }
 
@@ -496,6 +508,26 @@ mod tests {
             h.get("/api/v1/groups/default/members").await.body["members"],
             json!([])
         );
+        assert_eq!(h.get("/api/v1/groups").await.body["ties"], json!([]));
+        let a = post(json!({ "name": "db2", "selector": "role in (db,sql)" })).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.body);
+        let ties = h.get("/api/v1/groups").await.body["ties"].clone();
+        assert_eq!(ties[0]["mac"], mac.to_string(), "{ties}");
+        assert_eq!(ties[0]["membership"]["by"], "tie");
+        assert!(ties[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("selector tie"));
+        let a = h
+            .call(
+                Method::DELETE,
+                "/api/v1/groups/db2",
+                Some(&admin),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
 
         // If-Match: the current tag passes, a stale one is 412.
         let patch = |tag: String, body| {

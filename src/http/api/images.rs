@@ -253,10 +253,11 @@ async fn create_generation(
     Admin(who): Admin,
     State(s): State<ApiState>,
     ApiPath(stream): ApiPath<String>,
-    body: String,
+    body: bytes::Bytes,
 ) -> ApiResult<Response> {
     valid_name("stream", &stream)?;
-    let manifest: Manifest = serde_json::from_str(&body)
+    // Bytes, not String: a body that is not UTF-8 is a JSON error too.
+    let manifest: Manifest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("manifest: {e}")))?;
     if let Err((field, message)) = manifest.check_shape() {
         return Err(ApiError::bad(field, message));

@@ -7,7 +7,7 @@
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! pins), [`history`] (boots and events, the live event stream), [`images`]
 //! (artifacts, streams, generations, gc), [`groups`] (groups and their
-//! generation pointers). This file holds what
+//! generation pointers), [`leases`], [`tokens`]. This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -34,12 +34,16 @@
 //!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
 mod etag;
+mod explain;
 mod groups;
 mod history;
 mod images;
+mod leases;
 mod machines;
 mod openapi;
 mod rollouts;
+mod templates;
+mod tokens;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -82,6 +86,12 @@ pub struct ApiState {
     /// Cancelled at shutdown: ends long-lived answers (event streams), so
     /// the HTTP server's graceful shutdown does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What `explain` and template previews need: the renderer, the URL
+    /// machines reach, the DHCP settings answers depend on.
+    pub explainer: Arc<crate::explain::Explainer>,
+    /// The DHCP service, for its leases (`None` where there is none, as in
+    /// unit tests).
+    pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -89,8 +99,12 @@ fn api_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(machines::routes())
         .merge(history::routes())
+        .merge(leases::routes())
+        .merge(tokens::routes())
         .merge(images::routes())
         .merge(groups::routes())
+        .merge(explain::routes())
+        .merge(templates::routes())
         .merge(rollouts::routes())
 }
 

@@ -52,8 +52,17 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
                 .build(),
         ),
     );
-    // HEAD answers carry no body, so no JSON error either.
     for item in doc.paths.paths.values_mut() {
+        // HEAD answers carry no body, so no JSON error either.
+        if let Some(head) = &mut item.head {
+            let refused = ResponseBuilder::new()
+                .description("Refused: no or bad token (401), not found (404), invalid (400)")
+                .build();
+            head.responses
+                .responses
+                .entry("4XX".into())
+                .or_insert(refused.into());
+        }
         for op in [
             &mut item.get,
             &mut item.put,

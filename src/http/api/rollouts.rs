@@ -489,13 +489,14 @@ async fn abort(
     Admin(p): Admin,
     State(s): State<ApiState>,
     ApiPath(id): ApiPath<String>,
-    body: String,
+    body: bytes::Bytes,
 ) -> ApiResult<Json<RolloutView>> {
-    // The body is optional: `{"reason": "…"}`.
-    let body: AbortBody = if body.trim().is_empty() {
+    // The body is optional: `{"reason": "…"}`. Bytes, not String: a body
+    // that is not UTF-8 is a JSON error too.
+    let body: AbortBody = if body.iter().all(u8::is_ascii_whitespace) {
         AbortBody::default()
     } else {
-        serde_json::from_str(&body)
+        serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?
     };
     let reason = body

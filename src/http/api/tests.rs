@@ -52,13 +52,27 @@ impl Harness {
             .to_string();
         let (_, reader) = tokens.create(&store, "viewer", Role::Read).await.unwrap();
         let state = ApiState {
-            inventory,
+            inventory: inventory.clone(),
             images,
             tokens: Arc::new(tokens),
             store,
             edits: Default::default(),
             live,
             shutdown: Default::default(),
+            explainer: Arc::new(crate::explain::Explainer {
+                inventory: inventory.clone(),
+                renderer: Arc::new(crate::render::Renderer::embedded().unwrap()),
+                server: "http://10.77.0.1:8080".into(),
+                targets: crate::dhcp::classify::BootTargets {
+                    files: Default::default(),
+                    server_ip: std::net::Ipv4Addr::new(10, 77, 0, 1),
+                    http_port: 8080,
+                },
+                mode: crate::config::DhcpMode::Full,
+                serve_all: false,
+                known: None,
+            }),
+            dhcp: None,
         };
         Self {
             app: router(state.clone()),

@@ -1,0 +1,545 @@
+//! `ironboot machines`, `boots`, `leases` and `tokens`: clients of the
+//! inventory API (`/api/v1/machines`, `/boots`, `/leases`, `/tokens`).
+
+use clap::Subcommand;
+use serde_json::{json, Map, Value};
+
+use super::{print, CliError, Client, Connection, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum MachinesCommand {
+    /// Machines, filtered; every page unless --limit.
+    List(MachineFilter),
+    /// One machine, with its recent boots and their steps.
+    Show { mac: String },
+    /// Set or remove labels: `KEY=VALUE` sets, `KEY-` removes.
+    Label {
+        mac: String,
+        #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+        labels: Vec<String>,
+        /// Only if the machine's ETag is still this (see `show -o json`).
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// Change a machine's hostname, group or kind.
+    Set {
+        mac: String,
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Assign it to this group (beats every group's selector).
+        #[arg(long, conflicts_with = "unassign")]
+        group: Option<String>,
+        /// Remove its group assignment: selectors decide again.
+        #[arg(long)]
+        unassign: bool,
+        #[arg(long, value_parser = ["server", "switch"])]
+        kind: Option<String>,
+        #[arg(long)]
+        if_match: Option<String>,
+    },
+    /// A machine's boot history.
+    Boots { mac: String },
+    /// Pin a machine to a generation (beats its group's pointer).
+    Pin {
+        mac: String,
+        stream: String,
+        generation: i64,
+    },
+    /// Remove a machine's pin.
+    Unpin { mac: String },
+    /// Forget a machine; its boot history stays unless --purge.
+    Delete {
+        mac: String,
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MachineFilter {
+    /// Label selector, e.g. `role=db,rack in (r1,r2)`.
+    #[arg(long, short = 'l')]
+    selector: Option<String>,
+    #[arg(long)]
+    group: Option<String>,
+    /// Running a generation of this stream.
+    #[arg(long)]
+    stream: Option<String>,
+    #[arg(long)]
+    generation: Option<i64>,
+    #[arg(long, value_parser = ["new", "booting", "confirmed", "failed"])]
+    state: Option<String>,
+    #[arg(long, value_parser = ["server", "switch"])]
+    kind: Option<String>,
+    /// Firmware arch (`efi-x64`) or CPU (`x86_64`, `arm64`).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Seen within this long (`1h`, `30m`, `7d`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    seen_within: Option<std::time::Duration>,
+    /// At most this many (one page); default: all of them.
+    #[arg(long)]
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootsCommand {
+    /// Boots, newest first.
+    List {
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long)]
+        generation: Option<i64>,
+        #[arg(long, value_parser = ["served", "confirmed", "failed", "nothing"])]
+        result: Option<String>,
+        /// Started within this long (`1h`, `2d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeasesCommand {
+    /// DHCP leases by address.
+    List {
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long, value_parser = ["offered", "bound", "declined"])]
+        state: Option<String>,
+        /// e.g. 10.77.0.0/24
+        #[arg(long)]
+        subnet: Option<String>,
+    },
+    /// Free an address now.
+    Release { ip: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Every token (never its secret).
+    List,
+    /// Create a token; its secret is printed once.
+    Create {
+        name: String,
+        #[arg(long, value_parser = ["admin", "read"], default_value = "read")]
+        role: String,
+    },
+    /// Revoke a token by id.
+    Revoke { id: i64 },
+}
+
+const MACHINE_COLUMNS: &[(&str, &str)] = &[
+    ("MAC", "mac"),
+    ("KIND", "kind"),
+    ("ARCH", "arch"),
+    ("CPU", "cpu"),
+    ("GROUP", "group"),
+    ("STATE", "state"),
+    ("HOSTNAME", "hostname"),
+    ("IP", "ip"),
+    ("PIN", "pin"),
+    ("CURRENT", "current"),
+    ("LAST GOOD", "last_good"),
+];
+
+const BOOT_COLUMNS: &[(&str, &str)] = &[
+    ("BOOT", "id"),
+    ("MAC", "mac"),
+    ("STREAM", "stream"),
+    ("GEN", "generation"),
+    ("RESULT", "state"),
+    ("STARTED", "started"),
+    ("REASON", "reason"),
+];
+
+/// `path?k=v&…` with the values percent-encoded.
+fn with_query(path: &str, pairs: &[(&str, Option<String>)]) -> String {
+    let pairs: Vec<(&str, &str)> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v)))
+        .collect();
+    if pairs.is_empty() {
+        return path.to_string();
+    }
+    format!(
+        "{path}?{}",
+        serde_urlencoded::to_string(pairs).expect("strings encode")
+    )
+}
+
+fn since_ms(d: std::time::Duration) -> String {
+    (crate::ledger::now_ms() - d.as_millis() as i64).to_string()
+}
+
+/// A time in ms since the epoch as RFC 3339 (seconds), for tables.
+fn when(v: &Value) -> Value {
+    match v.as_i64() {
+        Some(ms) if ms > 0 => json!(humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
+        )
+        .to_string()),
+        _ => Value::Null,
+    }
+}
+
+pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), CliError> {
+    let client = conn.client()?;
+    match cmd {
+        MachinesCommand::List(f) => {
+            let rows = list_machines(&client, f).await?;
+            let all = json!({ "machines": rows });
+            print(conn.output, &all, &rows, MACHINE_COLUMNS);
+        }
+        MachinesCommand::Show { mac } => {
+            let m = client.get(&format!("/api/v1/machines/{mac}")).await?;
+            show_machine(conn.output, &m);
+        }
+        MachinesCommand::Label {
+            mac,
+            labels,
+            if_match,
+        } => {
+            let mut patch = Map::new();
+            for l in labels {
+                if let Some(key) = l.strip_suffix('-').filter(|_| !l.contains('=')) {
+                    patch.insert(key.to_string(), Value::Null);
+                } else if let Some((k, v)) = l.split_once('=') {
+                    patch.insert(k.to_string(), json!(v));
+                } else {
+                    return Err(CliError::Usage(format!(
+                        "{l:?}: write KEY=VALUE to set a label, KEY- to remove it"
+                    )));
+                }
+            }
+            let m = client
+                .patch(
+                    &format!("/api/v1/machines/{mac}"),
+                    &json!({ "labels": patch }),
+                    if_match.as_deref(),
+                )
+                .await?;
+            print_updated(conn.output, &m);
+        }
+        MachinesCommand::Set {
+            mac,
+            hostname,
+            group,
+            unassign,
+            kind,
+            if_match,
+        } => {
+            let mut patch = Map::new();
+            if let Some(h) = hostname {
+                patch.insert("hostname".into(), json!(h));
+            }
+            if let Some(g) = group {
+                patch.insert("group".into(), json!(g));
+            }
+            if *unassign {
+                patch.insert("group".into(), Value::Null);
+            }
+            if let Some(k) = kind {
+                patch.insert("kind".into(), json!(k));
+            }
+            if patch.is_empty() {
+                return Err(CliError::Usage(
+                    "nothing to set: give --hostname, --group, --unassign or --kind".into(),
+                ));
+            }
+            let m = client
+                .patch(
+                    &format!("/api/v1/machines/{mac}"),
+                    &Value::Object(patch),
+                    if_match.as_deref(),
+                )
+                .await?;
+            print_updated(conn.output, &m);
+        }
+        MachinesCommand::Boots { mac } => {
+            let b = client.get(&format!("/api/v1/machines/{mac}/boots")).await?;
+            print_boots(conn.output, &b);
+        }
+        MachinesCommand::Pin {
+            mac,
+            stream,
+            generation,
+        } => {
+            let r = client
+                .put(
+                    &format!("/api/v1/machines/{mac}/pin"),
+                    &json!({ "stream": stream, "generation": generation }),
+                )
+                .await?;
+            print(
+                conn.output,
+                &r,
+                std::slice::from_ref(&r),
+                &[("MAC", "mac"), ("PIN", "pin")],
+            );
+        }
+        MachinesCommand::Unpin { mac } => {
+            let r = client
+                .delete(&format!("/api/v1/machines/{mac}/pin"))
+                .await?;
+            print(
+                conn.output,
+                &r,
+                std::slice::from_ref(&r),
+                &[("MAC", "mac"), ("PIN", "pin")],
+            );
+        }
+        MachinesCommand::Delete { mac, purge } => {
+            let path = with_query(
+                &format!("/api/v1/machines/{mac}"),
+                &[("purge", purge.then(|| "true".to_string()))],
+            );
+            let r = client.delete(&path).await?;
+            match conn.output {
+                Output::Json => print(conn.output, &r, &[], &[]),
+                Output::Table if *purge => println!(
+                    "deleted {mac} and its history ({} boots, {} events)",
+                    r["boots_deleted"], r["events_deleted"]
+                ),
+                Output::Table => println!("deleted {mac} (its boot history is kept)"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every page of the filtered list (or one page of `--limit`).
+async fn list_machines(client: &Client, f: &MachineFilter) -> Result<Vec<Value>, CliError> {
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    // Pages of 1000: bounded by the fleet size; the loop stops at the last.
+    loop {
+        let path = with_query(
+            "/api/v1/machines",
+            &[
+                ("selector", f.selector.clone()),
+                ("group", f.group.clone()),
+                ("stream", f.stream.clone()),
+                ("generation", f.generation.map(|g| g.to_string())),
+                ("state", f.state.clone()),
+                ("kind", f.kind.clone()),
+                ("arch", f.arch.clone()),
+                ("seen_since", f.seen_within.map(since_ms)),
+                ("limit", Some(f.limit.unwrap_or(1000).to_string())),
+                ("cursor", cursor.clone()),
+            ],
+        );
+        let page = client.get(&path).await?;
+        rows.extend(page["machines"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str() {
+            Some(next) if f.limit.is_none() => cursor = Some(next.to_string()),
+            _ => return Ok(rows),
+        }
+    }
+}
+
+fn show_machine(output: Output, m: &Value) {
+    if output == Output::Json {
+        print(output, m, &[], &[]);
+        return;
+    }
+    let cell = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Object(o) if o.contains_key("stream") => {
+            format!(
+                "{} gen {}",
+                o["stream"].as_str().unwrap_or("?"),
+                o["generation"]
+            )
+        }
+        other => other.to_string(),
+    };
+    let labels: Vec<String> = m["labels"]
+        .as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let assigned = if m["group_assigned"] == json!(true) {
+        " (assigned)"
+    } else {
+        ""
+    };
+    for (name, value) in [
+        ("mac", cell(&m["mac"])),
+        ("kind", cell(&m["kind"])),
+        ("arch", cell(&m["arch"])),
+        ("cpu", cell(&m["cpu"])),
+        ("group", format!("{}{assigned}", cell(&m["group"]))),
+        ("labels", labels.join(",")),
+        ("state", cell(&m["state"])),
+        ("hostname", cell(&m["hostname"])),
+        ("ip", cell(&m["ip"])),
+        ("uuid", cell(&m["uuid"])),
+        ("serial", cell(&m["serial"])),
+        ("firmware", cell(&m["firmware"])),
+        ("pin", cell(&m["pin"])),
+        ("current", cell(&m["current"])),
+        ("last good", cell(&m["last_good"])),
+        ("last seen", cell(&when(&m["last_seen_ms"]))),
+    ] {
+        println!("{name:<10} {value}");
+    }
+    let boots = m["recent_boots"].as_array().cloned().unwrap_or_default();
+    if !boots.is_empty() {
+        println!();
+        print_boots(output, &json!({ "boots": boots }));
+    }
+}
+
+fn print_updated(output: Output, m: &Value) {
+    match output {
+        Output::Json => print(output, m, &[], &[]),
+        Output::Table => print(output, m, std::slice::from_ref(m), MACHINE_COLUMNS),
+    }
+}
+
+fn print_boots(output: Output, b: &Value) {
+    let rows: Vec<Value> = b["boots"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut r| {
+            r["started"] = when(&r["started_ms"]);
+            r
+        })
+        .collect();
+    print(output, b, &rows, BOOT_COLUMNS);
+}
+
+pub async fn boots(conn: &Connection, cmd: &BootsCommand) -> Result<(), CliError> {
+    let client = conn.client()?;
+    match cmd {
+        BootsCommand::List {
+            mac,
+            stream,
+            generation,
+            result,
+            since,
+            limit,
+        } => {
+            let path = with_query(
+                "/api/v1/boots",
+                &[
+                    ("mac", mac.clone()),
+                    ("stream", stream.clone()),
+                    ("generation", generation.map(|g| g.to_string())),
+                    ("result", result.clone()),
+                    ("since", since.map(since_ms)),
+                    ("limit", Some(limit.to_string())),
+                ],
+            );
+            let b = client.get(&path).await?;
+            print_boots(conn.output, &b);
+        }
+    }
+    Ok(())
+}
+
+pub async fn leases(conn: &Connection, cmd: &LeasesCommand) -> Result<(), CliError> {
+    let client = conn.client()?;
+    match cmd {
+        LeasesCommand::List { mac, state, subnet } => {
+            let path = with_query(
+                "/api/v1/leases",
+                &[
+                    ("mac", mac.clone()),
+                    ("state", state.clone()),
+                    ("subnet", subnet.clone()),
+                ],
+            );
+            let l = client.get(&path).await?;
+            let rows: Vec<Value> = l["leases"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|mut r| {
+                    r["expires"] = when(&r["expires_at_ms"]);
+                    r
+                })
+                .collect();
+            print(
+                conn.output,
+                &l,
+                &rows,
+                &[
+                    ("IP", "ip"),
+                    ("MAC", "mac"),
+                    ("STATE", "state"),
+                    ("SUBNET", "subnet"),
+                    ("HOSTNAME", "hostname"),
+                    ("EXPIRES", "expires"),
+                ],
+            );
+        }
+        LeasesCommand::Release { ip } => {
+            let r = client.delete(&format!("/api/v1/leases/{ip}")).await?;
+            match conn.output {
+                Output::Json => print(conn.output, &r, &[], &[]),
+                Output::Table => println!("released {ip}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn tokens(conn: &Connection, cmd: &TokensCommand) -> Result<(), CliError> {
+    let client = conn.client()?;
+    let columns = &[
+        ("ID", "id"),
+        ("NAME", "name"),
+        ("ROLE", "role"),
+        ("CREATED", "created"),
+        ("REVOKED", "revoked"),
+    ];
+    let dated = |mut r: Value| {
+        r["created"] = when(&r["created_ms"]);
+        r["revoked"] = when(&r["revoked_ms"]);
+        r
+    };
+    match cmd {
+        TokensCommand::List => {
+            let t = client.get("/api/v1/tokens").await?;
+            let rows: Vec<Value> = t["tokens"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(dated)
+                .collect();
+            print(conn.output, &t, &rows, columns);
+        }
+        TokensCommand::Create { name, role } => {
+            let t = client
+                .post("/api/v1/tokens", &json!({ "name": name, "role": role }))
+                .await?;
+            match conn.output {
+                Output::Json => print(conn.output, &t, &[], &[]),
+                Output::Table => {
+                    println!("token {} ({role}, id {}):", name, t["id"]);
+                    println!("{}", t["secret"].as_str().unwrap_or(""));
+                    eprintln!("the secret is shown this once; the server keeps only its hash");
+                }
+            }
+        }
+        TokensCommand::Revoke { id } => {
+            let t = client.delete(&format!("/api/v1/tokens/{id}")).await?;
+            let t = dated(t);
+            print(conn.output, &t, std::slice::from_ref(&t), columns);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,846 @@
+//! `explain`: what a machine would be served, and why, step by step,
+//! without booting it.
+//!
+//! Architecture invariant: nothing here decides anything. The request is
+//! encoded as the DHCP packet the client would send and parsed by the DHCP
+//! path's own parser; classification, the bootfile and loader
+//! ([`crate::dhcp::classify`], [`crate::boot::loader`]), identity,
+//! membership and target ([`Inventory::preview`], which runs the very
+//! `decide` a boot runs), the reply's boot options
+//! ([`crate::dhcp::handler::boot_reply`] and the reply encoder) and the
+//! rendering ([`crate::netboot::render_boot`]) are the boot path's. What
+//! this module adds is the narrative. A preview opens no boot, registers no
+//! machine and records nothing; URLs that carry a per-boot token carry
+//! [`PREVIEW_TOKEN`] instead.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::boot::identity::{IdentityMatch, SwitchPort};
+use crate::boot::loader::{self, Loader, LoaderChoice, LoaderSettings};
+use crate::boot::membership::Membership;
+use crate::boot::onie::{OnieHeaders, OnieVendor};
+use crate::boot::{context, GenerationId, Source, Target};
+use crate::config::DhcpMode;
+use crate::dhcp::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind};
+use crate::dhcp::handler::boot_reply;
+use crate::dhcp::reply::{encode, ReplySpec};
+use crate::domain::{Arch, MacAddr, MachineKind};
+pub use crate::inventory::PREVIEW_TOKEN;
+use crate::inventory::{Decision, Inventory, ScriptRequest};
+use crate::netboot::{buildarch, render_boot};
+use crate::render::{Renderer, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE, ZTP_DIR};
+
+/// What a client would send. Every field but `mac` is optional: with no
+/// DHCP option and no ONIE header, the question is "what does this machine
+/// get when its loader asks for its script", with the facts last seen.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub mac: MacAddr,
+    /// Option 93 (0 BIOS, 7 x64 UEFI, 11 arm64 UEFI, 16 x64 HTTP boot, …).
+    pub arch: Option<u16>,
+    /// Option 60 (`PXEClient:Arch:00007:UNDI:003016`, `HTTPClient…`,
+    /// `onie_vendor:…`).
+    pub vendor_class: Option<String>,
+    /// Option 77 (`iPXE` once iPXE runs).
+    pub user_class: Option<String>,
+    /// Option 175 present: iPXE's feature flags (it sends `iPXE` in 77 too).
+    pub ipxe: bool,
+    /// Option 239 requested: a network OS's zero-touch provisioning client.
+    pub ztp: bool,
+    /// Option 82 from a relay: circuit-id and remote-id.
+    pub circuit_id: Option<String>,
+    pub remote_id: Option<String>,
+    /// The `ONIE-*` headers of an installer request over HTTP.
+    pub onie: Option<OnieHeaders>,
+}
+
+impl Query {
+    /// Only the MAC: the script this machine's loader would get.
+    pub fn new(mac: MacAddr) -> Self {
+        Self {
+            mac,
+            arch: None,
+            vendor_class: None,
+            user_class: None,
+            ipxe: false,
+            ztp: false,
+            circuit_id: None,
+            remote_id: None,
+            onie: None,
+        }
+    }
+
+    fn has_dhcp(&self) -> bool {
+        self.arch.is_some()
+            || self.vendor_class.is_some()
+            || self.user_class.is_some()
+            || self.ipxe
+            || self.ztp
+            || self.circuit_id.is_some()
+            || self.remote_id.is_some()
+    }
+}
+
+/// What the server is configured with that answers depend on.
+pub struct Explainer {
+    pub inventory: Arc<Inventory>,
+    pub renderer: Arc<Renderer>,
+    /// `http://SERVER:PORT`, as machines reach it.
+    pub server: String,
+    pub targets: BootTargets,
+    pub mode: DhcpMode,
+    /// Full mode answers non-PXE clients it does not know.
+    pub serve_all: bool,
+    /// The DHCP service's own "known MAC" set (`Dhcp::knows`); without
+    /// it, the inventory's machines count as known.
+    pub known: Option<Arc<dyn Fn(MacAddr) -> bool + Send + Sync>>,
+}
+
+/// The answer. Sections are `null` when the request never gets that far.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::Explanation)]
+pub struct Explanation {
+    #[schema(value_type = String)]
+    pub mac: MacAddr,
+    pub client: ClientView,
+    pub identity: IdentityView,
+    pub group: GroupView,
+    /// `{"stream", "number"}`.
+    #[schema(value_type = Option<Object>)]
+    pub pin: Option<GenerationId>,
+    /// `{"decision": "boot", "generation", "source"}` or
+    /// `{"decision": "nothing", "reason"}`.
+    #[schema(value_type = Object)]
+    pub target: Target,
+    pub dhcp: Option<DhcpView>,
+    pub loader: Option<LoaderView>,
+    /// The script or config the loader is served (iPXE, GRUB, ZTP).
+    pub script: Option<ScriptView>,
+    /// The installer an ONIE switch is served.
+    pub installer: Option<InstallerView>,
+    /// The same, in order, in sentences.
+    pub steps: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::ClientView)]
+pub struct ClientView {
+    /// `pxe`, `http_boot`, `ipxe`, `onie`, `ztp`, `other`, or
+    /// `script_request` (no DHCP options given).
+    pub kind: String,
+    /// How the request reaches the server: `dhcp`, `onie_http`, `script`.
+    pub via: &'static str,
+    /// Option 93 as named in the inventory (`bios`, `efi_x64`, …);
+    /// `other:N` for an architecture type ironboot does not know.
+    #[schema(value_type = Option<String>)]
+    #[serde(serialize_with = "arch_text")]
+    pub arch: Option<Arch>,
+    pub vendor_class: Option<String>,
+    pub user_classes: Vec<String>,
+    /// The relay's switch port (option 82): `{"circuit_id", "remote_id"}`.
+    #[schema(value_type = Option<Object>)]
+    pub port: Option<SwitchPort>,
+}
+
+/// An architecture as the document promises, a string: serde's own form
+/// for the known ones, `other:N` for the rest (serde would write an object).
+fn arch_text<S: serde::Serializer>(arch: &Option<Arch>, s: S) -> Result<S::Ok, S::Error> {
+    match arch {
+        Some(Arch::Other(n)) => s.serialize_some(&format!("other:{n}")),
+        known => known.serialize(s),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::IdentityView)]
+pub struct IdentityView {
+    /// The inventory knows this MAC.
+    pub known: bool,
+    /// `{"by": "mac"}` or `{"by": "port", "port", "replaces"}`.
+    #[serde(rename = "match")]
+    #[schema(value_type = Object)]
+    pub matched: IdentityMatch,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::GroupView)]
+pub struct GroupView {
+    pub name: String,
+    /// False when the group the machine is in does not exist (assigned to
+    /// a group deleted under it by hand).
+    pub exists: bool,
+    /// `{"by": "explicit" | "selector" | "default" | "tie", …}`.
+    #[schema(value_type = Object)]
+    pub membership: Membership,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::DhcpView)]
+pub struct DhcpView {
+    pub mode: String,
+    pub answered: bool,
+    /// Why there is no answer.
+    pub reason: Option<String>,
+    /// `{"via": "tftp" | "http" | "onie_installer" | "ztp", "file"}`.
+    #[schema(value_type = Option<Object>)]
+    pub bootfile: Option<Bootfile>,
+    /// The reply's `siaddr` and `file` header fields.
+    #[schema(value_type = Option<String>)]
+    pub next_server: Option<Ipv4Addr>,
+    pub file: Option<String>,
+    /// The boot options of the reply, in wire order. Address options
+    /// (lease, mask, router, DNS) depend on the subnet and are left out.
+    pub options: Vec<DhcpOptionView>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::DhcpOptionView)]
+pub struct DhcpOptionView {
+    pub code: u8,
+    pub name: &'static str,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::LoaderView)]
+pub struct LoaderView {
+    /// `ipxe`, `grub`, `onie` or `ztp`.
+    pub loader: &'static str,
+    /// Where an iPXE/GRUB choice came from: `machine` (label `loader`),
+    /// `group` (variable `loader`), `arch` (the architecture's default),
+    /// or `client` (the client already runs it).
+    pub source: &'static str,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::ScriptView)]
+pub struct ScriptView {
+    pub template: String,
+    pub text: Option<String>,
+    /// The render error, when the template fails.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = explain::InstallerView)]
+pub struct InstallerView {
+    pub url: String,
+    pub name: Option<String>,
+    pub sha256: Option<String>,
+    pub size: Option<u64>,
+    /// Why ONIE gets a 404 (and tries its next name).
+    pub reason: Option<String>,
+}
+
+/// The DHCPDISCOVER a client with these options sends.
+fn discover(q: &Query) -> Vec<u8> {
+    let mut b = vec![0u8; 236];
+    b[0] = 1; // BOOTREQUEST
+    b[1] = 1; // Ethernet
+    b[2] = 6;
+    b[4..8].copy_from_slice(&0x1b0f_ace5u32.to_be_bytes());
+    b[10] = 0x80; // broadcast
+    b[28..34].copy_from_slice(&q.mac.0);
+    b.extend_from_slice(&[99, 130, 83, 99]);
+    let mut opt = |code: u8, value: &[u8]| {
+        b.push(code);
+        b.push(value.len().min(255) as u8);
+        b.extend_from_slice(&value[..value.len().min(255)]);
+    };
+    opt(53, &[1]);
+    let mut wanted = vec![1, 3, 6, 43, 60, 66, 67];
+    if q.ztp {
+        wanted.push(239);
+    }
+    opt(55, &wanted);
+    if let Some(code) = q.arch {
+        opt(93, &code.to_be_bytes());
+    }
+    if let Some(vc) = &q.vendor_class {
+        opt(60, vc.as_bytes());
+    }
+    let user_class = q
+        .user_class
+        .clone()
+        .or_else(|| q.ipxe.then(|| "iPXE".to_string()));
+    if let Some(uc) = &user_class {
+        opt(77, uc.as_bytes());
+    }
+    if q.ipxe {
+        opt(175, &[0xb1, 1, 1]);
+    }
+    if q.circuit_id.is_some() || q.remote_id.is_some() {
+        let mut sub = Vec::new();
+        for (code, v) in [(1u8, &q.circuit_id), (2, &q.remote_id)] {
+            if let Some(v) = v {
+                let v = &v.as_bytes()[..v.len().min(120)];
+                sub.push(code);
+                sub.push(v.len() as u8);
+                sub.extend_from_slice(v);
+            }
+        }
+        opt(82, &sub);
+    }
+    b.push(255);
+    b
+}
+
+fn option_name(code: u8) -> &'static str {
+    match code {
+        43 => "vendor-specific (PXE discovery control)",
+        53 => "message type",
+        54 => "server identifier",
+        60 => "vendor class",
+        66 => "TFTP server",
+        67 => "bootfile",
+        82 => "relay agent information (echoed)",
+        97 => "client UUID (echoed)",
+        114 => "URL (ONIE installer)",
+        125 => "vendor-identifying vendor options (ONIE installer)",
+        239 => "provisioning script URL (ZTP)",
+        _ => "option",
+    }
+}
+
+fn show_value(code: u8, v: &[u8]) -> String {
+    match code {
+        53 => match v.first() {
+            Some(2) => "OFFER".into(),
+            Some(5) => "ACK".into(),
+            other => format!("{other:?}"),
+        },
+        54 if v.len() == 4 => Ipv4Addr::new(v[0], v[1], v[2], v[3]).to_string(),
+        _ if !v.is_empty() && v.iter().all(|b| (0x20..0x7f).contains(b)) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => hex::encode(v),
+    }
+}
+
+/// The options of an encoded reply, and its `siaddr` and `file`.
+fn reply_options(bytes: &[u8]) -> (Ipv4Addr, Option<String>, Vec<DhcpOptionView>) {
+    let siaddr = Ipv4Addr::new(bytes[20], bytes[21], bytes[22], bytes[23]);
+    let file: Vec<u8> = bytes[108..236]
+        .iter()
+        .take_while(|b| **b != 0)
+        .copied()
+        .collect();
+    let file = (!file.is_empty()).then(|| String::from_utf8_lossy(&file).into_owned());
+    let mut out = Vec::new();
+    let mut i = 240;
+    while i < bytes.len() {
+        match bytes[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let Some(&len) = bytes.get(i + 1) else { break };
+                let Some(v) = bytes.get(i + 2..i + 2 + len as usize) else {
+                    break;
+                };
+                out.push(DhcpOptionView {
+                    code,
+                    name: option_name(code),
+                    value: show_value(code, v),
+                });
+                i += 2 + len as usize;
+            }
+        }
+    }
+    (siaddr, file, out)
+}
+
+/// The architecture iPXE's `${buildarch}` names, as option 93 would.
+fn arch_of_buildarch(buildarch: &str) -> Option<Arch> {
+    match buildarch {
+        "arm64" | "aarch64" => Some(Arch::EfiArm64),
+        "x86_64" => Some(Arch::EfiX64),
+        "i386" => Some(Arch::BiosX86),
+        _ => None,
+    }
+}
+
+fn loader_view(choice: &LoaderChoice) -> LoaderView {
+    LoaderView {
+        loader: choice.loader.as_str(),
+        source: match choice.source {
+            loader::LoaderSource::Machine => "machine",
+            loader::LoaderSource::Group => "group",
+            loader::LoaderSource::Arch => "arch",
+        },
+        note: choice.note.clone(),
+    }
+}
+
+/// What the watchdog or a rollout would record at this boot, in a sentence.
+fn describe_note(note: &crate::rollout::engine::Note) -> String {
+    let d = &note.detail;
+    let gen = |v: &serde_json::Value| match (v["stream"].as_str(), v["number"].as_i64()) {
+        (Some(s), Some(n)) => format!("{s} gen {n}"),
+        _ => v.to_string(),
+    };
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    match note.step {
+        "watchdog.failed_boot" => format!(
+            "watchdog: booting now counts its previous boot {} of {} as failed ({})",
+            d["boot"],
+            gen(&d["generation"]),
+            text(&d["reason"])
+        ),
+        "watchdog.degraded" => format!(
+            "watchdog: {} has failed too often here: {}",
+            gen(&d["generation"]),
+            text(&d["reason"])
+        ),
+        "watchdog.last_good" => format!(
+            "watchdog: {} instead of {} ({})",
+            gen(&d["serving"]),
+            gen(&d["target"]),
+            text(&d["reason"])
+        ),
+        "watchdog.no_fallback" => format!(
+            "watchdog: {} keeps failing and there is no last good generation ({})",
+            gen(&d["target"]),
+            text(&d["reason"])
+        ),
+        "rollout.serve" => format!(
+            "rollout {}: {} instead of {}",
+            d["rollout"],
+            gen(&d["generation"]),
+            gen(&d["instead_of"])
+        ),
+        step => format!("{step}: {d}"),
+    }
+}
+
+fn describe_target(d: &Decision) -> String {
+    match &d.target {
+        Target::Boot {
+            generation,
+            source: Source::Pin,
+        } => format!("target: {generation}, because the machine is pinned to it"),
+        Target::Boot {
+            generation,
+            source: Source::Rollout,
+        } => format!(
+            "target: {generation}, because a rollout of group {} has moved this machine",
+            d.machine.group
+        ),
+        Target::Boot {
+            generation,
+            source: Source::LastGood,
+        } => format!(
+            "target: {generation}, its last good generation: the watchdog saw its target fail"
+        ),
+        Target::Boot { generation, .. } => {
+            let arch = d
+                .machine
+                .arch
+                .as_deref()
+                .unwrap_or("an unknown architecture");
+            let what = if d.machine.kind == MachineKind::Switch {
+                "installer "
+            } else {
+                ""
+            };
+            format!(
+                "target: {generation}, group {}'s {what}generation for {arch}",
+                d.machine.group
+            )
+        }
+        Target::Nothing { reason } => format!("target: nothing to boot: {reason}"),
+    }
+}
+
+impl Explainer {
+    /// Explains `q`.
+    pub fn explain(&self, q: &Query) -> Explanation {
+        let mut steps = Vec::new();
+        let port = SwitchPort::new(q.circuit_id.clone(), q.remote_id.clone());
+
+        // 1. The client, as the DHCP path classifies it.
+        let dhcp_req = q
+            .has_dhcp()
+            .then(|| crate::dhcp::packet::parse(&discover(q)).expect("a well-formed DISCOVER"));
+        let facts = dhcp_req.as_ref().map(ClientFacts::from_request);
+        let kind = facts.as_ref().map(ClientFacts::kind);
+        let onie_http = q.onie.is_some() && kind.is_none();
+        let switch = onie_http || kind.is_some_and(ClientKind::is_switch);
+        let client = ClientView {
+            kind: match (kind, onie_http) {
+                (Some(k), _) => k.name().into(),
+                (None, true) => "onie".into(),
+                (None, false) => "script_request".into(),
+            },
+            via: match (kind, onie_http) {
+                (Some(_), _) => "dhcp",
+                (None, true) => "onie_http",
+                (None, false) => "script",
+            },
+            arch: facts.as_ref().and_then(|f| f.arch),
+            vendor_class: facts.as_ref().and_then(|f| f.vendor_class.clone()),
+            user_classes: facts
+                .as_ref()
+                .map(|f| f.user_classes.clone())
+                .unwrap_or_default(),
+            port: port.clone(),
+        };
+        steps.push(match (&facts, onie_http) {
+            (Some(f), _) => format!(
+                "client: {} ({}; opt 60 {}; opt 77 {})",
+                f.kind().name(),
+                f.arch
+                    .map_or("no opt 93".into(), |a| format!("opt 93 {}", a.name())),
+                f.vendor_class.as_deref().unwrap_or("absent"),
+                if f.user_classes.is_empty() {
+                    "absent".into()
+                } else {
+                    f.user_classes.join(",")
+                },
+            ),
+            (None, true) => "client: ONIE asking for its installer over HTTP".into(),
+            (None, false) => {
+                "client: a loader asking for this machine's script (no DHCP options given)".into()
+            }
+        });
+
+        // 2. Identity, membership, pin and target: the boot path's decide().
+        let buildarch = facts
+            .as_ref()
+            .and_then(|f| f.arch)
+            .and_then(buildarch)
+            .map(str::to_string)
+            .or_else(|| q.onie.as_ref().and_then(|h| h.arch.clone()))
+            // ONIE names its arch in its vendor class, and sends it again
+            // (ONIE-ARCH) when it fetches the installer.
+            .or_else(|| {
+                facts
+                    .as_ref()
+                    .and_then(|f| f.vendor_class.as_deref())
+                    .and_then(OnieVendor::parse)
+                    .map(|v| v.arch)
+            });
+        let req = ScriptRequest {
+            mac: Some(q.mac),
+            serial: q.onie.as_ref().and_then(|h| h.serial.clone()),
+            buildarch,
+            ..ScriptRequest::default()
+        };
+        let decision = self.inventory.preview(
+            q.mac,
+            &req,
+            switch.then_some(MachineKind::Switch),
+            port.clone(),
+        );
+        let identity = IdentityView {
+            known: !decision.fresh,
+            matched: decision.identity.clone(),
+        };
+        steps.push(match (&decision.identity, decision.fresh) {
+            (IdentityMatch::Port { replaces, port }, _) => format!(
+                "identity: a new MAC in switch port {} of {}: it replaces {replaces} and inherits its group, labels, pin and name",
+                port.circuit_id.as_deref().unwrap_or("?"),
+                port.remote_id.as_deref().unwrap_or("?")
+            ),
+            (IdentityMatch::Mac, false) => "identity: a known machine, by its MAC".into(),
+            (IdentityMatch::Mac, true) => {
+                "identity: an unknown MAC; its first boot registers it".into()
+            }
+        });
+        let m = &decision.machine;
+        let group = GroupView {
+            name: m.group.clone(),
+            exists: decision.group.is_some(),
+            membership: m.membership.clone(),
+            reason: m.membership.reason(),
+        };
+        steps.push(format!("group: {}", group.reason));
+        steps.push(match &m.pin {
+            Some(p) => format!("pin: {p} (beats the group's generation)"),
+            None => "pin: none".into(),
+        });
+        steps.extend(decision.notes.iter().map(describe_note));
+        steps.push(describe_target(&decision));
+
+        let mut out = Explanation {
+            mac: q.mac,
+            client,
+            identity,
+            group,
+            pin: m.pin.clone(),
+            target: decision.target.clone(),
+            dhcp: None,
+            loader: None,
+            script: None,
+            installer: None,
+            steps,
+        };
+
+        // 3. The DHCP answer and the loader it starts.
+        let settings = self.inventory.loader_settings(q.mac);
+        let loader = match (&facts, dhcp_req) {
+            (Some(f), Some(req)) => {
+                let (dhcp, loader) = self.dhcp(f, &req, settings);
+                out.steps.push(match (&dhcp.reason, &dhcp.bootfile) {
+                    (Some(why), _) => format!("dhcp ({}): no answer: {why}", dhcp.mode),
+                    (None, Some(b)) => format!(
+                        "dhcp ({}): answered with bootfile {} ({})",
+                        dhcp.mode,
+                        b.name(),
+                        serde_json::to_value(b).expect("serializes")["via"]
+                            .as_str()
+                            .unwrap_or("")
+                    ),
+                    (None, None) => format!("dhcp ({}): an address, no bootfile", dhcp.mode),
+                });
+                let answered = dhcp.answered && dhcp.bootfile.is_some();
+                out.dhcp = Some(dhcp);
+                if !answered {
+                    return out;
+                }
+                loader
+            }
+            _ if onie_http => Some(LoaderView {
+                loader: "onie",
+                source: "client",
+                note: None,
+            }),
+            _ => {
+                let arch = m.arch.as_deref().and_then(arch_of_buildarch);
+                let choice = loader::choose(arch, settings);
+                // `/boot/<mac>.ipxe` is iPXE's; a GRUB machine asks over TFTP.
+                Some(loader_view(&choice))
+            }
+        };
+        let Some(loader) = loader else { return out };
+        out.steps.push(match (&loader.note, loader.source) {
+            (_, "client") => format!("loader: {} (the client runs it)", loader.loader),
+            (Some(note), source) => format!("loader: {} ({source}; {note})", loader.loader),
+            (None, source) => format!("loader: {} (chosen by {source})", loader.loader),
+        });
+        out.loader = Some(loader.clone());
+
+        // 4. What the loader is served.
+        let plan = decision.preview_plan(None);
+        match loader.loader {
+            "ipxe" | "grub" => {
+                let l = if loader.loader == "grub" {
+                    Loader::Grub
+                } else {
+                    Loader::Ipxe
+                };
+                let result = render_boot(&plan, &self.server, &self.renderer, l);
+                let bootable = matches!(decision.target, Target::Boot { .. })
+                    && decision
+                        .generation
+                        .as_ref()
+                        .is_some_and(|g| g.manifest.kernel.is_some());
+                let template = match (l, bootable) {
+                    (Loader::Ipxe, true) => MACHINE_IPXE,
+                    (Loader::Ipxe, false) => NOTHING_IPXE,
+                    (Loader::Grub, true) => MACHINE_GRUB,
+                    (Loader::Grub, false) => NOTHING_GRUB,
+                };
+                out.steps.push(format!(
+                    "script: {template}{}",
+                    if result.is_ok() {
+                        ", rendered below"
+                    } else {
+                        ": the render fails"
+                    }
+                ));
+                out.script = Some(script_view(template, result));
+            }
+            "ztp" => {
+                let file = facts
+                    .as_ref()
+                    .map(|f| f.ztp_flavour().file())
+                    .unwrap_or("cumulus.sh");
+                let template = format!("{ZTP_DIR}{file}");
+                let result = context::build(&plan, &self.server, &self.renderer)
+                    .and_then(|ctx| self.renderer.render(&template, &ctx));
+                out.steps
+                    .push(format!("script: {template}, rendered below"));
+                out.script = Some(script_view(&template, result));
+            }
+            _ => {
+                let installer = self.installer(&decision);
+                out.steps.push(match &installer.reason {
+                    None => format!(
+                        "installer: {} ({} bytes) at {}",
+                        installer.name.as_deref().unwrap_or("?"),
+                        installer.size.unwrap_or(0),
+                        installer.url
+                    ),
+                    Some(why) => format!("installer: none (ONIE gets a 404): {why}"),
+                });
+                out.installer = Some(installer);
+            }
+        }
+        out
+    }
+
+    /// The DHCP answer, as the handler's gates and encoder make it.
+    fn dhcp(
+        &self,
+        facts: &ClientFacts,
+        req: &crate::dhcp::packet::Request,
+        settings: LoaderSettings,
+    ) -> (DhcpView, Option<LoaderView>) {
+        let kind = facts.kind();
+        let boot = bootfile_with(facts, &self.targets, settings).ok();
+        let known = match &self.known {
+            Some(knows) => knows(req.mac),
+            None => self.inventory.machine(req.mac).is_some(),
+        };
+        // The gates of `Dhcp::proxy` and `Dhcp::full`.
+        let refused = match self.mode {
+            DhcpMode::Off => Some("DHCP is off".to_string()),
+            DhcpMode::Proxy if kind.is_switch() => {
+                Some("switches are answered in full mode only".into())
+            }
+            DhcpMode::Proxy if boot.is_none() => Some(match kind {
+                ClientKind::Other => "not a boot client: a proxy answers PXE clients only".into(),
+                _ => "no loader for this client's architecture".into(),
+            }),
+            DhcpMode::Full if !kind.is_boot_client() && !known && !self.serve_all => {
+                Some("unknown client without PXE options (serve_all is off)".into())
+            }
+            _ => None,
+        };
+        let mode = format!("{:?}", self.mode).to_lowercase();
+        if let Some(reason) = refused {
+            let view = DhcpView {
+                mode,
+                answered: false,
+                reason: Some(reason),
+                bootfile: None,
+                next_server: None,
+                file: None,
+                options: Vec::new(),
+            };
+            return (view, None);
+        }
+        let mut spec = ReplySpec::new(dhcproto::v4::MessageType::Offer, self.targets.server_ip);
+        boot_reply(
+            &mut spec,
+            facts,
+            boot.clone(),
+            self.targets.server_ip,
+            self.mode,
+        );
+        let (siaddr, file, options) = reply_options(&encode(req, &spec));
+        let loader = match kind {
+            ClientKind::Ipxe => Some(LoaderView {
+                loader: "ipxe",
+                source: "client",
+                note: None,
+            }),
+            ClientKind::Pxe => Some(loader_view(&loader::choose(facts.arch, settings))),
+            ClientKind::HttpBoot => Some(loader_view(&loader::choose(
+                facts.arch.or(Some(Arch::HttpX64)),
+                settings,
+            ))),
+            ClientKind::Onie => Some(LoaderView {
+                loader: "onie",
+                source: "client",
+                note: None,
+            }),
+            ClientKind::Ztp => Some(LoaderView {
+                loader: "ztp",
+                source: "client",
+                note: None,
+            }),
+            ClientKind::Other => None,
+        };
+        let view = DhcpView {
+            mode,
+            answered: true,
+            reason: None,
+            bootfile: boot,
+            next_server: Some(siaddr),
+            file,
+            options,
+        };
+        (view, loader)
+    }
+
+    /// The installer ONIE would download (see `Netboot::onie_installer`).
+    fn installer(&self, d: &Decision) -> InstallerView {
+        let url = format!(
+            "{}/onie/{}/onie-installer",
+            self.server,
+            d.machine.mac.hyphenated()
+        );
+        let none = |reason: String| InstallerView {
+            url: url.clone(),
+            name: None,
+            sha256: None,
+            size: None,
+            reason: Some(reason),
+        };
+        match (&d.target, &d.generation) {
+            (Target::Boot { .. }, Some(g)) => match &g.manifest.installer {
+                Some(a) => InstallerView {
+                    url: url.clone(),
+                    name: Some(a.name.clone()),
+                    sha256: Some(a.digest.to_string()),
+                    size: Some(a.size),
+                    reason: None,
+                },
+                None => none(format!(
+                    "{} is a live OS image, not an ONIE installer",
+                    g.id
+                )),
+            },
+            (Target::Nothing { reason }, _) => none(reason.clone()),
+            (Target::Boot { generation, .. }, None) => none(format!("{generation} disappeared")),
+        }
+    }
+}
+
+fn script_view(template: &str, result: Result<String, crate::render::RenderError>) -> ScriptView {
+    match result {
+        Ok(text) => ScriptView {
+            template: template.into(),
+            text: Some(text),
+            error: None,
+        },
+        Err(e) => ScriptView {
+            template: template.into(),
+            text: None,
+            error: Some(e.to_string()),
+        },
+    }
+}
+
+/// Renders any template for a machine without booting it: the context a
+/// boot of the machine would see now (boot id 0, [`PREVIEW_TOKEN`]).
+pub fn render_template(
+    inventory: &Inventory,
+    renderer: &Renderer,
+    server: &str,
+    mac: MacAddr,
+    template: &str,
+) -> Result<String, crate::render::RenderError> {
+    let req = ScriptRequest {
+        mac: Some(mac),
+        ..ScriptRequest::default()
+    };
+    let plan = inventory.preview(mac, &req, None, None).preview_plan(None);
+    let ctx = context::build(&plan, server, renderer)?;
+    renderer.render(template, &ctx)
+}
+
+/// The `ONIE-*` headers from name/value pairs (for the API and CLI).
+pub fn onie_headers(pairs: &BTreeMap<String, String>) -> OnieHeaders {
+    OnieHeaders::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+#[cfg(test)]
+mod tests;
