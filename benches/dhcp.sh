@@ -25,7 +25,7 @@ start_server() { # name → SERVER_PID
     "lease-database": { "type": "memfile", "persist": true, "name": "$d/kea-leases4.csv", "lfc-interval": 0 },
     "valid-lifetime": 3600,
     "subnet4": [ { "id": 1, "subnet": "127.0.0.0/16", "pools": [ { "pool": "127.0.1.1 - 127.0.250.254" } ] } ],
-    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output-options": [ { "output": "$d/kea.log" } ] } ]
+    "loggers": [ { "name": "kea-dhcp4", "severity": "WARN", "output_options": [ { "output": "$d/kea.log" } ] } ]
 } }
 JSON
         KEA_PIDFILE_DIR=$d KEA_LOCKFILE_DIR=$d start kea kea-dhcp4 -c "$d/kea.json"

@@ -43,6 +43,8 @@ setup_ns() {
     [ "$(id -u)" = 0 ] || { echo "benchmarks need root (network namespace)" >&2; exit 2; }
     ip netns add "$NS"
     ip -n "$NS" link set lo up
+    # perfdhcp's relay address must be an interface address.
+    ip -n "$NS" addr add 127.0.0.2/32 dev lo
 }
 
 # in_ns CMD...: runs CMD inside the namespace.
