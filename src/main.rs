@@ -69,6 +69,20 @@ enum Command {
         #[command(subcommand)]
         cmd: MachinesCommand,
     },
+    /// Rollouts: start (canary or blue/green), status, pause, resume, abort, list.
+    Rollout {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: ironboot::cli::rollout::RolloutCommand,
+    },
+    /// The last-known-good watchdog: degraded machines, clear a mark.
+    Watchdog {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        cmd: ironboot::cli::rollout::WatchdogCommand,
+    },
     /// Boots of the whole fleet, newest first.
     Boots {
         #[command(flatten)]
@@ -249,6 +263,8 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Boots { conn, cmd } => ironboot::cli::inventory::boots(conn, cmd).await,
             Command::Leases { conn, cmd } => ironboot::cli::inventory::leases(conn, cmd).await,
             Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
+            Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
+            Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });

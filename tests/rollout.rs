@@ -593,3 +593,80 @@ async fn pause_resume_and_abort_and_their_refusals() {
     assert_eq!(v["error"]["field"], "steps");
     server.stop().await;
 }
+
+/// Runs the `ironboot` binary against the test server.
+fn cli(api: &Api, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+        .args(args)
+        .args(["--server", &api.base, "--token", &api.token])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+// The CLI runs as a blocking child process: the server needs threads of
+// its own meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_starts_shows_and_refuses_rollouts() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (_a, b) = fleet_on_a(&api).await;
+    let to = b.to_string();
+    let start = [
+        "rollout",
+        "start",
+        "--group",
+        "default",
+        "--stream",
+        "worker",
+        "--to",
+        &to,
+        "--canary",
+        "1",
+        "--steps",
+        "50%,100%",
+        "--timeout",
+        "10m",
+    ];
+    let (code, text) = cli(&api, &start);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("rollout 1  group default  worker gen 1 -> worker gen 2  running"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  {M1}  waiting")), "{text}");
+    assert!(text.contains(&format!("  {M3}  pending")), "{text}");
+    let (code, text) = cli(&api, &start);
+    assert_eq!(code, 6, "a conflict: {text}");
+    assert!(
+        text.contains("409") && text.contains("already has rollout 1"),
+        "{text}"
+    );
+    let (code, text) = cli(&api, &["rollout", "pause", "1"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("paused"), "{text}");
+    let (code, text) = cli(&api, &["rollout", "list"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with("1 "), "{text}");
+    let (code, text) = cli(&api, &["rollout", "abort", "1", "--reason", "testing"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("aborted") && text.contains("reason: testing"),
+        "{text}"
+    );
+    let (code, text) = cli(&api, &["rollout", "resume", "1"]);
+    assert_eq!(code, 6, "{text}");
+    assert!(text.contains("cannot be resumed"), "{text}");
+    let (code, text) = cli(&api, &["rollout", "status", "1", "-o", "json"]);
+    assert_eq!(code, 0, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["state"], "aborted");
+    let (code, text) = cli(&api, &["watchdog", "list"]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = cli(&api, &["watchdog", "clear", M1]);
+    assert_eq!(code, 6, "{text}");
+    assert!(text.contains("not degraded"), "{text}");
+    server.stop().await;
+}

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod explain;
 pub mod groups;
 pub mod inventory;
+pub mod rollout;
 
 use std::path::{Path, PathBuf};
 

@@ -185,7 +185,7 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
     }
 
     let boots: Vec<OpenBoot> = sqlx::query_as(
-        "SELECT id, mac, token_hash, stream, generation FROM boots WHERE state = 'served' AND started_ms > ?",
+        "SELECT id, mac, token_hash, stream, generation FROM boots WHERE state IN ('served', 'failed') AND started_ms > ?",
     )
     .bind(now_ms() - OPEN_BOOT_WINDOW_MS)
     .fetch_all(pool)

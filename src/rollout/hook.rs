@@ -216,4 +216,48 @@ mod tests {
         assert_eq!(d["command"]["ok"], json!(false));
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
+
+    #[tokio::test]
+    async fn the_webhook_is_posted_the_machine_as_json() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<serde_json::Value>(1);
+        let app = axum::Router::new().route(
+            "/reboot",
+            axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(v).await;
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let settings = HookSettings {
+            command: None,
+            webhook: Some(format!("http://{addr}/reboot")),
+            timeout: std::time::Duration::from_secs(5),
+        };
+        let http = reqwest::Client::new();
+        let d = fire(&settings, &http, &job()).await;
+        assert_eq!(d["webhook"], json!({ "ok": true, "status": 200 }), "{d}");
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got["mac"], "52:54:00:00:00:07");
+        assert_eq!(got["ip"], "10.0.0.7");
+        assert_eq!(got["hostname"], "web7");
+        assert_eq!(got["generation"]["number"], 42);
+        assert_eq!(got["rollout"], 4);
+        server.abort();
+        settings_unreachable(&http).await;
+    }
+
+    async fn settings_unreachable(http: &reqwest::Client) {
+        let settings = HookSettings {
+            command: None,
+            webhook: Some("http://127.0.0.1:9/reboot".into()),
+            timeout: std::time::Duration::from_secs(2),
+        };
+        let d = fire(&settings, http, &job()).await;
+        assert_eq!(d["webhook"]["ok"], json!(false), "{d}");
+    }
 }
