@@ -580,7 +580,7 @@ impl Dhcp {
         let detail = json!({
             "xid": req.xid(),
             "bootfile": boot,
-            "relay": (!giaddr.is_unspecified()).then(|| giaddr.to_string()),
+            "relay": (!giaddr.is_unspecified()).then(|| crate::domain::ipv4_text(giaddr)),
         });
         self.ledger
             .event(Some(req.mac), ip.map(Into::into), step, detail, None);

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use super::Store;
+use crate::domain::{ip_text, ipv4_text};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
 /// Most records committed in one transaction.
@@ -197,7 +198,7 @@ async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<(), sqlx
     )
     .bind(e.at_ms)
     .bind(e.mac.map(|m| m.to_string()))
-    .bind(e.ip.map(|i| i.to_string()))
+    .bind(e.ip.map(ip_text))
     .bind(e.step)
     .bind(e.detail.to_string())
     .bind(e.bytes.map(|b| b as i64))
@@ -229,7 +230,7 @@ async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), 
 async fn write_lease(conn: &mut SqliteConnection, l: &LeaseRecord) -> Result<(), sqlx::Error> {
     if l.state == "free" {
         sqlx::query("DELETE FROM leases WHERE ip = ?")
-            .bind(l.ip.to_string())
+            .bind(ipv4_text(l.ip))
             .execute(&mut *conn)
             .await?;
         return Ok(());
@@ -239,7 +240,7 @@ async fn write_lease(conn: &mut SqliteConnection, l: &LeaseRecord) -> Result<(),
          ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
              expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
     )
-    .bind(l.ip.to_string())
+    .bind(ipv4_text(l.ip))
     .bind(l.mac.map(|m| m.to_string()))
     .bind(l.state)
     .bind(l.expires_at_ms)
