@@ -259,17 +259,28 @@ impl Inventory {
             (moved, outcomes)
         };
 
-        for (mac, group) in &moved {
-            sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+        let written: Result<(), sqlx::Error> = async {
+            for (mac, group) in &moved {
+                sqlx::query(
+                    "UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0",
+                )
                 .bind(group)
                 .bind(mac.to_string())
                 .execute(&mut *tx)
                 .await?;
+            }
+            for (_, out) in &outcomes {
+                crate::rollout::store::write(&mut tx, &out.persist).await?;
+            }
+            tx.commit().await
         }
-        for (_, out) in &outcomes {
-            crate::rollout::store::write(&mut tx, &out.persist).await?;
+        .await;
+        if let Err(e) = written {
+            // As with the rollout commands: memory is ahead of SQLite now
+            // (only a failing disk gets here); a restart reloads SQLite.
+            tracing::error!(error = %e, "apply: the transaction failed after memory changed");
+            return Err(e.into());
         }
-        tx.commit().await?;
         let mut ids = Vec::new();
         for (id, out) in outcomes {
             ids.push(id);

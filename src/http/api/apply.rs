@@ -145,3 +145,80 @@ async fn apply(
         rollouts,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{Method, StatusCode};
+    use serde_json::json;
+
+    use super::super::tests::{assert_error, Harness};
+
+    #[tokio::test]
+    async fn apply_checks_tokens_fields_and_answers_no_changes_the_second_time() {
+        let h = Harness::new().await;
+        let mac = h.machine("52:54:00:00:00:41").await;
+        let call = |token: String, path: &'static str, body: serde_json::Value| {
+            let h = &h;
+            async move {
+                h.call(Method::POST, path, Some(&token), Some(body), &[])
+                    .await
+            }
+        };
+        let doc = json!({
+            "groups": { "web": { "selector": "role==web", "variables": { "ntp": "10.0.0.1" } } },
+            "machines": { mac.to_string(): { "labels": { "role": "web" }, "hostname": "node1" } }
+        });
+
+        // A read token may plan, not apply.
+        let a = call(h.reader.clone(), "/api/v1/apply?dry_run=true", doc.clone()).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["dry_run"], true);
+        assert_eq!(
+            a.body["changes"][0]["text"],
+            "+ group web: selector \"role=web\", variables {\"ntp\":\"10.0.0.1\"}"
+        );
+        assert_eq!(a.body["changes"][1]["kind"], "machine");
+        assert!(
+            h.state.inventory.group("web").is_none(),
+            "a dry run changes nothing"
+        );
+        let a = call(h.reader.clone(), "/api/v1/apply", doc.clone()).await;
+        assert_error(&a, StatusCode::FORBIDDEN, "forbidden");
+
+        // Applied; the machine follows the new selector at once.
+        let a = call(h.admin.clone(), "/api/v1/apply", doc.clone()).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        assert_eq!(a.body["changes"].as_array().unwrap().len(), 2);
+        assert_eq!(h.state.inventory.machine(mac).unwrap().group, "web");
+        let a = call(h.admin.clone(), "/api/v1/apply", doc).await;
+        assert_eq!(a.body["changes"], json!([]), "{}", a.body);
+
+        // Errors name the path in the document.
+        for (body, status, code, field) in [
+            (
+                json!({ "groups": { "web": { "stream": "nope", "generation": 1 } } }),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_reference",
+                "groups.web.stream",
+            ),
+            (
+                json!({ "groups": { "web": { "selector": "a in (" } } }),
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                "groups.web.selector",
+            ),
+            (
+                json!({ "machines": { "52:54:00:00:00:99": { "hostname": "x" } } }),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_reference",
+                "machines.52:54:00:00:00:99",
+            ),
+        ] {
+            let a = call(h.admin.clone(), "/api/v1/apply", body.clone()).await;
+            assert_error(&a, status, code);
+            assert_eq!(a.body["error"]["field"], field, "{body}");
+        }
+        let a = call(h.admin.clone(), "/api/v1/apply", json!({ "groupz": {} })).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
+    }
+}
