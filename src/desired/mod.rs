@@ -78,6 +78,11 @@ pub struct GroupSpec {
     /// The generation number the group should boot (with `stream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
+    /// Instead of `stream` and `generation`: one generation per
+    /// architecture slot (`x86_64`, `arm64`, switch installers), for a group
+    /// that boots several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generations: Option<Vec<PinSpec>>,
     /// How to roll out a changed generation to machines running the old one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,

@@ -126,9 +126,22 @@ pub struct FieldDiff {
 /// What a change does when applied.
 #[derive(Debug, Clone)]
 pub enum Action {
-    CreateGroup { name: String, change: GroupChange },
-    UpdateGroup { name: String, change: GroupChange },
-    UpdateMachine { mac: MacAddr, change: MachineChange },
+    /// `more`: pointers for further architecture slots, set after
+    /// `change` (whose `generation` is the first).
+    CreateGroup {
+        name: String,
+        change: GroupChange,
+        more: Vec<GenerationId>,
+    },
+    UpdateGroup {
+        name: String,
+        change: GroupChange,
+        more: Vec<GenerationId>,
+    },
+    UpdateMachine {
+        mac: MacAddr,
+        change: MachineChange,
+    },
     StartRollout(StartRollout),
 }
 
@@ -233,7 +246,9 @@ struct CheckedGroup<'a> {
     name: &'a str,
     spec: &'a GroupSpec,
     selector: Option<Option<Selector>>,
-    target: Option<(GenerationId, GenerationFacts)>,
+    /// The generations it should boot, one per architecture slot, each
+    /// with its path in the document.
+    targets: Vec<(String, GenerationId, GenerationFacts)>,
     rollout: Rollout,
 }
 
@@ -425,28 +440,58 @@ fn check_group<'a>(
             }
         }
     }
-    let target = match (&spec.stream, spec.generation) {
-        (Some(stream), Some(n)) => Some(generation_ref(cur, &path, stream, n)?),
-        (None, None) => None,
-        (Some(_), None) => {
+    let mut targets = Vec::new();
+    match (&spec.stream, spec.generation, &spec.generations) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{path}.generations"),
+                "give stream and generation, or generations, not both",
+            ))
+        }
+        (Some(stream), Some(n), None) => {
+            let (id, facts) = generation_ref(cur, &path, stream, n)?;
+            targets.push((format!("{path}.generation"), id, facts));
+        }
+        (None, None, Some(list)) => {
+            for (i, g) in list.iter().enumerate() {
+                let p = format!("{path}.generations.{i}");
+                let (id, facts) = generation_ref(cur, &p, &g.stream, g.generation)?;
+                let slot = boot::slot(&facts.arch, facts.installer);
+                if let Some((_, other, _)) =
+                    targets
+                        .iter()
+                        .find(|(_, _, f): &&(String, GenerationId, GenerationFacts)| {
+                            boot::slot(&f.arch, f.installer) == slot
+                        })
+                {
+                    return Err(invalid(
+                        p,
+                        format!("{id} and {other} are both {slot} images; a group boots one generation per architecture"),
+                    ));
+                }
+                targets.push((p, id, facts));
+            }
+        }
+        (None, None, None) => {}
+        (Some(_), None, None) => {
             return Err(invalid(
                 format!("{path}.stream"),
                 "stream without generation",
             ))
         }
-        (None, Some(_)) => {
+        (None, Some(_), None) => {
             return Err(invalid(
                 format!("{path}.generation"),
                 "generation without stream",
             ))
         }
-    };
+    }
     let rollout = check_rollout(&path, spec.rollout.as_ref())?;
     Ok(CheckedGroup {
         name,
         spec,
         selector,
-        target,
+        targets,
         rollout,
     })
 }
@@ -722,7 +767,7 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                     to: Value::Object(v.clone()),
                 });
             }
-            if let Some((id, _)) = &g.target {
+            for (_, id, _) in &g.targets {
                 fields.push(FieldDiff {
                     field: "generation",
                     from: Value::Null,
@@ -745,8 +790,14 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                         description: g.spec.description.clone(),
                         selector: g.selector.clone().flatten().map(Some),
                         variables: g.spec.variables.clone().map(Value::Object),
-                        generation: g.target.as_ref().map(|(id, _)| id.clone()),
+                        generation: g.targets.first().map(|(_, id, _)| id.clone()),
                     },
+                    more: g
+                        .targets
+                        .iter()
+                        .skip(1)
+                        .map(|(_, id, _)| id.clone())
+                        .collect(),
                 },
             });
             continue;
@@ -790,8 +841,15 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                 change.variables = Some(v);
             }
         }
-        if let Some((to, facts)) = &g.target {
+        let mut moves: Vec<GenerationId> = Vec::new();
+        let mut planned_rollouts = 0;
+        for (tpath, to, facts) in &g.targets {
             let slot = boot::slot(&facts.arch, facts.installer);
+            let slot_of = |id: &GenerationId| {
+                cur.generations
+                    .get(id)
+                    .map(|f| boot::slot(&f.arch, f.installer))
+            };
             let gf = GroupFacts {
                 name: g.name.to_string(),
                 pointer: current.pointer.clone(),
@@ -799,66 +857,81 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
             };
             let from = gf
                 .pointer_for(Some(&facts.arch), facts.installer)
-                .filter(|id| {
-                    cur.generations
-                        .get(id)
-                        .is_some_and(|f| boot::slot(&f.arch, f.installer) == slot)
-                })
+                .filter(|id| slot_of(id).as_deref() == Some(slot.as_str()))
                 .cloned();
+            let busy = |why: String| PlanError {
+                kind: ErrorKind::Conflict,
+                path: tpath.clone(),
+                message: why,
+            };
             match &current.holding {
-                Some((_, held)) if held == to => {}
-                Some((id, held)) => {
-                    return Err(PlanError {
-                        kind: ErrorKind::Conflict,
-                        path: format!("{path}.generation"),
-                        message: format!(
-                            "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
-                            g.name
-                        ),
-                    })
+                // Already on its way there.
+                Some((_, held)) if held == to => continue,
+                Some((id, held)) if slot_of(held).as_deref() == Some(slot.as_str()) => {
+                    return Err(busy(format!(
+                        "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
+                        g.name
+                    )))
                 }
-                None if from.as_ref() == Some(to) => {}
-                None => {
-                    let members = match &from {
-                        Some(_) => members_of(g.name, facts),
-                        None => 0,
-                    };
-                    if members == 0 {
-                        fields.push(FieldDiff {
-                            field: "generation",
-                            from: gen_json(from.as_ref()),
-                            to: gen_json(Some(to)),
-                        });
-                        change.generation = Some(to.clone());
-                    } else {
-                        let from = from.expect("members imply a pointer");
-                        let r = &g.rollout;
-                        rollouts.push(Change {
-                            path: format!("{path}.generation"),
-                            text: format!(
-                                "rollout group {}: {from} -> {to} ({}; {members} machine(s))",
-                                g.name,
-                                strategy_text(r)
-                            ),
-                            fields: vec![FieldDiff {
-                                field: "generation",
-                                from: gen_json(Some(&from)),
-                                to: gen_json(Some(to)),
-                            }],
-                            members: Some(members),
-                            action: Action::StartRollout(StartRollout {
-                                group: g.name.to_string(),
-                                to: to.clone(),
-                                strategy: r.strategy.clone(),
-                                timeout_ms: r.timeout_ms,
-                                require: r.require.clone(),
-                                rollback: r.rollback,
-                            }),
-                        });
-                    }
-                }
+                _ => {}
             }
+            if from.as_ref() == Some(to) {
+                continue;
+            }
+            let members = match &from {
+                Some(_) => members_of(g.name, facts),
+                None => 0,
+            };
+            if members == 0 {
+                fields.push(FieldDiff {
+                    field: "generation",
+                    from: gen_json(from.as_ref()),
+                    to: gen_json(Some(to)),
+                });
+                moves.push(to.clone());
+                continue;
+            }
+            if let Some((id, held)) = &current.holding {
+                return Err(busy(format!(
+                    "group {} has rollout {id} toward {held} in progress, and one rollout at a time holds a group; finish or abort it before rolling out {to}",
+                    g.name
+                )));
+            }
+            planned_rollouts += 1;
+            if planned_rollouts > 1 {
+                return Err(busy(format!(
+                    "this would start a second rollout on group {} (one at a time holds a group): roll out one architecture, then the other",
+                    g.name
+                )));
+            }
+            let from = from.expect("members imply a pointer");
+            let r = &g.rollout;
+            rollouts.push(Change {
+                path: tpath.clone(),
+                text: format!(
+                    "rollout group {}: {from} -> {to} ({}; {members} machine(s))",
+                    g.name,
+                    strategy_text(r)
+                ),
+                fields: vec![FieldDiff {
+                    field: "generation",
+                    from: gen_json(Some(&from)),
+                    to: gen_json(Some(to)),
+                }],
+                members: Some(members),
+                action: Action::StartRollout(StartRollout {
+                    group: g.name.to_string(),
+                    to: to.clone(),
+                    strategy: r.strategy.clone(),
+                    timeout_ms: r.timeout_ms,
+                    require: r.require.clone(),
+                    rollback: r.rollback,
+                }),
+            });
         }
+        let mut moves = moves.into_iter();
+        change.generation = moves.next();
+        let more: Vec<GenerationId> = moves.collect();
         if !fields.is_empty() {
             changes.push(Change {
                 path,
@@ -868,6 +941,7 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                 action: Action::UpdateGroup {
                     name: g.name.to_string(),
                     change,
+                    more,
                 },
             });
         }

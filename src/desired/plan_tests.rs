@@ -150,6 +150,22 @@ fn plans_are_the_diff_and_nothing_else() {
             "groups:\n  web: {stream: arm, generation: 1}\n",
             &["~ group web: generation - -> arm gen 1"],
         ),
+        // One generation per architecture: each slot on its own.
+        (
+            "groups:\n  db:\n    generations: [{stream: worker, generation: 42}, {stream: arm, generation: 1}]\n",
+            &["+ group db: generation worker gen 42, generation arm gen 1"],
+        ),
+        (
+            "groups:\n  web:\n    generations: [{stream: worker, generation: 41}, {stream: arm, generation: 1}]\n",
+            &["~ group web: generation - -> arm gen 1"],
+        ),
+        (
+            "groups:\n  web:\n    generations: [{stream: arm, generation: 1}, {stream: worker, generation: 42}]\n",
+            &[
+                "~ group web: generation - -> arm gen 1",
+                "rollout group web: worker gen 41 -> worker gen 42 (canary 1, timeout 10m; 2 machine(s))",
+            ],
+        ),
     ];
     for (text, want) in cases {
         assert_eq!(lines(text, &cur), *want, "{text}");
@@ -163,6 +179,14 @@ fn a_rollout_in_progress_is_no_change_or_a_conflict() {
     assert_eq!(
         lines("groups:\n  web: {stream: worker, generation: 42}\n", &cur),
         Vec::<String>::new()
+    );
+    // Another architecture's pointer may move meanwhile (no rollout).
+    assert_eq!(
+        lines(
+            "groups:\n  web:\n    generations: [{stream: worker, generation: 42}, {stream: arm, generation: 1}]\n",
+            &cur
+        ),
+        ["~ group web: generation - -> arm gen 1"]
     );
     let e = plan(
         &doc("groups:\n  web: {stream: worker, generation: 40}\n"),
@@ -231,6 +255,18 @@ fn invalid_references_name_their_path() {
             ErrorKind::Invalid,
             "groups.web.rollout.timeout",
             "not a duration",
+        ),
+        (
+            "groups:\n  web:\n    generations: [{stream: worker, generation: 41}, {stream: worker, generation: 42}]\n",
+            ErrorKind::Invalid,
+            "groups.web.generations.1",
+            "worker gen 42 and worker gen 41 are both x86_64 images",
+        ),
+        (
+            "groups:\n  web:\n    generations: [{stream: worker, generation: 41}, {stream: arm, generation: 7}]\n",
+            ErrorKind::UnknownReference,
+            "groups.web.generations.1.generation",
+            "arm gen 7 does not exist (the latest of arm is 1)",
         ),
     ];
     for (text, kind, path, message) in cases {

@@ -314,6 +314,7 @@ impl Decoder {
             "variables",
             "stream",
             "generation",
+            "generations",
             "rollout",
         ];
         for (key, k, v) in self.mapping(node, &what, Some(KEYS))? {
@@ -335,15 +336,36 @@ impl Decoder {
                 }
                 "stream" => g.stream = Some(self.string(&path, v)?),
                 "generation" => g.generation = Some(self.integer(&path, v)?),
+                "generations" => {
+                    self.mark(&path, k);
+                    let YamlData::Sequence(items) = &v.data else {
+                        return Err(self.err(
+                            v,
+                            format!(
+                                "{path}: expected a list of {{stream, generation}}, found {}",
+                                kind(v)
+                            ),
+                        ));
+                    };
+                    let mut list = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        list.push(self.generation_ref(&format!("{path}.{i}"), item)?);
+                    }
+                    g.generations = Some(list);
+                }
                 _ => {
                     g.rollout = Some(self.rollout(&path, v)?);
                     self.mark(&path, k);
                 }
             }
         }
-        match (&g.stream, g.generation) {
-            (Some(_), None) => Err(self.err(node, format!("{what}: stream without generation"))),
-            (None, Some(_)) => Err(self.err(node, format!("{what}: generation without stream"))),
+        match (&g.stream, g.generation, &g.generations) {
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => Err(self.err(
+                node,
+                format!("{what}: give stream and generation, or generations, not both"),
+            )),
+            (Some(_), None, _) => Err(self.err(node, format!("{what}: stream without generation"))),
+            (None, Some(_), _) => Err(self.err(node, format!("{what}: generation without stream"))),
             _ => Ok(g),
         }
     }
@@ -365,6 +387,25 @@ impl Decoder {
             }
         }
         Ok(r)
+    }
+
+    /// `{stream: worker, generation: 42}`.
+    fn generation_ref(&mut self, path: &str, node: &MarkedYaml<'_>) -> Result<PinSpec, YamlError> {
+        let mut stream = None;
+        let mut generation = None;
+        for (key, _, v) in self.mapping(node, path, Some(&["stream", "generation"]))? {
+            let p = format!("{path}.{key}");
+            if key == "stream" {
+                stream = Some(self.string(&p, v)?);
+            } else {
+                generation = Some(self.integer(&p, v)?);
+            }
+        }
+        self.mark(path, node);
+        match (stream, generation) {
+            (Some(stream), Some(generation)) => Ok(PinSpec { stream, generation }),
+            _ => Err(self.err(node, format!("{path}: needs both stream and generation"))),
+        }
     }
 
     fn machine(&mut self, mac: &str, node: &MarkedYaml<'_>) -> Result<MachineSpec, YamlError> {
@@ -420,23 +461,9 @@ impl Decoder {
                         m.pin = Some(None);
                         continue;
                     }
+                    let pin = self.generation_ref(&path, v)?;
                     self.mark(&path, k);
-                    let mut stream = None;
-                    let mut generation = None;
-                    for (pk, _, pv) in self.mapping(v, &path, Some(&["stream", "generation"]))? {
-                        let pp = format!("{path}.{pk}");
-                        if pk == "stream" {
-                            stream = Some(self.string(&pp, pv)?);
-                        } else {
-                            generation = Some(self.integer(&pp, pv)?);
-                        }
-                    }
-                    let (Some(stream), Some(generation)) = (stream, generation) else {
-                        return Err(
-                            self.err(v, format!("{path}: needs both stream and generation"))
-                        );
-                    };
-                    m.pin = Some(Some(PinSpec { stream, generation }));
+                    m.pin = Some(Some(pin));
                 }
                 _ => {
                     let kind = self.string(&path, v)?;
@@ -463,7 +490,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 "groups:\n  web:\n    selecter: role=web\n",
-                "3:5: unknown key \"selecter\" in group \"web\" (expected one of description, selector, variables, stream, generation, rollout)",
+                "3:5: unknown key \"selecter\" in group \"web\" (expected one of description, selector, variables, stream, generation, generations, rollout)",
             ),
             (
                 "group:\n  web: {}\n",
@@ -498,6 +525,14 @@ mod tests {
                 "3:26: unknown key \"stepz\" in groups.web.rollout (expected one of strategy, canary, steps, timeout, require, rollback)",
             ),
             ("groups: [web]\n", "1:9: groups: expected a mapping, found a list"),
+            (
+                "groups:\n  web:\n    stream: worker\n    generation: 1\n    generations: []\n",
+                "3:5: group \"web\": give stream and generation, or generations, not both",
+            ),
+            (
+                "groups:\n  web:\n    generations: [{stream: worker}]\n",
+                "3:19: groups.web.generations.0: needs both stream and generation",
+            ),
             (
                 "groups:\n  \"bad name\": {}\n",
                 "2:3: group \"bad name\" must be 1-63 letters, digits, '-', '_' or '.'",

@@ -17,13 +17,16 @@ use super::edit::{apply_machine, write_machine};
 use super::groups::{apply_group, write_group};
 use super::rollouts::{follows, rollout_from};
 use super::{load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError};
-use crate::boot;
+use crate::boot::{self, GenerationId};
 use crate::desired::plan::{
     Action, Change, Current, CurrentGroup, CurrentMachine, GenerationFacts,
 };
 use crate::domain::MacAddr;
 use crate::ledger::now_ms;
 use crate::rollout::Spec;
+
+/// How many lines of a plan its `apply` event keeps.
+const AUDIT_LINES: usize = 50;
 
 impl Inventory {
     /// The server as [`crate::desired::plan::plan`] sees it: groups (with
@@ -143,18 +146,35 @@ impl Inventory {
         by: Option<String>,
     ) -> Result<Vec<i64>, RolloutCommandError> {
         self.settle().await;
+        // The audit record: who, and what (the first lines of the plan).
+        let total = changes.len();
+        let lines: Vec<String> = changes
+            .iter()
+            .take(AUDIT_LINES)
+            .map(|c| c.text.clone())
+            .collect();
         let mut groups: Vec<(String, GroupChange, Option<String>, bool)> = Vec::new();
+        let pointer = |groups: &mut Vec<_>, name: &str, id: GenerationId| {
+            let slot = self.slot_of(Some(&id))?;
+            let change = GroupChange {
+                generation: Some(id),
+                ..GroupChange::default()
+            };
+            groups.push((name.to_string(), change, slot, false));
+            Ok::<_, InventoryError>(())
+        };
         let mut machines: Vec<(MacAddr, MachineChange)> = Vec::new();
         let mut rollouts = Vec::new();
         for c in changes {
+            let create = c.op() == "create";
             match c.action {
-                Action::CreateGroup { name, change } => {
+                Action::CreateGroup { name, change, more }
+                | Action::UpdateGroup { name, change, more } => {
                     let slot = self.slot_of(change.generation.as_ref())?;
-                    groups.push((name, change, slot, true));
-                }
-                Action::UpdateGroup { name, change } => {
-                    let slot = self.slot_of(change.generation.as_ref())?;
-                    groups.push((name, change, slot, false));
+                    groups.push((name.clone(), change, slot, create));
+                    for id in more {
+                        pointer(&mut groups, &name, id)?;
+                    }
                 }
                 Action::UpdateMachine { mac, change } => {
                     if let Some(Some(id)) = &change.pin {
@@ -286,6 +306,13 @@ impl Inventory {
             ids.push(id);
             self.after_fleet(out, true);
         }
+        self.ledger.event(
+            None,
+            None,
+            "apply",
+            serde_json::json!({ "by": by, "changes": total, "plan": lines, "rollouts": ids }),
+            None,
+        );
         Ok(ids)
     }
 }

@@ -190,6 +190,15 @@ mod tests {
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         assert_eq!(a.body["changes"].as_array().unwrap().len(), 2);
         assert_eq!(h.state.inventory.machine(mac).unwrap().group, "web");
+        h.state.inventory.settle().await;
+        let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events WHERE step = 'apply'")
+            .fetch_one(h.state.store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            events, 1,
+            "one audit event per apply that changed something"
+        );
         let a = call(h.admin.clone(), "/api/v1/apply", doc).await;
         assert_eq!(a.body["changes"], json!([]), "{}", a.body);
 
@@ -218,6 +227,39 @@ mod tests {
             assert_error(&a, status, code);
             assert_eq!(a.body["error"]["field"], field, "{body}");
         }
+        // One generation per architecture, in one apply: both slots set.
+        let inv = &h.state.inventory;
+        for (stream, arch, tag) in [("worker", "x86_64", b"x"), ("arm", "arm64", b"a")] {
+            let a = crate::images::ArtifactRef {
+                name: "vmlinuz".into(),
+                digest: crate::images::Digest::of(tag),
+                size: 1,
+            };
+            let m = crate::images::Manifest {
+                arch: arch.into(),
+                kernel: Some(a.clone()),
+                initrds: vec![a],
+                rootfs: None,
+                cmdline: String::new(),
+                installer: None,
+            };
+            inv.add_generation(stream, m.digest(), m, None)
+                .await
+                .unwrap();
+        }
+        let doc = json!({ "groups": { "multi": { "generations": [
+            { "stream": "worker", "generation": 1 }, { "stream": "arm", "generation": 1 }
+        ] } } });
+        let a = call(h.admin.clone(), "/api/v1/apply", doc.clone()).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.body);
+        let g = inv.group("multi").unwrap();
+        assert_eq!(
+            g.by_arch.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["arm64", "x86_64"]
+        );
+        let a = call(h.admin.clone(), "/api/v1/apply", doc).await;
+        assert_eq!(a.body["changes"], json!([]), "{}", a.body);
+
         let a = call(h.admin.clone(), "/api/v1/apply", json!({ "groupz": {} })).await;
         assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.body);
     }
