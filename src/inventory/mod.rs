@@ -8,6 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
 //! shows what the database does not hold.
 
+mod apply;
 mod edit;
 mod groups;
 pub use groups::GroupChange;
