@@ -328,16 +328,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
 
     // A clean stop ------------------------------------------------------------
     drop(api);
-    if let Some(pool) = lab.db.take() {
-        lab.rt.block_on(pool.close());
-    }
-    let status = lab.server.as_mut().unwrap().stop(Duration::from_secs(15));
-    assert!(
-        matches!(status, Some(s) if s.success()),
-        "ironboot did not stop cleanly on SIGTERM ({status:?})\n{}",
-        tail(&lab.server_log(), 30)
-    );
-    lab.server = None;
+    lab.stop_server_cleanly();
 
     timings.push(("total".into(), total.elapsed()));
     eprintln!("e2e-boot timings:");

@@ -32,7 +32,6 @@
 mod lab;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab::*;
@@ -58,26 +57,20 @@ fn build_arm64(timeout: &Path) -> Result<PathBuf, String> {
             return Err(format!("{f} missing (package qemu-efi-aarch64)"));
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("tests/.cache/liveos-arm64");
-    let result = Command::new(timeout)
-        .args(["-k", "5", "600"])
-        .arg(root.join("tests/liveos/build.sh"))
-        .args(["--arch", "arm64"])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run tests/liveos/build.sh: {e}"))?;
-    let log = String::from_utf8_lossy(&result.stderr).into_owned();
-    if !result.status.success() {
-        return Err(format!("build.sh --arch arm64 failed:\n{log}"));
-    }
-    for f in ["vmlinuz", "initrd.img", "grubnetaa64.efi"] {
-        if !out.join(f).is_file() {
-            return Err(format!("build.sh succeeded but {f} is missing"));
-        }
-    }
-    Ok(out)
+    build(
+        timeout,
+        &["--arch", "arm64"],
+        "liveos-arm64",
+        600,
+        &["vmlinuz", "initrd.img", "grubnetaa64.efi"],
+    )
+}
+
+/// `ironboot image import` of an x86_64 ONIE installer into stream `nos`.
+fn import_installer(lab: &Lab, file: &Path) -> String {
+    let file = file.to_str().unwrap();
+    let args = ["image", "import", "--stream", "nos", "--arch", "x86_64"];
+    cli(lab, &[&args[..], &["--installer", file]].concat())
 }
 
 /// The arm64 guest: AAVMF's own PXE (no option ROM on the NIC), TCG.
@@ -248,19 +241,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
         .collect();
     let installer_file = lab.dir.join("onie-installer-acme.bin");
     std::fs::write(&installer_file, &installer).unwrap();
-    let out = cli(
-        &lab,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "nos",
-            "--arch",
-            "x86_64",
-            "--installer",
-            installer_file.to_str().unwrap(),
-        ],
-    );
+    let out = import_installer(&lab, &installer_file);
     assert!(out.starts_with("generation 1 "), "{out}");
     // An x86_64 live OS for the group's x86 servers, set last: the switch
     // still gets the group's x86_64 installer, the arm64 guest its arm64 image.
@@ -392,12 +373,15 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     std::fs::create_dir_all(&bin).unwrap();
     let _ = std::os::unix::fs::symlink(&bb, bin.join("wget"));
     let path = format!("PATH={}", bin.display());
-    let (ok, text) = lab.exec(
-        &lab.cns,
-        30,
-        &["env", &path, &bb, "sh", script.to_str().unwrap()],
-    );
-    assert!(ok, "the ZTP script failed: {text}");
+    let run_ztp = || {
+        let (ok, text) = lab.exec(
+            &lab.cns,
+            30,
+            &["env", &path, &bb, "sh", script.to_str().unwrap()],
+        );
+        assert!(ok, "the ZTP script failed: {text}");
+    };
+    run_ztp();
     lab.wait_rows(
         "(c) the switch's current generation is the installer's",
         "SELECT current_stream, current_generation FROM machines WHERE mac = ?",
@@ -421,19 +405,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     let installer2: Vec<u8> = installer.iter().map(|b| b ^ 0x5a).collect();
     let installer2_file = lab.dir.join("onie-installer-acme-2.bin");
     std::fs::write(&installer2_file, &installer2).unwrap();
-    let out = cli(
-        &lab,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "nos",
-            "--arch",
-            "x86_64",
-            "--installer",
-            installer2_file.to_str().unwrap(),
-        ],
-    );
+    let out = import_installer(&lab, &installer2_file);
     assert!(out.starts_with("generation 2 "), "{out}");
     let out = cli(
         &lab,
@@ -457,12 +429,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     let _ = udhcpc_env(&lab, SWITCH_MAC, &["-O", "239"]);
     let (ok, text) = wget(&lab, &script_url, &script, &[]);
     assert!(ok, "wget {script_url}: {text}");
-    let (ok, text) = lab.exec(
-        &lab.cns,
-        30,
-        &["env", &path, &bb, "sh", script.to_str().unwrap()],
-    );
-    assert!(ok, "the ZTP script failed: {text}");
+    run_ztp();
     lab.wait_rows(
         "(d) the rollout succeeded",
         "SELECT state FROM rollouts WHERE id = ?",

@@ -414,15 +414,6 @@ fn rollouts_move_a_vm_fleet_and_roll_a_broken_generation_back() {
 
     // A clean stop --------------------------------------------------------------
     drop(api);
-    if let Some(pool) = lab.db.take() {
-        lab.rt.block_on(pool.close());
-    }
-    let status = lab.server.as_mut().unwrap().stop(Duration::from_secs(15));
-    assert!(
-        matches!(status, Some(s) if s.success()),
-        "ironboot did not stop cleanly ({status:?})\n{}",
-        tail(&lab.server_log(), 30)
-    );
-    lab.server = None;
+    lab.stop_server_cleanly();
     eprintln!("e2e-rollout: total {}", secs(total.elapsed()));
 }

@@ -47,11 +47,28 @@ pub struct LiveOs {
 /// `tests/liveos/build.sh` into `tests/.cache/liveos` (a no-op when cached),
 /// bounded by `timeout`.
 pub fn build_liveos(timeout: &Path) -> Result<LiveOs, String> {
+    let out = build(timeout, &[], "liveos", 300, &["vmlinuz", "initrd.img"])?;
+    Ok(LiveOs {
+        kernel: out.join("vmlinuz"),
+        initrd: out.join("initrd.img"),
+    })
+}
+
+/// `tests/liveos/build.sh ARGS tests/.cache/CACHE` within `secs` (a no-op
+/// when cached): the output folder, once each of `files` is in it.
+pub fn build(
+    timeout: &Path,
+    args: &[&str],
+    cache: &str,
+    secs: u32,
+    files: &[&str],
+) -> Result<PathBuf, String> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("tests/.cache/liveos");
+    let out = root.join("tests/.cache").join(cache);
     let result = Command::new(timeout)
-        .args(["-k", "5", "300"])
+        .args(["-k", "5", &secs.to_string()])
         .arg(root.join("tests/liveos/build.sh"))
+        .args(args)
         .arg(&out)
         .stdin(Stdio::null())
         .output()
@@ -59,21 +76,16 @@ pub fn build_liveos(timeout: &Path) -> Result<LiveOs, String> {
     let log = String::from_utf8_lossy(&result.stderr).into_owned();
     if !result.status.success() {
         return Err(format!(
-            "tests/liveos/build.sh failed ({}):\n{log}",
+            "tests/liveos/build.sh {} failed ({}):\n{log}",
+            args.join(" "),
             result.status
         ));
     }
     eprintln!("liveos: {}", log.trim_end().replace('\n', "\nliveos: "));
-    let os = LiveOs {
-        kernel: out.join("vmlinuz"),
-        initrd: out.join("initrd.img"),
-    };
-    for f in [&os.kernel, &os.initrd] {
-        if !f.is_file() {
-            return Err(format!("build.sh succeeded but {} is missing", f.display()));
-        }
+    match files.iter().find(|f| !out.join(f).is_file()) {
+        Some(f) => Err(format!("build.sh succeeded but {f} is missing")),
+        None => Ok(out),
     }
-    Ok(os)
 }
 
 // ---------------------------------------------------------------------------

@@ -596,6 +596,22 @@ hostname = "node1"
         started.elapsed()
     }
 
+    /// Stops `ironboot serve` with SIGTERM (after closing the read-only
+    /// database) and asserts it exited 0 within 15 s.
+    pub fn stop_server_cleanly(&mut self) {
+        if let Some(pool) = self.db.take() {
+            self.rt.block_on(pool.close());
+        }
+        let server = self.server.as_mut().expect("server started");
+        let status = server.stop(Duration::from_secs(15));
+        assert!(
+            matches!(status, Some(s) if s.success()),
+            "ironboot did not stop cleanly on SIGTERM ({status:?})\n{}",
+            tail(&self.server_log(), 30)
+        );
+        self.server = None;
+    }
+
     /// GET from inside the server namespace with busybox wget (bounded by
     /// `timeout`: busybox 1.35's `wget -T` segfaults).
     pub fn http(&self, path: &str) -> Option<String> {
