@@ -259,5 +259,40 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
         1,
         "one rollout, started once"
     );
+
+    // Its machines boot and phone home, wave by wave, until it succeeds
+    // and web's pointer is the file's: the same file is still no change.
+    let mut state = String::new();
+    for _ in 0..50 {
+        for mac in [A, B] {
+            let path = format!("/boot/{}.ipxe?buildarch=x86_64", mac.replace(':', "-"));
+            let script = common::http_get(server.bound.http, &path).await;
+            let token = script
+                .split("/config/")
+                .nth(1)
+                .and_then(|t| t.split('/').next())
+                .unwrap_or_else(|| panic!("a token in\n{script}"));
+            let resp = http
+                .post(format!("{base}/phone-home/{token}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.status().is_success(), "{mac}: {}", resp.status());
+        }
+        state = get("/api/v1/rollouts/1".into()).await.2["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if state == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "succeeded");
+    let web = get("/api/v1/groups/web".into()).await.2;
+    assert_eq!(web["by_arch"]["x86_64"]["generation"], 2, "{web}");
+    let (code, out, _) = tokio::task::block_in_place(|| cli(&["apply", "-f", "-"], Some(&v2)));
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("no changes"), "{out}");
     server.stop().await;
 }

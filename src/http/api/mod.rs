@@ -435,19 +435,7 @@ fn parse_digest(text: &str) -> ApiResult<Digest> {
 }
 
 fn valid_name(field: &'static str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            field,
-            format!("{name:?} must be 1-63 letters, digits, '-', '_' or '.'"),
-        ))
-    }
+    crate::desired::plan::check_group_name(name).map_err(|e| ApiError::bad(field, e))
 }
 
 #[cfg(test)]
