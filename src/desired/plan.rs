@@ -300,46 +300,14 @@ fn check_rollout(path: &str, spec: Option<&RolloutSpec>) -> Result<Rollout, Plan
         "canary" => Strategy::Canary {
             canary: match &r.canary {
                 None => Canary::Count(1),
-                Some(Value::Number(n)) => n
-                    .as_u64()
-                    .map(|n| Canary::Count(n as usize))
-                    .ok_or_else(|| invalid(p("canary"), "a count must be a whole number"))?,
-                Some(Value::String(s)) => s.parse().map_err(|e: String| invalid(p("canary"), e))?,
-                Some(Value::Array(items)) => Canary::Machines(
-                    items
-                        .iter()
-                        .map(|i| {
-                            i.as_str()
-                                .and_then(|m| m.parse::<MacAddr>().ok())
-                                .ok_or_else(|| {
-                                    invalid(p("canary"), format!("{i} is not a MAC address"))
-                                })
-                        })
-                        .collect::<Result<_, _>>()?,
-                ),
-                Some(other) => {
-                    return Err(invalid(
-                        p("canary"),
-                        format!("{other}: expected 1, \"10%\" or a list of MACs"),
-                    ))
+                Some(v) => {
+                    crate::rollout::canary_from_json(v).map_err(|e| invalid(p("canary"), e))?
                 }
             },
             steps: match &r.steps {
                 None => Vec::new(),
                 Some(v) => {
-                    let text = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Array(items) => items
-                            .iter()
-                            .map(|i| match i {
-                                Value::String(s) => s.clone(),
-                                other => other.to_string(),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(","),
-                        other => other.to_string(),
-                    };
-                    crate::rollout::parse_steps(&text).map_err(|e| invalid(p("steps"), e))?
+                    crate::rollout::steps_from_json(v).map_err(|e| invalid(p("steps"), e))?
                 }
             },
         },
