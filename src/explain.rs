@@ -30,7 +30,7 @@ use crate::dhcp::handler::boot_reply;
 use crate::dhcp::reply::{encode, ReplySpec};
 use crate::domain::{Arch, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
-use crate::inventory::{Decision, Inventory, ScriptRequest};
+use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
 use crate::netboot::{buildarch, render_boot};
 use crate::render::{Renderer, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE, ZTP_DIR};
 
@@ -531,11 +531,18 @@ impl Explainer {
             buildarch,
             ..ScriptRequest::default()
         };
+        // A network OS asking for its ZTP script carries on the boot ONIE
+        // installed; everything else network-boots.
+        let stage = match kind {
+            Some(ClientKind::Ztp) => Stage::CarriesOn,
+            _ => Stage::Netboot,
+        };
         let decision = self.inventory.preview(
             q.mac,
             &req,
             switch.then_some(MachineKind::Switch),
             port.clone(),
+            stage,
         );
         let identity = IdentityView {
             known: !decision.fresh,
@@ -832,7 +839,9 @@ pub fn render_template(
         mac: Some(mac),
         ..ScriptRequest::default()
     };
-    let plan = inventory.preview(mac, &req, None, None).preview_plan(None);
+    let plan = inventory
+        .preview(mac, &req, None, None, Stage::Netboot)
+        .preview_plan(None);
     let ctx = context::build(&plan, server, renderer)?;
     renderer.render(template, &ctx)
 }

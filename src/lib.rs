@@ -20,6 +20,8 @@
 //! - [`render`]: minijinja templates from `boot-templates/`, strict.
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
 //! - [`auth`]: API bearer tokens; [`cli`]: the client subcommands.
+//! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
+//!   the pure plan from desired state and current state to changes.
 //! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
@@ -40,6 +42,7 @@ pub mod boot;
 pub mod bootfiles;
 pub mod cli;
 pub mod config;
+pub mod desired;
 pub mod dhcp;
 pub mod domain;
 pub mod explain;

@@ -76,6 +76,14 @@ enum Command {
         #[command(subcommand)]
         cmd: ironboot::cli::rollout::RolloutCommand,
     },
+    /// Desired state: make groups and machines match a YAML file (a changed
+    /// generation becomes a rollout); --dry-run prints the plan only.
+    Apply {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ironboot::cli::apply::ApplyArgs,
+    },
     /// The last-known-good watchdog: degraded machines, clear a mark.
     Watchdog {
         #[command(flatten)]
@@ -265,6 +273,7 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
             Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
             Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
+            Command::Apply { conn, args } => ironboot::cli::apply::apply(conn, args).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });

@@ -34,7 +34,7 @@ use crate::bootfiles::Bootfiles;
 use crate::dhcp::handler::SeenClient;
 use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
-use crate::inventory::{BootPlan, Inventory, ScriptRequest};
+use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
 use crate::ledger::Ledger;
 use crate::render::{
     RenderError, Renderer, GRUB_CFG, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE,
@@ -173,7 +173,9 @@ impl Netboot {
             ip: Some(ip),
             ..ScriptRequest::default()
         };
-        let plan = self.inventory.begin_boot_as(mac, &req, "grub", None);
+        let plan = self
+            .inventory
+            .begin_boot_as(mac, &req, "grub", None, Stage::Netboot);
         let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": "grub", "buildarch": req.buildarch });
         let text = match render_boot(&plan, &self.server, &self.renderer, Loader::Grub) {
             Ok(text) => {
@@ -225,9 +227,13 @@ impl Netboot {
             ip: Some(ip),
             ..ScriptRequest::default()
         };
-        let plan = self
-            .inventory
-            .begin_boot_as(mac, &req, "onie", Some(MachineKind::Switch));
+        let plan = self.inventory.begin_boot_as(
+            mac,
+            &req,
+            "onie",
+            Some(MachineKind::Switch),
+            Stage::Netboot,
+        );
         let chosen = match (&plan.target, &plan.generation) {
             (Target::Boot { .. }, Some(g)) => match &g.manifest.installer {
                 Some(a) => Ok(Installer {
@@ -280,9 +286,13 @@ impl Netboot {
             ip: Some(ip),
             ..ScriptRequest::default()
         };
-        let plan = self
-            .inventory
-            .begin_boot_as(mac, &req, "ztp", Some(MachineKind::Switch));
+        let plan = self.inventory.begin_boot_as(
+            mac,
+            &req,
+            "ztp",
+            Some(MachineKind::Switch),
+            Stage::CarriesOn,
+        );
         let rendered = context::build(&plan, &self.server, &self.renderer)
             .and_then(|ctx| self.renderer.render(&template, &ctx));
         let detail = match &rendered {

@@ -19,24 +19,24 @@
 //! - (c) Cumulus ZTP: the same switch, now running its network OS, asks for
 //!   opt 239 and gets its provisioning script URL; the script carries the
 //!   `CUMULUS-AUTOPROVISIONING` marker and, run with busybox, confirms the
-//!   boot: the installer generation is the switch's current one. Then a
-//!   rollout: installer generation 2 is imported and the group pointed at
-//!   it; ONIE gets the new bytes and ZTP confirms generation 2.
+//!   boot: the installer generation is the switch's current one.
+//! - (d) a rollout (`ironboot rollout start`, canary 1): installer
+//!   generation 2 is imported, the switch is moved, ONIE's next install
+//!   gets the new bytes, ZTP confirms it and the rollout succeeds with the
+//!   group's installer pointer on 2.
 //!
-//! (b) and (c) run while (a)'s VM boots. The arm64 live OS is
+//! (b), (c) and (d) run while (a)'s VM boots. The arm64 live OS is
 //! `tests/liveos/build.sh --arch arm64` (cached in `tests/.cache`).
 //! Run with `IRONBOOT_E2E=require cargo test --test e2e_clients -- --nocapture`.
 
 mod lab;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lab::*;
 
 const TEST: &str = "arm64_grub_onie_and_ztp_clients_boot_from_one_server";
-const BASE: &str = "http://10.77.0.1:8080";
 const ARM_MAC: &str = "52:54:00:00:a6:41";
 const SWITCH_MAC: &str = "52:54:00:0e:00:01";
 const SWITCH_SERIAL: &str = "SN-E2E-0001";
@@ -45,10 +45,6 @@ const QEMU_ARM: &str = "qemu-system-aarch64";
 const AAVMF_CODE: &str = "/usr/share/AAVMF/AAVMF_CODE.fd";
 const AAVMF_VARS: &str = "/usr/share/AAVMF/AAVMF_VARS.fd";
 const ARM_LIMIT: Duration = Duration::from_secs(180);
-
-fn live(line: &str) -> String {
-    format!("IRONBOOT-LIVEOS: {line}")
-}
 
 /// `tests/liveos/build.sh --arch arm64`: its output directory.
 fn build_arm64(timeout: &Path) -> Result<PathBuf, String> {
@@ -61,43 +57,20 @@ fn build_arm64(timeout: &Path) -> Result<PathBuf, String> {
             return Err(format!("{f} missing (package qemu-efi-aarch64)"));
         }
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = root.join("tests/.cache/liveos-arm64");
-    let result = Command::new(timeout)
-        .args(["-k", "5", "600"])
-        .arg(root.join("tests/liveos/build.sh"))
-        .args(["--arch", "arm64"])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run tests/liveos/build.sh: {e}"))?;
-    let log = String::from_utf8_lossy(&result.stderr).into_owned();
-    if !result.status.success() {
-        return Err(format!("build.sh --arch arm64 failed:\n{log}"));
-    }
-    for f in ["vmlinuz", "initrd.img", "grubnetaa64.efi"] {
-        if !out.join(f).is_file() {
-            return Err(format!("build.sh succeeded but {f} is missing"));
-        }
-    }
-    Ok(out)
+    build(
+        timeout,
+        &["--arch", "arm64"],
+        "liveos-arm64",
+        600,
+        &["vmlinuz", "initrd.img", "grubnetaa64.efi"],
+    )
 }
 
-/// `ironboot ARGS` against the lab's server; stdout.
-fn cli(lab: &Lab, args: &[&str]) -> String {
-    let data = lab.dir.join("data");
-    let mut all = vec![lab.bin.to_str().unwrap()];
-    all.extend_from_slice(args);
-    all.extend(["--server", BASE, "--data-dir", data.to_str().unwrap()]);
-    let out = lab.exec_output(&lab.ns, 60, &all);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "ironboot {} failed:\n{stdout}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+/// `ironboot image import` of an x86_64 ONIE installer into stream `nos`.
+fn import_installer(lab: &Lab, file: &Path) -> String {
+    let file = file.to_str().unwrap();
+    let args = ["image", "import", "--stream", "nos", "--arch", "x86_64"];
+    cli(lab, &[&args[..], &["--installer", file]].concat())
 }
 
 /// The arm64 guest: AAVMF's own PXE (no option ROM on the NIC), TCG.
@@ -268,19 +241,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
         .collect();
     let installer_file = lab.dir.join("onie-installer-acme.bin");
     std::fs::write(&installer_file, &installer).unwrap();
-    let out = cli(
-        &lab,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "nos",
-            "--arch",
-            "x86_64",
-            "--installer",
-            installer_file.to_str().unwrap(),
-        ],
-    );
+    let out = import_installer(&lab, &installer_file);
     assert!(out.starts_with("generation 1 "), "{out}");
     // An x86_64 live OS for the group's x86 servers, set last: the switch
     // still gets the group's x86_64 installer, the arm64 guest its arm64 image.
@@ -412,12 +373,15 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     std::fs::create_dir_all(&bin).unwrap();
     let _ = std::os::unix::fs::symlink(&bb, bin.join("wget"));
     let path = format!("PATH={}", bin.display());
-    let (ok, text) = lab.exec(
-        &lab.cns,
-        30,
-        &["env", &path, &bb, "sh", script.to_str().unwrap()],
-    );
-    assert!(ok, "the ZTP script failed: {text}");
+    let run_ztp = || {
+        let (ok, text) = lab.exec(
+            &lab.cns,
+            30,
+            &["env", &path, &bb, "sh", script.to_str().unwrap()],
+        );
+        assert!(ok, "the ZTP script failed: {text}");
+    };
+    run_ztp();
     lab.wait_rows(
         "(c) the switch's current generation is the installer's",
         "SELECT current_stream, current_generation FROM machines WHERE mac = ?",
@@ -430,6 +394,71 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     eprintln!(
         "e2e-clients: (c) ZTP DHCP + script + confirmation in {}",
         secs(t_ztp.elapsed())
+    );
+
+    // (d) A rollout moves the switch to installer generation 2, as it moves
+    // servers: the switch is the canary (the only machine on the group's
+    // x86_64 installer pointer), ONIE's next install gets generation 2's
+    // bytes, the network OS's ZTP script confirms it, and the rollout
+    // succeeds with the pointer moved.
+    let t_rollout = Instant::now();
+    let installer2: Vec<u8> = installer.iter().map(|b| b ^ 0x5a).collect();
+    let installer2_file = lab.dir.join("onie-installer-acme-2.bin");
+    std::fs::write(&installer2_file, &installer2).unwrap();
+    let out = import_installer(&lab, &installer2_file);
+    assert!(out.starts_with("generation 2 "), "{out}");
+    let out = cli(
+        &lab,
+        &[
+            "rollout", "start", "--group", "default", "--stream", "nos", "--to", "2", "--canary",
+            "1", "-o", "json",
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).expect("rollout start -o json");
+    assert_eq!(r["slot"], "x86_64/installer", "{r:#}");
+    assert_eq!(r["counts"]["machines"], 1, "only the switch: {r:#}");
+    assert_eq!(r["waves"][0]["machines"][0]["mac"], SWITCH_MAC, "{r:#}");
+    let id = r["id"].to_string();
+    let _ = std::fs::remove_file(&got);
+    let (ok, text) = wget(&lab, &url, &got, &onie_headers());
+    assert!(ok, "wget {url}: {text}");
+    assert!(
+        std::fs::read(&got).unwrap() == installer2,
+        "(d) ONIE's next install should get installer generation 2"
+    );
+    let _ = udhcpc_env(&lab, SWITCH_MAC, &["-O", "239"]);
+    let (ok, text) = wget(&lab, &script_url, &script, &[]);
+    assert!(ok, "wget {script_url}: {text}");
+    run_ztp();
+    lab.wait_rows(
+        "(d) the rollout succeeded",
+        "SELECT state FROM rollouts WHERE id = ?",
+        &[&id],
+        |rows| {
+            rows.first()
+                .is_some_and(|r| r[0].as_deref() == Some("succeeded"))
+        },
+    );
+    let rows = lab.query(
+        "SELECT current_stream, current_generation FROM machines WHERE mac = ?",
+        &[SWITCH_MAC],
+    );
+    assert_eq!(
+        rows[0],
+        [Some("nos".to_string()), Some("2".to_string())],
+        "(d) the switch runs installer generation 2"
+    );
+    let group = cli(&lab, &["group", "show", "default", "-o", "json"]);
+    let group: serde_json::Value = serde_json::from_str(&group).expect("group show -o json");
+    assert_eq!(
+        group["by_arch"]["x86_64/installer"],
+        serde_json::json!({"stream": "nos", "generation": 2}),
+        "{group:#}"
+    );
+    eprintln!(
+        "e2e-clients: (d) rollout of the switch to installer gen 2 in {}:\n{}",
+        secs(t_rollout.elapsed()),
+        cli(&lab, &["rollout", "status", &id])
     );
 
     // (a) the arm64 guest, through netboot GRUB, to phone-home.

@@ -23,6 +23,10 @@ pub enum CliError {
     NotFound(String),
     #[error("conflict ({status}): {message}")]
     Conflict { status: StatusCode, message: String },
+    /// An error the server tied to a place in a local file
+    /// (`fleet.yaml:7:13`); exits as the error it wraps.
+    #[error("{at}: {inner}")]
+    Located { at: String, inner: Box<CliError> },
 }
 
 impl CliError {
@@ -36,6 +40,7 @@ impl CliError {
             CliError::Auth(_) => 4,
             CliError::NotFound(_) => 5,
             CliError::Conflict { .. } => 6,
+            CliError::Located { inner, .. } => inner.exit_code(),
         }
     }
 }
@@ -84,25 +89,61 @@ impl Client {
             return Ok(resp);
         }
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let message = body["error"]["message"]
-            .as_str()
-            .unwrap_or("no details")
-            .to_string();
-        match status {
-            StatusCode::UNAUTHORIZED => Err(CliError::Auth(format!(
-                "{status}: {message} (check --token, IRONBOOT_TOKEN or DATA_DIR/admin.token)"
-            ))),
-            StatusCode::FORBIDDEN => Err(CliError::Auth(format!(
-                "{status}: {message} (this needs an admin token)"
-            ))),
-            StatusCode::NOT_FOUND => Err(CliError::NotFound(message)),
-            StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => {
-                Err(CliError::Conflict { status, message })
-            }
-            _ => Err(CliError::Refused { status, message }),
-        }
+        Err(refusal(status, &body))
     }
 
+    /// A JSON POST whose refusal keeps the server's `field` (the request
+    /// field at fault), for callers that can point at it in a file.
+    pub async fn post_fielded(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, (CliError, Option<String>)> {
+        let rb = self
+            .request(Method::POST, path)
+            .map_err(|e| (e, None))?
+            .json(body);
+        let resp = rb.send().await.map_err(|source| {
+            (
+                CliError::Connect {
+                    server: self.base.clone(),
+                    source,
+                },
+                None,
+            )
+        })?;
+        let status = resp.status();
+        let answer: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(answer);
+        }
+        let field = answer["error"]["field"].as_str().map(str::to_string);
+        Err((refusal(status, &answer), field))
+    }
+}
+
+/// The error for a refused request, from its status and JSON error body.
+fn refusal(status: StatusCode, body: &Value) -> CliError {
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("no details")
+        .to_string();
+    match status {
+        StatusCode::UNAUTHORIZED => CliError::Auth(format!(
+            "{status}: {message} (check --token, IRONBOOT_TOKEN or DATA_DIR/admin.token)"
+        )),
+        StatusCode::FORBIDDEN => {
+            CliError::Auth(format!("{status}: {message} (this needs an admin token)"))
+        }
+        StatusCode::NOT_FOUND => CliError::NotFound(message),
+        StatusCode::CONFLICT | StatusCode::PRECONDITION_FAILED => {
+            CliError::Conflict { status, message }
+        }
+        _ => CliError::Refused { status, message },
+    }
+}
+
+impl Client {
     async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let resp = self.send(rb).await?;
         resp.json().await.map_err(|source| CliError::Connect {

@@ -7,6 +7,7 @@
 //! token, a bad one, or a read-only one for a change); 5 not found; 6
 //! conflict (in use, exists, or the `If-Match` ETag no longer matches).
 
+pub mod apply;
 mod client;
 pub mod commands;
 pub mod explain;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use crate::boot::GenerationId;
 use crate::domain::{MacAddr, MachineKind};
 
-use super::{load, Inventory, InventoryError, Machine};
+use super::{load, Inventory, InventoryError, Machine, State};
 
 /// What an edit changes; `None` leaves a field as it is. The caller has
 /// validated the values.
@@ -33,6 +33,99 @@ pub struct Deleted {
     pub events: u64,
 }
 
+/// A machine's rows for `change`, inside the caller's transaction: refused
+/// if the machine or an assigned group does not exist.
+pub(super) async fn write_machine(
+    conn: &mut sqlx::SqliteConnection,
+    mac: MacAddr,
+    change: &MachineChange,
+) -> Result<(), InventoryError> {
+    let key = mac.to_string();
+    let exists = sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    if !exists {
+        return Err(InventoryError::NoSuchMachine(mac));
+    }
+    if let Some(Some(group)) = &change.group {
+        let known = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
+            .bind(group)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some();
+        if !known {
+            return Err(InventoryError::NoSuchGroup(group.clone()));
+        }
+        sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
+            .bind(group)
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(None) = &change.group {
+        sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(hostname) = &change.hostname {
+        sqlx::query("UPDATE machines SET hostname = ? WHERE mac = ?")
+            .bind(hostname)
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(labels) = &change.labels {
+        sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
+            .bind(serde_json::to_string(labels).expect("labels serialize"))
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(pin) = &change.pin {
+        sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
+            .bind(pin.as_ref().map(|p| p.stream.clone()))
+            .bind(pin.as_ref().map(|p| p.number))
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(kind) = change.kind {
+        sqlx::query("UPDATE machines SET kind = ? WHERE mac = ?")
+            .bind(kind.as_str())
+            .bind(&key)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The memory side of [`write_machine`], once it is committed (the caller
+/// loads the machine first if needed, and regroups).
+pub(super) fn apply_machine(state: &mut State, mac: MacAddr, change: MachineChange) {
+    let m = state
+        .machines
+        .entry(mac)
+        .or_insert_with(|| Machine::new(mac));
+    if let Some(group) = change.group {
+        m.assigned = group;
+    }
+    if let Some(hostname) = change.hostname {
+        m.hostname = hostname;
+    }
+    if let Some(labels) = change.labels {
+        m.labels = labels;
+    }
+    if let Some(pin) = change.pin {
+        m.pin = pin;
+    }
+    if let Some(kind) = change.kind {
+        m.kind = kind;
+    }
+}
+
 impl Inventory {
     /// Applies an edit: SQLite first (one transaction), then memory.
     pub async fn update_machine(
@@ -46,66 +139,8 @@ impl Inventory {
                 return Err(InventoryError::NoSuchGeneration(id.clone()));
             }
         }
-        let key = mac.to_string();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let exists = sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
-            .bind(&key)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !exists {
-            return Err(InventoryError::NoSuchMachine(mac));
-        }
-        if let Some(Some(group)) = &change.group {
-            let known = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
-                .bind(group)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !known {
-                return Err(InventoryError::NoSuchGroup(group.clone()));
-            }
-            sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
-                .bind(group)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(None) = &change.group {
-            sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(hostname) = &change.hostname {
-            sqlx::query("UPDATE machines SET hostname = ? WHERE mac = ?")
-                .bind(hostname)
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(labels) = &change.labels {
-            sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
-                .bind(serde_json::to_string(labels).expect("labels serialize"))
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(pin) = &change.pin {
-            sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
-                .bind(pin.as_ref().map(|p| p.stream.clone()))
-                .bind(pin.as_ref().map(|p| p.number))
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(kind) = change.kind {
-            sqlx::query("UPDATE machines SET kind = ? WHERE mac = ?")
-                .bind(kind.as_str())
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?;
-        }
+        write_machine(&mut tx, mac, &change).await?;
         tx.commit().await?;
 
         // A machine seen only by DHCP so far is not in memory yet.
@@ -119,25 +154,7 @@ impl Inventory {
             if let Some(m) = loaded {
                 state.machines.entry(mac).or_insert(m);
             }
-            let m = state
-                .machines
-                .entry(mac)
-                .or_insert_with(|| Machine::new(mac));
-            if let Some(group) = change.group {
-                m.assigned = group;
-            }
-            if let Some(hostname) = change.hostname {
-                m.hostname = hostname;
-            }
-            if let Some(labels) = change.labels {
-                m.labels = labels;
-            }
-            if let Some(pin) = change.pin {
-                m.pin = pin;
-            }
-            if let Some(kind) = change.kind {
-                m.kind = kind;
-            }
+            apply_machine(&mut state, mac, change);
             // Labels and assignment decide the group: compute it again.
             state.regroup()
         };

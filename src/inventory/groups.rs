@@ -15,7 +15,7 @@ use crate::boot::{self, GenerationId};
 use crate::domain::MacAddr;
 use crate::ledger::now_ms;
 
-use super::{empty_group, load, Group, Inventory, InventoryError, Machine};
+use super::{empty_group, load, Group, Inventory, InventoryError, Machine, State};
 
 /// What an operator sets on a group. On create, `None` means the default
 /// (no description, no selector, no variables, no generation); on update,
@@ -50,7 +50,125 @@ fn listed(what: &str, macs: &[String]) -> String {
     text
 }
 
+/// A group's rows for `change`, inside the caller's transaction (`slot`:
+/// the architecture slot of `change.generation`).
+pub(super) async fn write_group(
+    conn: &mut sqlx::SqliteConnection,
+    name: &str,
+    change: &GroupChange,
+    slot: Option<&str>,
+    create: bool,
+    now: i64,
+) -> Result<(), InventoryError> {
+    let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    match (create, exists) {
+        (true, true) => return Err(InventoryError::GroupExists(name.into())),
+        (false, false) => return Err(InventoryError::NoSuchGroup(name.into())),
+        (true, false) => {
+            sqlx::query("INSERT INTO groups (name, updated_ms) VALUES (?, ?)")
+                .bind(name)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+        }
+        (false, true) => {}
+    }
+    if let Some(d) = &change.description {
+        sqlx::query("UPDATE groups SET description = ?, updated_ms = ? WHERE name = ?")
+            .bind(d)
+            .bind(now)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(sel) = &change.selector {
+        sqlx::query("UPDATE groups SET selector = ?, updated_ms = ? WHERE name = ?")
+            .bind(sel.as_ref().map(Selector::to_string))
+            .bind(now)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let Some(vars) = &change.variables {
+        sqlx::query("UPDATE groups SET variables = ?, updated_ms = ? WHERE name = ?")
+            .bind(vars.to_string())
+            .bind(now)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if let (Some(id), Some(slot)) = (&change.generation, slot) {
+        sqlx::query("UPDATE groups SET stream = ?, generation = ?, updated_ms = ? WHERE name = ?")
+            .bind(&id.stream)
+            .bind(id.number)
+            .bind(now)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+                "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+            )
+            .bind(name)
+            .bind(slot)
+            .bind(&id.stream)
+            .bind(id.number)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The memory side of [`write_group`], once it is committed (the caller
+/// regroups).
+pub(super) fn apply_group(
+    state: &mut State,
+    name: &str,
+    change: GroupChange,
+    slot: Option<String>,
+) -> Group {
+    let g = state
+        .groups
+        .entry(name.to_string())
+        .or_insert_with(|| empty_group(name));
+    if let Some(d) = change.description {
+        g.description = d;
+    }
+    if let Some(sel) = change.selector {
+        g.selector = sel;
+    }
+    if let Some(vars) = change.variables {
+        g.variables = vars;
+    }
+    if let (Some(id), Some(slot)) = (change.generation, slot) {
+        g.pointer = Some(id.clone());
+        g.by_arch.insert(slot, id);
+    }
+    g.clone()
+}
+
 impl Inventory {
+    /// The architecture slot a generation is held under in a group.
+    pub(super) fn slot_of(
+        &self,
+        id: Option<&GenerationId>,
+    ) -> Result<Option<String>, InventoryError> {
+        let Some(id) = id else { return Ok(None) };
+        let g = self
+            .generation(id)
+            .ok_or_else(|| InventoryError::NoSuchGeneration(id.clone()))?;
+        Ok(Some(boot::slot(
+            &g.manifest.arch,
+            g.manifest.is_installer(),
+        )))
+    }
+
     /// A machine's membership (why it is in its group), if it is known.
     pub fn membership(&self, mac: MacAddr) -> Option<Membership> {
         self.read().machines.get(&mac).map(|m| m.membership.clone())
@@ -94,103 +212,15 @@ impl Inventory {
         change: GroupChange,
         create: bool,
     ) -> Result<Group, InventoryError> {
-        let slot = match &change.generation {
-            Some(id) => {
-                let g = self
-                    .generation(id)
-                    .ok_or_else(|| InventoryError::NoSuchGeneration(id.clone()))?;
-                Some(boot::slot(&g.manifest.arch, g.manifest.is_installer()))
-            }
-            None => None,
-        };
+        let slot = self.slot_of(change.generation.as_ref())?;
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        match (create, exists) {
-            (true, true) => return Err(InventoryError::GroupExists(name.into())),
-            (false, false) => return Err(InventoryError::NoSuchGroup(name.into())),
-            (true, false) => {
-                sqlx::query("INSERT INTO groups (name, updated_ms) VALUES (?, ?)")
-                    .bind(name)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            (false, true) => {}
-        }
-        if let Some(d) = &change.description {
-            sqlx::query("UPDATE groups SET description = ?, updated_ms = ? WHERE name = ?")
-                .bind(d)
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(sel) = &change.selector {
-            sqlx::query("UPDATE groups SET selector = ?, updated_ms = ? WHERE name = ?")
-                .bind(sel.as_ref().map(Selector::to_string))
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(vars) = &change.variables {
-            sqlx::query("UPDATE groups SET variables = ?, updated_ms = ? WHERE name = ?")
-                .bind(vars.to_string())
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let (Some(id), Some(slot)) = (&change.generation, &slot) {
-            sqlx::query(
-                "UPDATE groups SET stream = ?, generation = ?, updated_ms = ? WHERE name = ?",
-            )
-            .bind(&id.stream)
-            .bind(id.number)
-            .bind(now)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
-            )
-            .bind(name)
-            .bind(slot)
-            .bind(&id.stream)
-            .bind(id.number)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        write_group(&mut tx, name, &change, slot.as_deref(), create, now).await?;
         tx.commit().await?;
 
         let (group, moved) = {
             let mut state = self.write();
-            let g = state
-                .groups
-                .entry(name.to_string())
-                .or_insert_with(|| empty_group(name));
-            if let Some(d) = change.description {
-                g.description = d;
-            }
-            if let Some(sel) = change.selector {
-                g.selector = sel;
-            }
-            if let Some(vars) = change.variables {
-                g.variables = vars;
-            }
-            if let (Some(id), Some(slot)) = (change.generation, slot) {
-                g.pointer = Some(id.clone());
-                g.by_arch.insert(slot, id);
-            }
-            let group = g.clone();
+            let group = apply_group(&mut state, name, change, slot);
             (group, state.regroup())
         };
         load::save_groups(&self.store, &moved).await?;

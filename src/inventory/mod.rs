@@ -8,6 +8,7 @@
 //! `BEGIN IMMEDIATE` transaction, and only then applied here, so memory never
 //! shows what the database does not hold.
 
+mod apply;
 mod edit;
 mod groups;
 pub use groups::GroupChange;
@@ -128,6 +129,20 @@ pub struct ScriptRequest {
     pub buildarch: Option<String>,
     pub platform: Option<String>,
     pub ip: Option<IpAddr>,
+}
+
+/// Where a request stands in a machine's boot, for the watchdog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Firmware or a loader asks (an iPXE script, a GRUB config, an ONIE
+    /// installer): the machine network-booted, so a boot served before and
+    /// never confirmed has failed.
+    Netboot,
+    /// The OS a boot installed asks, carrying that boot on (a switch's
+    /// network OS fetching its ZTP script after ONIE installed it): the open
+    /// boot has not failed; this request's confirmation is the one it waits
+    /// for.
+    CarriesOn,
 }
 
 /// Everything needed to render one boot's script and configs.
@@ -523,18 +538,20 @@ impl Inventory {
     /// Serves a script request: registers an unknown machine, decides its
     /// target, and opens a boot. Never waits on SQLite.
     pub fn begin_boot(&self, mac: MacAddr, req: &ScriptRequest) -> BootPlan {
-        self.begin_boot_as(mac, req, "ipxe", None)
+        self.begin_boot_as(mac, req, "ipxe", None, Stage::Netboot)
     }
 
     /// [`Inventory::begin_boot`] for another loader or client: `firmware`
     /// is recorded for a machine seen for the first time (`grub`, `onie`,
-    /// `ztp`); `kind` (a switch, for ONIE and ZTP) is recorded when given.
+    /// `ztp`); `kind` (a switch, for ONIE and ZTP) is recorded when given;
+    /// `stage` says whether an unconfirmed boot before it failed.
     pub fn begin_boot_as(
         &self,
         mac: MacAddr,
         req: &ScriptRequest,
         firmware: &str,
         kind: Option<MachineKind>,
+        stage: Stage,
     ) -> BootPlan {
         let now = now_ms();
         let token = new_secret();
@@ -562,8 +579,12 @@ impl Inventory {
             IdentityMatch::Mac => None,
         };
         state.machines.insert(mac, machine.clone());
+        if stage == Stage::CarriesOn {
+            state.fleet.carry_on(mac);
+        }
         // Rollouts and the watchdog have their say; the previous boot, if
-        // it never confirmed, is counted as failed first.
+        // it never confirmed (and this request does not carry it on), is
+        // counted as failed first.
         let (target, fleet) = state.fleet.boot(
             mac,
             &machine.group,
@@ -661,6 +682,7 @@ impl Inventory {
         req: &ScriptRequest,
         kind: Option<MachineKind>,
         port: Option<SwitchPort>,
+        stage: Stage,
     ) -> Decision {
         let port = port.or_else(|| self.ports.get().and_then(|lookup| lookup(mac)));
         let state = self.read();
@@ -668,6 +690,9 @@ impl Inventory {
         // Rollouts and the watchdog have their say as at a boot: the same
         // call, on a copy, so nothing they would record happens.
         let mut fleet = state.fleet.clone();
+        if stage == Stage::CarriesOn {
+            fleet.carry_on(mac);
+        }
         let (target, outcome) = fleet.boot(
             mac,
             &d.machine.group,

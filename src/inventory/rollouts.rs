@@ -46,6 +46,63 @@ impl From<sqlx::Error> for RolloutCommandError {
     }
 }
 
+/// Whether a member of a group would move in a rollout to an image with
+/// `manifest`: not pinned, of the right kind (a switch for an installer)
+/// and architecture. Memory knows best; a machine only the database knows
+/// (seen by DHCP since start) is judged by its row (`pinned`, `kind`).
+pub(super) fn follows(
+    state: &State,
+    mac: MacAddr,
+    pinned: bool,
+    kind: &str,
+    manifest: &crate::images::Manifest,
+) -> bool {
+    let (pinned, switch, arch) = match state.machines.get(&mac) {
+        Some(m) => (
+            m.pin.is_some(),
+            m.kind == MachineKind::Switch,
+            m.arch.clone(),
+        ),
+        None => (pinned, kind == "switch", None),
+    };
+    let fits = arch
+        .as_deref()
+        .is_none_or(|a| boot::same_arch(a, &manifest.arch));
+    !pinned && switch == manifest.is_installer() && fits
+}
+
+/// Where a rollout of `group` to `to` starts: the group's generation for
+/// `to`'s architecture slot.
+pub(super) fn rollout_from(
+    state: &State,
+    group: &super::Group,
+    to: &super::Generation,
+) -> Result<GenerationId, RolloutCommandError> {
+    let installer = to.manifest.is_installer();
+    let arch = &to.manifest.arch;
+    let slot = boot::slot(arch, installer);
+    let facts = GroupFacts {
+        name: group.name.clone(),
+        pointer: group.pointer.clone(),
+        by_arch: group.by_arch.clone().into_iter().collect(),
+    };
+    facts
+        .pointer_for(Some(arch), installer)
+        .cloned()
+        .filter(|g| {
+            state
+                .generations
+                .get(g)
+                .is_some_and(|g| boot::slot(&g.manifest.arch, g.manifest.is_installer()) == slot)
+        })
+        .ok_or_else(|| {
+            RolloutCommandError::NoStartingPoint(format!(
+                "group {} has no {slot} generation to roll out from; point it at one first",
+                group.name
+            ))
+        })
+}
+
 impl Inventory {
     /// The watchdog's policy and the reboot hook's queue (once, at start).
     pub fn configure_rollouts(&self, policy: Policy, reboots: tokio::sync::mpsc::Sender<Job>) {
@@ -166,25 +223,7 @@ impl Inventory {
         let group = self
             .group(&req.group)
             .ok_or_else(|| RolloutCommandError::NoSuchGroup(req.group.clone()))?;
-        let facts = GroupFacts {
-            name: group.name.clone(),
-            pointer: group.pointer.clone(),
-            by_arch: group.by_arch.clone().into_iter().collect(),
-        };
-        let from = facts
-            .pointer_for(Some(&arch), installer)
-            .cloned()
-            .filter(|g| {
-                self.generation(g).is_some_and(|g| {
-                    boot::slot(&g.manifest.arch, g.manifest.is_installer()) == slot
-                })
-            })
-            .ok_or_else(|| {
-                RolloutCommandError::NoStartingPoint(format!(
-                    "group {} has no {slot} generation to roll out from; point it at one first",
-                    req.group
-                ))
-            })?;
+        let from = rollout_from(&self.read(), &group, &to)?;
         let rows: Vec<(String, Option<String>, String)> =
             sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = ?")
                 .bind(&req.group)
@@ -199,18 +238,7 @@ impl Inventory {
                 .into_iter()
                 .filter_map(|(mac, pin, kind)| {
                     let mac: MacAddr = mac.parse().ok()?;
-                    let (pinned, switch, arch) = match state.machines.get(&mac) {
-                        Some(m) => (
-                            m.pin.is_some(),
-                            m.kind == MachineKind::Switch,
-                            m.arch.clone(),
-                        ),
-                        None => (pin.is_some(), kind == "switch", None),
-                    };
-                    let fits = arch
-                        .as_deref()
-                        .is_none_or(|a| boot::same_arch(a, &to.manifest.arch));
-                    (!pinned && switch == installer && fits).then_some(mac)
+                    follows(&state, mac, pin.is_some(), &kind, &to.manifest).then_some(mac)
                 })
                 .collect();
             members

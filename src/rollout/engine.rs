@@ -301,6 +301,16 @@ impl Fleet {
         out.persist.health.push(row);
     }
 
+    /// The OS a boot installed carries it on (a switch's network OS asks
+    /// for its ZTP script after ONIE installed it): the open boot has not
+    /// failed and is closed without counting; the request being served
+    /// opens the boot whose confirmation counts. `true` if one was open.
+    pub fn carry_on(&mut self, mac: MacAddr) -> bool {
+        self.health
+            .get_mut(&mac)
+            .is_some_and(|h| h.open.take().is_some())
+    }
+
     /// A machine asks for its boot script: counts the previous boot as
     /// failed if it never confirmed, then decides what it boots, starting
     /// from `base` (pin or group pointer): a rollout's B for a moved

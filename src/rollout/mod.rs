@@ -445,6 +445,47 @@ impl std::str::FromStr for Canary {
     }
 }
 
+/// A canary as JSON carries it (the API's body, a fleet file's `canary`):
+/// a count (`1`), a share (`"10%"`) or a list of MACs.
+pub fn canary_from_json(v: &serde_json::Value) -> Result<Canary, String> {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .map(|n| Canary::Count(n as usize))
+            .ok_or_else(|| "a count must be a whole number".to_string()),
+        Value::String(s) => s.parse(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                i.as_str()
+                    .and_then(|m| m.parse::<MacAddr>().ok())
+                    .ok_or_else(|| format!("{i} is not a MAC address"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Canary::Machines),
+        other => Err(format!("{other}: expected 1, \"10%\" or a list of MACs")),
+    }
+}
+
+/// Steps as JSON carries them: `"50%,100%"` or `["50%", 100]`.
+pub fn steps_from_json(v: &serde_json::Value) -> Result<Vec<u8>, String> {
+    use serde_json::Value;
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    parse_steps(&text)
+}
+
 /// `10%,50%,100%` (the `%` optional) → `[10, 50, 100]`.
 pub fn parse_steps(text: &str) -> Result<Vec<u8>, String> {
     text.split(',')

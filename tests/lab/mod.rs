@@ -1,4 +1,4 @@
-//! The end-to-end lab shared by `tests/e2e.rs` and `tests/e2e_boot.rs`:
+//! The end-to-end lab shared by the `tests/e2e*.rs` tests:
 //! network namespaces this test creates, a bridge `br0` (10.77.0.1/24) with
 //! taps for QEMU guests, a veth to a client namespace, `ironboot serve` in
 //! full DHCP mode, and the processes, each started as
@@ -14,6 +14,10 @@
 //! Requirements missing, a test prints why and passes as skipped, unless
 //! `IRONBOOT_E2E=require`, where it fails.
 #![allow(dead_code)]
+
+pub mod live;
+#[allow(unused_imports)] // tests/e2e.rs boots no live OS
+pub use live::*;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -49,6 +53,17 @@ pub enum Firmware {
     /// firmware's own UEFI HTTP boot (DHCP opt 60 `HTTPClient`, arch 16),
     /// which loads `ipxe.efi` from the URL the DHCP reply gives.
     UefiHttp,
+}
+
+/// What QEMU does when the guest reboots (`reboot`, or a kernel panic with
+/// `panic=N` on the command line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnReboot {
+    /// `-no-reboot`: QEMU exits, as after a power-off.
+    Exit,
+    /// The machine resets and network-boots again, as a real server does;
+    /// QEMU still exits when the guest powers off.
+    Reset,
 }
 
 /// Links (or copies) the `ironboot` cargo built into `dir`.
@@ -581,6 +596,22 @@ hostname = "node1"
         started.elapsed()
     }
 
+    /// Stops `ironboot serve` with SIGTERM (after closing the read-only
+    /// database) and asserts it exited 0 within 15 s.
+    pub fn stop_server_cleanly(&mut self) {
+        if let Some(pool) = self.db.take() {
+            self.rt.block_on(pool.close());
+        }
+        let server = self.server.as_mut().expect("server started");
+        let status = server.stop(Duration::from_secs(15));
+        assert!(
+            matches!(status, Some(s) if s.success()),
+            "ironboot did not stop cleanly on SIGTERM ({status:?})\n{}",
+            tail(&self.server_log(), 30)
+        );
+        self.server = None;
+    }
+
     /// GET from inside the server namespace with busybox wget (bounded by
     /// `timeout`: busybox 1.35's `wget -T` segfaults).
     pub fn http(&self, path: &str) -> Option<String> {
@@ -667,6 +698,20 @@ hostname = "node1"
         firmware: Firmware,
         memory_mb: u32,
     ) -> Vm {
+        self.start_vm_rebooting(name, tap, mac, firmware, memory_mb, OnReboot::Exit)
+    }
+
+    /// [`Lab::start_vm_with`], with the guest's reboots handled as `reboot`
+    /// says.
+    pub fn start_vm_rebooting(
+        &self,
+        name: &str,
+        tap: &str,
+        mac: &str,
+        firmware: Firmware,
+        memory_mb: u32,
+        reboot: OnReboot,
+    ) -> Vm {
         let memory = memory_mb.to_string();
         let serial = self.dir.join(format!("{name}.serial.log"));
         let _ = fs::write(&serial, b"");
@@ -682,7 +727,6 @@ hostname = "node1"
             &serial_arg,
             "-boot",
             "order=n,reboot-timeout=1000",
-            "-no-reboot",
             "-netdev",
             &netdev,
         ];
@@ -716,6 +760,9 @@ hostname = "node1"
             }
         }
         args.extend(common.map(String::from));
+        if reboot == OnReboot::Exit {
+            args.push("-no-reboot".into());
+        }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let proc = self.spawn(
             name,

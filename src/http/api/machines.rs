@@ -413,42 +413,15 @@ pub struct MachinePatch {
     pub kind: Option<String>,
 }
 
-/// Letters, digits and `-_./:`, 1-63 of them: what selectors can name.
+/// Letters, digits and `-_./:`, 1-63 of them: what selectors can name
+/// (the same check `ironboot apply` makes).
 fn valid_label_part(field: &'static str, text: &str) -> ApiResult<()> {
-    let ok = !text.is_empty()
-        && text.len() <= 63
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            field,
-            format!("label {text:?}: 1-63 letters, digits, '-', '_', '.', '/' or ':'"),
-        ))
-    }
+    crate::desired::plan::check_label_part(text).map_err(|e| ApiError::bad(field, e))
 }
 
 /// A DNS name: dot-separated labels of letters, digits and inner hyphens.
 fn valid_hostname(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            "hostname",
-            format!("{name:?} is not a host name (letters, digits, '-', dot-separated)"),
-        ))
-    }
+    crate::desired::plan::check_hostname(name).map_err(|e| ApiError::bad("hostname", e))
 }
 
 impl MachinePatch {

@@ -7,7 +7,7 @@
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! pins), [`history`] (boots and events, the live event stream), [`images`]
 //! (artifacts, streams, generations, gc), [`groups`] (groups and their
-//! generation pointers), [`leases`], [`tokens`]. This file holds what
+//! generation pointers), [`leases`], [`tokens`], [`apply`] (desired state). This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -33,6 +33,7 @@
 //! 4. Add `mod NAME;` and `.merge(NAME::routes())` in [`api_routes`].
 //!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
+mod apply;
 mod etag;
 mod explain;
 mod groups;
@@ -106,6 +107,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(explain::routes())
         .merge(templates::routes())
         .merge(rollouts::routes())
+        .merge(apply::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`
@@ -191,7 +193,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
-    field: Option<&'static str>,
+    field: Option<String>,
 }
 
 impl ApiError {
@@ -204,9 +206,10 @@ impl ApiError {
         }
     }
 
-    /// The request field at fault.
-    pub fn with_field(mut self, field: &'static str) -> Self {
-        self.field = Some(field);
+    /// The request field at fault (a body key, or a path in the body such
+    /// as `groups.web.stream`).
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
         self
     }
 
@@ -223,7 +226,7 @@ impl ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid",
             message: message.into(),
-            field: Some(field),
+            field: Some(field.into()),
         }
     }
 
@@ -243,7 +246,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.into(),
                 message: self.message,
-                field: self.field.map(Into::into),
+                field: self.field,
             },
         };
         (self.status, Json(body)).into_response()
@@ -432,19 +435,7 @@ fn parse_digest(text: &str) -> ApiResult<Digest> {
 }
 
 fn valid_name(field: &'static str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(
-            field,
-            format!("{name:?} must be 1-63 letters, digits, '-', '_' or '.'"),
-        ))
-    }
+    crate::desired::plan::check_group_name(name).map_err(|e| ApiError::bad(field, e))
 }
 
 #[cfg(test)]

@@ -185,42 +185,11 @@ pub struct WatchdogView {
 }
 
 fn parse_canary(v: &Value) -> ApiResult<Canary> {
-    match v {
-        Value::Number(n) => n
-            .as_u64()
-            .map(|n| Canary::Count(n as usize))
-            .ok_or_else(|| ApiError::bad("canary", "a count must be a whole number")),
-        Value::String(s) => s.parse().map_err(|e: String| ApiError::bad("canary", e)),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .and_then(|m| m.parse::<MacAddr>().ok())
-                    .ok_or_else(|| ApiError::bad("canary", format!("{i} is not a MAC address")))
-            })
-            .collect::<ApiResult<Vec<_>>>()
-            .map(Canary::Machines),
-        other => Err(ApiError::bad(
-            "canary",
-            format!("{other}: expected 1, \"10%\" or a list of MACs"),
-        )),
-    }
+    crate::rollout::canary_from_json(v).map_err(|e| ApiError::bad("canary", e))
 }
 
 fn parse_steps(v: &Value) -> ApiResult<Vec<u8>> {
-    let text = match v {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    };
-    crate::rollout::parse_steps(&text).map_err(|e| ApiError::bad("steps", e))
+    crate::rollout::steps_from_json(v).map_err(|e| ApiError::bad("steps", e))
 }
 
 impl StartBody {

@@ -125,6 +125,7 @@ async fn render_for_machine(
         },
         None,
         None,
+        crate::inventory::Stage::Netboot,
     );
     Ok(Json(Rendered {
         mac: mac.to_string(),

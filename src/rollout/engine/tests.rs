@@ -93,6 +93,29 @@ fn a_canary_that_netboots_again_gets_a_in_that_same_boot_and_the_failed_boot_is_
 }
 
 #[test]
+fn a_switch_whose_network_os_asks_for_ztp_carries_on_the_installer_boot() {
+    // ONIE fetches B's installer (a boot of B opens), installs, reboots into
+    // the network OS, whose ZTP request carries that boot on: no failure,
+    // still B, and the rollout keeps waiting for the confirmation.
+    let mut fleet = Fleet::default();
+    let id = started(&mut fleet, true);
+    let (t, _) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
+    assert_eq!(served(&t).0, 42);
+    assert!(fleet.carry_on(mac(1)), "the installer's boot was open");
+    let (t, out) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 11, 2 * MIN);
+    assert_eq!(served(&t), (42, Source::Rollout));
+    assert!(out.persist.failed_boots.is_empty(), "{:?}", out.notes);
+    assert_eq!(fleet.rollout(id).unwrap().state_key(), "running");
+    assert_eq!(
+        fleet.health(mac(1)).open.map(|o| o.boot_id),
+        Some(Some(11)),
+        "the ZTP boot is the one whose confirmation counts"
+    );
+    // Nothing open: carrying on is a no-op.
+    assert!(!fleet.carry_on(mac(9)));
+}
+
+#[test]
 fn without_rollback_the_rollout_stops_on_b_and_keeps_holding_the_group() {
     let mut fleet = Fleet::default();
     let id = started(&mut fleet, false);

@@ -1,0 +1,988 @@
+//! The plan: desired [`Document`] + [`Current`] state → the changes that
+//! make the server match, or the first invalid reference with its path.
+//! Pure (no I/O, no clock): `--dry-run` shows exactly what apply does.
+//!
+//! Rules:
+//!
+//! - A field absent from the document is left as it is; nothing is
+//!   deleted. `labels` and `variables` replace the whole set.
+//! - A group not on the server is created, with its generation pointer.
+//! - A changed generation of an existing group becomes a rollout (with the
+//!   file's strategy, default canary 1) when machines follow its old
+//!   pointer for that architecture after the file's own label and group
+//!   changes; with no such machines, or no old pointer, the pointer moves.
+//! - A group held by a rollout toward the file's generation is no change;
+//!   toward another, a conflict: finish or abort it first.
+//! - Applying the plan's result again plans nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{group_path, machine_path, Document, GroupSpec, MachineSpec, RolloutSpec};
+use crate::boot::loader::Loader;
+use crate::boot::membership::{self, Claim, DEFAULT_GROUP};
+use crate::boot::select::Selector;
+use crate::boot::{self, GenerationId, GroupFacts};
+use crate::domain::{MacAddr, MachineKind};
+use crate::inventory::{GroupChange, MachineChange, StartRollout};
+use crate::rollout::{Canary, Require, Strategy};
+
+/// What the plan needs to know about the server.
+#[derive(Debug, Clone, Default)]
+pub struct Current {
+    pub groups: BTreeMap<String, CurrentGroup>,
+    pub machines: BTreeMap<MacAddr, CurrentMachine>,
+    pub generations: BTreeMap<GenerationId, GenerationFacts>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CurrentGroup {
+    pub description: String,
+    pub selector: Option<Selector>,
+    pub variables: Value,
+    /// The pointer set last.
+    pub pointer: Option<GenerationId>,
+    /// Its generation per architecture slot.
+    pub by_arch: BTreeMap<String, GenerationId>,
+    /// The rollout holding the group (running, paused or stopped): id, target.
+    pub holding: Option<(i64, GenerationId)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CurrentMachine {
+    pub hostname: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub assigned: Option<String>,
+    pub pin: Option<GenerationId>,
+    pub kind: MachineKind,
+    /// The architecture its loader runs, when known.
+    pub arch: Option<String>,
+}
+
+impl Default for CurrentMachine {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            labels: BTreeMap::new(),
+            assigned: None,
+            pin: None,
+            kind: MachineKind::Server,
+            arch: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationFacts {
+    pub arch: String,
+    pub installer: bool,
+}
+
+/// Why a document cannot be applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A value is malformed (400).
+    Invalid,
+    /// A value names something the server does not have (422).
+    UnknownReference,
+    /// The server's state forbids it now (409).
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlanError {
+    pub kind: ErrorKind,
+    /// The field path in the document (`groups.web.stream`).
+    pub path: String,
+    pub message: String,
+}
+
+fn invalid(path: impl Into<String>, message: impl Into<String>) -> PlanError {
+    PlanError {
+        kind: ErrorKind::Invalid,
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn unknown(path: impl Into<String>, message: impl Into<String>) -> PlanError {
+    PlanError {
+        kind: ErrorKind::UnknownReference,
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+/// One field of a resource, before and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldDiff {
+    pub field: &'static str,
+    pub from: Value,
+    pub to: Value,
+}
+
+/// What a change does when applied.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `more`: pointers for further architecture slots, set after
+    /// `change` (whose `generation` is the first).
+    CreateGroup {
+        name: String,
+        change: GroupChange,
+        more: Vec<GenerationId>,
+    },
+    UpdateGroup {
+        name: String,
+        change: GroupChange,
+        more: Vec<GenerationId>,
+    },
+    UpdateMachine {
+        mac: MacAddr,
+        change: MachineChange,
+    },
+    StartRollout(StartRollout),
+}
+
+/// One change, as shown and as applied.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The document path it comes from (`groups.web`).
+    pub path: String,
+    /// One line for people: `+ group web: …`, `~ machine …: …`,
+    /// `rollout group web: …`.
+    pub text: String,
+    pub fields: Vec<FieldDiff>,
+    /// For a rollout: how many machines it would move.
+    pub members: Option<usize>,
+    pub action: Action,
+}
+
+impl Change {
+    /// `create`, `update` or `rollout`.
+    pub fn op(&self) -> &'static str {
+        match self.action {
+            Action::CreateGroup { .. } => "create",
+            Action::UpdateGroup { .. } | Action::UpdateMachine { .. } => "update",
+            Action::StartRollout(_) => "rollout",
+        }
+    }
+
+    /// `group` or `machine`, and its name.
+    pub fn resource(&self) -> (&'static str, String) {
+        match &self.action {
+            Action::CreateGroup { name, .. } | Action::UpdateGroup { name, .. } => {
+                ("group", name.clone())
+            }
+            Action::StartRollout(r) => ("group", r.group.clone()),
+            Action::UpdateMachine { mac, .. } => ("machine", mac.to_string()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Checks shared with the YAML reader (which runs them to name the line).
+// ---------------------------------------------------------------------------
+
+/// A group or stream name: 1-63 letters, digits, `-`, `_`, `.`.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1-63 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// A label key or value: what selectors can name.
+pub fn check_label_part(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {text:?}: 1-63 letters, digits, '-', '_', '.', '/' or ':'"
+        ))
+    }
+}
+
+/// A DNS name.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a host name (letters, digits, '-', dot-separated)"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation: every value and every reference, before anything is planned.
+// ---------------------------------------------------------------------------
+
+/// A group's fields, checked.
+struct CheckedGroup<'a> {
+    name: &'a str,
+    spec: &'a GroupSpec,
+    selector: Option<Option<Selector>>,
+    /// The generations it should boot, one per architecture slot, each
+    /// with its path in the document.
+    targets: Vec<(String, GenerationId, GenerationFacts)>,
+    rollout: Rollout,
+}
+
+/// A rollout strategy, checked.
+#[derive(Debug, Clone)]
+struct Rollout {
+    strategy: Strategy,
+    timeout_ms: i64,
+    timeout_text: String,
+    require: Option<Require>,
+    rollback: bool,
+}
+
+fn generation_ref(
+    cur: &Current,
+    path: &str,
+    stream: &str,
+    number: i64,
+) -> Result<(GenerationId, GenerationFacts), PlanError> {
+    check_group_name(stream)
+        .map_err(|e| invalid(format!("{path}.stream"), format!("stream {e}")))?;
+    let id = GenerationId::new(stream, number);
+    if let Some(facts) = cur.generations.get(&id) {
+        return Ok((id, facts.clone()));
+    }
+    let latest = cur
+        .generations
+        .keys()
+        .filter(|g| g.stream == stream)
+        .map(|g| g.number)
+        .max();
+    Err(match latest {
+        None => unknown(
+            format!("{path}.stream"),
+            format!("stream {stream:?} does not exist (import an image into it first)"),
+        ),
+        Some(latest) => unknown(
+            format!("{path}.generation"),
+            format!("{id} does not exist (the latest of {stream} is {latest})"),
+        ),
+    })
+}
+
+fn check_rollout(path: &str, spec: Option<&RolloutSpec>) -> Result<Rollout, PlanError> {
+    let default = RolloutSpec::default();
+    let r = spec.unwrap_or(&default);
+    let p = |f: &str| format!("{path}.rollout.{f}");
+    let strategy = match r.strategy.as_deref().unwrap_or("canary") {
+        "canary" => Strategy::Canary {
+            canary: match &r.canary {
+                None => Canary::Count(1),
+                Some(v) => {
+                    crate::rollout::canary_from_json(v).map_err(|e| invalid(p("canary"), e))?
+                }
+            },
+            steps: match &r.steps {
+                None => Vec::new(),
+                Some(v) => {
+                    crate::rollout::steps_from_json(v).map_err(|e| invalid(p("steps"), e))?
+                }
+            },
+        },
+        "blue_green" | "blue-green" => {
+            if r.canary.is_some() || r.steps.is_some() {
+                return Err(invalid(
+                    p("strategy"),
+                    "blue_green takes no canary or steps (the idle half goes first)",
+                ));
+            }
+            Strategy::BlueGreen
+        }
+        other => {
+            return Err(invalid(
+                p("strategy"),
+                format!("{other:?}: expected canary or blue_green"),
+            ))
+        }
+    };
+    let timeout_text = r.timeout.clone().unwrap_or_else(|| "10m".into());
+    let timeout = humantime::parse_duration(timeout_text.trim()).map_err(|e| {
+        invalid(
+            p("timeout"),
+            format!("{timeout_text:?} is not a duration like \"10m\": {e}"),
+        )
+    })?;
+    let timeout_ms = i64::try_from(timeout.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| invalid(p("timeout"), format!("{timeout_text:?} is out of range")))?;
+    let require = r
+        .require
+        .as_deref()
+        .map(str::parse::<Require>)
+        .transpose()
+        .map_err(|e| invalid(p("require"), e))?;
+    Ok(Rollout {
+        strategy,
+        timeout_ms,
+        timeout_text,
+        require,
+        rollback: r.rollback.unwrap_or(true),
+    })
+}
+
+fn check_group<'a>(
+    cur: &Current,
+    name: &'a str,
+    spec: &'a GroupSpec,
+) -> Result<CheckedGroup<'a>, PlanError> {
+    let path = group_path(name, None);
+    check_group_name(name).map_err(|e| invalid(&path, format!("group {e}")))?;
+    if let Some(d) = &spec.description {
+        if d.chars().count() > 1024 || d.chars().any(|c| c.is_control() && c != '\n') {
+            return Err(invalid(
+                format!("{path}.description"),
+                "at most 1024 characters, no control characters but newlines",
+            ));
+        }
+    }
+    let selector = match &spec.selector {
+        Some(Some(text)) => {
+            if name == DEFAULT_GROUP {
+                return Err(invalid(
+                    format!("{path}.selector"),
+                    "default holds the machines no group claims; it takes no selector",
+                ));
+            }
+            let parsed: Selector =
+                text.parse()
+                    .map_err(|e: crate::boot::select::SelectorError| {
+                        invalid(format!("{path}.selector"), e.to_string())
+                    })?;
+            Some(Some(parsed))
+        }
+        Some(None) => Some(None),
+        None => None,
+    };
+    if let Some(vars) = &spec.variables {
+        if let Some(loader) = vars.get("loader") {
+            if loader
+                .as_str()
+                .and_then(|l| l.parse::<Loader>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    format!("{path}.variables.loader"),
+                    format!("{loader} is not a loader (\"ipxe\" or \"grub\")"),
+                ));
+            }
+        }
+        if let Some(identity) = vars.get("identity") {
+            if !matches!(identity.as_str(), Some("port" | "mac")) {
+                return Err(invalid(
+                    format!("{path}.variables.identity"),
+                    format!("{identity} is not an identity (\"port\" or \"mac\")"),
+                ));
+            }
+        }
+    }
+    let mut targets = Vec::new();
+    match (&spec.stream, spec.generation, &spec.generations) {
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{path}.generations"),
+                "give stream and generation, or generations, not both",
+            ))
+        }
+        (Some(stream), Some(n), None) => {
+            let (id, facts) = generation_ref(cur, &path, stream, n)?;
+            targets.push((format!("{path}.generation"), id, facts));
+        }
+        (None, None, Some(list)) => {
+            for (i, g) in list.iter().enumerate() {
+                let p = format!("{path}.generations.{i}");
+                let (id, facts) = generation_ref(cur, &p, &g.stream, g.generation)?;
+                let slot = boot::slot(&facts.arch, facts.installer);
+                if let Some((_, other, _)) =
+                    targets
+                        .iter()
+                        .find(|(_, _, f): &&(String, GenerationId, GenerationFacts)| {
+                            boot::slot(&f.arch, f.installer) == slot
+                        })
+                {
+                    return Err(invalid(
+                        p,
+                        format!("{id} and {other} are both {slot} images; a group boots one generation per architecture"),
+                    ));
+                }
+                targets.push((p, id, facts));
+            }
+        }
+        (None, None, None) => {}
+        (Some(_), None, None) => {
+            return Err(invalid(
+                format!("{path}.stream"),
+                "stream without generation",
+            ))
+        }
+        (None, Some(_), None) => {
+            return Err(invalid(
+                format!("{path}.generation"),
+                "generation without stream",
+            ))
+        }
+    }
+    let rollout = check_rollout(&path, spec.rollout.as_ref())?;
+    Ok(CheckedGroup {
+        name,
+        spec,
+        selector,
+        targets,
+        rollout,
+    })
+}
+
+fn check_machine(
+    cur: &Current,
+    doc: &Document,
+    key: &str,
+    spec: &MachineSpec,
+) -> Result<(MacAddr, MachineChange), PlanError> {
+    let path = machine_path(key, None);
+    let mac: MacAddr = key
+        .parse()
+        .map_err(|e: crate::domain::MacParseError| invalid(&path, e.to_string()))?;
+    if !cur.machines.contains_key(&mac) {
+        return Err(unknown(
+            &path,
+            format!("machine {mac} is not known to the server (it is registered when it first DHCPs or boots)"),
+        ));
+    }
+    if let Some(Some(h)) = &spec.hostname {
+        check_hostname(h).map_err(|e| invalid(format!("{path}.hostname"), e))?;
+    }
+    if let Some(labels) = &spec.labels {
+        for (k, v) in labels {
+            let p = format!("{path}.labels.{k}");
+            check_label_part(k).map_err(|e| invalid(&p, e))?;
+            check_label_part(v).map_err(|e| invalid(&p, e))?;
+        }
+    }
+    if let Some(Some(g)) = &spec.group {
+        let p = format!("{path}.group");
+        check_group_name(g).map_err(|e| invalid(&p, format!("group {e}")))?;
+        if !doc.groups.contains_key(g) && !cur.groups.contains_key(g) {
+            return Err(unknown(
+                p,
+                format!("group {g} is neither in the file nor on the server"),
+            ));
+        }
+    }
+    let pin = match &spec.pin {
+        Some(Some(p)) => Some(Some(
+            generation_ref(cur, &format!("{path}.pin"), &p.stream, p.generation)?.0,
+        )),
+        Some(None) => Some(None),
+        None => None,
+    };
+    let kind = match &spec.kind {
+        Some(k) => Some(
+            k.parse::<MachineKind>()
+                .map_err(|e| invalid(format!("{path}.kind"), e))?,
+        ),
+        None => None,
+    };
+    Ok((
+        mac,
+        MachineChange {
+            hostname: spec.hostname.clone(),
+            labels: spec.labels.clone(),
+            group: spec.group.clone(),
+            pin,
+            kind,
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// The plan
+// ---------------------------------------------------------------------------
+
+fn gen_json(g: Option<&GenerationId>) -> Value {
+    match g {
+        Some(g) => json!({ "stream": g.stream, "generation": g.number }),
+        None => Value::Null,
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(o) if o.contains_key("stream") && o.contains_key("generation") => {
+            format!(
+                "{} gen {}",
+                o["stream"].as_str().unwrap_or("?"),
+                o["generation"]
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `selector "a" -> "b"`, `description "x"` (on create).
+fn describe(fields: &[FieldDiff], create: bool) -> String {
+    fields
+        .iter()
+        .map(|f| {
+            if f.field == "labels" {
+                return format!("labels {}", label_diff(&f.from, &f.to));
+            }
+            if create {
+                format!("{} {}", f.field, shown(&f.to))
+            } else {
+                format!("{} {} -> {}", f.field, shown(&f.from), shown(&f.to))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `+rack=r1 -old=x ~role=a->b`.
+fn label_diff(from: &Value, to: &Value) -> String {
+    let empty = serde_json::Map::new();
+    let from = from.as_object().unwrap_or(&empty);
+    let to = to.as_object().unwrap_or(&empty);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let mut parts = Vec::new();
+    for (k, v) in to {
+        match from.get(k) {
+            None => parts.push(format!("+{k}={}", text(v))),
+            Some(old) if old != v => parts.push(format!("~{k}={}->{}", text(old), text(v))),
+            Some(_) => {}
+        }
+    }
+    for (k, v) in from {
+        if !to.contains_key(k) {
+            parts.push(format!("-{k}={}", text(v)));
+        }
+    }
+    parts.join(" ")
+}
+
+fn strategy_text(r: &Rollout) -> String {
+    let mut parts = match &r.strategy {
+        Strategy::BlueGreen => vec!["blue/green".to_string()],
+        Strategy::Canary { canary, steps } => {
+            let canary = match canary {
+                Canary::Count(n) => n.to_string(),
+                Canary::Percent(p) => format!("{p}%"),
+                Canary::Machines(m) => m
+                    .iter()
+                    .map(MacAddr::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            let mut v = vec![format!("canary {canary}")];
+            if !steps.is_empty() {
+                v.push(format!(
+                    "steps {}",
+                    steps
+                        .iter()
+                        .map(|s| format!("{s}%"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+            v
+        }
+    };
+    parts.push(format!("timeout {}", r.timeout_text.trim()));
+    if let Some(q) = &r.require {
+        parts.push(format!("require {}={}", q.key, q.value));
+    }
+    if !r.rollback {
+        parts.push("no rollback".into());
+    }
+    parts.join(", ")
+}
+
+/// The machines as they will be once the document's edits are applied.
+fn machines_after(
+    cur: &Current,
+    edits: &BTreeMap<MacAddr, MachineChange>,
+) -> BTreeMap<MacAddr, CurrentMachine> {
+    let mut all = cur.machines.clone();
+    for (mac, c) in edits {
+        let Some(m) = all.get_mut(mac) else { continue };
+        if let Some(l) = &c.labels {
+            m.labels = l.clone();
+        }
+        if let Some(g) = &c.group {
+            m.assigned = g.clone();
+        }
+        if let Some(p) = &c.pin {
+            m.pin = p.clone();
+        }
+        if let Some(k) = c.kind {
+            m.kind = k;
+        }
+    }
+    all
+}
+
+/// Computes the changes that make `cur` match `doc`.
+pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
+    let groups = doc
+        .groups
+        .iter()
+        .map(|(name, spec)| check_group(cur, name, spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut machine_edits = BTreeMap::new();
+    for (key, spec) in &doc.machines {
+        let (mac, change) = check_machine(cur, doc, key, spec)?;
+        if machine_edits.insert(mac, change).is_some() {
+            return Err(invalid(
+                machine_path(key, None),
+                format!("machine {mac} is listed twice"),
+            ));
+        }
+    }
+
+    // Selectors as they will be, for the memberships rollouts depend on.
+    let mut selectors: BTreeMap<&str, Option<Selector>> = cur
+        .groups
+        .iter()
+        .map(|(n, g)| (n.as_str(), g.selector.clone()))
+        .collect();
+    for g in &groups {
+        match &g.selector {
+            Some(s) => {
+                selectors.insert(g.name, s.clone());
+            }
+            None => {
+                selectors.entry(g.name).or_insert(None);
+            }
+        }
+    }
+    let after = machines_after(cur, &machine_edits);
+    let members_of = |group: &str, to: &GenerationFacts| -> usize {
+        let claims: Vec<Claim<'_>> = selectors
+            .iter()
+            .filter_map(|(g, s)| s.as_ref().map(|selector| Claim { group: g, selector }))
+            .collect();
+        after
+            .values()
+            .filter(|m| {
+                membership::resolve(m.assigned.as_deref(), &m.labels, claims.iter().copied())
+                    .group()
+                    == group
+                    && m.pin.is_none()
+                    && (m.kind == MachineKind::Switch) == to.installer
+                    && m.arch
+                        .as_deref()
+                        .is_none_or(|a| boot::same_arch(a, &to.arch))
+            })
+            .count()
+    };
+
+    let mut changes = Vec::new();
+    let mut rollouts = Vec::new();
+    for g in &groups {
+        let path = group_path(g.name, None);
+        let Some(current) = cur.groups.get(g.name) else {
+            let mut fields = Vec::new();
+            if let Some(d) = &g.spec.description {
+                fields.push(FieldDiff {
+                    field: "description",
+                    from: Value::Null,
+                    to: json!(d),
+                });
+            }
+            if let Some(Some(s)) = &g.selector {
+                fields.push(FieldDiff {
+                    field: "selector",
+                    from: Value::Null,
+                    to: json!(s.to_string()),
+                });
+            }
+            if let Some(v) = &g.spec.variables {
+                fields.push(FieldDiff {
+                    field: "variables",
+                    from: Value::Null,
+                    to: Value::Object(v.clone()),
+                });
+            }
+            for (_, id, _) in &g.targets {
+                fields.push(FieldDiff {
+                    field: "generation",
+                    from: Value::Null,
+                    to: gen_json(Some(id)),
+                });
+            }
+            let text = if fields.is_empty() {
+                format!("+ group {}", g.name)
+            } else {
+                format!("+ group {}: {}", g.name, describe(&fields, true))
+            };
+            changes.push(Change {
+                path,
+                text,
+                fields,
+                members: None,
+                action: Action::CreateGroup {
+                    name: g.name.to_string(),
+                    change: GroupChange {
+                        description: g.spec.description.clone(),
+                        selector: g.selector.clone().flatten().map(Some),
+                        variables: g.spec.variables.clone().map(Value::Object),
+                        generation: g.targets.first().map(|(_, id, _)| id.clone()),
+                    },
+                    more: g
+                        .targets
+                        .iter()
+                        .skip(1)
+                        .map(|(_, id, _)| id.clone())
+                        .collect(),
+                },
+            });
+            continue;
+        };
+        let mut fields = Vec::new();
+        let mut change = GroupChange::default();
+        if let Some(d) = &g.spec.description {
+            if *d != current.description {
+                fields.push(FieldDiff {
+                    field: "description",
+                    from: json!(current.description),
+                    to: json!(d),
+                });
+                change.description = Some(d.clone());
+            }
+        }
+        if let Some(s) = &g.selector {
+            if *s != current.selector {
+                let text =
+                    |s: &Option<Selector>| s.as_ref().map_or(Value::Null, |s| json!(s.to_string()));
+                fields.push(FieldDiff {
+                    field: "selector",
+                    from: text(&current.selector),
+                    to: text(s),
+                });
+                change.selector = Some(s.clone());
+            }
+        }
+        if let Some(v) = &g.spec.variables {
+            let v = Value::Object(v.clone());
+            let now = match &current.variables {
+                Value::Null => json!({}),
+                other => other.clone(),
+            };
+            if v != now {
+                fields.push(FieldDiff {
+                    field: "variables",
+                    from: now,
+                    to: v.clone(),
+                });
+                change.variables = Some(v);
+            }
+        }
+        let mut moves: Vec<GenerationId> = Vec::new();
+        let mut planned_rollouts = 0;
+        for (tpath, to, facts) in &g.targets {
+            let slot = boot::slot(&facts.arch, facts.installer);
+            let slot_of = |id: &GenerationId| {
+                cur.generations
+                    .get(id)
+                    .map(|f| boot::slot(&f.arch, f.installer))
+            };
+            let gf = GroupFacts {
+                name: g.name.to_string(),
+                pointer: current.pointer.clone(),
+                by_arch: current.by_arch.clone().into_iter().collect(),
+            };
+            let from = gf
+                .pointer_for(Some(&facts.arch), facts.installer)
+                .filter(|id| slot_of(id).as_deref() == Some(slot.as_str()))
+                .cloned();
+            let busy = |why: String| PlanError {
+                kind: ErrorKind::Conflict,
+                path: tpath.clone(),
+                message: why,
+            };
+            match &current.holding {
+                // Already on its way there.
+                Some((_, held)) if held == to => continue,
+                Some((id, held)) if slot_of(held).as_deref() == Some(slot.as_str()) => {
+                    return Err(busy(format!(
+                        "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
+                        g.name
+                    )))
+                }
+                _ => {}
+            }
+            if from.as_ref() == Some(to) {
+                continue;
+            }
+            let members = match &from {
+                Some(_) => members_of(g.name, facts),
+                None => 0,
+            };
+            if members == 0 {
+                fields.push(FieldDiff {
+                    field: "generation",
+                    from: gen_json(from.as_ref()),
+                    to: gen_json(Some(to)),
+                });
+                moves.push(to.clone());
+                continue;
+            }
+            if let Some((id, held)) = &current.holding {
+                return Err(busy(format!(
+                    "group {} has rollout {id} toward {held} in progress, and one rollout at a time holds a group; finish or abort it before rolling out {to}",
+                    g.name
+                )));
+            }
+            planned_rollouts += 1;
+            if planned_rollouts > 1 {
+                return Err(busy(format!(
+                    "this would start a second rollout on group {} (one at a time holds a group): roll out one architecture, then the other",
+                    g.name
+                )));
+            }
+            let from = from.expect("members imply a pointer");
+            let r = &g.rollout;
+            rollouts.push(Change {
+                path: tpath.clone(),
+                text: format!(
+                    "rollout group {}: {from} -> {to} ({}; {members} machine(s))",
+                    g.name,
+                    strategy_text(r)
+                ),
+                fields: vec![FieldDiff {
+                    field: "generation",
+                    from: gen_json(Some(&from)),
+                    to: gen_json(Some(to)),
+                }],
+                members: Some(members),
+                action: Action::StartRollout(StartRollout {
+                    group: g.name.to_string(),
+                    to: to.clone(),
+                    strategy: r.strategy.clone(),
+                    timeout_ms: r.timeout_ms,
+                    require: r.require.clone(),
+                    rollback: r.rollback,
+                }),
+            });
+        }
+        let mut moves = moves.into_iter();
+        change.generation = moves.next();
+        let more: Vec<GenerationId> = moves.collect();
+        if !fields.is_empty() {
+            changes.push(Change {
+                path,
+                text: format!("~ group {}: {}", g.name, describe(&fields, false)),
+                fields,
+                members: None,
+                action: Action::UpdateGroup {
+                    name: g.name.to_string(),
+                    change,
+                    more,
+                },
+            });
+        }
+    }
+
+    for (mac, edit) in machine_edits {
+        let m = &cur.machines[&mac];
+        let mut fields = Vec::new();
+        let mut change = MachineChange::default();
+        if let Some(h) = &edit.hostname {
+            if *h != m.hostname {
+                fields.push(FieldDiff {
+                    field: "hostname",
+                    from: json!(m.hostname),
+                    to: json!(h),
+                });
+                change.hostname = Some(h.clone());
+            }
+        }
+        if let Some(l) = &edit.labels {
+            if *l != m.labels {
+                fields.push(FieldDiff {
+                    field: "labels",
+                    from: json!(m.labels),
+                    to: json!(l),
+                });
+                change.labels = Some(l.clone());
+            }
+        }
+        if let Some(g) = &edit.group {
+            if *g != m.assigned {
+                fields.push(FieldDiff {
+                    field: "group",
+                    from: json!(m.assigned),
+                    to: json!(g),
+                });
+                change.group = Some(g.clone());
+            }
+        }
+        if let Some(p) = &edit.pin {
+            if *p != m.pin {
+                fields.push(FieldDiff {
+                    field: "pin",
+                    from: gen_json(m.pin.as_ref()),
+                    to: gen_json(p.as_ref()),
+                });
+                change.pin = Some(p.clone());
+            }
+        }
+        if let Some(k) = edit.kind {
+            if k != m.kind {
+                fields.push(FieldDiff {
+                    field: "kind",
+                    from: json!(m.kind.as_str()),
+                    to: json!(k.as_str()),
+                });
+                change.kind = Some(k);
+            }
+        }
+        if !fields.is_empty() {
+            changes.push(Change {
+                path: machine_path(&mac.to_string(), None),
+                text: format!("~ machine {mac}: {}", describe(&fields, false)),
+                fields,
+                members: None,
+                action: Action::UpdateMachine { mac, change },
+            });
+        }
+    }
+    changes.extend(rollouts);
+    Ok(changes)
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,318 @@
+//! `ironboot apply` on the inventory: the state a plan is computed from
+//! ([`Inventory::plan_state`]), and a plan's changes applied all at once
+//! ([`Inventory::apply`]).
+//!
+//! All or nothing: group rows, machine rows, the groups machines moved to
+//! and the rows of every rollout started are written in one
+//! `BEGIN IMMEDIATE` transaction. Memory changes under one write lock
+//! between the writes and the commit, from a saved copy that is put back if
+//! a rollout is refused (then the transaction is rolled back), so a refused
+//! apply leaves neither SQLite nor memory touched. Rollouts start through
+//! the same [`crate::rollout::engine::Fleet::start`] as
+//! `POST /api/v1/rollouts`, with the same starting point and members.
+
+use std::collections::HashSet;
+
+use super::edit::{apply_machine, write_machine};
+use super::groups::{apply_group, write_group};
+use super::rollouts::{follows, rollout_from};
+use super::{load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError};
+use crate::boot::{self, GenerationId};
+use crate::desired::plan::{
+    Action, Change, Current, CurrentGroup, CurrentMachine, GenerationFacts,
+};
+use crate::domain::MacAddr;
+use crate::ledger::now_ms;
+use crate::rollout::Spec;
+
+/// How many lines of a plan its `apply` event keeps.
+const AUDIT_LINES: usize = 50;
+
+impl Inventory {
+    /// The server as [`crate::desired::plan::plan`] sees it: groups (with
+    /// the rollout holding each), generations, and the machines the
+    /// database knows. `listed` machines known only to the database so far
+    /// (seen by DHCP since start) are loaded into memory first.
+    pub async fn plan_state(&self, listed: &[MacAddr]) -> Result<Current, InventoryError> {
+        self.settle().await;
+        let known = self.known_macs(self.store.pool()).await?;
+        self.load_listed(listed, &known).await?;
+        let state = self.read();
+        let groups = state
+            .groups
+            .values()
+            .map(|g| {
+                let holding = state
+                    .fleet
+                    .holding(&g.name)
+                    .map(|e| (e.id, e.rollout.spec.to.clone()));
+                (
+                    g.name.clone(),
+                    CurrentGroup {
+                        description: g.description.clone(),
+                        selector: g.selector.clone(),
+                        variables: g.variables.clone(),
+                        pointer: g.pointer.clone(),
+                        by_arch: g.by_arch.clone(),
+                        holding,
+                    },
+                )
+            })
+            .collect();
+        let machines = state
+            .machines
+            .values()
+            .filter(|m| known.contains(&m.mac))
+            .map(|m| {
+                (
+                    m.mac,
+                    CurrentMachine {
+                        hostname: m.hostname.clone(),
+                        labels: m.labels.clone(),
+                        assigned: m.assigned.clone(),
+                        pin: m.pin.clone(),
+                        kind: m.kind,
+                        arch: m.arch.clone(),
+                    },
+                )
+            })
+            .collect();
+        let generations = state
+            .generations
+            .values()
+            .map(|g| {
+                (
+                    g.id.clone(),
+                    GenerationFacts {
+                        arch: g.manifest.arch.clone(),
+                        installer: g.manifest.is_installer(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Current {
+            groups,
+            machines,
+            generations,
+        })
+    }
+
+    async fn known_macs<'e>(
+        &self,
+        conn: impl sqlx::SqliteExecutor<'e>,
+    ) -> Result<HashSet<MacAddr>, InventoryError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
+            .fetch_all(conn)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
+    }
+
+    /// Loads `listed` machines the database has and memory has not.
+    async fn load_listed(
+        &self,
+        listed: &[MacAddr],
+        known: &HashSet<MacAddr>,
+    ) -> Result<(), InventoryError> {
+        let missing: Vec<MacAddr> = {
+            let state = self.read();
+            listed
+                .iter()
+                .filter(|m| known.contains(m) && !state.machines.contains_key(m))
+                .copied()
+                .collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut loaded = Vec::new();
+        for mac in missing {
+            loaded.extend(load::machine(&self.store, mac).await?);
+        }
+        let moved = {
+            let mut state = self.write();
+            for m in loaded {
+                state.machines.entry(m.mac).or_insert(m);
+            }
+            state.regroup()
+        };
+        load::save_groups(&self.store, &moved).await
+    }
+
+    /// Applies a plan's changes: everything, or nothing. Returns the ids of
+    /// the rollouts it started.
+    pub async fn apply(
+        &self,
+        changes: Vec<Change>,
+        by: Option<String>,
+    ) -> Result<Vec<i64>, RolloutCommandError> {
+        self.settle().await;
+        // The audit record: who, and what (the first lines of the plan).
+        let total = changes.len();
+        let lines: Vec<String> = changes
+            .iter()
+            .take(AUDIT_LINES)
+            .map(|c| c.text.clone())
+            .collect();
+        let mut groups: Vec<(String, GroupChange, Option<String>, bool)> = Vec::new();
+        let pointer = |groups: &mut Vec<_>, name: &str, id: GenerationId| {
+            let slot = self.slot_of(Some(&id))?;
+            let change = GroupChange {
+                generation: Some(id),
+                ..GroupChange::default()
+            };
+            groups.push((name.to_string(), change, slot, false));
+            Ok::<_, InventoryError>(())
+        };
+        let mut machines: Vec<(MacAddr, MachineChange)> = Vec::new();
+        let mut rollouts = Vec::new();
+        for c in changes {
+            let create = c.op() == "create";
+            match c.action {
+                Action::CreateGroup { name, change, more }
+                | Action::UpdateGroup { name, change, more } => {
+                    let slot = self.slot_of(change.generation.as_ref())?;
+                    groups.push((name.clone(), change, slot, create));
+                    for id in more {
+                        pointer(&mut groups, &name, id)?;
+                    }
+                }
+                Action::UpdateMachine { mac, change } => {
+                    if let Some(Some(id)) = &change.pin {
+                        if self.generation(id).is_none() {
+                            return Err(InventoryError::NoSuchGeneration(id.clone()).into());
+                        }
+                    }
+                    machines.push((mac, change));
+                }
+                Action::StartRollout(r) => rollouts.push(r),
+            }
+        }
+        let listed: Vec<MacAddr> = machines.iter().map(|(m, _)| *m).collect();
+        let known = self.known_macs(self.store.pool()).await?;
+        self.load_listed(&listed, &known).await?;
+
+        let now = now_ms();
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for (name, change, slot, create) in &groups {
+            write_group(&mut tx, name, change, slot.as_deref(), *create, now).await?;
+        }
+        for (mac, change) in &machines {
+            write_machine(&mut tx, *mac, change).await?;
+        }
+        let known = if rollouts.is_empty() {
+            known
+        } else {
+            self.known_macs(&mut *tx).await?
+        };
+
+        // Memory, all under one lock, from a copy put back on refusal.
+        let (moved, outcomes) = {
+            let mut state = self.write();
+            let saved = (
+                state.groups.clone(),
+                state.machines.clone(),
+                state.fleet.clone(),
+            );
+            for (name, change, slot, _) in groups {
+                apply_group(&mut state, &name, change, slot);
+            }
+            for (mac, change) in machines {
+                apply_machine(&mut state, mac, change);
+            }
+            let moved = state.regroup();
+            let mut outcomes = Vec::new();
+            let mut refused = None;
+            for r in rollouts {
+                let started = (|| {
+                    let to = state
+                        .generations
+                        .get(&r.to)
+                        .cloned()
+                        .ok_or_else(|| InventoryError::NoSuchGeneration(r.to.clone()))?;
+                    let group = state
+                        .groups
+                        .get(&r.group)
+                        .cloned()
+                        .ok_or_else(|| RolloutCommandError::NoSuchGroup(r.group.clone()))?;
+                    let from = rollout_from(&state, &group, &to)?;
+                    let mut members: Vec<MacAddr> = state
+                        .machines
+                        .values()
+                        .filter(|m| m.group == r.group && known.contains(&m.mac))
+                        .map(|m| m.mac)
+                        .filter(|mac| follows(&state, *mac, false, "", &to.manifest))
+                        .collect();
+                    members.sort();
+                    let spec = Spec {
+                        group: r.group.clone(),
+                        from,
+                        to: r.to.clone(),
+                        strategy: r.strategy.clone(),
+                        timeout_ms: r.timeout_ms,
+                        require: r.require.clone(),
+                        rollback: r.rollback,
+                    };
+                    let slot = boot::slot(&to.manifest.arch, to.manifest.is_installer());
+                    Ok::<_, RolloutCommandError>(state.fleet.start(
+                        spec,
+                        slot,
+                        &members,
+                        by.clone(),
+                        now,
+                    )?)
+                })();
+                match started {
+                    Ok((id, out)) => {
+                        self.apply_pointers(&mut state, &out.persist.pointers);
+                        outcomes.push((id, out));
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = refused {
+                (state.groups, state.machines, state.fleet) = saved;
+                return Err(e);
+            }
+            (moved, outcomes)
+        };
+
+        let written: Result<(), sqlx::Error> = async {
+            for (mac, group) in &moved {
+                sqlx::query(
+                    "UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0",
+                )
+                .bind(group)
+                .bind(mac.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            for (_, out) in &outcomes {
+                crate::rollout::store::write(&mut tx, &out.persist).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = written {
+            // As with the rollout commands: memory is ahead of SQLite now
+            // (only a failing disk gets here); a restart reloads SQLite.
+            tracing::error!(error = %e, "apply: the transaction failed after memory changed");
+            return Err(e.into());
+        }
+        let mut ids = Vec::new();
+        for (id, out) in outcomes {
+            ids.push(id);
+            self.after_fleet(out, true);
+        }
+        self.ledger.event(
+            None,
+            None,
+            "apply",
+            serde_json::json!({ "by": by, "changes": total, "plan": lines, "rollouts": ids }),
+            None,
+        );
+        Ok(ids)
+    }
+}
