@@ -102,25 +102,7 @@ pub(super) async fn write_group(
             .await?;
     }
     if let (Some(id), Some(slot)) = (&change.generation, slot) {
-        sqlx::query("UPDATE groups SET stream = ?, generation = ?, updated_ms = ? WHERE name = ?")
-            .bind(&id.stream)
-            .bind(id.number)
-            .bind(now)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-                "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
-            )
-            .bind(name)
-            .bind(slot)
-            .bind(&id.stream)
-            .bind(id.number)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+        crate::store::set_group_pointer(conn, name, slot, &id.stream, id.number, now).await?;
     }
     Ok(())
 }

@@ -910,28 +910,7 @@ impl Inventory {
         );
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
-        )
-        .bind(group)
-        .bind(&id.stream)
-        .bind(id.number)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
-        )
-        .bind(group)
-        .bind(&arch)
-        .bind(&id.stream)
-        .bind(id.number)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        crate::store::set_group_pointer(&mut tx, group, &arch, &id.stream, id.number, now).await?;
         tx.commit().await?;
         let mut state = self.write();
         let entry = state

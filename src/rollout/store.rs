@@ -57,28 +57,8 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
         .await?;
     }
     for m in &p.pointers {
-        sqlx::query(
-            "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
-        )
-        .bind(&m.group)
-        .bind(&m.generation.stream)
-        .bind(m.generation.number)
-        .bind(p.at_ms)
-        .execute(&mut *conn)
-        .await?;
-        sqlx::query(
-            "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
-        )
-        .bind(&m.group)
-        .bind(&m.slot)
-        .bind(&m.generation.stream)
-        .bind(m.generation.number)
-        .bind(p.at_ms)
-        .execute(&mut *conn)
-        .await?;
+        let (stream, number) = (&m.generation.stream, m.generation.number);
+        crate::store::set_group_pointer(conn, &m.group, &m.slot, stream, number, p.at_ms).await?;
     }
     Ok(())
 }

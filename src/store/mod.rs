@@ -130,6 +130,45 @@ impl Store {
     }
 }
 
+/// Points `group` at generation `number` of `stream` for the architecture
+/// slot `slot` (`x86_64`, `arm64`, `x86_64/installer`), inside the caller's
+/// transaction: the group's row (created if missing) keeps the pointer set
+/// last, `group_generations` the one per slot. Every writer of a group
+/// pointer (the groups API, `set-generation`, a rollout's success, apply)
+/// goes through here.
+pub async fn set_group_pointer(
+    conn: &mut sqlx::SqliteConnection,
+    group: &str,
+    slot: &str,
+    stream: &str,
+    number: i64,
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
+    )
+    .bind(group)
+    .bind(stream)
+    .bind(number)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+    )
+    .bind(group)
+    .bind(slot)
+    .bind(stream)
+    .bind(number)
+    .bind(now_ms)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
