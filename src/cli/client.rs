@@ -80,20 +80,30 @@ impl Client {
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
-        let resp = rb.send().await.map_err(|source| CliError::Connect {
-            server: self.base.clone(),
-            source,
+        self.send_fielded(rb).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Client::send`], keeping the server's `field` (the request field at
+    /// fault) of a refusal.
+    async fn send_fielded(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, (CliError, Option<String>)> {
+        let resp = rb.send().await.map_err(|source| {
+            let server = self.base.clone();
+            (CliError::Connect { server, source }, None)
         })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        Err(refusal(status, &body))
+        let field = body["error"]["field"].as_str().map(str::to_string);
+        Err((refusal(status, &body), field))
     }
 
-    /// A JSON POST whose refusal keeps the server's `field` (the request
-    /// field at fault), for callers that can point at it in a file.
+    /// A JSON POST whose refusal keeps the server's `field`, for callers
+    /// that can point at it in a file.
     pub async fn post_fielded(
         &self,
         path: &str,
@@ -103,22 +113,8 @@ impl Client {
             .request(Method::POST, path)
             .map_err(|e| (e, None))?
             .json(body);
-        let resp = rb.send().await.map_err(|source| {
-            (
-                CliError::Connect {
-                    server: self.base.clone(),
-                    source,
-                },
-                None,
-            )
-        })?;
-        let status = resp.status();
-        let answer: Value = resp.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(answer);
-        }
-        let field = answer["error"]["field"].as_str().map(str::to_string);
-        Err((refusal(status, &answer), field))
+        let resp = self.send_fielded(rb).await?;
+        Ok(resp.json().await.unwrap_or(Value::Null))
     }
 }
 

@@ -24,7 +24,7 @@ use crate::boot::loader::Loader;
 use crate::boot::membership::{self, Claim, DEFAULT_GROUP};
 use crate::boot::select::Selector;
 use crate::boot::{self, GenerationId, GroupFacts};
-use crate::domain::{MacAddr, MachineKind};
+use crate::domain::{check_group_name, check_hostname, check_label_part, MacAddr, MachineKind};
 use crate::inventory::{GroupChange, MachineChange, StartRollout};
 use crate::rollout::{Canary, Require, Strategy};
 
@@ -178,62 +178,6 @@ impl Change {
             Action::StartRollout(r) => ("group", r.group.clone()),
             Action::UpdateMachine { mac, .. } => ("machine", mac.to_string()),
         }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Checks shared with the YAML reader (which runs them to name the line).
-// ---------------------------------------------------------------------------
-
-/// A group or stream name: 1-63 letters, digits, `-`, `_`, `.`.
-pub fn check_group_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} must be 1-63 letters, digits, '-', '_' or '.'"
-        ))
-    }
-}
-
-/// A label key or value: what selectors can name.
-pub fn check_label_part(text: &str) -> Result<(), String> {
-    let ok = !text.is_empty()
-        && text.len() <= 63
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "label {text:?}: 1-63 letters, digits, '-', '_', '.', '/' or ':'"
-        ))
-    }
-}
-
-/// A DNS name.
-pub fn check_hostname(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a host name (letters, digits, '-', dot-separated)"
-        ))
     }
 }
 

@@ -14,10 +14,10 @@ use std::fmt;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::{Map, Value};
 
-use super::plan::{check_group_name, check_hostname, check_label_part};
 use super::{group_path, machine_path, Document, GroupSpec, MachineSpec, PinSpec, RolloutSpec};
 use crate::boot::select::Selector;
 use crate::domain::MacAddr;
+use crate::domain::{check_group_name, check_hostname, check_label_part};
 
 /// A position in the file: line and column, both from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -213,6 +213,62 @@ impl Arch {
     }
 }
 
+// Names and labels as the API and fleet files take them (one check each,
+// so both say the same thing).
+
+/// A group or stream name: 1-63 letters, digits, `-`, `_`, `.`.
+pub fn check_group_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1-63 letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+/// A label key or value: what selectors can name.
+pub fn check_label_part(text: &str) -> Result<(), String> {
+    let ok = !text.is_empty()
+        && text.len() <= 63
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "label {text:?}: 1-63 letters, digits, '-', '_', '.', '/' or ':'"
+        ))
+    }
+}
+
+/// A DNS host name: dot-separated labels of letters, digits and inner
+/// hyphens.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a host name (letters, digits, '-', dot-separated)"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

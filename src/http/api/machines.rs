@@ -416,12 +416,12 @@ pub struct MachinePatch {
 /// Letters, digits and `-_./:`, 1-63 of them: what selectors can name
 /// (the same check `ironboot apply` makes).
 fn valid_label_part(field: &'static str, text: &str) -> ApiResult<()> {
-    crate::desired::plan::check_label_part(text).map_err(|e| ApiError::bad(field, e))
+    crate::domain::check_label_part(text).map_err(|e| ApiError::bad(field, e))
 }
 
 /// A DNS name: dot-separated labels of letters, digits and inner hyphens.
 fn valid_hostname(name: &str) -> ApiResult<()> {
-    crate::desired::plan::check_hostname(name).map_err(|e| ApiError::bad("hostname", e))
+    crate::domain::check_hostname(name).map_err(|e| ApiError::bad("hostname", e))
 }
 
 impl MachinePatch {

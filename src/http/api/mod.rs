@@ -435,7 +435,7 @@ fn parse_digest(text: &str) -> ApiResult<Digest> {
 }
 
 fn valid_name(field: &'static str, name: &str) -> ApiResult<()> {
-    crate::desired::plan::check_group_name(name).map_err(|e| ApiError::bad(field, e))
+    crate::domain::check_group_name(name).map_err(|e| ApiError::bad(field, e))
 }
 
 #[cfg(test)]
