@@ -247,10 +247,18 @@ impl Tokens {
 }
 
 /// A token an operator put in `admin.token` before the first start: at least
-/// 32 characters of `[A-Za-z0-9_-]` (a guessable one is refused, not used).
+/// 32 characters of `[A-Za-z0-9_-]` (a guessable one is refused, not used),
+/// in a regular file (not a symlink) that only its owner can read, and
+/// that owner is this process's user: a token others could read, or a file
+/// someone else planted, is refused rather than adopted.
 fn preseeded_token(path: &Path) -> Result<Option<String>, AuthError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |reason| AuthError::PreseededToken {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
             return Err(AuthError::TokenFile {
@@ -259,11 +267,26 @@ fn preseeded_token(path: &Path) -> Result<Option<String>, AuthError> {
             })
         }
     };
-    let token = text.trim();
-    let refuse = |reason| AuthError::PreseededToken {
+    if !meta.file_type().is_file() {
+        return Err(refuse(
+            "a preseeded admin token must be a regular file, not a symlink",
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(refuse(
+            "a preseeded admin token must be readable by its owner only (chmod 600)",
+        ));
+    }
+    if meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(refuse(
+            "a preseeded admin token must belong to the server's user",
+        ));
+    }
+    let text = read_nofollow(path).map_err(|source| AuthError::TokenFile {
         path: path.display().to_string(),
-        reason,
-    };
+        source,
+    })?;
+    let token = text.trim();
     if token.len() < 32 {
         return Err(refuse(
             "a preseeded admin token must be at least 32 characters",
@@ -280,19 +303,52 @@ fn preseeded_token(path: &Path) -> Result<Option<String>, AuthError> {
     Ok(Some(token.to_string()))
 }
 
-/// Writes a secret to a new file readable by its owner only.
+/// Reads a small file without following a symlink in its last component
+/// (the check above and this open see the same file).
+fn read_nofollow(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?
+        .take(4096)
+        .read_to_string(&mut text)?;
+    Ok(text)
+}
+
+/// Writes a secret to a new file readable by its owner only, atomically:
+/// a temporary file with a fresh random name, created with `O_EXCL` and
+/// `O_NOFOLLOW` (so a file or symlink planted under that name is never
+/// written through), synced, renamed over `path` (a rename replaces a
+/// symlink at `path` instead of following it), and the directory synced so
+/// the name survives a crash.
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(secret.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
+        &crate::inventory::new_secret()[..16]
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -313,7 +369,7 @@ mod tests {
 
         let seeded = tempfile::tempdir().unwrap();
         let secret = "lab-0123456789abcdef0123456789abcdef";
-        std::fs::write(admin_token_path(seeded.path()), format!("{secret}\n")).unwrap();
+        write_private(&admin_token_path(seeded.path()), &format!("{secret}\n"));
         let (tokens, _) = bootstrap(seeded.path()).await.unwrap();
         assert_eq!(tokens.check(secret).unwrap().role, Role::Admin);
         // Adopted once: the next start finds it in the database.
@@ -323,9 +379,53 @@ mod tests {
 
         for bad in ["short", "has spaces in it but is long enough to pass"] {
             let dir = tempfile::tempdir().unwrap();
-            std::fs::write(admin_token_path(dir.path()), bad).unwrap();
+            write_private(&admin_token_path(dir.path()), bad);
             let err = bootstrap(dir.path()).await.err().expect("refused");
             assert!(err.to_string().contains("admin.token"), "{err}");
         }
+    }
+
+    fn write_private(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_token_file_is_never_written_through_a_planted_name() {
+        use std::os::unix::fs::PermissionsExt;
+        // The old fixed temporary name, and the token's own name, as
+        // symlinks to a file the attacker wants overwritten or read.
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("admin.tmp")).unwrap();
+        let (_, written) = bootstrap(dir.path()).await.unwrap();
+        let written = written.unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let meta = std::fs::symlink_metadata(&written).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = "lab-0123456789abcdef0123456789abcdef";
+        std::fs::write(&victim, secret).unwrap();
+        std::os::unix::fs::symlink(&victim, admin_token_path(dir.path())).unwrap();
+        let err = bootstrap(dir.path())
+            .await
+            .err()
+            .expect("a symlink is refused");
+        assert!(err.to_string().contains("symlink"), "{err}");
+
+        // A token file others can read is refused, not adopted.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(admin_token_path(dir.path()), secret).unwrap();
+        std::fs::set_permissions(
+            admin_token_path(dir.path()),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = bootstrap(dir.path()).await.err().expect("0644 is refused");
+        assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 }

@@ -41,6 +41,40 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+/// Makes the data directory private to the server's user (0700, created so
+/// or tightened if it exists) and the database file 0600 before SQLite
+/// opens it: SQLite gives its `-wal` and `-shm` files the database file's
+/// mode, so all three stay private. The directory holds the admin token,
+/// leases and every machine's configuration variables.
+fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let private = |path: &Path, mode: u32| -> std::io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if meta.permissions().mode() & 0o777 != mode {
+            tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "tightening permissions");
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
+    };
+    private(dir, 0o700)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = db.with_file_name(format!("ironboot.db{suffix}"));
+        if file.exists() {
+            private(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, sqlx::FromRow)]
 struct LeaseRow {
     ip: String,
@@ -53,11 +87,11 @@ struct LeaseRow {
 impl Store {
     /// Opens (creating if needed) `dir/ironboot.db` and migrates it.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+        let path = dir.join("ironboot.db");
+        private_files(dir, &path).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
-        let path = dir.join("ironboot.db");
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -194,5 +228,35 @@ mod tests {
             sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
             tx.commit().await.unwrap();
         }
+    }
+
+    /// The data directory and the database are the server user's alone,
+    /// whether they are new or were created looser by an older version.
+    #[tokio::test]
+    async fn the_data_directory_and_database_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let root = tempfile::tempdir().unwrap();
+        let fresh = root.path().join("data");
+        let store = Store::open(&fresh).await.unwrap();
+        sqlx::query("SELECT 1").execute(store.pool()).await.unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        for f in ["ironboot.db", "ironboot.db-wal", "ironboot.db-shm"] {
+            assert_eq!(mode(&fresh.join(f)), 0o600, "{f}");
+        }
+        drop(store);
+
+        let old = root.path().join("old");
+        std::fs::create_dir(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(old.join("ironboot.db"), b"").unwrap();
+        std::fs::set_permissions(
+            old.join("ironboot.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let _store = Store::open(&old).await.unwrap();
+        assert_eq!(mode(&old), 0o700);
+        assert_eq!(mode(&old.join("ironboot.db")), 0o600);
     }
 }
