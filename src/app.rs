@@ -338,6 +338,13 @@ pub async fn run(
         shutdown: shutdown.clone(),
         explainer,
         dhcp: Some(dhcp.clone()),
+        fetcher: Arc::new(
+            crate::images::fetch::Fetcher::new(config.fetch.clone()).map_err(|e| {
+                AppError::Setup(std::io::Error::other(format!(
+                    "HTTP client for server-side fetches: {e}"
+                )))
+            })?,
+        ),
     };
     let http_state = HttpState {
         metrics: metrics.clone(),

@@ -75,6 +75,8 @@ pub struct RawConfig {
     pub dhcp: RawDhcp,
     /// The watchdog and the reboot hook (`rollout::settings`).
     pub rollout: crate::rollout::settings::RawRollout,
+    /// Server-side downloads (`images::fetch`).
+    pub images: crate::images::fetch::RawImages,
 }
 
 impl Default for RawConfig {
@@ -88,6 +90,7 @@ impl Default for RawConfig {
             tftp: RawTftp::default(),
             dhcp: RawDhcp::default(),
             rollout: Default::default(),
+            images: Default::default(),
         }
     }
 }
@@ -284,6 +287,7 @@ pub struct Config {
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
+    pub fetch: crate::images::fetch::FetchPolicy,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -436,8 +440,11 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     };
     let rollout = crate::rollout::settings::validate(&raw.rollout)
         .map_err(|(key, message)| invalid(key, message))?;
+    let fetch = crate::images::fetch::validate(&raw.images)
+        .map_err(|(key, message)| invalid(key, message))?;
     Ok(Config {
         rollout,
+        fetch,
         data_dir: raw.data_dir,
         server_ip,
         log_format: raw.log_format,

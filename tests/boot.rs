@@ -568,7 +568,9 @@ async fn gc_keeps_what_is_in_use_and_the_newest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_imports_points_and_lists() {
-    let server = server().await;
+    // --from-url below fetches from this server itself, on loopback: a
+    // destination refused unless the operator allows it.
+    let server = TestServer::full("[images]\nfetch_allow = [\"127.0.0.0/8\"]\n").await;
     let dir = server.dir.path();
     let kernel = dir.join("vmlinuz");
     let initrd = dir.join("initrd.img");

@@ -15,7 +15,9 @@
 //! file in `tmp/`, which `open` removes. Identical content is stored once.
 //! Bodies are streamed, never held whole in memory.
 
-use std::collections::HashSet;
+pub mod fetch;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -197,7 +199,20 @@ pub struct ImageStore {
     root: PathBuf,
     /// Unique temporary names within this process.
     seq: AtomicU64,
+    /// Imports and garbage collection exclude each other: an import holds
+    /// it shared from checking its artifacts to recording its generation
+    /// ([`ImageStore::importing`]); a collection holds it exclusively from
+    /// deciding what to keep to its last deletion
+    /// ([`ImageStore::collecting`]).
+    collect: tokio::sync::RwLock<()>,
+    /// Artifacts an import was told are present (or just uploaded), with
+    /// when: between that answer and the manifest that names them, no
+    /// collection deletes them (for [`GC_GRACE`]).
+    claims: std::sync::Mutex<HashMap<Digest, std::time::Instant>>,
 }
+
+/// Claims kept before old ones are pruned.
+const MAX_CLAIMS: usize = 65_536;
 
 impl ImageStore {
     /// Opens (creating) the store and removes what a crash left in `tmp/`.
@@ -213,7 +228,44 @@ impl ImageStore {
         Ok(Self {
             root: root.to_path_buf(),
             seq: AtomicU64::new(0),
+            collect: tokio::sync::RwLock::new(()),
+            claims: Default::default(),
         })
+    }
+
+    /// Held by an import from checking its artifacts to recording its
+    /// generation: no garbage collection runs meanwhile.
+    pub async fn importing(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.collect.read().await
+    }
+
+    /// Held by garbage collection from deciding what to keep to its last
+    /// deletion: no import records a generation meanwhile.
+    pub async fn collecting(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.collect.write().await
+    }
+
+    /// The artifact's size, if it is in the store; an import is being told
+    /// so and will not upload it again, so no collection takes it for
+    /// [`GC_GRACE`] even while nothing refers to it yet.
+    pub async fn claim_if_present(&self, d: &Digest) -> Option<u64> {
+        let _importing = self.importing().await;
+        let size = self.artifact_size(d).await?;
+        self.claim(*d);
+        Some(size)
+    }
+
+    fn claim(&self, d: Digest) {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if claims.len() >= MAX_CLAIMS {
+            claims.retain(|_, at| at.elapsed() < GC_GRACE);
+        }
+        claims.insert(d, std::time::Instant::now());
+    }
+
+    fn claimed(&self, d: &Digest) -> bool {
+        let claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.get(d).is_some_and(|at| at.elapsed() < GC_GRACE)
     }
 
     pub fn artifact_path(&self, d: &Digest) -> PathBuf {
@@ -259,7 +311,16 @@ impl ImageStore {
                 actual: digest,
             });
         }
-        self.publish(&tmp.0, &self.artifact_path(&digest)).await?;
+        let dest = self.artifact_path(&digest);
+        // The same bytes may be there already, kept by nothing: claim them
+        // under the guard, so a collection either ran before (and this
+        // upload puts them back) or runs after the claim (and spares them).
+        let _importing = self.importing().await;
+        let existed = tokio::fs::metadata(&dest).await.is_ok();
+        self.publish(&tmp.0, &dest).await?;
+        if existed {
+            self.claim(digest);
+        }
         Ok(ArtifactInfo { digest, size })
     }
 
@@ -357,12 +418,13 @@ impl ImageStore {
         serde_json::from_slice(&bytes).map_err(|e| ImageError::InvalidManifest(e.to_string()))
     }
 
-    /// Garbage collection. `keep`: every image the database still refers
-    /// to. `released`: images whose last generation was just deleted. A
+    /// Garbage collection (call it holding [`ImageStore::collecting`]).
+    /// `keep`: every image the database still refers to. `released`: images whose last generation was just deleted. A
     /// manifest or artifact that nothing kept refers to is deleted if it
     /// belonged to a released image, or if it is older than [`GC_GRACE`]:
     /// a younger orphan may be an import in progress (artifacts are
-    /// uploaded before the manifest that names them is recorded).
+    /// uploaded before the manifest that names them is recorded), and so
+    /// is an artifact an import was recently told is present.
     pub async fn gc(
         &self,
         keep: &HashSet<Digest>,
@@ -399,7 +461,8 @@ impl ImageStore {
                     .ok()
                     .and_then(|m| m.elapsed().ok())
                     .is_some_and(|age| age > GC_GRACE);
-                if live || !(let_go || old) {
+                let claimed = !is_manifest && self.claimed(&d);
+                if live || claimed || !(let_go || old) {
                     continue;
                 }
                 tokio::fs::remove_file(entry.path()).await?;

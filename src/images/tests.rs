@@ -332,3 +332,60 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
     };
     assert_eq!(no_initrd.check_shape().unwrap_err().0, "initrds");
 }
+
+/// An artifact an import was just told is present (so it will not upload
+/// it) survives a collection that released the only image using it, and a
+/// collection waits for an import that holds the guard.
+#[tokio::test]
+async fn gc_spares_claimed_artifacts_and_waits_for_imports() {
+    let (_d, s) = store();
+    let s = std::sync::Arc::new(s);
+    let kernel = s
+        .put_artifact(None, u64::MAX, chunks(b"kernel used by the old image", 4))
+        .await
+        .unwrap();
+    let initrd = s
+        .put_artifact(None, u64::MAX, chunks(b"initrd", 4))
+        .await
+        .unwrap();
+    let art = |info: ArtifactInfo| ArtifactRef {
+        name: "f".into(),
+        digest: info.digest,
+        size: info.size,
+    };
+    let m = Manifest {
+        arch: "x86_64".into(),
+        kernel: Some(art(kernel)),
+        initrds: vec![art(initrd)],
+        rootfs: None,
+        cmdline: "".into(),
+        installer: None,
+    };
+    let d = s.put_manifest(&m).await.unwrap();
+    // A new import asks whether the kernel is there: yes.
+    assert_eq!(s.claim_if_present(&kernel.digest).await, Some(kernel.size));
+    // The old image is released; its unclaimed initrd goes, the kernel stays.
+    let report = s.gc(&HashSet::new(), &HashSet::from([d])).await.unwrap();
+    assert_eq!(report.artifacts_removed, 1);
+    assert!(s.artifact_size(&kernel.digest).await.is_some());
+    assert!(s.artifact_size(&initrd.digest).await.is_none());
+
+    let importing = s.importing().await;
+    let collector = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            let _collecting = s.collecting().await;
+            s.gc(&HashSet::new(), &HashSet::new()).await.unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(
+        !collector.is_finished(),
+        "gc waits while an import holds the guard"
+    );
+    drop(importing);
+    tokio::time::timeout(std::time::Duration::from_secs(5), collector)
+        .await
+        .expect("gc runs once the import is done")
+        .unwrap();
+}

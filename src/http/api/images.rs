@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::*;
+use crate::images::fetch::FetchError;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -41,7 +42,8 @@ async fn head_artifact(
     let Ok(digest) = parse_digest(&hex) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    match s.images.artifact_size(&digest).await {
+    // An import that sees it present will not upload it again: claimed.
+    match s.images.claim_if_present(&digest).await {
         Some(size) => ([(header::CONTENT_LENGTH, size.to_string())], ()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
@@ -97,7 +99,7 @@ async fn fetch_artifact(
     if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
         return Err(ApiError::bad("url", "must be an http:// or https:// URL"));
     }
-    if let Some(size) = s.images.artifact_size(&digest).await {
+    if let Some(size) = s.images.claim_if_present(&digest).await {
         return Ok(Json(ArtifactInfo {
             sha256: digest.to_string(),
             size,
@@ -105,20 +107,37 @@ async fn fetch_artifact(
         })
         .into_response());
     }
-    let resp = reqwest::get(&req.url)
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "fetch_failed",
-                format!("{}: {e}", req.url),
-            )
-        })?;
+    let resp = s.fetcher.get(&req.url).await.map_err(|e| match e {
+        FetchError::Refused(why) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "fetch_refused",
+            format!("{}: {why}", req.url),
+        ),
+        FetchError::Failed(why) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "fetch_failed",
+            format!("{}: {why}", req.url),
+        ),
+    })?;
+    // What the server downloaded is not shown to the caller: a mismatch
+    // names the digest that was expected, never the one that came.
     let info = s
         .images
         .put_artifact(Some(digest), MAX_ARTIFACT, resp.bytes_stream())
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ImageError::DigestMismatch { expected, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "digest_mismatch",
+                format!("{}: content does not match; expected {expected}", req.url),
+            ),
+            ImageError::Body(_) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "fetch_failed",
+                format!("{}: the download was interrupted", req.url),
+            ),
+            other => other.into(),
+        })?;
     Ok((
         StatusCode::CREATED,
         Json(ArtifactInfo {
@@ -285,6 +304,7 @@ async fn create_generation(
             "must be one line without control characters",
         ));
     }
+    let _importing = s.images.importing().await;
     let digest = s.images.put_manifest(&manifest).await?;
     let g = s
         .inventory
@@ -311,6 +331,7 @@ async fn delete_generation(
     ApiPath((stream, number)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<DeleteReport>> {
     let id = GenerationId::new(stream, parse_number(&number)?);
+    let _collecting = s.images.collecting().await;
     s.inventory
         .generation(&id)
         .ok_or(InventoryError::NoSuchGeneration(id.clone()))?;
@@ -328,7 +349,9 @@ async fn delete_generation(
     }))
 }
 
-/// Deletes generations, then the files only their images used.
+/// Deletes generations, then the files only their images used (the caller
+/// holds [`crate::images::ImageStore::collecting`] from its in-use check
+/// on).
 async fn delete_and_collect(
     s: &ApiState,
     ids: &[GenerationId],
@@ -387,6 +410,7 @@ async fn gc(
     if req.retain == 0 {
         return Err(ApiError::bad("retain", "must be at least 1"));
     }
+    let _collecting = s.images.collecting().await;
     let used = s.inventory.in_use();
     let mut by_stream: BTreeMap<String, Vec<GenerationId>> = BTreeMap::new();
     for g in s.inventory.generations() {

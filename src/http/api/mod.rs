@@ -93,6 +93,9 @@ pub struct ApiState {
     /// The DHCP service, for its leases (`None` where there is none, as in
     /// unit tests).
     pub dhcp: Option<Arc<crate::dhcp::Dhcp>>,
+    /// Server-side downloads (`artifacts/fetch`), within `[images]`'s
+    /// policy: see [`crate::images::fetch`].
+    pub fetcher: Arc<crate::images::fetch::Fetcher>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.

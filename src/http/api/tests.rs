@@ -73,6 +73,9 @@ impl Harness {
                 known: None,
             }),
             dhcp: None,
+            fetcher: Arc::new(
+                crate::images::fetch::Fetcher::new(Default::default()).expect("fetch client"),
+            ),
         };
         Self {
             app: router(state.clone()),
