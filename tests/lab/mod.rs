@@ -336,6 +336,9 @@ pub struct Lab {
     /// TOML appended to the server's configuration (whole tables, e.g.
     /// `[dhcp.bootfile]` with a `grub_dir`).
     pub extra_config: String,
+    /// ironboot in proxy DHCP mode on br0 (another server owns addresses),
+    /// instead of full mode with the lab's pool and reservation.
+    pub proxy: bool,
 }
 
 impl Lab {
@@ -360,6 +363,7 @@ impl Lab {
                 .unwrap(),
             db: None,
             extra_config: String::new(),
+            proxy: false,
         };
         lab.network(taps);
         lab
@@ -511,15 +515,13 @@ impl Lab {
     }
 
     pub fn config(&self, ipxe_dir: &Path) -> PathBuf {
-        let text = format!(
-            r#"
-data_dir = "{data}"
-server_ip = "{SERVER_IP}"
-[http]
-listen = "{SERVER_IP}:8080"
-[tftp]
-listen = "{SERVER_IP}:69"
-ipxe_dir = "{ipxe}"
+        let dhcp = if self.proxy {
+            // The RA ends iPXE's wait for IPv6 autoconfiguration here too.
+            "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"br0\"]\nrouter_advertisement = true\n"
+                .to_string()
+        } else {
+            format!(
+                r#"
 [dhcp]
 mode = "full"
 interfaces = ["br0"]
@@ -533,7 +535,19 @@ lease_time = "1h"
 mac = "{RESERVED_MAC}"
 ip = "{RESERVED_IP}"
 hostname = "node1"
-"#,
+"#
+            )
+        };
+        let text = format!(
+            r#"
+data_dir = "{data}"
+server_ip = "{SERVER_IP}"
+[http]
+listen = "{SERVER_IP}:8080"
+[tftp]
+listen = "{SERVER_IP}:69"
+ipxe_dir = "{ipxe}"
+{dhcp}"#,
             data = self.dir.join("data").display(),
             ipxe = ipxe_dir.display(),
         ) + &self.extra_config;
