@@ -162,7 +162,9 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
     let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
-    let inventory = Inventory::load(store.clone(), ledger.clone()).await?;
+    let inventory = Inventory::load(store.clone(), ledger.clone())
+        .await?
+        .with_token_ttl(config.boot.token_ttl);
     inventory.apply_reservations(&config.dhcp.reservations);
     // Machines a rollout moves are handed to the reboot hook's task.
     let (reboot_tx, reboot_rx) = tokio::sync::mpsc::channel(4096);
@@ -215,8 +217,25 @@ pub async fn run(
         }));
     }
     let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
+    if config.boot.binding == crate::binding::Mode::Off {
+        tracing::warn!(
+            "boot.binding = \"off\": any host on the boot network can fetch any machine's \
+             script, config and token, and confirm its boots; for labs only"
+        );
+    }
+    let bindings = Arc::new(crate::binding::Bindings::new(
+        config.boot.binding,
+        Some(dhcp.clone()),
+        config
+            .dhcp
+            .reservations
+            .iter()
+            .map(|r| (std::net::IpAddr::V4(r.ip), r.mac)),
+        config.dhcp.interfaces.clone(),
+        metrics.clone(),
+    ));
     let netboot = {
-        let (by_ip, by_mac) = (dhcp.clone(), dhcp.clone());
+        let by_mac = dhcp.clone();
         Arc::new(crate::netboot::Netboot::new(
             bootfiles.clone(),
             inventory.clone(),
@@ -224,10 +243,7 @@ pub async fn run(
             images.clone(),
             ledger.clone(),
             server_url.clone(),
-            Arc::new(move |ip| match ip {
-                std::net::IpAddr::V4(v4) => by_ip.mac_of(v4),
-                std::net::IpAddr::V6(_) => None,
-            }),
+            bindings.clone(),
             Arc::new(move |mac| by_mac.seen(mac)),
         ))
     };
@@ -315,6 +331,8 @@ pub async fn run(
         renderer.clone(),
         ledger.clone(),
         server_url,
+        bindings,
+        metrics.clone(),
     )?;
     let explainer = Arc::new(crate::explain::Explainer {
         inventory: inventory.clone(),

@@ -77,6 +77,36 @@ pub struct RawConfig {
     pub rollout: crate::rollout::settings::RawRollout,
     /// Server-side downloads (`images::fetch`).
     pub images: crate::images::fetch::RawImages,
+    /// The boot path's binding rule and boot tokens (`binding`).
+    pub boot: RawBoot,
+}
+
+/// `[boot]`: who may act for a machine on the boot path, and for how long a
+/// boot's token works.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBoot {
+    /// `required` (default) or `off` (labs only: see `binding`).
+    pub binding: crate::binding::Mode,
+    /// How long after its script a boot's token fetches configs and
+    /// confirms.
+    pub token_ttl: String,
+}
+
+impl Default for RawBoot {
+    fn default() -> Self {
+        Self {
+            binding: crate::binding::Mode::Required,
+            token_ttl: "2h".into(),
+        }
+    }
+}
+
+/// Validated `[boot]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSettings {
+    pub binding: crate::binding::Mode,
+    pub token_ttl: Duration,
 }
 
 impl Default for RawConfig {
@@ -91,6 +121,7 @@ impl Default for RawConfig {
             dhcp: RawDhcp::default(),
             rollout: Default::default(),
             images: Default::default(),
+            boot: RawBoot::default(),
         }
     }
 }
@@ -288,6 +319,7 @@ pub struct Config {
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
     pub fetch: crate::images::fetch::FetchPolicy,
+    pub boot: BootSettings,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -442,9 +474,26 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         .map_err(|(key, message)| invalid(key, message))?;
     let fetch = crate::images::fetch::validate(&raw.images)
         .map_err(|(key, message)| invalid(key, message))?;
+    let token_ttl = humantime::parse_duration(raw.boot.token_ttl.trim())
+        .ok()
+        .filter(|d| *d >= Duration::from_secs(60))
+        .ok_or_else(|| {
+            invalid(
+                "boot.token_ttl",
+                format!(
+                    "{:?} is not a duration of at least 1m like \"2h\"",
+                    raw.boot.token_ttl
+                ),
+            )
+        })?;
+    let boot = BootSettings {
+        binding: raw.boot.binding,
+        token_ttl,
+    };
     Ok(Config {
         rollout,
         fetch,
+        boot,
         data_dir: raw.data_dir,
         server_ip,
         log_format: raw.log_format,

@@ -19,6 +19,8 @@
 //! - [`images`]: the content-addressed store of boot artifacts and manifests.
 //! - [`render`]: minijinja templates from `boot-templates/`, strict.
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
+//! - [`binding`]: who is at a source address (lease, reservation, neighbour
+//!   entry): the evidence a boot-path request needs to act for a machine.
 //! - [`auth`]: API bearer tokens; [`cli`]: the client subcommands.
 //! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
 //!   the pure plan from desired state and current state to changes.
@@ -38,6 +40,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod binding;
 pub mod boot;
 pub mod bootfiles;
 pub mod cli;

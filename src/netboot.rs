@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tracing::{error, info};
 
+use crate::binding::Bindings;
 use crate::boot::loader::Loader;
 use crate::boot::onie::{self, OnieHeaders};
 use crate::boot::{context, GenerationId, Target};
@@ -45,9 +46,7 @@ use crate::tftp::GeneratedFiles;
 /// How long a rendered GRUB config is served again to the same machine.
 const GRUB_REUSE: Duration = Duration::from_secs(10);
 
-/// Who is behind an address (the DHCP lease table), and what its last boot
-/// request said.
-pub type ClientLookup = Arc<dyn Fn(IpAddr) -> Option<MacAddr> + Send + Sync>;
+/// What a MAC's last boot request said.
 pub type SeenLookup = Arc<dyn Fn(MacAddr) -> Option<SeenClient> + Send + Sync>;
 
 pub struct Netboot {
@@ -58,7 +57,9 @@ pub struct Netboot {
     pub ledger: Ledger,
     /// `http://SERVER:PORT`, as machines reach it.
     pub server: String,
-    pub clients: ClientLookup,
+    /// Who is behind an address: a request acts for a machine only from an
+    /// address bound to it (see [`crate::binding`]).
+    pub bindings: Arc<Bindings>,
     pub seen: SeenLookup,
     grub_cache: Mutex<HashMap<MacAddr, Rendered>>,
 }
@@ -115,7 +116,7 @@ impl Netboot {
         images: Arc<ImageStore>,
         ledger: Ledger,
         server: String,
-        clients: ClientLookup,
+        bindings: Arc<Bindings>,
         seen: SeenLookup,
     ) -> Self {
         Self {
@@ -125,7 +126,7 @@ impl Netboot {
             images,
             ledger,
             server,
-            clients,
+            bindings,
             seen,
             grub_cache: Mutex::new(HashMap::new()),
         }
@@ -157,9 +158,22 @@ impl Netboot {
         }
     }
 
+    /// Whether a request from `ip` may act for `mac` (the binding rule;
+    /// a refusal is counted).
+    pub fn acts_for(&self, ip: IpAddr, mac: MacAddr) -> bool {
+        self.bindings.check(ip, mac).allows()
+    }
+
     /// The per-machine GRUB config: opens a boot (or reuses the one just
-    /// opened for this machine).
+    /// opened for this machine). From an address not bound to `mac`: a
+    /// config that says so, and nothing opened.
     pub fn grub_config(&self, mac: MacAddr, ip: IpAddr) -> Arc<[u8]> {
+        if !self.acts_for(ip, mac) {
+            return Arc::from(
+                format!("echo 'ironboot: {ip} is not bound to {mac}; nothing to boot'\nsleep 10\nexit\n")
+                    .into_bytes(),
+            );
+        }
         if let Some((at, bytes)) = self.grub_cache.lock().expect("grub cache").get(&mac) {
             if at.elapsed() < GRUB_REUSE {
                 return bytes.clone();
@@ -318,8 +332,8 @@ impl GeneratedFiles for Netboot {
         }
         let name = path.strip_prefix("grub/").unwrap_or(path);
         if name == "grub.cfg" {
-            return match (self.clients)(client.ip()) {
-                Some(mac) => Some(self.grub_config(mac, client.ip())),
+            return match self.bindings.who(client.ip()) {
+                Some((mac, _)) => Some(self.grub_config(mac, client.ip())),
                 None => self.generic_grub(),
             };
         }
@@ -334,7 +348,12 @@ impl GeneratedFiles for Netboot {
             return file.is_file().then_some(file);
         }
         let wanted = onie::installer_path(path)?;
-        let mac = wanted.mac.or_else(|| (self.clients)(client.ip()))?;
+        let mac = wanted
+            .mac
+            .or_else(|| self.bindings.who(client.ip()).map(|(mac, _)| mac))?;
+        if !self.acts_for(client.ip(), mac) {
+            return None;
+        }
         self.onie_installer(mac, &OnieHeaders::default(), client.ip(), path)
             .ok()
             .map(|i| i.path)
@@ -368,8 +387,14 @@ mod tests {
             images,
             ledger,
             "http://10.77.0.1:8080".into(),
-            // Only 10.77.0.101 holds a lease (the arm64 machine's).
-            Arc::new(move |ip| (ip == IpAddr::from([10, 77, 0, 101])).then_some(known)),
+            // Only 10.77.0.101 is bound (the arm64 machine's address).
+            Arc::new(crate::binding::Bindings::new(
+                crate::binding::Mode::Required,
+                None,
+                [(IpAddr::from([10, 77, 0, 101]), known)],
+                vec!["no-boot-interface".into()],
+                Arc::default(),
+            )),
             Arc::new(|_| {
                 Some(SeenClient {
                     arch: Some(Arch::EfiArm64),
@@ -414,10 +439,17 @@ mod tests {
             "grub/grub.cfg-01-52:54:00:00:a6:41",
             "grub.cfg-01-52-54-00-00-a6-41",
         ] {
-            let by_name = text(nb.get(name, stranger));
+            let by_name = text(nb.get(name, leased));
             assert!(
                 by_name.contains("nothing to boot for 52:54:00:00:a6:41"),
                 "{name}: {by_name}"
+            );
+            // The same name from an address not bound to that MAC: told so,
+            // nothing opened for the machine.
+            let refused = text(nb.get(name, stranger));
+            assert!(
+                refused.contains("10.77.0.200 is not bound to 52:54:00:00:a6:41"),
+                "{name}: {refused}"
             );
         }
         for refused in ["grub/grub.cfg-01-nonsense", "grub/other.cfg", "boot.ipxe"] {
@@ -439,9 +471,11 @@ mod tests {
             nb.file("52-54-00-0e-00-01/onie-installer-x86_64", stranger),
             None
         );
+        // Asked from an address not bound to that MAC: the machine is not
+        // registered, let alone turned into a switch.
         assert!(nb
             .inventory
             .machine("52:54:00:0e:00:01".parse().unwrap())
-            .is_some_and(|m| m.kind == MachineKind::Switch));
+            .is_none());
     }
 }

@@ -18,7 +18,7 @@ const MACHINES: usize = 50;
 fn config(dir: &std::path::Path) -> String {
     // One relayed /16 on loopback: leases are 127.77.x.y, which the
     // simulator's machines send from, so the server tells them apart.
-    common::full_config(dir, "").replace(
+    common::full_config_with(dir, "", common::BINDING_REQUIRED).replace(
         "[[dhcp.subnet]]\nnetwork = \"127.1.0.0/24\"",
         "[[dhcp.subnet]]\nnetwork = \"127.77.0.0/16\"\nrange = [\"127.77.1.1\", \"127.77.9.254\"]\nlease_time = \"1h\"\n\n[[dhcp.subnet]]\nnetwork = \"127.1.0.0/24\"",
     )

@@ -10,6 +10,7 @@
 //! nothing can be booted the answer says why, because the machine's console
 //! and the ledger must say it too.
 
+pub mod claims;
 pub mod context;
 pub mod identity;
 pub mod loader;

@@ -140,6 +140,12 @@ impl Dhcp {
         self.leases.lock().expect("lease lock").mac_of(ip)
     }
 
+    /// The MAC holding a bound, unexpired lease on `ip` (the binding rule's
+    /// strongest evidence, see [`crate::binding`]).
+    pub fn bound_mac(&self, ip: Ipv4Addr, now: Millis) -> Option<MacAddr> {
+        self.leases.lock().expect("lease lock").bound_mac(ip, now)
+    }
+
     /// The lease table as it is now (for the API).
     pub fn leases(&self) -> Vec<Entry> {
         self.leases.lock().expect("lease lock").entries()

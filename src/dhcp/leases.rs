@@ -97,6 +97,16 @@ impl LeaseTable {
         self.by_ip.get(&ip).and_then(|e| e.mac)
     }
 
+    /// The MAC `ip` is leased to, bound and unexpired: evidence that a
+    /// request from `ip` comes from that machine (an offer is not: the
+    /// client has not taken the address yet).
+    pub fn bound_mac(&self, ip: Ipv4Addr, now: Millis) -> Option<MacAddr> {
+        self.by_ip
+            .get(&ip)
+            .filter(|e| e.state == State::Bound && e.live(now))
+            .and_then(|e| e.mac)
+    }
+
     pub fn len(&self) -> usize {
         self.by_ip.len()
     }

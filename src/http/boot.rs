@@ -11,8 +11,16 @@
 //!   rollout's health gate can require one of its fields, e.g.
 //!   `checks=passed`).
 //!
-//! Every step lands in the ledger; none of these waits on a SQLite write
-//! except the confirmation, which is not on the hot path.
+//! The binding rule ([`crate::binding`]) holds on every one of them: a
+//! request acts for MAC M only from an address bound to M. An unbound script
+//! request gets a script that says so and nothing else (no token, no
+//! registration, no ledger row about M); a config or a confirmation from an
+//! address not bound to the token's machine is refused. Refusals are
+//! counted in `/metrics`, never stored with their bodies.
+//!
+//! Every step lands in the ledger. A script is sent only once its boot row
+//! (and so its token) is committed: a token the machine holds always
+//! confirms, even across a crash of the server.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,10 +34,12 @@ use axum::{Json, Router};
 use serde_json::json;
 use tracing::{error, info, warn};
 
-use crate::boot::{context, Target};
+use crate::binding::Bindings;
+use crate::boot::{claims, context, Target};
 use crate::domain::MacAddr;
 use crate::inventory::{Inventory, InventoryError, ScriptRequest};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE, MACHINE_IPXE, NOTHING_IPXE};
 
 #[derive(Clone)]
@@ -39,6 +49,10 @@ pub struct BootState {
     pub ledger: Ledger,
     /// `http://SERVER:PORT`, as machines reach it.
     pub server: String,
+    /// Who is at a source address: a request acts for a machine only from
+    /// an address bound to it.
+    pub bindings: Arc<Bindings>,
+    pub metrics: Arc<Metrics>,
     boot_ipxe: Arc<String>,
 }
 
@@ -48,6 +62,8 @@ impl BootState {
         renderer: Arc<Renderer>,
         ledger: Ledger,
         server: String,
+        bindings: Arc<Bindings>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::render::RenderError> {
         let boot_ipxe = renderer.render(
             BOOT_IPXE,
@@ -62,18 +78,40 @@ impl BootState {
             renderer,
             ledger,
             server,
+            bindings,
+            metrics,
             boot_ipxe: Arc::new(boot_ipxe),
         })
     }
 }
+
+/// The largest confirmation body read (cloud-init's form with three public
+/// keys is about 2 KiB); a larger one is refused with 413 unread.
+pub const MAX_PHONE_HOME: usize = 64 * 1024;
 
 pub fn router(state: BootState) -> Router {
     Router::new()
         .route("/boot.ipxe", get(boot_ipxe))
         .route("/boot/{file}", get(machine_script))
         .route("/config/{token}/{file}", get(config_file))
-        .route("/phone-home/{token}", post(phone_home))
+        .route(
+            "/phone-home/{token}",
+            post(phone_home).layer(axum::extract::DefaultBodyLimit::max(MAX_PHONE_HOME)),
+        )
         .with_state(state)
+}
+
+/// What an address not bound to `mac` is told instead of its script: why,
+/// and to try the next boot device. Names only the MAC it asked for and
+/// the address it asked from.
+fn unbound_script(mac: MacAddr, peer: std::net::IpAddr) -> String {
+    format!(
+        "#!ipxe\necho ironboot: {peer} is not bound to {mac} (no lease, reservation or neighbour entry); nothing to boot\nsleep 10\nexit 1\n"
+    )
+}
+
+fn forbidden(text: &'static str) -> Response {
+    (StatusCode::FORBIDDEN, text).into_response()
 }
 
 fn script(text: String) -> Response {
@@ -106,21 +144,32 @@ async fn machine_script(
     else {
         return (StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n").into_response();
     };
-    let nonempty = |k: &str| {
-        q.get(k)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+    if !state.bindings.check(peer.ip(), mac).allows() {
+        return script(unbound_script(mac, peer.ip()));
+    }
+    // What the firmware says of itself is a claim: checked, capped.
+    let claim = |k: &str| q.get(k).and_then(|v| claims::text(v));
     let req = ScriptRequest {
         mac: Some(mac),
         // iPXE prints the all-zero UUID when the firmware has none.
-        uuid: nonempty("uuid").filter(|u| u.chars().any(|c| c != '0' && c != '-')),
-        serial: nonempty("serial"),
-        buildarch: nonempty("buildarch"),
-        platform: nonempty("platform"),
+        uuid: q
+            .get("uuid")
+            .and_then(|u| claims::uuid(u))
+            .filter(|u| u.chars().any(|c| c != '0' && c != '-')),
+        serial: claim("serial"),
+        buildarch: q
+            .get("buildarch")
+            .and_then(|a| claims::buildarch(a))
+            .map(str::to_string),
+        platform: q
+            .get("platform")
+            .and_then(|p| claims::platform(p))
+            .map(str::to_string),
         ip: Some(peer.ip()),
     };
     let plan = state.inventory.begin_boot(mac, &req);
+    // The token in this script is usable once the boot row is committed.
+    state.ledger.flush().await;
     let rendered = context::build(&plan, &state.server, &state.renderer).and_then(|ctx| {
         let template = if matches!(plan.target, Target::Boot { .. }) && ctx.image.is_some() {
             MACHINE_IPXE
@@ -129,7 +178,7 @@ async fn machine_script(
         };
         state.renderer.render(template, &ctx)
     });
-    let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": nonempty("chip"), "platform": req.platform, "buildarch": req.buildarch });
+    let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": claim("chip"), "platform": req.platform, "buildarch": req.buildarch });
     match rendered {
         Ok(text) => {
             info!(%mac, boot = plan.boot_id, target = ?plan.target, "boot script served");
@@ -167,8 +216,13 @@ async fn config_file(
     Path((token, file)): Path<(String, String)>,
 ) -> Response {
     let Some(plan) = state.inventory.plan_for_token(&token) else {
+        Metrics::inc(&state.metrics.boot_token_refused);
         return (StatusCode::NOT_FOUND, "unknown boot\n").into_response();
     };
+    if !state.bindings.check(peer.ip(), plan.machine.mac).allows() {
+        Metrics::inc(&state.metrics.boot_token_refused);
+        return forbidden("this address is not bound to the boot's machine\n");
+    }
     let rendered = context::build(&plan, &state.server, &state.renderer)
         .map(|ctx| state.renderer.render_config(&file, &ctx));
     match rendered {
@@ -222,13 +276,41 @@ async fn phone_home(
     Path(token): Path<String>,
     body: String,
 ) -> Response {
-    // cloud-init posts instance_id, hostname, fqdn and public keys; keep the
-    // non-key fields as the confirmation's detail.
-    let fields: HashMap<String, String> = form_fields(&body);
+    let refuse = |status: StatusCode, code: &'static str, message: String| {
+        // Counted, not stored: a refused request leaves no row behind.
+        Metrics::inc(&state.metrics.boot_token_refused);
+        warn!(peer = %peer.ip(), reason = code, "confirmation refused");
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
+    };
+    let Some(boot) = state.inventory.boot_for_token(&token) else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "unknown_token",
+            "unknown or expired boot token".into(),
+        );
+    };
+    if !state.bindings.check(peer.ip(), boot.mac).allows() {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "unbound",
+            "this address is not bound to the boot's machine".into(),
+        );
+    }
+    // cloud-init posts instance_id, hostname, fqdn and public keys; keep
+    // the non-key fields as the confirmation's detail, each a capped claim.
+    let fields: HashMap<String, String> = form_fields(&body)
+        .into_iter()
+        .filter(|(k, _)| k.len() <= claims::MAX_CLAIM && !k.starts_with("pub_key"))
+        .filter_map(|(k, v)| claims::text(&v).map(|v| (k, v)))
+        .take(32)
+        .collect();
     let detail =
         json!({ "instance_id": fields.get("instance_id"), "hostname": fields.get("hostname") });
-    let payload: std::collections::BTreeMap<String, String> =
-        fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let payload: std::collections::BTreeMap<String, String> = fields.into_iter().collect();
     match state.inventory.confirm_with(&token, &payload).await {
         Ok((boot, generation)) => {
             info!(mac = %boot.mac, boot = boot.id, %generation, "boot confirmed");
@@ -245,33 +327,22 @@ async fn phone_home(
         }
         Err(e) => {
             let (status, code) = match &e {
-                InventoryError::UnknownToken => (StatusCode::FORBIDDEN, "unknown_token"),
+                InventoryError::UnknownToken | InventoryError::ExpiredToken(_) => {
+                    (StatusCode::FORBIDDEN, "unknown_token")
+                }
                 InventoryError::AlreadyConfirmed(_) => (StatusCode::CONFLICT, "replayed"),
                 InventoryError::NothingToConfirm(_) => (StatusCode::CONFLICT, "nothing_served"),
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             };
             if status.is_server_error() {
                 error!(error = %e, "confirmation failed");
-            } else {
-                warn!(peer = %peer, reason = code, "confirmation refused");
+                return (
+                    status,
+                    Json(json!({ "error": { "code": code, "message": "internal error" } })),
+                )
+                    .into_response();
             }
-            state.ledger.event(
-                None,
-                Some(peer.ip()),
-                "boot.confirm_refused",
-                json!({ "reason": code, "detail": detail }),
-                None,
-            );
-            let message = if status.is_server_error() {
-                "internal error".to_string()
-            } else {
-                e.to_string()
-            };
-            (
-                status,
-                Json(json!({ "error": { "code": code, "message": message } })),
-            )
-                .into_response()
+            refuse(status, code, e.to_string())
         }
     }
 }

@@ -12,7 +12,9 @@
 //!   `boot-templates/ztp/` (`cumulus.sh`, `ztp.json`).
 //!
 //! `HEAD` answers like `GET` without the body. A 404 tells ONIE to try its
-//! next name; the ledger says why.
+//! next name; the ledger says why. A request from an address not bound to
+//! the switch it names (see [`crate::binding`]) gets 403 and changes
+//! nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,15 @@ fn onie_headers(headers: &HeaderMap) -> OnieHeaders {
 
 fn not_found(text: &'static str) -> Response {
     (StatusCode::NOT_FOUND, text).into_response()
+}
+
+/// The binding rule refused the request: it changes and learns nothing.
+fn forbidden() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "this address is not bound to that switch\n",
+    )
+        .into_response()
 }
 
 async fn onie_by_url(
@@ -110,6 +121,9 @@ async fn installer(
     peer: SocketAddr,
     asked: &str,
 ) -> Response {
+    if !nb.acts_for(peer.ip(), mac) {
+        return forbidden();
+    }
     let chosen = nb.onie_installer(mac, onie, peer.ip(), asked);
     let installer = match chosen {
         Ok(i) => i,
@@ -144,6 +158,9 @@ async fn ztp(
     };
     if file.contains(['/', '\\']) || file.starts_with('.') {
         return not_found("no such provisioning file\n");
+    }
+    if !nb.acts_for(peer.ip(), mac) {
+        return forbidden();
     }
     match nb.ztp_file(mac, &file, peer.ip()) {
         None => not_found("no such provisioning file\n"),

@@ -25,6 +25,7 @@ struct OpenBoot {
     token_hash: String,
     stream: Option<String>,
     generation: Option<i64>,
+    started_ms: i64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -185,21 +186,25 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
     }
 
     let boots: Vec<OpenBoot> = sqlx::query_as(
-        "SELECT id, mac, token_hash, stream, generation FROM boots WHERE state IN ('served', 'failed') AND started_ms > ?",
+        "SELECT id, mac, token_hash, stream, generation, started_ms FROM boots WHERE state IN ('served', 'failed') AND started_ms > ? ORDER BY id",
     )
     .bind(now_ms() - OPEN_BOOT_WINDOW_MS)
     .fetch_all(pool)
     .await?;
     for b in boots {
         if let Ok(mac) = b.mac.parse() {
-            state.boots.insert(
+            // Expired tokens stay refused by their start time; the
+            // machine's newest open boots are kept, as at run time.
+            state.open_boot(
                 b.token_hash,
                 Boot {
                     id: b.id,
                     mac,
                     generation: pair(b.stream, b.generation),
                     confirmed: false,
+                    started_ms: b.started_ms,
                 },
+                0,
             );
         }
     }

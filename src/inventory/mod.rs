@@ -111,14 +111,26 @@ pub struct Generation {
     pub imported_by: Option<String>,
 }
 
-/// A boot whose token may still be used (config fetches, confirmation).
+/// A boot whose token may still be used (config fetches, confirmation)
+/// for the token's lifetime after `started_ms`, and only from an address
+/// bound to `mac` (the HTTP layer checks that with [`crate::binding`]).
 #[derive(Debug, Clone)]
 pub struct Boot {
     pub id: i64,
     pub mac: MacAddr,
     pub generation: Option<GenerationId>,
     pub confirmed: bool,
+    /// When its script was served.
+    pub started_ms: i64,
 }
+
+/// Open boots kept per machine: a machine that asks for its script again
+/// and again (a retry loop) keeps only its newest tokens.
+const OPEN_BOOTS_PER_MACHINE: usize = 4;
+/// Inserts between two sweeps of expired boots.
+const SWEEP_EVERY: i64 = 1024;
+/// How long a boot's token works by default (`[boot] token_ttl`).
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
 
 /// What the script request told us about the machine (iPXE variables).
 #[derive(Debug, Clone, Default)]
@@ -176,6 +188,8 @@ pub enum InventoryError {
     NoSuchMachine(MacAddr),
     #[error("unknown boot token")]
     UnknownToken,
+    #[error("boot {0}'s token has expired")]
+    ExpiredToken(i64),
     #[error("boot {0} was already confirmed")]
     AlreadyConfirmed(i64),
     #[error("boot {0} had nothing to boot; there is nothing to confirm")]
@@ -198,11 +212,37 @@ struct State {
     /// The latest boot opened from each client address: artifact downloads
     /// carry no token, so they are attributed by where they come from.
     by_ip: HashMap<IpAddr, String>,
+    /// Each machine's open boots, oldest first (token hashes).
+    open_by_mac: HashMap<MacAddr, std::collections::VecDeque<String>>,
     /// Rollouts and the watchdog's per-machine health: asked at every boot.
     fleet: crate::rollout::engine::Fleet,
 }
 
 impl State {
+    /// Opens a boot. A machine keeps at most [`OPEN_BOOTS_PER_MACHINE`]
+    /// open boots (its newest), and boots started before `oldest_live` (their
+    /// tokens expired) are swept now and then, so memory stays bounded by
+    /// the fleet, not by how often machines ask.
+    fn open_boot(&mut self, hash: String, boot: Boot, oldest_live: i64) {
+        if boot.id % SWEEP_EVERY == 0 {
+            self.boots.retain(|_, b| b.started_ms >= oldest_live);
+            let boots = &self.boots;
+            self.by_ip.retain(|_, h| boots.contains_key(h));
+            for open in self.open_by_mac.values_mut() {
+                open.retain(|h| boots.contains_key(h));
+            }
+            self.open_by_mac.retain(|_, open| !open.is_empty());
+        }
+        let open = self.open_by_mac.entry(boot.mac).or_default();
+        open.push_back(hash.clone());
+        while open.len() > OPEN_BOOTS_PER_MACHINE {
+            if let Some(old) = open.pop_front() {
+                self.boots.remove(&old);
+            }
+        }
+        self.boots.insert(hash, boot);
+    }
+
     /// The groups that claim machines by selector.
     fn claims(&self) -> impl Iterator<Item = Claim<'_>> {
         self.groups.values().filter_map(|g| {
@@ -406,6 +446,8 @@ pub struct Inventory {
     /// Where machines a rollout moved (or rolled back) are sent to be
     /// rebooted (the reboot hook's queue); set once at start.
     reboots: OnceLock<tokio::sync::mpsc::Sender<crate::rollout::hook::Job>>,
+    /// How long a boot's token works after its script was served.
+    token_ttl_ms: i64,
 }
 
 /// The machine (label `identity`) or its group (variable `identity`) says
@@ -456,7 +498,14 @@ impl Inventory {
             next_boot: AtomicI64::new(max_boot + 1),
             ports: OnceLock::new(),
             reboots: OnceLock::new(),
+            token_ttl_ms: DEFAULT_TOKEN_TTL.as_millis() as i64,
         })
+    }
+
+    /// Boot tokens work for `ttl` after their script (`[boot] token_ttl`).
+    pub fn with_token_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.token_ttl_ms = ttl.as_millis().min(i64::MAX as u128) as i64;
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -598,14 +647,16 @@ impl Inventory {
             Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
             Target::Nothing { .. } => None,
         };
-        state.boots.insert(
+        state.open_boot(
             hash.clone(),
             Boot {
                 id,
                 mac,
                 generation: generation.as_ref().map(|g| g.id.clone()),
                 confirmed: false,
+                started_ms: now,
             },
+            now - self.token_ttl_ms,
         );
         if let Some(ip) = req.ip {
             state.by_ip.insert(ip, hash.clone());
@@ -710,11 +761,27 @@ impl Inventory {
         d
     }
 
+    /// The open boot a token belongs to, unless it expired.
+    pub fn boot_for_token(&self, token: &str) -> Option<Boot> {
+        let state = self.read();
+        let boot = state.boots.get(&token_hash(token))?;
+        (!self.expired(boot)).then(|| boot.clone())
+    }
+
+    /// Whether a boot's token has outlived `[boot] token_ttl`.
+    fn expired(&self, boot: &Boot) -> bool {
+        now_ms() >= boot.started_ms.saturating_add(self.token_ttl_ms)
+    }
+
     /// The plan of an open boot, by its token (for config fetches): the
     /// machine's facts as they are now, the generation the boot was served.
+    /// `None` for an unknown or expired token.
     pub fn plan_for_token(&self, token: &str) -> Option<BootPlan> {
         let state = self.read();
         let boot = state.boots.get(&token_hash(token))?.clone();
+        if self.expired(&boot) {
+            return None;
+        }
         let machine = state
             .machines
             .get(&boot.mac)
@@ -795,6 +862,9 @@ impl Inventory {
             .ok_or(InventoryError::UnknownToken)?;
         if boot.confirmed {
             return Err(InventoryError::AlreadyConfirmed(boot.id));
+        }
+        if self.expired(&boot) {
+            return Err(InventoryError::ExpiredToken(boot.id));
         }
         let generation = boot
             .generation

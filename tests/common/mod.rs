@@ -21,10 +21,23 @@ pub struct TestServer {
 /// The test network: two "relayed" subnets on loopback addresses, so replies
 /// to `giaddr` come back to the test's relay socket and nothing leaves lo.
 pub fn full_config(dir: &std::path::Path, extra: &str) -> String {
+    full_config_with(dir, extra, LOOPBACK_STANDS_IN)
+}
+
+/// `[boot]` for tests where one loopback address stands in for many
+/// machines (scripts for many MACs from 127.0.0.1): the binding rule is off
+/// there, deliberately. `tests/hostile` and the VM tests keep it on.
+pub const LOOPBACK_STANDS_IN: &str = "[boot]\nbinding = \"off\"";
+/// `[boot]` with the binding rule on, as in production.
+pub const BINDING_REQUIRED: &str = "";
+
+/// [`full_config`] with `binding` (one of the two constants above).
+pub fn full_config_with(dir: &std::path::Path, extra: &str, binding: &str) -> String {
     format!(
         r#"
 server_ip = "127.0.0.1"
 data_dir = "{data}"
+{binding}
 [http]
 listen = "127.0.0.1:0"
 [tftp]
@@ -117,6 +130,14 @@ impl TestServer {
     pub async fn full(extra: &str) -> Self {
         let dir = TempDir::new().unwrap();
         let text = full_config(dir.path(), extra);
+        Self::start(&text, dir).await
+    }
+
+    /// [`TestServer::full`] with the binding rule on: a boot-path request
+    /// acts for a machine only from an address bound to it.
+    pub async fn full_bound(extra: &str) -> Self {
+        let dir = TempDir::new().unwrap();
+        let text = full_config_with(dir.path(), extra, BINDING_REQUIRED);
         Self::start(&text, dir).await
     }
 

