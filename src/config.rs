@@ -205,6 +205,8 @@ pub struct RawDhcp {
     pub bootfile: RawBootfiles,
     pub subnet: Vec<RawSubnet>,
     pub reservation: Vec<RawReservation>,
+    /// Relay agents whose option 82 (circuit-id, remote-id) is believed.
+    pub trusted_relays: Vec<Ipv4Addr>,
 }
 
 impl Default for RawDhcp {
@@ -220,6 +222,7 @@ impl Default for RawDhcp {
             bootfile: RawBootfiles::default(),
             subnet: Vec::new(),
             reservation: Vec::new(),
+            trusted_relays: Vec::new(),
         }
     }
 }
@@ -342,6 +345,9 @@ pub struct DhcpSettings {
     pub bootfiles: RawBootfiles,
     pub subnets: Vec<Subnet>,
     pub reservations: Vec<Reservation>,
+    /// Option 82 counts (identity, storage) only from these relays, and
+    /// only when the datagram's source is its `giaddr`.
+    pub trusted_relays: Vec<Ipv4Addr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -600,6 +606,7 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
         bootfiles: raw.bootfile.clone(),
         subnets,
         reservations,
+        trusted_relays: raw.trusted_relays.clone(),
     })
 }
 

@@ -274,7 +274,25 @@ async fn relay_selects_subnet_and_opt82_is_echoed_and_stored() {
         &[127, 1, 0],
         "subnet picked by giaddr {RELAY1}"
     );
-    assert_eq!(opt_bytes(&raw, 82), Some(agent), "opt 82 echoed verbatim");
+    assert_eq!(
+        opt_bytes(&raw, 82),
+        Some(agent.clone()),
+        "opt 82 echoed verbatim"
+    );
+    // A new MAC is recorded once it is bound: REQUEST the offer.
+    let offered = Ipv4Addr::new(raw[16], raw[17], raw[18], raw[19]);
+    let r = encode_with_raw(
+        &with(
+            with(
+                message(Client::BiosPxe, MessageType::Request, mac(70), 701, RELAY1),
+                DhcpOption::RequestedIpAddress(offered),
+            ),
+            DhcpOption::ServerIdentifier(SERVER_ID),
+        ),
+        &opt82,
+    );
+    let raw = relay1.exchange_bytes(&r).await.expect("relayed ACK");
+    assert_eq!(opt_bytes(&raw, 82), Some(agent), "opt 82 echoed in the ACK");
     let offer2 = relay2
         .exchange(&message(
             Client::BiosPxe,

@@ -36,8 +36,9 @@ fn relay_info(circuit: &str, remote: &str) -> Vec<u8> {
     opt
 }
 
-/// An iPXE client's DISCOVER through the relay; the reply carries the
-/// relay information back.
+/// An iPXE client's DISCOVER and REQUEST through the relay (a new MAC is
+/// remembered once it is bound); the replies carry the relay information
+/// back.
 async fn discover(relay: &Relay, mac: [u8; 6], xid: u32, circuit: &str) {
     let m = message(Client::Ipxe, MessageType::Discover, mac, xid, GIADDR);
     let info = relay_info(circuit, "leaf-3");
@@ -49,6 +50,23 @@ async fn discover(relay: &Relay, mac: [u8; 6], xid: u32, circuit: &str) {
         common::dhcp_client::opt_bytes(&reply, 82).unwrap(),
         info[2..],
         "relay information echoed"
+    );
+    let offered = std::net::Ipv4Addr::new(reply[16], reply[17], reply[18], reply[19]);
+    let r = common::dhcp_client::with(
+        common::dhcp_client::with(
+            message(Client::Ipxe, MessageType::Request, mac, xid + 1, GIADDR),
+            dhcproto::v4::DhcpOption::RequestedIpAddress(offered),
+        ),
+        dhcproto::v4::DhcpOption::ServerIdentifier(std::net::Ipv4Addr::LOCALHOST),
+    );
+    let ack = relay
+        .exchange_bytes(&encode_with_raw(&r, &info))
+        .await
+        .expect("an ACK");
+    assert_eq!(
+        common::dhcp_client::opt_bytes(&ack, 53),
+        Some(vec![5]),
+        "ACK"
     );
 }
 

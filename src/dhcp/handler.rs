@@ -59,6 +59,10 @@ pub struct Outgoing {
 
 const CLIENT_PORT: u16 = 68;
 
+/// Machines the DHCP service remembers (facts in memory, a row each) before
+/// it stops admitting new ones in proxy mode, where no lease bounds them.
+pub const MAX_REMEMBERED: usize = 1 << 20;
+
 /// What the last boot request of a machine said, kept in memory for the
 /// paths that follow DHCP: GRUB's config (which architecture asked) and
 /// relay identity (which switch port it came from).
@@ -193,14 +197,18 @@ impl Dhcp {
         let kind = facts.kind();
         let span = tracing::debug_span!("dhcp", mac = %req.mac, xid = format_args!("{:#010x}", req.xid()), kind = kind.name());
         let _enter = span.enter();
-        if kind.is_boot_client() {
-            self.remember(&req, &facts, kind, now);
-        }
         let out = match self.settings.mode {
             DhcpMode::Off => None,
             DhcpMode::Proxy => self.proxy(&req, &facts, inc),
             DhcpMode::Full => self.full(&req, &facts, inc, now),
         };
+        if kind.is_boot_client() {
+            let acked = out
+                .as_ref()
+                .and_then(|o| crate::metrics::dhcp_message_type(&o.bytes))
+                == Some(u8::from(MessageType::Ack));
+            self.remember(&req, &facts, kind, inc, acked, now);
+        }
         match &out {
             Some(_) => Metrics::inc(&self.metrics.dhcp_replies),
             None => Metrics::inc(&self.metrics.dhcp_ignored),
@@ -213,13 +221,53 @@ impl Dhcp {
         out
     }
 
-    fn remember(&self, req: &Request, facts: &ClientFacts, kind: ClientKind, now: Millis) {
-        let fresh = self.known.write().expect("known lock").insert(req.mac);
-        if fresh {
+    /// Option 82 is believed only from a configured relay, sent from its
+    /// own `giaddr`: anyone else's circuit-id and remote-id are a client
+    /// claiming a switch port, and would let a new MAC take over the
+    /// identity of the machine in that port.
+    fn trusted_relay(&self, req: &Request, inc: &Incoming<'_>) -> bool {
+        let giaddr = req.giaddr();
+        !giaddr.is_unspecified()
+            && *inc.src.ip() == giaddr
+            && self.settings.trusted_relays.contains(&giaddr)
+    }
+
+    fn remember(
+        &self,
+        req: &Request,
+        facts: &ClientFacts,
+        kind: ClientKind,
+        inc: &Incoming<'_>,
+        acked: bool,
+        now: Millis,
+    ) {
+        // A MAC never seen before becomes a machine (a row, a place in
+        // memory) only when this server binds it an address (full mode), or
+        // in proxy mode while fewer than MAX_REMEMBERED are known: DISCOVERs
+        // from made-up MACs make nothing permanent.
+        let known = self.knows(req.mac);
+        if !known {
+            let admit = match self.settings.mode {
+                DhcpMode::Full => acked,
+                _ => self.known.read().expect("known lock").len() < MAX_REMEMBERED,
+            };
+            if !admit {
+                return;
+            }
+            self.known.write().expect("known lock").insert(req.mac);
             debug!("first boot request from this machine");
         }
-        let relay = req.relay_info();
+        let mut relay = req.relay_info();
+        if !self.trusted_relay(req, inc)
+            && (relay.circuit_id.is_some() || relay.remote_id.is_some())
+        {
+            debug!(src = %inc.src, "option 82 from a relay not in dhcp.trusted_relays: ignored");
+            relay.circuit_id = None;
+            relay.remote_id = None;
+        }
+        let relay = relay;
         let giaddr = req.giaddr();
+        let claim = |v: Option<String>| v.as_deref().and_then(crate::boot::claims::text);
         let seen = SeenClient {
             arch: facts.arch,
             circuit_id: relay.circuit_id.clone(),
@@ -231,11 +279,11 @@ impl Dhcp {
             uuid: req.uuid(),
             arch: facts.arch,
             firmware: Some(kind.name().to_string()),
-            vendor_class: facts.vendor_class.clone(),
-            user_class: facts.user_classes.first().cloned(),
-            hostname: req.hostname(),
-            circuit_id: relay.circuit_id,
-            remote_id: relay.remote_id,
+            vendor_class: claim(facts.vendor_class.clone()),
+            user_class: claim(facts.user_classes.first().cloned()),
+            hostname: claim(req.hostname()),
+            circuit_id: claim(relay.circuit_id),
+            remote_id: claim(relay.remote_id),
             relay: (!giaddr.is_unspecified()).then_some(giaddr.into()),
             serial: None,
             ip: None,

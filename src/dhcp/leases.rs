@@ -54,6 +54,10 @@ pub enum LeaseError {
     WrongSubnet,
 }
 
+/// How long an offer is kept for its client even when the range is
+/// exhausted (see [`LeaseTable::offer`]).
+pub const MIN_OFFER_HOLD: Duration = Duration::from_secs(5);
+
 /// All leases of all subnets (subnets never overlap, so one map by address).
 #[derive(Debug, Default)]
 pub struct LeaseTable {
@@ -140,7 +144,12 @@ impl LeaseTable {
         now: Millis,
         hold: Duration,
     ) -> Result<Ipv4Addr, LeaseError> {
-        let ip = self.choose(subnet, mac, requested, now)?;
+        let ip = match self.choose(subnet, mac, requested, now) {
+            Err(LeaseError::Exhausted) => self
+                .oldest_offer(subnet, now, hold)
+                .ok_or(LeaseError::Exhausted)?,
+            chosen => chosen?,
+        };
         let until = now + hold.as_millis() as i64;
         let entry = self.by_ip.get(&ip);
         // An offer never shortens a binding the client already has.
@@ -177,6 +186,21 @@ impl LeaseTable {
             }
         }
         self.scan(subnet, mac, now).ok_or(LeaseError::Exhausted)
+    }
+
+    /// With the range exhausted, the address of the oldest offer made at
+    /// least [`MIN_OFFER_HOLD`] ago that nobody has REQUESTed: an offer is a
+    /// hold, not a lease, so a flood of DISCOVERs from made-up MACs cannot
+    /// starve a real client for the whole offer timeout (a client that
+    /// REQUESTs within a few seconds, as real ones do, keeps its offer).
+    fn oldest_offer(&self, subnet: &Subnet, now: Millis, hold: Duration) -> Option<Ipv4Addr> {
+        let hold = hold.as_millis() as i64;
+        self.by_ip
+            .values()
+            .filter(|e| e.state == State::Offered && e.live(now) && in_range(subnet, e.ip))
+            .filter(|e| e.expires_at - hold <= now - MIN_OFFER_HOLD.as_millis() as i64)
+            .min_by_key(|e| e.expires_at)
+            .map(|e| e.ip)
     }
 
     /// Next free address after the cursor, preferring never-used addresses
@@ -412,6 +436,27 @@ mod tests {
         // Nobody may take another's held address.
         assert_eq!(t.bind(&s, mac(4), a, 30, None), Err(LeaseError::NotYours));
         assert_ne!(t.offer(&s, mac(4), Some(a), 30, HOLD).unwrap(), a);
+    }
+
+    #[test]
+    fn a_flood_of_offers_does_not_starve_a_real_client() {
+        let s = subnet(100, 101);
+        let mut t = LeaseTable::new(&[]);
+        let a = t.offer(&s, mac(1), None, 0, HOLD).unwrap();
+        let b = t.offer(&s, mac(2), None, 1_000, HOLD).unwrap();
+        // Within MIN_OFFER_HOLD, offers are kept for their clients.
+        assert_eq!(
+            t.offer(&s, mac(3), None, 2_000, HOLD),
+            Err(LeaseError::Exhausted)
+        );
+        // Later, the oldest unrequested offer goes to the new client...
+        assert_eq!(t.offer(&s, mac(3), None, 6_000, HOLD), Ok(a));
+        // ...a bound lease never does.
+        t.bind(&s, mac(2), b, 6_500, None).unwrap();
+        assert_eq!(t.offer(&s, mac(4), None, 20_000, HOLD), Ok(a));
+        assert_eq!(t.mac_of(b), Some(mac(2)));
+        assert_eq!(t.bound_mac(b, 20_000), Some(mac(2)));
+        assert_eq!(t.bound_mac(a, 20_000), None, "an offer is not a binding");
     }
 
     #[test]

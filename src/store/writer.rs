@@ -130,7 +130,7 @@ async fn write_all(conn: &mut SqliteConnection, batch: &[Record]) -> Result<(), 
 async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result<(), sqlx::Error> {
     let Some(mac) = m.mac else { return Ok(()) };
     sqlx::query(
-        "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, hostname,
+        "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, reported_hostname,
                                circuit_id, remote_id, relay, first_seen_ms, last_seen_ms,
                                serial, ip, kind)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, 'server'))
@@ -143,7 +143,7 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
              firmware = COALESCE(excluded.firmware, firmware),
              vendor_class = COALESCE(excluded.vendor_class, vendor_class),
              user_class = COALESCE(excluded.user_class, user_class),
-             hostname = COALESCE(excluded.hostname, hostname),
+             reported_hostname = COALESCE(excluded.reported_hostname, reported_hostname),
              circuit_id = COALESCE(excluded.circuit_id, circuit_id),
              remote_id = COALESCE(excluded.remote_id, remote_id),
              relay = COALESCE(excluded.relay, relay),

@@ -48,6 +48,8 @@ mode = "full"
 listen = "127.0.0.1:0"
 proxy_listen = "127.0.0.1:0"
 offer_timeout = "30s"
+# The tests' own relays (loopback sockets on their giaddr).
+trusted_relays = ["127.1.0.1", "127.2.0.1", "127.9.0.1"]
 {extra}
 [[dhcp.subnet]]
 network = "127.1.0.0/24"

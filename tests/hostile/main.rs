@@ -6,4 +6,5 @@
 mod binding;
 #[path = "../common/mod.rs"]
 mod common;
+mod dhcp;
 mod fetch;
