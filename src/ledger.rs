@@ -33,6 +33,22 @@ pub enum Record {
     /// Answered once every record queued before it is committed; lets a
     /// caller that must read its own writes (phone home) wait for them.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Answered `true` once the record queued just before it is committed
+    /// (`false`: the commit failed): see [`Ledger::record_durable`].
+    Promise(tokio::sync::oneshot::Sender<bool>),
+}
+
+/// What [`Ledger::record_durable`] hands back: resolves `true` once the
+/// record is in SQLite. Whoever holds it sends the reply that promises the
+/// record (a DHCPACK) only then.
+#[derive(Debug)]
+pub struct Durable(tokio::sync::oneshot::Receiver<bool>);
+
+impl Durable {
+    /// Whether the record was committed (a writer that is gone: no).
+    pub async fn committed(self) -> bool {
+        self.0.await.unwrap_or(false)
+    }
 }
 
 /// A boot attempt, as written when its script is served.
@@ -160,6 +176,23 @@ impl Ledger {
         if self.tx.try_send(record).is_err() {
             Metrics::inc(&self.metrics.ledger_dropped);
         }
+    }
+
+    /// Queues a record that a reply will promise (a lease an ACK gives), and
+    /// a promise answered once it is committed; the writer commits at once
+    /// when a promise waits (group commit: every record queued meanwhile
+    /// rides in the same transaction). Never blocks: `None` when the queue
+    /// has no room for both, and then nothing was queued and nothing may be
+    /// promised.
+    pub fn record_durable(&self, record: Record) -> Option<Durable> {
+        let Ok(mut permits) = self.tx.try_reserve_many(2) else {
+            Metrics::inc(&self.metrics.ledger_dropped);
+            return None;
+        };
+        let (done, promise) = tokio::sync::oneshot::channel();
+        permits.next()?.send(record);
+        permits.next()?.send(Record::Promise(done));
+        Some(Durable(promise))
     }
 
     pub fn event(

@@ -51,10 +51,13 @@ pub struct Incoming<'a> {
 }
 
 /// A reply and where it goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Outgoing {
     pub bytes: Vec<u8>,
     pub dest: SocketAddrV4,
+    /// An ACK promises its lease: it may leave only once this resolves
+    /// `true` (the lease is committed). `None`: send at once.
+    pub durable: Option<crate::ledger::Durable>,
 }
 
 const CLIENT_PORT: u16 = 68;
@@ -325,6 +328,7 @@ impl Dhcp {
         Some(Outgoing {
             bytes: encode(req, &spec),
             dest: destination(req, inc, msg_type),
+            durable: None,
         })
     }
 
@@ -403,6 +407,7 @@ impl Dhcp {
         Some(Outgoing {
             bytes: encode(req, &spec),
             dest: destination(req, inc, MessageType::Offer),
+            durable: None,
         })
     }
 
@@ -440,7 +445,12 @@ impl Dhcp {
                 .bind(subnet, req.mac, ip, now, req.hostname());
         match bound {
             Ok(entry) => {
-                self.persist(&entry);
+                // The ACK is a promise: it leaves once its lease is
+                // committed. No room in the writer's queue: no promise, and
+                // the client asks again.
+                let Some(durable) = self.ledger.record_durable(lease_record(&entry)?) else {
+                    return self.ignore("ledger queue full: the lease cannot be made durable now");
+                };
                 let mut spec = self.lease_spec(
                     MessageType::Ack,
                     inc,
@@ -454,6 +464,7 @@ impl Dhcp {
                 Some(Outgoing {
                     bytes: encode(req, &spec),
                     dest: destination(req, inc, MessageType::Ack),
+                    durable: Some(durable),
                 })
             }
             Err(LeaseError::WrongSubnet) => self.nak(req, inc, "address not on this network"),
@@ -476,6 +487,7 @@ impl Dhcp {
         Some(Outgoing {
             bytes: encode(req, &spec),
             dest: destination(req, inc, MessageType::Nak),
+            durable: None,
         })
     }
 
@@ -540,6 +552,7 @@ impl Dhcp {
         Some(Outgoing {
             bytes,
             dest: destination(req, inc, MessageType::Ack),
+            durable: None,
         })
     }
 
@@ -610,17 +623,9 @@ impl Dhcp {
     }
 
     fn persist(&self, entry: &Entry) {
-        self.ledger.record(Record::Lease(LeaseRecord {
-            ip: entry.ip,
-            mac: entry.mac,
-            state: match entry.state {
-                State::Bound => "bound",
-                State::Declined => "declined",
-                State::Offered => return,
-            },
-            expires_at_ms: entry.expires_at,
-            hostname: entry.hostname.clone(),
-        }));
+        if let Some(record) = lease_record(entry) {
+            self.ledger.record(record);
+        }
     }
 
     fn event(
@@ -649,6 +654,21 @@ impl Dhcp {
 /// The boot part of a reply (next server, bootfile, opt 60/43/239 as the
 /// client kind needs) in `mode`: shared by proxy and full mode, and by
 /// `explain`, so what it shows is what goes on the wire.
+/// The row a lease change writes (`None` for an offer: a hold in memory).
+fn lease_record(entry: &Entry) -> Option<Record> {
+    Some(Record::Lease(LeaseRecord {
+        ip: entry.ip,
+        mac: entry.mac,
+        state: match entry.state {
+            State::Bound => "bound",
+            State::Declined => "declined",
+            State::Offered => return None,
+        },
+        expires_at_ms: entry.expires_at,
+        hostname: entry.hostname.clone(),
+    }))
+}
+
 pub fn boot_reply(
     spec: &mut ReplySpec,
     facts: &ClientFacts,

@@ -1,4 +1,7 @@
-//! The DHCP sockets: receive, hand to [`Dhcp::handle`], send.
+//! The DHCP sockets: receive, hand to [`Dhcp::handle`], send. An ACK is a
+//! promise: it is sent only once the lease it gives is committed (the
+//! writer commits at once when a promise waits, so every ACK queued
+//! meanwhile shares one transaction); the loop never waits for that.
 //!
 //! One socket per port (67 and, in proxy mode, 4011), with `IP_PKTINFO` on
 //! both directions: each datagram's receiving interface and local address are
@@ -97,10 +100,24 @@ pub async fn run(
         std::net::SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
     };
     info!(addr = %socket.local_addr()?, ?port, "DHCP listening");
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
+    // ACKs waiting for their lease's commit (group commit), each sent by
+    // its own task when the batch it joined is in SQLite; the loop goes on
+    // receiving meanwhile.
+    let mut promised: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     loop {
+        while promised.try_join_next().is_some() {}
         let received = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // Promises already made are kept (or not, if their commit
+                // fails) before the socket closes; bounded by the writer.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while promised.join_next().await.is_some() {}
+                })
+                .await;
+                return Ok(());
+            }
             r = receive(&socket, &mut buf) => r,
         };
         let rx = match received {
@@ -132,10 +149,43 @@ pub async fn run(
         } else {
             0
         };
-        if let Err(e) = send(&socket, &out.bytes, out.dest, ifindex, local).await {
-            Metrics::inc(&metrics.dhcp_send_errors);
-            warn!(dest = %out.dest, error = %e, "DHCP reply not sent");
+        let Some(durable) = out.durable else {
+            send_reply(&socket, &out.bytes, out.dest, ifindex, local, &metrics).await;
+            continue;
+        };
+        if promised.len() >= MAX_PROMISED {
+            // The writer is far behind: answer nothing rather than promise
+            // what is not written; the client asks again.
+            Metrics::inc(&metrics.dhcp_ignored);
+            debug!(dest = %out.dest, "ACK dropped: too many waiting for the ledger");
+            continue;
         }
+        let (socket, metrics) = (socket.clone(), metrics.clone());
+        promised.spawn(async move {
+            if durable.committed().await {
+                send_reply(&socket, &out.bytes, out.dest, ifindex, local, &metrics).await;
+            } else {
+                Metrics::inc(&metrics.dhcp_send_errors);
+                warn!(dest = %out.dest, "ACK not sent: its lease could not be committed");
+            }
+        });
+    }
+}
+
+/// ACKs waiting for their commit at once, per socket.
+const MAX_PROMISED: usize = 16_384;
+
+async fn send_reply(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    dest: SocketAddrV4,
+    ifindex: u32,
+    local: Ipv4Addr,
+    metrics: &Metrics,
+) {
+    if let Err(e) = send(socket, bytes, dest, ifindex, local).await {
+        Metrics::inc(&metrics.dhcp_send_errors);
+        warn!(%dest, error = %e, "DHCP reply not sent");
     }
 }
 

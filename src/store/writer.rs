@@ -2,11 +2,17 @@
 //! in batches, one `BEGIN IMMEDIATE` transaction per batch.
 //!
 //! Batching is what keeps SQLite off the boot hot path: a storm of a thousand
-//! DHCP exchanges becomes a few dozen transactions. The cost is stated
-//! plainly: a crash loses at most the batch being collected (tens of
-//! milliseconds). A lost lease row is recovered when the client renews or
-//! re-REQUESTs its address (INIT-REBOOT), which the server honours when the
-//! address is free.
+//! DHCP exchanges becomes a few dozen transactions. Records come in two
+//! kinds. Most (events, machine facts, offers' side effects) are
+//! fire-and-forget: a kill -9 loses at most the batch being collected (tens
+//! of milliseconds of events). Records a reply promises (a lease an ACK
+//! gives, a boot whose token a script carries) are queued with a waiter
+//! ([`Record::Promise`], [`Record::Flush`]): a batch with a waiter is
+//! committed at once, with every record that arrived meanwhile (group
+//! commit), and the waiter hears only after the commit, so nothing
+//! acknowledged is lost on kill -9. WAL with `synchronous=NORMAL` makes a
+//! commit survive the process dying; a power loss can still lose the last
+//! transactions before the next WAL checkpoint sync.
 
 use std::time::Duration;
 
@@ -28,33 +34,60 @@ const LINGER: Duration = Duration::from_millis(20);
 pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
+        let mut waited_on = is_waited_on(&first);
         batch.push(first);
         let deadline = tokio::time::Instant::now() + LINGER;
         while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                Ok(None) | Err(_) => break,
+            // Someone waits for this batch (an ACK, a script's token):
+            // take what is queued already and commit now. Records that
+            // arrive during the commit ride in the next one.
+            let next = if waited_on {
+                match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            } else {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(r)) => Some(r),
+                    Ok(None) | Err(_) => break,
+                }
+            };
+            if let Some(r) = next {
+                waited_on |= is_waited_on(&r);
+                batch.push(r);
             }
         }
-        let (flushes, records): (Vec<Record>, Vec<Record>) =
-            batch.drain(..).partition(|r| matches!(r, Record::Flush(_)));
+        let (waiters, records): (Vec<Record>, Vec<Record>) = batch
+            .drain(..)
+            .partition(|r| matches!(r, Record::Flush(_) | Record::Promise(_)));
         batch = records;
-        write_batch(&store, &batch).await;
-        for flush in flushes {
-            if let Record::Flush(tx) = flush {
-                let _ = tx.send(());
+        let all_written = write_batch(&store, &batch).await;
+        for waiter in waiters {
+            match waiter {
+                Record::Flush(tx) => {
+                    let _ = tx.send(());
+                }
+                Record::Promise(tx) => {
+                    let _ = tx.send(all_written);
+                }
+                _ => {}
             }
         }
         batch.clear();
     }
 }
 
+fn is_waited_on(record: &Record) -> bool {
+    matches!(record, Record::Flush(_) | Record::Promise(_))
+}
+
 /// Commits `batch` in one transaction; if that fails, each record in its
 /// own, so one bad record costs itself and not the 2,047 around it.
-async fn write_batch(store: &Store, batch: &[Record]) {
+/// Returns whether every record was committed.
+async fn write_batch(store: &Store, batch: &[Record]) -> bool {
     let Err(e) = commit(store, batch).await else {
         debug!(records = batch.len(), "ledger batch committed");
-        return;
+        return true;
     };
     warn!(error = %e, records = batch.len(), "ledger batch failed; writing its records one by one");
     let mut lost = 0;
@@ -67,6 +100,7 @@ async fn write_batch(store: &Store, batch: &[Record]) {
     if lost > 0 {
         error!(lost, records = batch.len(), "ledger records not written");
     }
+    lost == 0
 }
 
 /// One `BEGIN IMMEDIATE` … `COMMIT` on a pooled connection, issued as
@@ -110,6 +144,7 @@ fn kind(record: &Record) -> &'static str {
         Record::BootStarted(_) => "boot",
         Record::Rollout(_) => "rollout",
         Record::Flush(_) => "flush",
+        Record::Promise(_) => "promise",
     }
 }
 
@@ -121,7 +156,7 @@ async fn write_all(conn: &mut SqliteConnection, batch: &[Record]) -> Result<(), 
             Record::Lease(l) => write_lease(conn, l).await?,
             Record::BootStarted(b) => insert_boot(conn, b).await?,
             Record::Rollout(p) => crate::rollout::store::write(conn, p).await?,
-            Record::Flush(_) => {}
+            Record::Flush(_) | Record::Promise(_) => {}
         }
     }
     Ok(())

@@ -401,7 +401,7 @@ async fn a_token_the_machine_holds_survives_kill_9() {
 
 /// A server process killed with SIGKILL (and reaped) when dropped, panic or
 /// not.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {

@@ -7,4 +7,5 @@ mod binding;
 #[path = "../common/mod.rs"]
 mod common;
 mod dhcp;
+mod durability;
 mod fetch;

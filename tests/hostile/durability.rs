@@ -1,0 +1,133 @@
+//! An ACK is a promise: every lease the server ACKed is in SQLite before
+//! the ACK left, so a SIGKILL right after it loses none, and after the
+//! restart no ACKed address is offered to another client.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use dhcproto::v4::{DhcpOption, MessageType};
+
+use crate::binding::Killed;
+use crate::common::dhcp_client::{message, msg_type, with, Client, Relay};
+
+const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
+
+/// The server as a process (so it can be killed), its DHCP on a fixed
+/// loopback port, its range widened to 200 addresses.
+fn start(config: &std::path::Path) -> Killed {
+    Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("IRONBOOT_E2E")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn ack(relay: &Relay, m: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
+    let offer = relay
+        .exchange(&message(Client::Ipxe, MessageType::Discover, m, xid, RELAY))
+        .await?;
+    let ip = offer.yiaddr();
+    let req = with(
+        with(
+            message(Client::Ipxe, MessageType::Request, m, xid + 1, RELAY),
+            DhcpOption::RequestedIpAddress(ip),
+        ),
+        DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST),
+    );
+    let reply = relay.exchange(&req).await?;
+    (msg_type(&reply) == Some(MessageType::Ack)).then_some(ip)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_leases_survive_sigkill() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = free_port();
+    let text = crate::common::full_config(dir.path(), "")
+        .replacen(
+            "[dhcp]\nmode = \"full\"\nlisten = \"127.0.0.1:0\"",
+            &format!("[dhcp]\nmode = \"full\"\nlisten = \"127.0.0.1:{port}\""),
+            1,
+        )
+        .replace(
+            "range = [\"127.1.0.100\", \"127.1.0.103\"]",
+            "range = [\"127.1.0.10\", \"127.1.0.250\"]",
+        );
+    assert!(text.contains(&format!(":{port}\"")), "{text}");
+    let config = dir.path().join("ironboot.toml");
+    std::fs::write(&config, text).unwrap();
+    let server_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let db_url = format!(
+        "sqlite://{}?mode=ro",
+        dir.path().join("data/ironboot.db").display()
+    );
+
+    let mut acked: Vec<([u8; 6], Ipv4Addr)> = Vec::new();
+    for round in 0..3u8 {
+        let server = start(&config);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let relay = Relay::new(RELAY, server_addr).await;
+        // Up to 20 clients, as fast as the server answers; the kill comes
+        // right after the last ACK.
+        for i in 0..20u8 {
+            let m = [0x52, 0x54, 0x00, 0xdd, round, i];
+            let xid = 0xd000 + u32::from(round) * 256 + u32::from(i) * 2;
+            let mut got = None;
+            for _ in 0..20 {
+                got = ack(&relay, m, xid).await;
+                if got.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            acked.push((m, got.expect("served once the server is up")));
+        }
+        drop(server); // SIGKILL within microseconds of the last ACK
+        let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+        for (m, ip) in &acked {
+            let mac = m.map(|b| format!("{b:02x}")).join(":");
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT mac FROM leases WHERE ip = ? AND state = 'bound'")
+                    .bind(ip.to_string())
+                    .fetch_optional(&db)
+                    .await
+                    .unwrap();
+            assert_eq!(
+                row,
+                Some((mac,)),
+                "round {round}: the ACKed lease of {ip} was lost"
+            );
+        }
+        db.close().await;
+    }
+    // After the last restart, a new client never gets an address already
+    // ACKed to someone else.
+    let _server = start(&config);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let relay = Relay::new(RELAY, server_addr).await;
+    let mut fresh = None;
+    for _ in 0..20 {
+        fresh = ack(&relay, [0x52, 0x54, 0x00, 0xdd, 9, 9], 0xe000).await;
+        if fresh.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = fresh.expect("a new client is served");
+    assert!(
+        !acked.iter().any(|(_, ip)| *ip == fresh),
+        "{fresh} was already ACKed to another client"
+    );
+}
