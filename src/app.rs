@@ -378,7 +378,13 @@ pub async fn run(
         ))
         .merge(crate::http::api::router(api_state))
         .merge(crate::http::switch::router(netboot));
-    tasks.spawn(crate::http::run(sockets.http, app, shutdown.clone()));
+    tasks.spawn(crate::http::run(
+        sockets.http,
+        app,
+        config.http_limits,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
 
     banner(&config, &services, new_token_file.as_deref());
     if let Some(ready) = ready {

@@ -137,12 +137,21 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHttp {
     pub listen: SocketAddr,
+    /// A client must send a request's headers within this.
+    pub header_read_timeout: String,
+    /// Connections open at once, in all.
+    pub max_connections: usize,
+    /// Connections open at once from one address.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for RawHttp {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".parse().unwrap(),
+            header_read_timeout: "10s".into(),
+            max_connections: 8192,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -318,6 +327,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub templates_dir: Option<PathBuf>,
     pub http_listen: SocketAddr,
+    pub http_limits: crate::http::HttpLimits,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
@@ -492,6 +502,34 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
                 ),
             )
         })?;
+    let header_read_timeout = humantime::parse_duration(raw.http.header_read_timeout.trim())
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            invalid(
+                "http.header_read_timeout",
+                format!(
+                    "{:?} is not a duration like \"10s\"",
+                    raw.http.header_read_timeout
+                ),
+            )
+        })?;
+    for (key, n) in [
+        ("http.max_connections", raw.http.max_connections),
+        (
+            "http.max_connections_per_address",
+            raw.http.max_connections_per_address,
+        ),
+    ] {
+        if n == 0 {
+            return Err(invalid(key, "must be at least 1"));
+        }
+    }
+    let http_limits = crate::http::HttpLimits {
+        header_read_timeout,
+        max_connections: raw.http.max_connections,
+        max_connections_per_address: raw.http.max_connections_per_address,
+    };
     let boot = BootSettings {
         binding: raw.boot.binding,
         token_ttl,
@@ -505,6 +543,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         log_format: raw.log_format,
         templates_dir: raw.templates_dir,
         http_listen: raw.http.listen,
+        http_limits,
         tftp,
         dhcp,
         source,

@@ -220,6 +220,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(config.log_format);
+    raise_descriptor_limit();
     if config.dhcp.mode == DhcpMode::Full && config.dhcp.interfaces.is_empty() {
         tracing::warn!(
             "full DHCP mode on every interface: set dhcp.interfaces to the boot network"
@@ -300,4 +301,19 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
     shutdown.cancel();
+}
+
+/// Every connection and transfer holds a descriptor: take the whole hard
+/// limit, so the connection caps (`http.max_connections`) bound use before
+/// the kernel does.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "descriptor limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "descriptor limit not raised"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "descriptor limit unknown"),
+    }
 }

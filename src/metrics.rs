@@ -52,6 +52,7 @@ counters! {
     ledger_dropped: "Ledger events dropped because the writer queue was full",
     http_artifact_bytes: "Boot artifact bytes sent over HTTP (kernels, initrds, root filesystems, installers)",
     http_artifacts: "Boot artifact downloads over HTTP (whole or ranges)",
+    http_connections_refused: "HTTP connections closed at once: over http.max_connections or http.max_connections_per_address",
     boot_unbound: "Boot-path requests refused because their source address is not bound to the machine they name (scripts, GRUB configs, configs, confirmations, ONIE, ZTP)",
     boot_token_refused: "Configs and confirmations refused for an unknown, expired, replayed or unbound boot token",
 }

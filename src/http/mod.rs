@@ -149,18 +149,134 @@ async fn boot_counts(store: &crate::store::Store) -> Result<Samples, sqlx::Error
     Ok(samples)
 }
 
-/// Serves until `shutdown`, then finishes in-flight requests. Handlers see
-/// the peer address (`ConnectInfo`): machines are known by where they call
-/// from as well as by what they say.
+/// What any client can hold of the HTTP server (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this (slow or half-sent
+    /// requests are closed); bodies and responses are not timed, so a long
+    /// download at rack speed is never cut.
+    pub header_read_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 8192,
+            max_connections_per_address: 256,
+        }
+    }
+}
+
+/// Serves until `shutdown`, then finishes in-flight requests (up to 10 s).
+/// Handlers see the peer address (`ConnectInfo`): machines are known by
+/// where they call from as well as by what they say.
+///
+/// Its own accept loop rather than `axum::serve`, for the limits: a
+/// connection over `max_connections` in all or `max_connections_per_address`
+/// from its address is closed at once (and counted), and hyper reads each
+/// request's headers under `header_read_timeout`, so half-sent requests
+/// cannot hold every descriptor.
 pub async fn run(
     listener: TcpListener,
     app: Router,
+    limits: HttpLimits,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    use axum::extract::ConnectInfo;
+    let open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Default::default();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors, or a connection reset before it
+                    // was accepted: wait a moment, never spin.
+                    tracing::warn!(error = %e, "HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(slot) = Slot::take(&open, peer.ip(), &limits, connections.len()) else {
+            crate::metrics::Metrics::inc(&metrics.http_connections_refused);
+            tracing::debug!(%peer, "HTTP connection over the limits: closed");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone().layer(axum::Extension(ConnectInfo(peer))),
+        );
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout);
+            let connection = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+/// One open connection counted against its address; given back on drop.
+struct Slot {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl Slot {
+    fn take(
+        open: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+        limits: &HttpLimits,
+        in_all: usize,
+    ) -> Option<Slot> {
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = counts.entry(ip).or_insert(0);
+        if in_all >= limits.max_connections || *mine >= limits.max_connections_per_address {
+            if *mine == 0 {
+                counts.remove(&ip);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            open: open.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }

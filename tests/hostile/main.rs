@@ -4,6 +4,7 @@
 //! machine's bound address still works. One module per area.
 
 mod binding;
+mod bounds;
 #[path = "../common/mod.rs"]
 mod common;
 mod dhcp;

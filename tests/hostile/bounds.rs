@@ -1,0 +1,63 @@
+//! What an unauthenticated client can hold is bounded: half-sent HTTP
+//! requests are closed after the header-read timeout and capped per
+//! address, so boot scripts, artifacts and the API keep answering.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::common::TestServer;
+
+async fn healthz_from(server: &TestServer, from: &str) -> Option<u16> {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("http://{}/healthz", server.bound.http))
+        .send()
+        .await
+        .ok()?;
+    Some(r.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_cannot_hold_the_server() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let text = crate::common::full_config(dir.path(), "").replacen(
+        "[http]\nlisten = \"127.0.0.1:0\"",
+        "[http]\nlisten = \"127.0.0.1:0\"\nheader_read_timeout = \"1s\"\nmax_connections_per_address = 64",
+        1,
+    );
+    let server = TestServer::start(&text, dir).await;
+    // 620 connections from one address, each with half a request.
+    let mut held = Vec::new();
+    for _ in 0..620 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+        if let Ok(mut s) = socket.connect(server.bound.http).await {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+            held.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Another machine is served at once, whatever the flood holds.
+    let started = Instant::now();
+    assert_eq!(healthz_from(&server, "127.0.0.4").await, Some(200));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        server.counter("http_connections_refused").await >= 620 - 64,
+        "connections over the per-address cap are closed at once"
+    );
+    // After the header-read timeout the half-sent requests are gone and the
+    // flooding address itself is served again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(healthz_from(&server, "127.0.0.3").await, Some(200));
+    drop(held);
+    server.stop().await;
+}
