@@ -168,6 +168,13 @@ pub struct RawTftp {
     pub max_transfers: usize,
     pub timeout: String,
     pub retries: u32,
+    /// The longest `timeout` option a client may negotiate (RFC 2349);
+    /// longer ones are not acknowledged.
+    pub max_timeout: String,
+    /// A transfer that has not finished in this time is ended.
+    pub max_transfer_time: String,
+    /// Transfers running at once for one client address.
+    pub max_transfers_per_client: usize,
 }
 
 impl Default for RawTftp {
@@ -181,6 +188,9 @@ impl Default for RawTftp {
             max_transfers: 512,
             timeout: "1s".into(),
             retries: 6,
+            max_timeout: "10s".into(),
+            max_transfer_time: "10m".into(),
+            max_transfers_per_client: 8,
         }
     }
 }
@@ -567,6 +577,20 @@ fn validate_tftp(raw: &RawTftp) -> Result<TftpSettings, ConfigError> {
     if timeout.is_zero() || timeout > Duration::from_secs(255) {
         return Err(invalid("tftp.timeout", "must be between 1ms and 255s"));
     }
+    let max_timeout = parse_duration("tftp.max_timeout", &raw.max_timeout)?;
+    if max_timeout < Duration::from_secs(1) || max_timeout > Duration::from_secs(255) {
+        return Err(invalid("tftp.max_timeout", "must be between 1s and 255s"));
+    }
+    let max_transfer_time = parse_duration("tftp.max_transfer_time", &raw.max_transfer_time)?;
+    if max_transfer_time < Duration::from_secs(1) {
+        return Err(invalid("tftp.max_transfer_time", "must be at least 1s"));
+    }
+    if raw.max_transfers_per_client == 0 {
+        return Err(invalid(
+            "tftp.max_transfers_per_client",
+            "must be at least 1",
+        ));
+    }
     Ok(TftpSettings {
         listen: raw.listen,
         server: TftpConfig {
@@ -576,6 +600,9 @@ fn validate_tftp(raw: &RawTftp) -> Result<TftpSettings, ConfigError> {
             max_transfers: raw.max_transfers,
             timeout,
             retries: raw.retries,
+            max_timeout,
+            max_transfer_time,
+            max_transfers_per_client: raw.max_transfers_per_client,
         },
     })
 }

@@ -55,8 +55,41 @@ pub struct TftpConfig {
     /// Initial retransmission timeout (clients may negotiate their own);
     /// doubled per retry, up to 8×.
     pub timeout: Duration,
-    /// Retransmissions of one block/window before a transfer is abandoned.
+    /// Retransmissions of one block/window before a transfer is abandoned
+    /// (before the client's first ACK, at most [`FIRST_FLIGHT_RETRIES`]:
+    /// an address that never answers is probably not the one that asked).
     pub retries: u32,
+    /// The longest `timeout` a client may negotiate; a longer one is not
+    /// acknowledged (the default applies).
+    pub max_timeout: Duration,
+    /// A transfer still running after this is ended.
+    pub max_transfer_time: Duration,
+    /// Transfers at once for one client address ("server busy" beyond).
+    pub max_transfers_per_client: usize,
+}
+
+/// Retransmissions of the first packet to a client that has not answered
+/// yet: a forged 16-byte request makes the server send at most this many
+/// more packets to the victim of the forgery.
+pub const FIRST_FLIGHT_RETRIES: u32 = 1;
+/// Longest file name served; a longer request is refused, and its name is
+/// not recorded.
+pub const MAX_FILENAME: usize = 255;
+
+impl Default for TftpConfig {
+    fn default() -> Self {
+        Self {
+            root: PathBuf::from("/usr/lib/ipxe"),
+            max_blksize: 1468,
+            max_windowsize: 64,
+            max_transfers: 512,
+            timeout: Duration::from_secs(1),
+            retries: 6,
+            max_timeout: Duration::from_secs(10),
+            max_transfer_time: Duration::from_secs(600),
+            max_transfers_per_client: 8,
+        }
+    }
 }
 
 /// Files produced by the server itself (per-machine GRUB configs, …) that

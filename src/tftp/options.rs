@@ -20,6 +20,8 @@ pub struct Limits {
     pub max_windowsize: u16,
     /// Used when the client does not negotiate `timeout`.
     pub default_timeout: Duration,
+    /// The longest `timeout` acknowledged.
+    pub max_timeout: Duration,
 }
 
 /// The outcome: the parameters of the transfer and the OACK to send.
@@ -59,7 +61,9 @@ pub fn negotiate(requested: &[(String, String)], limits: Limits, file_size: u64)
                 out.windowsize = n.min(u64::from(limits.max_windowsize.max(1))) as u16;
                 out.windowsize.to_string()
             }
-            ("timeout", Some(n)) if (1..=255).contains(&n) => {
+            ("timeout", Some(n))
+                if (1..=255).contains(&n) && Duration::from_secs(n) <= limits.max_timeout =>
+            {
                 out.timeout = Duration::from_secs(n);
                 out.timeout_negotiated = true;
                 n.to_string()
@@ -82,6 +86,7 @@ mod tests {
         max_blksize: 1468,
         max_windowsize: 16,
         default_timeout: Duration::from_secs(2),
+        max_timeout: Duration::from_secs(10),
     };
 
     fn req(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -128,6 +133,8 @@ mod tests {
             (&[("timeout", "5")], 512, 1, 5, &[("timeout", "5")]),
             (&[("timeout", "0")], 512, 1, 2, &[]),
             (&[("timeout", "256")], 512, 1, 2, &[]),
+            // Longer than the server allows: not acknowledged.
+            (&[("timeout", "255")], 512, 1, 2, &[]),
             (&[("tsize", "0")], 512, 1, 2, &[("tsize", "123456")]),
             (&[("multicast", "")], 512, 1, 2, &[]),
             (

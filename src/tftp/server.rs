@@ -49,6 +49,7 @@ pub async fn run(
     let server = Server {
         socket: &socket,
         permits: Arc::new(Semaphore::new(state.config.max_transfers.max(1))),
+        per_client: Default::default(),
         state,
         shutdown: shutdown.clone(),
     };
@@ -93,6 +94,7 @@ struct Server<'a> {
     socket: &'a UdpSocket,
     state: Arc<TftpState>,
     permits: Arc<Semaphore>,
+    per_client: PerClient,
     shutdown: CancellationToken,
 }
 
@@ -123,8 +125,28 @@ impl Server<'_> {
             let message = "only octet (binary) mode is supported";
             return self.refuse(rx.from, &request, ErrorCode::IllegalOperation, message);
         }
+        if request.filename.len() > super::MAX_FILENAME {
+            return self.refuse(
+                rx.from,
+                &request,
+                ErrorCode::AccessViolation,
+                "file name too long",
+            );
+        }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return self.refuse(rx.from, &request, ErrorCode::NotDefined, "server busy");
+        };
+        let Some(client_slot) = ClientSlot::take(
+            &self.per_client,
+            rx.from.ip(),
+            self.state.config.max_transfers_per_client,
+        ) else {
+            return self.refuse(
+                rx.from,
+                &request,
+                ErrorCode::NotDefined,
+                "server busy for this client",
+            );
         };
         let local = rx.local.unwrap_or(match rx.from {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -145,6 +167,7 @@ impl Server<'_> {
             local,
             shutdown: self.shutdown.clone(),
             _permit: permit,
+            _client_slot: client_slot,
         };
         transfers.spawn(job.serve().instrument(span));
     }
@@ -173,6 +196,8 @@ fn record_failure(
     file: &str,
     reason: &str,
 ) {
+    // The name is the client's: recorded capped.
+    let file: String = file.chars().take(crate::boot::claims::MAX_CLAIM).collect();
     let detail = json!({ "file": file, "reason": reason });
     state
         .ledger
@@ -190,6 +215,43 @@ struct Job {
     shutdown: CancellationToken,
     /// Held for the life of the transfer: frees a slot when dropped.
     _permit: OwnedSemaphorePermit,
+    /// The same, counted against the client's address.
+    _client_slot: ClientSlot,
+}
+
+type PerClient = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
+
+/// One running transfer counted against its client's address.
+struct ClientSlot {
+    counts: PerClient,
+    ip: IpAddr,
+}
+
+impl ClientSlot {
+    fn take(counts: &PerClient, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Job {
@@ -223,7 +285,9 @@ impl Job {
             params,
             self.shutdown.clone(),
         );
-        let result = transfer.run().await;
+        let result = tokio::time::timeout(self.state.config.max_transfer_time, transfer.run())
+            .await
+            .unwrap_or(Err(TransferError::TooLong));
         self.finish(&path, blksize, windowsize, result);
     }
 
@@ -274,6 +338,7 @@ impl Job {
             max_blksize,
             max_windowsize: config.max_windowsize,
             default_timeout: config.timeout,
+            max_timeout: config.max_timeout,
         };
         let negotiated = negotiate(&self.request.options, limits, size);
         Params {

@@ -56,6 +56,8 @@ pub struct Params {
 pub enum TransferError {
     #[error("timed out waiting for an acknowledgement")]
     Timeout,
+    #[error("took longer than tftp.max_transfer_time")]
+    TooLong,
     #[error("client sent error {code:?}: {message}")]
     ClientError { code: ErrorCode, message: String },
     /// The client answered the OACK with an error: PXE ROMs do this on
@@ -88,6 +90,9 @@ pub struct Transfer {
     cache_start: u64,
     packet: Vec<u8>,
     recv_buf: Vec<u8>,
+    /// The client has acknowledged something: it is who asked, and gets
+    /// the full retries from now on.
+    answered: bool,
 }
 
 /// What is in flight and must be resent on timeout.
@@ -121,6 +126,7 @@ impl Transfer {
             cache_start: 0,
             packet: Vec::new(),
             recv_buf: vec![0; 2048],
+            answered: false,
         }
     }
 
@@ -165,7 +171,12 @@ impl Transfer {
     /// Waits for an ACK that moves `flight` forward and returns the unwrapped
     /// block it acknowledges. Retransmits the flight on each timeout.
     async fn wait_ack(&mut self, flight: Flight) -> Result<u64, TransferError> {
-        for attempt in 0..=self.params.retries {
+        let retries = if self.answered {
+            self.params.retries
+        } else {
+            self.params.retries.min(super::FIRST_FLIGHT_RETRIES)
+        };
+        for attempt in 0..=retries {
             if attempt > 0 {
                 tracing::debug!(attempt, "retransmitting after timeout");
                 self.send_flight(flight).await?;
@@ -177,6 +188,7 @@ impl Transfer {
             };
             let wait = self.params.timeout * (1 << shift);
             if let Some(acked) = self.recv_ack_until(flight, Instant::now() + wait).await? {
+                self.answered = true;
                 return Ok(acked);
             }
         }

@@ -61,3 +61,77 @@ async fn half_sent_requests_cannot_hold_the_server() {
     drop(held);
     server.stop().await;
 }
+
+/// TFTP: a client-chosen `timeout=255` is not acknowledged (it held a
+/// transfer slot for about 30 minutes), one address holds at most
+/// `max_transfers_per_client` transfers, and a 65 kB file name is refused
+/// without being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tftp_clients_cannot_hold_slots_or_fill_the_ledger() {
+    use crate::tftp_client::{recv, rrq, socket};
+    use ironboot::tftp::codec::{Mode, Packet};
+    let server = TestServer::full("").await;
+    let tftp = server.bound.tftp.expect("TFTP bound");
+
+    let sock = socket().await;
+    let opts = [
+        ("timeout".to_string(), "255".to_string()),
+        ("blksize".to_string(), "512".to_string()),
+    ];
+    sock.send_to(&rrq("undionly.kpxe", Mode::Octet, &opts), tftp)
+        .await
+        .unwrap();
+    let (bytes, _) = recv(&sock, Duration::from_secs(3))
+        .await
+        .expect("an answer");
+    match Packet::decode(&bytes).unwrap() {
+        Packet::Oack(acked) => assert!(
+            !acked.iter().any(|(k, _)| k == "timeout"),
+            "timeout=255 is not acknowledged: {acked:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // Nine more requests from the same address that never acknowledge:
+    // with the one above still open, the ninth and tenth are busy (eight
+    // per client by default).
+    let mut socks = Vec::new();
+    let mut busy = 0;
+    for _ in 0..9 {
+        let s = socket().await;
+        s.send_to(&rrq("undionly.kpxe", Mode::Octet, &[]), tftp)
+            .await
+            .unwrap();
+        if let Some((bytes, _)) = recv(&s, Duration::from_secs(2)).await {
+            if let Ok(Packet::Error { message, .. }) = Packet::decode(&bytes) {
+                assert!(message.contains("busy"), "{message}");
+                busy += 1;
+            }
+        }
+        socks.push(s);
+    }
+    assert_eq!(
+        busy, 2,
+        "transfers beyond eight from one address are refused"
+    );
+
+    let long = "a".repeat(65_000);
+    for _ in 0..20 {
+        let s = socket().await;
+        s.send_to(&rrq(&long, Mode::Octet, &[]), tftp)
+            .await
+            .unwrap();
+        let (bytes, _) = recv(&s, Duration::from_secs(2)).await.expect("refused");
+        assert!(matches!(Packet::decode(&bytes), Ok(Packet::Error { .. })));
+    }
+    let dir = server.stop().await;
+    let db = TestServer::db(dir.path()).await;
+    let (longest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(LENGTH(detail)) FROM events")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert!(
+        longest.unwrap_or(0) < 1024,
+        "no event holds the long name: {longest:?}"
+    );
+}

@@ -10,3 +10,5 @@ mod common;
 mod dhcp;
 mod durability;
 mod fetch;
+#[path = "../common/tftp_client.rs"]
+mod tftp_client;
