@@ -319,6 +319,13 @@ pub async fn run(
     if config.rollout.hook.is_configured() {
         services.push("reboot hook for rollouts".into());
     }
+    {
+        let (store, retention, shutdown) = (store.clone(), config.retention, shutdown.clone());
+        tasks.spawn(async move {
+            crate::store::retention::run(store, retention, shutdown).await;
+            Ok(())
+        });
+    }
     tasks.spawn(crate::rollout::hook::run(
         config.rollout.hook.clone(),
         reboot_rx,

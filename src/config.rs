@@ -79,6 +79,8 @@ pub struct RawConfig {
     pub images: crate::images::fetch::RawImages,
     /// The boot path's binding rule and boot tokens (`binding`).
     pub boot: RawBoot,
+    /// How long ledger events are kept (`store::retention`).
+    pub events: crate::store::retention::RawEvents,
 }
 
 /// `[boot]`: who may act for a machine on the boot path, and for how long a
@@ -122,6 +124,7 @@ impl Default for RawConfig {
             rollout: Default::default(),
             images: Default::default(),
             boot: RawBoot::default(),
+            events: Default::default(),
         }
     }
 }
@@ -343,6 +346,7 @@ pub struct Config {
     pub rollout: crate::rollout::settings::RolloutSettings,
     pub fetch: crate::images::fetch::FetchPolicy,
     pub boot: BootSettings,
+    pub retention: crate::store::retention::Retention,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -544,10 +548,13 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         binding: raw.boot.binding,
         token_ttl,
     };
+    let retention = crate::store::retention::validate(&raw.events)
+        .map_err(|(key, message)| invalid(key, message))?;
     Ok(Config {
         rollout,
         fetch,
         boot,
+        retention,
         data_dir: raw.data_dir,
         server_ip,
         log_format: raw.log_format,

@@ -8,6 +8,7 @@
 //! [`Store::known_macs`] loaded at start and write through the
 //! [`writer`] task.
 
+pub mod retention;
 pub mod writer;
 
 use std::collections::HashSet;

@@ -396,6 +396,13 @@ async fn event_stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let mac = f.mac.as_deref().map(parse_mac).transpose()?;
     let step = f.step;
+    let Some(watching) = Watcher::take() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_watchers",
+            format!("at most {MAX_WATCHERS} live event streams at once"),
+        ));
+    };
     let rx = s.live.subscribe();
     let stop = s.shutdown.clone();
     let wanted = move |e: &crate::ledger::Event| {
@@ -405,39 +412,70 @@ async fn event_stream(
                     || (e.step.starts_with(st) && e.step.as_bytes().get(st.len()) == Some(&b'.'))
             })
     };
-    let stream = futures_util::stream::unfold((rx, stop), move |(mut rx, stop)| {
-        let wanted = wanted.clone();
-        async move {
-            loop {
-                let got = tokio::select! {
-                    _ = stop.cancelled() => return None,
-                    got = rx.recv() => got,
-                };
-                let msg = match got {
-                    Ok(e) if wanted(&e) => SseEvent::default().json_data(EventView {
-                        id: None,
-                        at_ms: e.at_ms,
-                        mac: e.mac.map(|m| m.to_string()),
-                        ip: e.ip.map(|i| i.to_string()),
-                        step: e.step.to_string(),
-                        detail: e.detail,
-                        bytes: e.bytes.map(|b| b as i64),
-                        boot_id: e.boot_id,
-                    }),
-                    Ok(_) => continue,
-                    Err(RecvError::Lagged(n)) => {
-                        Ok(SseEvent::default().event("lagged").data(n.to_string()))
+    // The watcher's slot lives in the stream's state: given back when the
+    // client goes. A client that stops reading holds no more than the
+    // shared broadcast buffer (its socket's send buffer fills, and the
+    // stream is no longer polled), and is told what it missed by `lagged`.
+    let stream =
+        futures_util::stream::unfold((rx, stop, watching), move |(mut rx, stop, watching)| {
+            let wanted = wanted.clone();
+            async move {
+                loop {
+                    let got = tokio::select! {
+                        _ = stop.cancelled() => return None,
+                        got = rx.recv() => got,
+                    };
+                    let msg = match got {
+                        Ok(e) if wanted(&e) => SseEvent::default().json_data(EventView {
+                            id: None,
+                            at_ms: e.at_ms,
+                            mac: e.mac.map(|m| m.to_string()),
+                            ip: e.ip.map(|i| i.to_string()),
+                            step: e.step.to_string(),
+                            detail: e.detail,
+                            bytes: e.bytes.map(|b| b as i64),
+                            boot_id: e.boot_id,
+                        }),
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(n)) => {
+                            Ok(SseEvent::default().event("lagged").data(n.to_string()))
+                        }
+                        Err(RecvError::Closed) => return None,
+                    };
+                    match msg {
+                        Ok(m) => return Some((Ok(m), (rx, stop, watching))),
+                        Err(_) => continue,
                     }
-                    Err(RecvError::Closed) => return None,
-                };
-                match msg {
-                    Ok(m) => return Some((Ok(m), (rx, stop))),
-                    Err(_) => continue,
                 }
             }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Live event streams open at once.
+pub const MAX_WATCHERS: usize = 64;
+
+static WATCHERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open live stream, counted against [`MAX_WATCHERS`].
+struct Watcher;
+
+impl Watcher {
+    fn take() -> Option<Watcher> {
+        use std::sync::atomic::Ordering;
+        WATCHERS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WATCHERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Watcher)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        WATCHERS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[cfg(test)]
