@@ -33,8 +33,9 @@ pub enum Record {
     /// Answered once every record queued before it is committed; lets a
     /// caller that must read its own writes (phone home) wait for them.
     Flush(tokio::sync::oneshot::Sender<()>),
-    /// Answered `true` once the record queued just before it is committed
-    /// (`false`: the commit failed): see [`Ledger::record_durable`].
+    /// Answered `true` once the lease queued just before it is committed
+    /// (`false`: the commit failed): see [`Ledger::record_durable`]. Only
+    /// leases are promised (the writer commits them first, alone).
     Promise(tokio::sync::oneshot::Sender<bool>),
 }
 
@@ -178,13 +179,17 @@ impl Ledger {
         }
     }
 
-    /// Queues a record that a reply will promise (a lease an ACK gives), and
+    /// Queues a lease that a reply will promise (what an ACK gives), and
     /// a promise answered once it is committed; the writer commits at once
     /// when a promise waits (group commit: every record queued meanwhile
     /// rides in the same transaction). Never blocks: `None` when the queue
     /// has no room for both, and then nothing was queued and nothing may be
     /// promised.
     pub fn record_durable(&self, record: Record) -> Option<Durable> {
+        debug_assert!(
+            matches!(record, Record::Lease(_)),
+            "only leases are promised"
+        );
         let Ok(mut permits) = self.tx.try_reserve_many(2) else {
             Metrics::inc(&self.metrics.ledger_dropped);
             return None;

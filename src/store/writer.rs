@@ -60,19 +60,30 @@ pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
         let (waiters, records): (Vec<Record>, Vec<Record>) = batch
             .drain(..)
             .partition(|r| matches!(r, Record::Flush(_) | Record::Promise(_)));
-        batch = records;
-        let all_written = write_batch(&store, &batch).await;
-        for waiter in waiters {
-            match waiter {
-                Record::Flush(tx) => {
-                    let _ = tx.send(());
-                }
-                Record::Promise(tx) => {
-                    let _ = tx.send(all_written);
-                }
-                _ => {}
+        // What ACKs promise (leases: no other table refers to them) goes in
+        // a short transaction of its own, and the ACKs leave as soon as it
+        // commits; the rest of the batch (events, machines, boots) follows.
+        let (leases, rest): (Vec<Record>, Vec<Record>) = records
+            .into_iter()
+            .partition(|r| matches!(r, Record::Lease(_)));
+        let leases_written = leases.is_empty() || write_batch(&store, &leases).await;
+        let (promises, flushes): (Vec<Record>, Vec<Record>) = waiters
+            .into_iter()
+            .partition(|r| matches!(r, Record::Promise(_)));
+        for promise in promises {
+            if let Record::Promise(tx) = promise {
+                let _ = tx.send(leases_written);
             }
         }
+        if !rest.is_empty() {
+            write_batch(&store, &rest).await;
+        }
+        for flush in flushes {
+            if let Record::Flush(tx) = flush {
+                let _ = tx.send(());
+            }
+        }
+        batch = rest;
         batch.clear();
     }
 }

@@ -135,3 +135,109 @@ async fn tftp_clients_cannot_hold_slots_or_fill_the_ledger() {
         "no event holds the long name: {longest:?}"
     );
 }
+
+/// The memory floods of the issue against the real binary, with its RSS
+/// and database size read before and after: 2,000 script requests for
+/// random MACs with a 60 kB serial, 50 phone-homes of 2 MiB, and a live
+/// event stream that never reads while 150 more phone-homes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_leave_memory_and_disk_where_they_were() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
+        .replacen(
+            "[http]\nlisten = \"127.0.0.1:0\"",
+            &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+            1,
+        );
+    let config = dir.path().join("ironboot.toml");
+    std::fs::write(&config, text).unwrap();
+    let server = crate::binding::Killed(
+        std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("IRONBOOT_E2E")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = server.0.id();
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    };
+    let db_size = || {
+        ["", "-wal"]
+            .iter()
+            .map(|s| {
+                std::fs::metadata(dir.path().join(format!("data/ironboot.db{s}")))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum::<u64>()
+            / (1024 * 1024)
+    };
+    let (rss0, db0) = (rss(), db_size());
+    let http = reqwest::Client::new();
+    let serial = "s".repeat(60_000);
+    for i in 0..2000u32 {
+        let mac = format!(
+            "52:54:02:{:02x}:{:02x}:{:02x}",
+            i >> 16,
+            (i >> 8) & 0xff,
+            i & 0xff
+        );
+        let _ = http
+            .get(format!("{base}/boot/{mac}.ipxe?serial={serial}"))
+            .send()
+            .await;
+    }
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    // A live subscriber that never reads.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    stalled
+        .write_all(
+            format!(
+                "GET /api/v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                token.trim()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let body = vec![b'a'; 2 * 1024 * 1024];
+    for _ in 0..200 {
+        let _ = http
+            .post(format!("{base}/phone-home/{}", "0".repeat(64)))
+            .body(body.clone())
+            .send()
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss1, db1) = (rss(), db_size());
+    eprintln!("hostile floods: server RSS {rss0} -> {rss1} MiB, database {db0} -> {db1} MiB");
+    assert!(rss1 < rss0 + 64, "RSS {rss0} -> {rss1} MiB");
+    assert!(db1 <= db0 + 1, "database {db0} -> {db1} MiB");
+    drop(stalled);
+    drop(server);
+}

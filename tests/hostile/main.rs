@@ -10,5 +10,6 @@ mod common;
 mod dhcp;
 mod durability;
 mod fetch;
+mod rollout;
 #[path = "../common/tftp_client.rs"]
 mod tftp_client;
