@@ -29,7 +29,8 @@
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
 //! - [`explain`]: what a request would be served and why, from the boot
 //!   path's own decisions (selectors and membership are in [`boot`]).
-//! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces.
+//! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces;
+//!   [`per_address`]: caps on what one client address holds at once.
 //! - [`storm`]: the boot-storm simulator behind `ironboot-storm` (a client;
 //!   nothing in the server uses it).
 //!
@@ -56,6 +57,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod netboot;
 pub mod netif;
+pub mod per_address;
 pub mod render;
 pub mod rollout;
 pub mod store;

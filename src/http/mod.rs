@@ -187,8 +187,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     use axum::extract::ConnectInfo;
-    let open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
-        Default::default();
+    let per_address = crate::per_address::PerAddress::default();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -205,7 +204,10 @@ pub async fn run(
                 }
             },
         };
-        let Some(slot) = Slot::take(&open, peer.ip(), &limits, connections.len()) else {
+        let slot = (connections.len() < limits.max_connections)
+            .then(|| per_address.take(peer.ip(), limits.max_connections_per_address))
+            .flatten();
+        let Some(slot) = slot else {
             crate::metrics::Metrics::inc(&metrics.http_connections_refused);
             tracing::debug!(%peer, "HTTP connection over the limits: closed");
             continue;
@@ -238,45 +240,4 @@ pub async fn run(
     })
     .await;
     Ok(())
-}
-
-/// One open connection counted against its address; given back on drop.
-struct Slot {
-    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    ip: std::net::IpAddr,
-}
-
-impl Slot {
-    fn take(
-        open: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-        ip: std::net::IpAddr,
-        limits: &HttpLimits,
-        in_all: usize,
-    ) -> Option<Slot> {
-        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
-        let mine = counts.entry(ip).or_insert(0);
-        if in_all >= limits.max_connections || *mine >= limits.max_connections_per_address {
-            if *mine == 0 {
-                counts.remove(&ip);
-            }
-            return None;
-        }
-        *mine += 1;
-        Some(Slot {
-            open: open.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
 }

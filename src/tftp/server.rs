@@ -94,7 +94,7 @@ struct Server<'a> {
     socket: &'a UdpSocket,
     state: Arc<TftpState>,
     permits: Arc<Semaphore>,
-    per_client: PerClient,
+    per_client: crate::per_address::PerAddress,
     shutdown: CancellationToken,
 }
 
@@ -136,11 +136,10 @@ impl Server<'_> {
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return self.refuse(rx.from, &request, ErrorCode::NotDefined, "server busy");
         };
-        let Some(client_slot) = ClientSlot::take(
-            &self.per_client,
-            rx.from.ip(),
-            self.state.config.max_transfers_per_client,
-        ) else {
+        let Some(client_slot) = self
+            .per_client
+            .take(rx.from.ip(), self.state.config.max_transfers_per_client)
+        else {
             return self.refuse(
                 rx.from,
                 &request,
@@ -216,42 +215,7 @@ struct Job {
     /// Held for the life of the transfer: frees a slot when dropped.
     _permit: OwnedSemaphorePermit,
     /// The same, counted against the client's address.
-    _client_slot: ClientSlot,
-}
-
-type PerClient = Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>;
-
-/// One running transfer counted against its client's address.
-struct ClientSlot {
-    counts: PerClient,
-    ip: IpAddr,
-}
-
-impl ClientSlot {
-    fn take(counts: &PerClient, ip: IpAddr, max: usize) -> Option<ClientSlot> {
-        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            counts: counts.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
+    _client_slot: crate::per_address::AddressSlot,
 }
 
 impl Job {

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::common::dhcp_client::{message, msg_type, with, Client, Relay};
 use crate::common::TestServer;
+use crate::process::Server;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
 const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
@@ -26,23 +27,29 @@ fn mac_text(m: [u8; 6]) -> String {
         .join(":")
 }
 
-/// DISCOVER, REQUEST: the address ironboot leased to `m`.
-async fn lease(relay: &Relay, m: [u8; 6], xid: u32) -> Ipv4Addr {
+/// DISCOVER, REQUEST through `relay`: the address ironboot leased to `m`
+/// (`None` when there was no offer or no ACK).
+pub(crate) async fn lease(relay: &Relay, m: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
+    let giaddr = relay.giaddr;
     let offer = relay
-        .exchange(&message(Client::Ipxe, MessageType::Discover, m, xid, RELAY))
-        .await
-        .expect("OFFER");
+        .exchange(&message(
+            Client::Ipxe,
+            MessageType::Discover,
+            m,
+            xid,
+            giaddr,
+        ))
+        .await?;
     let ip = offer.yiaddr();
     let req = with(
         with(
-            message(Client::Ipxe, MessageType::Request, m, xid + 1, RELAY),
+            message(Client::Ipxe, MessageType::Request, m, xid + 1, giaddr),
             DhcpOption::RequestedIpAddress(ip),
         ),
         DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST),
     );
-    let ack = relay.exchange(&req).await.expect("ACK");
-    assert_eq!(msg_type(&ack), Some(MessageType::Ack));
-    ip
+    let ack = relay.exchange(&req).await?;
+    (msg_type(&ack) == Some(MessageType::Ack)).then_some(ip)
 }
 
 /// An HTTP client whose requests come from `from`.
@@ -169,7 +176,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
     api.import().await;
     let base = format!("http://{}", server.bound.http);
     let relay = Relay::new(RELAY, server.dhcp()).await;
-    let victim_ip = lease(&relay, VICTIM, 0x7100).await;
+    let victim_ip = lease(&relay, VICTIM, 0x7100).await.expect("victim leased");
     let victim = client(IpAddr::V4(victim_ip));
     let attacker = client(ATTACKER);
     let vmac = mac_text(VICTIM);
@@ -264,7 +271,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
 
     // Another leased machine cannot act for the victim either: its address
     // is bound, but to itself.
-    let other_ip = lease(&relay, OTHER, 0x7200).await;
+    let other_ip = lease(&relay, OTHER, 0x7200).await.expect("other leased");
     let other = client(IpAddr::V4(other_ip));
     let (_, script) = get(&other, &format!("{base}/boot/{vmac}.ipxe")).await;
     assert!(seed(&script).is_none(), "{script}");
@@ -345,12 +352,7 @@ async fn floods_from_unbound_addresses_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_the_machine_holds_survives_kill_9() {
     let dir = tempfile::TempDir::new().unwrap();
-    // A fixed HTTP port across restarts: one the kernel just handed out.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::process::free_port();
     let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
         .replace(
             "listen = \"127.0.0.1:0\"\n[tftp]",
@@ -358,30 +360,8 @@ async fn a_token_the_machine_holds_survives_kill_9() {
         );
     let config = dir.path().join("ironboot.toml");
     std::fs::write(&config, text).unwrap();
-    let start = || {
-        Killed(
-            std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
-                .args(["serve", "--config"])
-                .arg(&config)
-                .env_remove("IRONBOOT_E2E")
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
     let base = &format!("http://127.0.0.1:{port}");
-    let wait_up = || async {
-        for _ in 0..100 {
-            if reqwest::get(format!("{base}/healthz")).await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("server did not come up");
-    };
-    let mut server = start();
-    wait_up().await;
+    let mut server = Server::start(&config).healthy(base).await;
     Api::at(base, dir.path()).import().await;
     // The reservation in the test config: 52:54:00:00:00:01 at 127.1.0.50.
     let machine = client("127.1.0.50".parse().unwrap());
@@ -390,22 +370,10 @@ async fn a_token_the_machine_holds_survives_kill_9() {
         let (_, script) = get(&machine, &format!("{base}/boot/52:54:00:00:00:01.ipxe")).await;
         let (_, token) = seed(&script).unwrap_or_else(|| panic!("round {round}: {script}"));
         drop(server); // SIGKILL, reaped
-        server = start();
-        wait_up().await;
+        server = Server::start(&config).healthy(base).await;
         let status = post(&machine, &format!("{base}/phone-home/{token}"), "x=1").await;
         assert_eq!(status, 200, "round {round}: the token survived the kill");
         confirmed += 1;
     }
     assert_eq!(confirmed, 3);
-}
-
-/// A server process killed with SIGKILL (and reaped) when dropped, panic or
-/// not.
-pub(crate) struct Killed(pub(crate) std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

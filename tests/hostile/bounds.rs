@@ -155,11 +155,7 @@ async fn tftp_clients_cannot_hold_slots_or_fill_the_ledger() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_leave_memory_and_disk_where_they_were() {
     let dir = tempfile::TempDir::new().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::process::free_port();
     let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
         .replacen(
             "[http]\nlisten = \"127.0.0.1:0\"",
@@ -168,24 +164,9 @@ async fn floods_leave_memory_and_disk_where_they_were() {
         );
     let config = dir.path().join("ironboot.toml");
     std::fs::write(&config, text).unwrap();
-    let server = crate::binding::Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env_remove("IRONBOOT_E2E")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..100 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = server.0.id();
+    let server = crate::process::Server::start(&config).healthy(&base).await;
+    let pid = server.pid();
     let rss = || {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         status

@@ -5,51 +5,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use dhcproto::v4::{DhcpOption, MessageType};
-
-use crate::binding::Killed;
-use crate::common::dhcp_client::{message, msg_type, with, Client, Relay};
+use crate::binding::lease;
+use crate::common::dhcp_client::Relay;
+use crate::process::{free_port, Server};
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
-
-/// The server as a process (so it can be killed), its DHCP on a fixed
-/// loopback port, its range widened to 200 addresses.
-fn start(config: &std::path::Path) -> Killed {
-    Killed(
-        std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env_remove("IRONBOOT_E2E")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn ack(relay: &Relay, m: [u8; 6], xid: u32) -> Option<Ipv4Addr> {
-    let offer = relay
-        .exchange(&message(Client::Ipxe, MessageType::Discover, m, xid, RELAY))
-        .await?;
-    let ip = offer.yiaddr();
-    let req = with(
-        with(
-            message(Client::Ipxe, MessageType::Request, m, xid + 1, RELAY),
-            DhcpOption::RequestedIpAddress(ip),
-        ),
-        DhcpOption::ServerIdentifier(Ipv4Addr::LOCALHOST),
-    );
-    let reply = relay.exchange(&req).await?;
-    (msg_type(&reply) == Some(MessageType::Ack)).then_some(ip)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acked_leases_survive_sigkill() {
@@ -76,7 +36,7 @@ async fn acked_leases_survive_sigkill() {
 
     let mut acked: Vec<([u8; 6], Ipv4Addr)> = Vec::new();
     for round in 0..3u8 {
-        let server = start(&config);
+        let server = Server::start(&config);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let relay = Relay::new(RELAY, server_addr).await;
         // Up to 20 clients, as fast as the server answers; the kill comes
@@ -86,7 +46,7 @@ async fn acked_leases_survive_sigkill() {
             let xid = 0xd000 + u32::from(round) * 256 + u32::from(i) * 2;
             let mut got = None;
             for _ in 0..20 {
-                got = ack(&relay, m, xid).await;
+                got = lease(&relay, m, xid).await;
                 if got.is_some() {
                     break;
                 }
@@ -114,12 +74,12 @@ async fn acked_leases_survive_sigkill() {
     }
     // After the last restart, a new client never gets an address already
     // ACKed to someone else.
-    let _server = start(&config);
+    let _server = Server::start(&config);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let relay = Relay::new(RELAY, server_addr).await;
     let mut fresh = None;
     for _ in 0..20 {
-        fresh = ack(&relay, [0x52, 0x54, 0x00, 0xdd, 9, 9], 0xe000).await;
+        fresh = lease(&relay, [0x52, 0x54, 0x00, 0xdd, 9, 9], 0xe000).await;
         if fresh.is_some() {
             break;
         }

@@ -13,3 +13,59 @@ mod fetch;
 mod rollout;
 #[path = "../common/tftp_client.rs"]
 mod tftp_client;
+
+mod process {
+    //! The server as its own process, for the tests that kill it or read
+    //! its memory: started on a config file, killed (SIGKILL) and reaped
+    //! when dropped, panic or not.
+
+    use std::time::Duration;
+
+    pub struct Server(pub std::process::Child);
+
+    impl Server {
+        pub fn start(config: &std::path::Path) -> Server {
+            Server(
+                std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+                    .args(["serve", "--config"])
+                    .arg(config)
+                    .env_remove("IRONBOOT_E2E")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            )
+        }
+
+        /// Waits (up to 10 s) for `/healthz` at `base`.
+        pub async fn healthy(self, base: &str) -> Server {
+            for _ in 0..100 {
+                if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+                    return self;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the server at {base} did not come up");
+        }
+
+        pub fn pid(&self) -> u32 {
+            self.0.id()
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A port the kernel just handed out (so restarts can reuse it).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
