@@ -110,6 +110,8 @@ pub struct Inherited {
     pub labels: String,
     pub hostname: Option<String>,
     pub pin: Option<(String, i64)>,
+    /// The kind, when the operator set it on the machine replaced.
+    pub operator_kind: Option<MachineKind>,
 }
 
 /// A ledger event: one step of one machine's boot.

@@ -93,7 +93,7 @@ pub(super) async fn write_machine(
             .await?;
     }
     if let Some(kind) = change.kind {
-        sqlx::query("UPDATE machines SET kind = ? WHERE mac = ?")
+        sqlx::query("UPDATE machines SET kind = ?, kind_by_operator = 1 WHERE mac = ?")
             .bind(kind.as_str())
             .bind(&key)
             .execute(&mut *conn)
@@ -123,6 +123,7 @@ pub(super) fn apply_machine(state: &mut State, mac: MacAddr, change: MachineChan
     }
     if let Some(kind) = change.kind {
         m.kind = kind;
+        m.kind_by_operator = true;
     }
 }
 

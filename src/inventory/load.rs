@@ -32,6 +32,7 @@ struct OpenBoot {
 struct MachineRow {
     mac: String,
     kind: String,
+    kind_by_operator: bool,
     group_name: String,
     group_assigned: bool,
     labels: String,
@@ -50,7 +51,7 @@ struct MachineRow {
 }
 
 const MACHINE_COLUMNS: &str =
-    "mac, kind, group_name, group_assigned, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
+    "mac, kind, kind_by_operator, group_name, group_assigned, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
      current_stream, current_generation, last_good_stream, last_good_generation,
      circuit_id, remote_id";
 
@@ -65,6 +66,7 @@ impl MachineRow {
         Some(Machine {
             mac: self.mac.parse().ok()?,
             kind: self.kind.parse().unwrap_or_default(),
+            kind_by_operator: self.kind_by_operator,
             assigned: self.group_assigned.then(|| self.group_name.clone()),
             group: self.group_name,
             membership: crate::boot::membership::Membership::Default,

@@ -42,6 +42,9 @@ pub use edit::{Deleted, MachineChange};
 pub struct Machine {
     pub mac: MacAddr,
     pub kind: MachineKind,
+    /// The operator set `kind`: from then on what the machine's requests
+    /// suggest (an ONIE or ZTP request) no longer changes it.
+    pub kind_by_operator: bool,
     /// The group it is in: `assigned` if set, else computed from the
     /// groups' selectors (see [`crate::boot::membership`]). Kept current
     /// whenever labels, assignments or selectors change.
@@ -69,6 +72,7 @@ impl Machine {
         Self {
             mac,
             kind: MachineKind::Server,
+            kind_by_operator: false,
             group: DEFAULT_GROUP.into(),
             assigned: None,
             membership: Membership::Default,
@@ -336,6 +340,7 @@ fn decide(
         (IdentityMatch::Port { replaces, .. }, _) => match state.machines.get(replaces) {
             Some(old) => Machine {
                 kind: old.kind,
+                kind_by_operator: old.kind_by_operator,
                 group: old.group.clone(),
                 assigned: old.assigned.clone(),
                 labels: old.labels.clone(),
@@ -352,7 +357,7 @@ fn decide(
     machine.serial = req.serial.clone().or(machine.serial.take());
     machine.arch = req.buildarch.clone().or(machine.arch.take());
     machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
-    if let Some(kind) = kind {
+    if let Some(kind) = kind.filter(|_| !machine.kind_by_operator) {
         machine.kind = kind;
     }
     if let Some(port) = port {
@@ -677,6 +682,7 @@ impl Inventory {
                     labels: serde_json::to_string(&m.labels).expect("labels serialize"),
                     hostname: m.hostname.clone(),
                     pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+                    operator_kind: m.kind_by_operator.then_some(m.kind),
                 })
             }),
             // A new machine a selector claims at once: the database says so

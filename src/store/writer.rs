@@ -181,7 +181,7 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
                                serial, ip, kind)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, 'server'))
          ON CONFLICT (mac) DO UPDATE SET
-             kind = CASE WHEN ? IS NULL THEN kind ELSE excluded.kind END,
+             kind = CASE WHEN ? IS NULL OR kind_by_operator THEN kind ELSE excluded.kind END,
              serial = COALESCE(excluded.serial, serial),
              ip = COALESCE(excluded.ip, ip),
              uuid = COALESCE(excluded.uuid, uuid),
@@ -223,7 +223,8 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     if let Some(i) = &m.inherited {
         sqlx::query(
             "UPDATE machines SET group_name = ?, group_assigned = ?, labels = ?,
-                 hostname = COALESCE(?, hostname), pin_stream = ?, pin_generation = ? WHERE mac = ?",
+                 hostname = COALESCE(?, hostname), pin_stream = ?, pin_generation = ?,
+                 kind = COALESCE(?, kind), kind_by_operator = kind_by_operator OR ? WHERE mac = ?",
         )
         .bind(&i.group)
         .bind(i.assigned)
@@ -231,6 +232,8 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
         .bind(&i.hostname)
         .bind(i.pin.as_ref().map(|p| p.0.clone()))
         .bind(i.pin.as_ref().map(|p| p.1))
+        .bind(i.operator_kind.map(|k| k.as_str()))
+        .bind(i.operator_kind.is_some())
         .bind(mac.to_string())
         .execute(&mut *conn)
         .await?;

@@ -278,6 +278,63 @@ async fn only_the_bound_address_acts_for_a_machine() {
     server.stop().await;
 }
 
+/// What a machine's requests suggest about its kind is a claim: a ZTP
+/// script fetched from a machine's own address makes it a switch only until
+/// an operator says what it is. After `kind: server` from the API, the same
+/// request (from the bound address, so it is served) leaves it a server, and
+/// so does a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_owns_a_machines_kind() {
+    let server = TestServer::full_bound("").await;
+    let api = Api::new(&server);
+    let base = format!("http://{}", server.bound.http);
+    let relay = Relay::new(RELAY, server.dhcp()).await;
+    let ztp = |ip: Ipv4Addr, m: [u8; 6]| {
+        let c = client(IpAddr::V4(ip));
+        let url = format!("{base}/ztp/{}/cumulus.sh", mac_text(m));
+        async move { get(&c, &url).await.0 }
+    };
+    let kind = |m: [u8; 6]| {
+        let api = &api;
+        async move { api.machine(m).await.expect("known")["kind"].clone() }
+    };
+
+    // Unclaimed by the operator: the request makes it a switch.
+    let other_ip = lease(&relay, OTHER, 0x7300).await.expect("other leased");
+    assert_eq!(ztp(other_ip, OTHER).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(kind(OTHER).await, "switch");
+
+    // Declared a server: the same request no longer changes that.
+    let ip = lease(&relay, VICTIM, 0x7400).await.expect("victim leased");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = reqwest::Client::new()
+        .patch(format!("{base}/api/v1/machines/{}", mac_text(VICTIM)))
+        .bearer_auth(&api.token)
+        .json(&serde_json::json!({ "kind": "server" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    assert_eq!(ztp(ip, VICTIM).await, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(kind(VICTIM).await, "server");
+
+    // After a restart (memory loaded from the database) too.
+    let dir = server.stop().await;
+    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED);
+    let server = TestServer::start(&text, dir).await;
+    let api = Api::new(&server);
+    let base = format!("http://{}", server.bound.http);
+    let c = client(IpAddr::V4(ip));
+    let (status, _) = get(&c, &format!("{base}/ztp/{}/cumulus.sh", mac_text(VICTIM))).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = api.machine(VICTIM).await.expect("known");
+    assert_eq!(m["kind"], "server", "{m}");
+    server.stop().await;
+}
+
 /// Unbounded growth from unauthenticated requests: 2,000 script requests
 /// for random MACs with a 60 kB serial, and 50 phone-homes of 2 MiB to a
 /// bogus token, leave no machine, no event and no database growth beyond
