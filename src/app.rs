@@ -302,6 +302,14 @@ pub async fn run(
             }
         });
     }
+    if let Some(after) = config.dhcp.forget_unbooted_after {
+        tasks.spawn(forget_unbooted(
+            inventory.clone(),
+            dhcp.clone(),
+            after,
+            shutdown.clone(),
+        ));
+    }
     {
         // Rollout gates and the watchdog's silence timeout run on the clock.
         let inventory = inventory.clone();
@@ -428,6 +436,44 @@ pub async fn run(
 
 /// Records each artifact download as a step of the boot its client opened
 /// last (artifact URLs carry no token).
+/// How often never-booted machines are looked for (`inventory::forget`).
+const FORGET_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes machines never booted and untouched by an operator once unseen
+/// for `after`, from the inventory and then from DHCP's memory.
+async fn forget_unbooted(
+    inventory: Arc<Inventory>,
+    dhcp: Arc<Dhcp>,
+    after: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let after_ms = after.as_millis().min(i64::MAX as u128) as i64;
+    let reserved = dhcp.settings().reservations.iter().map(|r| r.mac).collect();
+    let every = FORGET_EVERY.min(after / 2).max(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        match inventory
+            .forget_unbooted(now - after_ms, now, &reserved)
+            .await
+        {
+            Ok(macs) if macs.is_empty() => {}
+            Ok(macs) => {
+                dhcp.forget(&macs);
+                tracing::info!(
+                    forgotten = macs.len(),
+                    "machines never booted and unseen for dhcp.forget_unbooted_after removed"
+                );
+            }
+            Err(e) => tracing::error!(error = %e, "forgetting never-booted machines"),
+        }
+    }
+}
+
 fn artifact_hook(
     inventory: &Arc<Inventory>,
     ledger: &Ledger,

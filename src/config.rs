@@ -229,6 +229,14 @@ pub struct RawDhcp {
     pub reservation: Vec<RawReservation>,
     /// Relay agents whose option 82 (circuit-id, remote-id) is believed.
     pub trusted_relays: Vec<Ipv4Addr>,
+    /// Never-seen clients answered per minute per relay or segment
+    /// (`dhcp::newcomers`); 0 is no limit.
+    pub new_clients_per_minute: u32,
+    /// The same over every source together; 0 is no limit.
+    pub new_clients_per_minute_total: u32,
+    /// Machines never booted and never touched by an operator are removed
+    /// after this long unseen (`inventory::forget`); "0s" keeps them.
+    pub forget_unbooted_after: String,
 }
 
 impl Default for RawDhcp {
@@ -245,6 +253,9 @@ impl Default for RawDhcp {
             subnet: Vec::new(),
             reservation: Vec::new(),
             trusted_relays: Vec::new(),
+            new_clients_per_minute: 1200,
+            new_clients_per_minute_total: 6000,
+            forget_unbooted_after: "7d".into(),
         }
     }
 }
@@ -372,6 +383,12 @@ pub struct DhcpSettings {
     /// Option 82 counts (identity, storage) only from these relays, and
     /// only when the datagram's source is its `giaddr`.
     pub trusted_relays: Vec<Ipv4Addr>,
+    /// Never-seen clients admitted per minute, per source and in all
+    /// (0: no limit).
+    pub new_clients_per_minute: u32,
+    pub new_clients_per_minute_total: u32,
+    /// `None`: never-booted machines are kept for ever.
+    pub forget_unbooted_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -616,6 +633,8 @@ fn validate_tftp(raw: &RawTftp) -> Result<TftpSettings, ConfigError> {
 
 fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
     let offer_timeout = parse_duration("dhcp.offer_timeout", &raw.offer_timeout)?;
+    let forget_unbooted_after =
+        parse_duration("dhcp.forget_unbooted_after", &raw.forget_unbooted_after)?;
     let mut subnets = Vec::new();
     for (i, s) in raw.subnet.iter().enumerate() {
         subnets.push(validate_subnet(&format!("dhcp.subnet[{i}]"), s)?);
@@ -680,6 +699,9 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
         subnets,
         reservations,
         trusted_relays: raw.trusted_relays.clone(),
+        new_clients_per_minute: raw.new_clients_per_minute,
+        new_clients_per_minute_total: raw.new_clients_per_minute_total,
+        forget_unbooted_after: Some(forget_unbooted_after).filter(|d| !d.is_zero()),
     })
 }
 

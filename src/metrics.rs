@@ -41,6 +41,7 @@ counters! {
     dhcp_naks: "DHCPNAK replies sent",
     dhcp_declines: "DHCPDECLINE messages received (address quarantined)",
     dhcp_pool_exhausted: "DISCOVERs left unanswered because the subnet had no free address",
+    dhcp_new_clients_limited: "DISCOVERs from never-seen MACs left unanswered over dhcp.new_clients_per_minute (per relay or segment) or dhcp.new_clients_per_minute_total",
     dhcp_send_errors: "DHCP replies that failed to send",
     ra_sent: "IPv6 router advertisements sent",
     tftp_requests: "TFTP read requests received",

@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 
 use super::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind, ZtpFlavour};
 use super::leases::{Entry, LeaseError, LeaseTable, Millis, State};
+use super::newcomers::Newcomers;
 use super::packet::{parse, Request};
 use super::reply::{encode, LeaseParams, ReplySpec};
 
@@ -90,6 +91,8 @@ pub struct Dhcp {
     known: RwLock<HashSet<MacAddr>>,
     /// Per MAC: the facts of its last boot request.
     seen: RwLock<HashMap<MacAddr, SeenClient>>,
+    /// How fast MACs not in `known` are answered.
+    newcomers: Newcomers,
     /// Loader settings by MAC; without it every architecture gets its
     /// default loader.
     loader_settings: Option<LoaderLookup>,
@@ -108,7 +111,12 @@ impl Dhcp {
     ) -> Self {
         let mut known = known;
         known.extend(settings.reservations.iter().map(|r| r.mac));
+        let newcomers = Newcomers::new(
+            settings.new_clients_per_minute,
+            settings.new_clients_per_minute_total,
+        );
         Self {
+            newcomers,
             settings,
             targets,
             leases: Mutex::new(leases),
@@ -179,6 +187,18 @@ impl Dhcp {
         Some(entry)
     }
 
+    /// Forgets machines the inventory removed (`inventory::forget`): they
+    /// are new clients again if they come back.
+    pub fn forget(&self, macs: &[MacAddr]) {
+        let mut known = self.known.write().expect("known lock");
+        let mut seen = self.seen.write().expect("seen lock");
+        let reserved: HashSet<MacAddr> = self.settings.reservations.iter().map(|r| r.mac).collect();
+        for mac in macs.iter().filter(|m| !reserved.contains(m)) {
+            known.remove(mac);
+            seen.remove(mac);
+        }
+    }
+
     /// Forgets offers nobody took up. Called periodically.
     pub fn expire_offers(&self, now: Millis) -> usize {
         self.leases.lock().expect("lease lock").expire_offers(now)
@@ -200,6 +220,12 @@ impl Dhcp {
         let kind = facts.kind();
         let span = tracing::debug_span!("dhcp", mac = %req.mac, xid = format_args!("{:#010x}", req.xid()), kind = kind.name());
         let _enter = span.enter();
+        if req.msg_type == MessageType::Discover && !self.admits(&req, inc, now) {
+            Metrics::inc(&self.metrics.dhcp_new_clients_limited);
+            Metrics::inc(&self.metrics.dhcp_ignored);
+            debug!("never-seen client over dhcp.new_clients_per_minute: not answered");
+            return None;
+        }
         let out = match self.settings.mode {
             DhcpMode::Off => None,
             DhcpMode::Proxy => self.proxy(&req, &facts, inc),
@@ -222,6 +248,21 @@ impl Dhcp {
                 .and_then(|o| crate::metrics::dhcp_message_type(&o.bytes)),
         );
         out
+    }
+
+    /// A known MAC is always answered; a never-seen one only while its
+    /// relay (or segment) and the server are under their new-client rates.
+    fn admits(&self, req: &Request, inc: &Incoming<'_>, now: Millis) -> bool {
+        if self.settings.mode == DhcpMode::Off || self.knows(req.mac) {
+            return true;
+        }
+        let giaddr = req.giaddr();
+        let source = if giaddr.is_unspecified() {
+            inc.local
+        } else {
+            giaddr
+        };
+        self.newcomers.admit(source, now)
     }
 
     /// Option 82 is believed only from a configured relay, sent from its

@@ -11,6 +11,7 @@
 pub mod classify;
 pub mod handler;
 pub mod leases;
+pub mod newcomers;
 pub mod packet;
 pub mod ra;
 pub mod reply;

@@ -10,6 +10,7 @@
 
 mod apply;
 mod edit;
+mod forget;
 mod groups;
 pub use groups::GroupChange;
 mod load;

@@ -132,6 +132,147 @@ async fn a_discover_flood_leaves_nothing_and_starves_no_one() {
     assert_eq!(flood, 0, "DISCOVERs from made-up MACs made no machine");
 }
 
+/// New MACs are taken on at a bounded rate per relay and in all; machines
+/// the server knows are answered whatever the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_seen_clients_are_rate_limited_known_ones_are_not() {
+    let server =
+        TestServer::full("new_clients_per_minute = 5\nnew_clients_per_minute_total = 8").await;
+    let relay = Relay::new(RELAY, server.dhcp()).await;
+    for i in 0..50u32 {
+        let m = [0x02, 0x67, 0x00, 0x00, (i >> 8) as u8, i as u8];
+        relay
+            .send(&message(
+                Client::BiosPxe,
+                MessageType::Discover,
+                m,
+                0xb000 + i,
+                RELAY,
+            ))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let limited = server.counter("dhcp_new_clients_limited").await;
+    assert!(
+        (44..=45).contains(&limited),
+        "5 of 50 new MACs from one relay answered, {limited} refused"
+    );
+
+    // Another relay has its own bucket, inside what is left of the total.
+    let other = Relay::new(Ipv4Addr::new(127, 2, 0, 1), server.dhcp()).await;
+    let offer = other
+        .exchange(&message(
+            Client::BiosPxe,
+            MessageType::Discover,
+            [0x02, 0x68, 0, 0, 0, 1],
+            0xc000,
+            other.giaddr,
+        ))
+        .await
+        .expect("a new machine behind another relay is answered");
+    assert_eq!(msg_type(&offer), Some(MessageType::Offer));
+
+    // The reserved (known) machine boots through the exhausted relay.
+    let fresh = Relay::new(RELAY, server.dhcp()).await;
+    let ip = dora(
+        &fresh,
+        [0x52, 0x54, 0x00, 0x00, 0x00, 0x01],
+        0xd000,
+        &[],
+        None,
+    )
+    .await
+    .expect("a known machine is never rate-limited");
+    assert_eq!(ip, Ipv4Addr::new(127, 1, 0, 50));
+    server.stop().await;
+}
+
+/// Registrations expire: a MAC that leased and left without ever booting is
+/// forgotten after `forget_unbooted_after`; one the operator labelled, one
+/// that booted and one still holding its lease are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_booted_machines_are_forgotten_owned_ones_kept() {
+    let server = TestServer::full("forget_unbooted_after = \"2s\"").await;
+    let relay = Relay::new(RELAY, server.dhcp()).await;
+    let base = format!("http://{}", server.bound.http);
+    let token = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
+    let http = reqwest::Client::new();
+    let (gone, labelled, booted, holding) = (
+        [0x02, 0x69, 0, 0, 0, 1],
+        [0x02, 0x69, 0, 0, 0, 2],
+        [0x02, 0x69, 0, 0, 0, 3],
+        [0x02, 0x69, 0, 0, 0, 4],
+    );
+    let text = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    for (i, m) in [gone, labelled, booted, holding].into_iter().enumerate() {
+        let ip = dora(&relay, m, 0xe000 + 16 * i as u32, &[], None)
+            .await
+            .expect("leased");
+        if m == holding {
+            continue;
+        }
+        let mut release = message(
+            Client::Ipxe,
+            MessageType::Release,
+            m,
+            0xe100 + i as u32,
+            RELAY,
+        );
+        release.set_ciaddr(ip);
+        relay.send(&release).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = http
+        .patch(format!("{base}/api/v1/machines/{}", text(labelled)))
+        .bearer_auth(token.trim())
+        .json(&json!({ "labels": { "rack": "r1" } }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    // The test config has no binding: the script request stands in for the
+    // machine's boot.
+    let r = http
+        .get(format!("{base}/boot/{}.ipxe", text(booted)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let known = |m: [u8; 6]| {
+        let (http, base, token) = (&http, &base, token.trim());
+        async move {
+            http.get(format!("{base}/api/v1/machines/{}", text(m)))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 200
+        }
+    };
+    assert!(known(gone).await);
+    let mut forgotten = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if !known(gone).await {
+            forgotten = true;
+            break;
+        }
+    }
+    assert!(forgotten, "the never-booted machine is forgotten");
+    for m in [labelled, booted, holding] {
+        assert!(known(m).await, "{} is kept", text(m));
+    }
+    // It comes back as a new client if it returns.
+    assert!(dora(&relay, gone, 0xe200, &[], None).await.is_some());
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn option_12_never_overwrites_the_operators_host_name() {
     let server = TestServer::full("").await;
