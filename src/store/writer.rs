@@ -1,5 +1,6 @@
 //! The ledger writer: drains the queue the packet paths fill and commits it
-//! in batches, one `BEGIN IMMEDIATE` transaction per batch.
+//! in batches, one `BEGIN IMMEDIATE` transaction per batch: leases in one of
+//! their own, everything else in chunks of [`CHUNK`] records.
 //!
 //! Batching is what keeps SQLite off the boot hot path: a storm of a thousand
 //! DHCP exchanges becomes a few dozen transactions. Records come in two
@@ -14,6 +15,7 @@
 //! commit survive the process dying; a power loss can still lose the last
 //! transactions before the next WAL checkpoint sync.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use sqlx::SqliteConnection;
@@ -24,68 +26,109 @@ use super::Store;
 use crate::domain::{ip_text, ipv4_text};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
-/// Most records committed in one transaction.
+/// Most records taken from the queue at once.
 const MAX_BATCH: usize = 2048;
+/// Records taken from the queue but not yet written, at most: beyond it the
+/// queue itself fills and its senders drop events (`ledger_dropped`).
+const MAX_BACKLOG: usize = 4 * MAX_BATCH;
+/// Records other than leases written per transaction: a lease a reply
+/// promises waits for at most one such chunk before its own commit.
+const CHUNK: usize = 256;
 /// How long to keep collecting after the first record of a batch.
 const LINGER: Duration = Duration::from_millis(20);
 
 /// Runs until every [`crate::ledger::Ledger`] handle is dropped, then commits
 /// what is left and returns.
+///
+/// Each round takes what is queued, commits its leases and answers the
+/// promises on them, then writes one chunk of everything else (events,
+/// machines, boots) and answers the flushes that chunk completes. Leases
+/// thus overtake a backlog of events; nothing else is reordered.
 pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
-        let mut waited_on = is_waited_on(&first);
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + LINGER;
-        while batch.len() < MAX_BATCH {
-            // Someone waits for this batch (an ACK, a script's token):
-            // take what is queued already and commit now. Records that
-            // arrive during the commit ride in the next one.
-            let next = if waited_on {
+    let mut backlog: VecDeque<Record> = VecDeque::new();
+    let mut open = true;
+    // Whether the last lease commit succeeded: what a promise is told.
+    let mut leases_ok = true;
+    loop {
+        let fresh = if backlog.is_empty() {
+            if !open {
+                return;
+            }
+            match collect(&mut rx).await {
+                Some(fresh) => fresh,
+                None => return,
+            }
+        } else {
+            let mut fresh = Vec::new();
+            while open && backlog.len() + fresh.len() < MAX_BACKLOG {
                 match rx.try_recv() {
-                    Ok(r) => Some(r),
-                    Err(_) => break,
+                    Ok(r) => fresh.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
-            } else {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(r)) => Some(r),
-                    Ok(None) | Err(_) => break,
-                }
-            };
-            if let Some(r) = next {
-                waited_on |= is_waited_on(&r);
-                batch.push(r);
+            }
+            fresh
+        };
+        let mut leases = Vec::new();
+        let mut promises = Vec::new();
+        for record in fresh {
+            match record {
+                Record::Lease(_) => leases.push(record),
+                Record::Promise(tx) => promises.push(tx),
+                other => backlog.push_back(other),
             }
         }
-        let (waiters, records): (Vec<Record>, Vec<Record>) = batch
-            .drain(..)
-            .partition(|r| matches!(r, Record::Flush(_) | Record::Promise(_)));
-        // What ACKs promise (leases: no other table refers to them) goes in
-        // a short transaction of its own, and the ACKs leave as soon as it
-        // commits; the rest of the batch (events, machines, boots) follows.
-        let (leases, rest): (Vec<Record>, Vec<Record>) = records
-            .into_iter()
-            .partition(|r| matches!(r, Record::Lease(_)));
-        let leases_written = leases.is_empty() || write_batch(&store, &leases).await;
-        let (promises, flushes): (Vec<Record>, Vec<Record>) = waiters
-            .into_iter()
-            .partition(|r| matches!(r, Record::Promise(_)));
-        for promise in promises {
-            if let Record::Promise(tx) = promise {
-                let _ = tx.send(leases_written);
+        if !leases.is_empty() {
+            leases_ok = write_batch(&store, &leases).await;
+        }
+        for tx in promises {
+            let _ = tx.send(leases_ok);
+        }
+        let mut chunk = Vec::with_capacity(CHUNK.min(backlog.len()));
+        let mut flushes = Vec::new();
+        while let Some(record) = backlog.pop_front() {
+            match record {
+                Record::Flush(tx) => flushes.push(tx),
+                other => chunk.push(other),
+            }
+            if chunk.len() >= CHUNK && !matches!(backlog.front(), Some(Record::Flush(_))) {
+                break;
             }
         }
-        if !rest.is_empty() {
-            write_batch(&store, &rest).await;
+        if !chunk.is_empty() {
+            write_batch(&store, &chunk).await;
         }
-        for flush in flushes {
-            if let Record::Flush(tx) = flush {
-                let _ = tx.send(());
-            }
+        for tx in flushes {
+            let _ = tx.send(());
         }
-        batch = rest;
-        batch.clear();
     }
+}
+
+/// Waits for a record, then keeps collecting for [`LINGER`], or only what is
+/// queued already once someone waits on the batch (an ACK, a script's
+/// token): that batch is committed at once, and what arrives during the
+/// commit rides in the next (group commit). `None` once every sender is gone.
+async fn collect(rx: &mut mpsc::Receiver<Record>) -> Option<Vec<Record>> {
+    let first = rx.recv().await?;
+    let mut waited_on = is_waited_on(&first);
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while batch.len() < MAX_BATCH {
+        let next = if waited_on {
+            match rx.try_recv() {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => r,
+                Ok(None) | Err(_) => break,
+            }
+        };
+        waited_on |= is_waited_on(&next);
+        batch.push(next);
+    }
+    Some(batch)
 }
 
 fn is_waited_on(record: &Record) -> bool {
