@@ -147,6 +147,12 @@ make_file() {
     head -c "$2" /dev/urandom >"$1"
 }
 
+# Every perfdhcp client is new to the server: the rate limit for
+# never-seen clients (a hostile-network bound) is off for the benchmarks.
+# IRONBOOT_DHCP_EXTRA="" drops these keys (a binary older than them).
+NO_NEW_CLIENT_LIMIT='new_clients_per_minute = 0
+new_clients_per_minute_total = 0'
+
 # ironboot_config DIR EXTRA: a full-mode config serving a relayed /16 on
 # 127.77.0.0, 127.0.0.0 (perfdhcp's giaddr on loopback) and 10.78.0.0
 # (perfdhcp's giaddr through the veth), DHCP on $DHCP_SERVER:67, TFTP on 69
@@ -167,10 +173,7 @@ mode = "full"
 serve_all = true
 listen = "$DHCP_SERVER:67"
 offer_timeout = "30s"
-# Every perfdhcp client is new to the server: the rate limit for
-# never-seen clients (a hostile-network bound) is off for the benchmarks.
-new_clients_per_minute = 0
-new_clients_per_minute_total = 0
+${IRONBOOT_DHCP_EXTRA-$NO_NEW_CLIENT_LIMIT}
 [[dhcp.subnet]]
 network = "127.77.0.0/16"
 range = ["127.77.1.1", "127.77.250.254"]

@@ -328,6 +328,13 @@ pub async fn run(
         services.push("reboot hook for rollouts".into());
     }
     {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            crate::store::checkpoint::run(store, shutdown).await;
+            Ok(())
+        });
+    }
+    {
         let (store, retention, shutdown) = (store.clone(), config.retention, shutdown.clone());
         tasks.spawn(async move {
             crate::store::retention::run(store, retention, shutdown).await;

@@ -8,6 +8,7 @@
 //! [`Store::known_macs`] loaded at start and write through the
 //! [`writer`] task.
 
+pub mod checkpoint;
 pub mod retention;
 pub mod writer;
 
@@ -98,6 +99,8 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
+            // Checkpoints run in `checkpoint`, never inside a commit.
+            .pragma("wal_autocheckpoint", "0")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

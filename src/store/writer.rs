@@ -16,7 +16,7 @@
 //! transactions before the next WAL checkpoint sync.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::SqliteConnection;
 use tokio::sync::mpsc;
@@ -26,113 +26,153 @@ use super::Store;
 use crate::domain::{ip_text, ipv4_text};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
-/// Most records taken from the queue at once.
+/// Most leases committed in one transaction.
 const MAX_BATCH: usize = 2048;
 /// Records taken from the queue but not yet written, at most: beyond it the
 /// queue itself fills and its senders drop events (`ledger_dropped`).
 const MAX_BACKLOG: usize = 4 * MAX_BATCH;
 /// Records other than leases written per transaction: a lease a reply
 /// promises waits for at most one such chunk before its own commit.
-const CHUNK: usize = 256;
-/// How long to keep collecting after the first record of a batch.
+const CHUNK: usize = 512;
+/// How long a record nobody waits for may sit before it is written (unless
+/// a chunk fills first): events and machine facts go in few, large
+/// transactions.
 const LINGER: Duration = Duration::from_millis(20);
+/// How long the writer keeps gathering leases after the first promise of a
+/// round: ACKs wait this much longer, and a storm's leases go in a
+/// transaction per couple of milliseconds instead of one per ACK (each
+/// transaction writes its pages to the WAL again; thousands a second cost
+/// the whole machine's CPU).
+const ACK_LINGER: Duration = Duration::from_millis(2);
 
-/// Runs until every [`crate::ledger::Ledger`] handle is dropped, then commits
-/// what is left and returns.
-///
-/// Each round takes what is queued, commits its leases and answers the
-/// promises on them, then writes one chunk of everything else (events,
-/// machines, boots) and answers the flushes that chunk completes. Leases
-/// thus overtake a backlog of events; nothing else is reordered.
-pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
-    let mut backlog: VecDeque<Record> = VecDeque::new();
-    let mut open = true;
-    // Whether the last lease commit succeeded: what a promise is told.
-    let mut leases_ok = true;
-    loop {
-        let fresh = if backlog.is_empty() {
-            if !open {
-                return;
-            }
-            match collect(&mut rx).await {
-                Some(fresh) => fresh,
-                None => return,
-            }
+/// What one round took from the queue.
+#[derive(Default)]
+struct Round {
+    leases: Vec<Record>,
+    promises: Vec<tokio::sync::oneshot::Sender<bool>>,
+}
+
+/// Records other than leases, in arrival order, until written.
+#[derive(Default)]
+struct Backlog {
+    records: VecDeque<Record>,
+    /// When the oldest of them arrived.
+    since: Option<Instant>,
+    /// A flush waits among them.
+    flush: bool,
+}
+
+impl Backlog {
+    fn push(&mut self, record: Record) {
+        self.flush |= matches!(record, Record::Flush(_));
+        self.since.get_or_insert_with(Instant::now);
+        self.records.push_back(record);
+    }
+
+    /// When the next chunk must be written: now if a flush waits or a chunk
+    /// is full, else when the oldest record has lingered enough.
+    fn due(&self) -> Option<Instant> {
+        if self.flush || self.records.len() >= CHUNK {
+            Some(Instant::now())
         } else {
-            let mut fresh = Vec::new();
-            while open && backlog.len() + fresh.len() < MAX_BACKLOG {
-                match rx.try_recv() {
-                    Ok(r) => fresh.push(r),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                }
-            }
-            fresh
-        };
-        let mut leases = Vec::new();
-        let mut promises = Vec::new();
-        for record in fresh {
-            match record {
-                Record::Lease(_) => leases.push(record),
-                Record::Promise(tx) => promises.push(tx),
-                other => backlog.push_back(other),
-            }
+            self.since.map(|t| t + LINGER)
         }
-        if !leases.is_empty() {
-            leases_ok = write_batch(&store, &leases).await;
-        }
-        for tx in promises {
-            let _ = tx.send(leases_ok);
-        }
-        let mut chunk = Vec::with_capacity(CHUNK.min(backlog.len()));
+    }
+
+    /// Takes one chunk and the flushes it completes.
+    fn chunk(&mut self) -> (Vec<Record>, Vec<tokio::sync::oneshot::Sender<()>>) {
+        let mut chunk = Vec::with_capacity(CHUNK.min(self.records.len()));
         let mut flushes = Vec::new();
-        while let Some(record) = backlog.pop_front() {
+        while let Some(record) = self.records.pop_front() {
             match record {
                 Record::Flush(tx) => flushes.push(tx),
                 other => chunk.push(other),
             }
-            if chunk.len() >= CHUNK && !matches!(backlog.front(), Some(Record::Flush(_))) {
+            if chunk.len() >= CHUNK && !matches!(self.records.front(), Some(Record::Flush(_))) {
                 break;
             }
         }
-        if !chunk.is_empty() {
-            write_batch(&store, &chunk).await;
+        self.flush = self.records.iter().any(|r| matches!(r, Record::Flush(_)));
+        self.since = (!self.records.is_empty()).then(Instant::now);
+        (chunk, flushes)
+    }
+}
+
+/// Runs until every [`crate::ledger::Ledger`] handle is dropped, then commits
+/// what is left and returns.
+///
+/// Each round gathers from the queue until something is due: a promise
+/// that has waited [`ACK_LINGER`], or the backlog (a flush, a full chunk,
+/// or [`LINGER`]). It then commits the round's leases and answers their
+/// promises, and writes one chunk of everything else (events, machines,
+/// boots), answering the flushes that chunk completes. Leases thus overtake
+/// a backlog of events; nothing else is reordered.
+pub async fn run(store: Store, mut rx: mpsc::Receiver<Record>) {
+    let mut backlog = Backlog::default();
+    let mut open = true;
+    // Whether the last lease commit succeeded: what a promise is told.
+    let mut leases_ok = true;
+    while open || !backlog.records.is_empty() {
+        let round = if open {
+            gather(&mut rx, &mut backlog, &mut open).await
+        } else {
+            Round::default()
+        };
+        if !round.leases.is_empty() {
+            leases_ok = write_batch(&store, &round.leases).await;
         }
-        for tx in flushes {
-            let _ = tx.send(());
+        for tx in round.promises {
+            let _ = tx.send(leases_ok);
+        }
+        let due = backlog.due().is_some_and(|t| t <= Instant::now());
+        if due || !open {
+            let (chunk, flushes) = backlog.chunk();
+            if !chunk.is_empty() {
+                write_batch(&store, &chunk).await;
+            }
+            for tx in flushes {
+                let _ = tx.send(());
+            }
         }
     }
 }
 
-/// Waits for a record, then keeps collecting for [`LINGER`], or only what is
-/// queued already once someone waits on the batch (an ACK, a script's
-/// token): that batch is committed at once, and what arrives during the
-/// commit rides in the next (group commit). `None` once every sender is gone.
-async fn collect(rx: &mut mpsc::Receiver<Record>) -> Option<Vec<Record>> {
-    let first = rx.recv().await?;
-    let mut waited_on = is_waited_on(&first);
-    let mut batch = vec![first];
-    let deadline = tokio::time::Instant::now() + LINGER;
-    while batch.len() < MAX_BATCH {
-        let next = if waited_on {
-            match rx.try_recv() {
+/// Takes records from the queue until the round is due (see [`run`]);
+/// sets `open` to false once every sender is gone.
+async fn gather(rx: &mut mpsc::Receiver<Record>, backlog: &mut Backlog, open: &mut bool) -> Round {
+    let mut round = Round::default();
+    let mut promised: Option<Instant> = None;
+    while round.leases.len() < MAX_BATCH && backlog.records.len() < MAX_BACKLOG {
+        let until = match (promised.map(|t| t + ACK_LINGER), backlog.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let next = match until {
+            Some(until) if until <= Instant::now() => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+            },
+            Some(until) => match tokio::time::timeout_at(until.into(), rx.recv()).await {
                 Ok(r) => r,
                 Err(_) => break,
-            }
-        } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(r)) => r,
-                Ok(None) | Err(_) => break,
-            }
+            },
+            None => rx.recv().await,
         };
-        waited_on |= is_waited_on(&next);
-        batch.push(next);
+        let Some(record) = next else {
+            *open = false;
+            break;
+        };
+        match record {
+            Record::Lease(_) => round.leases.push(record),
+            Record::Promise(tx) => {
+                promised.get_or_insert_with(Instant::now);
+                round.promises.push(tx);
+            }
+            other => backlog.push(other),
+        }
     }
-    Some(batch)
-}
-
-fn is_waited_on(record: &Record) -> bool {
-    matches!(record, Record::Flush(_) | Record::Promise(_))
+    round
 }
 
 /// Commits `batch` in one transaction; if that fails, each record in its
@@ -202,18 +242,93 @@ fn kind(record: &Record) -> &'static str {
     }
 }
 
+/// Writes `batch` inside the caller's transaction. Statements are what
+/// costs here (each one a round trip to SQLite's thread), so the batch is
+/// not written record by record: the facts of one machine seen several times
+/// become one upsert (the same result as applying them in turn), every
+/// event goes in multi-row inserts at the end, and the rest (leases, boots,
+/// rollouts) keeps its order after the machines it may refer to.
 async fn write_all(conn: &mut SqliteConnection, batch: &[Record]) -> Result<(), sqlx::Error> {
+    for m in merged_machines(batch) {
+        upsert_machine(conn, &m).await?;
+    }
+    let leases: Vec<&LeaseRecord> = batch
+        .iter()
+        .filter_map(|r| match r {
+            Record::Lease(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    write_leases(conn, &leases).await?;
+    let mut events = Vec::new();
     for record in batch {
         match record {
-            Record::MachineSeen(m) => upsert_machine(conn, m).await?,
-            Record::Event(e) => insert_event(conn, e).await?,
-            Record::Lease(l) => write_lease(conn, l).await?,
+            Record::Event(e) => events.push(e),
             Record::BootStarted(b) => insert_boot(conn, b).await?,
             Record::Rollout(p) => crate::rollout::store::write(conn, p).await?,
-            Record::Flush(_) | Record::Promise(_) => {}
+            Record::MachineSeen(_) | Record::Lease(_) | Record::Flush(_) | Record::Promise(_) => {}
         }
     }
+    for rows in events.chunks(EVENTS_PER_STATEMENT) {
+        insert_events(conn, rows).await?;
+    }
     Ok(())
+}
+
+/// Events per multi-row insert (7 parameters each, well under SQLite's
+/// limit of 32,766).
+const EVENTS_PER_STATEMENT: usize = 500;
+
+/// The machine facts of `batch`, one per machine where they can be merged,
+/// in the order each machine first appears. Facts that carry an
+/// inheritance or a computed group stay as they are, and later facts of
+/// that machine start a new entry after them.
+fn merged_machines(batch: &[Record]) -> Vec<MachineFacts> {
+    let mut out: Vec<MachineFacts> = Vec::new();
+    let mut open: std::collections::HashMap<crate::domain::MacAddr, usize> =
+        std::collections::HashMap::new();
+    for record in batch {
+        let Record::MachineSeen(m) = record else {
+            continue;
+        };
+        let Some(mac) = m.mac else { continue };
+        let plain = m.inherited.is_none() && m.computed_group.is_none();
+        match open.get(&mac) {
+            Some(&i) if plain => merge_facts(&mut out[i], m),
+            _ => {
+                if plain {
+                    open.insert(mac, out.len());
+                } else {
+                    open.remove(&mac);
+                }
+                out.push(m.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `into` followed by `later`, as the upsert would leave the row: what
+/// `later` says replaces, what it leaves out stays.
+fn merge_facts(into: &mut MachineFacts, later: &MachineFacts) {
+    fn take<T: Clone>(into: &mut Option<T>, later: &Option<T>) {
+        if later.is_some() {
+            into.clone_from(later);
+        }
+    }
+    take(&mut into.uuid, &later.uuid);
+    take(&mut into.arch, &later.arch);
+    take(&mut into.firmware, &later.firmware);
+    take(&mut into.vendor_class, &later.vendor_class);
+    take(&mut into.user_class, &later.user_class);
+    take(&mut into.hostname, &later.hostname);
+    take(&mut into.circuit_id, &later.circuit_id);
+    take(&mut into.remote_id, &later.remote_id);
+    take(&mut into.relay, &later.relay);
+    take(&mut into.serial, &later.serial);
+    take(&mut into.ip, &later.ip);
+    take(&mut into.kind, &later.kind);
+    into.at_ms = into.at_ms.max(later.at_ms);
 }
 
 async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result<(), sqlx::Error> {
@@ -284,19 +399,20 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     Ok(())
 }
 
-async fn insert_event(conn: &mut SqliteConnection, e: &Event) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes, boot_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(e.at_ms)
-    .bind(e.mac.map(|m| m.to_string()))
-    .bind(e.ip.map(ip_text))
-    .bind(e.step)
-    .bind(e.detail.to_string())
-    .bind(e.bytes.map(|b| b as i64))
-    .bind(e.boot_id)
-    .execute(&mut *conn)
-    .await?;
+async fn insert_events(conn: &mut SqliteConnection, rows: &[&Event]) -> Result<(), sqlx::Error> {
+    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes, boot_id) ",
+    );
+    insert.push_values(rows, |mut row, e| {
+        row.push_bind(e.at_ms)
+            .push_bind(e.mac.map(|m| m.to_string()))
+            .push_bind(e.ip.map(ip_text))
+            .push_bind(e.step)
+            .push_bind(e.detail.to_string())
+            .push_bind(e.bytes.map(|b| b as i64))
+            .push_bind(e.boot_id);
+    });
+    insert.build().execute(&mut *conn).await?;
     Ok(())
 }
 
@@ -319,26 +435,138 @@ async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), 
     Ok(())
 }
 
-async fn write_lease(conn: &mut SqliteConnection, l: &LeaseRecord) -> Result<(), sqlx::Error> {
-    if l.state == "free" {
-        sqlx::query("DELETE FROM leases WHERE ip = ?")
-            .bind(ipv4_text(l.ip))
-            .execute(&mut *conn)
-            .await?;
+/// Lease changes in order: bindings in multi-row upserts (a new statement
+/// whenever an address repeats), releases as deletes.
+async fn write_leases(
+    conn: &mut SqliteConnection,
+    leases: &[&LeaseRecord],
+) -> Result<(), sqlx::Error> {
+    let mut pending: Vec<&LeaseRecord> = Vec::new();
+    let mut ips = std::collections::HashSet::new();
+    for l in leases {
+        let free = l.state == "free";
+        if free || !ips.insert(l.ip) || pending.len() >= LEASES_PER_STATEMENT {
+            upsert_leases(conn, &pending).await?;
+            pending.clear();
+            ips.clear();
+            ips.insert(l.ip);
+        }
+        if free {
+            sqlx::query("DELETE FROM leases WHERE ip = ?")
+                .bind(ipv4_text(l.ip))
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            pending.push(l);
+        }
+    }
+    upsert_leases(conn, &pending).await
+}
+
+/// Leases per multi-row upsert (6 parameters each).
+const LEASES_PER_STATEMENT: usize = 500;
+
+async fn upsert_leases(
+    conn: &mut SqliteConnection,
+    rows: &[&LeaseRecord],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
+    let now = now_ms();
+    let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+        "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) ",
+    );
+    upsert.push_values(rows, |mut row, l| {
+        row.push_bind(ipv4_text(l.ip))
+            .push_bind(l.mac.map(|m| m.to_string()))
+            .push_bind(l.state)
+            .push_bind(l.expires_at_ms)
+            .push_bind(l.hostname.clone())
+            .push_bind(now);
+    });
+    upsert.push(
+        " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
              expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
-    )
-    .bind(ipv4_text(l.ip))
-    .bind(l.mac.map(|m| m.to_string()))
-    .bind(l.state)
-    .bind(l.expires_at_ms)
-    .bind(&l.hostname)
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    );
+    upsert.build().execute(&mut *conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::MachineKind;
+
+    fn seen(mac: u8, at_ms: i64) -> MachineFacts {
+        MachineFacts {
+            mac: Some(format!("52:54:00:00:00:{mac:02x}").parse().unwrap()),
+            at_ms,
+            ..MachineFacts::default()
+        }
+    }
+
+    /// Merged facts leave the row as the upserts in turn would, and an
+    /// inheritance is never merged across.
+    #[test]
+    fn facts_of_one_machine_merge_in_order() {
+        let first = MachineFacts {
+            uuid: Some("u1".into()),
+            kind: Some(MachineKind::Switch),
+            hostname: Some("a".into()),
+            ..seen(1, 10)
+        };
+        let second = MachineFacts {
+            uuid: Some("u2".into()),
+            serial: Some("SN".into()),
+            ..seen(1, 20)
+        };
+        let inherited = MachineFacts {
+            inherited: Some(Box::default()),
+            ..seen(1, 30)
+        };
+        let batch = [
+            Record::MachineSeen(first),
+            Record::MachineSeen(seen(2, 15)),
+            Record::MachineSeen(second),
+            Record::MachineSeen(inherited),
+            Record::MachineSeen(MachineFacts {
+                hostname: Some("b".into()),
+                ..seen(1, 40)
+            }),
+        ];
+        let merged = merged_machines(&batch);
+        let summary: Vec<_> = merged
+            .iter()
+            .map(|m| {
+                (
+                    m.mac.unwrap().to_string(),
+                    m.uuid.clone(),
+                    m.serial.clone(),
+                    m.kind,
+                    m.hostname.clone(),
+                    m.inherited.is_some(),
+                    m.at_ms,
+                )
+            })
+            .collect();
+        let mac = |n: u8| format!("52:54:00:00:00:0{n}");
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    mac(1),
+                    Some("u2".into()),
+                    Some("SN".into()),
+                    Some(MachineKind::Switch),
+                    Some("a".into()),
+                    false,
+                    20
+                ),
+                (mac(2), None, None, None, None, false, 15),
+                (mac(1), None, None, None, None, true, 30),
+                (mac(1), None, None, None, Some("b".into()), false, 40),
+            ]
+        );
+    }
 }
