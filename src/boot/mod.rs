@@ -76,24 +76,53 @@ pub fn slot(arch: &str, installer: bool) -> String {
     }
 }
 
+/// A slot's image architecture, and whether it holds a switch installer.
+fn slot_parts(slot: &str) -> (&str, bool) {
+    match slot.strip_suffix("/installer") {
+        Some(image_arch) => (image_arch, true),
+        None => (slot, false),
+    }
+}
+
 impl GroupFacts {
-    /// The generation for a machine of `arch` (a switch or not): the one
-    /// for its family and kind if the group holds one, else the pointer set
-    /// last.
+    /// The generation for a machine of `arch` (a switch or not), from the
+    /// slots of its kind only: a server never gets an installer, a switch
+    /// never a live OS. With `arch` known, the slot of its family; unknown
+    /// (a script request that does not say), the slot set last if it is of
+    /// this kind, else the x86 one (every iPXE that asks without saying is an
+    /// x86 build), else the only one. A group from before per-architecture
+    /// slots has only its pointer.
     pub fn pointer_for(&self, arch: Option<&str>, switch: bool) -> Option<&GenerationId> {
-        arch.and_then(|a| {
-            self.by_arch
+        if self.by_arch.is_empty() {
+            return self.pointer.as_ref();
+        }
+        let of_kind = self
+            .by_arch
+            .iter()
+            .filter(|(slot, _)| slot_parts(slot).1 == switch)
+            .map(|(slot, g)| (slot_parts(slot).0, g));
+        let candidates: Vec<(&str, &GenerationId)> = of_kind.collect();
+        let set_last = || {
+            candidates
                 .iter()
-                .find(|(key, _)| {
-                    let (image_arch, installer) = match key.strip_suffix("/installer") {
-                        Some(image_arch) => (image_arch, true),
-                        None => (key.as_str(), false),
-                    };
-                    installer == switch && same_arch(a, image_arch)
+                .find(|(_, g)| Some(*g) == self.pointer.as_ref())
+        };
+        match arch {
+            // No slot for its family: the one set last (if of its kind),
+            // which the caller then refuses for its architecture, saying so.
+            Some(a) => candidates
+                .iter()
+                .find(|(image_arch, _)| same_arch(a, image_arch))
+                .or_else(set_last),
+            None => set_last()
+                .or_else(|| {
+                    candidates
+                        .iter()
+                        .find(|(image_arch, _)| same_arch("x86_64", image_arch))
                 })
-                .map(|(_, g)| g)
-        })
-        .or(self.pointer.as_ref())
+                .or(candidates.first()),
+        }
+        .map(|(_, g)| *g)
     }
 }
 
@@ -134,9 +163,20 @@ pub fn target(
         (Some(pin), _) => (pin, Source::Pin),
         (None, Some(pointer)) => (pointer, Source::Group),
         (None, None) => {
-            let reason = match group {
-                Some(g) => format!("group {} points at no generation", g.name),
-                None => format!("group {} does not exist", machine.group),
+            let kind = if machine.switch {
+                "switches"
+            } else {
+                "servers"
+            };
+            let reason = match (group, &machine.arch) {
+                (Some(g), _) if g.by_arch.is_empty() => {
+                    format!("group {} points at no generation", g.name)
+                }
+                (Some(g), Some(arch)) => {
+                    format!("group {} has no generation for {arch} {kind}", g.name)
+                }
+                (Some(g), None) => format!("group {} has no generation for {kind}", g.name),
+                (None, _) => format!("group {} does not exist", machine.group),
             };
             return Target::Nothing { reason };
         }
@@ -209,6 +249,14 @@ mod tests {
                 ("x86_64/installer".into(), gen("nos", 2)),
             ],
         };
+        let only = |slots: &[(&str, GenerationId)], last: GenerationId| GroupFacts {
+            name: "web".into(),
+            pointer: Some(last),
+            by_arch: slots
+                .iter()
+                .map(|(slot, g)| (slot.to_string(), g.clone()))
+                .collect(),
+        };
         let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
             group: "web".into(),
             pin,
@@ -240,6 +288,12 @@ mod tests {
             ("per-arch: arm64 machine",    machine(None, Some("arm64")),            Some(two_arch(gen("worker", 41))),    boot(gen("arm", 1), Source::Group)),
             ("per-arch: BIOS i386 iPXE",   machine(None, Some("i386")),             Some(two_arch(gen("arm", 1))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: arch unknown",     machine(None, None),                     Some(two_arch(gen("arm", 1))),        boot(gen("arm", 1), Source::Group)),
+            ("unknown arch, installer set last", machine(None, None),               Some(two_arch(gen("nos", 2))),        boot(gen("worker", 41), Source::Group)),
+            ("unknown arch, only arm64",   machine(None, None),                     Some(only(&[("arm64", gen("arm", 1)), ("x86_64/installer", gen("nos", 2))], gen("nos", 2))), boot(gen("arm", 1), Source::Group)),
+            ("server, only an installer",  machine(None, Some("x86_64")),           Some(only(&[("x86_64/installer", gen("nos", 2))], gen("nos", 2))), nothing("group web has no generation for x86_64 servers")),
+            ("switch, only a live OS",     switch("x86_64"),                        Some(only(&[("x86_64", gen("worker", 41))], gen("worker", 41))), nothing("group web has no generation for x86_64 switches")),
+            ("no slot for this arch",      machine(None, Some("arm64")),            Some(only(&[("x86_64", gen("worker", 41))], gen("worker", 41))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
+            ("no slot, installer set last", machine(None, Some("arm64")),           Some(two_arch(gen("nos", 2))).map(|g| GroupFacts { by_arch: g.by_arch.into_iter().filter(|(s, _)| s != "arm64").collect(), ..g }), nothing("group web has no generation for arm64 servers")),
             ("per-arch: x86_64 switch",    switch("x86_64"),                        Some(two_arch(gen("worker", 41))),    boot(gen("nos", 2), Source::Group)),
             ("per-arch: x86_64 server",    machine(None, Some("x86_64")),           Some(two_arch(gen("nos", 2))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: pin still wins",   machine(Some(gen("worker", 42)), Some("x86_64")), Some(two_arch(gen("arm", 1))), boot(gen("worker", 42), Source::Pin)),
