@@ -1,12 +1,10 @@
 -- A group holds one generation per architecture: an arm64 machine and an
 -- x86_64 machine of the same group each boot the group's generation for
--- their own architecture, and a switch the group's installer generation
--- for its own (slot 'x86_64/installer'). groups.stream/generation stays the
--- pointer set last (what the API has always shown); this table holds one
--- per slot.
+-- their own architecture. groups.stream/generation stays the pointer set
+-- last (what the API has always shown); this table holds one per arch.
 CREATE TABLE group_generations (
     group_name TEXT NOT NULL,
-    arch       TEXT NOT NULL,                -- the slot: x86_64, arm64, x86_64/installer
+    arch       TEXT NOT NULL,                -- the image's: x86_64, arm64
     stream     TEXT NOT NULL,
     generation INTEGER NOT NULL,
     updated_ms INTEGER NOT NULL,

@@ -147,7 +147,7 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         );
     }
     let per_arch: Vec<(String, String, String, i64)> =
-        sqlx::query_as("SELECT group_name, arch, stream, generation FROM group_generations")
+        sqlx::query_as("SELECT group_name, slot, stream, generation FROM group_generations")
             .fetch_all(pool)
             .await?;
     for (group, arch, stream, number) in per_arch {

@@ -122,6 +122,7 @@ impl Store {
             })
             .connect_with(options)
             .await?;
+        repair_checksums(&pool).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
     }
@@ -168,6 +169,53 @@ impl Store {
     }
 }
 
+/// Migrations whose file was edited after it landed, and restored since:
+/// `(version, SHA-384 of the edited file, SHA-384 of the file as landed)`.
+/// sqlx checksums whole files, so a database migrated while the edited file
+/// was embedded would refuse to start with the restored one; both texts
+/// make the same schema (the edit changed comments only), so its recorded
+/// checksum is set back to the landed file's. Never add to this list for a
+/// change of schema: add a migration instead.
+const EDITED_AFTER_LANDING: &[(i64, &str, &str)] = &[(
+    6,
+    "658bfad66b15baff34fa65dfb5f30f6869bde7af31d3ae0cd170e40d1d686b2c3a7ed3114616fc7fbdc069efe08135d7",
+    "d470caa33f81cc8664d194e761f83c4b5902386295b8209d6453b99e198acd0ea2882f96363b48623d8352be41167ce4",
+)];
+
+/// See [`EDITED_AFTER_LANDING`].
+async fn repair_checksums(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let (tracked,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if tracked == 0 {
+        return Ok(());
+    }
+    for (version, edited, landed) in EDITED_AFTER_LANDING {
+        let (edited, landed) = (
+            hex::decode(edited).expect("hex"),
+            hex::decode(landed).expect("hex"),
+        );
+        let fixed = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = ? WHERE version = ? AND checksum = ?",
+        )
+        .bind(&landed)
+        .bind(version)
+        .bind(&edited)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if fixed > 0 {
+            tracing::info!(
+                version,
+                "migration checksum restored to the file as it landed"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Points `group` at generation `number` of `stream` for the architecture
 /// slot `slot` (`x86_64`, `arm64`, `x86_64/installer`), inside the caller's
 /// transaction: the group's row (created if missing) keeps the pointer set
@@ -193,9 +241,9 @@ pub async fn set_group_pointer(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "INSERT INTO group_generations (group_name, arch, stream, generation, updated_ms)
+        "INSERT INTO group_generations (group_name, slot, stream, generation, updated_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (group_name, arch) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+         ON CONFLICT (group_name, slot) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
     )
     .bind(group)
     .bind(slot)
@@ -210,6 +258,101 @@ pub async fn set_group_pointer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every migration file, with the SHA-256 of its bytes. A landed
+    /// migration is never edited (sqlx refuses a database whose recorded
+    /// checksum differs): change the schema with a new file, and add its
+    /// line here.
+    const MIGRATIONS: &[(&str, &str)] = &[
+        (
+            "0001_machines_leases_events.sql",
+            "627022ce0ead55e2579586fd6cab2fd6324dbf3854b823ff1799612bec5b7808",
+        ),
+        (
+            "0002_images_groups_boots_tokens.sql",
+            "6820c6a57bcdb10d3ff3fac8d94f8a4d75581b95cbb14e24ef65f30a3ac4382b",
+        ),
+        (
+            "0003_machine_kind.sql",
+            "1d80e55da066945e7f055d73ec1d97db091405e6d25d3b6341fb0d5a9ff10901",
+        ),
+        (
+            "0004_boots_by_generation.sql",
+            "0fca98b7bd23806d1a8ec5d11008ef185f7f0553587cddbdeaa5c5e869453a1a",
+        ),
+        (
+            "0005_group_selectors.sql",
+            "f9df6e8c56ef6fea04a94643a8155aaf27cbdbd5fc1846a3722617f1db311963",
+        ),
+        (
+            "0006_group_generations_per_arch.sql",
+            "c5640c0a33aa60f475002df5f7d64ee077ba723e17c6f88e739acd8dd1d08224",
+        ),
+        (
+            "0007_rollouts_and_health.sql",
+            "a9eefd1f61cff03ad0649461dabec0e268162447f53720e8f9b098bb7b100e3b",
+        ),
+        (
+            "0008_reported_hostname.sql",
+            "f8c779ece7fe50eed351a977c9a28d237aa80571b4d8688deb0415b9bcb351fe",
+        ),
+        (
+            "0009_kind_by_operator.sql",
+            "f62c377d5ad7cb8cc645341fb98758d05022efc74cbbab4cb881d533ad9da334",
+        ),
+        (
+            "0010_group_generations_slot.sql",
+            "a3cdcb3b4102427a71d90751f3c3d678ccf42b5d26bcc65b6de2af20aa77db15",
+        ),
+    ];
+
+    #[test]
+    fn landed_migrations_are_never_edited() {
+        use sha2::Digest as _;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = MIGRATIONS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(
+            files, listed,
+            "every migration file is listed here, in order"
+        );
+        for (name, sha) in MIGRATIONS {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            assert_eq!(
+                hex::encode(sha2::Sha256::digest(&bytes)),
+                *sha,
+                "{name} was edited after it landed: restore it and add a new migration"
+            );
+        }
+    }
+
+    /// A database migrated while 0006 was the edited file opens with the
+    /// restored one, and its recorded checksum becomes the landed file's.
+    #[tokio::test]
+    async fn a_database_from_the_edited_0006_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let (_, edited, landed) = EDITED_AFTER_LANDING[0];
+        sqlx::query("UPDATE _sqlx_migrations SET checksum = ? WHERE version = 6")
+            .bind(hex::decode(edited).unwrap())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+        let store = Store::open(dir.path())
+            .await
+            .expect("opens after the repair");
+        let (checksum,): (Vec<u8>,) =
+            sqlx::query_as("SELECT checksum FROM _sqlx_migrations WHERE version = 6")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(hex::encode(checksum), landed);
+    }
 
     /// A transaction whose ROLLBACK on drop fails (here: it was already
     /// rolled back behind sqlx's back, as SQLite does on a failed COMMIT
