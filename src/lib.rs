@@ -16,6 +16,9 @@
 //!   context built from that decision.
 //! - [`inventory`]: machines, groups, generations and open boots in memory,
 //!   for the boot path; operator changes written to SQLite first.
+//! - [`rollout`]: rollouts and the last-known-good watchdog as pure state
+//!   machines ([`rollout::engine::Fleet`] is what the boot path asks), their
+//!   rows, and the reboot hook.
 //! - [`images`]: the content-addressed store of boot artifacts and manifests.
 //! - [`render`]: minijinja templates from `boot-templates/`, strict.
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
@@ -24,7 +27,8 @@
 //! - [`auth`]: API bearer tokens; [`cli`]: the client subcommands.
 //! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
 //!   the pure plan from desired state and current state to changes.
-//! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer.
+//! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer
+//!   (group commit for what a reply promises), WAL checkpoints, retention.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
 //! - [`explain`]: what a request would be served and why, from the boot
