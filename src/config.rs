@@ -351,7 +351,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub templates_dir: Option<PathBuf>,
     pub http_listen: SocketAddr,
-    pub http_limits: crate::http::HttpLimits,
+    pub http_limits: crate::http::limits::HttpLimits,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
@@ -556,7 +556,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             return Err(invalid(key, "must be at least 1"));
         }
     }
-    let http_limits = crate::http::HttpLimits {
+    let http_limits = crate::http::limits::HttpLimits {
         header_read_timeout,
         max_connections: raw.http.max_connections,
         max_connections_per_address: raw.http.max_connections_per_address,

@@ -16,33 +16,10 @@ use std::time::Duration;
 use crate::config::{Reservation, Subnet};
 use crate::domain::MacAddr;
 
-/// Milliseconds since the epoch (the store's time unit).
-pub type Millis = i64;
+pub use crate::domain::lease::{Entry, Millis, State};
 
 /// How long a declined address stays out of the pool.
 pub const QUARANTINE: Duration = Duration::from_secs(600);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Offered,
-    Bound,
-    Declined,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub ip: Ipv4Addr,
-    pub mac: Option<MacAddr>,
-    pub state: State,
-    pub expires_at: Millis,
-    pub hostname: Option<String>,
-}
-
-impl Entry {
-    fn live(&self, now: Millis) -> bool {
-        self.expires_at > now
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaseError {

@@ -1,6 +1,8 @@
 //! Plain domain types parsed once at the edge: MAC addresses and client
 //! architectures. No I/O lives here.
 
+pub mod lease;
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -9,7 +9,10 @@
 pub mod api;
 pub mod artifacts;
 pub mod boot;
+pub mod limits;
 pub mod switch;
+
+pub use limits::HttpLimits;
 
 use std::sync::Arc;
 
@@ -147,27 +150,6 @@ async fn boot_counts(store: &crate::store::Store) -> Result<Samples, sqlx::Error
         }
     }
     Ok(samples)
-}
-
-/// What any client can hold of the HTTP server (`[http]`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HttpLimits {
-    /// A request's headers must arrive within this (slow or half-sent
-    /// requests are closed); bodies and responses are not timed, so a long
-    /// download at rack speed is never cut.
-    pub header_read_timeout: std::time::Duration,
-    pub max_connections: usize,
-    pub max_connections_per_address: usize,
-}
-
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: std::time::Duration::from_secs(10),
-            max_connections: 8192,
-            max_connections_per_address: 256,
-        }
-    }
 }
 
 /// Serves until `shutdown`, then finishes in-flight requests (up to 10 s).

@@ -21,7 +21,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 
-use crate::dhcp::leases::{Entry, State};
+use crate::domain::lease::{Entry, State};
 use crate::domain::MacAddr;
 
 #[derive(Debug, thiserror::Error)]

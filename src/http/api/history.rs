@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::{IntoParams, ToSchema};
 
-use super::machines::{parse_time, MAX_PAGE};
+use super::paging::{parse_time, MAX_PAGE};
 use super::*;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::history::{boots_of, BootFilter, BootView};
+use super::paging::{parse_time, MAX_PAGE};
 use super::*;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
@@ -227,27 +228,6 @@ struct MachineFilter {
     limit: Option<i64>,
     /// The `next` of the previous page.
     cursor: Option<String>,
-}
-
-/// Largest page of any list.
-pub(super) const MAX_PAGE: i64 = 1000;
-
-/// A point in time as the API takes it: milliseconds since the epoch, or
-/// an RFC 3339 timestamp.
-pub(super) fn parse_time(field: &'static str, text: &str) -> ApiResult<i64> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(text)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as i64)
-        .ok_or_else(|| {
-            ApiError::bad(
-                field,
-                format!("{text:?}: expected milliseconds since the epoch or RFC 3339 (2026-11-28T10:00:00Z)"),
-            )
-        })
 }
 
 /// Machines, in MAC order, filtered; a page at a time (`next` is the cursor

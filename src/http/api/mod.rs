@@ -42,6 +42,7 @@ mod images;
 mod leases;
 mod machines;
 mod openapi;
+mod paging;
 mod rollouts;
 mod templates;
 mod tokens;
