@@ -67,3 +67,6 @@ pub mod rollout;
 pub mod store;
 pub mod storm;
 pub mod tftp;
+
+#[cfg(test)]
+mod architecture_tests;
