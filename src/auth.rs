@@ -15,8 +15,8 @@ use std::sync::RwLock;
 
 use serde::Serialize;
 
-use crate::inventory::token_hash;
 use crate::ledger::now_ms;
+use crate::secret::token_hash;
 use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -108,7 +108,7 @@ impl Tokens {
             let token = match preseeded_token(&path)? {
                 Some(token) => token,
                 None => {
-                    let token = crate::inventory::new_secret();
+                    let token = crate::secret::new_secret();
                     write_secret(&path, &token).map_err(|source| AuthError::TokenFile {
                         path: path.display().to_string(),
                         source,
@@ -146,7 +146,7 @@ impl Tokens {
         name: &str,
         role: Role,
     ) -> Result<(TokenInfo, String), AuthError> {
-        let secret = crate::inventory::new_secret();
+        let secret = crate::secret::new_secret();
         let hash = token_hash(&secret);
         let now = now_ms();
         let (id,): (i64,) = sqlx::query_as(
@@ -330,7 +330,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("secret"),
-        &crate::inventory::new_secret()[..16]
+        &crate::secret::new_secret()[..16]
     ));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()

@@ -24,7 +24,8 @@
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
 //! - [`binding`]: who is at a source address (lease, reservation, neighbour
 //!   entry): the evidence a boot-path request needs to act for a machine.
-//! - [`auth`]: API bearer tokens; [`cli`]: the client subcommands.
+//! - [`auth`]: API bearer tokens; [`secret`]: how tokens are made and
+//!   hashed; [`cli`]: the client subcommands.
 //! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
 //!   the pure plan from desired state and current state to changes.
 //! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer
@@ -64,6 +65,7 @@ pub mod netif;
 pub mod per_address;
 pub mod render;
 pub mod rollout;
+pub mod secret;
 pub mod store;
 pub mod storm;
 pub mod tftp;

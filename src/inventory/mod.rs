@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 
 use crate::boot::identity::{self, Candidate, IdentityMatch, SwitchPort};
 use crate::boot::loader::{Loader, LoaderSettings};
@@ -473,18 +472,7 @@ fn group_loader(g: &Group) -> Option<Loader> {
     g.variables.get("loader")?.as_str()?.parse().ok()
 }
 
-/// sha256 of a token, hex: what the database keeps instead of the token.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// 256 random bits, hex: per-boot tokens and API tokens.
-pub fn new_secret() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
+use crate::secret::{new_secret, token_hash};
 
 impl Inventory {
     /// Loads the view from the database.
