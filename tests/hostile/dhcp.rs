@@ -27,6 +27,22 @@ fn opt82(circuit: &str) -> Vec<u8> {
     opt
 }
 
+/// `n` DISCOVERs through `relay` from made-up MACs `02:<tag>:…`, without
+/// waiting for answers.
+async fn flood(relay: &Relay, tag: u8, n: u32, xid: u32) {
+    for i in 0..n {
+        let m = [0x02, tag, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+        let discover = message(
+            Client::BiosPxe,
+            MessageType::Discover,
+            m,
+            xid + i,
+            relay.giaddr,
+        );
+        relay.send(&discover).await;
+    }
+}
+
 /// DISCOVER and REQUEST with `raw` options appended; the ACKed address.
 async fn dora(
     relay: &Relay,
@@ -95,18 +111,7 @@ async fn a_discover_flood_leaves_nothing_and_starves_no_one() {
     let server = TestServer::full("").await;
     let relay = Relay::new(RELAY, server.dhcp()).await;
     // 150 DISCOVERs from made-up MACs against a range of four addresses.
-    for i in 0..150u32 {
-        let m = [0x02, 0x66, 0x00, (i >> 16) as u8, (i >> 8) as u8, i as u8];
-        relay
-            .send(&message(
-                Client::BiosPxe,
-                MessageType::Discover,
-                m,
-                0x9000 + i,
-                RELAY,
-            ))
-            .await;
-    }
+    flood(&relay, 0x66, 150, 0x9000).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A real client retries as PXE firmware does (4 s, 8 s …): once the
     // flood's offers are older than the minimum hold, it gets an address.
@@ -139,18 +144,7 @@ async fn never_seen_clients_are_rate_limited_known_ones_are_not() {
     let server =
         TestServer::full("new_clients_per_minute = 5\nnew_clients_per_minute_total = 8").await;
     let relay = Relay::new(RELAY, server.dhcp()).await;
-    for i in 0..50u32 {
-        let m = [0x02, 0x67, 0x00, 0x00, (i >> 8) as u8, i as u8];
-        relay
-            .send(&message(
-                Client::BiosPxe,
-                MessageType::Discover,
-                m,
-                0xb000 + i,
-                RELAY,
-            ))
-            .await;
-    }
+    flood(&relay, 0x67, 50, 0xb000).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let limited = server.counter("dhcp_new_clients_limited").await;
     assert!(
