@@ -32,7 +32,7 @@ use crate::domain::{Arch, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
 use crate::netboot::{buildarch, render_boot};
-use crate::render::{Renderer, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE, ZTP_DIR};
+use crate::render::{Renderer, ZTP_DIR};
 
 /// What a client would send. Every field but `mac` is optional: with no
 /// DHCP option and no ONIE header, the question is "what does this machine
@@ -642,17 +642,7 @@ impl Explainer {
                     Loader::Ipxe
                 };
                 let result = render_boot(&plan, &self.server, &self.renderer, l);
-                let bootable = matches!(decision.target, Target::Boot { .. })
-                    && decision
-                        .generation
-                        .as_ref()
-                        .is_some_and(|g| g.manifest.kernel.is_some());
-                let template = match (l, bootable) {
-                    (Loader::Ipxe, true) => MACHINE_IPXE,
-                    (Loader::Ipxe, false) => NOTHING_IPXE,
-                    (Loader::Grub, true) => MACHINE_GRUB,
-                    (Loader::Grub, false) => NOTHING_GRUB,
-                };
+                let template = l.template(plan.bootable());
                 out.steps.push(format!(
                     "script: {template}{}",
                     if result.is_ok() {

@@ -37,10 +37,7 @@ use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
 use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
 use crate::ledger::Ledger;
-use crate::render::{
-    RenderError, Renderer, GRUB_CFG, MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE,
-    ZTP_DIR,
-};
+use crate::render::{RenderError, Renderer, GRUB_CFG, ZTP_DIR};
 use crate::tftp::GeneratedFiles;
 
 /// How long a rendered GRUB config is served again to the same machine.
@@ -86,14 +83,7 @@ pub fn render_boot(
     loader: Loader,
 ) -> Result<String, RenderError> {
     let ctx = context::build(plan, server, renderer)?;
-    let bootable = matches!(plan.target, Target::Boot { .. }) && ctx.image.is_some();
-    let template = match (loader, bootable) {
-        (Loader::Ipxe, true) => MACHINE_IPXE,
-        (Loader::Ipxe, false) => NOTHING_IPXE,
-        (Loader::Grub, true) => MACHINE_GRUB,
-        (Loader::Grub, false) => NOTHING_GRUB,
-    };
-    renderer.render(template, &ctx)
+    renderer.render(loader.template(plan.bootable()), &ctx)
 }
 
 /// iPXE's `${buildarch}` for a DHCP architecture: what images are matched

@@ -35,12 +35,14 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::binding::Bindings;
-use crate::boot::{claims, context, Target};
+use crate::boot::loader::Loader;
+use crate::boot::{claims, context};
 use crate::domain::MacAddr;
 use crate::inventory::{Inventory, InventoryError, ScriptRequest};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE, MACHINE_IPXE, NOTHING_IPXE};
+use crate::netboot::render_boot;
+use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE};
 
 #[derive(Clone)]
 pub struct BootState {
@@ -170,14 +172,7 @@ async fn machine_script(
     let plan = state.inventory.begin_boot(mac, &req);
     // The token in this script is usable once the boot row is committed.
     state.ledger.flush().await;
-    let rendered = context::build(&plan, &state.server, &state.renderer).and_then(|ctx| {
-        let template = if matches!(plan.target, Target::Boot { .. }) && ctx.image.is_some() {
-            MACHINE_IPXE
-        } else {
-            NOTHING_IPXE
-        };
-        state.renderer.render(template, &ctx)
-    });
+    let rendered = render_boot(&plan, &state.server, &state.renderer, Loader::Ipxe);
     let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": claim("chip"), "platform": req.platform, "buildarch": req.buildarch });
     match rendered {
         Ok(text) => {

@@ -177,6 +177,18 @@ pub struct BootPlan {
     pub identity: IdentityMatch,
 }
 
+impl BootPlan {
+    /// There is a live OS to boot: a target generation with a kernel (a
+    /// switch installer has none).
+    pub fn bootable(&self) -> bool {
+        matches!(self.target, Target::Boot { .. })
+            && self
+                .generation
+                .as_ref()
+                .is_some_and(|g| g.manifest.kernel.is_some())
+    }
+}
+
 /// The switch port a MAC's last DHCP request was relayed from.
 pub type PortLookup = Arc<dyn Fn(MacAddr) -> Option<SwitchPort> + Send + Sync>;
 
