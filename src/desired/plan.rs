@@ -643,11 +643,12 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                 membership::resolve(m.assigned.as_deref(), &m.labels, claims.iter().copied())
                     .group()
                     == group
-                    && m.pin.is_none()
-                    && (m.kind == MachineKind::Switch) == to.installer
-                    && m.arch
-                        .as_deref()
-                        .is_none_or(|a| boot::same_arch(a, &to.arch))
+                    && crate::rollout::Member {
+                        pinned: m.pin.is_some(),
+                        switch: m.kind == MachineKind::Switch,
+                        arch: m.arch.as_deref(),
+                    }
+                    .follows(&to.arch, to.installer)
             })
             .count()
     };

@@ -15,7 +15,7 @@ use crate::ledger::{now_ms, Record};
 use crate::rollout::engine::{Entry, FleetError, Outcome, PointerMove};
 use crate::rollout::hook::Job;
 use crate::rollout::watchdog::{Health, Policy};
-use crate::rollout::{Require, Spec, Strategy};
+use crate::rollout::{Member, Require, Spec, Strategy};
 
 /// What an operator asks for when starting a rollout.
 #[derive(Debug, Clone)]
@@ -57,18 +57,19 @@ pub(super) fn follows(
     kind: &str,
     manifest: &crate::images::Manifest,
 ) -> bool {
-    let (pinned, switch, arch) = match state.machines.get(&mac) {
-        Some(m) => (
-            m.pin.is_some(),
-            m.kind == MachineKind::Switch,
-            m.arch.clone(),
-        ),
-        None => (pinned, kind == "switch", None),
+    let member = match state.machines.get(&mac) {
+        Some(m) => Member {
+            pinned: m.pin.is_some(),
+            switch: m.kind == MachineKind::Switch,
+            arch: m.arch.as_deref(),
+        },
+        None => Member {
+            pinned,
+            switch: kind == "switch",
+            arch: None,
+        },
     };
-    let fits = arch
-        .as_deref()
-        .is_none_or(|a| boot::same_arch(a, &manifest.arch));
-    !pinned && switch == manifest.is_installer() && fits
+    member.follows(&manifest.arch, manifest.is_installer())
 }
 
 /// Where a rollout of `group` to `to` starts: the group's generation for

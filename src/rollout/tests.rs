@@ -352,3 +352,26 @@ fn a_rollout_survives_a_round_trip_through_json() {
     confirm(&mut back, 2, 42, MIN);
     assert_eq!(back.tick(2 * MIN).len(), 2);
 }
+
+#[test]
+fn who_follows_a_rollout() {
+    let member = |pinned, switch, arch| Member {
+        pinned,
+        switch,
+        arch,
+    };
+    #[rustfmt::skip]
+    let cases = [
+        ("server, live OS, same arch",     member(false, false, Some("x86_64")), "x86_64", false, true),
+        ("BIOS iPXE says i386",            member(false, false, Some("i386")),   "x86_64", false, true),
+        ("arch not known yet",             member(false, false, None),           "arm64",  false, true),
+        ("pinned",                         member(true,  false, Some("x86_64")), "x86_64", false, false),
+        ("other arch",                     member(false, false, Some("arm64")),  "x86_64", false, false),
+        ("server, installer",              member(false, false, None),           "x86_64", true,  false),
+        ("switch, installer",              member(false, true,  Some("x86_64")), "x86_64", true,  true),
+        ("switch, live OS",                member(false, true,  None),           "x86_64", false, false),
+    ];
+    for (name, m, image_arch, installer, want) in cases {
+        assert_eq!(m.follows(image_arch, installer), want, "{name}");
+    }
+}
