@@ -594,6 +594,80 @@ async fn pause_resume_and_abort_and_their_refusals() {
     server.stop().await;
 }
 
+/// What the boot path would serve `mac` now, by `explain` (a script
+/// request would itself count as a boot).
+async fn would_serve(api: &Api, mac: &str) -> Value {
+    api.ok(
+        Method::POST,
+        "/api/v1/explain",
+        Some(json!({ "mac": mac, "ipxe": true })),
+    )
+    .await["target"]["generation"]["number"]
+        .clone()
+}
+
+/// A rollout command whose commit fails changes nothing: the rollout,
+/// its machines' generations and the boot path stay as SQLite has them.
+#[tokio::test]
+async fn a_command_whose_commit_fails_changes_nothing() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_on_a(&api).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "strategy": "blue_green", "timeout": "5m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    assert_eq!(would_serve(&api, M1).await, b);
+
+    // The disk refuses every change to the rollout's row from now on.
+    let db = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        server.dir.path().join("data/ironboot.db").display()
+    ))
+    .await
+    .unwrap();
+    let refuse = "CREATE TRIGGER refuse_rollouts BEFORE UPDATE ON rollouts
+                  BEGIN SELECT RAISE(ABORT, 'disk full'); END";
+    sqlx::query(refuse).execute(&db).await.unwrap();
+    for (command, body) in [("pause", None), ("abort", Some(json!({ "reason": "x" })))] {
+        let (status, v) = api
+            .call(
+                Method::POST,
+                &format!("/api/v1/rollouts/{id}/{command}"),
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{command}: {v}");
+        let r = api.rollout(id).await;
+        assert_eq!(r["state"], "running", "{command} failed to commit: {r}");
+        assert_eq!(
+            would_serve(&api, M1).await,
+            b,
+            "M1 still on B after {command}"
+        );
+    }
+
+    // The disk is back: the same command commits and shows.
+    sqlx::query("DROP TRIGGER refuse_rollouts")
+        .execute(&db)
+        .await
+        .unwrap();
+    let r = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/rollouts/{id}/abort"),
+            Some(json!({ "reason": "change freeze" })),
+        )
+        .await;
+    assert_eq!(r["state"], "aborted");
+    assert_eq!(would_serve(&api, M1).await, a);
+    server.stop().await;
+}
+
 /// Runs the `ironboot` binary against the test server.
 fn cli(api: &Api, args: &[&str]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))

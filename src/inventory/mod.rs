@@ -465,6 +465,9 @@ pub struct Inventory {
     reboots: OnceLock<tokio::sync::mpsc::Sender<crate::rollout::hook::Job>>,
     /// How long a boot's token works after its script was served.
     token_ttl_ms: i64,
+    /// Operator commands on the fleet, one at a time (see
+    /// `rollouts::fleet_command`).
+    fleet_commands: tokio::sync::Mutex<()>,
 }
 
 /// The machine (label `identity`) or its group (variable `identity`) says
@@ -505,6 +508,7 @@ impl Inventory {
             ports: OnceLock::new(),
             reboots: OnceLock::new(),
             token_ttl_ms: DEFAULT_TOKEN_TTL.as_millis() as i64,
+            fleet_commands: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -12,7 +12,7 @@ use super::{Inventory, InventoryError, State};
 use crate::boot::{self, GenerationId, GroupFacts};
 use crate::domain::{MacAddr, MachineKind};
 use crate::ledger::{now_ms, Record};
-use crate::rollout::engine::{Entry, FleetError, Outcome, PointerMove};
+use crate::rollout::engine::{Entry, Fleet, FleetError, Outcome, PointerMove};
 use crate::rollout::hook::Job;
 use crate::rollout::watchdog::{Health, Policy};
 use crate::rollout::{Member, Require, Spec, Strategy};
@@ -182,26 +182,53 @@ impl Inventory {
         self.after_fleet(out, false);
     }
 
-    /// Runs an operator command on the fleet and commits its rows before
-    /// answering.
+    /// Runs an operator command on a copy of the fleet, commits its rows, and
+    /// only then shows it: a failed commit leaves memory, and so the boot
+    /// path, as it was. Commands run one at a time. If the boot path moved
+    /// the fleet during the commit (a boot, a confirmation), the command is
+    /// applied again to the fleet as it is now and those rows are queued
+    /// after the boot path's; if the fleet now refuses it (the rollout
+    /// finished meanwhile), its rows as they are now are queued instead, so
+    /// the store comes back to what memory shows.
     async fn fleet_command<T>(
         &self,
-        f: impl FnOnce(&mut crate::rollout::engine::Fleet, i64) -> Result<(T, Outcome), FleetError>,
+        f: impl Fn(&mut Fleet, i64) -> Result<(T, Outcome), FleetError>,
     ) -> Result<T, RolloutCommandError> {
         // Rows the boot path queued are committed first (the one-rollout-
         // per-group index must see a finished rollout as finished).
         self.settle().await;
+        let _one_at_a_time = self.fleet_commands.lock().await;
         let now = now_ms();
-        let (value, out) = {
-            let mut state = self.write();
-            let (value, out) = f(&mut state.fleet, now)?;
-            self.apply_pointers(&mut state, &out.persist.pointers);
-            (value, out)
+        let (mut next, base) = {
+            let state = self.read();
+            (state.fleet.clone(), state.fleet.rev())
         };
+        let (value, out) = f(&mut next, now)?;
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         crate::rollout::store::write(&mut tx, &out.persist).await?;
         tx.commit().await?;
+        let late = {
+            let mut state = self.write();
+            if state.fleet.rev() == base {
+                state.fleet = next;
+                self.apply_pointers(&mut state, &out.persist.pointers);
+                None
+            } else {
+                let again = match f(&mut state.fleet, now) {
+                    Ok((_, again)) => again,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "an operator command committed while the fleet moved, and the fleet refuses it now; its rows are written back");
+                        state.fleet.resave(&out.persist, now)
+                    }
+                };
+                self.apply_pointers(&mut state, &again.persist.pointers);
+                Some(again.persist)
+            }
+        };
         self.after_fleet(out, true);
+        if let Some(rows) = late.filter(|p| !p.is_empty()) {
+            self.ledger.record(Record::Rollout(rows));
+        }
         Ok(value)
     }
 
@@ -254,7 +281,9 @@ impl Inventory {
             rollback: req.rollback,
         };
         let id = self
-            .fleet_command(|fleet, now| fleet.start(spec, slot, &members, by, now))
+            .fleet_command(|fleet, now| {
+                fleet.start(spec.clone(), slot.clone(), &members, by.clone(), now)
+            })
             .await?;
         Ok(self.rollout(id).expect("just started"))
     }

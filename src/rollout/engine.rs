@@ -260,6 +260,28 @@ impl Fleet {
             .collect()
     }
 
+    /// Grows with every change: two copies with the same `rev` hold the
+    /// same rollouts and health.
+    pub fn rev(&self) -> i64 {
+        self.rev
+    }
+
+    /// Rows for what this fleet holds of the rollouts and machines `rows`
+    /// names, with fresh revisions: written after `rows`, they bring the
+    /// store back to this fleet (a change committed on a copy that the
+    /// fleet itself, moved meanwhile, then refused).
+    pub fn resave(&mut self, rows: &Persist, now_ms: i64) -> Outcome {
+        let mut out = Outcome::default();
+        for r in &rows.rollouts {
+            self.save_rollout(r.id, now_ms, &mut out);
+        }
+        for h in &rows.health {
+            self.save_health(h.mac, now_ms, &mut out);
+        }
+        out.persist.at_ms = now_ms;
+        out
+    }
+
     fn next_rev(&mut self) -> i64 {
         self.rev += 1;
         self.rev

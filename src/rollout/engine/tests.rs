@@ -238,3 +238,26 @@ fn a_fleet_restored_from_its_rows_decides_the_same() {
         .unwrap();
     assert_eq!(next, id + 1);
 }
+
+/// A pause committed on a copy while the fleet itself rolled back: the
+/// fleet refuses the pause, and its own rows (fresh revisions, above the
+/// copy's) bring the store back to it.
+#[test]
+fn resave_writes_the_fleet_as_it_is_over_a_copys_rows() {
+    let mut fleet = Fleet::default();
+    let id = started(&mut fleet, true);
+    let mut copy = fleet.clone();
+    let paused = copy.pause(id, None, 5).unwrap();
+    assert_eq!(copy.rollout(id).unwrap().state_key(), "paused");
+    // Meanwhile the canary netboots twice without confirming: rolled back.
+    fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
+    fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 11, 2 * MIN);
+    assert_eq!(fleet.rollout(id).unwrap().state_key(), "rolled_back");
+    assert!(fleet.pause(id, None, 6).is_err(), "a finished rollout cannot pause");
+    let again = fleet.resave(&paused.persist, 7);
+    let row = &again.persist.rollouts[0];
+    assert_eq!((row.id, row.state), (id, "rolled_back"));
+    let copys = paused.persist.rollouts[0].rev;
+    assert!(row.rev > copys, "{} must win over {copys}", row.rev);
+    assert_eq!(fleet.rev(), row.rev);
+}
