@@ -651,6 +651,26 @@ async fn a_command_whose_commit_fails_changes_nothing() {
         );
     }
 
+    // A confirmation whose commit fails moves nothing either: the canary
+    // stays unconfirmed in the rollout.
+    let booted = api.boot(M1).await;
+    assert_eq!(booted.generation, b);
+    sqlx::query(
+        "CREATE TRIGGER refuse_health BEFORE INSERT ON machine_health
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let status = api.confirm(&booted, "").await;
+    assert!(status.is_server_error(), "{status}");
+    let r = api.rollout(id).await;
+    assert_eq!(r["counts"]["confirmed"], 0, "{r}");
+    sqlx::query("DROP TRIGGER refuse_health")
+        .execute(&db)
+        .await
+        .unwrap();
+
     // The disk is back: the same command commits and shows.
     sqlx::query("DROP TRIGGER refuse_rollouts")
         .execute(&db)

@@ -907,22 +907,40 @@ impl Inventory {
         .execute(&mut *tx)
         .await?;
         // The watchdog and any rollout that moved the machine see it, in
-        // the same transaction.
-        let fleet = self
-            .write()
-            .fleet
-            .confirmed(boot.mac, &generation, fields, now);
+        // the same transaction, on a copy of the fleet shown only once
+        // committed (as `rollouts::fleet_command` does, and for the same
+        // reason: if the fleet moved meanwhile, the confirmation is applied
+        // to it again and those rows follow through the ledger).
+        let (mut next, base) = {
+            let state = self.read();
+            (state.fleet.clone(), state.fleet.rev())
+        };
+        let fleet = next.confirmed(boot.mac, &generation, fields, now);
         crate::rollout::store::write(&mut tx, &fleet.persist).await?;
         tx.commit().await?;
+        let late = {
+            let mut state = self.write();
+            let late = if state.fleet.rev() == base {
+                state.fleet = next;
+                self.apply_pointers(&mut state, &fleet.persist.pointers);
+                None
+            } else {
+                let again = state.fleet.confirmed(boot.mac, &generation, fields, now);
+                self.apply_pointers(&mut state, &again.persist.pointers);
+                Some(again.persist)
+            };
+            if let Some(b) = state.boots.get_mut(&hash) {
+                b.confirmed = true;
+            }
+            if let Some(m) = state.machines.get_mut(&boot.mac) {
+                m.current = Some(generation.clone());
+                m.last_good = Some(generation.clone());
+            }
+            late
+        };
         self.after_fleet(fleet, true);
-
-        let mut state = self.write();
-        if let Some(b) = state.boots.get_mut(&hash) {
-            b.confirmed = true;
-        }
-        if let Some(m) = state.machines.get_mut(&boot.mac) {
-            m.current = Some(generation.clone());
-            m.last_good = Some(generation.clone());
+        if let Some(rows) = late.filter(|p| !p.is_empty()) {
+            self.ledger.record(Record::Rollout(rows));
         }
         Ok((boot, generation))
     }

@@ -253,7 +253,10 @@ fn resave_writes_the_fleet_as_it_is_over_a_copys_rows() {
     fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
     fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 11, 2 * MIN);
     assert_eq!(fleet.rollout(id).unwrap().state_key(), "rolled_back");
-    assert!(fleet.pause(id, None, 6).is_err(), "a finished rollout cannot pause");
+    assert!(
+        fleet.pause(id, None, 6).is_err(),
+        "a finished rollout cannot pause"
+    );
     let again = fleet.resave(&paused.persist, 7);
     let row = &again.persist.rollouts[0];
     assert_eq!((row.id, row.state), (id, "rolled_back"));
