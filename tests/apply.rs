@@ -154,6 +154,32 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
         0
     );
 
+    // An apply whose commit fails changes nothing, in SQLite or in memory:
+    // the disk refuses the rows of machines a selector moves (written last).
+    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("ironboot.db").display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_moves BEFORE UPDATE OF group_name ON machines
+         WHEN NEW.group_assigned = 0 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    )
+    .execute(&rw)
+    .await
+    .unwrap();
+    let (code, out, err) = run(&["apply", "-f", &v1]);
+    assert_ne!(code, Some(0), "{out}{err}");
+    let (status, _, _) = get("/api/v1/groups/web".into()).await;
+    assert_eq!(status, 404, "a failed apply shows no group");
+    let (_, _, a) = get(format!("/api/v1/machines/{A}")).await;
+    assert!(
+        a["hostname"].is_null() && a["labels"] == serde_json::json!({}),
+        "{a}"
+    );
+    sqlx::query("DROP TRIGGER refuse_moves")
+        .execute(&rw)
+        .await
+        .unwrap();
+
     // Apply: groups, labels, assignment, pin; machines land by selector.
     let out = ok(&["apply", "-f", &v1]);
     assert!(out.contains("5 change(s) applied"), "{out}");

@@ -4,10 +4,11 @@
 //!
 //! All or nothing: group rows, machine rows, the groups machines moved to
 //! and the rows of every rollout started are written in one
-//! `BEGIN IMMEDIATE` transaction. Memory changes under one write lock
-//! between the writes and the commit, from a saved copy that is put back if
-//! a rollout is refused (then the transaction is rolled back), so a refused
-//! apply leaves neither SQLite nor memory touched. Rollouts start through
+//! `BEGIN IMMEDIATE` transaction. The plan is worked out on a copy of the
+//! machines, groups and fleet; only once the transaction commits are the
+//! same changes made to memory as it is then (the boot path kept going
+//! meanwhile), so a refused apply or a failed commit leaves neither SQLite
+//! nor memory touched. Rollouts start through
 //! the same [`crate::rollout::engine::Fleet::start`] as
 //! `POST /api/v1/rollouts`, with the same starting point and members.
 
@@ -16,7 +17,10 @@ use std::collections::HashSet;
 use super::edit::{apply_machine, write_machine};
 use super::groups::{apply_group, write_group};
 use super::rollouts::{follows, rollout_from};
-use super::{load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError};
+use super::{
+    load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError, StartRollout,
+    State,
+};
 use crate::boot::{self, GenerationId};
 use crate::desired::plan::{
     Action, Change, Current, CurrentGroup, CurrentMachine, GenerationFacts,
@@ -146,6 +150,9 @@ impl Inventory {
         by: Option<String>,
     ) -> Result<Vec<i64>, RolloutCommandError> {
         self.settle().await;
+        // One fleet change at a time (the rollout commands too), taken before
+        // the transaction so the two never wait on each other.
+        let _one_at_a_time = self.fleet_commands.lock().await;
         // The audit record: who, and what (the first lines of the plan).
         let total = changes.len();
         let lines: Vec<String> = changes
@@ -205,79 +212,36 @@ impl Inventory {
             self.known_macs(&mut *tx).await?
         };
 
-        // Memory, all under one lock, from a copy put back on refusal.
-        let (moved, outcomes) = {
-            let mut state = self.write();
-            let saved = (
-                state.groups.clone(),
-                state.machines.clone(),
-                state.fleet.clone(),
-            );
-            for (name, change, slot, _) in groups {
-                apply_group(&mut state, &name, change, slot);
+        // Everything is worked out on a copy of what the plan touches, and
+        // shown only once committed: a refusal or a failed commit leaves
+        // memory as it was.
+        let mut copy = {
+            let state = self.read();
+            State {
+                machines: state.machines.clone(),
+                groups: state.groups.clone(),
+                generations: state.generations.clone(),
+                fleet: state.fleet.clone(),
+                ..State::default()
             }
-            for (mac, change) in machines {
-                apply_machine(&mut state, mac, change);
-            }
-            let moved = state.regroup();
-            let mut outcomes = Vec::new();
-            let mut refused = None;
-            for r in rollouts {
-                let started = (|| {
-                    let to = state
-                        .generations
-                        .get(&r.to)
-                        .cloned()
-                        .ok_or_else(|| InventoryError::NoSuchGeneration(r.to.clone()))?;
-                    let group = state
-                        .groups
-                        .get(&r.group)
-                        .cloned()
-                        .ok_or_else(|| RolloutCommandError::NoSuchGroup(r.group.clone()))?;
-                    let from = rollout_from(&state, &group, &to)?;
-                    let mut members: Vec<MacAddr> = state
-                        .machines
-                        .values()
-                        .filter(|m| m.group == r.group && known.contains(&m.mac))
-                        .map(|m| m.mac)
-                        .filter(|mac| follows(&state, *mac, false, "", &to.manifest))
-                        .collect();
-                    members.sort();
-                    let spec = Spec {
-                        group: r.group.clone(),
-                        from,
-                        to: r.to.clone(),
-                        strategy: r.strategy.clone(),
-                        timeout_ms: r.timeout_ms,
-                        require: r.require.clone(),
-                        rollback: r.rollback,
-                    };
-                    let slot = boot::slot(&to.manifest.arch, to.manifest.is_installer());
-                    Ok::<_, RolloutCommandError>(state.fleet.start(
-                        spec,
-                        slot,
-                        &members,
-                        by.clone(),
-                        now,
-                    )?)
-                })();
-                match started {
-                    Ok((id, out)) => {
-                        self.apply_pointers(&mut state, &out.persist.pointers);
-                        outcomes.push((id, out));
-                    }
-                    Err(e) => {
-                        refused = Some(e);
-                        break;
-                    }
-                }
-            }
-            if let Some(e) = refused {
-                (state.groups, state.machines, state.fleet) = saved;
-                return Err(e);
-            }
-            (moved, outcomes)
         };
+        let base = copy.fleet.rev();
+        for (name, change, slot, _) in &groups {
+            apply_group(&mut copy, name, change.clone(), slot.clone());
+        }
+        for (mac, change) in &machines {
+            apply_machine(&mut copy, *mac, change.clone());
+        }
+        let moved = copy.regroup();
+        let mut started = Vec::new();
+        for r in &rollouts {
+            let (spec, slot, members) = rollout_plan(&copy, r, &known)?;
+            let (id, out) =
+                copy.fleet
+                    .start(spec.clone(), slot.clone(), &members, by.clone(), now)?;
+            self.apply_pointers(&mut copy, &out.persist.pointers);
+            started.push((spec, slot, members, id, out));
+        }
 
         let written: Result<(), sqlx::Error> = async {
             for (mac, group) in &moved {
@@ -289,18 +253,56 @@ impl Inventory {
                 .execute(&mut *tx)
                 .await?;
             }
-            for (_, out) in &outcomes {
+            for (.., out) in &started {
                 crate::rollout::store::write(&mut tx, &out.persist).await?;
             }
             tx.commit().await
         }
         .await;
-        if let Err(e) = written {
-            // As with the rollout commands: memory is ahead of SQLite now
-            // (only a failing disk gets here); a restart reloads SQLite.
-            tracing::error!(error = %e, "apply: the transaction failed after memory changed");
-            return Err(e.into());
+        written?;
+
+        // Committed: the same changes on memory as it is now (the boot path
+        // kept registering machines and moving the fleet meanwhile).
+        let late = {
+            let mut state = self.write();
+            for (name, change, slot, _) in groups {
+                apply_group(&mut state, &name, change, slot);
+            }
+            for (mac, change) in machines {
+                apply_machine(&mut state, mac, change);
+            }
+            state.regroup();
+            let mut late = Vec::new();
+            if state.fleet.rev() == base {
+                state.fleet = copy.fleet;
+                for (.., out) in &started {
+                    self.apply_pointers(&mut state, &out.persist.pointers);
+                }
+            } else {
+                for (spec, slot, members, _, out) in &started {
+                    let again = match state.fleet.start(
+                        spec.clone(),
+                        slot.clone(),
+                        members,
+                        by.clone(),
+                        now,
+                    ) {
+                        Ok((_, again)) => again,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "apply: a rollout committed while the fleet moved, and the fleet refuses it now; its rows are written back");
+                            state.fleet.resave(&out.persist, now)
+                        }
+                    };
+                    self.apply_pointers(&mut state, &again.persist.pointers);
+                    late.push(again.persist);
+                }
+            }
+            late
+        };
+        for rows in late.into_iter().filter(|p| !p.is_empty()) {
+            self.ledger.record(crate::ledger::Record::Rollout(rows));
         }
+        let outcomes = started.into_iter().map(|(.., id, out)| (id, out));
         let mut ids = Vec::new();
         for (id, out) in outcomes {
             ids.push(id);
@@ -315,4 +317,43 @@ impl Inventory {
         );
         Ok(ids)
     }
+}
+
+/// What starting `r` means on `state`: its spec, its slot, and the members
+/// that follow the group's pointer (known to the database, sorted).
+fn rollout_plan(
+    state: &State,
+    r: &StartRollout,
+    known: &HashSet<MacAddr>,
+) -> Result<(Spec, String, Vec<MacAddr>), RolloutCommandError> {
+    let to = state
+        .generations
+        .get(&r.to)
+        .cloned()
+        .ok_or_else(|| InventoryError::NoSuchGeneration(r.to.clone()))?;
+    let group = state
+        .groups
+        .get(&r.group)
+        .cloned()
+        .ok_or_else(|| RolloutCommandError::NoSuchGroup(r.group.clone()))?;
+    let from = rollout_from(state, &group, &to)?;
+    let mut members: Vec<MacAddr> = state
+        .machines
+        .values()
+        .filter(|m| m.group == r.group && known.contains(&m.mac))
+        .map(|m| m.mac)
+        .filter(|mac| follows(state, *mac, false, "", &to.manifest))
+        .collect();
+    members.sort();
+    let spec = Spec {
+        group: r.group.clone(),
+        from,
+        to: r.to.clone(),
+        strategy: r.strategy.clone(),
+        timeout_ms: r.timeout_ms,
+        require: r.require.clone(),
+        rollback: r.rollback,
+    };
+    let slot = boot::slot(&to.manifest.arch, to.manifest.is_installer());
+    Ok((spec, slot, members))
 }
