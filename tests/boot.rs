@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::Api;
 use common::TestServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -13,97 +14,6 @@ use sha2::{Digest, Sha256};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 const MAC: &str = "52:54:00:00:00:01";
-
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    fn new(server: &TestServer) -> Self {
-        let token = std::fs::read_to_string(server.dir.path().join("data/admin.token"))
-            .expect("admin token written at first start");
-        Self {
-            base: format!("http://{}", server.bound.http),
-            token: token.trim().into(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut rb = self
-            .http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn upload(&self, bytes: &[u8]) -> String {
-        let hex = hex::encode(Sha256::digest(bytes));
-        let resp = self
-            .http
-            .put(self.url(&format!("/api/v1/artifacts/sha256/{hex}")))
-            .bearer_auth(&self.token)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "upload: {}", resp.status());
-        hex
-    }
-
-    /// Imports an image (kernel + one initrd) into `stream`; returns the generation number.
-    async fn import(&self, stream: &str, kernel: &[u8], initrd: &[u8], cmdline: &str) -> i64 {
-        let (k, i) = (self.upload(kernel).await, self.upload(initrd).await);
-        let manifest = json!({
-            "arch": "x86_64",
-            "kernel": { "name": "vmlinuz", "digest": k, "size": kernel.len() },
-            "initrds": [{ "name": "initrd.img", "digest": i, "size": initrd.len() }],
-            "rootfs": null,
-            "cmdline": cmdline,
-        });
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/api/v1/streams/{stream}/generations"),
-                Some(manifest),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        body["generation"].as_i64().unwrap()
-    }
-
-    async fn point(&self, group: &str, stream: &str, generation: i64) {
-        let (status, body) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/api/v1/groups/{group}/generation"),
-                Some(json!({ "stream": stream, "generation": generation })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
-
-    async fn text(&self, path: &str) -> (StatusCode, String) {
-        let resp = self.http.get(self.url(path)).send().await.unwrap();
-        (resp.status(), resp.text().await.unwrap())
-    }
-}
 
 async fn server() -> TestServer {
     TestServer::full("").await

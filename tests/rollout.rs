@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::Api;
 use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -16,12 +17,6 @@ const M1: &str = "52:54:00:00:07:01";
 const M2: &str = "52:54:00:00:07:02";
 const M3: &str = "52:54:00:00:07:03";
 
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
 /// What one boot of a simulated machine was served.
 struct Booted {
     /// The generation whose kernel the script loads.
@@ -29,77 +24,24 @@ struct Booted {
     token: String,
 }
 
-impl Api {
-    fn new(server: &TestServer) -> Self {
-        let token = std::fs::read_to_string(server.dir.path().join("data/admin.token")).unwrap();
-        Self {
-            base: format!("http://{}", server.bound.http),
-            token: token.trim().into(),
-            http: reqwest::Client::new(),
-        }
-    }
+/// What this file's tests do through the API beyond the shared client:
+/// simulated machines booting and confirming, and rollouts watched.
+trait Fleet {
+    async fn import_worker(&self, n: u8) -> i64;
+    async fn boot(&self, mac: &str) -> Booted;
+    async fn confirm(&self, booted: &Booted, form: &str) -> StatusCode;
+    async fn boot_ok(&self, mac: &str) -> i64;
+    async fn rollout(&self, id: i64) -> Value;
+    async fn wait_for(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value;
+}
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut rb = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            rb = rb.json(&b);
-        }
-        let resp = rb.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, v) = self.call(method, path, body).await;
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v
-    }
-
-    async fn upload(&self, bytes: &[u8]) -> String {
-        let hex = hex::encode(Sha256::digest(bytes));
-        let resp = self
-            .http
-            .put(format!("{}/api/v1/artifacts/sha256/{hex}", self.base))
-            .bearer_auth(&self.token)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-        hex
-    }
-
+impl Fleet for Api {
     /// Imports generation N of `worker`, whose kernel is recognisable.
-    async fn import(&self, n: u8) -> i64 {
+    async fn import_worker(&self, n: u8) -> i64 {
         let kernel = vec![n; 4096];
         let initrd = vec![n.wrapping_add(100); 2048];
-        let (k, i) = (self.upload(&kernel).await, self.upload(&initrd).await);
-        let v = self
-            .ok(
-                Method::POST,
-                "/api/v1/streams/worker/generations",
-                Some(json!({
-                    "arch": "x86_64",
-                    "kernel": { "name": "vmlinuz", "digest": k, "size": kernel.len() },
-                    "initrds": [{ "name": "initrd.img", "digest": i, "size": initrd.len() }],
-                    "rootfs": null,
-                    "cmdline": "console=ttyS0",
-                })),
-            )
-            .await;
-        v["generation"].as_i64().unwrap()
-    }
-
-    async fn point(&self, group: &str, generation: i64) {
-        self.ok(
-            Method::PUT,
-            &format!("/api/v1/groups/{group}/generation"),
-            Some(json!({ "stream": "worker", "generation": generation })),
-        )
-        .await;
+        self.import("worker", &kernel, &initrd, "console=ttyS0")
+            .await
     }
 
     /// One network boot of `mac`: the script it is served.
@@ -191,9 +133,9 @@ fn statuses(r: &Value, wave: usize) -> Vec<(String, String)> {
 
 /// Three machines on generation 1 (A), confirmed.
 async fn fleet_on_a(api: &Api) -> (i64, i64) {
-    let a = api.import(1).await;
-    let b = api.import(2).await;
-    api.point("default", a).await;
+    let a = api.import_worker(1).await;
+    let b = api.import_worker(2).await;
+    api.point("default", "worker", a).await;
     for m in [M1, M2, M3] {
         assert_eq!(api.boot_ok(m).await, a);
     }
@@ -364,11 +306,11 @@ async fn a_canary_that_netboots_again_without_confirming_rolls_the_rollout_back_
 async fn the_watchdog_serves_the_last_good_generation_after_repeated_failures_until_cleared() {
     let server = TestServer::full("[rollout]\nwatchdog_failures = 2\n").await;
     let api = Api::new(&server);
-    let a = api.import(1).await;
-    let broken = api.import(2).await;
-    api.point("default", a).await;
+    let a = api.import_worker(1).await;
+    let broken = api.import_worker(2).await;
+    api.point("default", "worker", a).await;
     assert_eq!(api.boot_ok(M1).await, a);
-    api.point("default", broken).await;
+    api.point("default", "worker", broken).await;
     assert_eq!(api.boot(M1).await.generation, broken);
     assert_eq!(
         api.boot(M1).await.generation,

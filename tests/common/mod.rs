@@ -1,6 +1,7 @@
 //! Shared test harness: the real server on loopback, and protocol clients.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod dhcp_client;
 
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use dhcproto::v4::{DhcpOption, MessageType};
 use serde_json::Value;
 
+use crate::common::api::Api;
 use crate::common::dhcp_client::{message, msg_type, with, Client, Relay};
 use crate::common::TestServer;
 use crate::process::Server;
@@ -88,92 +89,27 @@ fn seed(script: &str) -> Option<(String, String)> {
     Some((url, token))
 }
 
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
+/// The machine as the API shows it, when the API knows it.
+async fn machine(api: &Api, m: [u8; 6]) -> Option<Value> {
+    let path = format!("/api/v1/machines/{}", mac_text(m));
+    let (status, body) = api.call(reqwest::Method::GET, &path, None).await;
+    (status == 200).then_some(body)
 }
 
-impl Api {
-    fn new(server: &TestServer) -> Self {
-        Self::at(&format!("http://{}", server.bound.http), server.dir.path())
-    }
-
-    fn at(base: &str, dir: &std::path::Path) -> Self {
-        Api {
-            base: base.to_string(),
-            token: std::fs::read_to_string(dir.join("data/admin.token"))
-                .unwrap()
-                .trim()
-                .into(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn machine(&self, m: [u8; 6]) -> Option<Value> {
-        let (status, body) = self.get(&format!("/api/v1/machines/{}", mac_text(m))).await;
-        (status == 200).then_some(body)
-    }
-
-    /// A live OS image: kernel, initrd, imported as stream `live` gen 1 and
-    /// the default group pointed at it.
-    async fn import(&self) {
-        use sha2::Digest as _;
-        let mut artifacts = Vec::new();
-        for (name, bytes) in [("vmlinuz", vec![1u8; 4096]), ("initrd", vec![2u8; 4096])] {
-            let hex = hex::encode(sha2::Sha256::digest(&bytes));
-            let r = self
-                .http
-                .put(format!("{}/api/v1/artifacts/sha256/{hex}", self.base))
-                .bearer_auth(&self.token)
-                .body(bytes.clone())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success(), "{}", r.status());
-            artifacts.push(serde_json::json!({ "name": name, "digest": hex, "size": bytes.len() }));
-        }
-        let manifest = serde_json::json!({
-            "arch": "x86_64", "kernel": artifacts[0], "initrds": [artifacts[1]],
-            "rootfs": null, "cmdline": "console=ttyS0"
-        });
-        let r = self
-            .http
-            .post(format!("{}/api/v1/streams/live/generations", self.base))
-            .bearer_auth(&self.token)
-            .json(&manifest)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-        let r = self
-            .http
-            .put(format!("{}/api/v1/groups/default/generation", self.base))
-            .bearer_auth(&self.token)
-            .json(&serde_json::json!({ "stream": "live", "generation": 1 }))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
-    }
+/// A live OS image: kernel, initrd, imported as stream `live` gen 1 and the
+/// default group pointed at it.
+async fn import_live(api: &Api) {
+    let generation = api
+        .import("live", &[1u8; 4096], &[2u8; 4096], "console=ttyS0")
+        .await;
+    api.point("default", "live", generation).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_bound_address_acts_for_a_machine() {
     let server = TestServer::full_bound("").await;
     let api = Api::new(&server);
-    api.import().await;
+    import_live(&api).await;
     let base = format!("http://{}", server.bound.http);
     let relay = Relay::new(RELAY, server.dhcp()).await;
     let victim_ip = lease(&relay, VICTIM, 0x7100).await.expect("victim leased");
@@ -184,7 +120,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
     // The victim is known from its DHCP exchange; what the API shows of it
     // now must not change by anything the attacker does.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let known = api.machine(VICTIM).await;
+    let known = machine(&api, VICTIM).await;
     // The attacker asks for the victim's script: told it is not bound, no
     // token, and nothing about the victim changes.
     for query in [
@@ -201,7 +137,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
         );
     }
     assert_eq!(
-        api.machine(VICTIM).await,
+        machine(&api, VICTIM).await,
         known,
         "nothing changed by an unbound address"
     );
@@ -216,8 +152,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
     .await;
     assert_eq!(status, 200);
     let (seed_url, token) = seed(&script).expect("the bound machine gets its token");
-    let m = api
-        .machine(VICTIM)
+    let m = machine(&api, VICTIM)
         .await
         .expect("registered by its own request");
     assert_eq!(m["ip"], victim_ip.to_string());
@@ -252,7 +187,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
     for _ in 0..2 {
         get(&attacker, &format!("{base}/boot/{vmac}.ipxe")).await;
     }
-    let m = api.machine(VICTIM).await.unwrap();
+    let m = machine(&api, VICTIM).await.unwrap();
     assert_eq!(m["recent_boots"].as_array().unwrap().len(), 1, "{m}");
     assert_eq!(m["recent_boots"][0]["state"], "served", "{m}");
     assert_eq!(m["ip"], victim_ip.to_string());
@@ -266,7 +201,7 @@ async fn only_the_bound_address_acts_for_a_machine() {
         .await,
         200
     );
-    let m = api.machine(VICTIM).await.unwrap();
+    let m = machine(&api, VICTIM).await.unwrap();
     assert_eq!(m["current"]["generation"], 1, "{m}");
 
     // Another leased machine cannot act for the victim either: its address
@@ -296,7 +231,7 @@ async fn the_operator_owns_a_machines_kind() {
     };
     let kind = |m: [u8; 6]| {
         let api = &api;
-        async move { api.machine(m).await.expect("known")["kind"].clone() }
+        async move { machine(api, m).await.expect("known")["kind"].clone() }
     };
 
     // Unclaimed by the operator: the request makes it a switch.
@@ -330,7 +265,7 @@ async fn the_operator_owns_a_machines_kind() {
     let (status, _) = get(&c, &format!("{base}/ztp/{}/cumulus.sh", mac_text(VICTIM))).await;
     assert_eq!(status, 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = api.machine(VICTIM).await.expect("known");
+    let m = machine(&api, VICTIM).await.expect("known");
     assert_eq!(m["kind"], "server", "{m}");
     server.stop().await;
 }
@@ -419,7 +354,7 @@ async fn a_token_the_machine_holds_survives_kill_9() {
     std::fs::write(&config, text).unwrap();
     let base = &format!("http://127.0.0.1:{port}");
     let mut server = Server::start(&config).healthy(base).await;
-    Api::at(base, dir.path()).import().await;
+    import_live(&Api::at(base, dir.path())).await;
     // The reservation in the test config: 52:54:00:00:00:01 at 127.1.0.50.
     let machine = client("127.1.0.50".parse().unwrap());
     let mut confirmed = 0;

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sha2::Digest as _;
 
+use crate::common::api::Api;
 use crate::common::TestServer;
 
 const MACHINES: [(&str, &str); 3] = [
@@ -19,9 +19,7 @@ const MACHINES: [(&str, &str); 3] = [
 ];
 
 struct Lab {
-    base: String,
-    token: String,
-    admin: reqwest::Client,
+    api: Api,
 }
 
 fn from(ip: &str) -> reqwest::Client {
@@ -34,53 +32,24 @@ fn from(ip: &str) -> reqwest::Client {
 
 impl Lab {
     async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .admin
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let r = r.send().await.unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        let (status, v) = self.api.call(method, path, body).await;
+        (status.as_u16(), v)
     }
 
     async fn import(&self, n: u8) -> i64 {
-        let mut refs = Vec::new();
-        for (name, bytes) in [
-            ("vmlinuz", vec![n; 4096]),
-            ("initrd.img", vec![n + 100; 4096]),
-        ] {
-            let hex = hex::encode(sha2::Sha256::digest(&bytes));
-            let r = self
-                .admin
-                .put(format!("{}/api/v1/artifacts/sha256/{hex}", self.base))
-                .bearer_auth(&self.token)
-                .body(bytes.clone())
-                .send()
-                .await
-                .unwrap();
-            assert!(r.status().is_success());
-            refs.push(json!({ "name": name, "digest": hex, "size": bytes.len() }));
-        }
-        let (status, v) = self
-            .api(
-                reqwest::Method::POST,
-                "/api/v1/streams/worker/generations",
-                Some(
-                    json!({ "arch": "x86_64", "kernel": refs[0], "initrds": [refs[1]],
-                             "rootfs": null, "cmdline": "console=ttyS0" }),
-                ),
-            )
-            .await;
-        assert_eq!(status, 201, "{v}");
-        v["generation"].as_i64().unwrap()
+        let (kernel, initrd) = (vec![n; 4096], vec![n + 100; 4096]);
+        self.api
+            .import("worker", &kernel, &initrd, "console=ttyS0")
+            .await
     }
 
     /// One network boot of `mac` from `client`: the token in its script.
     async fn boot(&self, client: &reqwest::Client, mac: &str) -> Option<String> {
         let script = client
-            .get(format!("{}/boot/{mac}.ipxe?buildarch=x86_64", self.base))
+            .get(format!(
+                "{}/boot/{mac}.ipxe?buildarch=x86_64",
+                self.api.base
+            ))
             .send()
             .await
             .unwrap()
@@ -96,7 +65,7 @@ impl Lab {
 
     async fn confirm(&self, client: &reqwest::Client, token: &str, form: &str) -> u16 {
         client
-            .post(format!("{}/phone-home/{token}", self.base))
+            .post(format!("{}/phone-home/{token}", self.api.base))
             .header("content-type", "application/x-www-form-urlencoded")
             .body(form.to_string())
             .send()
@@ -115,12 +84,7 @@ async fn forged_confirmations_and_sabotage_move_no_rollout() {
         .collect();
     let server = TestServer::full_bound(&reservations).await;
     let lab = Lab {
-        base: format!("http://{}", server.bound.http),
-        token: std::fs::read_to_string(server.dir.path().join("data/admin.token"))
-            .unwrap()
-            .trim()
-            .into(),
-        admin: reqwest::Client::new(),
+        api: Api::new(&server),
     };
     let a = lab.import(1).await;
     let b = lab.import(2).await;
