@@ -131,6 +131,16 @@ fn statuses(r: &Value, wave: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Starts a blue/green rollout of the default group to generation `to`.
+async fn blue_green(api: &Api, to: i64) -> Value {
+    api.ok(
+        Method::POST,
+        "/api/v1/rollouts",
+        Some(json!({ "group": "default", "stream": "worker", "to": to, "strategy": "blue_green", "timeout": "5m" })),
+    )
+    .await
+}
+
 /// Three machines on generation 1 (A), confirmed.
 async fn fleet_on_a(api: &Api) -> (i64, i64) {
     let a = api.import_worker(1).await;
@@ -461,13 +471,7 @@ async fn pause_resume_and_abort_and_their_refusals() {
     let server = TestServer::full("").await;
     let api = Api::new(&server);
     let (a, b) = fleet_on_a(&api).await;
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": b, "strategy": "blue_green", "timeout": "5m" })),
-        )
-        .await;
+    let r = blue_green(&api, b).await;
     let id = r["id"].as_i64().unwrap();
     assert_eq!(
         r["waves"][0]["machines"].as_array().unwrap().len(),
@@ -555,13 +559,7 @@ async fn a_command_whose_commit_fails_changes_nothing() {
     let server = TestServer::full("").await;
     let api = Api::new(&server);
     let (a, b) = fleet_on_a(&api).await;
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": b, "strategy": "blue_green", "timeout": "5m" })),
-        )
-        .await;
+    let r = blue_green(&api, b).await;
     let id = r["id"].as_i64().unwrap();
     assert_eq!(would_serve(&api, M1).await, b);
 
