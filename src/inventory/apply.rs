@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use super::edit::{apply_machine, write_machine};
 use super::groups::{apply_group, write_group};
-use super::rollouts::{follows, rollout_from};
+use super::rollouts::{again_or_resave, follows, rollout_from};
 use super::{
     load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError, StartRollout,
     State,
@@ -27,6 +27,7 @@ use crate::desired::plan::{
 };
 use crate::domain::MacAddr;
 use crate::ledger::now_ms;
+use crate::rollout::engine::Persist;
 use crate::rollout::Spec;
 
 /// How many lines of a plan its `apply` event keeps.
@@ -272,36 +273,21 @@ impl Inventory {
                 apply_machine(&mut state, mac, change);
             }
             state.regroup();
-            let mut late = Vec::new();
-            if state.fleet.rev() == base {
-                state.fleet = copy.fleet;
-                for (.., out) in &started {
-                    self.apply_pointers(&mut state, &out.persist.pointers);
-                }
-            } else {
-                for (spec, slot, members, _, out) in &started {
-                    let again = match state.fleet.start(
-                        spec.clone(),
-                        slot.clone(),
-                        members,
-                        by.clone(),
-                        now,
-                    ) {
-                        Ok((_, again)) => again,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "apply: a rollout committed while the fleet moved, and the fleet refuses it now; its rows are written back");
-                            state.fleet.resave(&out.persist, now)
-                        }
-                    };
-                    self.apply_pointers(&mut state, &again.persist.pointers);
-                    late.push(again.persist);
-                }
-            }
-            late
+            let committed: Vec<&Persist> = started.iter().map(|(.., out)| &out.persist).collect();
+            self.show_fleet(&mut state, base, copy.fleet, &committed, |live| {
+                started
+                    .iter()
+                    .map(|(spec, slot, members, _, out)| {
+                        again_or_resave(live, &out.persist, now, |fleet| {
+                            let again =
+                                fleet.start(spec.clone(), slot.clone(), members, by.clone(), now);
+                            again.map(|(_, again)| again)
+                        })
+                    })
+                    .collect()
+            })
         };
-        for rows in late.into_iter().filter(|p| !p.is_empty()) {
-            self.ledger.record(crate::ledger::Record::Rollout(rows));
-        }
+        self.queue_rows(late);
         let outcomes = started.into_iter().map(|(.., id, out)| (id, out));
         let mut ids = Vec::new();
         for (id, out) in outcomes {

@@ -920,15 +920,9 @@ impl Inventory {
         tx.commit().await?;
         let late = {
             let mut state = self.write();
-            let late = if state.fleet.rev() == base {
-                state.fleet = next;
-                self.apply_pointers(&mut state, &fleet.persist.pointers);
-                None
-            } else {
-                let again = state.fleet.confirmed(boot.mac, &generation, fields, now);
-                self.apply_pointers(&mut state, &again.persist.pointers);
-                Some(again.persist)
-            };
+            let late = self.show_fleet(&mut state, base, next, &[&fleet.persist], |live| {
+                vec![live.confirmed(boot.mac, &generation, fields, now).persist]
+            });
             if let Some(b) = state.boots.get_mut(&hash) {
                 b.confirmed = true;
             }
@@ -939,9 +933,7 @@ impl Inventory {
             late
         };
         self.after_fleet(fleet, true);
-        if let Some(rows) = late.filter(|p| !p.is_empty()) {
-            self.ledger.record(Record::Rollout(rows));
-        }
+        self.queue_rows(late);
         Ok((boot, generation))
     }
 

@@ -12,7 +12,7 @@ use super::{Inventory, InventoryError, State};
 use crate::boot::{self, GenerationId, GroupFacts};
 use crate::domain::{MacAddr, MachineKind};
 use crate::ledger::{now_ms, Record};
-use crate::rollout::engine::{Entry, Fleet, FleetError, Outcome, PointerMove};
+use crate::rollout::engine::{Entry, Fleet, FleetError, Outcome, Persist, PointerMove};
 use crate::rollout::hook::Job;
 use crate::rollout::watchdog::{Health, Policy};
 use crate::rollout::{Member, Require, Spec, Strategy};
@@ -70,6 +70,25 @@ pub(super) fn follows(
         },
     };
     member.follows(&manifest.arch, manifest.is_installer())
+}
+
+/// A committed change applied again to the live fleet (see
+/// [`Inventory::show_fleet`]); when the fleet now refuses it (the rollout
+/// finished meanwhile), the rows of what `committed` touched as the fleet
+/// holds them, so the store comes back to what memory shows.
+pub(super) fn again_or_resave(
+    fleet: &mut Fleet,
+    committed: &Persist,
+    now: i64,
+    change: impl FnOnce(&mut Fleet) -> Result<Outcome, FleetError>,
+) -> Persist {
+    match change(fleet) {
+        Ok(again) => again.persist,
+        Err(e) => {
+            tracing::warn!(error = %e, "a change committed while the fleet moved, and the fleet refuses it now; its rows are written back");
+            fleet.resave(committed, now).persist
+        }
+    }
 }
 
 /// Where a rollout of `group` to `to` starts: the group's generation for
@@ -142,6 +161,42 @@ impl Inventory {
         }
     }
 
+    /// Shows a fleet change once it is committed. `next` is a copy of the
+    /// fleet taken at revision `base` with the change applied, `committed`
+    /// the rows now in SQLite. If nothing moved the fleet meanwhile, `next`
+    /// takes its place; otherwise `again` applies the change to the fleet as
+    /// it is now, and its rows are returned for [`Inventory::queue_rows`]
+    /// (they follow the boot path's). Either way the group pointers the
+    /// change moved are moved in memory.
+    pub(super) fn show_fleet(
+        &self,
+        state: &mut State,
+        base: i64,
+        next: Fleet,
+        committed: &[&Persist],
+        again: impl FnOnce(&mut Fleet) -> Vec<Persist>,
+    ) -> Vec<Persist> {
+        if state.fleet.rev() == base {
+            state.fleet = next;
+            for rows in committed {
+                self.apply_pointers(state, &rows.pointers);
+            }
+            return Vec::new();
+        }
+        let rows = again(&mut state.fleet);
+        for r in &rows {
+            self.apply_pointers(state, &r.pointers);
+        }
+        rows
+    }
+
+    /// Queues rows [`Inventory::show_fleet`] returned.
+    pub(super) fn queue_rows(&self, rows: Vec<Persist>) {
+        for r in rows.into_iter().filter(|r| !r.is_empty()) {
+            self.ledger.record(Record::Rollout(r));
+        }
+    }
+
     /// Records a transition's events and asks for its reboots; queues its
     /// rows unless the caller already wrote them.
     pub(super) fn after_fleet(&self, out: Outcome, written: bool) {
@@ -209,26 +264,13 @@ impl Inventory {
         tx.commit().await?;
         let late = {
             let mut state = self.write();
-            if state.fleet.rev() == base {
-                state.fleet = next;
-                self.apply_pointers(&mut state, &out.persist.pointers);
-                None
-            } else {
-                let again = match f(&mut state.fleet, now) {
-                    Ok((_, again)) => again,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "an operator command committed while the fleet moved, and the fleet refuses it now; its rows are written back");
-                        state.fleet.resave(&out.persist, now)
-                    }
-                };
-                self.apply_pointers(&mut state, &again.persist.pointers);
-                Some(again.persist)
-            }
+            self.show_fleet(&mut state, base, next, &[&out.persist], |live| {
+                let again = |fleet: &mut Fleet| f(fleet, now).map(|(_, again)| again);
+                vec![again_or_resave(live, &out.persist, now, again)]
+            })
         };
         self.after_fleet(out, true);
-        if let Some(rows) = late.filter(|p| !p.is_empty()) {
-            self.ledger.record(Record::Rollout(rows));
-        }
+        self.queue_rows(late);
         Ok(value)
     }
 
