@@ -26,19 +26,18 @@ pub async fn run(store: Store, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        if let Err(e) = checkpoint(&store, "PASSIVE").await {
+        if let Err(e) = checkpoint(&store, PASSIVE).await {
             tracing::warn!(error = %e, "WAL checkpoint");
         }
     }
-    if let Err(e) = checkpoint(&store, "TRUNCATE").await {
+    if let Err(e) = checkpoint(&store, TRUNCATE).await {
         tracing::debug!(error = %e, "WAL checkpoint at shutdown");
     }
 }
 
-async fn checkpoint(store: &Store, mode: &'static str) -> Result<(), sqlx::Error> {
-    let query = match mode {
-        "TRUNCATE" => "PRAGMA wal_checkpoint(TRUNCATE)",
-        _ => "PRAGMA wal_checkpoint(PASSIVE)",
-    };
-    sqlx::query(query).execute(store.pool()).await.map(|_| ())
+const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
+
+async fn checkpoint(store: &Store, pragma: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::query(pragma).execute(store.pool()).await.map(|_| ())
 }

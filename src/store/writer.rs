@@ -8,10 +8,10 @@
 //! fire-and-forget: a kill -9 loses at most the batch being collected (tens
 //! of milliseconds of events). Records a reply promises (a lease an ACK
 //! gives, a boot whose token a script carries) are queued with a waiter
-//! ([`Record::Promise`], [`Record::Flush`]): a batch with a waiter is
-//! committed at once, with every record that arrived meanwhile (group
-//! commit), and the waiter hears only after the commit, so nothing
-//! acknowledged is lost on kill -9. WAL with `synchronous=NORMAL` makes a
+//! ([`Record::Promise`], [`Record::Flush`]): leases a promise waits for are
+//! gathered for [`ACK_LINGER`] and committed together (group commit), a
+//! flush makes the records before it due at once, and the waiter hears only
+//! after the commit, so nothing acknowledged is lost on kill -9. WAL with `synchronous=NORMAL` makes a
 //! commit survive the process dying; a power loss can still lose the last
 //! transactions before the next WAL checkpoint sync.
 
