@@ -187,13 +187,13 @@ impl Dhcp {
         Some(entry)
     }
 
-    /// Forgets machines the inventory removed (`inventory::forget`): they
-    /// are new clients again if they come back.
+    /// Forgets machines the inventory removed (`inventory::forget`, which
+    /// never removes a reserved one): they are new clients again if they
+    /// come back.
     pub fn forget(&self, macs: &[MacAddr]) {
         let mut known = self.known.write().expect("known lock");
         let mut seen = self.seen.write().expect("seen lock");
-        let reserved: HashSet<MacAddr> = self.settings.reservations.iter().map(|r| r.mac).collect();
-        for mac in macs.iter().filter(|m| !reserved.contains(m)) {
+        for mac in macs {
             known.remove(mac);
             seen.remove(mac);
         }
