@@ -17,9 +17,9 @@ use tracing::{error, info};
 
 use crate::auth::Tokens;
 use crate::bootfiles::Bootfiles;
+use crate::clients::Clients;
 use crate::config::{Config, DhcpMode};
 use crate::dhcp::classify::BootTargets;
-use crate::dhcp::leases::LeaseTable;
 use crate::dhcp::server::Paths;
 use crate::dhcp::{Dhcp, Port};
 use crate::http::api::ApiState;
@@ -31,7 +31,7 @@ use crate::ledger::{now_ms, Ledger};
 use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::store::{Store, StoreError};
-use crate::tftp::{ClientLookup, TftpState};
+use crate::tftp::TftpState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -135,11 +135,11 @@ pub async fn run(
         None => Renderer::embedded()?,
     });
     let (tokens, new_token_file) = Tokens::load_or_bootstrap(&store, &config.data_dir).await?;
-    let mut leases = LeaseTable::new(&config.dhcp.reservations);
-    for entry in store.load_leases().await? {
-        leases.restore(entry);
-    }
-    let known = store.known_macs().await?;
+    let clients = Clients::new(
+        &config.dhcp.reservations,
+        store.load_leases().await?,
+        store.known_macs().await?,
+    );
     let paths = Arc::new(Paths::resolve(&config.dhcp.interfaces).map_err(AppError::Setup)?);
     let sockets = bind_all(&config).await?;
     let http_addr = sockets.http.local_addr().map_err(AppError::Setup)?;
@@ -164,7 +164,8 @@ pub async fn run(
     let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
     let inventory = Inventory::load(store.clone(), ledger.clone())
         .await?
-        .with_token_ttl(config.boot.token_ttl);
+        .with_token_ttl(config.boot.token_ttl)
+        .with_clients(clients.clone());
     inventory.apply_reservations(&config.dhcp.reservations);
     // Machines a rollout moves are handed to the reboot hook's task.
     let (reboot_tx, reboot_rx) = tokio::sync::mpsc::channel(4096);
@@ -189,33 +190,16 @@ pub async fn run(
         http_port: http_addr.port(),
     };
     let explain_targets = targets.clone();
-    // DHCP and the inventory ask each other (loader settings; switch
-    // ports): weak references, so neither keeps the other (and the ledger)
-    // alive at shutdown.
-    let loader_inventory = Arc::downgrade(&inventory);
     let dhcp = Arc::new(
         Dhcp::new(
             config.dhcp.clone(),
             targets,
-            leases,
-            known,
+            clients.clone(),
             ledger.clone(),
             metrics.clone(),
         )
-        .with_loader_settings(Arc::new(move |mac| {
-            loader_inventory
-                .upgrade()
-                .map(|inventory| inventory.loader_settings(mac))
-                .unwrap_or_default()
-        })),
+        .with_loader_settings(inventory.clone()),
     );
-    {
-        let dhcp = Arc::downgrade(&dhcp);
-        inventory.set_port_lookup(Arc::new(move |mac| {
-            let seen = dhcp.upgrade()?.seen(mac)?;
-            crate::boot::identity::SwitchPort::new(seen.circuit_id, seen.remote_id)
-        }));
-    }
     let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
     if config.boot.binding == crate::binding::Mode::Off {
         tracing::warn!(
@@ -225,7 +209,7 @@ pub async fn run(
     }
     let bindings = Arc::new(crate::binding::Bindings::new(
         config.boot.binding,
-        Some(dhcp.clone()),
+        Some(clients.clone()),
         config
             .dhcp
             .reservations
@@ -234,19 +218,16 @@ pub async fn run(
         config.dhcp.interfaces.clone(),
         metrics.clone(),
     ));
-    let netboot = {
-        let by_mac = dhcp.clone();
-        Arc::new(crate::netboot::Netboot::new(
-            bootfiles.clone(),
-            inventory.clone(),
-            renderer.clone(),
-            images.clone(),
-            ledger.clone(),
-            server_url.clone(),
-            bindings.clone(),
-            Arc::new(move |mac| by_mac.seen(mac)),
-        ))
-    };
+    let netboot = Arc::new(crate::netboot::Netboot::new(
+        bootfiles.clone(),
+        inventory.clone(),
+        renderer.clone(),
+        images.clone(),
+        ledger.clone(),
+        server_url.clone(),
+        bindings.clone(),
+        clients.clone(),
+    ));
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
 
@@ -275,17 +256,12 @@ pub async fn run(
     if let (Some(socket), Some(t)) = (sockets.tftp, &config.tftp) {
         let addr = socket.local_addr().map_err(AppError::Setup)?;
         services.push(format!("tftp on {addr} from {}", t.server.root.display()));
-        let lookup_dhcp = dhcp.clone();
-        let lookup: ClientLookup = Arc::new(move |ip| match ip {
-            std::net::IpAddr::V4(v4) => lookup_dhcp.mac_of(v4),
-            std::net::IpAddr::V6(_) => None,
-        });
         let state = Arc::new(TftpState {
             config: t.server.clone(),
             generated: Some(netboot.clone()),
             ledger: ledger.clone(),
             metrics: metrics.clone(),
-            lookup,
+            clients: clients.clone(),
         });
         tasks.spawn(crate::tftp::run(socket, state, shutdown.clone()));
     }
@@ -305,7 +281,7 @@ pub async fn run(
     if let Some(after) = config.dhcp.forget_unbooted_after {
         tasks.spawn(forget_unbooted(
             inventory.clone(),
-            dhcp.clone(),
+            config.dhcp.reservations.iter().map(|r| r.mac).collect(),
             after,
             shutdown.clone(),
         ));
@@ -363,10 +339,7 @@ pub async fn run(
         targets: explain_targets,
         mode: config.dhcp.mode,
         serve_all: config.dhcp.serve_all,
-        known: {
-            let dhcp = dhcp.clone();
-            Some(Arc::new(move |mac| dhcp.knows(mac)))
-        },
+        clients: Some(clients.clone()),
     });
     let api_state = ApiState {
         inventory: inventory.clone(),
@@ -450,12 +423,11 @@ const FORGET_EVERY: Duration = Duration::from_secs(600);
 /// for `after`, from the inventory and then from DHCP's memory.
 async fn forget_unbooted(
     inventory: Arc<Inventory>,
-    dhcp: Arc<Dhcp>,
+    reserved: std::collections::HashSet<crate::domain::MacAddr>,
     after: Duration,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let after_ms = after.as_millis().min(i64::MAX as u128) as i64;
-    let reserved = dhcp.settings().reservations.iter().map(|r| r.mac).collect();
     let every = FORGET_EVERY.min(after / 2).max(Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     loop {
@@ -470,7 +442,6 @@ async fn forget_unbooted(
         {
             Ok(macs) if macs.is_empty() => {}
             Ok(macs) => {
-                dhcp.forget(&macs);
                 tracing::info!(
                     forgotten = macs.len(),
                     "machines never booted and unseen for dhcp.forget_unbooted_after removed"

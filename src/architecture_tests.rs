@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 const TOP_LEVEL_CYCLE_EDGES: &[(&str, &str)] = &[
     ("auth", "ledger"),
     ("auth", "store"),
-    ("binding", "dhcp"),
     ("binding", "ledger"),
     ("boot", "inventory"),
     ("bootfiles", "tftp"),
@@ -32,7 +31,6 @@ const TOP_LEVEL_CYCLE_EDGES: &[(&str, &str)] = &[
     ("desired", "boot"),
     ("desired", "inventory"),
     ("desired", "rollout"),
-    ("dhcp", "binding"),
     ("dhcp", "boot"),
     ("dhcp", "config"),
     ("dhcp", "ledger"),
@@ -66,7 +64,6 @@ const TOP_LEVEL_CYCLE_EDGES: &[(&str, &str)] = &[
     ("netboot", "binding"),
     ("netboot", "boot"),
     ("netboot", "bootfiles"),
-    ("netboot", "dhcp"),
     ("netboot", "inventory"),
     ("netboot", "ledger"),
     ("netboot", "tftp"),

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dhcp::Dhcp;
+use crate::clients::Clients;
 use crate::domain::MacAddr;
 use crate::metrics::Metrics;
 
@@ -82,7 +82,7 @@ const NEIGHBOUR_TTL: Duration = Duration::from_millis(500);
 pub struct Bindings {
     mode: Mode,
     /// This server's leases (full mode); `None` without DHCP.
-    leases: Option<Arc<Dhcp>>,
+    leases: Option<Clients>,
     /// Reservations: address → MAC, as the operator declared them.
     declared: HashMap<IpAddr, MacAddr>,
     neighbours: Neighbours,
@@ -96,7 +96,7 @@ impl Bindings {
     /// DHCP interfaces; empty: every interface, as DHCP then serves all).
     pub fn new(
         mode: Mode,
-        leases: Option<Arc<Dhcp>>,
+        leases: Option<Clients>,
         declared: impl IntoIterator<Item = (IpAddr, MacAddr)>,
         boot_interfaces: Vec<String>,
         metrics: Arc<Metrics>,
@@ -139,8 +139,8 @@ impl Bindings {
     /// `/grub/grub.cfg`, ONIE's waterfall without its headers).
     pub fn who(&self, ip: IpAddr) -> Option<(MacAddr, Evidence)> {
         let ip = canonical(ip);
-        if let (Some(dhcp), IpAddr::V4(v4)) = (&self.leases, ip) {
-            if let Some(mac) = dhcp.bound_mac(v4, crate::ledger::now_ms()) {
+        if let (Some(clients), IpAddr::V4(v4)) = (&self.leases, ip) {
+            if let Some(mac) = clients.bound_mac(v4, crate::ledger::now_ms()) {
                 return Some((mac, Evidence::Lease));
             }
         }

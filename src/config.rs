@@ -22,6 +22,7 @@ use figment::Figment;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::lease::{Reservation, Subnet};
 use crate::domain::MacAddr;
 use crate::tftp::TftpConfig;
 
@@ -389,24 +390,6 @@ pub struct DhcpSettings {
     pub new_clients_per_minute_total: u32,
     /// `None`: never-booted machines are kept for ever.
     pub forget_unbooted_after: Option<Duration>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subnet {
-    pub network: Ipv4Net,
-    pub range_start: Ipv4Addr,
-    pub range_end: Ipv4Addr,
-    pub router: Option<Ipv4Addr>,
-    pub dns: Vec<Ipv4Addr>,
-    pub domain: Option<String>,
-    pub lease_time: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    pub mac: MacAddr,
-    pub ip: Ipv4Addr,
-    pub hostname: Option<String>,
 }
 
 /// What the command line contributes on top of file and environment.

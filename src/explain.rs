@@ -24,6 +24,7 @@ use crate::boot::loader::{self, Loader, LoaderChoice, LoaderSettings};
 use crate::boot::membership::Membership;
 use crate::boot::onie::{OnieHeaders, OnieVendor};
 use crate::boot::{context, GenerationId, Source, Target};
+use crate::clients::Clients;
 use crate::config::DhcpMode;
 use crate::dhcp::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind};
 use crate::dhcp::handler::boot_reply;
@@ -31,7 +32,7 @@ use crate::dhcp::reply::{encode, ReplySpec};
 use crate::domain::{Arch, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
-use crate::netboot::{buildarch, render_boot};
+use crate::netboot::render_boot;
 use crate::render::{Renderer, ZTP_DIR};
 
 /// What a client would send. Every field but `mac` is optional: with no
@@ -95,9 +96,9 @@ pub struct Explainer {
     pub mode: DhcpMode,
     /// Full mode answers non-PXE clients it does not know.
     pub serve_all: bool,
-    /// The DHCP service's own "known MAC" set (`Dhcp::knows`); without
-    /// it, the inventory's machines count as known.
-    pub known: Option<Arc<dyn Fn(MacAddr) -> bool + Send + Sync>>,
+    /// The clients DHCP knows (its "known MAC" set); without them, the
+    /// inventory's machines count as known.
+    pub clients: Option<Clients>,
 }
 
 /// The answer. Sections are `null` when the request never gets that far.
@@ -513,7 +514,7 @@ impl Explainer {
         let buildarch = facts
             .as_ref()
             .and_then(|f| f.arch)
-            .and_then(buildarch)
+            .and_then(Arch::buildarch)
             .map(str::to_string)
             .or_else(|| q.onie.as_ref().and_then(|h| h.arch.clone()))
             // ONIE names its arch in its vendor class, and sends it again
@@ -691,8 +692,8 @@ impl Explainer {
     ) -> (DhcpView, Option<LoaderView>) {
         let kind = facts.kind();
         let boot = bootfile_with(facts, &self.targets, settings).ok();
-        let known = match &self.known {
-            Some(knows) => knows(req.mac),
+        let known = match &self.clients {
+            Some(clients) => clients.knows(req.mac),
             None => self.inventory.machine(req.mac).is_some(),
         };
         // The gates of `Dhcp::proxy` and `Dhcp::full`.

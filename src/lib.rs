@@ -50,6 +50,7 @@ pub mod binding;
 pub mod boot;
 pub mod bootfiles;
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod desired;
 pub mod dhcp;

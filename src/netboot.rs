@@ -32,7 +32,7 @@ use crate::boot::loader::Loader;
 use crate::boot::onie::{self, OnieHeaders};
 use crate::boot::{context, GenerationId, Target};
 use crate::bootfiles::Bootfiles;
-use crate::dhcp::handler::SeenClient;
+use crate::clients::Clients;
 use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
 use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
@@ -42,9 +42,6 @@ use crate::tftp::GeneratedFiles;
 
 /// How long a rendered GRUB config is served again to the same machine.
 const GRUB_REUSE: Duration = Duration::from_secs(10);
-
-/// What a MAC's last boot request said.
-pub type SeenLookup = Arc<dyn Fn(MacAddr) -> Option<SeenClient> + Send + Sync>;
 
 pub struct Netboot {
     pub bootfiles: Arc<Bootfiles>,
@@ -57,7 +54,9 @@ pub struct Netboot {
     /// Who is behind an address: a request acts for a machine only from an
     /// address bound to it (see [`crate::binding`]).
     pub bindings: Arc<Bindings>,
-    pub seen: SeenLookup,
+    /// What DHCP last saw of each client (GRUB asks without saying its
+    /// architecture).
+    pub clients: Clients,
     grub_cache: Mutex<HashMap<MacAddr, Rendered>>,
 }
 
@@ -86,17 +85,6 @@ pub fn render_boot(
     renderer.render(loader.template(plan.bootable()), &ctx)
 }
 
-/// iPXE's `${buildarch}` for a DHCP architecture: what images are matched
-/// against.
-pub fn buildarch(arch: Arch) -> Option<&'static str> {
-    match arch {
-        Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
-        Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),
-        Arch::BiosX86 | Arch::EfiIa32 | Arch::HttpIa32 => Some("i386"),
-        Arch::EfiArm32 | Arch::Other(_) => None,
-    }
-}
-
 impl Netboot {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -107,7 +95,7 @@ impl Netboot {
         ledger: Ledger,
         server: String,
         bindings: Arc<Bindings>,
-        seen: SeenLookup,
+        clients: Clients,
     ) -> Self {
         Self {
             bootfiles,
@@ -117,7 +105,7 @@ impl Netboot {
             ledger,
             server,
             bindings,
-            seen,
+            clients,
             grub_cache: Mutex::new(HashMap::new()),
         }
     }
@@ -169,10 +157,10 @@ impl Netboot {
                 return bytes.clone();
             }
         }
-        let arch = (self.seen)(mac).and_then(|s| s.arch);
+        let arch = self.clients.seen(mac).and_then(|s| s.arch);
         let req = ScriptRequest {
             mac: Some(mac),
-            buildarch: arch.and_then(buildarch).map(str::to_string),
+            buildarch: arch.and_then(Arch::buildarch).map(str::to_string),
             platform: Some("efi".into()),
             ip: Some(ip),
             ..ScriptRequest::default()
@@ -353,6 +341,7 @@ impl GeneratedFiles for Netboot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clients::SeenClient;
     use crate::metrics::Metrics;
     use crate::store::Store;
 
@@ -385,12 +374,17 @@ mod tests {
                 vec!["no-boot-interface".into()],
                 Arc::default(),
             )),
-            Arc::new(|_| {
-                Some(SeenClient {
-                    arch: Some(Arch::EfiArm64),
-                    ..SeenClient::default()
-                })
-            }),
+            {
+                let clients = Clients::empty();
+                clients.saw(
+                    known,
+                    SeenClient {
+                        arch: Some(Arch::EfiArm64),
+                        ..SeenClient::default()
+                    },
+                );
+                clients
+            },
         );
         (nb, rx)
     }

@@ -5,12 +5,14 @@
 #[path = "common/tftp_client.rs"]
 mod tftp_client;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ironboot::clients::Clients;
+use ironboot::domain::lease::{Entry, State};
 use ironboot::domain::MacAddr;
 use ironboot::ledger::{Event, Ledger, Record};
 use ironboot::metrics::Metrics;
@@ -71,7 +73,18 @@ async fn start_on(
         generated,
         ledger,
         metrics: Arc::clone(&metrics),
-        lookup: Arc::new(move |ip: IpAddr| ip.is_loopback().then_some(mac)),
+        // 127.0.0.1 holds a lease for MAC: events land on that machine.
+        clients: Clients::new(
+            &[],
+            [Entry {
+                ip: [127, 0, 0, 1].into(),
+                mac: Some(mac),
+                state: State::Bound,
+                expires_at: i64::MAX,
+                hostname: None,
+            }],
+            Default::default(),
+        ),
     });
     let socket = UdpSocket::bind(bind).await.unwrap();
     let addr = SocketAddr::new([127, 0, 0, 1].into(), socket.local_addr().unwrap().port());

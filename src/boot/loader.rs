@@ -15,7 +15,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::domain::Arch;
+use crate::domain::{Arch, MacAddr};
 
 /// A boot loader ironboot renders boots for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -93,6 +93,13 @@ pub struct LoaderChoice {
 pub struct LoaderSettings {
     pub machine: Option<Loader>,
     pub group: Option<Loader>,
+}
+
+/// Where the operator's loader settings for a MAC are kept (the
+/// inventory: a machine's label and its group's variable `loader`). DHCP
+/// asks it per boot client, to pick the bootfile.
+pub trait SettingsSource: Send + Sync {
+    fn loader_settings(&self, mac: MacAddr) -> LoaderSettings;
 }
 
 /// The architecture's own loader.

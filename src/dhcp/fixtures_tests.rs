@@ -112,8 +112,7 @@ fn the_handler_answers_every_captured_boot_client_in_proxy_mode() {
     let dhcp = Dhcp::new(
         settings,
         targets(),
-        Default::default(),
-        Default::default(),
+        crate::clients::Clients::empty(),
         ledger,
         metrics,
     );
@@ -204,8 +203,7 @@ range = ["10.77.0.100", "10.77.0.110"]
     let dhcp = Dhcp::new(
         settings,
         targets(),
-        crate::dhcp::leases::LeaseTable::new(&[]),
-        Default::default(),
+        crate::clients::Clients::empty(),
         ledger,
         metrics,
     );
@@ -227,7 +225,7 @@ range = ["10.77.0.100", "10.77.0.110"]
     assert!(!reply.contains_key(&239), "239 was not asked for");
     assert_eq!(&out.bytes[16..19], &[10, 77, 0], "an address in the subnet");
     assert_eq!(
-        dhcp.seen("52:54:00:99:00:06".parse().unwrap()),
+        dhcp.clients().seen("52:54:00:99:00:06".parse().unwrap()),
         None,
         "a new MAC is remembered once it is bound, not at its DISCOVER"
     );

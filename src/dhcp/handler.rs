@@ -7,26 +7,26 @@
 //! and encodes. Unknown or non-PXE clients are not errors: they get no answer
 //! and a debug line.
 
-use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 use dhcproto::v4::MessageType;
 use ipnet::Ipv4Net;
 use serde_json::json;
 use tracing::{debug, warn};
 
-use crate::boot::loader::LoaderSettings;
+use crate::boot::loader::{self, LoaderSettings};
 use crate::config::{DhcpMode, DhcpSettings, Subnet};
 use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::ledger::{LeaseRecord, Ledger, MachineFacts, Record};
 use crate::metrics::Metrics;
 
 use super::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind, ZtpFlavour};
-use super::leases::{Entry, LeaseError, LeaseTable, Millis, State};
 use super::newcomers::Newcomers;
 use super::packet::{parse, Request};
 use super::reply::{encode, LeaseParams, ReplySpec};
+use crate::clients::leases::{Entry, LeaseError, Millis, State};
+use crate::clients::Clients;
 
 /// Which port a datagram arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,35 +67,21 @@ const CLIENT_PORT: u16 = 68;
 /// it stops admitting new ones in proxy mode, where no lease bounds them.
 pub const MAX_REMEMBERED: usize = 1 << 20;
 
-/// What the last boot request of a machine said, kept in memory for the
-/// paths that follow DHCP: GRUB's config (which architecture asked) and
-/// relay identity (which switch port it came from).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeenClient {
-    pub arch: Option<Arch>,
-    pub circuit_id: Option<String>,
-    pub remote_id: Option<String>,
-}
-
-/// The operator's loader settings for a machine (label and group variable
-/// `loader`), looked up in the inventory's memory.
-pub type LoaderLookup = Arc<dyn Fn(MacAddr) -> LoaderSettings + Send + Sync>;
+pub use crate::clients::SeenClient;
 
 /// The DHCP service's state, shared by its sockets.
 pub struct Dhcp {
     settings: DhcpSettings,
     targets: BootTargets,
-    leases: Mutex<LeaseTable>,
-    /// MACs answered in full mode whatever they send: reservations and
-    /// machines that have network-booted from this server.
-    known: RwLock<HashSet<MacAddr>>,
-    /// Per MAC: the facts of its last boot request.
-    seen: RwLock<HashMap<MacAddr, SeenClient>>,
+    /// The pool, the known MACs and what each last said: DHCP writes
+    /// them, other services read them through their own handle.
+    clients: Clients,
     /// How fast MACs not in `known` are answered.
     newcomers: Newcomers,
-    /// Loader settings by MAC; without it every architecture gets its
+    /// Where the operator's loader settings live (a machine's label and its
+    /// group's variable `loader`); without it every architecture gets its
     /// default loader.
-    loader_settings: Option<LoaderLookup>,
+    loaders: Option<Arc<dyn loader::SettingsSource>>,
     ledger: Ledger,
     metrics: Arc<Metrics>,
 }
@@ -104,13 +90,10 @@ impl Dhcp {
     pub fn new(
         settings: DhcpSettings,
         targets: BootTargets,
-        leases: LeaseTable,
-        known: HashSet<MacAddr>,
+        clients: Clients,
         ledger: Ledger,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut known = known;
-        known.extend(settings.reservations.iter().map(|r| r.mac));
         let newcomers = Newcomers::new(
             settings.new_clients_per_minute,
             settings.new_clients_per_minute_total,
@@ -119,10 +102,8 @@ impl Dhcp {
             newcomers,
             settings,
             targets,
-            leases: Mutex::new(leases),
-            known: RwLock::new(known),
-            seen: RwLock::new(HashMap::new()),
-            loader_settings: None,
+            clients,
+            loaders: None,
             ledger,
             metrics,
         }
@@ -130,46 +111,28 @@ impl Dhcp {
 
     /// Lets machine and group settings choose the loader (see
     /// [`crate::boot::loader`]).
-    pub fn with_loader_settings(mut self, lookup: LoaderLookup) -> Self {
-        self.loader_settings = Some(lookup);
+    pub fn with_loader_settings(mut self, loaders: Arc<dyn loader::SettingsSource>) -> Self {
+        self.loaders = Some(loaders);
         self
-    }
-
-    /// What `mac`'s last boot request said, if it sent one since start.
-    pub fn seen(&self, mac: MacAddr) -> Option<SeenClient> {
-        self.seen.read().expect("seen lock").get(&mac).cloned()
-    }
-
-    /// Whether full mode answers `mac` whatever it sends (a reservation,
-    /// or a machine that has network-booted from this server).
-    pub fn knows(&self, mac: MacAddr) -> bool {
-        self.known.read().expect("known lock").contains(&mac)
     }
 
     pub fn settings(&self) -> &DhcpSettings {
         &self.settings
     }
 
-    /// The MAC holding `ip`, for TFTP's ledger events.
-    pub fn mac_of(&self, ip: Ipv4Addr) -> Option<MacAddr> {
-        self.leases.lock().expect("lease lock").mac_of(ip)
+    /// The clients this service knows (shared with the services that ask).
+    pub fn clients(&self) -> &Clients {
+        &self.clients
     }
 
-    /// The MAC holding a bound, unexpired lease on `ip` (the binding rule's
-    /// strongest evidence, see [`crate::binding`]).
-    pub fn bound_mac(&self, ip: Ipv4Addr, now: Millis) -> Option<MacAddr> {
-        self.leases.lock().expect("lease lock").bound_mac(ip, now)
-    }
-
-    /// The lease table as it is now (for the API).
-    pub fn leases(&self) -> Vec<Entry> {
-        self.leases.lock().expect("lease lock").entries()
+    fn knows(&self, mac: MacAddr) -> bool {
+        self.clients.knows(mac)
     }
 
     /// An operator frees `ip`: forgotten in memory, deleted from SQLite
     /// through the ledger, and recorded as `dhcp.operator_release`.
     pub fn release_by_operator(&self, ip: Ipv4Addr) -> Option<Entry> {
-        let entry = self.leases.lock().expect("lease lock").remove(ip)?;
+        let entry = self.clients.pool().remove(ip)?;
         self.ledger.record(Record::Lease(LeaseRecord {
             ip,
             mac: entry.mac,
@@ -187,21 +150,9 @@ impl Dhcp {
         Some(entry)
     }
 
-    /// Forgets machines the inventory removed (`inventory::forget`, which
-    /// never removes a reserved one): they are new clients again if they
-    /// come back.
-    pub fn forget(&self, macs: &[MacAddr]) {
-        let mut known = self.known.write().expect("known lock");
-        let mut seen = self.seen.write().expect("seen lock");
-        for mac in macs {
-            known.remove(mac);
-            seen.remove(mac);
-        }
-    }
-
     /// Forgets offers nobody took up. Called periodically.
     pub fn expire_offers(&self, now: Millis) -> usize {
-        self.leases.lock().expect("lease lock").expire_offers(now)
+        self.clients.pool().expire_offers(now)
     }
 
     /// Decides the reply to one datagram.
@@ -293,12 +244,12 @@ impl Dhcp {
         if !known {
             let admit = match self.settings.mode {
                 DhcpMode::Full => acked,
-                _ => self.known.read().expect("known lock").len() < MAX_REMEMBERED,
+                _ => self.clients.known_count() < MAX_REMEMBERED,
             };
             if !admit {
                 return;
             }
-            self.known.write().expect("known lock").insert(req.mac);
+            self.clients.admit(req.mac);
             debug!("first boot request from this machine");
         }
         let mut relay = req.relay_info();
@@ -317,7 +268,7 @@ impl Dhcp {
             circuit_id: relay.circuit_id.clone(),
             remote_id: relay.remote_id.clone(),
         };
-        self.seen.write().expect("seen lock").insert(req.mac, seen);
+        self.clients.saw(req.mac, seen);
         self.ledger.record(Record::MachineSeen(MachineFacts {
             mac: Some(req.mac),
             uuid: req.uuid(),
@@ -383,7 +334,7 @@ impl Dhcp {
         now: Millis,
     ) -> Option<Outgoing> {
         let kind = facts.kind();
-        let known = self.known.read().expect("known lock").contains(&req.mac);
+        let known = self.knows(req.mac);
         if !kind.is_boot_client() && !known && !self.settings.serve_all {
             return self.ignore("unknown client without PXE options");
         }
@@ -411,7 +362,7 @@ impl Dhcp {
         now: Millis,
     ) -> Option<Outgoing> {
         let offered = {
-            let mut leases = self.leases.lock().expect("lease lock");
+            let mut leases = self.clients.pool();
             leases
                 .offer(
                     subnet,
@@ -464,10 +415,7 @@ impl Dhcp {
         if let Some(server_id) = req.server_id() {
             if server_id != inc.local {
                 // SELECTING, and the client chose another server: let go.
-                self.leases
-                    .lock()
-                    .expect("lease lock")
-                    .expire_offers_of(req.mac);
+                self.clients.pool().expire_offers_of(req.mac);
                 return self.ignore("client selected another server");
             }
         }
@@ -479,11 +427,10 @@ impl Dhcp {
         else {
             return self.nak(req, inc, "no address requested");
         };
-        let bound =
-            self.leases
-                .lock()
-                .expect("lease lock")
-                .bind(subnet, req.mac, ip, now, req.hostname());
+        let bound = self
+            .clients
+            .pool()
+            .bind(subnet, req.mac, ip, now, req.hostname());
         match bound {
             Ok(entry) => {
                 // The ACK is a promise: it leaves once its lease is
@@ -535,11 +482,7 @@ impl Dhcp {
     fn decline(&self, req: &Request, now: Millis) -> Option<Outgoing> {
         Metrics::inc(&self.metrics.dhcp_declines);
         let ip = req.requested_ip()?;
-        let entry = self
-            .leases
-            .lock()
-            .expect("lease lock")
-            .decline(req.mac, ip, now);
+        let entry = self.clients.pool().decline(req.mac, ip, now);
         if let Some(entry) = entry {
             warn!(%ip, "client declined address (in use on the wire?); quarantined");
             self.persist(&entry);
@@ -556,7 +499,7 @@ impl Dhcp {
 
     fn release(&self, req: &Request) -> Option<Outgoing> {
         let ip = req.ciaddr();
-        if self.leases.lock().expect("lease lock").release(req.mac, ip) {
+        if self.clients.pool().release(req.mac, ip) {
             self.ledger.record(Record::Lease(LeaseRecord {
                 ip,
                 mac: Some(req.mac),
@@ -600,8 +543,8 @@ impl Dhcp {
     // -- helpers -----------------------------------------------------------
 
     fn boot_for(&self, facts: &ClientFacts) -> Option<Bootfile> {
-        let settings = match (&self.loader_settings, facts.mac) {
-            (Some(lookup), Some(mac)) => lookup(mac),
+        let settings = match (&self.loaders, facts.mac) {
+            (Some(loaders), Some(mac)) => loaders.loader_settings(mac),
             _ => LoaderSettings::default(),
         };
         match bootfile_with(facts, &self.targets, settings) {

@@ -4,13 +4,11 @@
 //! - [`packet`]: safe decoding over dhcproto (pure).
 //! - [`classify`]: client kind and bootfile, as a case table (pure).
 //! - [`reply`]: reply encoding: padding, siaddr/file, echoes (pure).
-//! - [`leases`]: the address pool, offers held until they expire (pure).
 //! - [`handler`]: the per-datagram decision chain, no sockets.
 //! - [`server`]: sockets with `IP_PKTINFO`; [`ra`]: router advertisements.
 
 pub mod classify;
 pub mod handler;
-pub mod leases;
 pub mod newcomers;
 pub mod packet;
 pub mod ra;

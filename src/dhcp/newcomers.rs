@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
-use super::leases::Millis;
+use crate::domain::lease::Millis;
 
 /// Sources tracked at most (each one bucket, a few dozen bytes).
 pub const MAX_SOURCES: usize = 4096;

@@ -1,9 +1,13 @@
 //! A lease as the address pool holds it and the store keeps it: one
-//! address, who holds it, in which state, until when. Plain data shared by
-//! `dhcp::leases` (which decides) and `store` (which keeps), so neither
-//! depends on the other.
+//! address, who holds it, in which state, until when; and the address plan
+//! it is given from (subnets, reservations). Plain data shared by
+//! `clients::leases` (which decides), `config` (which reads the plan) and
+//! `store` (which keeps), so none depends on another.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
 
 use super::MacAddr;
 
@@ -42,4 +46,24 @@ impl Entry {
     pub fn live(&self, now: Millis) -> bool {
         self.expires_at > now
     }
+}
+
+/// A subnet DHCP gives addresses in (`[[dhcp.subnet]]`, validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    pub network: Ipv4Net,
+    pub range_start: Ipv4Addr,
+    pub range_end: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+}
+
+/// An address the operator declared for one MAC (`[[dhcp.reservation]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub mac: MacAddr,
+    pub ip: Ipv4Addr,
+    pub hostname: Option<String>,
 }

@@ -199,6 +199,17 @@ impl Arch {
         }
     }
 
+    /// iPXE's `${buildarch}` for this firmware: the CPU architecture
+    /// images are matched against when a request does not say its own.
+    pub fn buildarch(self) -> Option<&'static str> {
+        match self {
+            Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
+            Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),
+            Arch::BiosX86 | Arch::EfiIa32 | Arch::HttpIa32 => Some("i386"),
+            Arch::EfiArm32 | Arch::Other(_) => None,
+        }
+    }
+
     /// Short stable name, as stored in the database and shown to operators.
     pub fn name(&self) -> String {
         match self {

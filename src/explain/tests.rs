@@ -124,7 +124,7 @@ fn explainer(inventory: Arc<Inventory>, mode: DhcpMode) -> Explainer {
         },
         mode,
         serve_all: false,
-        known: None,
+        clients: None,
     }
 }
 

@@ -100,7 +100,7 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 type Samples = Vec<(Vec<(&'static str, String)>, u64)>;
 
 fn leases_in_use(dhcp: &crate::dhcp::Dhcp, now: i64) -> Samples {
-    let leases = dhcp.leases();
+    let leases = dhcp.clients().leases();
     dhcp.settings()
         .subnets
         .iter()
@@ -108,7 +108,7 @@ fn leases_in_use(dhcp: &crate::dhcp::Dhcp, now: i64) -> Samples {
             let n = leases
                 .iter()
                 .filter(|l| {
-                    l.state == crate::dhcp::leases::State::Bound
+                    l.state == crate::domain::lease::State::Bound
                         && l.expires_at > now
                         && s.network.contains(&l.ip)
                 })

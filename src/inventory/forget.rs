@@ -21,7 +21,8 @@ const CHUNK: i64 = 1000;
 
 impl Inventory {
     /// Removes never-booted, operator-untouched machines last seen before
-    /// `before_ms`, except `keep`; returns their MACs.
+    /// `before_ms`, except `keep`; returns their MACs. DHCP forgets them
+    /// too: they are new clients again if they come back.
     pub async fn forget_unbooted(
         &self,
         before_ms: i64,
@@ -62,6 +63,8 @@ impl Inventory {
                 state.machines.remove(mac);
             }
         }
+        drop(state);
+        self.clients.forget(&macs);
         Ok(macs)
     }
 }

@@ -438,6 +438,48 @@ mod tests {
         Some(Some(text.parse().unwrap()))
     }
 
+    /// A script request without `buildarch` from a machine DHCP knows as
+    /// BIOS boots the group's x86 generation, though arm64 was set last;
+    /// a machine DHCP never saw gets the one set last, as before.
+    #[tokio::test]
+    async fn dhcp_architecture_counts_when_the_script_request_does_not_say() {
+        use crate::clients::{Clients, SeenClient};
+        use crate::domain::Arch;
+        let dir = tempfile::TempDir::new().unwrap();
+        let clients = Clients::empty();
+        let inv = inventory(dir.path()).await.with_clients(clients.clone());
+        let x86 = inv
+            .add_generation("worker", live(b"x").digest(), live(b"x"), None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        let arm_manifest = Manifest {
+            arch: "arm64".into(),
+            ..live(b"a")
+        };
+        let arm = inv
+            .add_generation("arm", arm_manifest.digest(), arm_manifest, None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        inv.set_group_generation("default", &x86).await.unwrap();
+        inv.set_group_generation("default", &arm).await.unwrap();
+        let bios: MacAddr = "52:54:00:00:00:b1".parse().unwrap();
+        let stranger: MacAddr = "52:54:00:00:00:b2".parse().unwrap();
+        clients.saw(
+            bios,
+            SeenClient {
+                arch: Some(Arch::BiosX86),
+                ..SeenClient::default()
+            },
+        );
+        assert_eq!(booted(&inv, bios), Some(x86));
+        assert_eq!(inv.machine(bios).unwrap().arch.as_deref(), Some("i386"));
+        assert_eq!(booted(&inv, stranger), Some(arm), "never seen by DHCP");
+    }
+
     #[tokio::test]
     async fn selectors_assignments_and_labels_change_what_machines_boot() {
         let dir = tempfile::TempDir::new().unwrap();

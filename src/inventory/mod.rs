@@ -30,7 +30,8 @@ use crate::boot::loader::{Loader, LoaderSettings};
 use crate::boot::membership::{self, Claim, Membership, DEFAULT_GROUP};
 use crate::boot::select::Selector;
 use crate::boot::{self, GenerationId, Target};
-use crate::domain::{MacAddr, MachineKind};
+use crate::clients::Clients;
+use crate::domain::{Arch, MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
@@ -188,9 +189,6 @@ impl BootPlan {
                 .is_some_and(|g| g.manifest.kernel.is_some())
     }
 }
-
-/// The switch port a MAC's last DHCP request was relayed from.
-pub type PortLookup = Arc<dyn Fn(MacAddr) -> Option<SwitchPort> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -458,8 +456,10 @@ pub struct Inventory {
     ledger: Ledger,
     state: RwLock<State>,
     next_boot: AtomicI64,
-    /// Set once at start, when DHCP exists: relay identity needs it.
-    ports: OnceLock<PortLookup>,
+    /// What DHCP knows of each client: the switch port a boot came
+    /// through (relay identity) and the firmware architecture a script
+    /// request that does not name its own is taken to have.
+    clients: Clients,
     /// Where machines a rollout moved (or rolled back) are sent to be
     /// rebooted (the reboot hook's queue); set once at start.
     reboots: OnceLock<tokio::sync::mpsc::Sender<crate::rollout::hook::Job>>,
@@ -505,7 +505,7 @@ impl Inventory {
             ledger,
             state: RwLock::new(state),
             next_boot: AtomicI64::new(max_boot + 1),
-            ports: OnceLock::new(),
+            clients: Clients::empty(),
             reboots: OnceLock::new(),
             token_ttl_ms: DEFAULT_TOKEN_TTL.as_millis() as i64,
             fleet_commands: tokio::sync::Mutex::new(()),
@@ -566,10 +566,34 @@ impl Inventory {
         self.read().machines.get(&mac).cloned()
     }
 
-    /// Lets boots know the switch port of each MAC (from DHCP's relay
-    /// information), for relay identity. Only the first call counts.
-    pub fn set_port_lookup(&self, lookup: PortLookup) {
-        let _ = self.ports.set(lookup);
+    /// The clients DHCP knows (see [`crate::clients`]); without them a
+    /// boot knows only what its own request says.
+    pub fn with_clients(mut self, clients: Clients) -> Self {
+        self.clients = clients;
+        self
+    }
+
+    /// What DHCP last saw of `mac` that a boot request may not say: the
+    /// switch port it came through, and its architecture when `req` names
+    /// none (a script request without `buildarch` from a machine DHCP
+    /// knows as BIOS is an x86 loader, never an installer's slot).
+    fn with_dhcp_facts(
+        &self,
+        mac: MacAddr,
+        req: &ScriptRequest,
+    ) -> (Option<SwitchPort>, Option<ScriptRequest>) {
+        let Some(seen) = self.clients.seen(mac) else {
+            return (None, None);
+        };
+        let port = SwitchPort::new(seen.circuit_id, seen.remote_id);
+        let req = match (&req.buildarch, seen.arch.and_then(Arch::buildarch)) {
+            (None, Some(arch)) => Some(ScriptRequest {
+                buildarch: Some(arch.to_string()),
+                ..req.clone()
+            }),
+            _ => None,
+        };
+        (port, req)
     }
 
     /// The operator's loader settings for `mac`: the machine's label
@@ -616,7 +640,8 @@ impl Inventory {
         let token = new_secret();
         let hash = token_hash(&token);
         let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
-        let port = self.ports.get().and_then(|lookup| lookup(mac));
+        let (port, with_arch) = self.with_dhcp_facts(mac, req);
+        let req = with_arch.as_ref().unwrap_or(req);
         let mut state = self.write();
         let Decision {
             identity,
@@ -746,7 +771,9 @@ impl Inventory {
         port: Option<SwitchPort>,
         stage: Stage,
     ) -> Decision {
-        let port = port.or_else(|| self.ports.get().and_then(|lookup| lookup(mac)));
+        let (seen_port, with_arch) = self.with_dhcp_facts(mac, req);
+        let port = port.or(seen_port);
+        let req = with_arch.as_ref().unwrap_or(req);
         let state = self.read();
         let mut d = decide(&state, mac, req, port.as_ref(), kind);
         // Rollouts and the watchdog have their say as at a boot: the same
@@ -1123,5 +1150,11 @@ impl Inventory {
             state.generations.remove(id);
         }
         Ok(state.generations.values().map(|g| g.digest).collect())
+    }
+}
+
+impl crate::boot::loader::SettingsSource for Inventory {
+    fn loader_settings(&self, mac: MacAddr) -> LoaderSettings {
+        Inventory::loader_settings(self, mac)
     }
 }

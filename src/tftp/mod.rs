@@ -21,12 +21,12 @@
 //! (completion and failure go through [`Ledger`]). Deliberately absent:
 //! netascii (refused: every boot file is binary), multicast (RFC 2090).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::domain::MacAddr;
+use crate::clients::Clients;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 
@@ -108,10 +108,6 @@ pub trait GeneratedFiles: Send + Sync {
     }
 }
 
-/// Maps a client's IP to its MAC (from the lease table) so TFTP events land
-/// on the right machine in the ledger.
-pub type ClientLookup = Arc<dyn Fn(IpAddr) -> Option<MacAddr> + Send + Sync>;
-
 /// Everything a TFTP server task needs, shared by all transfers.
 pub struct TftpState {
     pub config: TftpConfig,
@@ -121,5 +117,7 @@ pub struct TftpState {
     /// as PXE ROMs do to learn `tsize`).
     pub ledger: Ledger,
     pub metrics: Arc<Metrics>,
-    pub lookup: ClientLookup,
+    /// Who holds each address (DHCP's leases), so TFTP events land on the
+    /// right machine in the ledger.
+    pub clients: Clients,
 }

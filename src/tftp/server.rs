@@ -151,7 +151,7 @@ impl Server<'_> {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         });
-        let mac = (self.state.lookup)(rx.from.ip());
+        let mac = self.state.clients.mac_of(rx.from.ip());
         let span = tracing::info_span!(
             "tftp",
             client = %rx.from,
@@ -175,7 +175,7 @@ impl Server<'_> {
     fn refuse(&self, to: SocketAddr, request: &Request, code: ErrorCode, message: &str) {
         Metrics::inc(&self.state.metrics.tftp_refused);
         tracing::info!(client = %to, file = %request.filename, reason = message, "TFTP request refused");
-        let mac = (self.state.lookup)(to.ip());
+        let mac = self.state.clients.mac_of(to.ip());
         record_failure(&self.state, mac, to, &request.filename, message);
         let packet = Packet::Error {
             code,
@@ -208,7 +208,7 @@ struct Job {
     state: Arc<TftpState>,
     request: Request,
     client: SocketAddr,
-    /// From `state.lookup`, once, when the request arrived.
+    /// From `state.clients`, once, when the request arrived.
     mac: Option<MacAddr>,
     local: IpAddr,
     shutdown: CancellationToken,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::*;
-use crate::dhcp::leases::{Entry, State as LeaseState};
+use crate::domain::lease::{Entry, State as LeaseState};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -91,6 +91,7 @@ async fn list_leases(
     let now = crate::ledger::now_ms();
     let subnets = &dhcp.settings().subnets;
     let leases = dhcp
+        .clients()
         .leases()
         .into_iter()
         .map(|e| view(e, subnets, now))

@@ -70,7 +70,7 @@ impl Harness {
                 },
                 mode: crate::config::DhcpMode::Full,
                 serve_all: false,
-                known: None,
+                clients: None,
             }),
             dhcp: None,
             fetcher: Arc::new(

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::config::{Reservation, Subnet};
+use crate::domain::lease::{Reservation, Subnet};
 use crate::domain::MacAddr;
 
 pub use crate::domain::lease::{Entry, Millis, State};
