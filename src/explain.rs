@@ -29,7 +29,7 @@ use crate::config::DhcpMode;
 use crate::dhcp::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind};
 use crate::dhcp::handler::boot_reply;
 use crate::dhcp::reply::{encode, ReplySpec};
-use crate::domain::{Arch, MacAddr, MachineKind};
+use crate::domain::{Arch, Cpu, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
 use crate::netboot::render_boot;
@@ -356,16 +356,6 @@ fn reply_options(bytes: &[u8]) -> (Ipv4Addr, Option<String>, Vec<DhcpOptionView>
     (siaddr, file, out)
 }
 
-/// The architecture iPXE's `${buildarch}` names, as option 93 would.
-fn arch_of_buildarch(buildarch: &str) -> Option<Arch> {
-    match buildarch {
-        "arm64" | "aarch64" => Some(Arch::EfiArm64),
-        "x86_64" => Some(Arch::EfiX64),
-        "i386" => Some(Arch::BiosX86),
-        _ => None,
-    }
-}
-
 fn loader_view(choice: &LoaderChoice) -> LoaderView {
     LoaderView {
         loader: choice.loader.as_str(),
@@ -442,8 +432,7 @@ fn describe_target(d: &Decision) -> String {
             let arch = d
                 .machine
                 .arch
-                .as_deref()
-                .unwrap_or("an unknown architecture");
+                .map_or("an unknown architecture", Cpu::as_str);
             let what = if d.machine.kind == MachineKind::Switch {
                 "installer "
             } else {
@@ -514,9 +503,12 @@ impl Explainer {
         let buildarch = facts
             .as_ref()
             .and_then(|f| f.arch)
-            .and_then(Arch::buildarch)
-            .map(str::to_string)
-            .or_else(|| q.onie.as_ref().and_then(|h| h.arch.clone()))
+            .and_then(Cpu::of_firmware)
+            .or_else(|| {
+                q.onie
+                    .as_ref()
+                    .and_then(|h| h.arch.as_deref()?.parse().ok())
+            })
             // ONIE names its arch in its vendor class, and sends it again
             // (ONIE-ARCH) when it fetches the installer.
             .or_else(|| {
@@ -524,7 +516,7 @@ impl Explainer {
                     .as_ref()
                     .and_then(|f| f.vendor_class.as_deref())
                     .and_then(OnieVendor::parse)
-                    .map(|v| v.arch)
+                    .and_then(|v| v.arch.parse().ok())
             });
         let req = ScriptRequest {
             mac: Some(q.mac),
@@ -619,7 +611,7 @@ impl Explainer {
                 note: None,
             }),
             _ => {
-                let arch = m.arch.as_deref().and_then(arch_of_buildarch);
+                let arch = m.arch.and_then(Cpu::firmware);
                 let choice = loader::choose(arch, settings);
                 // `/boot/<mac>.ipxe` is iPXE's; a GRUB machine asks over TFTP.
                 Some(loader_view(&choice))

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::domain::{Arch, MacAddr, MachineKind};
+use crate::domain::{Arch, BootState, LeaseState, MacAddr, MachineKind};
 use crate::metrics::Metrics;
 
 /// One thing worth writing down.
@@ -61,8 +61,8 @@ pub struct BootRecord {
     pub stream: Option<String>,
     pub generation: Option<i64>,
     pub image: Option<String>,
-    /// `served` or `nothing`.
-    pub state: &'static str,
+    /// `Served` or `Nothing`.
+    pub state: BootState,
     pub reason: Option<String>,
     pub started_ms: i64,
 }
@@ -135,8 +135,9 @@ pub struct Event {
 pub struct LeaseRecord {
     pub ip: std::net::Ipv4Addr,
     pub mac: Option<MacAddr>,
-    /// `bound`, `declined`, or `free` (delete the row).
-    pub state: &'static str,
+    /// The lease's state (an offer is never stored); `None`: the address
+    /// is free again (delete the row).
+    pub state: Option<LeaseState>,
     pub expires_at_ms: i64,
     pub hostname: Option<String>,
 }

@@ -33,7 +33,7 @@ use crate::boot::onie::{self, OnieHeaders};
 use crate::boot::{context, GenerationId, Target};
 use crate::bootfiles::Bootfiles;
 use crate::clients::Clients;
-use crate::domain::{Arch, MacAddr, MachineKind};
+use crate::domain::{Cpu, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
 use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
 use crate::ledger::Ledger;
@@ -160,7 +160,7 @@ impl Netboot {
         let arch = self.clients.seen(mac).and_then(|s| s.arch);
         let req = ScriptRequest {
             mac: Some(mac),
-            buildarch: arch.and_then(Arch::buildarch).map(str::to_string),
+            buildarch: arch.and_then(Cpu::of_firmware),
             platform: Some("efi".into()),
             ip: Some(ip),
             ..ScriptRequest::default()
@@ -215,7 +215,7 @@ impl Netboot {
         let req = ScriptRequest {
             mac: Some(mac),
             serial: headers.serial.clone(),
-            buildarch: headers.arch.clone(),
+            buildarch: headers.arch.as_deref().and_then(|a| a.parse().ok()),
             ip: Some(ip),
             ..ScriptRequest::default()
         };
@@ -342,6 +342,7 @@ impl GeneratedFiles for Netboot {
 mod tests {
     use super::*;
     use crate::clients::SeenClient;
+    use crate::domain::Arch;
     use crate::metrics::Metrics;
     use crate::store::Store;
 

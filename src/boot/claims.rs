@@ -9,15 +9,14 @@
 //! Claims are kept apart from what the operator owns (host name, labels,
 //! group, kind set through the API): see `inventory`.
 
+use crate::domain::Cpu;
+
 /// The longest claim kept, in bytes.
 pub const MAX_CLAIM: usize = 128;
 
-/// iPXE's `${buildarch}` vocabulary (the architectures it is built for).
-pub fn buildarch(claim: &str) -> Option<&'static str> {
-    const KNOWN: [&str; 7] = [
-        "i386", "x86_64", "arm32", "arm64", "riscv32", "riscv64", "loong64",
-    ];
-    KNOWN.into_iter().find(|k| *k == claim.trim())
+/// iPXE's `${buildarch}` vocabulary (the CPUs it is built for: [`Cpu`]).
+pub fn buildarch(claim: &str) -> Option<Cpu> {
+    claim.trim().parse().ok()
 }
 
 /// iPXE's `${platform}` vocabulary.
@@ -57,8 +56,8 @@ mod tests {
 
     #[test]
     fn claims_are_checked_against_vocabularies_or_capped() {
-        assert_eq!(buildarch("x86_64"), Some("x86_64"));
-        assert_eq!(buildarch("i386"), Some("i386"));
+        assert_eq!(buildarch("x86_64"), Some(Cpu::X86_64));
+        assert_eq!(buildarch("i386"), Some(Cpu::I386));
         assert_eq!(buildarch("x\ntouch /tmp/P\n#"), None);
         assert_eq!(buildarch("aarch64"), None, "iPXE says arm64");
         assert_eq!(platform("efi"), Some("efi"));

@@ -50,7 +50,7 @@ pub fn build(
                 .unwrap_or_else(|| format!("node-{mac_hex}")),
             uuid: m.uuid.clone(),
             serial: m.serial.clone(),
-            arch: m.arch.clone(),
+            arch: m.arch.map(|cpu| cpu.to_string()),
             platform: plan.platform.clone(),
             labels: m.labels.clone(),
             group: m.group.clone(),
@@ -104,7 +104,7 @@ pub fn build(
                 return Ok(ctx);
             }
             ctx.image = Some(ImageCtx {
-                arch: g.manifest.arch.clone(),
+                arch: g.manifest.arch.to_string(),
                 kernel: artifact(g.manifest.kernel.as_ref().expect("checked above")),
                 initrds: g.manifest.initrds.iter().map(artifact).collect(),
                 rootfs: g.manifest.rootfs.as_ref().map(artifact),

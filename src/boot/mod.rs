@@ -20,6 +20,8 @@ pub mod select;
 
 use serde::Serialize;
 
+use crate::domain::{Cpu, Slot};
+
 /// A stream and a generation number: "worker gen 41".
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub struct GenerationId {
@@ -47,9 +49,9 @@ impl std::fmt::Display for GenerationId {
 pub struct MachineFacts {
     pub group: String,
     pub pin: Option<GenerationId>,
-    /// The architecture the machine's loader runs (`x86_64`, `arm64`), when
-    /// known from iPXE's `${buildarch}` or DHCP option 93.
-    pub arch: Option<String>,
+    /// The CPU the machine's loader runs, when known from iPXE's
+    /// `${buildarch}` or DHCP option 93.
+    pub arch: Option<Cpu>,
     /// A switch: it boots ONIE installers, so its group's installer
     /// generation for its arch is the one it gets.
     pub switch: bool,
@@ -61,27 +63,9 @@ pub struct GroupFacts {
     pub name: String,
     /// The pointer set last, whatever its architecture.
     pub pointer: Option<GenerationId>,
-    /// One generation per image architecture (`x86_64`, `arm64`), and one
-    /// per installer architecture (`x86_64/installer`) for switches.
-    pub by_arch: Vec<(String, GenerationId)>,
-}
-
-/// The key a group's generation is held under: the image's architecture,
-/// with `/installer` for a switch installer.
-pub fn slot(arch: &str, installer: bool) -> String {
-    if installer {
-        format!("{arch}/installer")
-    } else {
-        arch.to_string()
-    }
-}
-
-/// A slot's image architecture, and whether it holds a switch installer.
-fn slot_parts(slot: &str) -> (&str, bool) {
-    match slot.strip_suffix("/installer") {
-        Some(image_arch) => (image_arch, true),
-        None => (slot, false),
-    }
+    /// One generation per image CPU (`x86_64`, `arm64`), and one per
+    /// installer CPU (`x86_64/installer`) for switches.
+    pub by_arch: Vec<(Slot, GenerationId)>,
 }
 
 impl GroupFacts {
@@ -92,16 +76,16 @@ impl GroupFacts {
     /// this kind, else the x86 one (every iPXE that asks without saying is an
     /// x86 build), else the only one. A group from before per-architecture
     /// slots has only its pointer.
-    pub fn pointer_for(&self, arch: Option<&str>, switch: bool) -> Option<&GenerationId> {
+    pub fn pointer_for(&self, arch: Option<Cpu>, switch: bool) -> Option<&GenerationId> {
         if self.by_arch.is_empty() {
             return self.pointer.as_ref();
         }
-        let of_kind = self
+        let candidates: Vec<(Cpu, &GenerationId)> = self
             .by_arch
             .iter()
-            .filter(|(slot, _)| slot_parts(slot).1 == switch)
-            .map(|(slot, g)| (slot_parts(slot).0, g));
-        let candidates: Vec<(&str, &GenerationId)> = of_kind.collect();
+            .filter(|(slot, _)| slot.installer == switch)
+            .map(|(slot, g)| (slot.cpu, g))
+            .collect();
         let set_last = || {
             candidates
                 .iter()
@@ -112,13 +96,13 @@ impl GroupFacts {
             // which the caller then refuses for its architecture, saying so.
             Some(a) => candidates
                 .iter()
-                .find(|(image_arch, _)| same_arch(a, image_arch))
+                .find(|(image, _)| a.runs(*image))
                 .or_else(set_last),
             None => set_last()
                 .or_else(|| {
                     candidates
                         .iter()
-                        .find(|(image_arch, _)| same_arch("x86_64", image_arch))
+                        .find(|(image, _)| Cpu::X86_64.runs(*image))
                 })
                 .or(candidates.first()),
         }
@@ -156,9 +140,9 @@ pub enum Target {
 pub fn target(
     machine: &MachineFacts,
     group: Option<&GroupFacts>,
-    image_arch: impl Fn(&GenerationId) -> Option<String>,
+    image_arch: impl Fn(&GenerationId) -> Option<Cpu>,
 ) -> Target {
-    let pointer = group.and_then(|g| g.pointer_for(machine.arch.as_deref(), machine.switch));
+    let pointer = group.and_then(|g| g.pointer_for(machine.arch, machine.switch));
     let (chosen, source) = match (&machine.pin, pointer) {
         (Some(pin), _) => (pin, Source::Pin),
         (None, Some(pointer)) => (pointer, Source::Group),
@@ -191,8 +175,8 @@ pub fn target(
             reason: format!("the {what} generation {chosen} does not exist"),
         };
     };
-    if let Some(machine_arch) = &machine.arch {
-        if !same_arch(machine_arch, &arch) {
+    if let Some(machine_arch) = machine.arch {
+        if !machine_arch.runs(arch) {
             return Target::Nothing {
                 reason: format!("{chosen} is an {arch} image but this machine runs {machine_arch}"),
             };
@@ -204,21 +188,6 @@ pub fn target(
     }
 }
 
-/// iPXE says `x86_64`/`i386`/`arm64`; images say `x86_64`/`arm64`.
-pub fn same_arch(machine: &str, image: &str) -> bool {
-    let norm = |a: &str| {
-        match a {
-            // A BIOS iPXE is an i386 build (QEMU's ROM, undionly.kpxe) and
-            // boots x86_64 kernels: one family here.
-            "x86_64" | "amd64" | "x64" | "i386" | "i686" => "x86",
-            "arm64" | "aarch64" => "arm64",
-            other => other,
-        }
-        .to_string()
-    };
-    norm(machine) == norm(image)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,12 +196,16 @@ mod tests {
         GenerationId::new(stream, n)
     }
 
+    fn slot(text: &str) -> Slot {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn decision_table() {
         let existing = |g: &GenerationId| match (g.stream.as_str(), g.number) {
-            ("worker", 41 | 42) => Some("x86_64".to_string()),
-            ("arm", 1) => Some("arm64".to_string()),
-            ("nos", 2) => Some("x86_64".to_string()),
+            ("worker", 41 | 42) => Some(Cpu::X86_64),
+            ("arm", 1) => Some(Cpu::Arm64),
+            ("nos", 2) => Some(Cpu::X86_64),
             _ => None,
         };
         let group = |p: Option<GenerationId>| GroupFacts {
@@ -244,23 +217,20 @@ mod tests {
             name: "web".into(),
             pointer: Some(last),
             by_arch: vec![
-                ("x86_64".into(), gen("worker", 41)),
-                ("arm64".into(), gen("arm", 1)),
-                ("x86_64/installer".into(), gen("nos", 2)),
+                (slot("x86_64"), gen("worker", 41)),
+                (slot("arm64"), gen("arm", 1)),
+                (slot("x86_64/installer"), gen("nos", 2)),
             ],
         };
         let only = |slots: &[(&str, GenerationId)], last: GenerationId| GroupFacts {
             name: "web".into(),
             pointer: Some(last),
-            by_arch: slots
-                .iter()
-                .map(|(slot, g)| (slot.to_string(), g.clone()))
-                .collect(),
+            by_arch: slots.iter().map(|(s, g)| (slot(s), g.clone())).collect(),
         };
         let machine = |pin: Option<GenerationId>, arch: Option<&str>| MachineFacts {
             group: "web".into(),
             pin,
-            arch: arch.map(str::to_string),
+            arch: arch.map(|a| a.parse().unwrap()),
             switch: false,
         };
         let switch = |arch: &str| MachineFacts {
@@ -284,7 +254,7 @@ mod tests {
             ("BIOS iPXE is i386",          machine(None, Some("i386")),             Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("arch matches (iPXE name)",   machine(None, Some("x86_64")),           Some(group(Some(gen("worker", 41)))), boot(gen("worker", 41), Source::Group)),
             ("wrong arch is refused",      machine(None, Some("arm64")),            Some(group(Some(gen("worker", 41)))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
-            ("arm64 machine, arm64 image", machine(None, Some("aarch64")),          Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),
+            ("arm64 machine, arm64 image", machine(None, Some("arm64")),            Some(group(Some(gen("arm", 1)))),     boot(gen("arm", 1), Source::Group)),
             ("per-arch: arm64 machine",    machine(None, Some("arm64")),            Some(two_arch(gen("worker", 41))),    boot(gen("arm", 1), Source::Group)),
             ("per-arch: BIOS i386 iPXE",   machine(None, Some("i386")),             Some(two_arch(gen("arm", 1))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: arch unknown",     machine(None, None),                     Some(two_arch(gen("arm", 1))),        boot(gen("arm", 1), Source::Group)),
@@ -293,7 +263,7 @@ mod tests {
             ("server, only an installer",  machine(None, Some("x86_64")),           Some(only(&[("x86_64/installer", gen("nos", 2))], gen("nos", 2))), nothing("group web has no generation for x86_64 servers")),
             ("switch, only a live OS",     switch("x86_64"),                        Some(only(&[("x86_64", gen("worker", 41))], gen("worker", 41))), nothing("group web has no generation for x86_64 switches")),
             ("no slot for this arch",      machine(None, Some("arm64")),            Some(only(&[("x86_64", gen("worker", 41))], gen("worker", 41))), nothing("worker gen 41 is an x86_64 image but this machine runs arm64")),
-            ("no slot, installer set last", machine(None, Some("arm64")),           Some(two_arch(gen("nos", 2))).map(|g| GroupFacts { by_arch: g.by_arch.into_iter().filter(|(s, _)| s != "arm64").collect(), ..g }), nothing("group web has no generation for arm64 servers")),
+            ("no slot, installer set last", machine(None, Some("arm64")),           Some(two_arch(gen("nos", 2))).map(|g| GroupFacts { by_arch: g.by_arch.into_iter().filter(|(s, _)| *s != slot("arm64")).collect(), ..g }), nothing("group web has no generation for arm64 servers")),
             ("per-arch: x86_64 switch",    switch("x86_64"),                        Some(two_arch(gen("worker", 41))),    boot(gen("nos", 2), Source::Group)),
             ("per-arch: x86_64 server",    machine(None, Some("x86_64")),           Some(two_arch(gen("nos", 2))),        boot(gen("worker", 41), Source::Group)),
             ("per-arch: pin still wins",   machine(Some(gen("worker", 42)), Some("x86_64")), Some(two_arch(gen("arm", 1))), boot(gen("worker", 42), Source::Pin)),

@@ -23,8 +23,10 @@ use super::{group_path, machine_path, Document, GroupSpec, MachineSpec, RolloutS
 use crate::boot::loader::Loader;
 use crate::boot::membership::{self, Claim, DEFAULT_GROUP};
 use crate::boot::select::Selector;
-use crate::boot::{self, GenerationId, GroupFacts};
-use crate::domain::{check_group_name, check_hostname, check_label_part, MacAddr, MachineKind};
+use crate::boot::{GenerationId, GroupFacts};
+use crate::domain::{
+    check_group_name, check_hostname, check_label_part, Cpu, MacAddr, MachineKind, Slot,
+};
 use crate::inventory::{GroupChange, MachineChange, StartRollout};
 use crate::rollout::{Canary, Require, Strategy};
 
@@ -44,7 +46,7 @@ pub struct CurrentGroup {
     /// The pointer set last.
     pub pointer: Option<GenerationId>,
     /// Its generation per architecture slot.
-    pub by_arch: BTreeMap<String, GenerationId>,
+    pub by_arch: BTreeMap<Slot, GenerationId>,
     /// The rollout holding the group (running, paused or stopped): id, target.
     pub holding: Option<(i64, GenerationId)>,
 }
@@ -56,8 +58,8 @@ pub struct CurrentMachine {
     pub assigned: Option<String>,
     pub pin: Option<GenerationId>,
     pub kind: MachineKind,
-    /// The architecture its loader runs, when known.
-    pub arch: Option<String>,
+    /// The CPU its loader runs, when known.
+    pub arch: Option<Cpu>,
 }
 
 impl Default for CurrentMachine {
@@ -75,8 +77,14 @@ impl Default for CurrentMachine {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationFacts {
-    pub arch: String,
+    pub arch: Cpu,
     pub installer: bool,
+}
+
+impl GenerationFacts {
+    pub fn slot(&self) -> Slot {
+        Slot::new(self.arch, self.installer)
+    }
 }
 
 /// Why a document cannot be applied.
@@ -368,13 +376,10 @@ fn check_group<'a>(
             for (i, g) in list.iter().enumerate() {
                 let p = format!("{path}.generations.{i}");
                 let (id, facts) = generation_ref(cur, &p, &g.stream, g.generation)?;
-                let slot = boot::slot(&facts.arch, facts.installer);
-                if let Some((_, other, _)) =
-                    targets
-                        .iter()
-                        .find(|(_, _, f): &&(String, GenerationId, GenerationFacts)| {
-                            boot::slot(&f.arch, f.installer) == slot
-                        })
+                let slot = facts.slot();
+                if let Some((_, other, _)) = targets
+                    .iter()
+                    .find(|(_, _, f): &&(String, GenerationId, GenerationFacts)| f.slot() == slot)
                 {
                     return Err(invalid(
                         p,
@@ -454,7 +459,7 @@ fn check_machine(
     let kind = match &spec.kind {
         Some(k) => Some(
             k.parse::<MachineKind>()
-                .map_err(|e| invalid(format!("{path}.kind"), e))?,
+                .map_err(|e| invalid(format!("{path}.kind"), e.to_string()))?,
         ),
         None => None,
     };
@@ -646,9 +651,9 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                     && crate::rollout::Member {
                         pinned: m.pin.is_some(),
                         switch: m.kind == MachineKind::Switch,
-                        arch: m.arch.as_deref(),
+                        arch: m.arch,
                     }
-                    .follows(&to.arch, to.installer)
+                    .follows(to.slot())
             })
             .count()
     };
@@ -757,20 +762,16 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
         let mut moves: Vec<GenerationId> = Vec::new();
         let mut planned_rollouts = 0;
         for (tpath, to, facts) in &g.targets {
-            let slot = boot::slot(&facts.arch, facts.installer);
-            let slot_of = |id: &GenerationId| {
-                cur.generations
-                    .get(id)
-                    .map(|f| boot::slot(&f.arch, f.installer))
-            };
+            let slot = facts.slot();
+            let slot_of = |id: &GenerationId| cur.generations.get(id).map(|f| f.slot());
             let gf = GroupFacts {
                 name: g.name.to_string(),
                 pointer: current.pointer.clone(),
                 by_arch: current.by_arch.clone().into_iter().collect(),
             };
             let from = gf
-                .pointer_for(Some(&facts.arch), facts.installer)
-                .filter(|id| slot_of(id).as_deref() == Some(slot.as_str()))
+                .pointer_for(Some(facts.arch), facts.installer)
+                .filter(|id| slot_of(id) == Some(slot))
                 .cloned();
             let busy = |why: String| PlanError {
                 kind: ErrorKind::Conflict,
@@ -780,7 +781,7 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
             match &current.holding {
                 // Already on its way there.
                 Some((_, held)) if held == to => continue,
-                Some((id, held)) if slot_of(held).as_deref() == Some(slot.as_str()) => {
+                Some((id, held)) if slot_of(held) == Some(slot) => {
                     return Err(busy(format!(
                         "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
                         g.name

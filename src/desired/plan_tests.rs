@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::desired::yaml;
+use crate::domain::Cpu;
 
 const A: &str = "52:54:00:00:00:01";
 const B: &str = "52:54:00:00:00:02";
@@ -23,7 +24,7 @@ fn server() -> Current {
         cur.generations.insert(
             gen("worker", n),
             GenerationFacts {
-                arch: "x86_64".into(),
+                arch: Cpu::X86_64,
                 installer: false,
             },
         );
@@ -31,7 +32,7 @@ fn server() -> Current {
     cur.generations.insert(
         gen("arm", 1),
         GenerationFacts {
-            arch: "arm64".into(),
+            arch: Cpu::Arm64,
             installer: false,
         },
     );
@@ -43,7 +44,7 @@ fn server() -> Current {
             selector: Some("role=web".parse().unwrap()),
             variables: json!({ "ntp": "10.0.0.1" }),
             pointer: Some(gen("worker", 41)),
-            by_arch: [("x86_64".to_string(), gen("worker", 41))].into(),
+            by_arch: [("x86_64".parse().unwrap(), gen("worker", 41))].into(),
             holding: None,
         },
     );
@@ -52,7 +53,7 @@ fn server() -> Current {
             mac(m),
             CurrentMachine {
                 labels: [("role".to_string(), "web".to_string())].into(),
-                arch: Some("x86_64".into()),
+                arch: Some(Cpu::X86_64),
                 ..CurrentMachine::default()
             },
         );

@@ -136,7 +136,7 @@ impl Dhcp {
         self.ledger.record(Record::Lease(LeaseRecord {
             ip,
             mac: entry.mac,
-            state: "free",
+            state: None,
             expires_at_ms: 0,
             hostname: None,
         }));
@@ -503,7 +503,7 @@ impl Dhcp {
             self.ledger.record(Record::Lease(LeaseRecord {
                 ip,
                 mac: Some(req.mac),
-                state: "free",
+                state: None,
                 expires_at_ms: 0,
                 hostname: None,
             }));
@@ -644,9 +644,8 @@ fn lease_record(entry: &Entry) -> Option<Record> {
         ip: entry.ip,
         mac: entry.mac,
         state: match entry.state {
-            State::Bound => "bound",
-            State::Declined => "declined",
             State::Offered => return None,
+            held => Some(held),
         },
         expires_at_ms: entry.expires_at,
         hostname: entry.hostname.clone(),

@@ -14,21 +14,13 @@ use super::MacAddr;
 /// Milliseconds since the epoch (the store's time unit).
 pub type Millis = i64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Offered,
-    Bound,
-    Declined,
-}
-
-impl State {
-    /// The stored spelling (offers are never stored).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Offered => "offered",
-            State::Bound => "bound",
-            State::Declined => "declined",
-        }
+text_enum! {
+    /// A lease's state: an offer (held in memory only, until it expires),
+    /// a binding, or an address a client declined (quarantined).
+    pub enum State ("lease state") {
+        Offered = "offered",
+        Bound = "bound",
+        Declined = "declined",
     }
 }
 

@@ -1,48 +1,218 @@
 //! Plain domain types parsed once at the edge: MAC addresses and client
 //! architectures. No I/O lives here.
 
-pub mod lease;
-
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// What a machine is: a server boots a live OS; a switch runs ONIE or a
-/// network OS's zero-touch provisioning. Stored as `server` / `switch`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MachineKind {
-    #[default]
-    Server,
-    Switch,
+/// Declares an enum whose every variant has one spelling: `as_str`,
+/// `Display`, `FromStr`, serde and the OpenAPI schema all use it, and
+/// `ALL` lists the variants (CLI choices, error messages). One mapping to
+/// text per type, written once.
+macro_rules! text_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text ),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::domain::UnknownText;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $( $text => Ok($name::$variant), )+
+                    other => Err($crate::domain::UnknownText {
+                        what: $what,
+                        got: other.chars().take(64).collect(),
+                        expected: &[$($text),+],
+                    }),
+                }
+            }
+        }
+    };
 }
 
-impl MachineKind {
-    pub fn as_str(self) -> &'static str {
+/// A text that names none of a type's variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {got:?} ({})", expected.join(", "))]
+pub struct UnknownText {
+    pub what: &'static str,
+    pub got: String,
+    pub expected: &'static [&'static str],
+}
+
+text_enum! {
+    /// What a machine is: a server boots a live OS; a switch runs ONIE or a
+    /// network OS's zero-touch provisioning.
+    #[derive(Default)]
+    pub enum MachineKind ("machine kind") {
+        #[default]
+        Server = "server",
+        Switch = "switch",
+    }
+}
+
+text_enum! {
+    /// A CPU architecture, as images and iPXE's `${buildarch}` name it.
+    /// `i386` is what a BIOS iPXE reports; it boots x86_64 kernels (see
+    /// [`Cpu::runs`]).
+    pub enum Cpu ("CPU architecture") {
+        I386 = "i386",
+        X86_64 = "x86_64",
+        Arm32 = "arm32",
+        Arm64 = "arm64",
+        Riscv32 = "riscv32",
+        Riscv64 = "riscv64",
+        Loong64 = "loong64",
+    }
+}
+
+impl Cpu {
+    /// The CPU a firmware architecture (DHCP option 93) implies.
+    pub fn of_firmware(arch: Arch) -> Option<Cpu> {
+        match arch {
+            Arch::EfiArm64 | Arch::HttpArm64 => Some(Cpu::Arm64),
+            Arch::EfiX64 | Arch::HttpX64 => Some(Cpu::X86_64),
+            Arch::BiosX86 | Arch::EfiIa32 | Arch::HttpIa32 => Some(Cpu::I386),
+            Arch::EfiArm32 => Some(Cpu::Arm32),
+            Arch::Other(_) => None,
+        }
+    }
+
+    /// Whether a loader of this CPU boots an image built for `image`: the
+    /// same family (a BIOS iPXE is an i386 build and boots x86_64 kernels).
+    pub fn runs(self, image: Cpu) -> bool {
+        self.family() == image.family()
+    }
+
+    fn family(self) -> Cpu {
         match self {
-            Self::Server => "server",
-            Self::Switch => "switch",
+            Cpu::I386 => Cpu::X86_64,
+            Cpu::Arm32 => Cpu::Arm64,
+            Cpu::Riscv32 => Cpu::Riscv64,
+            other => other,
+        }
+    }
+
+    /// What images may be built for (`image import --arch`).
+    pub const IMAGES: [Cpu; 2] = [Cpu::X86_64, Cpu::Arm64];
+
+    /// The firmware architecture a script request of this CPU stands for,
+    /// as option 93 would say it (for `explain`).
+    pub fn firmware(self) -> Option<Arch> {
+        match self {
+            Cpu::Arm64 => Some(Arch::EfiArm64),
+            Cpu::X86_64 => Some(Arch::EfiX64),
+            Cpu::I386 => Some(Arch::BiosX86),
+            Cpu::Arm32 => Some(Arch::EfiArm32),
+            _ => None,
         }
     }
 }
 
-impl fmt::Display for MachineKind {
+/// Where a group holds a generation: one per image CPU for servers, and one
+/// per CPU for switch installers. Text form `x86_64`, `x86_64/installer`
+/// (the stored and shown spelling). Ordered by that text, as the stored
+/// rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub cpu: Cpu,
+    /// Holds a switch installer (ONIE) rather than a live OS.
+    pub installer: bool,
+}
+
+impl Slot {
+    pub fn new(cpu: Cpu, installer: bool) -> Self {
+        Self { cpu, installer }
+    }
+}
+
+impl Ord for Slot {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.cpu.as_str(), self.installer).cmp(&(other.cpu.as_str(), other.installer))
+    }
+}
+
+impl PartialOrd for Slot {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.cpu.as_str())?;
+        if self.installer {
+            f.write_str("/installer")?;
+        }
+        Ok(())
     }
 }
 
-impl FromStr for MachineKind {
-    type Err = String;
+impl FromStr for Slot {
+    type Err = UnknownText;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "server" => Ok(Self::Server),
-            "switch" => Ok(Self::Switch),
-            other => Err(format!("unknown machine kind {other:?} (server, switch)")),
-        }
+        let (cpu, installer) = match s.strip_suffix("/installer") {
+            Some(cpu) => (cpu, true),
+            None => (s, false),
+        };
+        Ok(Slot::new(cpu.parse()?, installer))
     }
 }
+
+impl Serialize for Slot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Slot {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+text_enum! {
+    /// Where one boot stands (the `boots` table's `state`): its script or
+    /// config was served, the OS confirmed it, it failed (the machine
+    /// netbooted again, or the watchdog's silence timeout), or there was
+    /// nothing to boot.
+    pub enum BootState ("boot state") {
+        Served = "served",
+        Confirmed = "confirmed",
+        Failed = "failed",
+        Nothing = "nothing",
+    }
+}
+
+pub mod lease;
+
+pub use lease::State as LeaseState;
 
 /// An Ethernet hardware address. The canonical text form is lower-case,
 /// colon-separated (`52:54:00:12:34:56`); parsing also accepts `-` separators
@@ -199,17 +369,6 @@ impl Arch {
         }
     }
 
-    /// iPXE's `${buildarch}` for this firmware: the CPU architecture
-    /// images are matched against when a request does not say its own.
-    pub fn buildarch(self) -> Option<&'static str> {
-        match self {
-            Arch::EfiArm64 | Arch::HttpArm64 => Some("arm64"),
-            Arch::EfiX64 | Arch::HttpX64 => Some("x86_64"),
-            Arch::BiosX86 | Arch::EfiIa32 | Arch::HttpIa32 => Some("i386"),
-            Arch::EfiArm32 | Arch::Other(_) => None,
-        }
-    }
-
     /// Short stable name, as stored in the database and shown to operators.
     pub fn name(&self) -> String {
         match self {
@@ -223,6 +382,44 @@ impl Arch {
             Arch::HttpArm64 => "http-arm64".into(),
             Arch::Other(code) => format!("arch-{code}"),
         }
+    }
+}
+
+impl FromStr for Arch {
+    type Err = UnknownText;
+    /// The inverse of [`Arch::name`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let known = [
+            Arch::BiosX86,
+            Arch::EfiIa32,
+            Arch::EfiX64,
+            Arch::EfiArm32,
+            Arch::EfiArm64,
+            Arch::HttpIa32,
+            Arch::HttpX64,
+            Arch::HttpArm64,
+        ];
+        if let Some(arch) = known.into_iter().find(|a| a.name() == s) {
+            return Ok(arch);
+        }
+        s.strip_prefix("arch-")
+            .and_then(|code| code.parse().ok())
+            .map(Arch::from_code)
+            .ok_or_else(|| UnknownText {
+                what: "firmware architecture",
+                got: s.chars().take(64).collect(),
+                expected: &[
+                    "bios",
+                    "efi-ia32",
+                    "efi-x64",
+                    "efi-arm32",
+                    "efi-arm64",
+                    "http-ia32",
+                    "http-x64",
+                    "http-arm64",
+                    "arch-N",
+                ],
+            })
     }
 }
 
@@ -339,6 +536,50 @@ mod tests {
     }
 
     #[test]
+    fn every_text_enum_spells_each_variant_once_and_parses_it_back() {
+        fn round_trip<T>(all: &[T])
+        where
+            T: Copy + PartialEq + fmt::Debug + fmt::Display + FromStr + Serialize,
+        {
+            for v in all {
+                let text = v.to_string();
+                assert_eq!(text.parse::<T>().ok(), Some(*v), "{text}");
+                assert_eq!(serde_json::to_value(v).unwrap(), text.as_str());
+            }
+        }
+        round_trip(MachineKind::ALL);
+        round_trip(Cpu::ALL);
+        round_trip(BootState::ALL);
+        round_trip(LeaseState::ALL);
+        let err = "aarch64".parse::<Cpu>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown CPU architecture \"aarch64\" (i386, x86_64, arm32, arm64, riscv32, riscv64, loong64)"
+        );
+        for slot in ["x86_64", "arm64/installer"] {
+            assert_eq!(slot.parse::<Slot>().unwrap().to_string(), slot);
+        }
+        assert!("x86_64/other".parse::<Slot>().is_err());
+    }
+
+    #[test]
+    fn cpus_of_one_family_run_each_other_s_images() {
+        let table = [
+            (Arch::BiosX86, Some(Cpu::I386), Cpu::X86_64, true),
+            (Arch::EfiX64, Some(Cpu::X86_64), Cpu::X86_64, true),
+            (Arch::HttpX64, Some(Cpu::X86_64), Cpu::Arm64, false),
+            (Arch::EfiArm64, Some(Cpu::Arm64), Cpu::Arm64, true),
+            (Arch::EfiArm64, Some(Cpu::Arm64), Cpu::X86_64, false),
+            (Arch::EfiArm32, Some(Cpu::Arm32), Cpu::Arm64, true),
+        ];
+        for (arch, cpu, image, runs) in table {
+            assert_eq!(Cpu::of_firmware(arch), cpu, "{arch:?}");
+            assert_eq!(cpu.unwrap().runs(image), runs, "{arch:?} on {image}");
+        }
+        assert_eq!(Cpu::of_firmware(Arch::Other(42)), None);
+    }
+
+    #[test]
     fn arch_codes_follow_the_registry() {
         let table = [
             (0, Arch::BiosX86),
@@ -354,6 +595,8 @@ mod tests {
         ];
         for (code, arch) in table {
             assert_eq!(Arch::from_code(code), arch, "code {code}");
+            assert_eq!(arch.name().parse::<Arch>(), Ok(arch), "{}", arch.name());
         }
+        assert!("efi-x65".parse::<Arch>().is_err());
     }
 }

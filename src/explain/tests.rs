@@ -30,7 +30,7 @@ fn artifact(name: &str) -> ArtifactRef {
 
 fn live(arch: &str) -> Manifest {
     Manifest {
-        arch: arch.into(),
+        arch: arch.parse().unwrap(),
         kernel: Some(artifact(&format!("vmlinuz-{arch}"))),
         initrds: vec![artifact(&format!("initrd-{arch}.img"))],
         rootfs: None,
@@ -41,7 +41,7 @@ fn live(arch: &str) -> Manifest {
 
 fn installer() -> Manifest {
     Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: None,
         initrds: vec![],
         rootfs: None,
@@ -235,7 +235,7 @@ async fn explain_changes_nothing_and_agrees_with_a_real_boot() {
     let plan = inv.begin_boot(
         mac(NODE7),
         &ScriptRequest {
-            buildarch: Some("x86_64".into()),
+            buildarch: Some(crate::domain::Cpu::X86_64),
             ..ScriptRequest::default()
         },
     );
@@ -379,7 +379,7 @@ async fn a_rollout_that_moved_the_machine_is_in_the_explanation() {
     let plan = inv.begin_boot(
         mac(NODE7),
         &ScriptRequest {
-            buildarch: Some("x86_64".into()),
+            buildarch: Some(crate::domain::Cpu::X86_64),
             ..ScriptRequest::default()
         },
     );

@@ -159,10 +159,7 @@ async fn machine_script(
             .and_then(|u| claims::uuid(u))
             .filter(|u| u.chars().any(|c| c != '0' && c != '-')),
         serial: claim("serial"),
-        buildarch: q
-            .get("buildarch")
-            .and_then(|a| claims::buildarch(a))
-            .map(str::to_string),
+        buildarch: q.get("buildarch").and_then(|a| claims::buildarch(a)),
         platform: q
             .get("platform")
             .and_then(|p| claims::platform(p))

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bootfiles::Bootfiles;
+use crate::domain::BootState;
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers share.
@@ -130,9 +131,9 @@ async fn boot_counts(store: &crate::store::Store) -> Result<Samples, sqlx::Error
     for (stream, generation, state, n) in rows {
         let c = counts.entry((stream, generation)).or_default();
         c[0] += n as u64;
-        match state.as_str() {
-            "confirmed" => c[1] += n as u64,
-            "failed" => c[2] += n as u64,
+        match state.parse() {
+            Ok(BootState::Confirmed) => c[1] += n as u64,
+            Ok(BootState::Failed) => c[2] += n as u64,
             _ => {}
         }
     }

@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::domain::{Cpu, Slot};
+
 /// A sha256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Digest(pub [u8; 32]);
@@ -106,8 +108,8 @@ pub struct ArtifactRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// `x86_64` or `arm64`.
-    pub arch: String,
+    /// `x86_64` or `arm64` (see [`Cpu::IMAGES`]).
+    pub arch: Cpu,
     /// Present in a live-OS image, absent in an installer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<ArtifactRef>,
@@ -142,6 +144,11 @@ impl Manifest {
             .chain(&self.initrds)
             .chain(&self.rootfs)
             .chain(&self.installer)
+    }
+
+    /// Where a group holds it: its CPU, as a live OS or an installer.
+    pub fn slot(&self) -> Slot {
+        Slot::new(self.arch, self.is_installer())
     }
 
     /// Whether this is an ONIE installer image rather than a live OS.

@@ -47,7 +47,7 @@ fn manifest_digest_is_stable_and_sensitive() {
         size: 1,
     };
     let m = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(a.clone()),
         initrds: vec![a.clone()],
         rootfs: None,
@@ -166,7 +166,7 @@ async fn manifests_round_trip_refuse_missing_artifacts_and_detect_tampering() {
         size: info.size,
     };
     let m = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(art("vmlinuz", k)),
         initrds: vec![art("initrd.img", i)],
         rootfs: None,
@@ -238,7 +238,7 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
         size: info.size,
     };
     let m_old = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(art(shared)),
         initrds: vec![art(old)],
         rootfs: None,
@@ -284,7 +284,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
         size: 1,
     };
     let live = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(a.clone()),
         initrds: vec![a.clone()],
         rootfs: None,
@@ -302,7 +302,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
     );
     assert_eq!(live.check_shape(), Ok(()));
     let installer = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: None,
         initrds: vec![],
         rootfs: None,
@@ -354,7 +354,7 @@ async fn gc_spares_claimed_artifacts_and_waits_for_imports() {
         size: info.size,
     };
     let m = Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(art(kernel)),
         initrds: vec![art(initrd)],
         rootfs: None,

@@ -21,11 +21,11 @@ use super::{
     load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError, StartRollout,
     State,
 };
-use crate::boot::{self, GenerationId};
+use crate::boot::GenerationId;
 use crate::desired::plan::{
     Action, Change, Current, CurrentGroup, CurrentMachine, GenerationFacts,
 };
-use crate::domain::MacAddr;
+use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 use crate::rollout::engine::Persist;
 use crate::rollout::Spec;
@@ -77,7 +77,7 @@ impl Inventory {
                         assigned: m.assigned.clone(),
                         pin: m.pin.clone(),
                         kind: m.kind,
-                        arch: m.arch.clone(),
+                        arch: m.arch,
                     },
                 )
             })
@@ -89,7 +89,7 @@ impl Inventory {
                 (
                     g.id.clone(),
                     GenerationFacts {
-                        arch: g.manifest.arch.clone(),
+                        arch: g.manifest.arch,
                         installer: g.manifest.is_installer(),
                     },
                 )
@@ -161,7 +161,7 @@ impl Inventory {
             .take(AUDIT_LINES)
             .map(|c| c.text.clone())
             .collect();
-        let mut groups: Vec<(String, GroupChange, Option<String>, bool)> = Vec::new();
+        let mut groups: Vec<(String, GroupChange, Option<Slot>, bool)> = Vec::new();
         let pointer = |groups: &mut Vec<_>, name: &str, id: GenerationId| {
             let slot = self.slot_of(Some(&id))?;
             let change = GroupChange {
@@ -202,7 +202,7 @@ impl Inventory {
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         for (name, change, slot, create) in &groups {
-            write_group(&mut tx, name, change, slot.as_deref(), *create, now).await?;
+            write_group(&mut tx, name, change, *slot, *create, now).await?;
         }
         for (mac, change) in &machines {
             write_machine(&mut tx, *mac, change).await?;
@@ -228,7 +228,7 @@ impl Inventory {
         };
         let base = copy.fleet.rev();
         for (name, change, slot, _) in &groups {
-            apply_group(&mut copy, name, change.clone(), slot.clone());
+            apply_group(&mut copy, name, change.clone(), *slot);
         }
         for (mac, change) in &machines {
             apply_machine(&mut copy, *mac, change.clone());
@@ -237,9 +237,9 @@ impl Inventory {
         let mut started = Vec::new();
         for r in &rollouts {
             let (spec, slot, members) = rollout_plan(&copy, r, &known)?;
-            let (id, out) =
-                copy.fleet
-                    .start(spec.clone(), slot.clone(), &members, by.clone(), now)?;
+            let (id, out) = copy
+                .fleet
+                .start(spec.clone(), slot, &members, by.clone(), now)?;
             self.apply_pointers(&mut copy, &out.persist.pointers);
             started.push((spec, slot, members, id, out));
         }
@@ -279,8 +279,7 @@ impl Inventory {
                     .iter()
                     .map(|(spec, slot, members, _, out)| {
                         again_or_resave(live, &out.persist, now, |fleet| {
-                            let again =
-                                fleet.start(spec.clone(), slot.clone(), members, by.clone(), now);
+                            let again = fleet.start(spec.clone(), *slot, members, by.clone(), now);
                             again.map(|(_, again)| again)
                         })
                     })
@@ -311,7 +310,7 @@ fn rollout_plan(
     state: &State,
     r: &StartRollout,
     known: &HashSet<MacAddr>,
-) -> Result<(Spec, String, Vec<MacAddr>), RolloutCommandError> {
+) -> Result<(Spec, Slot, Vec<MacAddr>), RolloutCommandError> {
     let to = state
         .generations
         .get(&r.to)
@@ -340,6 +339,6 @@ fn rollout_plan(
         require: r.require.clone(),
         rollback: r.rollback,
     };
-    let slot = boot::slot(&to.manifest.arch, to.manifest.is_installer());
+    let slot = to.manifest.slot();
     Ok((spec, slot, members))
 }

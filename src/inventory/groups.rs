@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use crate::boot::membership::{Membership, DEFAULT_GROUP};
 use crate::boot::select::Selector;
-use crate::boot::{self, GenerationId};
-use crate::domain::MacAddr;
+use crate::boot::GenerationId;
+use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 
 use super::{empty_group, load, Group, Inventory, InventoryError, Machine, State};
@@ -56,7 +56,7 @@ pub(super) async fn write_group(
     conn: &mut sqlx::SqliteConnection,
     name: &str,
     change: &GroupChange,
-    slot: Option<&str>,
+    slot: Option<Slot>,
     create: bool,
     now: i64,
 ) -> Result<(), InventoryError> {
@@ -113,7 +113,7 @@ pub(super) fn apply_group(
     state: &mut State,
     name: &str,
     change: GroupChange,
-    slot: Option<String>,
+    slot: Option<Slot>,
 ) -> Group {
     let g = state
         .groups
@@ -140,15 +140,12 @@ impl Inventory {
     pub(super) fn slot_of(
         &self,
         id: Option<&GenerationId>,
-    ) -> Result<Option<String>, InventoryError> {
+    ) -> Result<Option<Slot>, InventoryError> {
         let Some(id) = id else { return Ok(None) };
         let g = self
             .generation(id)
             .ok_or_else(|| InventoryError::NoSuchGeneration(id.clone()))?;
-        Ok(Some(boot::slot(
-            &g.manifest.arch,
-            g.manifest.is_installer(),
-        )))
+        Ok(Some(g.manifest.slot()))
     }
 
     /// A machine's membership (why it is in its group), if it is known.
@@ -197,7 +194,7 @@ impl Inventory {
         let slot = self.slot_of(change.generation.as_ref())?;
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        write_group(&mut tx, name, &change, slot.as_deref(), create, now).await?;
+        write_group(&mut tx, name, &change, slot, create, now).await?;
         tx.commit().await?;
 
         let (group, moved) = {
@@ -418,7 +415,7 @@ mod tests {
             size: 1,
         };
         Manifest {
-            arch: "x86_64".into(),
+            arch: crate::domain::Cpu::X86_64,
             kernel: Some(a.clone()),
             initrds: vec![a],
             rootfs: None,
@@ -444,7 +441,7 @@ mod tests {
     #[tokio::test]
     async fn dhcp_architecture_counts_when_the_script_request_does_not_say() {
         use crate::clients::{Clients, SeenClient};
-        use crate::domain::Arch;
+        use crate::domain::{Arch, Cpu};
         let dir = tempfile::TempDir::new().unwrap();
         let clients = Clients::empty();
         let inv = inventory(dir.path()).await.with_clients(clients.clone());
@@ -455,7 +452,7 @@ mod tests {
             .id
             .clone();
         let arm_manifest = Manifest {
-            arch: "arm64".into(),
+            arch: crate::domain::Cpu::Arm64,
             ..live(b"a")
         };
         let arm = inv
@@ -476,7 +473,7 @@ mod tests {
             },
         );
         assert_eq!(booted(&inv, bios), Some(x86));
-        assert_eq!(inv.machine(bios).unwrap().arch.as_deref(), Some("i386"));
+        assert_eq!(inv.machine(bios).unwrap().arch, Some(Cpu::I386));
         assert_eq!(booted(&inv, stranger), Some(arm), "never seen by DHCP");
     }
 

@@ -150,9 +150,13 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         sqlx::query_as("SELECT group_name, slot, stream, generation FROM group_generations")
             .fetch_all(pool)
             .await?;
-    for (group, arch, stream, number) in per_arch {
+    for (group, slot, stream, number) in per_arch {
+        let Ok(slot) = slot.parse::<crate::domain::Slot>() else {
+            tracing::warn!(group, slot, "group pointer under an unknown slot: ignored");
+            continue;
+        };
         if let Some(g) = state.groups.get_mut(&group) {
-            g.by_arch.insert(arch, GenerationId::new(stream, number));
+            g.by_arch.insert(slot, GenerationId::new(stream, number));
         }
     }
 

@@ -31,7 +31,7 @@ use crate::boot::membership::{self, Claim, Membership, DEFAULT_GROUP};
 use crate::boot::select::Selector;
 use crate::boot::{self, GenerationId, Target};
 use crate::clients::Clients;
-use crate::domain::{Arch, MacAddr, MachineKind};
+use crate::domain::{BootState, Cpu, MacAddr, MachineKind, Slot};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
 use crate::store::{Store, StoreError};
@@ -58,8 +58,8 @@ pub struct Machine {
     pub hostname: Option<String>,
     pub uuid: Option<String>,
     pub serial: Option<String>,
-    /// The loader's architecture (`${buildarch}`: `x86_64`, `arm64`).
-    pub arch: Option<String>,
+    /// The CPU its loader runs (`${buildarch}`, else DHCP option 93).
+    pub arch: Option<Cpu>,
     pub ip: Option<String>,
     pub pin: Option<GenerationId>,
     pub current: Option<GenerationId>,
@@ -100,10 +100,10 @@ pub struct Group {
     pub selector: Option<Selector>,
     /// The pointer set last.
     pub pointer: Option<GenerationId>,
-    /// One generation per image architecture (`x86_64`, `arm64`): machines
-    /// boot the one for their own architecture.
+    /// One generation per slot (image CPU, live OS or installer): machines
+    /// boot the one for their own CPU and kind.
     #[serde(default)]
-    pub by_arch: BTreeMap<String, GenerationId>,
+    pub by_arch: BTreeMap<Slot, GenerationId>,
     pub variables: serde_json::Value,
 }
 
@@ -143,7 +143,7 @@ pub struct ScriptRequest {
     pub mac: Option<MacAddr>,
     pub uuid: Option<String>,
     pub serial: Option<String>,
-    pub buildarch: Option<String>,
+    pub buildarch: Option<Cpu>,
     pub platform: Option<String>,
     pub ip: Option<IpAddr>,
 }
@@ -365,7 +365,7 @@ fn decide(
     };
     machine.uuid = req.uuid.clone().or(machine.uuid.take());
     machine.serial = req.serial.clone().or(machine.serial.take());
-    machine.arch = req.buildarch.clone().or(machine.arch.take());
+    machine.arch = req.buildarch.or(machine.arch);
     machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
     if let Some(kind) = kind.filter(|_| !machine.kind_by_operator) {
         machine.kind = kind;
@@ -421,7 +421,7 @@ fn target_of(state: &State, machine: &Machine, group: Option<&Group>) -> Target 
     let facts = boot::MachineFacts {
         group: machine.group.clone(),
         pin: machine.pin.clone(),
-        arch: machine.arch.clone(),
+        arch: machine.arch,
         switch: machine.kind == MachineKind::Switch,
     };
     let group_facts = group.map(|g| boot::GroupFacts {
@@ -430,11 +430,11 @@ fn target_of(state: &State, machine: &Machine, group: Option<&Group>) -> Target 
         by_arch: g
             .by_arch
             .iter()
-            .map(|(a, id)| (a.clone(), id.clone()))
+            .map(|(slot, id)| (*slot, id.clone()))
             .collect(),
     });
     boot::target(&facts, group_facts.as_ref(), |g| {
-        state.generations.get(g).map(|r| r.manifest.arch.clone())
+        state.generations.get(g).map(|r| r.manifest.arch)
     })
 }
 
@@ -586,9 +586,9 @@ impl Inventory {
             return (None, None);
         };
         let port = SwitchPort::new(seen.circuit_id, seen.remote_id);
-        let req = match (&req.buildarch, seen.arch.and_then(Arch::buildarch)) {
-            (None, Some(arch)) => Some(ScriptRequest {
-                buildarch: Some(arch.to_string()),
+        let req = match (&req.buildarch, seen.arch.and_then(Cpu::of_firmware)) {
+            (None, Some(cpu)) => Some(ScriptRequest {
+                buildarch: Some(cpu),
                 ..req.clone()
             }),
             _ => None,
@@ -733,8 +733,8 @@ impl Inventory {
             );
         }
         let (state_name, reason) = match &target {
-            Target::Boot { .. } => ("served", None),
-            Target::Nothing { reason } => ("nothing", Some(reason.clone())),
+            Target::Boot { .. } => (BootState::Served, None),
+            Target::Nothing { reason } => (BootState::Nothing, Some(reason.clone())),
         };
         self.ledger.record(Record::BootStarted(BootRecord {
             id,
@@ -980,7 +980,7 @@ impl Inventory {
             "INSERT OR IGNORE INTO images (digest, arch, manifest, created_ms) VALUES (?, ?, ?, ?)",
         )
         .bind(digest.to_string())
-        .bind(&manifest.arch)
+        .bind(manifest.arch.as_str())
         .bind(&json)
         .bind(now)
         .execute(&mut *tx)
@@ -1022,13 +1022,10 @@ impl Inventory {
         let Some(generation) = self.generation(id) else {
             return Err(InventoryError::NoSuchGeneration(id.clone()));
         };
-        let arch = boot::slot(
-            &generation.manifest.arch,
-            generation.manifest.is_installer(),
-        );
+        let arch = generation.manifest.slot();
         let now = now_ms();
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        crate::store::set_group_pointer(&mut tx, group, &arch, &id.stream, id.number, now).await?;
+        crate::store::set_group_pointer(&mut tx, group, arch, &id.stream, id.number, now).await?;
         tx.commit().await?;
         let mut state = self.write();
         let entry = state

@@ -9,7 +9,7 @@
 //! `rev`, so either order leaves the newest state.
 
 use super::{Inventory, InventoryError, State};
-use crate::boot::{self, GenerationId, GroupFacts};
+use crate::boot::{GenerationId, GroupFacts};
 use crate::domain::{MacAddr, MachineKind};
 use crate::ledger::{now_ms, Record};
 use crate::rollout::engine::{Entry, Fleet, FleetError, Outcome, Persist, PointerMove};
@@ -61,7 +61,7 @@ pub(super) fn follows(
         Some(m) => Member {
             pinned: m.pin.is_some(),
             switch: m.kind == MachineKind::Switch,
-            arch: m.arch.as_deref(),
+            arch: m.arch,
         },
         None => Member {
             pinned,
@@ -69,7 +69,7 @@ pub(super) fn follows(
             arch: None,
         },
     };
-    member.follows(&manifest.arch, manifest.is_installer())
+    member.follows(manifest.slot())
 }
 
 /// A committed change applied again to the live fleet (see
@@ -98,22 +98,20 @@ pub(super) fn rollout_from(
     group: &super::Group,
     to: &super::Generation,
 ) -> Result<GenerationId, RolloutCommandError> {
-    let installer = to.manifest.is_installer();
-    let arch = &to.manifest.arch;
-    let slot = boot::slot(arch, installer);
+    let slot = to.manifest.slot();
     let facts = GroupFacts {
         name: group.name.clone(),
         pointer: group.pointer.clone(),
         by_arch: group.by_arch.clone().into_iter().collect(),
     };
     facts
-        .pointer_for(Some(arch), installer)
+        .pointer_for(Some(slot.cpu), slot.installer)
         .cloned()
         .filter(|g| {
             state
                 .generations
                 .get(g)
-                .is_some_and(|g| boot::slot(&g.manifest.arch, g.manifest.is_installer()) == slot)
+                .is_some_and(|g| g.manifest.slot() == slot)
         })
         .ok_or_else(|| {
             RolloutCommandError::NoStartingPoint(format!(
@@ -156,7 +154,7 @@ impl Inventory {
         for m in pointers {
             if let Some(g) = state.groups.get_mut(&m.group) {
                 g.pointer = Some(m.generation.clone());
-                g.by_arch.insert(m.slot.clone(), m.generation.clone());
+                g.by_arch.insert(m.slot, m.generation.clone());
             }
         }
     }
@@ -287,9 +285,7 @@ impl Inventory {
         let to = self
             .generation(&req.to)
             .ok_or_else(|| InventoryError::NoSuchGeneration(req.to.clone()))?;
-        let installer = to.manifest.is_installer();
-        let arch = to.manifest.arch.clone();
-        let slot = boot::slot(&arch, installer);
+        let slot = to.manifest.slot();
         let group = self
             .group(&req.group)
             .ok_or_else(|| RolloutCommandError::NoSuchGroup(req.group.clone()))?;
@@ -323,9 +319,7 @@ impl Inventory {
             rollback: req.rollback,
         };
         let id = self
-            .fleet_command(|fleet, now| {
-                fleet.start(spec.clone(), slot.clone(), &members, by.clone(), now)
-            })
+            .fleet_command(|fleet, now| fleet.start(spec.clone(), slot, &members, by.clone(), now))
             .await?;
         Ok(self.rollout(id).expect("just started"))
     }

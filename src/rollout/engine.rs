@@ -24,14 +24,14 @@ use serde_json::{json, Value};
 use super::watchdog::{Health, Policy, Verdict};
 use super::{Action, Observation, Rollout, RolloutError, Spec, State};
 use crate::boot::{GenerationId, Source, Target};
-use crate::domain::MacAddr;
+use crate::domain::{MacAddr, Slot};
 
 /// One rollout with what the service keeps beside the state machine.
 #[derive(Debug, Clone, Serialize)]
 pub struct Entry {
     pub id: i64,
     /// The group pointer it moves when it completes (`x86_64`, …).
-    pub slot: String,
+    pub slot: Slot,
     pub rollout: Rollout,
     pub created_ms: i64,
     pub created_by: Option<String>,
@@ -74,7 +74,7 @@ impl Entry {
 pub struct RolloutRow {
     pub id: i64,
     pub group: String,
-    pub slot: String,
+    pub slot: Slot,
     pub state: &'static str,
     pub holds: bool,
     pub json: String,
@@ -97,7 +97,7 @@ pub struct HealthRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointerMove {
     pub group: String,
-    pub slot: String,
+    pub slot: Slot,
     pub generation: GenerationId,
 }
 
@@ -296,7 +296,7 @@ impl Fleet {
         let row = RolloutRow {
             id,
             group: e.rollout.spec.group.clone(),
-            slot: e.slot.clone(),
+            slot: e.slot,
             state: e.state_key(),
             holds: e.holds(),
             json: serde_json::to_string(&e.rollout).expect("rollout serializes"),
@@ -587,7 +587,7 @@ impl Fleet {
     pub fn start(
         &mut self,
         spec: Spec,
-        slot: String,
+        slot: Slot,
         members: &[MacAddr],
         by: Option<String>,
         now_ms: i64,
@@ -744,7 +744,7 @@ impl Fleet {
             return;
         };
         let spec = e.rollout.spec.clone();
-        let slot = e.slot.clone();
+        let slot = e.slot;
         let _ = now_ms;
         for action in actions {
             match action {
@@ -777,7 +777,7 @@ impl Fleet {
                     );
                     out.persist.pointers.push(PointerMove {
                         group: spec.group.clone(),
-                        slot: slot.clone(),
+                        slot,
                         generation: spec.to.clone(),
                     });
                 }

@@ -44,29 +44,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::boot::GenerationId;
-use crate::domain::MacAddr;
+use crate::domain::{Cpu, MacAddr, Slot};
 
 /// What decides whether a member of a group moves in a rollout: the one
 /// rule for starting a rollout (`inventory`) and for planning one
 /// (`desired`).
 #[derive(Debug, Clone, Copy)]
-pub struct Member<'a> {
+pub struct Member {
     pub pinned: bool,
     pub switch: bool,
-    /// Its loader's architecture, when a request has said it.
-    pub arch: Option<&'a str>,
+    /// Its loader's CPU, when a request has said it.
+    pub arch: Option<Cpu>,
 }
 
-impl Member<'_> {
-    /// It follows its group's pointer to an image for `image_arch` (a
-    /// switch installer or a live OS): not pinned, of the kind the image is
-    /// for, and of its architecture (or of one not known yet).
-    pub fn follows(&self, image_arch: &str, installer: bool) -> bool {
-        !self.pinned
-            && self.switch == installer
-            && self
-                .arch
-                .is_none_or(|a| crate::boot::same_arch(a, image_arch))
+impl Member {
+    /// It follows its group's pointer to an image of `slot` (a switch
+    /// installer or a live OS for a CPU): not pinned, of the kind the image
+    /// is for, and of its CPU family (or of one not known yet).
+    pub fn follows(&self, slot: Slot) -> bool {
+        !self.pinned && self.switch == slot.installer && self.arch.is_none_or(|a| a.runs(slot.cpu))
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
         )
         .bind(r.id)
         .bind(&r.group)
-        .bind(&r.slot)
+        .bind(r.slot.to_string())
         .bind(r.state)
         .bind(r.holds)
         .bind(&r.json)
@@ -58,7 +58,7 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
     }
     for m in &p.pointers {
         let (stream, number) = (&m.generation.stream, m.generation.number);
-        crate::store::set_group_pointer(conn, &m.group, &m.slot, stream, number, p.at_ms).await?;
+        crate::store::set_group_pointer(conn, &m.group, m.slot, stream, number, p.at_ms).await?;
     }
     Ok(())
 }
@@ -82,17 +82,21 @@ pub async fn load(pool: &sqlx::SqlitePool, policy: Policy) -> Result<Fleet, sqlx
     .await?;
     let mut rollouts = Vec::new();
     for r in rows {
-        match serde_json::from_str::<Rollout>(&r.rollout) {
-            Ok(rollout) => rollouts.push(Entry {
+        let slot = r.slot.parse::<crate::domain::Slot>();
+        match (serde_json::from_str::<Rollout>(&r.rollout), slot) {
+            (Ok(rollout), Ok(slot)) => rollouts.push(Entry {
                 id: r.id,
-                slot: r.slot,
+                slot,
                 rollout,
                 created_ms: r.created_ms,
                 created_by: r.created_by,
                 updated_ms: r.updated_ms,
             }),
-            Err(e) => {
+            (Err(e), _) => {
                 tracing::error!(rollout = r.id, error = %e, "unreadable rollout row; skipped")
+            }
+            (_, Err(e)) => {
+                tracing::error!(rollout = r.id, error = %e, "rollout row with an unknown slot; skipped")
             }
         }
     }

@@ -355,10 +355,10 @@ fn a_rollout_survives_a_round_trip_through_json() {
 
 #[test]
 fn who_follows_a_rollout() {
-    let member = |pinned, switch, arch| Member {
+    let member = |pinned, switch, arch: Option<&str>| Member {
         pinned,
         switch,
-        arch,
+        arch: arch.map(|a| a.parse().unwrap()),
     };
     #[rustfmt::skip]
     let cases = [
@@ -372,6 +372,7 @@ fn who_follows_a_rollout() {
         ("switch, live OS",                member(false, true,  None),           "x86_64", false, false),
     ];
     for (name, m, image_arch, installer, want) in cases {
-        assert_eq!(m.follows(image_arch, installer), want, "{name}");
+        let slot = crate::domain::Slot::new(image_arch.parse().unwrap(), installer);
+        assert_eq!(m.follows(slot), want, "{name}");
     }
 }

@@ -22,7 +22,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use crate::domain::lease::{Entry, State};
-use crate::domain::MacAddr;
+use crate::domain::{MacAddr, Slot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -144,10 +144,10 @@ impl Store {
                 Some(Entry {
                     ip: r.ip.parse::<Ipv4Addr>().ok()?,
                     mac: r.mac.and_then(|m| m.parse().ok()),
-                    state: if r.state == "declined" {
-                        State::Declined
-                    } else {
-                        State::Bound
+                    // Only bindings and quarantines are stored.
+                    state: match r.state.parse() {
+                        Ok(State::Declined) => State::Declined,
+                        _ => State::Bound,
                     },
                     expires_at: r.expires_at_ms,
                     hostname: r.hostname,
@@ -225,7 +225,7 @@ async fn repair_checksums(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 pub async fn set_group_pointer(
     conn: &mut sqlx::SqliteConnection,
     group: &str,
-    slot: &str,
+    slot: Slot,
     stream: &str,
     number: i64,
     now_ms: i64,
@@ -246,7 +246,7 @@ pub async fn set_group_pointer(
          ON CONFLICT (group_name, slot) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
     )
     .bind(group)
-    .bind(slot)
+    .bind(slot.to_string())
     .bind(stream)
     .bind(number)
     .bind(now_ms)

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use super::Store;
-use crate::domain::{ip_text, ipv4_text};
+use crate::domain::{ip_text, ipv4_text, LeaseState};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
 /// Most leases committed in one transaction.
@@ -427,7 +427,7 @@ async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), 
     .bind(&b.stream)
     .bind(b.generation)
     .bind(&b.image)
-    .bind(b.state)
+    .bind(b.state.as_str())
     .bind(&b.reason)
     .bind(b.started_ms)
     .execute(&mut *conn)
@@ -444,7 +444,7 @@ async fn write_leases(
     let mut pending: Vec<&LeaseRecord> = Vec::new();
     let mut ips = std::collections::HashSet::new();
     for l in leases {
-        let free = l.state == "free";
+        let free = l.state.is_none();
         if free || !ips.insert(l.ip) || pending.len() >= LEASES_PER_STATEMENT {
             upsert_leases(conn, &pending).await?;
             pending.clear();
@@ -480,7 +480,7 @@ async fn upsert_leases(
     upsert.push_values(rows, |mut row, l| {
         row.push_bind(ipv4_text(l.ip))
             .push_bind(l.mac.map(|m| m.to_string()))
-            .push_bind(l.state)
+            .push_bind(l.state.map(LeaseState::as_str))
             .push_bind(l.expires_at_ms)
             .push_bind(l.hostname.clone())
             .push_bind(now);

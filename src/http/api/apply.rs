@@ -236,7 +236,7 @@ mod tests {
                 size: 1,
             };
             let m = crate::images::Manifest {
-                arch: arch.into(),
+                arch: arch.parse().unwrap(),
                 kernel: Some(a.clone()),
                 initrds: vec![a],
                 rootfs: None,
@@ -254,7 +254,7 @@ mod tests {
         assert_eq!(a.status, StatusCode::OK, "{}", a.body);
         let g = inv.group("multi").unwrap();
         assert_eq!(
-            g.by_arch.keys().map(String::as_str).collect::<Vec<_>>(),
+            g.by_arch.keys().map(|s| s.to_string()).collect::<Vec<_>>(),
             ["arm64", "x86_64"]
         );
         let a = call(h.admin.clone(), "/api/v1/apply", doc).await;

@@ -55,7 +55,7 @@ impl From<&crate::inventory::Group> for GroupView {
             by_arch: g
                 .by_arch
                 .iter()
-                .map(|(slot, id)| (slot.clone(), GenerationRef::from(id)))
+                .map(|(slot, id)| (slot.to_string(), GenerationRef::from(id)))
                 .collect(),
             variables: g.variables.clone(),
         }

@@ -17,6 +17,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::paging::{parse_time, MAX_PAGE};
 use super::*;
+use crate::domain::BootState;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -100,8 +101,6 @@ impl BootFilter {
     }
 }
 
-const RESULTS: [&str; 4] = ["served", "confirmed", "failed", "nothing"];
-
 /// The machine of a per-machine list; a `mac` query parameter must agree.
 fn same_mac(path: &str, query: Option<&str>) -> ApiResult<MacAddr> {
     let mac = parse_mac(path)?;
@@ -131,10 +130,10 @@ async fn boot_page(
     steps: bool,
 ) -> ApiResult<BootList> {
     if let Some(r) = &f.result {
-        if !RESULTS.contains(&r.as_str()) {
+        if let Err(e) = r.parse::<BootState>() {
             return Err(ApiError::bad(
                 "result",
-                format!("{r:?}: one of {}", RESULTS.join(", ")),
+                format!("{r:?}: one of {}", e.expected.join(", ")),
             ));
         }
     }

@@ -281,7 +281,7 @@ async fn create_generation(
     if let Err((field, message)) = manifest.check_shape() {
         return Err(ApiError::bad(field, message));
     }
-    if !matches!(manifest.arch.as_str(), "x86_64" | "arm64") {
+    if !crate::domain::Cpu::IMAGES.contains(&manifest.arch) {
         return Err(ApiError::bad("arch", "must be x86_64 or arm64"));
     }
     for a in manifest.artifacts() {

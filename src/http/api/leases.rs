@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::*;
-use crate::domain::lease::{Entry, State as LeaseState};
+use crate::domain::lease::Entry;
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -41,12 +41,7 @@ fn view(e: Entry, subnets: &[crate::config::Subnet], now: i64) -> LeaseView {
     LeaseView {
         ip: e.ip.to_string(),
         mac: e.mac.map(|m| m.to_string()),
-        state: match e.state {
-            LeaseState::Offered => "offered",
-            LeaseState::Bound => "bound",
-            LeaseState::Declined => "declined",
-        }
-        .into(),
+        state: e.state.to_string(),
         expires_at_ms: e.expires_at,
         expired: e.expires_at <= now,
         hostname: e.hostname,

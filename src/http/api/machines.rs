@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::history::{boots_of, BootFilter, BootView};
 use super::paging::{parse_time, MAX_PAGE};
 use super::*;
+use crate::domain::{Arch, BootState, Cpu};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -89,11 +90,11 @@ pub enum MachineState {
 impl MachineState {
     /// From the state of the machine's latest boot row.
     fn of_latest_boot(state: Option<&str>) -> Self {
-        match state {
-            Some("served") => Self::Booting,
-            Some("confirmed") => Self::Confirmed,
-            Some("failed") => Self::Failed,
-            _ => Self::New,
+        match state.and_then(|s| s.parse().ok()) {
+            Some(BootState::Served) => Self::Booting,
+            Some(BootState::Confirmed) => Self::Confirmed,
+            Some(BootState::Failed) => Self::Failed,
+            Some(BootState::Nothing) | None => Self::New,
         }
     }
 }
@@ -104,17 +105,6 @@ pub struct MachineList {
     pub machines: Vec<MachineView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     pub next: Option<String>,
-}
-
-/// The CPU architecture a firmware architecture implies.
-fn cpu_of(arch: &str) -> Option<&'static str> {
-    Some(match arch {
-        "bios" | "efi-x64" | "http-x64" => "x86_64",
-        "efi-arm64" | "http-arm64" => "arm64",
-        "efi-ia32" | "http-ia32" => "i386",
-        "efi-arm32" => "arm",
-        _ => return None,
-    })
 }
 
 /// A machine with its latest boots.
@@ -154,8 +144,12 @@ struct MachineRow {
 
 impl MachineRow {
     /// `loader_arch`: what iPXE or GRUB said (memory only).
-    fn into_view(self, loader_arch: Option<String>) -> MachineView {
-        let cpu = loader_arch.or_else(|| self.arch.as_deref().and_then(cpu_of).map(str::to_string));
+    fn into_view(self, loader_arch: Option<Cpu>) -> MachineView {
+        let firmware_cpu = || {
+            let arch: Arch = self.arch.as_deref()?.parse().ok()?;
+            Cpu::of_firmware(arch)
+        };
+        let cpu = loader_arch.or_else(firmware_cpu).map(|c| c.to_string());
         MachineView {
             cpu,
             state: MachineState::of_latest_boot(self.last_boot.as_deref()),
@@ -259,7 +253,7 @@ async fn list_machines(
     };
     if let Some(kind) = &f.kind {
         kind.parse::<crate::domain::MachineKind>()
-            .map_err(|e| ApiError::bad("kind", e))?;
+            .map_err(|e| ApiError::bad("kind", e.to_string()))?;
     }
     let since = f
         .seen_since
@@ -435,7 +429,7 @@ impl MachinePatch {
         let kind = match &self.kind {
             Some(k) => Some(
                 k.parse::<crate::domain::MachineKind>()
-                    .map_err(|e| ApiError::bad("kind", e))?,
+                    .map_err(|e| ApiError::bad("kind", e.to_string()))?,
             ),
             None => None,
         };

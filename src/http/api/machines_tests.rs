@@ -14,7 +14,7 @@ fn live() -> Manifest {
         size: 1,
     };
     Manifest {
-        arch: "x86_64".into(),
+        arch: crate::domain::Cpu::X86_64,
         kernel: Some(a.clone()),
         initrds: vec![a],
         rootfs: None,

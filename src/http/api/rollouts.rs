@@ -343,7 +343,7 @@ pub(crate) fn view(e: &Entry) -> RolloutView {
     RolloutView {
         id: e.id,
         group: r.spec.group.clone(),
-        slot: e.slot.clone(),
+        slot: e.slot.to_string(),
         state: e.state_key(),
         reason: e.reason().map(String::from),
         from: GenerationRef::from(&r.spec.from),

@@ -94,7 +94,7 @@ impl Harness {
             mac,
             &ScriptRequest {
                 mac: Some(mac),
-                buildarch: Some("x86_64".into()),
+                buildarch: Some(crate::domain::Cpu::X86_64),
                 ..Default::default()
             },
         );

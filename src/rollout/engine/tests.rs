@@ -39,7 +39,13 @@ fn started(fleet: &mut Fleet, rollback: bool) -> i64 {
         rollback,
     };
     let (id, out) = fleet
-        .start(spec, "x86_64".into(), &[mac(1), mac(2), mac(3)], None, 0)
+        .start(
+            spec,
+            "x86_64".parse().unwrap(),
+            &[mac(1), mac(2), mac(3)],
+            None,
+            0,
+        )
         .unwrap();
     assert_eq!(out.reboots.len(), 1, "the canary is asked to reboot");
     assert_eq!(out.reboots[0].mac, mac(1));
@@ -127,7 +133,7 @@ fn without_rollback_the_rollout_stops_on_b_and_keeps_holding_the_group() {
     assert!(e.holds());
     let spec = e.rollout.spec.clone();
     assert!(matches!(
-        fleet.start(spec, "x86_64".into(), &[mac(1)], None, 3 * MIN),
+        fleet.start(spec, "x86_64".parse().unwrap(), &[mac(1)], None, 3 * MIN),
         Err(FleetError::GroupBusy { .. })
     ));
     let out = fleet.abort(id, "giving up", None, 3 * MIN).unwrap();
@@ -154,7 +160,7 @@ fn gates_pass_on_the_clock_and_success_moves_the_group_pointer() {
         out.persist.pointers,
         vec![PointerMove {
             group: "web".into(),
-            slot: "x86_64".into(),
+            slot: "x86_64".parse().unwrap(),
             generation: gen(42)
         }]
     );
@@ -230,7 +236,7 @@ fn a_fleet_restored_from_its_rows_decides_the_same() {
                 group: "db".into(),
                 ..again.rollout(id).unwrap().rollout.spec.clone()
             },
-            "x86_64".into(),
+            "x86_64".parse().unwrap(),
             &[mac(5)],
             None,
             MIN,
