@@ -17,32 +17,10 @@ use serde::Serialize;
 
 use crate::ledger::now_ms;
 use crate::secret::token_hash;
-use crate::store::Store;
+use crate::store::tokens::{Revoked, TokenRow};
+use crate::store::{Store, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Read,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Read => "read",
-        }
-    }
-
-    /// The stored form; anything but `admin` grants reading only.
-    fn parse(text: &str) -> Self {
-        if text == "admin" {
-            Role::Admin
-        } else {
-            Role::Read
-        }
-    }
-}
+pub use crate::domain::Role;
 
 /// A token as listed (never its secret).
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +30,18 @@ pub struct TokenInfo {
     pub role: Role,
     pub created_ms: i64,
     pub revoked_ms: Option<i64>,
+}
+
+impl From<TokenRow> for TokenInfo {
+    fn from(row: TokenRow) -> Self {
+        Self {
+            role: row.role(),
+            id: row.id,
+            name: row.name,
+            created_ms: row.created_ms,
+            revoked_ms: row.revoked_ms,
+        }
+    }
 }
 
 /// Who is calling.
@@ -64,7 +54,7 @@ pub struct Principal {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
+    Store(#[from] StoreError),
     #[error("it is the last admin token; create another admin token first")]
     LastAdmin,
     #[error("{path}: {reason}")]
@@ -93,14 +83,16 @@ impl Tokens {
         store: &Store,
         data_dir: &Path,
     ) -> Result<(Self, Option<PathBuf>), AuthError> {
-        let rows: Vec<(String, String, String)> =
-            sqlx::query_as("SELECT name, hash, role FROM api_tokens WHERE revoked_ms IS NULL")
-                .fetch_all(store.pool())
-                .await?;
         let mut by_hash = HashMap::new();
-        for (name, hash, role) in rows {
-            let role = Role::parse(&role);
-            by_hash.insert(hash, Principal { name, role });
+        for row in store.live_tokens().await? {
+            let role = row.role();
+            by_hash.insert(
+                row.hash,
+                Principal {
+                    name: row.name,
+                    role,
+                },
+            );
         }
         let mut written = None;
         if by_hash.is_empty() {
@@ -116,10 +108,8 @@ impl Tokens {
                     token
                 }
             };
-            sqlx::query("INSERT INTO api_tokens (name, hash, role, created_ms) VALUES ('admin', ?, 'admin', ?)")
-                .bind(token_hash(&token))
-                .bind(now_ms())
-                .execute(store.pool())
+            store
+                .insert_token("admin", &token_hash(&token), Role::Admin, now_ms())
                 .await?;
             by_hash.insert(
                 token_hash(&token),
@@ -149,15 +139,7 @@ impl Tokens {
         let secret = crate::secret::new_secret();
         let hash = token_hash(&secret);
         let now = now_ms();
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES (?, ?, ?, ?) RETURNING id",
-        )
-        .bind(name)
-        .bind(&hash)
-        .bind(role.as_str())
-        .bind(now)
-        .fetch_one(store.pool())
-        .await?;
+        let id = store.insert_token(name, &hash, role, now).await?;
         self.by_hash.write().expect("tokens lock").insert(
             hash,
             Principal {
@@ -177,64 +159,25 @@ impl Tokens {
 
     /// Every token ever made (revoked ones too, with when), oldest first.
     pub async fn list(store: &Store) -> Result<Vec<TokenInfo>, AuthError> {
-        let rows: Vec<(i64, String, String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT id, name, role, created_ms, revoked_ms FROM api_tokens ORDER BY id",
-        )
-        .fetch_all(store.pool())
-        .await?;
-        Ok(rows
+        Ok(store
+            .tokens()
+            .await?
             .into_iter()
-            .map(|(id, name, role, created_ms, revoked_ms)| TokenInfo {
-                id,
-                name,
-                role: Role::parse(&role),
-                created_ms,
-                revoked_ms,
-            })
+            .map(TokenInfo::from)
             .collect())
     }
 
-    /// Revokes a live token: written to SQLite, then forgotten in memory
-    /// (the next request with it is 401). Refused when it is the last live
-    /// admin token, which would lock every operator out. `Ok(None)`: no
+    /// Revokes live token `id`, unless it is the last admin token. `None`: no
     /// live token has this id.
     pub async fn revoke(&self, store: &Store, id: i64) -> Result<Option<TokenInfo>, AuthError> {
-        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
-            "SELECT name, hash, role, created_ms FROM api_tokens WHERE id = ? AND revoked_ms IS NULL",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((name, hash, role, created_ms)) = row else {
-            return Ok(None);
-        };
-        let role = Role::parse(&role);
-        if role == Role::Admin {
-            let (admins,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM api_tokens WHERE role = 'admin' AND revoked_ms IS NULL",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            if admins <= 1 {
-                return Err(AuthError::LastAdmin);
+        match store.revoke_token(id, now_ms()).await? {
+            Revoked::Now(row) => {
+                self.by_hash.write().expect("tokens lock").remove(&row.hash);
+                Ok(Some(TokenInfo::from(row)))
             }
+            Revoked::NoSuchToken => Ok(None),
+            Revoked::LastAdmin => Err(AuthError::LastAdmin),
         }
-        let now = now_ms();
-        sqlx::query("UPDATE api_tokens SET revoked_ms = ? WHERE id = ?")
-            .bind(now)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.by_hash.write().expect("tokens lock").remove(&hash);
-        Ok(Some(TokenInfo {
-            id,
-            name,
-            role,
-            created_ms,
-            revoked_ms: Some(now),
-        }))
     }
 
     pub fn check(&self, token: &str) -> Option<Principal> {

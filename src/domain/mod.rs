@@ -77,6 +77,14 @@ text_enum! {
 }
 
 text_enum! {
+    /// What an API token may do: read everything, or also change it.
+    pub enum Role ("token role") {
+        Admin = "admin",
+        Read = "read",
+    }
+}
+
+text_enum! {
     /// A CPU architecture, as images and iPXE's `${buildarch}` name it.
     /// `i386` is what a BIOS iPXE reports; it boots x86_64 kernels (see
     /// [`Cpu::runs`]).
@@ -548,6 +556,7 @@ mod tests {
             }
         }
         round_trip(MachineKind::ALL);
+        round_trip(Role::ALL);
         round_trip(Cpu::ALL);
         round_trip(BootState::ALL);
         round_trip(LeaseState::ALL);

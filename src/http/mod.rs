@@ -27,7 +27,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bootfiles::Bootfiles;
-use crate::domain::BootState;
 use crate::metrics::Metrics;
 
 /// What the HTTP handlers share.
@@ -119,27 +118,16 @@ fn leases_in_use(dhcp: &crate::dhcp::Dhcp, now: i64) -> Samples {
         .collect()
 }
 
-async fn boot_counts(store: &crate::store::Store) -> Result<Samples, sqlx::Error> {
-    let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
-        "SELECT stream, generation, state, COUNT(*) FROM boots
-         WHERE stream IS NOT NULL AND generation IS NOT NULL
-         GROUP BY stream, generation, state ORDER BY stream, generation",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let mut counts: std::collections::BTreeMap<(String, i64), [u64; 3]> = Default::default();
-    for (stream, generation, state, n) in rows {
-        let c = counts.entry((stream, generation)).or_default();
-        c[0] += n as u64;
-        match state.parse() {
-            Ok(BootState::Confirmed) => c[1] += n as u64,
-            Ok(BootState::Failed) => c[2] += n as u64,
-            _ => {}
-        }
-    }
+async fn boot_counts(store: &crate::store::Store) -> Result<Samples, crate::store::StoreError> {
+    let counts = store.boot_counts().await?;
     let mut samples = Vec::new();
     for ((stream, generation), c) in counts {
-        for (result, n) in ["started", "confirmed", "failed"].into_iter().zip(c) {
+        let by_result = [
+            ("started", c.started),
+            ("confirmed", c.confirmed),
+            ("failed", c.failed),
+        ];
+        for (result, n) in by_result {
             samples.push((
                 vec![
                     ("stream", stream.clone()),

@@ -9,6 +9,7 @@ use crate::boot::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, Manifest};
 use crate::ledger::now_ms;
+use crate::store::machines::MachineRow;
 use crate::store::Store;
 
 use super::{Boot, Generation, Group, InventoryError, Machine, State};
@@ -28,60 +29,32 @@ struct OpenBoot {
     started_ms: i64,
 }
 
-#[derive(sqlx::FromRow)]
-struct MachineRow {
-    mac: String,
-    kind: String,
-    kind_by_operator: bool,
-    group_name: String,
-    group_assigned: bool,
-    labels: String,
-    hostname: Option<String>,
-    uuid: Option<String>,
-    serial: Option<String>,
-    ip: Option<String>,
-    pin_stream: Option<String>,
-    pin_generation: Option<i64>,
-    current_stream: Option<String>,
-    current_generation: Option<i64>,
-    last_good_stream: Option<String>,
-    last_good_generation: Option<i64>,
-    circuit_id: Option<String>,
-    remote_id: Option<String>,
-}
-
-const MACHINE_COLUMNS: &str =
-    "mac, kind, kind_by_operator, group_name, group_assigned, labels, hostname, uuid, serial, ip, pin_stream, pin_generation,
-     current_stream, current_generation, last_good_stream, last_good_generation,
-     circuit_id, remote_id";
-
 fn pair(stream: Option<String>, number: Option<i64>) -> Option<GenerationId> {
     Some(GenerationId::new(stream?, number?))
 }
 
-impl MachineRow {
-    fn into_machine(self) -> Option<Machine> {
-        let labels: BTreeMap<String, String> =
-            serde_json::from_str(&self.labels).unwrap_or_default();
-        Some(Machine {
-            mac: self.mac.parse().ok()?,
-            kind: self.kind.parse().unwrap_or_default(),
-            kind_by_operator: self.kind_by_operator,
-            assigned: self.group_assigned.then(|| self.group_name.clone()),
-            group: self.group_name,
-            membership: crate::boot::membership::Membership::Default,
-            labels,
-            hostname: self.hostname,
-            uuid: self.uuid,
-            serial: self.serial,
-            arch: None,
-            ip: self.ip,
-            pin: pair(self.pin_stream, self.pin_generation),
-            current: pair(self.current_stream, self.current_generation),
-            last_good: pair(self.last_good_stream, self.last_good_generation),
-            port: SwitchPort::new(self.circuit_id, self.remote_id),
-        })
-    }
+/// A stored machine as the boot path holds it (its loader's CPU is known
+/// only from requests, so not stored).
+fn machine_of(row: MachineRow) -> Option<Machine> {
+    let labels: BTreeMap<String, String> = serde_json::from_str(&row.labels).unwrap_or_default();
+    Some(Machine {
+        mac: row.mac.parse().ok()?,
+        kind: row.kind.parse().unwrap_or_default(),
+        kind_by_operator: row.kind_by_operator,
+        assigned: row.group_assigned.then(|| row.group_name.clone()),
+        group: row.group_name,
+        membership: crate::boot::membership::Membership::Default,
+        labels,
+        hostname: row.hostname,
+        uuid: row.uuid,
+        serial: row.serial,
+        arch: None,
+        ip: row.ip,
+        pin: pair(row.pin_stream, row.pin_generation),
+        current: pair(row.current_stream, row.current_generation),
+        last_good: pair(row.last_good_stream, row.last_good_generation),
+        port: SwitchPort::new(row.circuit_id, row.remote_id),
+    })
 }
 
 /// One machine's row, if the database has it.
@@ -89,13 +62,7 @@ pub(super) async fn machine(
     store: &Store,
     mac: MacAddr,
 ) -> Result<Option<Machine>, InventoryError> {
-    let row: Option<MachineRow> = sqlx::query_as(&format!(
-        "SELECT {MACHINE_COLUMNS} FROM machines WHERE mac = ?"
-    ))
-    .bind(mac.to_string())
-    .fetch_optional(store.pool())
-    .await?;
-    Ok(row.and_then(MachineRow::into_machine))
+    Ok(store.machine_row(mac).await?.and_then(machine_of))
 }
 
 /// Everything, plus the highest boot id so far.
@@ -103,10 +70,12 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
     let pool = store.pool();
     let mut state = State::default();
 
-    let rows: Vec<MachineRow> = sqlx::query_as(&format!("SELECT {MACHINE_COLUMNS} FROM machines"))
-        .fetch_all(pool)
-        .await?;
-    for m in rows.into_iter().filter_map(MachineRow::into_machine) {
+    for m in store
+        .all_machines()
+        .await?
+        .into_iter()
+        .filter_map(machine_of)
+    {
         state.machines.insert(m.mac, m);
     }
 

@@ -9,7 +9,10 @@
 //! [`writer`] task.
 
 pub mod checkpoint;
+pub mod history;
+pub mod machines;
 pub mod retention;
+pub mod tokens;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -303,6 +306,10 @@ mod tests {
         (
             "0010_group_generations_slot.sql",
             "a3cdcb3b4102427a71d90751f3c3d678ccf42b5d26bcc65b6de2af20aa77db15",
+        ),
+        (
+            "0011_events_by_boot.sql",
+            "76df04d39c11af3b17c7541caa2b1187ae9ec1fea344a72ffa129b9b7a7e921c",
         ),
     ];
 

@@ -17,7 +17,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::paging::{parse_time, MAX_PAGE};
 use super::*;
-use crate::domain::BootState;
+use crate::domain::UnknownText;
+use crate::store::history::{BootQuery, EventQuery};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -39,7 +40,7 @@ pub struct StepView {
 }
 
 /// One boot attempt and its steps.
-#[derive(Debug, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct BootView {
     pub id: i64,
     pub mac: String,
@@ -55,7 +56,6 @@ pub struct BootView {
     pub confirmed_ms: Option<i64>,
     /// Its steps, oldest first (per machine always; fleet-wide with
     /// `steps=true`).
-    #[sqlx(skip)]
     pub steps: Vec<StepView>,
 }
 
@@ -129,14 +129,6 @@ async fn boot_page(
     f: &BootFilter,
     steps: bool,
 ) -> ApiResult<BootList> {
-    if let Some(r) = &f.result {
-        if let Err(e) = r.parse::<BootState>() {
-            return Err(ApiError::bad(
-                "result",
-                format!("{r:?}: one of {}", e.expected.join(", ")),
-            ));
-        }
-    }
     let since = f
         .since
         .as_deref()
@@ -147,51 +139,55 @@ async fn boot_page(
         .as_deref()
         .map(|t| parse_time("until", t))
         .transpose()?;
-    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let mut boots: Vec<BootView> = sqlx::query_as(
-        "SELECT id, mac, stream, generation, image, state, reason, started_ms, confirmed_ms
-         FROM boots
-         WHERE (?1 IS NULL OR mac = ?1) AND (?2 IS NULL OR id < ?2)
-           AND (?3 IS NULL OR started_ms >= ?3) AND (?4 IS NULL OR started_ms < ?4)
-           AND (?5 IS NULL OR stream = ?5) AND (?6 IS NULL OR generation = ?6)
-           AND (?7 IS NULL OR state = ?7)
-         ORDER BY id DESC LIMIT ?8",
-    )
-    .bind(mac.map(|m| m.to_string()))
-    .bind(f.cursor)
-    .bind(since)
-    .bind(until)
-    .bind(&f.stream)
-    .bind(f.generation)
-    .bind(&f.result)
-    .bind(limit + 1)
-    .fetch_all(store.pool())
-    .await?;
-    let next = if boots.len() as i64 > limit {
-        boots.truncate(limit as usize);
-        boots.last().map(|b| b.id)
-    } else {
-        None
-    };
-    if steps {
-        for b in &mut boots {
-            let rows: Vec<(i64, String, String, Option<i64>)> = sqlx::query_as(
-                "SELECT at_ms, step, detail, bytes FROM events WHERE boot_id = ? ORDER BY id",
+    let state = f.result.as_deref().map(str::parse).transpose();
+    let q = BootQuery {
+        mac,
+        before: f.cursor,
+        since_ms: since,
+        until_ms: until,
+        stream: f.stream.clone(),
+        generation: f.generation,
+        state: state.map_err(|e: UnknownText| {
+            ApiError::bad(
+                "result",
+                format!("{:?}: one of {}", e.got, e.expected.join(", ")),
             )
-            .bind(b.id)
-            .fetch_all(store.pool())
-            .await?;
-            b.steps = rows
+        })?,
+        limit: f.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    };
+    let (rows, more) = store.boots(&q).await?;
+    let next = more.then(|| rows.last().map(|b| b.id)).flatten();
+    let mut steps_of = if steps {
+        let ids: Vec<i64> = rows.iter().map(|b| b.id).collect();
+        store.steps_of(&ids).await?
+    } else {
+        Default::default()
+    };
+    let boots = rows
+        .into_iter()
+        .map(|b| BootView {
+            steps: steps_of
+                .remove(&b.id)
+                .unwrap_or_default()
                 .into_iter()
-                .map(|(at_ms, step, detail, bytes)| StepView {
-                    at_ms,
-                    step,
-                    bytes,
-                    detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+                .map(|s| StepView {
+                    at_ms: s.at_ms,
+                    step: s.step,
+                    bytes: s.bytes,
+                    detail: serde_json::from_str(&s.detail).unwrap_or(Value::Null),
                 })
-                .collect();
-        }
-    }
+                .collect(),
+            id: b.id,
+            mac: b.mac,
+            stream: b.stream,
+            generation: b.generation,
+            image: b.image,
+            state: b.state,
+            reason: b.reason,
+            started_ms: b.started_ms,
+            confirmed_ms: b.confirmed_ms,
+        })
+        .collect();
     Ok(BootList { boots, next })
 }
 
@@ -273,18 +269,6 @@ pub struct EventFilter {
     cursor: Option<i64>,
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRow {
-    id: i64,
-    at_ms: i64,
-    mac: Option<String>,
-    ip: Option<String>,
-    step: String,
-    detail: String,
-    bytes: Option<i64>,
-    boot_id: Option<i64>,
-}
-
 async fn event_page(store: &Store, mac: Option<MacAddr>, f: &EventFilter) -> ApiResult<EventList> {
     let since = f
         .since
@@ -296,31 +280,20 @@ async fn event_page(store: &Store, mac: Option<MacAddr>, f: &EventFilter) -> Api
         .as_deref()
         .map(|t| parse_time("until", t))
         .transpose()?;
-    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let family = f.step.as_ref().map(|s| format!("{s}.%"));
-    let rows: Vec<EventRow> = sqlx::query_as(
-        "SELECT e.id, e.at_ms, e.mac, e.ip, e.step, e.detail, e.bytes, e.boot_id
-         FROM events e LEFT JOIN boots b ON b.id = e.boot_id
-         WHERE (?1 IS NULL OR e.mac = ?1) AND (?2 IS NULL OR e.id < ?2)
-           AND (?3 IS NULL OR e.at_ms >= ?3) AND (?4 IS NULL OR e.at_ms < ?4)
-           AND (?5 IS NULL OR e.step = ?5 OR e.step LIKE ?6)
-           AND (?7 IS NULL OR e.boot_id = ?7)
-           AND (?8 IS NULL OR b.stream = ?8) AND (?9 IS NULL OR b.generation = ?9)
-         ORDER BY e.id DESC LIMIT ?10",
-    )
-    .bind(mac.map(|m| m.to_string()))
-    .bind(f.cursor)
-    .bind(since)
-    .bind(until)
-    .bind(&f.step)
-    .bind(&family)
-    .bind(f.boot)
-    .bind(&f.stream)
-    .bind(f.generation)
-    .bind(limit + 1)
-    .fetch_all(store.pool())
-    .await?;
-    let mut events: Vec<EventView> = rows
+    let q = EventQuery {
+        mac,
+        before: f.cursor,
+        since_ms: since,
+        until_ms: until,
+        step: f.step.clone(),
+        boot: f.boot,
+        stream: f.stream.clone(),
+        generation: f.generation,
+        limit: f.limit.unwrap_or(100).clamp(1, MAX_PAGE),
+    };
+    let (rows, more) = store.events(&q).await?;
+    let next = more.then(|| rows.last().map(|e| e.id)).flatten();
+    let events = rows
         .into_iter()
         .map(|r| EventView {
             id: Some(r.id),
@@ -333,12 +306,6 @@ async fn event_page(store: &Store, mac: Option<MacAddr>, f: &EventFilter) -> Api
             boot_id: r.boot_id,
         })
         .collect();
-    let next = if events.len() as i64 > limit {
-        events.truncate(limit as usize);
-        events.last().and_then(|e| e.id)
-    } else {
-        None
-    };
     Ok(EventList { events, next })
 }
 

@@ -10,6 +10,7 @@ use super::history::{boots_of, BootFilter, BootView};
 use super::paging::{parse_time, MAX_PAGE};
 use super::*;
 use crate::domain::{Arch, BootState, Cpu};
+use crate::store::machines::{MachineQuery, MachineRow};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -115,74 +116,40 @@ pub struct MachineDetail {
     pub recent_boots: Vec<BootView>,
 }
 
-#[derive(Debug, sqlx::FromRow)]
-struct MachineRow {
-    mac: String,
-    kind: String,
-    group_name: String,
-    group_assigned: bool,
-    labels: String,
-    hostname: Option<String>,
-    uuid: Option<String>,
-    serial: Option<String>,
-    arch: Option<String>,
-    firmware: Option<String>,
-    vendor_class: Option<String>,
-    ip: Option<String>,
-    circuit_id: Option<String>,
-    remote_id: Option<String>,
-    pin_stream: Option<String>,
-    pin_generation: Option<i64>,
-    current_stream: Option<String>,
-    current_generation: Option<i64>,
-    last_good_stream: Option<String>,
-    last_good_generation: Option<i64>,
-    first_seen_ms: i64,
-    last_seen_ms: i64,
-    last_boot: Option<String>,
-}
-
-impl MachineRow {
-    /// `loader_arch`: what iPXE or GRUB said (memory only).
-    fn into_view(self, loader_arch: Option<Cpu>) -> MachineView {
-        let firmware_cpu = || {
-            let arch: Arch = self.arch.as_deref()?.parse().ok()?;
-            Cpu::of_firmware(arch)
-        };
-        let cpu = loader_arch.or_else(firmware_cpu).map(|c| c.to_string());
-        MachineView {
-            cpu,
-            state: MachineState::of_latest_boot(self.last_boot.as_deref()),
-            mac: self.mac,
-            kind: self.kind,
-            group: self.group_name,
-            group_assigned: self.group_assigned,
-            labels: serde_json::from_str(&self.labels).unwrap_or_default(),
-            hostname: self.hostname,
-            uuid: self.uuid,
-            serial: self.serial,
-            arch: self.arch,
-            firmware: self.firmware,
-            vendor_class: self.vendor_class,
-            ip: self.ip,
-            relay: Relay {
-                circuit_id: self.circuit_id,
-                remote_id: self.remote_id,
-            },
-            pin: GenerationRef::pair(self.pin_stream, self.pin_generation),
-            current: GenerationRef::pair(self.current_stream, self.current_generation),
-            last_good: GenerationRef::pair(self.last_good_stream, self.last_good_generation),
-            first_seen_ms: self.first_seen_ms,
-            last_seen_ms: self.last_seen_ms,
-        }
+/// A stored machine as the API shows it; `loader_arch`: what iPXE or GRUB
+/// said (memory only).
+fn view_of(row: MachineRow, loader_arch: Option<Cpu>) -> MachineView {
+    let firmware_cpu = || {
+        let arch: Arch = row.arch.as_deref()?.parse().ok()?;
+        Cpu::of_firmware(arch)
+    };
+    let cpu = loader_arch.or_else(firmware_cpu).map(|c| c.to_string());
+    MachineView {
+        cpu,
+        state: MachineState::of_latest_boot(row.last_boot.as_deref()),
+        mac: row.mac,
+        kind: row.kind,
+        group: row.group_name,
+        group_assigned: row.group_assigned,
+        labels: serde_json::from_str(&row.labels).unwrap_or_default(),
+        hostname: row.hostname,
+        uuid: row.uuid,
+        serial: row.serial,
+        arch: row.arch,
+        firmware: row.firmware,
+        vendor_class: row.vendor_class,
+        ip: row.ip,
+        relay: Relay {
+            circuit_id: row.circuit_id,
+            remote_id: row.remote_id,
+        },
+        pin: GenerationRef::pair(row.pin_stream, row.pin_generation),
+        current: GenerationRef::pair(row.current_stream, row.current_generation),
+        last_good: GenerationRef::pair(row.last_good_stream, row.last_good_generation),
+        first_seen_ms: row.first_seen_ms,
+        last_seen_ms: row.last_seen_ms,
     }
 }
-
-const MACHINE_COLUMNS: &str =
-    "mac, kind, group_name, group_assigned, labels, hostname, uuid, serial, arch, firmware, vendor_class, ip,
-     circuit_id, remote_id, pin_stream, pin_generation, current_stream, current_generation,
-     last_good_stream, last_good_generation, first_seen_ms, last_seen_ms,
-     (SELECT b.state FROM boots b WHERE b.mac = m.mac ORDER BY b.id DESC LIMIT 1) AS last_boot";
 
 impl ApiState {
     fn view(&self, row: MachineRow) -> MachineView {
@@ -192,7 +159,7 @@ impl ApiState {
             .ok()
             .and_then(|mac| self.inventory.machine(mac))
             .and_then(|m| m.arch);
-        row.into_view(loader_arch)
+        view_of(row, loader_arch)
     }
 }
 
@@ -243,18 +210,20 @@ async fn list_machines(
         ),
         None => None,
     };
-    let cursor = match &f.cursor {
+    let after = match &f.cursor {
         Some(c) => Some(
             c.parse::<MacAddr>()
-                .map_err(|_| ApiError::bad("cursor", "not a cursor this API returned"))?
-                .to_string(),
+                .map_err(|_| ApiError::bad("cursor", "not a cursor this API returned"))?,
         ),
         None => None,
     };
-    if let Some(kind) = &f.kind {
-        kind.parse::<crate::domain::MachineKind>()
-            .map_err(|e| ApiError::bad("kind", e.to_string()))?;
-    }
+    let kind = match &f.kind {
+        Some(kind) => Some(
+            kind.parse::<crate::domain::MachineKind>()
+                .map_err(|e| ApiError::bad("kind", e.to_string()))?,
+        ),
+        None => None,
+    };
     let since = f
         .seen_since
         .as_deref()
@@ -271,23 +240,16 @@ async fn list_machines(
     // there is a next) has matched: a page costs about its own size, not the
     // fleet's (fetching every row made one page take 1.2 s at p99 with
     // 100,000 machines; see BENCHMARKS.md).
-    let sql = format!(
-        "SELECT {MACHINE_COLUMNS} FROM machines m
-         WHERE (?1 IS NULL OR m.mac > ?1) AND (?2 IS NULL OR group_name = ?2)
-           AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR current_stream = ?4)
-           AND (?5 IS NULL OR current_generation = ?5)
-           AND (?6 IS NULL OR last_seen_ms >= ?6) AND (?7 IS NULL OR last_seen_ms < ?7)
-         ORDER BY m.mac"
-    );
-    let mut rows = sqlx::query_as::<_, MachineRow>(&sql)
-        .bind(&cursor)
-        .bind(&f.group)
-        .bind(&f.kind)
-        .bind(&f.stream)
-        .bind(f.generation)
-        .bind(since)
-        .bind(before)
-        .fetch(s.store.pool());
+    let q = MachineQuery {
+        after,
+        group: f.group.clone(),
+        kind,
+        stream: f.stream.clone(),
+        generation: f.generation,
+        seen_since_ms: since,
+        seen_before_ms: before,
+    };
+    let mut rows = s.store.machine_rows(&q);
     let mut machines: Vec<MachineView> = Vec::with_capacity(limit + 1);
     while machines.len() <= limit {
         let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? else {
@@ -320,12 +282,7 @@ async fn list_machines(
 /// Loads one machine's row (after the ledger has settled).
 async fn machine_row(s: &ApiState, mac: MacAddr) -> ApiResult<MachineView> {
     s.inventory.settle().await;
-    let row: Option<MachineRow> = sqlx::query_as(&format!(
-        "SELECT {MACHINE_COLUMNS} FROM machines m WHERE m.mac = ?"
-    ))
-    .bind(mac.to_string())
-    .fetch_optional(s.store.pool())
-    .await?;
+    let row = s.store.machine_row(mac).await?;
     row.map(|r| s.view(r))
         .ok_or_else(|| InventoryError::NoSuchMachine(mac).into())
 }

@@ -308,6 +308,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 /// `Json<T>` whose rejection is an [`ApiError`] (axum's own is plain text).

@@ -89,11 +89,10 @@ async fn create_token(
     ApiJson(req): ApiJson<NewToken>,
 ) -> ApiResult<(StatusCode, Json<CreatedToken>)> {
     valid_name("name", &req.name)?;
-    let role = match req.role.as_str() {
-        "admin" => Role::Admin,
-        "read" => Role::Read,
-        other => return Err(ApiError::bad("role", format!("{other:?}: admin or read"))),
-    };
+    let role: Role = req
+        .role
+        .parse()
+        .map_err(|e: crate::domain::UnknownText| ApiError::bad("role", e.to_string()))?;
     let (info, secret) = s.tokens.create(&s.store, &req.name, role).await?;
     Ok((
         StatusCode::CREATED,
