@@ -29,7 +29,7 @@ pub enum Record {
     BootStarted(BootRecord),
     /// A rollout or watchdog transition from the boot path or the clock:
     /// its rows and effects, written in one transaction.
-    Rollout(crate::rollout::engine::Persist),
+    Rollout(crate::domain::fleet_rows::Persist),
     /// Answered once every record queued before it is committed; lets a
     /// caller that must read its own writes (phone home) wait for them.
     Flush(tokio::sync::oneshot::Sender<()>),

@@ -22,27 +22,7 @@ use serde::Serialize;
 
 use crate::domain::{Cpu, Slot};
 
-/// A stream and a generation number: "worker gen 41".
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
-pub struct GenerationId {
-    pub stream: String,
-    pub number: i64,
-}
-
-impl GenerationId {
-    pub fn new(stream: impl Into<String>, number: i64) -> Self {
-        Self {
-            stream: stream.into(),
-            number,
-        }
-    }
-}
-
-impl std::fmt::Display for GenerationId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} gen {}", self.stream, self.number)
-    }
-}
+pub use crate::domain::GenerationId;
 
 /// What the decision needs to know about a machine.
 #[derive(Debug, Clone, Default)]

@@ -6,6 +6,28 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// A stream and a generation number: "worker gen 41".
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GenerationId {
+    pub stream: String,
+    pub number: i64,
+}
+
+impl GenerationId {
+    pub fn new(stream: impl Into<String>, number: i64) -> Self {
+        Self {
+            stream: stream.into(),
+            number,
+        }
+    }
+}
+
+impl std::fmt::Display for GenerationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} gen {}", self.stream, self.number)
+    }
+}
+
 /// Declares an enum whose every variant has one spelling: `as_str`,
 /// `Display`, `FromStr`, serde and the OpenAPI schema all use it, and
 /// `ALL` lists the variants (CLI choices, error messages). One mapping to
@@ -218,6 +240,7 @@ text_enum! {
     }
 }
 
+pub mod fleet_rows;
 pub mod lease;
 
 pub use lease::State as LeaseState;

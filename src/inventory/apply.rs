@@ -21,10 +21,10 @@ use super::{
     load, GroupChange, Inventory, InventoryError, MachineChange, RolloutCommandError, StartRollout,
     State,
 };
-use crate::boot::GenerationId;
 use crate::desired::plan::{
     Action, Change, Current, CurrentGroup, CurrentMachine, GenerationFacts,
 };
+use crate::domain::GenerationId;
 use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 use crate::rollout::engine::Persist;
@@ -255,7 +255,7 @@ impl Inventory {
                 .await?;
             }
             for (.., out) in &started {
-                crate::rollout::store::write(&mut tx, &out.persist).await?;
+                crate::store::rollouts::write(&mut tx, &out.persist).await?;
             }
             tx.commit().await
         }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 use crate::domain::{MacAddr, MachineKind};
 
 use super::{load, Inventory, InventoryError, Machine, State};

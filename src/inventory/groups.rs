@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::boot::membership::{Membership, DEFAULT_GROUP};
 use crate::boot::select::Selector;
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::boot::identity::SwitchPort;
 use crate::boot::select::Selector;
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, Manifest};
 use crate::ledger::now_ms;

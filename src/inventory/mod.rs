@@ -493,11 +493,10 @@ impl Inventory {
     /// Loads the view from the database.
     pub async fn load(store: Store, ledger: Ledger) -> Result<Self, InventoryError> {
         let (mut state, max_boot) = load::state(&store).await?;
-        state.fleet = crate::rollout::store::load(
-            store.pool(),
+        state.fleet = crate::rollout::restore::restore(
+            store.fleet_rows().await?,
             crate::rollout::settings::RolloutSettings::default().watchdog,
-        )
-        .await?;
+        );
         let moved = state.regroup();
         load::save_groups(&store, &moved).await?;
         Ok(Self {
@@ -943,7 +942,7 @@ impl Inventory {
             (state.fleet.clone(), state.fleet.rev())
         };
         let fleet = next.confirmed(boot.mac, &generation, fields, now);
-        crate::rollout::store::write(&mut tx, &fleet.persist).await?;
+        crate::store::rollouts::write(&mut tx, &fleet.persist).await?;
         tx.commit().await?;
         let late = {
             let mut state = self.write();

@@ -258,7 +258,7 @@ impl Inventory {
         };
         let (value, out) = f(&mut next, now)?;
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        crate::rollout::store::write(&mut tx, &out.persist).await?;
+        crate::store::rollouts::write(&mut tx, &out.persist).await?;
         tx.commit().await?;
         let late = {
             let mut state = self.write();

@@ -28,22 +28,22 @@
 //! failed boots counted and the last good generation served after too many.
 //!
 //! Around the two pure machines: [`engine`] (every rollout and machine
-//! health, fed boots, confirmations and the clock, still pure), [`store`]
-//! (their rows, migration 0007), [`hook`] (the optional reboot command or
+//! health, fed boots, confirmations and the clock, still pure), [`restore`]
+//! (the fleet back from its stored rows, `store::rollouts`), [`hook`] (the optional reboot command or
 //! webhook) and [`settings`] (the `[rollout]` config section). The
 //! inventory holds the engine under its lock and asks it at every boot.
 
 pub mod engine;
 pub mod hook;
+pub mod restore;
 pub mod settings;
-pub mod store;
 pub mod watchdog;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 use crate::domain::{Cpu, MacAddr, Slot};
 
 /// What decides whether a member of a group moves in a rollout: the one

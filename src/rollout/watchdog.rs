@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod history;
 pub mod machines;
 pub mod retention;
+pub mod rollouts;
 pub mod tokens;
 pub mod writer;
 

@@ -265,7 +265,7 @@ async fn write_all(conn: &mut SqliteConnection, batch: &[Record]) -> Result<(), 
         match record {
             Record::Event(e) => events.push(e),
             Record::BootStarted(b) => insert_boot(conn, b).await?,
-            Record::Rollout(p) => crate::rollout::store::write(conn, p).await?,
+            Record::Rollout(p) => crate::store::rollouts::write(conn, p).await?,
             Record::MachineSeen(_) | Record::Lease(_) | Record::Flush(_) | Record::Promise(_) => {}
         }
     }

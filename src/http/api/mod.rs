@@ -63,7 +63,7 @@ pub use utoipa_axum::router::OpenApiRouter;
 pub use utoipa_axum::routes;
 
 use crate::auth::{Principal, Role, Tokens};
-use crate::boot::GenerationId;
+use crate::domain::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, ImageError, ImageStore, Manifest};
 use crate::inventory::{Inventory, InventoryError};

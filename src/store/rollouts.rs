@@ -1,0 +1,110 @@
+//! Rollouts and machine health (migration 0007): one [`Persist`] is
+//! written inside the caller's transaction, so a transition and its effects
+//! (a failed boot row, a moved group pointer) commit together. Rows are
+//! replaced only by a higher `rev` (the rollout engine numbers its changes).
+//! Read back whole at start, as stored; `rollout::restore` makes the fleet.
+
+use sqlx::SqliteConnection;
+
+use super::{Store, StoreError};
+use crate::domain::fleet_rows::Persist;
+use crate::domain::BootState;
+
+/// Writes everything `p` holds on `conn` (inside a transaction the caller
+/// opened with `BEGIN IMMEDIATE` and commits).
+pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx::Error> {
+    for r in &p.rollouts {
+        sqlx::query(
+            "INSERT INTO rollouts (id, group_name, slot, state, holds, rollout, created_ms, created_by, updated_ms, rev)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (id) DO UPDATE SET state = ?4, holds = ?5, rollout = ?6, updated_ms = ?9, rev = ?10
+             WHERE excluded.rev > rollouts.rev",
+        )
+        .bind(r.id)
+        .bind(&r.group)
+        .bind(r.slot.to_string())
+        .bind(r.state)
+        .bind(r.holds)
+        .bind(&r.json)
+        .bind(r.created_ms)
+        .bind(&r.created_by)
+        .bind(r.updated_ms)
+        .bind(r.rev)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for h in &p.health {
+        sqlx::query(
+            "INSERT INTO machine_health (mac, health, degraded, updated_ms, rev) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (mac) DO UPDATE SET health = ?2, degraded = ?3, updated_ms = ?4, rev = ?5
+             WHERE excluded.rev > machine_health.rev",
+        )
+        .bind(h.mac.to_string())
+        .bind(&h.json)
+        .bind(h.degraded)
+        .bind(h.updated_ms)
+        .bind(h.rev)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for (id, reason) in &p.failed_boots {
+        sqlx::query("UPDATE boots SET state = ?, reason = ? WHERE id = ? AND state = ?")
+            .bind(BootState::Failed.as_str())
+            .bind(reason)
+            .bind(id)
+            .bind(BootState::Served.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    for m in &p.pointers {
+        let (stream, number) = (&m.generation.stream, m.generation.number);
+        super::set_group_pointer(conn, &m.group, m.slot, stream, number, p.at_ms).await?;
+    }
+    Ok(())
+}
+
+/// A row of `rollouts`, as stored (the rollout as JSON).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRollout {
+    pub id: i64,
+    pub slot: String,
+    pub rollout: String,
+    pub created_ms: i64,
+    pub created_by: Option<String>,
+    pub updated_ms: i64,
+}
+
+/// Every rollout and every machine's health, and the highest `rev` either
+/// holds.
+#[derive(Debug, Clone, Default)]
+pub struct StoredFleet {
+    pub rollouts: Vec<StoredRollout>,
+    /// `(mac, health as JSON)`.
+    pub health: Vec<(String, String)>,
+    pub rev: i64,
+}
+
+impl Store {
+    /// Everything, to resume where the server stopped.
+    pub async fn fleet_rows(&self) -> Result<StoredFleet, StoreError> {
+        let rollouts = sqlx::query_as(
+            "SELECT id, slot, rollout, created_ms, created_by, updated_ms FROM rollouts ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let health = sqlx::query_as("SELECT mac, health FROM machine_health")
+            .fetch_all(&self.pool)
+            .await?;
+        let (rev,): (i64,) = sqlx::query_as(
+            "SELECT MAX(COALESCE((SELECT MAX(rev) FROM rollouts), 0),
+                        COALESCE((SELECT MAX(rev) FROM machine_health), 0))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(StoredFleet {
+            rollouts,
+            health,
+            rev,
+        })
+    }
+}
