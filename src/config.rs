@@ -352,7 +352,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub templates_dir: Option<PathBuf>,
     pub http_listen: SocketAddr,
-    pub http_limits: crate::http::limits::HttpLimits,
+    pub http_limits: HttpLimits,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
@@ -390,6 +390,27 @@ pub struct DhcpSettings {
     pub new_clients_per_minute_total: u32,
     /// `None`: never-booted machines are kept for ever.
     pub forget_unbooted_after: Option<Duration>,
+}
+
+/// What any client can hold of the HTTP server (`[http]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this (slow or half-sent
+    /// requests are closed); bodies and responses are not timed, so a long
+    /// download at rack speed is never cut.
+    pub header_read_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_connections_per_address: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            max_connections: 8192,
+            max_connections_per_address: 256,
+        }
+    }
 }
 
 /// What the command line contributes on top of file and environment.
@@ -539,7 +560,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             return Err(invalid(key, "must be at least 1"));
         }
     }
-    let http_limits = crate::http::limits::HttpLimits {
+    let http_limits = HttpLimits {
         header_read_timeout,
         max_connections: raw.http.max_connections,
         max_connections_per_address: raw.http.max_connections_per_address,

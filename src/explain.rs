@@ -23,7 +23,7 @@ use crate::boot::identity::{IdentityMatch, SwitchPort};
 use crate::boot::loader::{self, Loader, LoaderChoice, LoaderSettings};
 use crate::boot::membership::Membership;
 use crate::boot::onie::{OnieHeaders, OnieVendor};
-use crate::boot::{context, GenerationId, Source, Target};
+use crate::boot::{GenerationId, Source, Target};
 use crate::clients::Clients;
 use crate::config::DhcpMode;
 use crate::dhcp::classify::{bootfile_with, BootTargets, Bootfile, ClientFacts, ClientKind};
@@ -33,6 +33,7 @@ use crate::domain::{Arch, Cpu, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
 use crate::netboot::render_boot;
+use crate::render::context;
 use crate::render::{Renderer, ZTP_DIR};
 
 /// What a client would send. Every field but `mac` is optional: with no
@@ -635,7 +636,7 @@ impl Explainer {
                     Loader::Ipxe
                 };
                 let result = render_boot(&plan, &self.server, &self.renderer, l);
-                let template = l.template(plan.bootable());
+                let template = crate::render::boot_template(l, plan.bootable());
                 out.steps.push(format!(
                     "script: {template}{}",
                     if result.is_ok() {

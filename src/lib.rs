@@ -17,7 +17,7 @@
 //! - [`inventory`]: machines, groups, generations and open boots in memory,
 //!   for the boot path; operator changes written to SQLite first.
 //! - [`rollout`]: rollouts and the last-known-good watchdog as pure state
-//!   machines ([`rollout::engine::Fleet`] is what the boot path asks), their
+//!   machines ([`rollout::engine::Rollouts`] is what the boot path asks), their
 //!   rows, and the reboot hook.
 //! - [`images`]: the content-addressed store of boot artifacts and manifests.
 //! - [`render`]: minijinja templates from `boot-templates/`, strict.
@@ -56,6 +56,7 @@ pub mod desired;
 pub mod dhcp;
 pub mod domain;
 pub mod explain;
+pub mod fleet;
 pub mod http;
 pub mod images;
 pub mod inventory;

@@ -30,13 +30,14 @@ use tracing::{error, info};
 use crate::binding::Bindings;
 use crate::boot::loader::Loader;
 use crate::boot::onie::{self, OnieHeaders};
-use crate::boot::{context, GenerationId, Target};
+use crate::boot::{GenerationId, Target};
 use crate::bootfiles::Bootfiles;
 use crate::clients::Clients;
 use crate::domain::{Cpu, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
 use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
 use crate::ledger::Ledger;
+use crate::render::context;
 use crate::render::{RenderError, Renderer, GRUB_CFG, ZTP_DIR};
 use crate::tftp::GeneratedFiles;
 
@@ -82,7 +83,7 @@ pub fn render_boot(
     loader: Loader,
 ) -> Result<String, RenderError> {
     let ctx = context::build(plan, server, renderer)?;
-    renderer.render(loader.template(plan.bootable()), &ctx)
+    renderer.render(crate::render::boot_template(loader, plan.bootable()), &ctx)
 }
 
 impl Netboot {

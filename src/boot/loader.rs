@@ -28,19 +28,6 @@ pub enum Loader {
 }
 
 impl Loader {
-    /// The template this loader renders for a boot: the machine's own when
-    /// there is a live OS to boot, else the one that says why not. The boot
-    /// path, GRUB over TFTP and `explain` all choose through here.
-    pub fn template(self, bootable: bool) -> &'static str {
-        use crate::render::{MACHINE_GRUB, MACHINE_IPXE, NOTHING_GRUB, NOTHING_IPXE};
-        match (self, bootable) {
-            (Loader::Ipxe, true) => MACHINE_IPXE,
-            (Loader::Ipxe, false) => NOTHING_IPXE,
-            (Loader::Grub, true) => MACHINE_GRUB,
-            (Loader::Grub, false) => NOTHING_GRUB,
-        }
-    }
-
     pub fn as_str(self) -> &'static str {
         match self {
             Loader::Ipxe => "ipxe",

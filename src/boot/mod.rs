@@ -5,13 +5,12 @@
 //! the machine's architecture (a group holds one generation per
 //! architecture), then the group's pointer set last.
 //! Rollouts and the last-known-good watchdog then have their say (see
-//! `rollout::engine::Fleet::boot`: a moved machine boots the rollout's
+//! `rollout::engine::Rollouts::boot`: a moved machine boots the rollout's
 //! generation, a degraded one its last good). When
 //! nothing can be booted the answer says why, because the machine's console
 //! and the ledger must say it too.
 
 pub mod claims;
-pub mod context;
 pub mod identity;
 pub mod loader;
 pub mod membership;

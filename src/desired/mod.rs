@@ -12,7 +12,7 @@
 //!   path). No I/O: the tables in its tests are the specification.
 //! - The server's `POST /api/v1/apply` validates against its own state,
 //!   plans with [`plan::plan`], and applies everything in one SQLite
-//!   transaction ([`crate::inventory::Inventory::apply`]).
+//!   transaction (`Inventory::apply`, in `inventory/apply.rs`).
 //!
 //! Semantics, kept predictable: a key absent from the file leaves that
 //! field as it is; nothing is ever deleted (no pruning). A listed `labels`

@@ -27,7 +27,7 @@ use crate::boot::{GenerationId, GroupFacts};
 use crate::domain::{
     check_group_name, check_hostname, check_label_part, Cpu, MacAddr, MachineKind, Slot,
 };
-use crate::inventory::{GroupChange, MachineChange, StartRollout};
+use crate::fleet::{GroupChange, MachineChange, StartRollout};
 use crate::rollout::{Canary, Require, Strategy};
 
 /// What the plan needs to know about the server.

@@ -35,13 +35,14 @@ use serde_json::json;
 use tracing::{error, info, warn};
 
 use crate::binding::Bindings;
+use crate::boot::claims;
 use crate::boot::loader::Loader;
-use crate::boot::{claims, context};
 use crate::domain::MacAddr;
 use crate::inventory::{Inventory, InventoryError, ScriptRequest};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::netboot::render_boot;
+use crate::render::context;
 use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE};
 
 #[derive(Clone)]

@@ -9,10 +9,9 @@
 pub mod api;
 pub mod artifacts;
 pub mod boot;
-pub mod limits;
 pub mod switch;
 
-pub use limits::HttpLimits;
+pub use crate::config::HttpLimits;
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@
 //! same changes made to memory as it is then (the boot path kept going
 //! meanwhile), so a refused apply or a failed commit leaves neither SQLite
 //! nor memory touched. Rollouts start through
-//! the same [`crate::rollout::engine::Fleet::start`] as
+//! the same [`crate::rollout::engine::Rollouts::start`] as
 //! `POST /api/v1/rollouts`, with the same starting point and members.
 
 use std::collections::HashSet;
@@ -48,7 +48,7 @@ impl Inventory {
             .values()
             .map(|g| {
                 let holding = state
-                    .fleet
+                    .rollouts
                     .holding(&g.name)
                     .map(|e| (e.id, e.rollout.spec.to.clone()));
                 (
@@ -222,11 +222,11 @@ impl Inventory {
                 machines: state.machines.clone(),
                 groups: state.groups.clone(),
                 generations: state.generations.clone(),
-                fleet: state.fleet.clone(),
+                rollouts: state.rollouts.clone(),
                 ..State::default()
             }
         };
-        let base = copy.fleet.rev();
+        let base = copy.rollouts.rev();
         for (name, change, slot, _) in &groups {
             apply_group(&mut copy, name, change.clone(), *slot);
         }
@@ -238,7 +238,7 @@ impl Inventory {
         for r in &rollouts {
             let (spec, slot, members) = rollout_plan(&copy, r, &known)?;
             let (id, out) = copy
-                .fleet
+                .rollouts
                 .start(spec.clone(), slot, &members, by.clone(), now)?;
             self.apply_pointers(&mut copy, &out.persist.pointers);
             started.push((spec, slot, members, id, out));
@@ -274,7 +274,7 @@ impl Inventory {
             }
             state.regroup();
             let committed: Vec<&Persist> = started.iter().map(|(.., out)| &out.persist).collect();
-            self.show_fleet(&mut state, base, copy.fleet, &committed, |live| {
+            self.show_fleet(&mut state, base, copy.rollouts, &committed, |live| {
                 started
                     .iter()
                     .map(|(spec, slot, members, _, out)| {

@@ -3,28 +3,9 @@
 //! memory, so an edit is applied whole or not at all and memory never shows
 //! what SQLite does not hold.
 
-use std::collections::BTreeMap;
+use crate::domain::MacAddr;
 
-use crate::domain::GenerationId;
-use crate::domain::{MacAddr, MachineKind};
-
-use super::{load, Inventory, InventoryError, Machine, State};
-
-/// What an edit changes; `None` leaves a field as it is. The caller has
-/// validated the values.
-#[derive(Debug, Clone, Default)]
-pub struct MachineChange {
-    /// `Some(None)` removes the hostname.
-    pub hostname: Option<Option<String>>,
-    /// The whole new label set.
-    pub labels: Option<BTreeMap<String, String>>,
-    /// The group the operator assigns (it must exist); `Some(None)`
-    /// removes the assignment, and selectors decide again.
-    pub group: Option<Option<String>>,
-    /// `Some(None)` removes the pin.
-    pub pin: Option<Option<GenerationId>>,
-    pub kind: Option<MachineKind>,
-}
+use super::{load, Inventory, InventoryError, Machine, MachineChange, State};
 
 /// What deleting a machine removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

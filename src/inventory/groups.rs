@@ -15,21 +15,7 @@ use crate::domain::GenerationId;
 use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 
-use super::{empty_group, load, Group, Inventory, InventoryError, Machine, State};
-
-/// What an operator sets on a group. On create, `None` means the default
-/// (no description, no selector, no variables, no generation); on update,
-/// `None` leaves the field as it is. `selector: Some(None)` removes it.
-#[derive(Debug, Clone, Default)]
-pub struct GroupChange {
-    pub description: Option<String>,
-    pub selector: Option<Option<Selector>>,
-    /// Template variables: a JSON object, replaced whole.
-    pub variables: Option<serde_json::Value>,
-    /// Moves the group's pointer (and its pointer for the generation's
-    /// architecture), as `set_group_generation` does.
-    pub generation: Option<GenerationId>,
-}
+use super::{empty_group, load, Group, GroupChange, Inventory, InventoryError, Machine, State};
 
 /// How many machines a refusal names before "and N more".
 const NAMED: usize = 5;

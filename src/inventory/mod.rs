@@ -12,183 +12,33 @@ mod apply;
 mod edit;
 mod forget;
 mod groups;
-pub use groups::GroupChange;
 mod load;
 mod rollouts;
 
-pub use rollouts::{RolloutCommandError, StartRollout};
+pub use rollouts::RolloutCommandError;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use serde::Serialize;
-
-use crate::boot::identity::{self, Candidate, IdentityMatch, SwitchPort};
+use crate::boot::identity::{IdentityMatch, SwitchPort};
 use crate::boot::loader::{Loader, LoaderSettings};
-use crate::boot::membership::{self, Claim, Membership, DEFAULT_GROUP};
-use crate::boot::select::Selector;
+use crate::boot::membership::DEFAULT_GROUP;
 use crate::boot::{self, GenerationId, Target};
 use crate::clients::Clients;
-use crate::domain::{BootState, Cpu, MacAddr, MachineKind, Slot};
+use crate::domain::{BootState, Cpu, MacAddr, MachineKind};
 use crate::images::{Digest, Manifest};
 use crate::ledger::{now_ms, BootRecord, Inherited, Ledger, MachineFacts, Record};
+use crate::secret::{new_secret, token_hash};
 use crate::store::{Store, StoreError};
 
-pub use edit::{Deleted, MachineChange};
-
-/// A machine as the boot path sees it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub mac: MacAddr,
-    pub kind: MachineKind,
-    /// The operator set `kind`: from then on what the machine's requests
-    /// suggest (an ONIE or ZTP request) no longer changes it.
-    pub kind_by_operator: bool,
-    /// The group it is in: `assigned` if set, else computed from the
-    /// groups' selectors (see [`crate::boot::membership`]). Kept current
-    /// whenever labels, assignments or selectors change.
-    pub group: String,
-    /// The group an operator assigned; it beats every selector.
-    pub assigned: Option<String>,
-    /// Why it is in `group` (explicit, a selector, default, a tie).
-    pub membership: Membership,
-    pub labels: BTreeMap<String, String>,
-    pub hostname: Option<String>,
-    pub uuid: Option<String>,
-    pub serial: Option<String>,
-    /// The CPU its loader runs (`${buildarch}`, else DHCP option 93).
-    pub arch: Option<Cpu>,
-    pub ip: Option<String>,
-    pub pin: Option<GenerationId>,
-    pub current: Option<GenerationId>,
-    pub last_good: Option<GenerationId>,
-    /// The switch port (relay option 82) it was last seen behind.
-    pub port: Option<SwitchPort>,
-}
-
-impl Machine {
-    fn new(mac: MacAddr) -> Self {
-        Self {
-            mac,
-            kind: MachineKind::Server,
-            kind_by_operator: false,
-            group: DEFAULT_GROUP.into(),
-            assigned: None,
-            membership: Membership::Default,
-            labels: BTreeMap::new(),
-            hostname: None,
-            uuid: None,
-            serial: None,
-            arch: None,
-            ip: None,
-            pin: None,
-            current: None,
-            last_good: None,
-            port: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Group {
-    pub name: String,
-    /// What the group is for, for operators.
-    pub description: String,
-    /// Claims machines whose labels match (`None`: only assigned ones).
-    pub selector: Option<Selector>,
-    /// The pointer set last.
-    pub pointer: Option<GenerationId>,
-    /// One generation per slot (image CPU, live OS or installer): machines
-    /// boot the one for their own CPU and kind.
-    #[serde(default)]
-    pub by_arch: BTreeMap<Slot, GenerationId>,
-    pub variables: serde_json::Value,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Generation {
-    pub id: GenerationId,
-    pub digest: Digest,
-    pub manifest: Manifest,
-    pub imported_ms: i64,
-    pub imported_by: Option<String>,
-}
-
-/// A boot whose token may still be used (config fetches, confirmation)
-/// for the token's lifetime after `started_ms`, and only from an address
-/// bound to `mac` (the HTTP layer checks that with [`crate::binding`]).
-#[derive(Debug, Clone)]
-pub struct Boot {
-    pub id: i64,
-    pub mac: MacAddr,
-    pub generation: Option<GenerationId>,
-    pub confirmed: bool,
-    /// When its script was served.
-    pub started_ms: i64,
-}
-
-/// Open boots kept per machine: a machine that asks for its script again
-/// and again (a retry loop) keeps only its newest tokens.
-const OPEN_BOOTS_PER_MACHINE: usize = 4;
-/// Inserts between two sweeps of expired boots.
-const SWEEP_EVERY: i64 = 1024;
-/// How long a boot's token works by default (`[boot] token_ttl`).
-pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(2 * 3600);
-
-/// What the script request told us about the machine (iPXE variables).
-#[derive(Debug, Clone, Default)]
-pub struct ScriptRequest {
-    pub mac: Option<MacAddr>,
-    pub uuid: Option<String>,
-    pub serial: Option<String>,
-    pub buildarch: Option<Cpu>,
-    pub platform: Option<String>,
-    pub ip: Option<IpAddr>,
-}
-
-/// Where a request stands in a machine's boot, for the watchdog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// Firmware or a loader asks (an iPXE script, a GRUB config, an ONIE
-    /// installer): the machine network-booted, so a boot served before and
-    /// never confirmed has failed.
-    Netboot,
-    /// The OS a boot installed asks, carrying that boot on (a switch's
-    /// network OS fetching its ZTP script after ONIE installed it): the open
-    /// boot has not failed; this request's confirmation is the one it waits
-    /// for.
-    CarriesOn,
-}
-
-/// Everything needed to render one boot's script and configs.
-#[derive(Debug, Clone)]
-pub struct BootPlan {
-    pub boot_id: i64,
-    /// The per-boot token in clear (only ever sent to the machine).
-    pub token: String,
-    pub machine: Machine,
-    pub group: Group,
-    pub target: Target,
-    pub generation: Option<Arc<Generation>>,
-    pub platform: Option<String>,
-    /// How the request was matched to the machine (its MAC, or the switch
-    /// port of a machine it replaces).
-    pub identity: IdentityMatch,
-}
-
-impl BootPlan {
-    /// There is a live OS to boot: a target generation with a kernel (a
-    /// switch installer has none).
-    pub fn bootable(&self) -> bool {
-        matches!(self.target, Target::Boot { .. })
-            && self
-                .generation
-                .as_ref()
-                .is_some_and(|g| g.manifest.kernel.is_some())
-    }
-}
+use crate::fleet::{decide, empty_group, group_loader, Fleet as State};
+pub use crate::fleet::{
+    Boot, BootPlan, Decision, Generation, Group, GroupChange, Machine, MachineChange,
+    ScriptRequest, Stage, StartRollout, DEFAULT_TOKEN_TTL, PREVIEW_TOKEN,
+};
+pub use edit::Deleted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -216,241 +66,6 @@ pub enum InventoryError {
     GroupInUse { group: String, reasons: Vec<String> },
 }
 
-#[derive(Default)]
-struct State {
-    machines: HashMap<MacAddr, Machine>,
-    groups: HashMap<String, Group>,
-    generations: HashMap<GenerationId, Arc<Generation>>,
-    /// By sha256 of the token.
-    boots: HashMap<String, Boot>,
-    /// The latest boot opened from each client address: artifact downloads
-    /// carry no token, so they are attributed by where they come from.
-    by_ip: HashMap<IpAddr, String>,
-    /// Each machine's open boots, oldest first (token hashes).
-    open_by_mac: HashMap<MacAddr, std::collections::VecDeque<String>>,
-    /// Rollouts and the watchdog's per-machine health: asked at every boot.
-    fleet: crate::rollout::engine::Fleet,
-}
-
-impl State {
-    /// Opens a boot. A machine keeps at most [`OPEN_BOOTS_PER_MACHINE`]
-    /// open boots (its newest), and boots started before `oldest_live` (their
-    /// tokens expired) are swept now and then, so memory stays bounded by
-    /// the fleet, not by how often machines ask.
-    fn open_boot(&mut self, hash: String, boot: Boot, oldest_live: i64) {
-        if boot.id % SWEEP_EVERY == 0 {
-            self.boots.retain(|_, b| b.started_ms >= oldest_live);
-            let boots = &self.boots;
-            self.by_ip.retain(|_, h| boots.contains_key(h));
-            for open in self.open_by_mac.values_mut() {
-                open.retain(|h| boots.contains_key(h));
-            }
-            self.open_by_mac.retain(|_, open| !open.is_empty());
-        }
-        let open = self.open_by_mac.entry(boot.mac).or_default();
-        open.push_back(hash.clone());
-        while open.len() > OPEN_BOOTS_PER_MACHINE {
-            if let Some(old) = open.pop_front() {
-                self.boots.remove(&old);
-            }
-        }
-        self.boots.insert(hash, boot);
-    }
-
-    /// The groups that claim machines by selector.
-    fn claims(&self) -> impl Iterator<Item = Claim<'_>> {
-        self.groups.values().filter_map(|g| {
-            g.selector.as_ref().map(|selector| Claim {
-                group: &g.name,
-                selector,
-            })
-        })
-    }
-
-    /// The membership of `m` as things stand.
-    fn membership_of(&self, m: &Machine) -> Membership {
-        membership::resolve(m.assigned.as_deref(), &m.labels, self.claims())
-    }
-
-    /// Recomputes every machine's group (after a selector, an assignment or
-    /// labels changed); returns the unassigned machines whose group moved,
-    /// with their new group, for the database.
-    fn regroup(&mut self) -> Vec<(MacAddr, String)> {
-        let computed: Vec<(MacAddr, Membership)> = self
-            .machines
-            .values()
-            .map(|m| (m.mac, self.membership_of(m)))
-            .collect();
-        let mut moved = Vec::new();
-        for (mac, membership) in computed {
-            let Some(m) = self.machines.get_mut(&mac) else {
-                continue;
-            };
-            let group = membership.group().to_string();
-            if group != m.group && m.assigned.is_none() {
-                moved.push((mac, group.clone()));
-            }
-            if membership.is_tie() && !m.membership.is_tie() {
-                tracing::warn!(%mac, reason = %membership.reason(), "selector tie");
-            }
-            m.group = group;
-            m.membership = membership;
-        }
-        moved
-    }
-
-    /// The machine's group, if it exists.
-    fn group_of(&self, m: &Machine) -> Option<&Group> {
-        self.groups.get(&m.group)
-    }
-}
-
-/// What the boot path decides for one request, without changing anything:
-/// [`Inventory::begin_boot_as`] applies it; `explain` shows it.
-#[derive(Debug, Clone)]
-pub struct Decision {
-    /// How the request was matched to a machine.
-    pub identity: IdentityMatch,
-    /// The inventory did not know this MAC.
-    pub fresh: bool,
-    /// The machine as it is after this request (facts merged, a replaced
-    /// machine's role inherited, membership computed).
-    pub machine: Machine,
-    /// Its group, when the group exists.
-    pub group: Option<Group>,
-    pub target: Target,
-    pub generation: Option<Arc<Generation>>,
-    /// What rollouts and the watchdog said about this boot (previews only:
-    /// `rollout.serve`, `watchdog.last_good`, …).
-    pub notes: Vec<crate::rollout::engine::Note>,
-}
-
-/// Decides a request from `mac`: identity, the machine, its group and its
-/// target generation. Pure: reads `state`, changes nothing.
-fn decide(
-    state: &State,
-    mac: MacAddr,
-    req: &ScriptRequest,
-    port: Option<&SwitchPort>,
-    kind: Option<MachineKind>,
-) -> Decision {
-    let existing = state.machines.get(&mac);
-    let fresh = existing.is_none();
-    let identity = identity::resolve(
-        mac,
-        !fresh,
-        port,
-        state.machines.values().map(|m| Candidate {
-            mac: m.mac,
-            port: m.port.as_ref(),
-            by_port: by_port(m, &state.groups),
-        }),
-    );
-    let mut machine = match (&identity, existing) {
-        (IdentityMatch::Port { replaces, .. }, _) => match state.machines.get(replaces) {
-            Some(old) => Machine {
-                kind: old.kind,
-                kind_by_operator: old.kind_by_operator,
-                group: old.group.clone(),
-                assigned: old.assigned.clone(),
-                labels: old.labels.clone(),
-                hostname: old.hostname.clone(),
-                pin: old.pin.clone(),
-                ..Machine::new(mac)
-            },
-            None => Machine::new(mac),
-        },
-        (IdentityMatch::Mac, Some(m)) => m.clone(),
-        (IdentityMatch::Mac, None) => Machine::new(mac),
-    };
-    machine.uuid = req.uuid.clone().or(machine.uuid.take());
-    machine.serial = req.serial.clone().or(machine.serial.take());
-    machine.arch = req.buildarch.or(machine.arch);
-    machine.ip = req.ip.map(|i| i.to_string()).or(machine.ip.take());
-    if let Some(kind) = kind.filter(|_| !machine.kind_by_operator) {
-        machine.kind = kind;
-    }
-    if let Some(port) = port {
-        machine.port = Some(port.clone());
-    }
-    machine.membership = state.membership_of(&machine);
-    machine.group = machine.membership.group().to_string();
-    let group = state.group_of(&machine).cloned();
-    let target = target_of(state, &machine, group.as_ref());
-    let generation = match &target {
-        Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
-        Target::Nothing { .. } => None,
-    };
-    Decision {
-        identity,
-        fresh,
-        machine,
-        group,
-        target,
-        generation,
-        notes: Vec::new(),
-    }
-}
-
-/// Boot id and token of a previewed plan: nothing is opened, so the URLs
-/// that carry a token carry this placeholder instead.
-pub const PREVIEW_TOKEN: &str = "PREVIEW";
-
-impl Decision {
-    /// The plan a boot would render with, for a preview (boot id 0,
-    /// [`PREVIEW_TOKEN`]).
-    pub fn preview_plan(&self, platform: Option<String>) -> BootPlan {
-        BootPlan {
-            boot_id: 0,
-            token: PREVIEW_TOKEN.into(),
-            machine: self.machine.clone(),
-            group: self
-                .group
-                .clone()
-                .unwrap_or_else(|| empty_group(&self.machine.group)),
-            target: self.target.clone(),
-            generation: self.generation.clone(),
-            platform,
-            identity: self.identity.clone(),
-        }
-    }
-}
-
-/// [`boot::target`] for a machine of the inventory.
-fn target_of(state: &State, machine: &Machine, group: Option<&Group>) -> Target {
-    let facts = boot::MachineFacts {
-        group: machine.group.clone(),
-        pin: machine.pin.clone(),
-        arch: machine.arch,
-        switch: machine.kind == MachineKind::Switch,
-    };
-    let group_facts = group.map(|g| boot::GroupFacts {
-        name: g.name.clone(),
-        pointer: g.pointer.clone(),
-        by_arch: g
-            .by_arch
-            .iter()
-            .map(|(slot, id)| (*slot, id.clone()))
-            .collect(),
-    });
-    boot::target(&facts, group_facts.as_ref(), |g| {
-        state.generations.get(g).map(|r| r.manifest.arch)
-    })
-}
-
-/// An empty group named `name` (what a machine of a group that does not
-/// exist renders with).
-fn empty_group(name: &str) -> Group {
-    Group {
-        name: name.to_string(),
-        description: String::new(),
-        selector: None,
-        pointer: None,
-        by_arch: BTreeMap::new(),
-        variables: serde_json::json!({}),
-    }
-}
-
 pub struct Inventory {
     store: Store,
     ledger: Ledger,
@@ -470,30 +85,11 @@ pub struct Inventory {
     fleet_commands: tokio::sync::Mutex<()>,
 }
 
-/// The machine (label `identity`) or its group (variable `identity`) says
-/// `port`: identify it by its switch port.
-fn by_port(m: &Machine, groups: &HashMap<String, Group>) -> bool {
-    let says = |v: Option<&str>| v.is_some_and(|v| v.trim().eq_ignore_ascii_case("port"));
-    says(m.labels.get("identity").map(String::as_str))
-        || says(
-            groups
-                .get(&m.group)
-                .and_then(|g| g.variables.get("identity"))
-                .and_then(|v| v.as_str()),
-        )
-}
-
-fn group_loader(g: &Group) -> Option<Loader> {
-    g.variables.get("loader")?.as_str()?.parse().ok()
-}
-
-use crate::secret::{new_secret, token_hash};
-
 impl Inventory {
     /// Loads the view from the database.
     pub async fn load(store: Store, ledger: Ledger) -> Result<Self, InventoryError> {
         let (mut state, max_boot) = load::state(&store).await?;
-        state.fleet = crate::rollout::restore::restore(
+        state.rollouts = crate::rollout::restore::restore(
             store.fleet_rows().await?,
             crate::rollout::settings::RolloutSettings::default().watchdog,
         );
@@ -663,12 +259,12 @@ impl Inventory {
         };
         state.machines.insert(mac, machine.clone());
         if stage == Stage::CarriesOn {
-            state.fleet.carry_on(mac);
+            state.rollouts.carry_on(mac);
         }
         // Rollouts and the watchdog have their say; the previous boot, if
         // it never confirmed (and this request does not carry it on), is
         // counted as failed first.
-        let (target, fleet) = state.fleet.boot(
+        let (target, fleet) = state.rollouts.boot(
             mac,
             &machine.group,
             machine.last_good.as_ref(),
@@ -777,7 +373,7 @@ impl Inventory {
         let mut d = decide(&state, mac, req, port.as_ref(), kind);
         // Rollouts and the watchdog have their say as at a boot: the same
         // call, on a copy, so nothing they would record happens.
-        let mut fleet = state.fleet.clone();
+        let mut fleet = state.rollouts.clone();
         if stage == Stage::CarriesOn {
             fleet.carry_on(mac);
         }
@@ -939,7 +535,7 @@ impl Inventory {
         // to it again and those rows follow through the ledger).
         let (mut next, base) = {
             let state = self.read();
-            (state.fleet.clone(), state.fleet.rev())
+            (state.rollouts.clone(), state.rollouts.rev())
         };
         let fleet = next.confirmed(boot.mac, &generation, fields, now);
         crate::store::rollouts::write(&mut tx, &fleet.persist).await?;
@@ -1115,7 +711,7 @@ impl Inventory {
                 }
             }
         }
-        for (id, rollout) in state.fleet.held_generations() {
+        for (id, rollout) in state.rollouts.held_generations() {
             used.entry(id)
                 .or_default()
                 .push(format!("rollout {rollout}"));

@@ -8,25 +8,14 @@
 //! flushed and answer only once it is committed. Rows carry the engine's
 //! `rev`, so either order leaves the newest state.
 
-use super::{Inventory, InventoryError, State};
+use super::{Inventory, InventoryError, StartRollout, State};
 use crate::boot::{GenerationId, GroupFacts};
 use crate::domain::{MacAddr, MachineKind};
 use crate::ledger::{now_ms, Record};
-use crate::rollout::engine::{Entry, Fleet, FleetError, Outcome, Persist, PointerMove};
+use crate::rollout::engine::{Entry, FleetError, Outcome, Persist, PointerMove, Rollouts};
 use crate::rollout::hook::Job;
 use crate::rollout::watchdog::{Health, Policy};
-use crate::rollout::{Member, Require, Spec, Strategy};
-
-/// What an operator asks for when starting a rollout.
-#[derive(Debug, Clone)]
-pub struct StartRollout {
-    pub group: String,
-    pub to: GenerationId,
-    pub strategy: Strategy,
-    pub timeout_ms: i64,
-    pub require: Option<Require>,
-    pub rollback: bool,
-}
+use crate::rollout::{Member, Spec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutCommandError {
@@ -77,16 +66,16 @@ pub(super) fn follows(
 /// finished meanwhile), the rows of what `committed` touched as the fleet
 /// holds them, so the store comes back to what memory shows.
 pub(super) fn again_or_resave(
-    fleet: &mut Fleet,
+    rollouts: &mut Rollouts,
     committed: &Persist,
     now: i64,
-    change: impl FnOnce(&mut Fleet) -> Result<Outcome, FleetError>,
+    change: impl FnOnce(&mut Rollouts) -> Result<Outcome, FleetError>,
 ) -> Persist {
-    match change(fleet) {
+    match change(rollouts) {
         Ok(again) => again.persist,
         Err(e) => {
             tracing::warn!(error = %e, "a change committed while the fleet moved, and the fleet refuses it now; its rows are written back");
-            fleet.resave(committed, now).persist
+            rollouts.resave(committed, now).persist
         }
     }
 }
@@ -124,28 +113,28 @@ pub(super) fn rollout_from(
 impl Inventory {
     /// The watchdog's policy and the reboot hook's queue (once, at start).
     pub fn configure_rollouts(&self, policy: Policy, reboots: tokio::sync::mpsc::Sender<Job>) {
-        self.write().fleet.policy = policy;
+        self.write().rollouts.policy = policy;
         let _ = self.reboots.set(reboots);
     }
 
     pub fn rollouts(&self) -> Vec<Entry> {
-        self.read().fleet.rollouts().cloned().collect()
+        self.read().rollouts.rollouts().cloned().collect()
     }
 
     pub fn rollout(&self, id: i64) -> Option<Entry> {
-        self.read().fleet.rollout(id).cloned()
+        self.read().rollouts.rollout(id).cloned()
     }
 
     pub fn watchdog_policy(&self) -> Policy {
-        self.read().fleet.policy
+        self.read().rollouts.policy
     }
 
     pub fn health(&self, mac: MacAddr) -> Health {
-        self.read().fleet.health(mac)
+        self.read().rollouts.health(mac)
     }
 
     pub fn degraded(&self) -> Vec<(MacAddr, Health)> {
-        self.read().fleet.degraded()
+        self.read().rollouts.degraded()
     }
 
     /// A completed rollout moved a group pointer: memory follows (the rows
@@ -170,18 +159,18 @@ impl Inventory {
         &self,
         state: &mut State,
         base: i64,
-        next: Fleet,
+        next: Rollouts,
         committed: &[&Persist],
-        again: impl FnOnce(&mut Fleet) -> Vec<Persist>,
+        again: impl FnOnce(&mut Rollouts) -> Vec<Persist>,
     ) -> Vec<Persist> {
-        if state.fleet.rev() == base {
-            state.fleet = next;
+        if state.rollouts.rev() == base {
+            state.rollouts = next;
             for rows in committed {
                 self.apply_pointers(state, &rows.pointers);
             }
             return Vec::new();
         }
-        let rows = again(&mut state.fleet);
+        let rows = again(&mut state.rollouts);
         for r in &rows {
             self.apply_pointers(state, &r.pointers);
         }
@@ -228,7 +217,7 @@ impl Inventory {
     pub fn tick_rollouts(&self, now_ms: i64) {
         let out = {
             let mut state = self.write();
-            let out = state.fleet.tick(now_ms);
+            let out = state.rollouts.tick(now_ms);
             self.apply_pointers(&mut state, &out.persist.pointers);
             out
         };
@@ -245,7 +234,7 @@ impl Inventory {
     /// the store comes back to what memory shows.
     async fn fleet_command<T>(
         &self,
-        f: impl Fn(&mut Fleet, i64) -> Result<(T, Outcome), FleetError>,
+        f: impl Fn(&mut Rollouts, i64) -> Result<(T, Outcome), FleetError>,
     ) -> Result<T, RolloutCommandError> {
         // Rows the boot path queued are committed first (the one-rollout-
         // per-group index must see a finished rollout as finished).
@@ -254,7 +243,7 @@ impl Inventory {
         let now = now_ms();
         let (mut next, base) = {
             let state = self.read();
-            (state.fleet.clone(), state.fleet.rev())
+            (state.rollouts.clone(), state.rollouts.rev())
         };
         let (value, out) = f(&mut next, now)?;
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
@@ -263,7 +252,7 @@ impl Inventory {
         let late = {
             let mut state = self.write();
             self.show_fleet(&mut state, base, next, &[&out.persist], |live| {
-                let again = |fleet: &mut Fleet| f(fleet, now).map(|(_, again)| again);
+                let again = |fleet: &mut Rollouts| f(fleet, now).map(|(_, again)| again);
                 vec![again_or_resave(live, &out.persist, now, again)]
             })
         };

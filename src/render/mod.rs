@@ -22,8 +22,11 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 pub use escape::Language;
 
+pub mod context;
 mod escape;
 use serde::Serialize;
+
+use crate::boot::loader::Loader;
 
 static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/boot-templates");
 
@@ -31,6 +34,18 @@ static EMBEDDED: Dir<'_> = include_dir!("$CARGO_MANIFEST_DIR/boot-templates");
 pub const BOOT_IPXE: &str = "boot.ipxe";
 pub const MACHINE_IPXE: &str = "ipxe/machine.ipxe";
 pub const NOTHING_IPXE: &str = "ipxe/nothing.ipxe";
+/// The template a loader renders for a boot: the machine's own when there
+/// is a live OS to boot, else the one that says why not. The boot path,
+/// GRUB over TFTP and `explain` all choose through here.
+pub fn boot_template(loader: Loader, bootable: bool) -> &'static str {
+    match (loader, bootable) {
+        (Loader::Ipxe, true) => MACHINE_IPXE,
+        (Loader::Ipxe, false) => NOTHING_IPXE,
+        (Loader::Grub, true) => MACHINE_GRUB,
+        (Loader::Grub, false) => NOTHING_GRUB,
+    }
+}
+
 /// GRUB's first config (`/grub/grub.cfg` over TFTP), the same for every
 /// machine that is not known by its address yet.
 pub const GRUB_CFG: &str = "grub/grub.cfg";

@@ -4,14 +4,14 @@
 //! an [`Outcome`] saying what to write (one transaction), what to record in
 //! the ledger and which machines to reboot, in that order.
 //!
-//! The inventory owns one [`Fleet`] under its lock, so the boot decision
+//! The inventory owns one [`Rollouts`] under its lock, so the boot decision
 //! (group pointer → rollout → watchdog) is taken in one place without
 //! waiting on SQLite. Every change carries a higher `rev`; the store only
 //! ever replaces a row by a newer one, so writes queued by the boot path and
 //! written directly by operator commands may commit in any order and still
 //! leave the newest state.
 //!
-//! Order inside a boot (see [`Fleet::boot`]): first the previous boot, if it
+//! Order inside a boot (see [`Rollouts::boot`]): first the previous boot, if it
 //! never confirmed, is counted as failed (a rollout may roll back because of
 //! it); only then is the target decided, so the very boot that revealed the
 //! failure already gets generation A or the last good one.
@@ -124,7 +124,7 @@ pub enum FleetError {
 
 /// Every rollout and every machine's health.
 #[derive(Debug, Clone)]
-pub struct Fleet {
+pub struct Rollouts {
     pub policy: Policy,
     rollouts: BTreeMap<i64, Entry>,
     health: HashMap<MacAddr, Health>,
@@ -132,7 +132,7 @@ pub struct Fleet {
     rev: i64,
 }
 
-impl Default for Fleet {
+impl Default for Rollouts {
     fn default() -> Self {
         Self {
             policy: Policy {
@@ -147,7 +147,7 @@ impl Default for Fleet {
     }
 }
 
-impl Fleet {
+impl Rollouts {
     /// What the store held at start.
     pub fn restore(
         policy: Policy,

@@ -2,14 +2,14 @@
 //! memory at start. A row that cannot be read is skipped, loudly; the
 //! others resume where the database says.
 
-use super::engine::{Entry, Fleet};
+use super::engine::{Entry, Rollouts};
 use super::watchdog::{Health, Policy};
 use super::Rollout;
 use crate::domain::{MacAddr, Slot};
 use crate::store::rollouts::StoredFleet;
 
 /// The fleet `rows` describe, under `policy`.
-pub fn restore(rows: StoredFleet, policy: Policy) -> Fleet {
+pub fn restore(rows: StoredFleet, policy: Policy) -> Rollouts {
     let mut rollouts = Vec::new();
     for r in rows.rollouts {
         let slot = r.slot.parse::<Slot>();
@@ -39,5 +39,5 @@ pub fn restore(rows: StoredFleet, policy: Policy) -> Fleet {
             Some((mac, h))
         })
         .collect();
-    Fleet::restore(policy, rollouts, health, rows.rev)
+    Rollouts::restore(policy, rollouts, health, rows.rev)
 }

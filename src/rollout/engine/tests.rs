@@ -25,7 +25,7 @@ fn served(t: &Target) -> (i64, Source) {
     }
 }
 
-fn started(fleet: &mut Fleet, rollback: bool) -> i64 {
+fn started(fleet: &mut Rollouts, rollback: bool) -> i64 {
     let spec = Spec {
         group: "web".into(),
         from: gen(41),
@@ -55,7 +55,7 @@ fn started(fleet: &mut Fleet, rollback: bool) -> i64 {
 
 #[test]
 fn the_boot_decision_moves_the_canary_and_leaves_the_rest_on_the_group_pointer() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let (t, out) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
     assert_eq!(served(&t), (42, Source::Rollout));
@@ -76,7 +76,7 @@ fn the_boot_decision_moves_the_canary_and_leaves_the_rest_on_the_group_pointer()
 
 #[test]
 fn a_canary_that_netboots_again_gets_a_in_that_same_boot_and_the_failed_boot_is_marked() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let (t, _) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
     assert_eq!(served(&t).0, 42);
@@ -103,7 +103,7 @@ fn a_switch_whose_network_os_asks_for_ztp_carries_on_the_installer_boot() {
     // ONIE fetches B's installer (a boot of B opens), installs, reboots into
     // the network OS, whose ZTP request carries that boot on: no failure,
     // still B, and the rollout keeps waiting for the confirmation.
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let (t, _) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
     assert_eq!(served(&t).0, 42);
@@ -123,7 +123,7 @@ fn a_switch_whose_network_os_asks_for_ztp_carries_on_the_installer_boot() {
 
 #[test]
 fn without_rollback_the_rollout_stops_on_b_and_keeps_holding_the_group() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, false);
     fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
     let (t, _) = fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 11, 2 * MIN);
@@ -143,7 +143,7 @@ fn without_rollback_the_rollout_stops_on_b_and_keeps_holding_the_group() {
 
 #[test]
 fn gates_pass_on_the_clock_and_success_moves_the_group_pointer() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let fields = BTreeMap::new();
     fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
@@ -172,7 +172,7 @@ fn gates_pass_on_the_clock_and_success_moves_the_group_pointer() {
 
 #[test]
 fn a_degraded_machine_boots_its_last_good_and_an_operator_clears_the_mark() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     fleet.policy.max_failures = 2;
     for (boot, at) in [(1, 0), (2, MIN), (3, 2 * MIN)] {
         fleet.boot(mac(9), "web", Some(&gen(41)), group_target(43), boot, at);
@@ -191,7 +191,7 @@ fn a_degraded_machine_boots_its_last_good_and_an_operator_clears_the_mark() {
 
 #[test]
 fn silence_past_the_watchdog_timeout_fails_the_canary_on_the_clock() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     fleet.policy.confirm_timeout_ms = 2 * MIN;
     let id = started(&mut fleet, true);
     fleet.boot(mac(1), "web", Some(&gen(41)), group_target(41), 10, MIN);
@@ -211,7 +211,7 @@ fn silence_past_the_watchdog_timeout_fails_the_canary_on_the_clock() {
 
 #[test]
 fn a_fleet_restored_from_its_rows_decides_the_same() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let entries: Vec<Entry> = fleet
         .rollouts()
@@ -223,7 +223,7 @@ fn a_fleet_restored_from_its_rows_decides_the_same() {
             }
         })
         .collect();
-    let mut again = Fleet::restore(fleet.policy, entries, Vec::new(), 7);
+    let mut again = Rollouts::restore(fleet.policy, entries, Vec::new(), 7);
     let (t, out) = again.boot(mac(1), "web", None, group_target(41), 10, MIN);
     assert_eq!(served(&t).0, 42);
     assert!(
@@ -250,7 +250,7 @@ fn a_fleet_restored_from_its_rows_decides_the_same() {
 /// copy's) bring the store back to it.
 #[test]
 fn resave_writes_the_fleet_as_it_is_over_a_copys_rows() {
-    let mut fleet = Fleet::default();
+    let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
     let mut copy = fleet.clone();
     let paused = copy.pause(id, None, 5).unwrap();

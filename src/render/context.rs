@@ -1,14 +1,13 @@
 //! Turning a boot plan into the one context every template sees. Pure: the
 //! server's base URL and the plan in, a `BootContext` out.
 
-use crate::images::ArtifactRef;
-use crate::inventory::BootPlan;
-use crate::render::{
+use super::{
     ArtifactCtx, BootContext, BootCtx, GenerationCtx, GroupCtx, ImageCtx, MachineCtx, RenderError,
     Renderer, UrlsCtx,
 };
-
-use super::{Source, Target};
+use crate::boot::{Source, Target};
+use crate::fleet::BootPlan;
+use crate::images::ArtifactRef;
 
 /// The permanent, content-addressed URL of an artifact.
 pub fn artifact_url(server: &str, digest: &impl std::fmt::Display) -> String {
