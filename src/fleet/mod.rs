@@ -263,6 +263,43 @@ impl Fleet {
         moved
     }
 
+    /// What [`Fleet::regroup`] will return once a change is applied, worked
+    /// out beforehand (reading only) so the change's own transaction
+    /// records where selectors move machines: the groups as `groups` (else
+    /// as they are) and `changed` in place of its machine.
+    pub fn moves_with(
+        &self,
+        groups: Option<&HashMap<String, Group>>,
+        changed: Option<&Machine>,
+    ) -> Vec<(MacAddr, String)> {
+        let groups = groups.unwrap_or(&self.groups);
+        let claims: Vec<Claim<'_>> = groups
+            .values()
+            .filter_map(|g| {
+                g.selector.as_ref().map(|selector| Claim {
+                    group: &g.name,
+                    selector,
+                })
+            })
+            .collect();
+        let live = self
+            .machines
+            .values()
+            .filter(|m| changed.is_none_or(|c| c.mac != m.mac));
+        let mut moved = Vec::new();
+        for m in live.chain(changed) {
+            let was = self
+                .machines
+                .get(&m.mac)
+                .map_or(&m.group, |live| &live.group);
+            let now = membership::resolve(m.assigned.as_deref(), &m.labels, claims.iter().copied());
+            if now.group() != was && m.assigned.is_none() {
+                moved.push((m.mac, now.group().to_string()));
+            }
+        }
+        moved
+    }
+
     /// The machine's group, if it exists.
     pub fn group_of(&self, m: &Machine) -> Option<&Group> {
         self.groups.get(&m.group)

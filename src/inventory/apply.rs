@@ -29,6 +29,7 @@ use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
 use crate::rollout::engine::Persist;
 use crate::rollout::Spec;
+use crate::store::StoreError;
 
 /// How many lines of a plan its `apply` event keeps.
 const AUDIT_LINES: usize = 50;
@@ -40,7 +41,7 @@ impl Inventory {
     /// (seen by DHCP since start) are loaded into memory first.
     pub async fn plan_state(&self, listed: &[MacAddr]) -> Result<Current, InventoryError> {
         self.settle().await;
-        let known = self.known_macs(self.store.pool()).await?;
+        let known = self.store.known_macs().await?;
         self.load_listed(listed, &known).await?;
         let state = self.read();
         let groups = state
@@ -100,16 +101,6 @@ impl Inventory {
             machines,
             generations,
         })
-    }
-
-    async fn known_macs<'e>(
-        &self,
-        conn: impl sqlx::SqliteExecutor<'e>,
-    ) -> Result<HashSet<MacAddr>, InventoryError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
-            .fetch_all(conn)
-            .await?;
-        Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
     }
 
     /// Loads `listed` machines the database has and memory has not.
@@ -196,11 +187,11 @@ impl Inventory {
             }
         }
         let listed: Vec<MacAddr> = machines.iter().map(|(m, _)| *m).collect();
-        let known = self.known_macs(self.store.pool()).await?;
+        let known = self.store.known_macs().await?;
         self.load_listed(&listed, &known).await?;
 
         let now = now_ms();
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.store.begin().await?;
         for (name, change, slot, create) in &groups {
             write_group(&mut tx, name, change, *slot, *create, now).await?;
         }
@@ -210,7 +201,7 @@ impl Inventory {
         let known = if rollouts.is_empty() {
             known
         } else {
-            self.known_macs(&mut *tx).await?
+            tx.known_macs().await?
         };
 
         // Everything is worked out on a copy of what the plan touches, and
@@ -244,18 +235,10 @@ impl Inventory {
             started.push((spec, slot, members, id, out));
         }
 
-        let written: Result<(), sqlx::Error> = async {
-            for (mac, group) in &moved {
-                sqlx::query(
-                    "UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0",
-                )
-                .bind(group)
-                .bind(mac.to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
+        let written: Result<(), StoreError> = async {
+            tx.save_computed_groups(&moved).await?;
             for (.., out) in &started {
-                crate::store::rollouts::write(&mut tx, &out.persist).await?;
+                tx.write_fleet_rows(&out.persist).await?;
             }
             tx.commit().await
         }

@@ -4,6 +4,7 @@
 //! what SQLite does not hold.
 
 use crate::domain::MacAddr;
+use crate::store::tx::Tx;
 
 use super::{load, Inventory, InventoryError, Machine, MachineChange, State};
 
@@ -17,68 +18,33 @@ pub struct Deleted {
 /// A machine's rows for `change`, inside the caller's transaction: refused
 /// if the machine or an assigned group does not exist.
 pub(super) async fn write_machine(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     mac: MacAddr,
     change: &MachineChange,
 ) -> Result<(), InventoryError> {
-    let key = mac.to_string();
-    let exists = sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
-        .bind(&key)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some();
-    if !exists {
+    if !tx.machine_exists(mac).await? {
         return Err(InventoryError::NoSuchMachine(mac));
     }
-    if let Some(Some(group)) = &change.group {
-        let known = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
-            .bind(group)
-            .fetch_optional(&mut *conn)
-            .await?
-            .is_some();
-        if !known {
+    match &change.group {
+        Some(Some(group)) if !tx.group_exists(group).await? => {
             return Err(InventoryError::NoSuchGroup(group.clone()));
         }
-        sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
-            .bind(group)
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(None) = &change.group {
-        sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        Some(group) => {
+            tx.assign_machine(mac, group.as_deref()).await?;
+        }
+        None => {}
     }
     if let Some(hostname) = &change.hostname {
-        sqlx::query("UPDATE machines SET hostname = ? WHERE mac = ?")
-            .bind(hostname)
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        tx.set_machine_hostname(mac, hostname.as_deref()).await?;
     }
     if let Some(labels) = &change.labels {
-        sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
-            .bind(serde_json::to_string(labels).expect("labels serialize"))
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        tx.set_machine_labels(mac, labels).await?;
     }
     if let Some(pin) = &change.pin {
-        sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
-            .bind(pin.as_ref().map(|p| p.stream.clone()))
-            .bind(pin.as_ref().map(|p| p.number))
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        tx.set_machine_pin(mac, pin.as_ref()).await?;
     }
     if let Some(kind) = change.kind {
-        sqlx::query("UPDATE machines SET kind = ?, kind_by_operator = 1 WHERE mac = ?")
-            .bind(kind.as_str())
-            .bind(&key)
-            .execute(&mut *conn)
-            .await?;
+        tx.set_machine_kind(mac, kind).await?;
     }
     Ok(())
 }
@@ -90,6 +56,11 @@ pub(super) fn apply_machine(state: &mut State, mac: MacAddr, change: MachineChan
         .machines
         .entry(mac)
         .or_insert_with(|| Machine::new(mac));
+    apply_machine_fields(m, change);
+}
+
+/// `change` on the fields of `m`.
+fn apply_machine_fields(m: &mut Machine, change: MachineChange) {
     if let Some(group) = change.group {
         m.assigned = group;
     }
@@ -121,26 +92,39 @@ impl Inventory {
                 return Err(InventoryError::NoSuchGeneration(id.clone()));
             }
         }
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        write_machine(&mut tx, mac, &change).await?;
-        tx.commit().await?;
-
         // A machine seen only by DHCP so far is not in memory yet.
         let loaded = if self.read().machines.contains_key(&mac) {
             None
         } else {
             load::machine(&self.store, mac).await?
         };
+        // Labels and assignment decide its group: where it moves is worked
+        // out first and committed with the edit.
         let moved = {
+            let state = self.read();
+            let mut edited = state.machines.get(&mac).cloned().or(loaded.clone());
+            if let Some(m) = &mut edited {
+                apply_machine_fields(m, change.clone());
+            }
+            state.moves_with(None, edited.as_ref())
+        };
+        let mut tx = self.store.begin().await?;
+        write_machine(&mut tx, mac, &change).await?;
+        tx.save_computed_groups(&moved).await?;
+        tx.commit().await?;
+
+        let late = {
             let mut state = self.write();
             if let Some(m) = loaded {
                 state.machines.entry(mac).or_insert(m);
             }
             apply_machine(&mut state, mac, change);
-            // Labels and assignment decide the group: compute it again.
-            state.regroup()
+            let mut late = state.regroup();
+            late.retain(|m| !moved.contains(m));
+            late
         };
-        load::save_groups(&self.store, &moved).await?;
+        // Only when machines changed meanwhile (a boot registered one).
+        load::save_groups(&self.store, &late).await?;
         Ok(())
     }
 
@@ -153,30 +137,15 @@ impl Inventory {
         purge: bool,
     ) -> Result<Deleted, InventoryError> {
         self.settle().await;
-        let key = mac.to_string();
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let removed = sqlx::query("DELETE FROM machines WHERE mac = ?")
-            .bind(&key)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if removed == 0 {
+        let mut tx = self.store.begin().await?;
+        let Some(removed) = tx.delete_machine(mac, purge).await? else {
             return Err(InventoryError::NoSuchMachine(mac));
-        }
-        let mut deleted = Deleted::default();
-        if purge {
-            deleted.events = sqlx::query("DELETE FROM events WHERE mac = ?")
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            deleted.boots = sqlx::query("DELETE FROM boots WHERE mac = ?")
-                .bind(&key)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
+        };
         tx.commit().await?;
+        let deleted = Deleted {
+            boots: removed.boots,
+            events: removed.events,
+        };
         let mut state = self.write();
         state.machines.remove(&mac);
         state.boots.retain(|_, b| b.mac != mac);

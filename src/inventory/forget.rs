@@ -30,30 +30,15 @@ impl Inventory {
         keep: &HashSet<MacAddr>,
     ) -> Result<Vec<MacAddr>, InventoryError> {
         self.settle().await;
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let candidates: Vec<(String,)> = sqlx::query_as(
-            "SELECT mac FROM machines m
-             WHERE last_seen_ms < ?1 AND group_assigned = 0 AND labels = '{}'
-               AND hostname IS NULL AND pin_stream IS NULL AND kind_by_operator = 0
-               AND NOT EXISTS (SELECT 1 FROM boots b WHERE b.mac = m.mac)
-               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.mac = m.mac AND l.expires_at_ms > ?2)
-             ORDER BY last_seen_ms LIMIT ?3",
-        )
-        .bind(before_ms)
-        .bind(now_ms)
-        .bind(CHUNK)
-        .fetch_all(&mut *tx)
-        .await?;
-        let macs: Vec<MacAddr> = candidates
+        let mut tx = self.store.begin().await?;
+        let macs: Vec<MacAddr> = tx
+            .unheld_machines(before_ms, now_ms, CHUNK)
+            .await?
             .into_iter()
-            .filter_map(|(m,)| m.parse().ok())
             .filter(|m| !keep.contains(m))
             .collect();
         for mac in &macs {
-            sqlx::query("DELETE FROM machines WHERE mac = ?")
-                .bind(mac.to_string())
-                .execute(&mut *tx)
-                .await?;
+            tx.delete_machine(*mac, false).await?;
         }
         tx.commit().await?;
         let mut state = self.write();

@@ -14,8 +14,12 @@ use crate::boot::select::Selector;
 use crate::domain::GenerationId;
 use crate::domain::{MacAddr, Slot};
 use crate::ledger::now_ms;
+use crate::store::groups::GroupFields;
+use crate::store::tx::Tx;
 
-use super::{empty_group, load, Group, GroupChange, Inventory, InventoryError, Machine, State};
+use super::{
+    empty_group, load, Group, GroupChange, Inventory, InventoryError, Machine, MachineChange, State,
+};
 
 /// How many machines a refusal names before "and N more".
 const NAMED: usize = 5;
@@ -39,56 +43,32 @@ fn listed(what: &str, macs: &[String]) -> String {
 /// A group's rows for `change`, inside the caller's transaction (`slot`:
 /// the architecture slot of `change.generation`).
 pub(super) async fn write_group(
-    conn: &mut sqlx::SqliteConnection,
+    tx: &mut Tx,
     name: &str,
     change: &GroupChange,
     slot: Option<Slot>,
     create: bool,
     now: i64,
 ) -> Result<(), InventoryError> {
-    let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some();
-    match (create, exists) {
+    match (create, tx.group_exists(name).await?) {
         (true, true) => return Err(InventoryError::GroupExists(name.into())),
         (false, false) => return Err(InventoryError::NoSuchGroup(name.into())),
-        (true, false) => {
-            sqlx::query("INSERT INTO groups (name, updated_ms) VALUES (?, ?)")
-                .bind(name)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
-        }
+        (true, false) => tx.insert_group(name, now).await?,
         (false, true) => {}
     }
-    if let Some(d) = &change.description {
-        sqlx::query("UPDATE groups SET description = ?, updated_ms = ? WHERE name = ?")
-            .bind(d)
-            .bind(now)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(sel) = &change.selector {
-        sqlx::query("UPDATE groups SET selector = ?, updated_ms = ? WHERE name = ?")
-            .bind(sel.as_ref().map(Selector::to_string))
-            .bind(now)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    }
-    if let Some(vars) = &change.variables {
-        sqlx::query("UPDATE groups SET variables = ?, updated_ms = ? WHERE name = ?")
-            .bind(vars.to_string())
-            .bind(now)
-            .bind(name)
-            .execute(&mut *conn)
-            .await?;
-    }
+    let selector = change
+        .selector
+        .as_ref()
+        .map(|sel| sel.as_ref().map(Selector::to_string));
+    let variables = change.variables.as_ref().map(|v| v.to_string());
+    let fields = GroupFields {
+        description: change.description.as_deref(),
+        selector: selector.as_ref().map(|s| s.as_deref()),
+        variables: variables.as_deref(),
+    };
+    tx.update_group(name, fields, now).await?;
     if let (Some(id), Some(slot)) = (&change.generation, slot) {
-        crate::store::set_group_pointer(conn, name, slot, &id.stream, id.number, now).await?;
+        tx.set_group_pointer(name, slot, id, now).await?;
     }
     Ok(())
 }
@@ -179,16 +159,31 @@ impl Inventory {
     ) -> Result<Group, InventoryError> {
         let slot = self.slot_of(change.generation.as_ref())?;
         let now = now_ms();
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        // A selector moves machines: where to is worked out first and
+        // committed with the group.
+        let moved = {
+            let state = self.read();
+            let mut groups = state.groups.clone();
+            let mut preview = State {
+                groups: std::mem::take(&mut groups),
+                ..State::default()
+            };
+            apply_group(&mut preview, name, change.clone(), slot);
+            state.moves_with(Some(&preview.groups), None)
+        };
+        let mut tx = self.store.begin().await?;
         write_group(&mut tx, name, &change, slot, create, now).await?;
+        tx.save_computed_groups(&moved).await?;
         tx.commit().await?;
 
-        let (group, moved) = {
+        let (group, late) = {
             let mut state = self.write();
             let group = apply_group(&mut state, name, change, slot);
-            (group, state.regroup())
+            let mut late = state.regroup();
+            late.retain(|m| !moved.contains(m));
+            (group, late)
         };
-        load::save_groups(&self.store, &moved).await?;
+        load::save_groups(&self.store, &late).await?;
         Ok(group)
     }
 
@@ -235,18 +230,12 @@ impl Inventory {
             return Err(InventoryError::NoSuchGroup(group.into()));
         }
         let mut reasons = self.group_dependents(group);
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.store.begin().await?;
         if reasons.is_empty() {
             // Assignments are written before memory changes: the database
             // is the last word on them.
-            let assigned: Vec<(String,)> = sqlx::query_as(
-                "SELECT mac FROM machines WHERE group_assigned = 1 AND group_name = ? ORDER BY mac",
-            )
-            .bind(group)
-            .fetch_all(&mut *tx)
-            .await?;
-            if !assigned.is_empty() {
-                let macs: Vec<String> = assigned.into_iter().map(|(m,)| m).collect();
+            let macs = tx.assigned_to(group).await?;
+            if !macs.is_empty() {
                 reasons.push(listed(
                     "explicitly assigned to it (assign them elsewhere first)",
                     &macs,
@@ -259,34 +248,23 @@ impl Inventory {
                 reasons,
             });
         }
-        sqlx::query("DELETE FROM group_generations WHERE group_name = ?")
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM groups WHERE name = ?")
-            .bind(group)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         let moved = {
+            let state = self.read();
+            let mut groups = state.groups.clone();
+            groups.remove(group);
+            state.moves_with(Some(&groups), None)
+        };
+        tx.delete_group(group).await?;
+        tx.save_computed_groups(&moved).await?;
+        tx.commit().await?;
+        let late = {
             let mut state = self.write();
             state.groups.remove(group);
-            state.regroup()
+            let mut late = state.regroup();
+            late.retain(|m| !moved.contains(m));
+            late
         };
-        load::save_groups(&self.store, &moved).await?;
-        Ok(())
-    }
-
-    /// Loads a machine the boot path has not seen since start (seen only by
-    /// DHCP) into memory.
-    async fn ensure_loaded(&self, mac: MacAddr) -> Result<(), InventoryError> {
-        if self.read().machines.contains_key(&mac) {
-            return Ok(());
-        }
-        let loaded = load::machine(&self.store, mac)
-            .await?
-            .ok_or(InventoryError::NoSuchMachine(mac))?;
-        self.write().machines.entry(mac).or_insert(loaded);
+        load::save_groups(&self.store, &late).await?;
         Ok(())
     }
 
@@ -297,40 +275,12 @@ impl Inventory {
         mac: MacAddr,
         group: Option<&str>,
     ) -> Result<Machine, InventoryError> {
-        self.settle().await;
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(g) = group {
-            let exists = sqlx::query("SELECT 1 FROM groups WHERE name = ?")
-                .bind(g)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !exists {
-                return Err(InventoryError::NoSuchGroup(g.into()));
-            }
-        }
-        let updated = match group {
-            Some(g) => {
-                sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
-                    .bind(g)
-                    .bind(mac.to_string())
-                    .execute(&mut *tx)
-                    .await?
-            }
-            None => {
-                sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?")
-                    .bind(mac.to_string())
-                    .execute(&mut *tx)
-                    .await?
-            }
+        let change = MachineChange {
+            group: Some(group.map(str::to_string)),
+            ..MachineChange::default()
         };
-        if updated.rows_affected() == 0 {
-            return Err(InventoryError::NoSuchMachine(mac));
-        }
-        tx.commit().await?;
-        self.ensure_loaded(mac).await?;
-        self.apply_to_machine(mac, |m| m.assigned = group.map(str::to_string))
-            .await
+        self.update_machine(mac, change).await?;
+        self.machine(mac).ok_or(InventoryError::NoSuchMachine(mac))
     }
 
     /// Replaces a machine's labels; its group is computed again.
@@ -339,38 +289,12 @@ impl Inventory {
         mac: MacAddr,
         labels: BTreeMap<String, String>,
     ) -> Result<Machine, InventoryError> {
-        self.settle().await;
-        let json = serde_json::to_string(&labels).expect("labels serialize");
-        let updated = sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
-            .bind(&json)
-            .bind(mac.to_string())
-            .execute(self.store.pool())
-            .await?
-            .rows_affected();
-        if updated == 0 {
-            return Err(InventoryError::NoSuchMachine(mac));
-        }
-        self.ensure_loaded(mac).await?;
-        self.apply_to_machine(mac, |m| m.labels = labels).await
-    }
-
-    /// Changes a machine in memory, regroups, and records moved groups.
-    async fn apply_to_machine(
-        &self,
-        mac: MacAddr,
-        change: impl FnOnce(&mut Machine),
-    ) -> Result<Machine, InventoryError> {
-        let (machine, moved) = {
-            let mut state = self.write();
-            let Some(m) = state.machines.get_mut(&mac) else {
-                return Err(InventoryError::NoSuchMachine(mac));
-            };
-            change(m);
-            let moved = state.regroup();
-            (state.machines[&mac].clone(), moved)
+        let change = MachineChange {
+            labels: Some(labels),
+            ..MachineChange::default()
         };
-        load::save_groups(&self.store, &moved).await?;
-        Ok(machine)
+        self.update_machine(mac, change).await?;
+        self.machine(mac).ok_or(InventoryError::NoSuchMachine(mac))
     }
 }
 
@@ -419,6 +343,87 @@ mod tests {
 
     fn sel(text: &str) -> Option<Option<Selector>> {
         Some(Some(text.parse().unwrap()))
+    }
+
+    /// Commit, then swap, for edits too: a group or machine edit whose
+    /// commit fails changes neither memory nor what machines boot; one that
+    /// commits records the groups its selector moves machines to in the same
+    /// transaction (the rows say what memory says).
+    #[tokio::test]
+    async fn an_edit_whose_commit_fails_changes_nothing() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let inv = inventory(dir.path()).await;
+        let g1 = inv
+            .add_generation("worker", live(b"1").digest(), live(b"1"), None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        let g2 = inv
+            .add_generation("worker", live(b"2").digest(), live(b"2"), None)
+            .await
+            .unwrap()
+            .id
+            .clone();
+        inv.set_group_generation("default", &g1).await.unwrap();
+        let db = inv.store.pool().clone();
+        let mac: MacAddr = "52:54:00:00:00:0f".parse().unwrap();
+        assert_eq!(booted(&inv, mac), Some(g1.clone()));
+        inv.settle().await;
+        inv.set_labels(mac, [("role".to_string(), "db".to_string())].into())
+            .await
+            .unwrap();
+        let stored_group = |db: sqlx::SqlitePool| async move {
+            let (g,): (String,) = sqlx::query_as("SELECT group_name FROM machines WHERE mac = ?")
+                .bind(mac.to_string())
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            g
+        };
+
+        sqlx::query(
+            "CREATE TRIGGER refuse_groups BEFORE INSERT ON groups
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let change = GroupChange {
+            selector: sel("role=db"),
+            generation: Some(g2.clone()),
+            ..GroupChange::default()
+        };
+        assert!(inv.create_group("db", change.clone()).await.is_err());
+        assert!(inv.group("db").is_none());
+        assert_eq!(inv.machine(mac).unwrap().group, "default");
+        assert_eq!(booted(&inv, mac), Some(g1.clone()), "memory unchanged");
+        assert_eq!(stored_group(db.clone()).await, "default");
+
+        sqlx::query("DROP TRIGGER refuse_groups")
+            .execute(&db)
+            .await
+            .unwrap();
+        inv.create_group("db", change).await.unwrap();
+        assert_eq!(inv.machine(mac).unwrap().group, "db");
+        assert_eq!(booted(&inv, mac), Some(g2));
+        assert_eq!(
+            stored_group(db.clone()).await,
+            "db",
+            "moved in the same commit"
+        );
+
+        // A machine edit that fails to commit leaves its labels and group.
+        sqlx::query(
+            "CREATE TRIGGER refuse_machines BEFORE UPDATE ON machines
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        assert!(inv.set_labels(mac, BTreeMap::new()).await.is_err());
+        let m = inv.machine(mac).unwrap();
+        assert_eq!((m.labels.len(), m.group.as_str()), (1, "db"));
     }
 
     /// A script request without `buildarch` from a machine DHCP knows as

@@ -9,6 +9,7 @@ use crate::domain::GenerationId;
 use crate::domain::MacAddr;
 use crate::images::{Digest, Manifest};
 use crate::ledger::now_ms;
+use crate::store::generations::GenerationRow;
 use crate::store::machines::MachineRow;
 use crate::store::Store;
 
@@ -17,17 +18,6 @@ use super::{Boot, Generation, Group, InventoryError, Machine, State};
 /// Open boots older than this can no longer confirm (their machine has long
 /// rebooted or given up).
 const OPEN_BOOT_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
-
-/// A boot whose token may still confirm.
-#[derive(sqlx::FromRow)]
-struct OpenBoot {
-    id: i64,
-    mac: String,
-    token_hash: String,
-    stream: Option<String>,
-    generation: Option<i64>,
-    started_ms: i64,
-}
 
 fn pair(stream: Option<String>, number: Option<i64>) -> Option<GenerationId> {
     Some(GenerationId::new(stream?, number?))
@@ -67,7 +57,6 @@ pub(super) async fn machine(
 
 /// Everything, plus the highest boot id so far.
 pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError> {
-    let pool = store.pool();
     let mut state = State::default();
 
     for m in store
@@ -79,63 +68,55 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         state.machines.insert(m.mac, m);
     }
 
-    type GroupRow = (
-        String,
-        Option<String>,
-        Option<i64>,
-        String,
-        Option<String>,
-        String,
-    );
-    let groups: Vec<GroupRow> = sqlx::query_as(
-        "SELECT name, stream, generation, variables, selector, description FROM groups",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (name, stream, number, vars, selector, description) in groups {
-        let variables = serde_json::from_str(&vars).unwrap_or_else(|_| serde_json::json!({}));
+    let (groups, slots) = store.group_rows().await?;
+    for g in groups {
+        let variables =
+            serde_json::from_str(&g.variables).unwrap_or_else(|_| serde_json::json!({}));
         // Stored selectors were validated when set; one edited into the
         // database by hand and broken claims nothing, loudly.
-        let selector = selector.and_then(|text| match text.parse::<Selector>() {
+        let selector = g.selector.and_then(|text| match text.parse::<Selector>() {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::error!(group = %name, selector = %text, error = %e, "unreadable group selector; ignored");
+                tracing::error!(group = %g.name, selector = %text, error = %e, "unreadable group selector; ignored");
                 None
             }
         });
         state.groups.insert(
-            name.clone(),
+            g.name.clone(),
             Group {
-                name,
-                description,
+                name: g.name,
+                description: g.description,
                 selector,
-                pointer: pair(stream, number),
+                pointer: pair(g.stream, g.generation),
                 by_arch: BTreeMap::new(),
                 variables,
             },
         );
     }
-    let per_arch: Vec<(String, String, String, i64)> =
-        sqlx::query_as("SELECT group_name, slot, stream, generation FROM group_generations")
-            .fetch_all(pool)
-            .await?;
-    for (group, slot, stream, number) in per_arch {
-        let Ok(slot) = slot.parse::<crate::domain::Slot>() else {
-            tracing::warn!(group, slot, "group pointer under an unknown slot: ignored");
+    for row in slots {
+        let Ok(slot) = row.slot.parse::<crate::domain::Slot>() else {
+            tracing::warn!(
+                group = row.group_name,
+                slot = row.slot,
+                "group pointer under an unknown slot: ignored"
+            );
             continue;
         };
-        if let Some(g) = state.groups.get_mut(&group) {
-            g.by_arch.insert(slot, GenerationId::new(stream, number));
+        if let Some(g) = state.groups.get_mut(&row.group_name) {
+            g.by_arch
+                .insert(slot, GenerationId::new(row.stream, row.generation));
         }
     }
 
-    let gens: Vec<(String, i64, String, String, i64, Option<String>)> = sqlx::query_as(
-        "SELECT g.stream, g.number, g.image, i.manifest, g.imported_ms, g.imported_by
-         FROM generations g JOIN images i ON i.digest = g.image",
-    )
-    .fetch_all(pool)
-    .await?;
-    for (stream, number, image, manifest, imported_ms, imported_by) in gens {
+    for row in store.generation_rows().await? {
+        let GenerationRow {
+            stream,
+            number,
+            image,
+            manifest,
+            imported_ms,
+            imported_by,
+        } = row;
         let (Ok(digest), Ok(manifest)) = (
             image.parse::<Digest>(),
             serde_json::from_str::<Manifest>(&manifest),
@@ -160,12 +141,7 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         );
     }
 
-    let boots: Vec<OpenBoot> = sqlx::query_as(
-        "SELECT id, mac, token_hash, stream, generation, started_ms FROM boots WHERE state IN ('served', 'failed') AND started_ms > ? ORDER BY id",
-    )
-    .bind(now_ms() - OPEN_BOOT_WINDOW_MS)
-    .fetch_all(pool)
-    .await?;
+    let (boots, max_boot) = store.open_boots(now_ms() - OPEN_BOOT_WINDOW_MS).await?;
     for b in boots {
         if let Ok(mac) = b.mac.parse() {
             // Expired tokens stay refused by their start time; the
@@ -183,9 +159,6 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
             );
         }
     }
-    let (max_boot,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM boots")
-        .fetch_one(pool)
-        .await?;
     Ok((state, max_boot))
 }
 
@@ -200,14 +173,8 @@ pub(super) async fn save_groups(
     if moved.is_empty() {
         return Ok(());
     }
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
-    for (mac, group) in moved {
-        sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
-            .bind(group)
-            .bind(mac.to_string())
-            .execute(&mut *tx)
-            .await?;
-    }
+    let mut tx = store.begin().await?;
+    tx.save_computed_groups(moved).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -44,8 +44,6 @@ pub use edit::Deleted;
 pub enum InventoryError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("database: {0}")]
-    Sqlx(#[from] sqlx::Error),
     #[error("{0} does not exist")]
     NoSuchGeneration(GenerationId),
     #[error("machine {0} is not known")]
@@ -507,27 +505,10 @@ impl Inventory {
         // is committed before updating it.
         self.ledger.flush().await;
         let now = now_ms();
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query("UPDATE boots SET state = 'confirmed', confirmed_ms = ? WHERE id = ? AND state IN ('served', 'failed')")
-            .bind(now)
-            .bind(boot.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if updated == 0 {
+        let mut tx = self.store.begin().await?;
+        if !tx.confirm_boot(boot.id, boot.mac, &generation, now).await? {
             return Err(InventoryError::AlreadyConfirmed(boot.id));
         }
-        sqlx::query(
-            "UPDATE machines SET current_stream = ?1, current_generation = ?2,
-                 last_good_stream = ?1, last_good_generation = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
-             WHERE mac = ?4",
-        )
-        .bind(&generation.stream)
-        .bind(generation.number)
-        .bind(now)
-        .bind(boot.mac.to_string())
-        .execute(&mut *tx)
-        .await?;
         // The watchdog and any rollout that moved the machine see it, in
         // the same transaction, on a copy of the fleet shown only once
         // committed (as `rollouts::fleet_command` does, and for the same
@@ -538,7 +519,7 @@ impl Inventory {
             (state.rollouts.clone(), state.rollouts.rev())
         };
         let fleet = next.confirmed(boot.mac, &generation, fields, now);
-        crate::store::rollouts::write(&mut tx, &fleet.persist).await?;
+        tx.write_fleet_rows(&fleet.persist).await?;
         tx.commit().await?;
         let late = {
             let mut state = self.write();
@@ -570,28 +551,17 @@ impl Inventory {
     ) -> Result<Arc<Generation>, InventoryError> {
         let now = now_ms();
         let json = String::from_utf8(manifest.canonical_json()).expect("JSON is UTF-8");
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT OR IGNORE INTO images (digest, arch, manifest, created_ms) VALUES (?, ?, ?, ?)",
-        )
-        .bind(digest.to_string())
-        .bind(manifest.arch.as_str())
-        .bind(&json)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let (next,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE stream = ?")
-                .bind(stream)
-                .fetch_one(&mut *tx)
-                .await?;
-        sqlx::query("INSERT INTO generations (stream, number, image, imported_ms, imported_by) VALUES (?, ?, ?, ?, ?)")
-            .bind(stream)
-            .bind(next)
-            .bind(digest.to_string())
-            .bind(now)
-            .bind(&by)
-            .execute(&mut *tx)
+        let mut tx = self.store.begin().await?;
+        let digest_text = digest.to_string();
+        let next = tx
+            .add_generation(
+                stream,
+                &digest_text,
+                manifest.arch,
+                &json,
+                by.as_deref(),
+                now,
+            )
             .await?;
         tx.commit().await?;
         let generation = Arc::new(Generation {
@@ -619,8 +589,8 @@ impl Inventory {
         };
         let arch = generation.manifest.slot();
         let now = now_ms();
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        crate::store::set_group_pointer(&mut tx, group, arch, &id.stream, id.number, now).await?;
+        let mut tx = self.store.begin().await?;
+        tx.set_group_pointer(group, arch, id, now).await?;
         tx.commit().await?;
         let mut state = self.write();
         let entry = state
@@ -651,17 +621,11 @@ impl Inventory {
                 return Err(InventoryError::NoSuchGeneration(id.clone()));
             }
         }
-        let updated =
-            sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
-                .bind(pin.as_ref().map(|p| p.stream.clone()))
-                .bind(pin.as_ref().map(|p| p.number))
-                .bind(mac.to_string())
-                .execute(self.store.pool())
-                .await?
-                .rows_affected();
-        if updated == 0 {
+        let mut tx = self.store.begin().await?;
+        if !tx.set_machine_pin(mac, pin.as_ref()).await? {
             return Err(InventoryError::NoSuchMachine(mac));
         }
+        tx.commit().await?;
         // A machine seen only by DHCP so far is not in memory yet.
         let known = self.read().machines.contains_key(&mac);
         let loaded = if known {
@@ -725,17 +689,8 @@ impl Inventory {
         &self,
         ids: &[GenerationId],
     ) -> Result<Vec<Digest>, InventoryError> {
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        for id in ids {
-            sqlx::query("DELETE FROM generations WHERE stream = ? AND number = ?")
-                .bind(&id.stream)
-                .bind(id.number)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query("DELETE FROM images WHERE digest NOT IN (SELECT image FROM generations)")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.store.begin().await?;
+        tx.delete_generations(ids).await?;
         tx.commit().await?;
         let mut state = self.write();
         for id in ids {

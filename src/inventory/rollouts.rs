@@ -16,6 +16,7 @@ use crate::rollout::engine::{Entry, FleetError, Outcome, Persist, PointerMove, R
 use crate::rollout::hook::Job;
 use crate::rollout::watchdog::{Health, Policy};
 use crate::rollout::{Member, Spec};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RolloutCommandError {
@@ -29,9 +30,9 @@ pub enum RolloutCommandError {
     NoStartingPoint(String),
 }
 
-impl From<sqlx::Error> for RolloutCommandError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Inventory(InventoryError::Sqlx(e))
+impl From<StoreError> for RolloutCommandError {
+    fn from(e: StoreError) -> Self {
+        Self::Inventory(InventoryError::Store(e))
     }
 }
 
@@ -246,8 +247,8 @@ impl Inventory {
             (state.rollouts.clone(), state.rollouts.rev())
         };
         let (value, out) = f(&mut next, now)?;
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        crate::store::rollouts::write(&mut tx, &out.persist).await?;
+        let mut tx = self.store.begin().await?;
+        tx.write_fleet_rows(&out.persist).await?;
         tx.commit().await?;
         let late = {
             let mut state = self.write();
@@ -279,11 +280,7 @@ impl Inventory {
             .group(&req.group)
             .ok_or_else(|| RolloutCommandError::NoSuchGroup(req.group.clone()))?;
         let from = rollout_from(&self.read(), &group, &to)?;
-        let rows: Vec<(String, Option<String>, String)> =
-            sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = ?")
-                .bind(&req.group)
-                .fetch_all(self.store.pool())
-                .await?;
+        let rows = self.store.group_members(&req.group).await?;
         let members: Vec<MacAddr> = {
             let state = self.read();
             // Machines the database knows (seen at least once): one known

@@ -1,14 +1,17 @@
-//! Reads of the `machines` table: one row type for every reader (the
-//! inventory at start, the API's lists and details), and a page read that
-//! streams in MAC order so a page costs about its own size, not the
-//! fleet's. Writes come from the ledger writer ([`super::writer`]) and the
-//! inventory's transactions.
+//! The `machines` table: one row type for every reader (the inventory at
+//! start, the API's lists and details), a page read that streams in MAC
+//! order so a page costs about its own size, not the fleet's, and the
+//! operator's writes inside a [`Tx`]. What machines report of themselves
+//! comes through the ledger writer ([`super::writer`]).
+
+use std::collections::{BTreeMap, HashSet};
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 
+use super::tx::Tx;
 use super::{Store, StoreError};
-use crate::domain::{MacAddr, MachineKind};
+use crate::domain::{GenerationId, MacAddr, MachineKind};
 
 /// A row of `machines`, every column a reader uses.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -128,5 +131,210 @@ impl Store {
         .fetch(&self.pool)
         .map(|r| r.map_err(StoreError::from))
         .boxed()
+    }
+}
+
+/// What deleting a machine removed of its history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub boots: u64,
+    pub events: u64,
+}
+
+impl Store {
+    /// The members of `group`: `(mac, pin stream, kind)`.
+    pub async fn group_members(
+        &self,
+        group: &str,
+    ) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = ?")
+                .bind(group)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
+impl Tx {
+    pub async fn machine_exists(&mut self, mac: MacAddr) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *self.0)
+            .await?
+            .is_some())
+    }
+
+    /// The operator assigns `mac` to `group` (`None`: removes the
+    /// assignment). `false`: no such machine.
+    pub async fn assign_machine(
+        &mut self,
+        mac: MacAddr,
+        group: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let q = match group {
+            Some(g) => {
+                sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
+                    .bind(g)
+            }
+            None => sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?"),
+        };
+        Ok(q.bind(mac.to_string())
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    pub async fn set_machine_hostname(
+        &mut self,
+        mac: MacAddr,
+        hostname: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE machines SET hostname = ? WHERE mac = ?")
+            .bind(hostname)
+            .bind(mac.to_string())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Replaces its labels. `false`: no such machine.
+    pub async fn set_machine_labels(
+        &mut self,
+        mac: MacAddr,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
+            .bind(serde_json::to_string(labels).expect("labels serialize"))
+            .bind(mac.to_string())
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected()
+            > 0)
+    }
+
+    /// Pins it to a generation (`None`: unpins). `false`: no such machine.
+    pub async fn set_machine_pin(
+        &mut self,
+        mac: MacAddr,
+        pin: Option<&GenerationId>,
+    ) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
+                .bind(pin.map(|p| p.stream.as_str()))
+                .bind(pin.map(|p| p.number))
+                .bind(mac.to_string())
+                .execute(&mut *self.0)
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
+    /// The operator sets its kind; from now on requests no longer change it.
+    pub async fn set_machine_kind(
+        &mut self,
+        mac: MacAddr,
+        kind: MachineKind,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE machines SET kind = ?, kind_by_operator = 1 WHERE mac = ?")
+            .bind(kind.as_str())
+            .bind(mac.to_string())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes its row, and with `purge` its boots and events. `None`: no
+    /// such machine.
+    pub async fn delete_machine(
+        &mut self,
+        mac: MacAddr,
+        purge: bool,
+    ) -> Result<Option<Removed>, StoreError> {
+        let key = mac.to_string();
+        let removed = sqlx::query("DELETE FROM machines WHERE mac = ?")
+            .bind(&key)
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected();
+        if removed == 0 {
+            return Ok(None);
+        }
+        let mut out = Removed::default();
+        if purge {
+            out.events = sqlx::query("DELETE FROM events WHERE mac = ?")
+                .bind(&key)
+                .execute(&mut *self.0)
+                .await?
+                .rows_affected();
+            out.boots = sqlx::query("DELETE FROM boots WHERE mac = ?")
+                .bind(&key)
+                .execute(&mut *self.0)
+                .await?
+                .rows_affected();
+        }
+        Ok(Some(out))
+    }
+
+    /// Records the group selectors computed for machines whose group moved
+    /// (assigned machines keep the operator's).
+    pub async fn save_computed_groups(
+        &mut self,
+        moved: &[(MacAddr, String)],
+    ) -> Result<(), StoreError> {
+        for (mac, group) in moved {
+            sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+                .bind(group)
+                .bind(mac.to_string())
+                .execute(&mut *self.0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Every machine's MAC, as this transaction sees them.
+    pub async fn known_macs(&mut self) -> Result<HashSet<MacAddr>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
+            .fetch_all(&mut *self.0)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
+    }
+
+    /// MACs an operator assigned to `group`, in order.
+    pub async fn assigned_to(&mut self, group: &str) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT mac FROM machines WHERE group_assigned = 1 AND group_name = ? ORDER BY mac",
+        )
+        .bind(group)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(rows.into_iter().map(|(m,)| m).collect())
+    }
+
+    /// Up to `limit` machines last seen before `before_ms` that nothing
+    /// holds: never booted, no lease live at `now_ms`, nothing an operator
+    /// set. Oldest first.
+    pub async fn unheld_machines(
+        &mut self,
+        before_ms: i64,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<MacAddr>, StoreError> {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT mac FROM machines m
+             WHERE last_seen_ms < ?1 AND group_assigned = 0 AND labels = '{}'
+               AND hostname IS NULL AND pin_stream IS NULL AND kind_by_operator = 0
+               AND NOT EXISTS (SELECT 1 FROM boots b WHERE b.mac = m.mac)
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.mac = m.mac AND l.expires_at_ms > ?2)
+             ORDER BY last_seen_ms LIMIT ?3",
+        )
+        .bind(before_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&mut *self.0)
+        .await?;
+        Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
     }
 }

@@ -1,19 +1,31 @@
-//! SQLite through sqlx: the source of truth for machines, leases and the
-//! boot ledger.
+//! SQLite through sqlx: the source of truth for machines, groups,
+//! generations, leases, rollouts and the boot ledger, and the only module
+//! that runs SQL.
+//!
+//! Its interface is the seam a second backend (PostgreSQL, for several
+//! servers) plugs into: typed reads on [`Store`] and typed writes on a
+//! transaction ([`tx::Tx`]), one row type per table, per table in
+//! `machines.rs`, `groups.rs`, `generations.rs`, `boots.rs`, `rollouts.rs`,
+//! `tokens.rs` and `history.rs` (the API's pages). Callers see neither a
+//! connection nor SQL. The packet paths never call in here: they read what
+//! [`Store::load_leases`] and [`Store::known_macs`] loaded at start and
+//! write through the [`writer`] task (group commit).
 //!
 //! Opened once at start with WAL, `synchronous=NORMAL` and a busy timeout;
-//! migrations are embedded and run at open. Queries are checked at run time
-//! (`query_as` + `FromRow`), so building needs no database. The packet paths
-//! never call in here: they read what [`Store::load_leases`] and
-//! [`Store::known_macs`] loaded at start and write through the
-//! [`writer`] task.
+//! migrations are embedded, append-only (a test holds their checksums) and
+//! run at open. Queries are checked at run time (`query_as` + `FromRow`),
+//! so building needs no database.
 
+pub mod boots;
 pub mod checkpoint;
+pub mod generations;
+pub mod groups;
 pub mod history;
 pub mod machines;
 pub mod retention;
 pub mod rollouts;
 pub mod tokens;
+pub mod tx;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -26,7 +38,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 
 use crate::domain::lease::{Entry, State};
-use crate::domain::{MacAddr, Slot};
+use crate::domain::MacAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -131,7 +143,9 @@ impl Store {
         Ok(Self { pool })
     }
 
-    pub fn pool(&self) -> &SqlitePool {
+    /// The pool itself, for the store's own tasks (writer, checkpoints,
+    /// retention) and tests; nothing outside `store` runs SQL.
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
@@ -217,45 +231,6 @@ async fn repair_checksums(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             );
         }
     }
-    Ok(())
-}
-
-/// Points `group` at generation `number` of `stream` for the architecture
-/// slot `slot` (`x86_64`, `arm64`, `x86_64/installer`), inside the caller's
-/// transaction: the group's row (created if missing) keeps the pointer set
-/// last, `group_generations` the one per slot. Every writer of a group
-/// pointer (the groups API, `set-generation`, a rollout's success, apply)
-/// goes through here.
-pub async fn set_group_pointer(
-    conn: &mut sqlx::SqliteConnection,
-    group: &str,
-    slot: Slot,
-    stream: &str,
-    number: i64,
-    now_ms: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
-    )
-    .bind(group)
-    .bind(stream)
-    .bind(number)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO group_generations (group_name, slot, stream, generation, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (group_name, slot) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
-    )
-    .bind(group)
-    .bind(slot.to_string())
-    .bind(stream)
-    .bind(number)
-    .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
     Ok(())
 }
 

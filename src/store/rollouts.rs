@@ -57,8 +57,7 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
             .await?;
     }
     for m in &p.pointers {
-        let (stream, number) = (&m.generation.stream, m.generation.number);
-        super::set_group_pointer(conn, &m.group, m.slot, stream, number, p.at_ms).await?;
+        super::groups::set_group_pointer(conn, &m.group, m.slot, &m.generation, p.at_ms).await?;
     }
     Ok(())
 }
@@ -82,6 +81,13 @@ pub struct StoredFleet {
     /// `(mac, health as JSON)`.
     pub health: Vec<(String, String)>,
     pub rev: i64,
+}
+
+impl super::tx::Tx {
+    /// Writes what a fleet change holds, in this transaction.
+    pub async fn write_fleet_rows(&mut self, p: &Persist) -> Result<(), StoreError> {
+        Ok(write(&mut self.0, p).await?)
+    }
 }
 
 impl Store {

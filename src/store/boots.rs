@@ -1,0 +1,77 @@
+//! The `boots` table as the inventory uses it: open boots to reload at
+//! start, and a confirmation (the ledger writer inserts boot rows).
+
+use super::tx::Tx;
+use super::{Store, StoreError};
+use crate::domain::{BootState, GenerationId, MacAddr};
+
+/// A boot whose token may still confirm.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OpenBootRow {
+    pub id: i64,
+    pub mac: String,
+    pub token_hash: String,
+    pub stream: Option<String>,
+    pub generation: Option<i64>,
+    pub started_ms: i64,
+}
+
+impl Store {
+    /// Boots served (or failed) since `since_ms` and not confirmed, oldest
+    /// first; and the highest boot id so far.
+    pub async fn open_boots(&self, since_ms: i64) -> Result<(Vec<OpenBootRow>, i64), StoreError> {
+        let open = sqlx::query_as(
+            "SELECT id, mac, token_hash, stream, generation, started_ms FROM boots
+             WHERE state IN (?, ?) AND started_ms > ? ORDER BY id",
+        )
+        .bind(BootState::Served.as_str())
+        .bind(BootState::Failed.as_str())
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        let (max,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM boots")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((open, max))
+    }
+}
+
+impl Tx {
+    /// Confirms boot `id` of `mac` (served, or failed by the watchdog and
+    /// confirmed late): `generation` becomes its current and last good.
+    /// `false`: the boot was confirmed already (nothing written).
+    pub async fn confirm_boot(
+        &mut self,
+        id: i64,
+        mac: MacAddr,
+        generation: &GenerationId,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE boots SET state = ?, confirmed_ms = ? WHERE id = ? AND state IN (?, ?)",
+        )
+        .bind(BootState::Confirmed.as_str())
+        .bind(now_ms)
+        .bind(id)
+        .bind(BootState::Served.as_str())
+        .bind(BootState::Failed.as_str())
+        .execute(&mut *self.0)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE machines SET current_stream = ?1, current_generation = ?2,
+                 last_good_stream = ?1, last_good_generation = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
+             WHERE mac = ?4",
+        )
+        .bind(&generation.stream)
+        .bind(generation.number)
+        .bind(now_ms)
+        .bind(mac.to_string())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(true)
+    }
+}
