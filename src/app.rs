@@ -76,6 +76,11 @@ pub struct Bound {
 /// Every bound socket, before anything is served.
 struct Sockets {
     http: TcpListener,
+    packets: PacketSockets,
+}
+
+/// The UDP and raw sockets: DHCP's (per port), RA's (per interface), TFTP's.
+struct PacketSockets {
     tftp: Option<tokio::net::UdpSocket>,
     dhcp: Vec<(Port, tokio::net::UdpSocket)>,
     ra: Vec<(String, socket2::Socket, u32)>,
@@ -115,9 +120,7 @@ async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
     }
     Ok(Sockets {
         http,
-        tftp,
-        dhcp,
-        ra,
+        packets: PacketSockets { tftp, dhcp, ra },
     })
 }
 
@@ -129,11 +132,6 @@ pub async fn run(
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), AppError> {
     let store = Store::open(&config.data_dir).await?;
-    let images = Arc::new(ImageStore::open(&config.data_dir.join("images"))?);
-    let renderer = Arc::new(match &config.templates_dir {
-        Some(dir) => Renderer::from_dir(dir)?,
-        None => Renderer::embedded()?,
-    });
     let (tokens, new_token_file) = Tokens::load_or_bootstrap(&store, &config.data_dir).await?;
     let clients = Clients::new(
         &config.dhcp.reservations,
@@ -142,242 +140,36 @@ pub async fn run(
     );
     let paths = Arc::new(Paths::resolve(&config.dhcp.interfaces).map_err(AppError::Setup)?);
     let sockets = bind_all(&config).await?;
-    let http_addr = sockets.http.local_addr().map_err(AppError::Setup)?;
-    let local = |s: &tokio::net::UdpSocket| s.local_addr().ok();
-    let bound = Bound {
-        http: http_addr,
-        tftp: sockets.tftp.as_ref().and_then(local),
-        dhcp: sockets
-            .dhcp
-            .iter()
-            .find(|(p, _)| *p == Port::Dhcp)
-            .and_then(|(_, s)| local(s)),
-        proxy: sockets
-            .dhcp
-            .iter()
-            .find(|(p, _)| *p == Port::Proxy)
-            .and_then(|(_, s)| local(s)),
-    };
+    let bound = bound_addresses(&sockets)?;
+    let (core, writer, reboots) = Core::start(&config, store, clients, bound.http).await?;
 
-    let metrics = Arc::new(Metrics::default());
-    let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
-    let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
-    let inventory = Inventory::load(store.clone(), ledger.clone())
-        .await?
-        .with_token_ttl(config.boot.token_ttl)
-        .with_clients(clients.clone());
-    inventory.apply_reservations(&config.dhcp.reservations);
-    // Machines a rollout moves are handed to the reboot hook's task.
-    let (reboot_tx, reboot_rx) = tokio::sync::mpsc::channel(4096);
-    inventory.configure_rollouts(config.rollout.watchdog, reboot_tx);
-    let inventory = Arc::new(inventory);
-
-    let mut bootfiles = Bootfiles::new(
-        config
-            .tftp
-            .as_ref()
-            .map(|t| t.server.root.clone())
-            .unwrap_or_else(|| "/usr/lib/ipxe".into()),
-        config.dhcp.bootfiles.names(),
-    );
-    if let Some(dir) = &config.dhcp.bootfiles.grub_dir {
-        bootfiles.add(dir.clone(), config.dhcp.bootfiles.grub_names());
-    }
-    let bootfiles = Arc::new(bootfiles);
-    let targets = BootTargets {
-        files: config.dhcp.bootfiles.clone(),
-        server_ip: config.server_ip,
-        http_port: http_addr.port(),
-    };
-    let explain_targets = targets.clone();
-    let dhcp = Arc::new(
-        Dhcp::new(
-            config.dhcp.clone(),
-            targets,
-            clients.clone(),
-            ledger.clone(),
-            metrics.clone(),
-        )
-        .with_loader_settings(inventory.clone()),
-    );
-    let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
-    if config.boot.binding == crate::binding::Mode::Off {
-        tracing::warn!(
-            "boot.binding = \"off\": any host on the boot network can fetch any machine's \
-             script, config and token, and confirm its boots; for labs only"
-        );
-    }
-    let bindings = Arc::new(crate::binding::Bindings::new(
-        config.boot.binding,
-        Some(clients.clone()),
-        config
-            .dhcp
-            .reservations
-            .iter()
-            .map(|r| (std::net::IpAddr::V4(r.ip), r.mac)),
-        config.dhcp.interfaces.clone(),
-        metrics.clone(),
-    ));
-    let netboot = Arc::new(crate::netboot::Netboot::new(
-        bootfiles.clone(),
-        inventory.clone(),
-        renderer.clone(),
-        images.clone(),
-        ledger.clone(),
-        server_url.clone(),
-        bindings.clone(),
-        clients.clone(),
-    ));
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
-
-    for (port, socket) in sockets.dhcp {
-        let addr = socket.local_addr().map_err(AppError::Setup)?;
-        services.push(format!("dhcp {:?} mode on {addr}", config.dhcp.mode).to_lowercase());
-        tasks.spawn(crate::dhcp::server::run(
-            socket,
-            port,
-            dhcp.clone(),
-            paths.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    for (name, sock, index) in sockets.ra {
-        services.push(format!("ipv6 router advertisement on {name}"));
-        tasks.spawn(crate::dhcp::ra::run(
-            name,
-            sock,
-            index,
-            metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
-    if let (Some(socket), Some(t)) = (sockets.tftp, &config.tftp) {
-        let addr = socket.local_addr().map_err(AppError::Setup)?;
-        services.push(format!("tftp on {addr} from {}", t.server.root.display()));
-        let state = Arc::new(TftpState {
-            config: t.server.clone(),
-            generated: Some(netboot.clone()),
-            ledger: ledger.clone(),
-            metrics: metrics.clone(),
-            clients: clients.clone(),
-        });
-        tasks.spawn(crate::tftp::run(socket, state, shutdown.clone()));
-    }
-    {
-        let dhcp = dhcp.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tick.tick() => { dhcp.expire_offers(now_ms()); }
-                }
-            }
-        });
-    }
-    if let Some(after) = config.dhcp.forget_unbooted_after {
-        tasks.spawn(forget_unbooted(
-            inventory.clone(),
-            config.dhcp.reservations.iter().map(|r| r.mac).collect(),
-            after,
-            shutdown.clone(),
-        ));
-    }
-    {
-        // Rollout gates and the watchdog's silence timeout run on the clock.
-        let inventory = inventory.clone();
-        let shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let mut tick = tokio::time::interval(ROLLOUT_TICK);
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tick.tick() => inventory.tick_rollouts(now_ms()),
-                }
-            }
-        });
-    }
-    if config.rollout.hook.is_configured() {
-        services.push("reboot hook for rollouts".into());
-    }
-    {
-        let (store, shutdown) = (store.clone(), shutdown.clone());
-        tasks.spawn(async move {
-            crate::store::checkpoint::run(store, shutdown).await;
-            Ok(())
-        });
-    }
-    {
-        let (store, retention, shutdown) = (store.clone(), config.retention, shutdown.clone());
-        tasks.spawn(async move {
-            crate::store::retention::run(store, retention, shutdown).await;
-            Ok(())
-        });
-    }
-    tasks.spawn(crate::rollout::hook::run(
-        config.rollout.hook.clone(),
-        reboot_rx,
-        ledger.clone(),
-        shutdown.clone(),
-    ));
-    services.push(format!("http on {http_addr}"));
-    let boot_state = BootState::new(
-        inventory.clone(),
-        renderer.clone(),
-        ledger.clone(),
-        server_url,
-        bindings,
-        metrics.clone(),
+    let Sockets { http, packets } = sockets;
+    spawn_packet_services(
+        &mut tasks,
+        &mut services,
+        &core,
+        &config,
+        paths,
+        packets,
+        &shutdown,
     )?;
-    let explainer = Arc::new(crate::explain::Explainer {
-        inventory: inventory.clone(),
-        renderer: renderer.clone(),
-        server: format!("http://{}:{}", config.server_ip, http_addr.port()),
-        targets: explain_targets,
-        mode: config.dhcp.mode,
-        serve_all: config.dhcp.serve_all,
-        clients: Some(clients.clone()),
-    });
-    let api_state = ApiState {
-        inventory: inventory.clone(),
-        images: images.clone(),
-        tokens: Arc::new(tokens),
-        store: store.clone(),
-        edits: Default::default(),
-        live: ledger.live(),
-        shutdown: shutdown.clone(),
-        explainer,
-        dhcp: Some(dhcp.clone()),
-        fetcher: Arc::new(
-            crate::images::fetch::Fetcher::new(config.fetch.clone()).map_err(|e| {
-                AppError::Setup(std::io::Error::other(format!(
-                    "HTTP client for server-side fetches: {e}"
-                )))
-            })?,
-        ),
-    };
-    let http_state = HttpState {
-        metrics: metrics.clone(),
-        services: Arc::new(services.clone()),
-        dhcp: Some(dhcp.clone()),
-        store: Some(store.clone()),
-    };
-    let app = crate::http::router(http_state, bootfiles)
-        .merge(crate::http::boot::router(boot_state))
-        .merge(crate::http::artifacts::router(
-            images.clone(),
-            Some(artifact_hook(&inventory, &ledger, &metrics)),
-        ))
-        .merge(crate::http::api::router(api_state))
-        .merge(crate::http::switch::router(netboot));
+    spawn_clock_tasks(
+        &mut tasks,
+        &mut services,
+        &core,
+        &config,
+        reboots,
+        &shutdown,
+    );
+    services.push(format!("http on {}", bound.http));
+    let app = http_app(&core, &config, tokens, &services, bound.http, &shutdown)?;
     tasks.spawn(crate::http::run(
-        sockets.http,
+        http,
         app,
         config.http_limits,
-        metrics.clone(),
+        core.metrics.clone(),
         shutdown.clone(),
     ));
 
@@ -385,9 +177,354 @@ pub async fn run(
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
+    let failure = wait_for_services(tasks, &shutdown).await;
+    core.stop(writer).await;
+    match failure {
+        Some(e) => Err(AppError::Setup(e)),
+        None => Ok(()),
+    }
+}
 
-    // A service that fails takes the process down with it: an operator
-    // should see a dead server, not one that silently stopped answering DHCP.
+/// Where each bound socket ended up.
+fn bound_addresses(sockets: &Sockets) -> Result<Bound, AppError> {
+    let local = |s: &tokio::net::UdpSocket| s.local_addr().ok();
+    let dhcp_on = |port: Port| {
+        sockets
+            .packets
+            .dhcp
+            .iter()
+            .find(|(p, _)| *p == port)
+            .and_then(|(_, s)| local(s))
+    };
+    Ok(Bound {
+        http: sockets.http.local_addr().map_err(AppError::Setup)?,
+        tftp: sockets.packets.tftp.as_ref().and_then(local),
+        dhcp: dhcp_on(Port::Dhcp),
+        proxy: dhcp_on(Port::Proxy),
+    })
+}
+
+/// What the services share: the store and its ledger, the fleet, the
+/// clients DHCP knows, and the boot path's pieces.
+struct Core {
+    store: Store,
+    images: Arc<ImageStore>,
+    renderer: Arc<Renderer>,
+    metrics: Arc<Metrics>,
+    ledger: Ledger,
+    clients: Clients,
+    inventory: Arc<Inventory>,
+    bootfiles: Arc<Bootfiles>,
+    targets: BootTargets,
+    dhcp: Arc<Dhcp>,
+    bindings: Arc<crate::binding::Bindings>,
+    netboot: Arc<crate::netboot::Netboot>,
+    /// `http://SERVER:PORT`, as machines reach it.
+    server_url: String,
+}
+
+type Reboots = tokio::sync::mpsc::Receiver<crate::rollout::hook::Job>;
+
+impl Core {
+    /// Loads the fleet and starts the ledger writer (returned: it is the
+    /// last task to stop), wiring DHCP, binding and the boot path to the
+    /// same clients and inventory.
+    async fn start(
+        config: &Config,
+        store: Store,
+        clients: Clients,
+        http_addr: SocketAddr,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>, Reboots), AppError> {
+        let images = Arc::new(ImageStore::open(&config.data_dir.join("images"))?);
+        let renderer = Arc::new(match &config.templates_dir {
+            Some(dir) => Renderer::from_dir(dir)?,
+            None => Renderer::embedded()?,
+        });
+        let metrics = Arc::new(Metrics::default());
+        let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
+        let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
+        let inventory = Inventory::load(store.clone(), ledger.clone())
+            .await?
+            .with_token_ttl(config.boot.token_ttl)
+            .with_clients(clients.clone());
+        inventory.apply_reservations(&config.dhcp.reservations);
+        // Machines a rollout moves are handed to the reboot hook's task.
+        let (reboot_tx, reboots) = tokio::sync::mpsc::channel(4096);
+        inventory.configure_rollouts(config.rollout.watchdog, reboot_tx);
+        let inventory = Arc::new(inventory);
+
+        let mut bootfiles = Bootfiles::new(
+            config
+                .tftp
+                .as_ref()
+                .map(|t| t.server.root.clone())
+                .unwrap_or_else(|| "/usr/lib/ipxe".into()),
+            config.dhcp.bootfiles.names(),
+        );
+        if let Some(dir) = &config.dhcp.bootfiles.grub_dir {
+            bootfiles.add(dir.clone(), config.dhcp.bootfiles.grub_names());
+        }
+        let bootfiles = Arc::new(bootfiles);
+        let targets = BootTargets {
+            files: config.dhcp.bootfiles.clone(),
+            server_ip: config.server_ip,
+            http_port: http_addr.port(),
+        };
+        let dhcp = Arc::new(
+            Dhcp::new(
+                config.dhcp.clone(),
+                targets.clone(),
+                clients.clone(),
+                ledger.clone(),
+                metrics.clone(),
+            )
+            .with_loader_settings(inventory.clone()),
+        );
+        let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
+        if config.boot.binding == crate::binding::Mode::Off {
+            tracing::warn!(
+                "boot.binding = \"off\": any host on the boot network can fetch any machine's \
+                 script, config and token, and confirm its boots; for labs only"
+            );
+        }
+        let bindings = Arc::new(crate::binding::Bindings::new(
+            config.boot.binding,
+            Some(clients.clone()),
+            config
+                .dhcp
+                .reservations
+                .iter()
+                .map(|r| (std::net::IpAddr::V4(r.ip), r.mac)),
+            config.dhcp.interfaces.clone(),
+            metrics.clone(),
+        ));
+        let netboot = Arc::new(crate::netboot::Netboot::new(
+            bootfiles.clone(),
+            inventory.clone(),
+            renderer.clone(),
+            images.clone(),
+            ledger.clone(),
+            server_url.clone(),
+            bindings.clone(),
+            clients.clone(),
+        ));
+        let core = Core {
+            store,
+            images,
+            renderer,
+            metrics,
+            ledger,
+            clients,
+            inventory,
+            bootfiles,
+            targets,
+            dhcp,
+            bindings,
+            netboot,
+            server_url,
+        };
+        Ok((core, writer, reboots))
+    }
+
+    /// After every service stopped: the ledger handles drop, the writer
+    /// commits what is queued, then the store closes.
+    async fn stop(self, writer: tokio::task::JoinHandle<()>) {
+        let store = self.store.clone();
+        drop(self);
+        if tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .is_err()
+        {
+            error!("ledger writer did not finish within 10 s");
+        }
+        store.close().await;
+        info!("stopped");
+    }
+}
+
+type Tasks = JoinSet<std::io::Result<()>>;
+
+/// DHCP on each of its sockets, router advertisements, TFTP.
+fn spawn_packet_services(
+    tasks: &mut Tasks,
+    services: &mut Vec<String>,
+    core: &Core,
+    config: &Config,
+    paths: Arc<Paths>,
+    PacketSockets { tftp, dhcp, ra }: PacketSockets,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    for (port, socket) in dhcp {
+        let addr = socket.local_addr().map_err(AppError::Setup)?;
+        services.push(format!("dhcp {:?} mode on {addr}", config.dhcp.mode).to_lowercase());
+        tasks.spawn(crate::dhcp::server::run(
+            socket,
+            port,
+            core.dhcp.clone(),
+            paths.clone(),
+            core.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for (name, sock, index) in ra {
+        services.push(format!("ipv6 router advertisement on {name}"));
+        tasks.spawn(crate::dhcp::ra::run(
+            name,
+            sock,
+            index,
+            core.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let (Some(socket), Some(t)) = (tftp, &config.tftp) {
+        let addr = socket.local_addr().map_err(AppError::Setup)?;
+        services.push(format!("tftp on {addr} from {}", t.server.root.display()));
+        let state = Arc::new(TftpState {
+            config: t.server.clone(),
+            generated: Some(core.netboot.clone()),
+            ledger: core.ledger.clone(),
+            metrics: core.metrics.clone(),
+            clients: core.clients.clone(),
+        });
+        tasks.spawn(crate::tftp::run(socket, state, shutdown.clone()));
+    }
+    Ok(())
+}
+
+/// Runs `work` every `every` until shutdown.
+fn every(
+    tasks: &mut Tasks,
+    every: Duration,
+    shutdown: &CancellationToken,
+    mut work: impl FnMut() + Send + 'static,
+) {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => work(),
+            }
+        }
+    });
+}
+
+/// What runs on the clock: offers expiring, rollout gates and watchdog
+/// timeouts, forgetting never-booted machines, WAL checkpoints, event
+/// retention, and the reboot hook's queue.
+fn spawn_clock_tasks(
+    tasks: &mut Tasks,
+    services: &mut Vec<String>,
+    core: &Core,
+    config: &Config,
+    reboots: Reboots,
+    shutdown: &CancellationToken,
+) {
+    let dhcp = core.dhcp.clone();
+    every(tasks, Duration::from_secs(5), shutdown, move || {
+        dhcp.expire_offers(now_ms());
+    });
+    let inventory = core.inventory.clone();
+    every(tasks, ROLLOUT_TICK, shutdown, move || {
+        inventory.tick_rollouts(now_ms())
+    });
+    if let Some(after) = config.dhcp.forget_unbooted_after {
+        tasks.spawn(forget_unbooted(
+            core.inventory.clone(),
+            config.dhcp.reservations.iter().map(|r| r.mac).collect(),
+            after,
+            shutdown.clone(),
+        ));
+    }
+    let (store, stop) = (core.store.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        crate::store::checkpoint::run(store, stop).await;
+        Ok(())
+    });
+    let (store, retention, stop) = (core.store.clone(), config.retention, shutdown.clone());
+    tasks.spawn(async move {
+        crate::store::retention::run(store, retention, stop).await;
+        Ok(())
+    });
+    if config.rollout.hook.is_configured() {
+        services.push("reboot hook for rollouts".into());
+    }
+    tasks.spawn(crate::rollout::hook::run(
+        config.rollout.hook.clone(),
+        reboots,
+        core.ledger.clone(),
+        shutdown.clone(),
+    ));
+}
+
+/// Every HTTP route: health and metrics, the boot path, artifacts, the
+/// API, and the switches' endpoints.
+fn http_app(
+    core: &Core,
+    config: &Config,
+    tokens: Tokens,
+    services: &[String],
+    http_addr: SocketAddr,
+    shutdown: &CancellationToken,
+) -> Result<axum::Router, AppError> {
+    let boot_state = BootState::new(
+        core.inventory.clone(),
+        core.renderer.clone(),
+        core.ledger.clone(),
+        core.server_url.clone(),
+        core.bindings.clone(),
+        core.metrics.clone(),
+    )?;
+    let explainer = Arc::new(crate::explain::Explainer {
+        inventory: core.inventory.clone(),
+        renderer: core.renderer.clone(),
+        server: format!("http://{}:{}", config.server_ip, http_addr.port()),
+        targets: core.targets.clone(),
+        mode: config.dhcp.mode,
+        serve_all: config.dhcp.serve_all,
+        clients: Some(core.clients.clone()),
+    });
+    let fetcher = crate::images::fetch::Fetcher::new(config.fetch.clone()).map_err(|e| {
+        AppError::Setup(std::io::Error::other(format!(
+            "HTTP client for server-side fetches: {e}"
+        )))
+    })?;
+    let api_state = ApiState {
+        inventory: core.inventory.clone(),
+        images: core.images.clone(),
+        tokens: Arc::new(tokens),
+        store: core.store.clone(),
+        edits: Default::default(),
+        live: core.ledger.live(),
+        shutdown: shutdown.clone(),
+        explainer,
+        dhcp: Some(core.dhcp.clone()),
+        fetcher: Arc::new(fetcher),
+    };
+    let http_state = HttpState {
+        metrics: core.metrics.clone(),
+        services: Arc::new(services.to_vec()),
+        dhcp: Some(core.dhcp.clone()),
+        store: Some(core.store.clone()),
+    };
+    Ok(crate::http::router(http_state, core.bootfiles.clone())
+        .merge(crate::http::boot::router(boot_state))
+        .merge(crate::http::artifacts::router(
+            core.images.clone(),
+            Some(artifact_hook(&core.inventory, &core.ledger, &core.metrics)),
+        ))
+        .merge(crate::http::api::router(api_state))
+        .merge(crate::http::switch::router(core.netboot.clone())))
+}
+
+/// Waits for every service. A service that fails takes the process down
+/// with it: an operator should see a dead server, not one that silently
+/// stopped answering DHCP. Returns the first failure.
+async fn wait_for_services(
+    mut tasks: Tasks,
+    shutdown: &CancellationToken,
+) -> Option<std::io::Error> {
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
         let result = joined.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
@@ -397,30 +534,14 @@ pub async fn run(
             shutdown.cancel();
         }
     }
-    drop(dhcp);
-    drop(inventory);
-    drop(ledger);
-    if tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .is_err()
-    {
-        error!("ledger writer did not finish within 10 s");
-    }
-    store.close().await;
-    info!("stopped");
-    match failure {
-        Some(e) => Err(AppError::Setup(e)),
-        None => Ok(()),
-    }
+    failure
 }
 
-/// Records each artifact download as a step of the boot its client opened
-/// last (artifact URLs carry no token).
 /// How often never-booted machines are looked for (`inventory::forget`).
 const FORGET_EVERY: Duration = Duration::from_secs(600);
 
 /// Removes machines never booted and untouched by an operator once unseen
-/// for `after`, from the inventory and then from DHCP's memory.
+/// for `after` (see `inventory/forget.rs`).
 async fn forget_unbooted(
     inventory: Arc<Inventory>,
     reserved: std::collections::HashSet<crate::domain::MacAddr>,
@@ -452,6 +573,8 @@ async fn forget_unbooted(
     }
 }
 
+/// Records each artifact download as a step of the boot its client opened
+/// last (artifact URLs carry no token).
 fn artifact_hook(
     inventory: &Arc<Inventory>,
     ledger: &Ledger,

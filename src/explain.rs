@@ -448,40 +448,58 @@ fn describe_target(d: &Decision) -> String {
     }
 }
 
-impl Explainer {
-    /// Explains `q`.
-    pub fn explain(&self, q: &Query) -> Explanation {
-        let mut steps = Vec::new();
-        let port = SwitchPort::new(q.circuit_id.clone(), q.remote_id.clone());
+/// The request as the DHCP path classifies it (when it carries DHCP
+/// options), or as a script or ONIE request.
+struct Classified {
+    request: Option<crate::dhcp::packet::Request>,
+    facts: Option<ClientFacts>,
+    kind: Option<ClientKind>,
+    /// ONIE fetching its installer over HTTP (no DHCP options given).
+    onie_http: bool,
+    switch: bool,
+    port: Option<SwitchPort>,
+}
 
-        // 1. The client, as the DHCP path classifies it.
-        let dhcp_req = q
+impl Classified {
+    fn of(q: &Query) -> Self {
+        let request = q
             .has_dhcp()
             .then(|| crate::dhcp::packet::parse(&discover(q)).expect("a well-formed DISCOVER"));
-        let facts = dhcp_req.as_ref().map(ClientFacts::from_request);
+        let facts = request.as_ref().map(ClientFacts::from_request);
         let kind = facts.as_ref().map(ClientFacts::kind);
         let onie_http = q.onie.is_some() && kind.is_none();
-        let switch = onie_http || kind.is_some_and(ClientKind::is_switch);
-        let client = ClientView {
-            kind: match (kind, onie_http) {
+        Self {
+            switch: onie_http || kind.is_some_and(ClientKind::is_switch),
+            port: SwitchPort::new(q.circuit_id.clone(), q.remote_id.clone()),
+            request,
+            facts,
+            kind,
+            onie_http,
+        }
+    }
+
+    fn view(&self) -> ClientView {
+        let f = self.facts.as_ref();
+        ClientView {
+            kind: match (self.kind, self.onie_http) {
                 (Some(k), _) => k.name().into(),
                 (None, true) => "onie".into(),
                 (None, false) => "script_request".into(),
             },
-            via: match (kind, onie_http) {
+            via: match (self.kind, self.onie_http) {
                 (Some(_), _) => "dhcp",
                 (None, true) => "onie_http",
                 (None, false) => "script",
             },
-            arch: facts.as_ref().and_then(|f| f.arch),
-            vendor_class: facts.as_ref().and_then(|f| f.vendor_class.clone()),
-            user_classes: facts
-                .as_ref()
-                .map(|f| f.user_classes.clone())
-                .unwrap_or_default(),
-            port: port.clone(),
-        };
-        steps.push(match (&facts, onie_http) {
+            arch: f.and_then(|f| f.arch),
+            vendor_class: f.and_then(|f| f.vendor_class.clone()),
+            user_classes: f.map(|f| f.user_classes.clone()).unwrap_or_default(),
+            port: self.port.clone(),
+        }
+    }
+
+    fn step(&self) -> String {
+        match (&self.facts, self.onie_http) {
             (Some(f), _) => format!(
                 "client: {} ({}; opt 60 {}; opt 77 {})",
                 f.kind().name(),
@@ -498,11 +516,14 @@ impl Explainer {
             (None, false) => {
                 "client: a loader asking for this machine's script (no DHCP options given)".into()
             }
-        });
+        }
+    }
 
-        // 2. Identity, membership, pin and target: the boot path's decide().
+    /// The script request the boot path would see: the CPU from option 93,
+    /// else ONIE's own (its header, else its vendor class).
+    fn script_request(&self, q: &Query) -> ScriptRequest {
+        let facts = self.facts.as_ref();
         let buildarch = facts
-            .as_ref()
             .and_then(|f| f.arch)
             .and_then(Cpu::of_firmware)
             .or_else(|| {
@@ -510,69 +531,79 @@ impl Explainer {
                     .as_ref()
                     .and_then(|h| h.arch.as_deref()?.parse().ok())
             })
-            // ONIE names its arch in its vendor class, and sends it again
-            // (ONIE-ARCH) when it fetches the installer.
             .or_else(|| {
                 facts
-                    .as_ref()
                     .and_then(|f| f.vendor_class.as_deref())
                     .and_then(OnieVendor::parse)
                     .and_then(|v| v.arch.parse().ok())
             });
-        let req = ScriptRequest {
+        ScriptRequest {
             mac: Some(q.mac),
             serial: q.onie.as_ref().and_then(|h| h.serial.clone()),
             buildarch,
             ..ScriptRequest::default()
-        };
+        }
+    }
+}
+
+/// The steps that say who the machine is, where it belongs and what it
+/// boots, from the decision.
+fn decision_steps(decision: &Decision) -> Vec<String> {
+    let m = &decision.machine;
+    let mut steps = vec![match (&decision.identity, decision.fresh) {
+        (IdentityMatch::Port { replaces, port }, _) => format!(
+            "identity: a new MAC in switch port {} of {}: it replaces {replaces} and inherits its group, labels, pin and name",
+            port.circuit_id.as_deref().unwrap_or("?"),
+            port.remote_id.as_deref().unwrap_or("?")
+        ),
+        (IdentityMatch::Mac, false) => "identity: a known machine, by its MAC".into(),
+        (IdentityMatch::Mac, true) => "identity: an unknown MAC; its first boot registers it".into(),
+    }];
+    steps.push(format!("group: {}", m.membership.reason()));
+    steps.push(match &m.pin {
+        Some(p) => format!("pin: {p} (beats the group's generation)"),
+        None => "pin: none".into(),
+    });
+    steps.extend(decision.notes.iter().map(describe_note));
+    steps.push(describe_target(decision));
+    steps
+}
+
+impl Explainer {
+    /// Explains `q`: the same calls the boot path makes, in its order
+    /// (classify, decide, answer DHCP, choose the loader, serve it), each
+    /// said in a step; nothing here decides on its own.
+    pub fn explain(&self, q: &Query) -> Explanation {
+        let client = Classified::of(q);
         // A network OS asking for its ZTP script carries on the boot ONIE
         // installed; everything else network-boots.
-        let stage = match kind {
+        let stage = match client.kind {
             Some(ClientKind::Ztp) => Stage::CarriesOn,
             _ => Stage::Netboot,
         };
         let decision = self.inventory.preview(
             q.mac,
-            &req,
-            switch.then_some(MachineKind::Switch),
-            port.clone(),
+            &client.script_request(q),
+            client.switch.then_some(MachineKind::Switch),
+            client.port.clone(),
             stage,
         );
-        let identity = IdentityView {
-            known: !decision.fresh,
-            matched: decision.identity.clone(),
-        };
-        steps.push(match (&decision.identity, decision.fresh) {
-            (IdentityMatch::Port { replaces, port }, _) => format!(
-                "identity: a new MAC in switch port {} of {}: it replaces {replaces} and inherits its group, labels, pin and name",
-                port.circuit_id.as_deref().unwrap_or("?"),
-                port.remote_id.as_deref().unwrap_or("?")
-            ),
-            (IdentityMatch::Mac, false) => "identity: a known machine, by its MAC".into(),
-            (IdentityMatch::Mac, true) => {
-                "identity: an unknown MAC; its first boot registers it".into()
-            }
-        });
         let m = &decision.machine;
-        let group = GroupView {
-            name: m.group.clone(),
-            exists: decision.group.is_some(),
-            membership: m.membership.clone(),
-            reason: m.membership.reason(),
-        };
-        steps.push(format!("group: {}", group.reason));
-        steps.push(match &m.pin {
-            Some(p) => format!("pin: {p} (beats the group's generation)"),
-            None => "pin: none".into(),
-        });
-        steps.extend(decision.notes.iter().map(describe_note));
-        steps.push(describe_target(&decision));
-
+        let mut steps = vec![client.step()];
+        steps.extend(decision_steps(&decision));
         let mut out = Explanation {
             mac: q.mac,
-            client,
-            identity,
-            group,
+            client: client.view(),
+            identity: IdentityView {
+                known: !decision.fresh,
+                matched: decision.identity.clone(),
+            },
+            group: GroupView {
+                name: m.group.clone(),
+                exists: decision.group.is_some(),
+                membership: m.membership.clone(),
+                reason: m.membership.reason(),
+            },
             pin: m.pin.clone(),
             target: decision.target.clone(),
             dhcp: None,
@@ -581,12 +612,32 @@ impl Explainer {
             installer: None,
             steps,
         };
+        let Some(loader) = self.loader(&client, &decision, &mut out) else {
+            return out;
+        };
+        out.steps.push(match (&loader.note, loader.source) {
+            (_, "client") => format!("loader: {} (the client runs it)", loader.loader),
+            (Some(note), source) => format!("loader: {} ({source}; {note})", loader.loader),
+            (None, source) => format!("loader: {} (chosen by {source})", loader.loader),
+        });
+        out.loader = Some(loader.clone());
+        self.serve(&loader, &client, &decision, &mut out);
+        out
+    }
 
-        // 3. The DHCP answer and the loader it starts.
-        let settings = self.inventory.loader_settings(q.mac);
-        let loader = match (&facts, dhcp_req) {
+    /// The DHCP answer (recorded in `out`) and the loader it starts; for a
+    /// script or ONIE request, the loader that asks. `None`: DHCP does not
+    /// answer with a bootfile, so nothing follows.
+    fn loader(
+        &self,
+        client: &Classified,
+        decision: &Decision,
+        out: &mut Explanation,
+    ) -> Option<LoaderView> {
+        let settings = self.inventory.loader_settings(decision.machine.mac);
+        match (&client.facts, &client.request) {
             (Some(f), Some(req)) => {
-                let (dhcp, loader) = self.dhcp(f, &req, settings);
+                let (dhcp, loader) = self.dhcp(f, req, settings);
                 out.steps.push(match (&dhcp.reason, &dhcp.bootfile) {
                     (Some(why), _) => format!("dhcp ({}): no answer: {why}", dhcp.mode),
                     (None, Some(b)) => format!(
@@ -601,40 +652,33 @@ impl Explainer {
                 });
                 let answered = dhcp.answered && dhcp.bootfile.is_some();
                 out.dhcp = Some(dhcp);
-                if !answered {
-                    return out;
-                }
-                loader
+                loader.filter(|_| answered)
             }
-            _ if onie_http => Some(LoaderView {
+            _ if client.onie_http => Some(LoaderView {
                 loader: "onie",
                 source: "client",
                 note: None,
             }),
-            _ => {
-                let arch = m.arch.and_then(Cpu::firmware);
-                let choice = loader::choose(arch, settings);
-                // `/boot/<mac>.ipxe` is iPXE's; a GRUB machine asks over TFTP.
-                Some(loader_view(&choice))
-            }
-        };
-        let Some(loader) = loader else { return out };
-        out.steps.push(match (&loader.note, loader.source) {
-            (_, "client") => format!("loader: {} (the client runs it)", loader.loader),
-            (Some(note), source) => format!("loader: {} ({source}; {note})", loader.loader),
-            (None, source) => format!("loader: {} (chosen by {source})", loader.loader),
-        });
-        out.loader = Some(loader.clone());
+            // `/boot/<mac>.ipxe` is iPXE's; a GRUB machine asks over TFTP.
+            _ => Some(loader_view(&loader::choose(
+                decision.machine.arch.and_then(Cpu::firmware),
+                settings,
+            ))),
+        }
+    }
 
-        // 4. What the loader is served.
+    /// What the loader is served: its script or config, a ZTP script, or
+    /// an ONIE installer.
+    fn serve(
+        &self,
+        loader: &LoaderView,
+        client: &Classified,
+        decision: &Decision,
+        out: &mut Explanation,
+    ) {
         let plan = decision.preview_plan(None);
-        match loader.loader {
-            "ipxe" | "grub" => {
-                let l = if loader.loader == "grub" {
-                    Loader::Grub
-                } else {
-                    Loader::Ipxe
-                };
+        match (loader.loader.parse::<Loader>(), loader.loader) {
+            (Ok(l), _) => {
                 let result = render_boot(&plan, &self.server, &self.renderer, l);
                 let template = crate::render::boot_template(l, plan.bootable());
                 out.steps.push(format!(
@@ -647,8 +691,9 @@ impl Explainer {
                 ));
                 out.script = Some(script_view(template, result));
             }
-            "ztp" => {
-                let file = facts
+            (Err(_), "ztp") => {
+                let file = client
+                    .facts
                     .as_ref()
                     .map(|f| f.ztp_flavour().file())
                     .unwrap_or("cumulus.sh");
@@ -659,8 +704,8 @@ impl Explainer {
                     .push(format!("script: {template}, rendered below"));
                 out.script = Some(script_view(&template, result));
             }
-            _ => {
-                let installer = self.installer(&decision);
+            (Err(_), _) => {
+                let installer = self.installer(decision);
                 out.steps.push(match &installer.reason {
                     None => format!(
                         "installer: {} ({} bytes) at {}",
@@ -673,7 +718,6 @@ impl Explainer {
                 out.installer = Some(installer);
             }
         }
-        out
     }
 
     /// The DHCP answer, as the handler's gates and encoder make it.
