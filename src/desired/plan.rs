@@ -602,8 +602,37 @@ fn machines_after(
     all
 }
 
-/// Computes the changes that make `cur` match `doc`.
+/// Computes the changes that make `cur` match `doc`: group creations and
+/// updates (pointers that move at once), machine edits, then the rollouts
+/// for pointers whose groups have members to move.
 pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
+    let (groups, machine_edits) = check_document(doc, cur)?;
+    let members = Members::after(cur, &groups, &machine_edits);
+    let mut changes = Vec::new();
+    let mut rollouts = Vec::new();
+    for g in &groups {
+        match cur.groups.get(g.name) {
+            None => changes.push(create_group(g)),
+            Some(current) => {
+                let (update, rollout) = update_group(cur, current, g, &members)?;
+                changes.extend(update);
+                rollouts.extend(rollout);
+            }
+        }
+    }
+    for (mac, edit) in machine_edits {
+        changes.extend(machine_change(mac, &cur.machines[&mac], &edit));
+    }
+    changes.extend(rollouts);
+    Ok(changes)
+}
+
+/// Every group and machine of the document, checked against `cur`; a
+/// machine listed twice is refused.
+fn check_document<'a>(
+    doc: &'a Document,
+    cur: &Current,
+) -> Result<(Vec<CheckedGroup<'a>>, BTreeMap<MacAddr, MachineChange>), PlanError> {
     let groups = doc
         .groups
         .iter()
@@ -619,30 +648,51 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
             ));
         }
     }
+    Ok((groups, machine_edits))
+}
 
-    // Selectors as they will be, for the memberships rollouts depend on.
-    let mut selectors: BTreeMap<&str, Option<Selector>> = cur
-        .groups
-        .iter()
-        .map(|(n, g)| (n.as_str(), g.selector.clone()))
-        .collect();
-    for g in &groups {
-        match &g.selector {
-            Some(s) => {
-                selectors.insert(g.name, s.clone());
-            }
-            None => {
-                selectors.entry(g.name).or_insert(None);
+/// Group memberships as they will be once the document is applied
+/// (selectors and machine edits included): who a rollout would move.
+struct Members<'a> {
+    selectors: BTreeMap<&'a str, Option<Selector>>,
+    after: BTreeMap<MacAddr, CurrentMachine>,
+}
+
+impl<'a> Members<'a> {
+    fn after(
+        cur: &'a Current,
+        groups: &[CheckedGroup<'a>],
+        edits: &BTreeMap<MacAddr, MachineChange>,
+    ) -> Self {
+        let mut selectors: BTreeMap<&str, Option<Selector>> = cur
+            .groups
+            .iter()
+            .map(|(n, g)| (n.as_str(), g.selector.clone()))
+            .collect();
+        for g in groups {
+            match &g.selector {
+                Some(s) => {
+                    selectors.insert(g.name, s.clone());
+                }
+                None => {
+                    selectors.entry(g.name).or_insert(None);
+                }
             }
         }
+        Self {
+            selectors,
+            after: machines_after(cur, edits),
+        }
     }
-    let after = machines_after(cur, &machine_edits);
-    let members_of = |group: &str, to: &GenerationFacts| -> usize {
-        let claims: Vec<Claim<'_>> = selectors
+
+    /// Machines of `group` that would follow its pointer to `to`.
+    fn count(&self, group: &str, to: &GenerationFacts) -> usize {
+        let claims: Vec<Claim<'_>> = self
+            .selectors
             .iter()
             .filter_map(|(g, s)| s.as_ref().map(|selector| Claim { group: g, selector }))
             .collect();
-        after
+        self.after
             .values()
             .filter(|m| {
                 membership::resolve(m.assigned.as_deref(), &m.labels, claims.iter().copied())
@@ -656,277 +706,303 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
                     .follows(to.slot())
             })
             .count()
-    };
+    }
+}
 
-    let mut changes = Vec::new();
-    let mut rollouts = Vec::new();
-    for g in &groups {
-        let path = group_path(g.name, None);
-        let Some(current) = cur.groups.get(g.name) else {
-            let mut fields = Vec::new();
-            if let Some(d) = &g.spec.description {
-                fields.push(FieldDiff {
-                    field: "description",
-                    from: Value::Null,
-                    to: json!(d),
-                });
-            }
-            if let Some(Some(s)) = &g.selector {
-                fields.push(FieldDiff {
-                    field: "selector",
-                    from: Value::Null,
-                    to: json!(s.to_string()),
-                });
-            }
-            if let Some(v) = &g.spec.variables {
-                fields.push(FieldDiff {
-                    field: "variables",
-                    from: Value::Null,
-                    to: Value::Object(v.clone()),
-                });
-            }
-            for (_, id, _) in &g.targets {
-                fields.push(FieldDiff {
-                    field: "generation",
-                    from: Value::Null,
-                    to: gen_json(Some(id)),
-                });
-            }
-            let text = if fields.is_empty() {
-                format!("+ group {}", g.name)
-            } else {
-                format!("+ group {}: {}", g.name, describe(&fields, true))
-            };
-            changes.push(Change {
-                path,
-                text,
-                fields,
-                members: None,
-                action: Action::CreateGroup {
-                    name: g.name.to_string(),
-                    change: GroupChange {
-                        description: g.spec.description.clone(),
-                        selector: g.selector.clone().flatten().map(Some),
-                        variables: g.spec.variables.clone().map(Value::Object),
-                        generation: g.targets.first().map(|(_, id, _)| id.clone()),
-                    },
-                    more: g
-                        .targets
-                        .iter()
-                        .skip(1)
-                        .map(|(_, id, _)| id.clone())
-                        .collect(),
-                },
+/// A group the document adds.
+fn create_group(g: &CheckedGroup<'_>) -> Change {
+    let mut fields = Vec::new();
+    if let Some(d) = &g.spec.description {
+        fields.push(FieldDiff {
+            field: "description",
+            from: Value::Null,
+            to: json!(d),
+        });
+    }
+    if let Some(Some(s)) = &g.selector {
+        fields.push(FieldDiff {
+            field: "selector",
+            from: Value::Null,
+            to: json!(s.to_string()),
+        });
+    }
+    if let Some(v) = &g.spec.variables {
+        fields.push(FieldDiff {
+            field: "variables",
+            from: Value::Null,
+            to: Value::Object(v.clone()),
+        });
+    }
+    for (_, id, _) in &g.targets {
+        fields.push(FieldDiff {
+            field: "generation",
+            from: Value::Null,
+            to: gen_json(Some(id)),
+        });
+    }
+    let text = if fields.is_empty() {
+        format!("+ group {}", g.name)
+    } else {
+        format!("+ group {}: {}", g.name, describe(&fields, true))
+    };
+    Change {
+        path: group_path(g.name, None),
+        text,
+        fields,
+        members: None,
+        action: Action::CreateGroup {
+            name: g.name.to_string(),
+            change: GroupChange {
+                description: g.spec.description.clone(),
+                selector: g.selector.clone().flatten().map(Some),
+                variables: g.spec.variables.clone().map(Value::Object),
+                generation: g.targets.first().map(|(_, id, _)| id.clone()),
+            },
+            more: g
+                .targets
+                .iter()
+                .skip(1)
+                .map(|(_, id, _)| id.clone())
+                .collect(),
+        },
+    }
+}
+
+/// A group the server has: the fields that differ and the pointers that
+/// move at once (one change, if any), and the rollout a pointer with
+/// members to move needs (at most one: one rollout at a time holds a
+/// group).
+fn update_group(
+    cur: &Current,
+    current: &CurrentGroup,
+    g: &CheckedGroup<'_>,
+    members: &Members<'_>,
+) -> Result<(Option<Change>, Option<Change>), PlanError> {
+    let mut fields = Vec::new();
+    let mut change = GroupChange::default();
+    if let Some(d) = &g.spec.description {
+        if *d != current.description {
+            fields.push(FieldDiff {
+                field: "description",
+                from: json!(current.description),
+                to: json!(d),
             });
+            change.description = Some(d.clone());
+        }
+    }
+    if let Some(s) = &g.selector {
+        if *s != current.selector {
+            let text =
+                |s: &Option<Selector>| s.as_ref().map_or(Value::Null, |s| json!(s.to_string()));
+            fields.push(FieldDiff {
+                field: "selector",
+                from: text(&current.selector),
+                to: text(s),
+            });
+            change.selector = Some(s.clone());
+        }
+    }
+    if let Some(v) = &g.spec.variables {
+        let v = Value::Object(v.clone());
+        let now = match &current.variables {
+            Value::Null => json!({}),
+            other => other.clone(),
+        };
+        if v != now {
+            fields.push(FieldDiff {
+                field: "variables",
+                from: now,
+                to: v.clone(),
+            });
+            change.variables = Some(v);
+        }
+    }
+    let (moves, rollout) = plan_pointers(cur, current, g, members, &mut fields)?;
+    let mut moves = moves.into_iter();
+    change.generation = moves.next();
+    let more: Vec<GenerationId> = moves.collect();
+    let update = (!fields.is_empty()).then(|| Change {
+        path: group_path(g.name, None),
+        text: format!("~ group {}: {}", g.name, describe(&fields, false)),
+        fields,
+        members: None,
+        action: Action::UpdateGroup {
+            name: g.name.to_string(),
+            change,
+            more,
+        },
+    });
+    Ok((update, rollout))
+}
+
+/// For each slot the document points `g` at: nothing (already there, or on
+/// its way), a pointer that moves at once (no member would move; its field
+/// diff goes to `fields`), or a rollout. Refuses what a rollout in progress
+/// or a second rollout would hold up.
+fn plan_pointers(
+    cur: &Current,
+    current: &CurrentGroup,
+    g: &CheckedGroup<'_>,
+    members: &Members<'_>,
+    fields: &mut Vec<FieldDiff>,
+) -> Result<(Vec<GenerationId>, Option<Change>), PlanError> {
+    let mut moves: Vec<GenerationId> = Vec::new();
+    let mut rollout = None;
+    let slot_of = |id: &GenerationId| cur.generations.get(id).map(|f| f.slot());
+    let gf = GroupFacts {
+        name: g.name.to_string(),
+        pointer: current.pointer.clone(),
+        by_arch: current.by_arch.clone().into_iter().collect(),
+    };
+    for (tpath, to, facts) in &g.targets {
+        let slot = facts.slot();
+        let from = gf
+            .pointer_for(Some(facts.arch), facts.installer)
+            .filter(|id| slot_of(id) == Some(slot))
+            .cloned();
+        let busy = |why: String| PlanError {
+            kind: ErrorKind::Conflict,
+            path: tpath.clone(),
+            message: why,
+        };
+        match &current.holding {
+            // Already on its way there.
+            Some((_, held)) if held == to => continue,
+            Some((id, held)) if slot_of(held) == Some(slot) => {
+                return Err(busy(format!(
+                    "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
+                    g.name
+                )))
+            }
+            _ => {}
+        }
+        if from.as_ref() == Some(to) {
+            continue;
+        }
+        let count = match &from {
+            Some(_) => members.count(g.name, facts),
+            None => 0,
+        };
+        let Some(from) = from.clone().filter(|_| count > 0) else {
+            fields.push(FieldDiff {
+                field: "generation",
+                from: gen_json(from.as_ref()),
+                to: gen_json(Some(to)),
+            });
+            moves.push(to.clone());
             continue;
         };
-        let mut fields = Vec::new();
-        let mut change = GroupChange::default();
-        if let Some(d) = &g.spec.description {
-            if *d != current.description {
-                fields.push(FieldDiff {
-                    field: "description",
-                    from: json!(current.description),
-                    to: json!(d),
-                });
-                change.description = Some(d.clone());
-            }
+        if let Some((id, held)) = &current.holding {
+            return Err(busy(format!(
+                "group {} has rollout {id} toward {held} in progress, and one rollout at a time holds a group; finish or abort it before rolling out {to}",
+                g.name
+            )));
         }
-        if let Some(s) = &g.selector {
-            if *s != current.selector {
-                let text =
-                    |s: &Option<Selector>| s.as_ref().map_or(Value::Null, |s| json!(s.to_string()));
-                fields.push(FieldDiff {
-                    field: "selector",
-                    from: text(&current.selector),
-                    to: text(s),
-                });
-                change.selector = Some(s.clone());
-            }
+        if rollout.is_some() {
+            return Err(busy(format!(
+                "this would start a second rollout on group {} (one at a time holds a group): roll out one architecture, then the other",
+                g.name
+            )));
         }
-        if let Some(v) = &g.spec.variables {
-            let v = Value::Object(v.clone());
-            let now = match &current.variables {
-                Value::Null => json!({}),
-                other => other.clone(),
-            };
-            if v != now {
-                fields.push(FieldDiff {
-                    field: "variables",
-                    from: now,
-                    to: v.clone(),
-                });
-                change.variables = Some(v);
-            }
-        }
-        let mut moves: Vec<GenerationId> = Vec::new();
-        let mut planned_rollouts = 0;
-        for (tpath, to, facts) in &g.targets {
-            let slot = facts.slot();
-            let slot_of = |id: &GenerationId| cur.generations.get(id).map(|f| f.slot());
-            let gf = GroupFacts {
-                name: g.name.to_string(),
-                pointer: current.pointer.clone(),
-                by_arch: current.by_arch.clone().into_iter().collect(),
-            };
-            let from = gf
-                .pointer_for(Some(facts.arch), facts.installer)
-                .filter(|id| slot_of(id) == Some(slot))
-                .cloned();
-            let busy = |why: String| PlanError {
-                kind: ErrorKind::Conflict,
-                path: tpath.clone(),
-                message: why,
-            };
-            match &current.holding {
-                // Already on its way there.
-                Some((_, held)) if held == to => continue,
-                Some((id, held)) if slot_of(held) == Some(slot) => {
-                    return Err(busy(format!(
-                        "group {} has rollout {id} toward {held} in progress; finish or abort it before moving the group to {to}",
-                        g.name
-                    )))
-                }
-                _ => {}
-            }
-            if from.as_ref() == Some(to) {
-                continue;
-            }
-            let members = match &from {
-                Some(_) => members_of(g.name, facts),
-                None => 0,
-            };
-            if members == 0 {
-                fields.push(FieldDiff {
-                    field: "generation",
-                    from: gen_json(from.as_ref()),
-                    to: gen_json(Some(to)),
-                });
-                moves.push(to.clone());
-                continue;
-            }
-            if let Some((id, held)) = &current.holding {
-                return Err(busy(format!(
-                    "group {} has rollout {id} toward {held} in progress, and one rollout at a time holds a group; finish or abort it before rolling out {to}",
-                    g.name
-                )));
-            }
-            planned_rollouts += 1;
-            if planned_rollouts > 1 {
-                return Err(busy(format!(
-                    "this would start a second rollout on group {} (one at a time holds a group): roll out one architecture, then the other",
-                    g.name
-                )));
-            }
-            let from = from.expect("members imply a pointer");
-            let r = &g.rollout;
-            rollouts.push(Change {
-                path: tpath.clone(),
-                text: format!(
-                    "rollout group {}: {from} -> {to} ({}; {members} machine(s))",
-                    g.name,
-                    strategy_text(r)
-                ),
-                fields: vec![FieldDiff {
-                    field: "generation",
-                    from: gen_json(Some(&from)),
-                    to: gen_json(Some(to)),
-                }],
-                members: Some(members),
-                action: Action::StartRollout(StartRollout {
-                    group: g.name.to_string(),
-                    to: to.clone(),
-                    strategy: r.strategy.clone(),
-                    timeout_ms: r.timeout_ms,
-                    require: r.require.clone(),
-                    rollback: r.rollback,
-                }),
-            });
-        }
-        let mut moves = moves.into_iter();
-        change.generation = moves.next();
-        let more: Vec<GenerationId> = moves.collect();
-        if !fields.is_empty() {
-            changes.push(Change {
-                path,
-                text: format!("~ group {}: {}", g.name, describe(&fields, false)),
-                fields,
-                members: None,
-                action: Action::UpdateGroup {
-                    name: g.name.to_string(),
-                    change,
-                    more,
-                },
-            });
-        }
+        rollout = Some(rollout_change(g, tpath, &from, to, count));
     }
+    Ok((moves, rollout))
+}
 
-    for (mac, edit) in machine_edits {
-        let m = &cur.machines[&mac];
-        let mut fields = Vec::new();
-        let mut change = MachineChange::default();
-        if let Some(h) = &edit.hostname {
-            if *h != m.hostname {
-                fields.push(FieldDiff {
-                    field: "hostname",
-                    from: json!(m.hostname),
-                    to: json!(h),
-                });
-                change.hostname = Some(h.clone());
-            }
-        }
-        if let Some(l) = &edit.labels {
-            if *l != m.labels {
-                fields.push(FieldDiff {
-                    field: "labels",
-                    from: json!(m.labels),
-                    to: json!(l),
-                });
-                change.labels = Some(l.clone());
-            }
-        }
-        if let Some(g) = &edit.group {
-            if *g != m.assigned {
-                fields.push(FieldDiff {
-                    field: "group",
-                    from: json!(m.assigned),
-                    to: json!(g),
-                });
-                change.group = Some(g.clone());
-            }
-        }
-        if let Some(p) = &edit.pin {
-            if *p != m.pin {
-                fields.push(FieldDiff {
-                    field: "pin",
-                    from: gen_json(m.pin.as_ref()),
-                    to: gen_json(p.as_ref()),
-                });
-                change.pin = Some(p.clone());
-            }
-        }
-        if let Some(k) = edit.kind {
-            if k != m.kind {
-                fields.push(FieldDiff {
-                    field: "kind",
-                    from: json!(m.kind.as_str()),
-                    to: json!(k.as_str()),
-                });
-                change.kind = Some(k);
-            }
-        }
-        if !fields.is_empty() {
-            changes.push(Change {
-                path: machine_path(&mac.to_string(), None),
-                text: format!("~ machine {mac}: {}", describe(&fields, false)),
-                fields,
-                members: None,
-                action: Action::UpdateMachine { mac, change },
+/// The rollout that moves `g`'s `count` members from `from` to `to`.
+fn rollout_change(
+    g: &CheckedGroup<'_>,
+    path: &str,
+    from: &GenerationId,
+    to: &GenerationId,
+    count: usize,
+) -> Change {
+    let r = &g.rollout;
+    Change {
+        path: path.to_string(),
+        text: format!(
+            "rollout group {}: {from} -> {to} ({}; {count} machine(s))",
+            g.name,
+            strategy_text(r)
+        ),
+        fields: vec![FieldDiff {
+            field: "generation",
+            from: gen_json(Some(from)),
+            to: gen_json(Some(to)),
+        }],
+        members: Some(count),
+        action: Action::StartRollout(StartRollout {
+            group: g.name.to_string(),
+            to: to.clone(),
+            strategy: r.strategy.clone(),
+            timeout_ms: r.timeout_ms,
+            require: r.require.clone(),
+            rollback: r.rollback,
+        }),
+    }
+}
+
+/// A machine's edit, reduced to the fields that differ (`None`: nothing).
+fn machine_change(mac: MacAddr, m: &CurrentMachine, edit: &MachineChange) -> Option<Change> {
+    let mut fields = Vec::new();
+    let mut change = MachineChange::default();
+    if let Some(h) = &edit.hostname {
+        if *h != m.hostname {
+            fields.push(FieldDiff {
+                field: "hostname",
+                from: json!(m.hostname),
+                to: json!(h),
             });
+            change.hostname = Some(h.clone());
         }
     }
-    changes.extend(rollouts);
-    Ok(changes)
+    if let Some(l) = &edit.labels {
+        if *l != m.labels {
+            fields.push(FieldDiff {
+                field: "labels",
+                from: json!(m.labels),
+                to: json!(l),
+            });
+            change.labels = Some(l.clone());
+        }
+    }
+    if let Some(g) = &edit.group {
+        if *g != m.assigned {
+            fields.push(FieldDiff {
+                field: "group",
+                from: json!(m.assigned),
+                to: json!(g),
+            });
+            change.group = Some(g.clone());
+        }
+    }
+    if let Some(p) = &edit.pin {
+        if *p != m.pin {
+            fields.push(FieldDiff {
+                field: "pin",
+                from: gen_json(m.pin.as_ref()),
+                to: gen_json(p.as_ref()),
+            });
+            change.pin = Some(p.clone());
+        }
+    }
+    if let Some(k) = edit.kind {
+        if k != m.kind {
+            fields.push(FieldDiff {
+                field: "kind",
+                from: json!(m.kind.as_str()),
+                to: json!(k.as_str()),
+            });
+            change.kind = Some(k);
+        }
+    }
+    (!fields.is_empty()).then(|| Change {
+        path: machine_path(&mac.to_string(), None),
+        text: format!("~ machine {mac}: {}", describe(&fields, false)),
+        fields,
+        members: None,
+        action: Action::UpdateMachine { mac, change },
+    })
 }
 
 #[cfg(test)]
