@@ -152,8 +152,51 @@ impl Inventory {
             .take(AUDIT_LINES)
             .map(|c| c.text.clone())
             .collect();
-        let mut groups: Vec<(String, GroupChange, Option<Slot>, bool)> = Vec::new();
-        let pointer = |groups: &mut Vec<_>, name: &str, id: GenerationId| {
+        let writes = self.writes_of(changes)?;
+        let listed: Vec<MacAddr> = writes.machines.iter().map(|(m, _)| *m).collect();
+        let known = self.store.known_macs().await?;
+        self.load_listed(&listed, &known).await?;
+
+        let now = now_ms();
+        let mut tx = self.store.begin().await?;
+        for (name, change, slot, create) in &writes.groups {
+            write_group(&mut tx, name, change, *slot, *create, now).await?;
+        }
+        for (mac, change) in &writes.machines {
+            write_machine(&mut tx, *mac, change).await?;
+        }
+        let known = if writes.rollouts.is_empty() {
+            known
+        } else {
+            tx.known_macs().await?
+        };
+        let worked = self.work_out(&writes, &known, &by, now)?;
+        let written: Result<(), StoreError> = async {
+            tx.save_computed_groups(&worked.moved).await?;
+            for (.., out) in &worked.started {
+                tx.write_fleet_rows(&out.persist).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        written?;
+
+        let ids = self.show_applied(writes, worked, &by, now);
+        self.ledger.event(
+            None,
+            None,
+            "apply",
+            serde_json::json!({ "by": by, "changes": total, "plan": lines, "rollouts": ids }),
+            None,
+        );
+        Ok(ids)
+    }
+
+    /// A plan's changes as rows to write: groups (with the slot of each
+    /// pointer they move), machines, rollouts to start.
+    fn writes_of(&self, changes: Vec<Change>) -> Result<Writes, RolloutCommandError> {
+        let mut writes = Writes::default();
+        let pointer = |groups: &mut Vec<GroupWrite>, name: &str, id: GenerationId| {
             let slot = self.slot_of(Some(&id))?;
             let change = GroupChange {
                 generation: Some(id),
@@ -162,17 +205,15 @@ impl Inventory {
             groups.push((name.to_string(), change, slot, false));
             Ok::<_, InventoryError>(())
         };
-        let mut machines: Vec<(MacAddr, MachineChange)> = Vec::new();
-        let mut rollouts = Vec::new();
         for c in changes {
             let create = c.op() == "create";
             match c.action {
                 Action::CreateGroup { name, change, more }
                 | Action::UpdateGroup { name, change, more } => {
                     let slot = self.slot_of(change.generation.as_ref())?;
-                    groups.push((name.clone(), change, slot, create));
+                    writes.groups.push((name.clone(), change, slot, create));
                     for id in more {
-                        pointer(&mut groups, &name, id)?;
+                        pointer(&mut writes.groups, &name, id)?;
                     }
                 }
                 Action::UpdateMachine { mac, change } => {
@@ -181,32 +222,23 @@ impl Inventory {
                             return Err(InventoryError::NoSuchGeneration(id.clone()).into());
                         }
                     }
-                    machines.push((mac, change));
+                    writes.machines.push((mac, change));
                 }
-                Action::StartRollout(r) => rollouts.push(r),
+                Action::StartRollout(r) => writes.rollouts.push(r),
             }
         }
-        let listed: Vec<MacAddr> = machines.iter().map(|(m, _)| *m).collect();
-        let known = self.store.known_macs().await?;
-        self.load_listed(&listed, &known).await?;
+        Ok(writes)
+    }
 
-        let now = now_ms();
-        let mut tx = self.store.begin().await?;
-        for (name, change, slot, create) in &groups {
-            write_group(&mut tx, name, change, *slot, *create, now).await?;
-        }
-        for (mac, change) in &machines {
-            write_machine(&mut tx, *mac, change).await?;
-        }
-        let known = if rollouts.is_empty() {
-            known
-        } else {
-            tx.known_macs().await?
-        };
-
-        // Everything is worked out on a copy of what the plan touches, and
-        // shown only once committed: a refusal or a failed commit leaves
-        // memory as it was.
+    /// Everything worked out on a copy of what the plan touches, shown only
+    /// once committed: a refusal or a failed commit leaves memory as it was.
+    fn work_out(
+        &self,
+        writes: &Writes,
+        known: &HashSet<MacAddr>,
+        by: &Option<String>,
+        now: i64,
+    ) -> Result<WorkedOut, RolloutCommandError> {
         let mut copy = {
             let state = self.read();
             State {
@@ -218,46 +250,57 @@ impl Inventory {
             }
         };
         let base = copy.rollouts.rev();
-        for (name, change, slot, _) in &groups {
+        for (name, change, slot, _) in &writes.groups {
             apply_group(&mut copy, name, change.clone(), *slot);
         }
-        for (mac, change) in &machines {
+        for (mac, change) in &writes.machines {
             apply_machine(&mut copy, *mac, change.clone());
         }
         let moved = copy.regroup();
         let mut started = Vec::new();
-        for r in &rollouts {
-            let (spec, slot, members) = rollout_plan(&copy, r, &known)?;
+        for r in &writes.rollouts {
+            let (spec, slot, members) = rollout_plan(&copy, r, known)?;
             let (id, out) = copy
                 .rollouts
                 .start(spec.clone(), slot, &members, by.clone(), now)?;
             self.apply_pointers(&mut copy, &out.persist.pointers);
             started.push((spec, slot, members, id, out));
         }
+        Ok(WorkedOut {
+            rollouts: copy.rollouts,
+            base,
+            moved,
+            started,
+        })
+    }
 
-        let written: Result<(), StoreError> = async {
-            tx.save_computed_groups(&moved).await?;
-            for (.., out) in &started {
-                tx.write_fleet_rows(&out.persist).await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        written?;
-
-        // Committed: the same changes on memory as it is now (the boot path
-        // kept registering machines and moving the fleet meanwhile).
+    /// Committed: the same changes on memory as it is now (the boot path
+    /// kept registering machines and moving the fleet meanwhile). Returns
+    /// the ids of the rollouts started.
+    fn show_applied(
+        &self,
+        writes: Writes,
+        worked: WorkedOut,
+        by: &Option<String>,
+        now: i64,
+    ) -> Vec<i64> {
+        let WorkedOut {
+            rollouts,
+            base,
+            started,
+            ..
+        } = worked;
         let late = {
             let mut state = self.write();
-            for (name, change, slot, _) in groups {
+            for (name, change, slot, _) in writes.groups {
                 apply_group(&mut state, &name, change, slot);
             }
-            for (mac, change) in machines {
+            for (mac, change) in writes.machines {
                 apply_machine(&mut state, mac, change);
             }
             state.regroup();
             let committed: Vec<&Persist> = started.iter().map(|(.., out)| &out.persist).collect();
-            self.show_fleet(&mut state, base, copy.rollouts, &committed, |live| {
+            self.show_fleet(&mut state, base, rollouts, &committed, |live| {
                 started
                     .iter()
                     .map(|(spec, slot, members, _, out)| {
@@ -270,21 +313,42 @@ impl Inventory {
             })
         };
         self.queue_rows(late);
-        let outcomes = started.into_iter().map(|(.., id, out)| (id, out));
         let mut ids = Vec::new();
-        for (id, out) in outcomes {
+        for (.., id, out) in started {
             ids.push(id);
             self.after_fleet(out, true);
         }
-        self.ledger.event(
-            None,
-            None,
-            "apply",
-            serde_json::json!({ "by": by, "changes": total, "plan": lines, "rollouts": ids }),
-            None,
-        );
-        Ok(ids)
+        ids
     }
+}
+
+/// A group row to write: name, change, the slot of the pointer it moves,
+/// and whether it is created.
+type GroupWrite = (String, GroupChange, Option<Slot>, bool);
+
+/// A plan's changes, sorted by what they write.
+#[derive(Default)]
+struct Writes {
+    groups: Vec<GroupWrite>,
+    machines: Vec<(MacAddr, MachineChange)>,
+    rollouts: Vec<StartRollout>,
+}
+
+/// What a plan does to the fleet, worked out on a copy before the commit.
+struct WorkedOut {
+    /// The copy's rollouts, with the started ones.
+    rollouts: crate::rollout::engine::Rollouts,
+    /// The revision the copy was taken at.
+    base: i64,
+    /// Machines whose computed group moves.
+    moved: Vec<(MacAddr, String)>,
+    started: Vec<(
+        Spec,
+        Slot,
+        Vec<MacAddr>,
+        i64,
+        crate::rollout::engine::Outcome,
+    )>,
 }
 
 /// What starting `r` means on `state`: its spec, its slot, and the members

@@ -68,6 +68,14 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         state.machines.insert(m.mac, m);
     }
 
+    load_groups(store, &mut state).await?;
+    load_generations(store, &mut state).await?;
+    let max_boot = load_open_boots(store, &mut state).await?;
+    Ok((state, max_boot))
+}
+
+/// Groups with their pointers per slot.
+async fn load_groups(store: &Store, state: &mut State) -> Result<(), InventoryError> {
     let (groups, slots) = store.group_rows().await?;
     for g in groups {
         let variables =
@@ -108,6 +116,12 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         }
     }
 
+    Ok(())
+}
+
+/// Generations with their manifests; one whose image row cannot be read is
+/// skipped, loudly.
+async fn load_generations(store: &Store, state: &mut State) -> Result<(), InventoryError> {
     for row in store.generation_rows().await? {
         let GenerationRow {
             stream,
@@ -141,6 +155,11 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
         );
     }
 
+    Ok(())
+}
+
+/// Boots whose tokens may still confirm; returns the highest boot id so far.
+async fn load_open_boots(store: &Store, state: &mut State) -> Result<i64, InventoryError> {
     let (boots, max_boot) = store.open_boots(now_ms() - OPEN_BOOT_WINDOW_MS).await?;
     for b in boots {
         if let Ok(mac) = b.mac.parse() {
@@ -159,7 +178,7 @@ pub(super) async fn state(store: &Store) -> Result<(State, i64), InventoryError>
             );
         }
     }
-    Ok((state, max_boot))
+    Ok(max_boot)
 }
 
 /// Writes the computed group of machines whose group moved (not assigned

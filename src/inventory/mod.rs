@@ -291,40 +291,17 @@ impl Inventory {
         }
         drop(state);
 
-        self.ledger.record(Record::MachineSeen(MachineFacts {
-            mac: Some(mac),
-            uuid: req.uuid.clone(),
-            serial: req.serial.clone(),
-            ip: req.ip,
-            firmware: fresh.then(|| firmware.to_string()),
+        self.record_registration(Registration {
+            mac,
+            req,
+            firmware,
             kind,
-            inherited: inherited.as_ref().map(|m| {
-                Box::new(Inherited {
-                    group: m.assigned.clone().unwrap_or_else(|| m.group.clone()),
-                    assigned: m.assigned.is_some(),
-                    labels: serde_json::to_string(&m.labels).expect("labels serialize"),
-                    hostname: m.hostname.clone(),
-                    pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
-                    operator_kind: m.kind_by_operator.then_some(m.kind),
-                })
-            }),
-            // A new machine a selector claims at once: the database says so
-            // too (memory regrouped everything else already).
-            computed_group: (fresh && inherited.is_none() && machine.group != DEFAULT_GROUP)
-                .then(|| machine.group.clone()),
+            fresh,
+            inherited: inherited.as_ref(),
+            machine: &machine,
+            identity: &identity,
             at_ms: now,
-            ..MachineFacts::default()
-        }));
-        if let IdentityMatch::Port { port, replaces } = &identity {
-            tracing::info!(%mac, %replaces, ?port, "new machine in a known switch port: it replaces the old one");
-            self.ledger.event(
-                Some(mac),
-                req.ip,
-                "machine.replaced",
-                serde_json::json!({ "replaces": replaces, "port": port, "group": machine.group, "pin": machine.pin }),
-                None,
-            );
-        }
+        });
         let (state_name, reason) = match &target {
             Target::Boot { .. } => (BootState::Served, None),
             Target::Nothing { reason } => (BootState::Nothing, Some(reason.clone())),
@@ -350,6 +327,57 @@ impl Inventory {
             generation,
             platform: req.platform.clone(),
             identity,
+        }
+    }
+
+    /// What a boot request says of its machine, for the ledger: its facts,
+    /// what it inherited from the machine it replaces (relay identity), and
+    /// the group a selector gave a new machine.
+    fn record_registration(&self, r: Registration<'_>) {
+        let Registration {
+            mac,
+            req,
+            firmware,
+            kind,
+            fresh,
+            inherited,
+            machine,
+            identity,
+            at_ms,
+        } = r;
+        self.ledger.record(Record::MachineSeen(MachineFacts {
+            mac: Some(mac),
+            uuid: req.uuid.clone(),
+            serial: req.serial.clone(),
+            ip: req.ip,
+            firmware: fresh.then(|| firmware.to_string()),
+            kind,
+            inherited: inherited.map(|m| {
+                Box::new(Inherited {
+                    group: m.assigned.clone().unwrap_or_else(|| m.group.clone()),
+                    assigned: m.assigned.is_some(),
+                    labels: serde_json::to_string(&m.labels).expect("labels serialize"),
+                    hostname: m.hostname.clone(),
+                    pin: m.pin.as_ref().map(|p| (p.stream.clone(), p.number)),
+                    operator_kind: m.kind_by_operator.then_some(m.kind),
+                })
+            }),
+            // A new machine a selector claims at once: the database says so
+            // too (memory regrouped everything else already).
+            computed_group: (fresh && inherited.is_none() && machine.group != DEFAULT_GROUP)
+                .then(|| machine.group.clone()),
+            at_ms,
+            ..MachineFacts::default()
+        }));
+        if let IdentityMatch::Port { port, replaces } = identity {
+            tracing::info!(%mac, %replaces, ?port, "new machine in a known switch port: it replaces the old one");
+            self.ledger.event(
+                Some(mac),
+                req.ip,
+                "machine.replaced",
+                serde_json::json!({ "replaces": replaces, "port": port, "group": machine.group, "pin": machine.pin }),
+                None,
+            );
         }
     }
 
@@ -698,6 +726,21 @@ impl Inventory {
         }
         Ok(state.generations.values().map(|g| g.digest).collect())
     }
+}
+
+/// A boot request's machine, as [`Inventory::record_registration`] writes it.
+struct Registration<'a> {
+    mac: MacAddr,
+    req: &'a ScriptRequest,
+    firmware: &'a str,
+    kind: Option<MachineKind>,
+    /// Its first boot request.
+    fresh: bool,
+    /// The machine it replaces in the same switch port, as inherited.
+    inherited: Option<&'a Machine>,
+    machine: &'a Machine,
+    identity: &'a IdentityMatch,
+    at_ms: i64,
 }
 
 impl crate::boot::loader::SettingsSource for Inventory {
