@@ -12,15 +12,21 @@
 //!   [`bootfiles`]: the loader binaries it (and `/ipxe/`) serves by name;
 //!   [`netboot`]: per-machine GRUB configs, artifacts for GRUB and ONIE
 //!   installers, the same over TFTP and HTTP.
-//! - [`boot`]: which generation a machine boots (pure), and the template
-//!   context built from that decision.
-//! - [`inventory`]: machines, groups, generations and open boots in memory,
-//!   for the boot path; operator changes written to SQLite first.
+//! - [`boot`]: pure decisions: which generation a machine boots, selectors,
+//!   membership, identity by switch port, loader choice, claims.
+//! - [`fleet`]: the fleet as one pure value (machines, groups, generations,
+//!   open boots, rollouts) and [`fleet::decide`], the one decision every
+//!   path asks; [`fleet::changes`]: the operator's change values.
+//! - [`inventory`]: the fleet in memory for the boot path; every operator
+//!   change works on a copy, commits, then shows.
 //! - [`rollout`]: rollouts and the last-known-good watchdog as pure state
-//!   machines ([`rollout::engine::Rollouts`] is what the boot path asks), their
-//!   rows, and the reboot hook.
+//!   machines ([`rollout::engine::Rollouts`] is what the boot path asks),
+//!   restored from their rows, and the reboot hook.
+//! - [`clients`]: the clients DHCP knows (leases, known MACs, what each last
+//!   sent), one table the other services read.
 //! - [`images`]: the content-addressed store of boot artifacts and manifests.
-//! - [`render`]: minijinja templates from `boot-templates/`, strict.
+//! - [`render`]: minijinja templates from `boot-templates/`, strict; the one
+//!   context they see ([`render::context`]) and the template a loader renders.
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
 //! - [`binding`]: who is at a source address (lease, reservation, neighbour
 //!   entry): the evidence a boot-path request needs to act for a machine.
@@ -28,10 +34,14 @@
 //!   hashed; [`cli`]: the client subcommands.
 //! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
 //!   the pure plan from desired state and current state to changes.
-//! - [`store`]: SQLite through sqlx, embedded migrations, the batching writer
-//!   (group commit for what a reply promises), WAL checkpoints, retention.
+//! - [`store`]: the only module that runs SQL: typed reads, typed writes on
+//!   a transaction ([`store::tx::Tx`]), embedded migrations, the batching
+//!   writer (group commit for what a reply promises), WAL checkpoints,
+//!   retention. Its interface is the seam for a second backend.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
-//! - [`domain`]: MAC addresses, architectures and other parsed newtypes.
+//! - [`domain`]: the types everything shares, each with one spelling: MAC,
+//!   firmware architecture, CPU, slot, kind, boot and lease state, and what
+//!   a fleet change writes ([`domain::fleet_rows`]).
 //! - [`explain`]: what a request would be served and why, from the boot
 //!   path's own decisions (selectors and membership are in [`boot`]).
 //! - [`metrics`]: lock-free counters; [`netif`]: the host's interfaces;
@@ -39,7 +49,8 @@
 //! - [`storm`]: the boot-storm simulator behind `ironboot-storm` (a client;
 //!   nothing in the server uses it).
 //!
-//! Architecture invariant: no packet path awaits a SQLite write. What DHCP and
+//! Architecture invariants: the modules form a DAG, at every level
+//! (`architecture_tests.rs`); no packet path awaits a SQLite write. What DHCP and
 //! TFTP read is in memory; what they record goes through [`ledger::Ledger`].
 //! Deliberately absent: any conflict check (ping) before an offer, which
 //! would serialise concurrent DISCOVERs.

@@ -307,7 +307,7 @@ impl Fleet {
 }
 
 /// What the boot path decides for one request, without changing anything:
-/// [`Inventory::begin_boot_as`] applies it; `explain` shows it.
+/// `Inventory::begin_boot_as` applies it; `explain` shows it.
 #[derive(Debug, Clone)]
 pub struct Decision {
     /// How the request was matched to a machine.
