@@ -23,6 +23,10 @@ pub enum CliError {
     NotFound(String),
     #[error("conflict ({status}): {message}")]
     Conflict { status: StatusCode, message: String },
+    /// The server answered, but not with what this CLI reads (a server of
+    /// another version, or something else on that address).
+    #[error("unexpected answer from the server: {0}")]
+    Response(String),
     /// An error the server tied to a place in a local file
     /// (`fleet.yaml:7:13`); exits as the error it wraps.
     #[error("{at}: {inner}")]
@@ -34,7 +38,7 @@ impl CliError {
     /// predate 5 and 6 and keep their meaning.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Refused { .. } => 1,
+            CliError::Refused { .. } | CliError::Response(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Connect { .. } => 3,
             CliError::Auth(_) => 4,
@@ -139,7 +143,19 @@ fn refusal(status: StatusCode, body: &Value) -> CliError {
     }
 }
 
+/// `v` as the API's own type `T` (the one the server serialized): a field
+/// missing or of another type is an error that names it, never a table of
+/// dashes.
+pub fn typed<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, CliError> {
+    serde_json::from_value(v).map_err(|e| CliError::Response(format!("{what}: {e}")))
+}
+
 impl Client {
+    /// A GET whose answer is read as `T`.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        typed(path, self.get(path).await?)
+    }
+
     async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let resp = self.send(rb).await?;
         resp.json().await.map_err(|source| CliError::Connect {
@@ -241,5 +257,35 @@ impl Client {
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
         self.json(rb).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::api::views::{MachineList, RolloutView};
+
+    /// A server of another version (or anything else on that address)
+    /// answers with JSON this CLI does not read: the error names what is
+    /// missing or wrong instead of printing a table of dashes.
+    #[test]
+    fn an_answer_of_another_shape_is_refused_naming_the_field() {
+        let err = typed::<MachineList>(
+            "/api/v1/machines",
+            serde_json::json!({ "machines": [{ "mac": "52:54:00:00:00:01" }] }),
+        )
+        .unwrap_err();
+        assert!(matches!(err, CliError::Response(_)));
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.to_string().contains("missing field `kind`"), "{err}");
+        let err =
+            typed::<RolloutView>("rollout", serde_json::json!({ "id": "seven" })).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unexpected answer from the server: rollout: invalid type"),
+            "{err}"
+        );
+        let err = typed::<MachineList>("/api/v1/machines", Value::Null).unwrap_err();
+        assert!(err.to_string().contains("invalid type: null"), "{err}");
     }
 }

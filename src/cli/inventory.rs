@@ -4,7 +4,12 @@
 use clap::Subcommand;
 use serde_json::{json, Map, Value};
 
+use super::client::typed;
 use super::{print, CliError, Client, Connection, Output};
+use crate::http::api::views::{
+    BootList, BootView, CreatedToken, GenerationRef, LeaseList, MachineDeleted, MachineDetail,
+    MachineList, MachineView, TokenList, TokenView,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum MachinesCommand {
@@ -176,8 +181,8 @@ fn since_ms(d: std::time::Duration) -> String {
 }
 
 /// A time in ms since the epoch as RFC 3339 (seconds), for tables.
-fn when(v: &Value) -> Value {
-    match v.as_i64() {
+fn when(ms: Option<i64>) -> Value {
+    match ms {
         Some(ms) if ms > 0 => json!(humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64)
         )
@@ -186,16 +191,25 @@ fn when(v: &Value) -> Value {
     }
 }
 
+/// An API view as the JSON it came as (for `-o json` and the generic table).
+fn value_of<T: serde::Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).expect("API views serialize")
+}
+
 pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
         MachinesCommand::List(f) => {
-            let rows = list_machines(&client, f).await?;
+            let rows: Vec<Value> = list_machines(&client, f)
+                .await?
+                .iter()
+                .map(value_of)
+                .collect();
             let all = json!({ "machines": rows });
             print(conn.output, &all, &rows, MACHINE_COLUMNS);
         }
         MachinesCommand::Show { mac } => {
-            let m = client.get(&format!("/api/v1/machines/{mac}")).await?;
+            let m: MachineDetail = client.get_as(&format!("/api/v1/machines/{mac}")).await?;
             show_machine(conn.output, &m);
         }
         MachinesCommand::Label {
@@ -260,7 +274,9 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
             print_updated(conn.output, &m);
         }
         MachinesCommand::Boots { mac } => {
-            let b = client.get(&format!("/api/v1/machines/{mac}/boots")).await?;
+            let b: BootList = client
+                .get_as(&format!("/api/v1/machines/{mac}/boots"))
+                .await?;
             print_boots(conn.output, &b);
         }
         MachinesCommand::Pin {
@@ -297,12 +313,12 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
                 &format!("/api/v1/machines/{mac}"),
                 &[("purge", purge.then(|| "true".to_string()))],
             );
-            let r = client.delete(&path).await?;
+            let r: MachineDeleted = typed(&path, client.delete(&path).await?)?;
             match conn.output {
-                Output::Json => print(conn.output, &r, &[], &[]),
+                Output::Json => print(conn.output, &value_of(&r), &[], &[]),
                 Output::Table if *purge => println!(
                     "deleted {mac} and its history ({} boots, {} events)",
-                    r["boots_deleted"], r["events_deleted"]
+                    r.boots_deleted, r.events_deleted
                 ),
                 Output::Table => println!("deleted {mac} (its boot history is kept)"),
             }
@@ -312,7 +328,7 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
 }
 
 /// Every page of the filtered list (or one page of `--limit`).
-async fn list_machines(client: &Client, f: &MachineFilter) -> Result<Vec<Value>, CliError> {
+async fn list_machines(client: &Client, f: &MachineFilter) -> Result<Vec<MachineView>, CliError> {
     let mut rows = Vec::new();
     let mut cursor: Option<String> = None;
     // Pages of 1000: bounded by the fleet size; the loop stops at the last.
@@ -332,69 +348,59 @@ async fn list_machines(client: &Client, f: &MachineFilter) -> Result<Vec<Value>,
                 ("cursor", cursor.clone()),
             ],
         );
-        let page = client.get(&path).await?;
-        rows.extend(page["machines"].as_array().cloned().unwrap_or_default());
-        match page["next"].as_str() {
-            Some(next) if f.limit.is_none() => cursor = Some(next.to_string()),
+        let page: MachineList = client.get_as(&path).await?;
+        rows.extend(page.machines);
+        match page.next {
+            Some(next) if f.limit.is_none() => cursor = Some(next),
             _ => return Ok(rows),
         }
     }
 }
 
-fn show_machine(output: Output, m: &Value) {
+fn show_machine(output: Output, d: &MachineDetail) {
     if output == Output::Json {
-        print(output, m, &[], &[]);
+        print(output, &value_of(d), &[], &[]);
         return;
     }
-    let cell = |v: &Value| match v {
-        Value::Null => "-".to_string(),
-        Value::String(s) => s.clone(),
-        Value::Object(o) if o.contains_key("stream") => {
-            format!(
-                "{} gen {}",
-                o["stream"].as_str().unwrap_or("?"),
-                o["generation"]
-            )
-        }
-        other => other.to_string(),
+    let m = &d.machine;
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let generation = |g: &Option<GenerationRef>| {
+        g.as_ref()
+            .map_or("-".into(), |g| format!("{} gen {}", g.stream, g.generation))
     };
-    let labels: Vec<String> = m["labels"]
-        .as_object()
-        .map(|o| {
-            o.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
-    let assigned = if m["group_assigned"] == json!(true) {
-        " (assigned)"
-    } else {
-        ""
-    };
+    let labels: Vec<String> = m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let assigned = if m.group_assigned { " (assigned)" } else { "" };
+    let last_seen = when(Some(m.last_seen_ms));
     for (name, value) in [
-        ("mac", cell(&m["mac"])),
-        ("kind", cell(&m["kind"])),
-        ("arch", cell(&m["arch"])),
-        ("cpu", cell(&m["cpu"])),
-        ("group", format!("{}{assigned}", cell(&m["group"]))),
+        ("mac", m.mac.clone()),
+        ("kind", m.kind.clone()),
+        ("arch", text(&m.arch)),
+        ("cpu", text(&m.cpu)),
+        ("group", format!("{}{assigned}", m.group)),
         ("labels", labels.join(",")),
-        ("state", cell(&m["state"])),
-        ("hostname", cell(&m["hostname"])),
-        ("ip", cell(&m["ip"])),
-        ("uuid", cell(&m["uuid"])),
-        ("serial", cell(&m["serial"])),
-        ("firmware", cell(&m["firmware"])),
-        ("pin", cell(&m["pin"])),
-        ("current", cell(&m["current"])),
-        ("last good", cell(&m["last_good"])),
-        ("last seen", cell(&when(&m["last_seen_ms"]))),
+        (
+            "state",
+            value_of(&m.state).as_str().unwrap_or("?").to_string(),
+        ),
+        ("hostname", text(&m.hostname)),
+        ("ip", text(&m.ip)),
+        ("uuid", text(&m.uuid)),
+        ("serial", text(&m.serial)),
+        ("firmware", text(&m.firmware)),
+        ("pin", generation(&m.pin)),
+        ("current", generation(&m.current)),
+        ("last good", generation(&m.last_good)),
+        ("last seen", last_seen.as_str().unwrap_or("-").to_string()),
     ] {
         println!("{name:<10} {value}");
     }
-    let boots = m["recent_boots"].as_array().cloned().unwrap_or_default();
-    if !boots.is_empty() {
+    if !d.recent_boots.is_empty() {
         println!();
-        print_boots(output, &json!({ "boots": boots }));
+        print_boot_rows(
+            output,
+            &json!({ "boots": value_of(&d.recent_boots) }),
+            &d.recent_boots,
+        );
     }
 }
 
@@ -405,18 +411,20 @@ fn print_updated(output: Output, m: &Value) {
     }
 }
 
-fn print_boots(output: Output, b: &Value) {
-    let rows: Vec<Value> = b["boots"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut r| {
-            r["started"] = when(&r["started_ms"]);
+fn print_boots(output: Output, b: &BootList) {
+    print_boot_rows(output, &value_of(b), &b.boots);
+}
+
+fn print_boot_rows(output: Output, whole: &Value, boots: &[BootView]) {
+    let rows: Vec<Value> = boots
+        .iter()
+        .map(|b| {
+            let mut r = value_of(b);
+            r["started"] = when(Some(b.started_ms));
             r
         })
         .collect();
-    print(output, b, &rows, BOOT_COLUMNS);
+    print(output, whole, &rows, BOOT_COLUMNS);
 }
 
 pub async fn boots(conn: &Connection, cmd: &BootsCommand) -> Result<(), CliError> {
@@ -441,7 +449,7 @@ pub async fn boots(conn: &Connection, cmd: &BootsCommand) -> Result<(), CliError
                     ("limit", Some(limit.to_string())),
                 ],
             );
-            let b = client.get(&path).await?;
+            let b: BootList = client.get_as(&path).await?;
             print_boots(conn.output, &b);
         }
     }
@@ -460,20 +468,19 @@ pub async fn leases(conn: &Connection, cmd: &LeasesCommand) -> Result<(), CliErr
                     ("subnet", subnet.clone()),
                 ],
             );
-            let l = client.get(&path).await?;
-            let rows: Vec<Value> = l["leases"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(|mut r| {
-                    r["expires"] = when(&r["expires_at_ms"]);
+            let l: LeaseList = client.get_as(&path).await?;
+            let rows: Vec<Value> = l
+                .leases
+                .iter()
+                .map(|lease| {
+                    let mut r = value_of(lease);
+                    r["expires"] = when(Some(lease.expires_at_ms));
                     r
                 })
                 .collect();
             print(
                 conn.output,
-                &l,
+                &value_of(&l),
                 &rows,
                 &[
                     ("IP", "ip"),
@@ -505,39 +512,37 @@ pub async fn tokens(conn: &Connection, cmd: &TokensCommand) -> Result<(), CliErr
         ("CREATED", "created"),
         ("REVOKED", "revoked"),
     ];
-    let dated = |mut r: Value| {
-        r["created"] = when(&r["created_ms"]);
-        r["revoked"] = when(&r["revoked_ms"]);
+    let dated = |t: &TokenView| {
+        let mut r = value_of(t);
+        r["created"] = when(Some(t.created_ms));
+        r["revoked"] = when(t.revoked_ms);
         r
     };
     match cmd {
         TokensCommand::List => {
-            let t = client.get("/api/v1/tokens").await?;
-            let rows: Vec<Value> = t["tokens"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .map(dated)
-                .collect();
-            print(conn.output, &t, &rows, columns);
+            let t: TokenList = client.get_as("/api/v1/tokens").await?;
+            let rows: Vec<Value> = t.tokens.iter().map(dated).collect();
+            print(conn.output, &value_of(&t), &rows, columns);
         }
         TokensCommand::Create { name, role } => {
-            let t = client
-                .post("/api/v1/tokens", &json!({ "name": name, "role": role }))
-                .await?;
+            let body = json!({ "name": name, "role": role });
+            let t: CreatedToken = typed(
+                "/api/v1/tokens",
+                client.post("/api/v1/tokens", &body).await?,
+            )?;
             match conn.output {
-                Output::Json => print(conn.output, &t, &[], &[]),
+                Output::Json => print(conn.output, &value_of(&t), &[], &[]),
                 Output::Table => {
-                    println!("token {} ({role}, id {}):", name, t["id"]);
-                    println!("{}", t["secret"].as_str().unwrap_or(""));
+                    println!("token {} ({role}, id {}):", name, t.token.id);
+                    println!("{}", t.secret);
                     eprintln!("the secret is shown this once; the server keeps only its hash");
                 }
             }
         }
         TokensCommand::Revoke { id } => {
-            let t = client.delete(&format!("/api/v1/tokens/{id}")).await?;
-            let t = dated(t);
+            let path = format!("/api/v1/tokens/{id}");
+            let t: TokenView = typed(&path, client.delete(&path).await?)?;
+            let t = dated(&t);
             print(conn.output, &t, std::slice::from_ref(&t), columns);
         }
     }

@@ -12,7 +12,9 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::client::typed;
 use super::{print, CliError, Connection, Output};
+use crate::http::api::views::{GenerationRef, RolloutList, RolloutView, WatchdogView};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -132,61 +134,52 @@ pub async fn rollout(conn: &Connection, cmd: &RolloutCommand) -> Result<(), CliE
                 .await?
         }
         RolloutCommand::List => {
-            let all = client.get("/api/v1/rollouts").await?;
-            let rows = all["rollouts"].as_array().cloned().unwrap_or_default();
-            print(conn.output, &all, &rows, LIST_COLUMNS);
+            let all: RolloutList = client.get_as("/api/v1/rollouts").await?;
+            let rows: Vec<Value> = all.rollouts.iter().map(value_of).collect();
+            print(conn.output, &value_of(&all), &rows, LIST_COLUMNS);
             return Ok(());
         }
     };
-    show_rollout(conn.output, &shown);
+    show_rollout(conn.output, &typed("rollout", shown)?);
     Ok(())
 }
 
+/// An API view as the JSON it came as.
+fn value_of<T: serde::Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).expect("API views serialize")
+}
+
 /// A rollout for people: a summary line, then each wave and its machines.
-fn show_rollout(output: Output, r: &Value) {
+fn show_rollout(output: Output, r: &RolloutView) {
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(r).expect("JSON"));
         return;
     }
-    let generation = |g: &Value| {
-        format!(
-            "{} gen {}",
-            g["stream"].as_str().unwrap_or("?"),
-            g["generation"]
-        )
-    };
+    let generation = |g: &GenerationRef| format!("{} gen {}", g.stream, g.generation);
     println!(
         "rollout {}  group {}  {} -> {}  {}",
-        r["id"],
-        r["group"].as_str().unwrap_or("?"),
-        generation(&r["from"]),
-        generation(&r["to"]),
-        r["state"].as_str().unwrap_or("?"),
+        r.id,
+        r.group,
+        generation(&r.from),
+        generation(&r.to),
+        r.state,
     );
-    if let Some(reason) = r["reason"].as_str() {
+    if let Some(reason) = &r.reason {
         println!("reason: {reason}");
     }
-    let c = &r["counts"];
+    let c = &r.counts;
     println!(
         "machines {}: {} confirmed, {} waiting for a reboot or confirmation, {} failed, {} not moved yet",
-        c["machines"], c["confirmed"], c["waiting"], c["failed"], c["pending"]
+        c.machines, c.confirmed, c.waiting, c.failed, c.pending
     );
-    for w in r["waves"].as_array().into_iter().flatten() {
-        println!(
-            "wave {} (gate {}):",
-            w["wave"],
-            w["gate"].as_str().unwrap_or("?")
-        );
-        for m in w["machines"].as_array().into_iter().flatten() {
-            let mut line = format!(
-                "  {}  {}",
-                m["mac"].as_str().unwrap_or("?"),
-                m["status"].as_str().unwrap_or("?")
-            );
-            if m["rolled_back"] == json!(true) {
+    for w in &r.waves {
+        println!("wave {} (gate {}):", w.wave, w.gate);
+        for m in &w.machines {
+            let mut line = format!("  {}  {}", m.mac, m.status);
+            if m.rolled_back {
                 line += "  (rolled back)";
             }
-            if let Some(f) = m["failed"].as_str() {
+            if let Some(f) = &m.failed {
                 line += &format!("  {f}");
             }
             println!("{line}");
@@ -198,11 +191,11 @@ pub async fn watchdog(conn: &Connection, cmd: &WatchdogCommand) -> Result<(), Cl
     let client = conn.client()?;
     match cmd {
         WatchdogCommand::List => {
-            let all = client.get("/api/v1/watchdog").await?;
-            let rows = all["degraded"].as_array().cloned().unwrap_or_default();
+            let all: WatchdogView = client.get_as("/api/v1/watchdog").await?;
+            let rows: Vec<Value> = all.degraded.iter().map(value_of).collect();
             print(
                 conn.output,
-                &all,
+                &value_of(&all),
                 &rows,
                 &[
                     ("MAC", "mac"),

@@ -30,7 +30,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// One step of a boot (a ledger event).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StepView {
     pub at_ms: i64,
     pub step: String,
@@ -40,7 +40,7 @@ pub struct StepView {
 }
 
 /// One boot attempt and its steps.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BootView {
     pub id: i64,
     pub mac: String,
@@ -59,7 +59,7 @@ pub struct BootView {
     pub steps: Vec<StepView>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BootList {
     pub boots: Vec<BootView>,
     /// Pass as `cursor` for the next (older) page; absent on the last.

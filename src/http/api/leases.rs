@@ -16,7 +16,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// One address the DHCP server handed out (or holds back).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LeaseView {
     pub ip: String,
     /// The holder (absent while quarantined after a DECLINE).
@@ -32,7 +32,7 @@ pub struct LeaseView {
     pub subnet: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct LeaseList {
     pub leases: Vec<LeaseView>,
 }

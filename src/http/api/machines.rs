@@ -20,14 +20,14 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// Where a relayed machine was seen (DHCP option 82).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Relay {
     pub circuit_id: Option<String>,
     pub remote_id: Option<String>,
 }
 
 /// A machine as the API shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MachineView {
     pub mac: String,
     /// `server` or `switch`.
@@ -101,7 +101,7 @@ impl MachineState {
 }
 
 /// A page of machines, in MAC order.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MachineList {
     pub machines: Vec<MachineView>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -109,7 +109,7 @@ pub struct MachineList {
 }
 
 /// A machine with its latest boots.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MachineDetail {
     #[serde(flatten)]
     pub machine: MachineView,
@@ -432,7 +432,7 @@ struct DeleteOptions {
     purge: Option<bool>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MachineDeleted {
     pub mac: String,
     pub purged: bool,
@@ -470,7 +470,7 @@ async fn delete_machine(
     }))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PinView {
     pub mac: String,
     pub pin: Option<GenerationRef>,

@@ -47,6 +47,17 @@ mod rollouts;
 mod templates;
 mod tokens;
 
+/// The API's response types: what the handlers serialize and what the CLI
+/// reads back (the same types, so the two cannot drift apart).
+pub mod views {
+    pub use super::history::{BootList, BootView, StepView};
+    pub use super::leases::{LeaseList, LeaseView};
+    pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView};
+    pub use super::rollouts::{RolloutList, RolloutView, WatchdogView, WaveView};
+    pub use super::tokens::{CreatedToken, TokenList, TokenView};
+    pub use super::GenerationRef;
+}
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 

@@ -74,12 +74,12 @@ pub struct AbortBody {
 }
 
 /// One machine of a wave.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MachineProgress {
     pub mac: String,
     /// `pending` (its wave has not moved), `waiting` (moved to B, waiting
     /// for its reboot and confirmation), `confirmed`, `failed`.
-    pub status: &'static str,
+    pub status: String,
     pub moved_ms: Option<i64>,
     pub confirmed_ms: Option<i64>,
     /// Why its boot of B failed.
@@ -88,15 +88,15 @@ pub struct MachineProgress {
     pub rolled_back: bool,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WaveView {
     pub wave: usize,
     /// `passed`, `open`, `paused`, `failed`, `aborted` or `pending`.
-    pub gate: &'static str,
+    pub gate: String,
     pub machines: Vec<MachineProgress>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Counts {
     pub machines: usize,
     pub pending: usize,
@@ -106,14 +106,14 @@ pub struct Counts {
 }
 
 /// A rollout: every wave, every machine, and why it stopped.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RolloutView {
     pub id: i64,
     pub group: String,
     /// The group pointer it moves (`x86_64`, `arm64`, `x86_64/installer`).
     pub slot: String,
     /// `running`, `paused`, `succeeded`, `rolled_back`, `stopped`, `aborted`.
-    pub state: &'static str,
+    pub state: String,
     /// Why it rolled back, stopped or was aborted.
     pub reason: Option<String>,
     pub from: GenerationRef,
@@ -134,26 +134,26 @@ pub struct RolloutView {
     pub updated_ms: i64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RolloutList {
     /// Newest first.
     pub rollouts: Vec<RolloutView>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DegradedView {
     pub generation: GenerationRef,
     pub since_ms: i64,
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FailingView {
     pub generation: GenerationRef,
     pub failures: u32,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OpenBootView {
     pub generation: GenerationRef,
     pub served_ms: i64,
@@ -161,7 +161,7 @@ pub struct OpenBootView {
 }
 
 /// A machine as the watchdog sees it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HealthView {
     pub mac: String,
     /// Set while it boots its last good generation instead of its target.
@@ -172,13 +172,13 @@ pub struct HealthView {
     pub open_boot: Option<OpenBootView>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PolicyView {
     pub max_failures: u32,
     pub confirm_timeout_s: i64,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WatchdogView {
     pub policy: PolicyView,
     pub degraded: Vec<HealthView>,
@@ -289,7 +289,7 @@ fn machine_status(e: &Entry, mac: &MacAddr) -> MachineProgress {
     };
     MachineProgress {
         mac: mac.to_string(),
-        status,
+        status: status.into(),
         moved_ms: m.map(|m| m.moved_ms),
         confirmed_ms: m.and_then(|m| m.confirmed_ms),
         failed: m.and_then(|m| m.failed.clone()),
@@ -315,7 +315,7 @@ pub(crate) fn view(e: &Entry) -> RolloutView {
             };
             WaveView {
                 wave: i,
-                gate,
+                gate: gate.into(),
                 machines: machines.iter().map(|m| machine_status(e, m)).collect(),
             }
         })
@@ -344,7 +344,7 @@ pub(crate) fn view(e: &Entry) -> RolloutView {
         id: e.id,
         group: r.spec.group.clone(),
         slot: e.slot.to_string(),
-        state: e.state_key(),
+        state: e.state_key().into(),
         reason: e.reason().map(String::from),
         from: GenerationRef::from(&r.spec.from),
         to: GenerationRef::from(&r.spec.to),

@@ -15,7 +15,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// A token as listed; never its secret.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenView {
     pub id: i64,
     pub name: String,
@@ -38,7 +38,7 @@ impl From<TokenInfo> for TokenView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenList {
     pub tokens: Vec<TokenView>,
 }
@@ -53,7 +53,7 @@ pub struct NewToken {
 }
 
 /// A new token: `secret` is shown this once and cannot be read again.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub token: TokenView,
