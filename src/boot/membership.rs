@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::select::Selector;
 
@@ -31,7 +31,7 @@ pub struct Claim<'a> {
 }
 
 /// A group whose selector matched.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Matched {
     pub group: String,
     pub selector: String,
@@ -39,7 +39,7 @@ pub struct Matched {
 }
 
 /// The answer, with its reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum Membership {
     /// An operator assigned the machine to `group`.

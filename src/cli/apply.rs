@@ -13,10 +13,10 @@
 
 use std::io::Read as _;
 
-use serde_json::{json, Value};
-
+use super::client::typed;
 use super::{CliError, Connection, Output};
 use crate::desired::yaml;
+use crate::http::api::views::ApplyResult;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
@@ -66,7 +66,7 @@ pub async fn apply(conn: &Connection, args: &ApplyArgs) -> Result<(), CliError> 
                 None => e,
             }
         })?;
-    show(conn.output, &name, &answer);
+    show(conn.output, &name, &typed(path, answer)?);
     Ok(())
 }
 
@@ -86,28 +86,22 @@ fn with_field(e: CliError, field: &str) -> CliError {
     }
 }
 
-fn show(output: Output, file: &str, answer: &Value) {
+fn show(output: Output, file: &str, answer: &ApplyResult) {
     if output == Output::Json {
         println!("{}", serde_json::to_string_pretty(answer).expect("JSON"));
         return;
     }
-    let changes = answer["changes"].as_array().cloned().unwrap_or_default();
-    let dry_run = answer["dry_run"] == json!(true);
+    let changes = &answer.changes;
+    let dry_run = answer.dry_run;
     if changes.is_empty() {
         println!("no changes: the server already matches {file}");
         return;
     }
-    let rollouts: Vec<i64> = answer["rollouts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_i64)
-        .collect();
-    let mut started = rollouts.iter();
-    for c in &changes {
-        let text = c["text"].as_str().unwrap_or("?");
-        match (c["op"].as_str(), dry_run, started.clone().next()) {
-            (Some("rollout"), false, Some(id)) => {
+    let mut started = answer.rollouts.iter();
+    for c in changes {
+        let text = &c.text;
+        match (c.op.as_str(), dry_run, started.clone().next()) {
+            ("rollout", false, Some(id)) => {
                 started.next();
                 println!("{text}: started rollout {id} (ironboot rollout status {id})");
             }

@@ -3,7 +3,9 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::client::typed;
 use super::{import, print, CliError, Connection, ImportArgs};
+use crate::http::api::views::{GcResult, GenerationList, StreamList};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -31,30 +33,24 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
             let streams = match stream {
                 Some(s) => vec![s.clone()],
                 None => {
-                    let all = client.get("/api/v1/streams").await?;
-                    all["streams"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| s["stream"].as_str().map(String::from))
-                        .collect()
+                    let all: StreamList = client.get_as("/api/v1/streams").await?;
+                    all.streams.into_iter().map(|s| s.stream).collect()
                 }
             };
             let mut rows = Vec::new();
             for s in streams {
-                let gens = client
-                    .get(&format!("/api/v1/streams/{s}/generations"))
+                let gens: GenerationList = client
+                    .get_as(&format!("/api/v1/streams/{s}/generations"))
                     .await?;
-                rows.extend(gens["generations"].as_array().cloned().unwrap_or_default());
+                rows.extend(gens.generations);
             }
             let rows: Vec<Value> = rows
-                .into_iter()
-                .map(|mut g| {
-                    g["in_use"] = json!(g["in_use_by"].as_array().map(|u| u.len()).unwrap_or(0));
-                    g["digest"] = json!(g["digest"]
-                        .as_str()
-                        .map(|d| d[..12.min(d.len())].to_string()));
-                    g
+                .iter()
+                .map(|g| {
+                    let mut row = serde_json::to_value(g).expect("API views serialize");
+                    row["in_use"] = json!(g.in_use_by.len());
+                    row["digest"] = json!(g.digest.get(..12).unwrap_or(&g.digest));
+                    row
                 })
                 .collect();
             let cols = [
@@ -69,16 +65,16 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
             Ok(())
         }
         ImageCommand::Gc { retain, dry_run } => {
-            let report = client
-                .post(
-                    "/api/v1/gc",
-                    &json!({ "retain": retain, "dry_run": dry_run }),
-                )
-                .await?;
-            let deleted = report["deleted"].as_array().cloned().unwrap_or_default();
+            let body = json!({ "retain": retain, "dry_run": dry_run });
+            let report: GcResult = typed("/api/v1/gc", client.post("/api/v1/gc", &body).await?)?;
+            let deleted: Vec<Value> = report
+                .deleted
+                .iter()
+                .map(|g| serde_json::to_value(g).expect("API views serialize"))
+                .collect();
             print(
                 conn.output,
-                &report,
+                &serde_json::to_value(&report).expect("API views serialize"),
                 &deleted,
                 &[("DELETED STREAM", "stream"), ("GEN", "generation")],
             );

@@ -5,7 +5,9 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
+use super::client::typed;
 use super::{print, CliError, Connection, Output};
+use crate::http::api::views::{GroupList, GroupView, MemberList};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -94,39 +96,46 @@ fn set_vars(vars: &mut Map<String, Value>, pairs: &[String]) -> Result<(), CliEr
     Ok(())
 }
 
-fn show_one(output: Output, g: &Value) {
-    print(output, g, std::slice::from_ref(g), GROUP_COLUMNS);
+fn show_one(output: Output, g: &GroupView) {
+    let row = value_of(g);
+    print(output, &row, std::slice::from_ref(&row), GROUP_COLUMNS);
+}
+
+/// An API view as the JSON it came as.
+fn value_of<T: serde::Serialize>(view: &T) -> Value {
+    serde_json::to_value(view).expect("API views serialize")
 }
 
 pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
         GroupsCommand::List => {
-            let all = client.get("/api/v1/groups").await?;
-            let rows = all["groups"].as_array().cloned().unwrap_or_default();
+            let list: GroupList = client.get_as("/api/v1/groups").await?;
+            let all = value_of(&list);
+            let rows: Vec<Value> = list.groups.iter().map(value_of).collect();
             print(conn.output, &all, &rows, GROUP_COLUMNS);
-            let ties = all["ties"].as_array().cloned().unwrap_or_default();
+            let ties: Vec<Value> = list.ties.iter().map(value_of).collect();
             if conn.output == Output::Table && !ties.is_empty() {
                 println!("\nselector ties (these machines are in default until resolved):");
                 print(conn.output, &all, &ties, MEMBER_COLUMNS);
             }
         }
         GroupsCommand::Show { group } => {
-            let g = client.get(&format!("/api/v1/groups/{group}")).await?;
-            let members = client
-                .get(&format!("/api/v1/groups/{group}/members"))
+            let g: GroupView = client.get_as(&format!("/api/v1/groups/{group}")).await?;
+            let members: MemberList = client
+                .get_as(&format!("/api/v1/groups/{group}/members"))
                 .await?;
+            let rows: Vec<Value> = members.members.iter().map(value_of).collect();
             if conn.output == Output::Json {
-                let mut whole = g.clone();
-                whole["members"] = members["members"].clone();
+                let mut whole = value_of(&g);
+                whole["members"] = Value::Array(rows);
                 println!("{}", serde_json::to_string_pretty(&whole).expect("JSON"));
                 return Ok(());
             }
             show_one(conn.output, &g);
-            println!("variables: {}", g["variables"]);
+            println!("variables: {}", g.variables);
             println!();
-            let rows = members["members"].as_array().cloned().unwrap_or_default();
-            print(conn.output, &members, &rows, MEMBER_COLUMNS);
+            print(conn.output, &value_of(&members), &rows, MEMBER_COLUMNS);
         }
         GroupsCommand::Create {
             name,
@@ -150,7 +159,10 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             if let Some(g) = gen {
                 body["generation"] = generation(g)?;
             }
-            let g = client.post("/api/v1/groups", &body).await?;
+            let g: GroupView = typed(
+                "/api/v1/groups",
+                client.post("/api/v1/groups", &body).await?,
+            )?;
             show_one(conn.output, &g);
         }
         GroupsCommand::Set {
@@ -164,6 +176,7 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
         } => {
             let path = format!("/api/v1/groups/{group}");
             let (current, tag) = client.send_tagged(Method::GET, &path, None, None).await?;
+            let current: GroupView = typed(&path, current)?;
             let mut body = json!({});
             if let Some(d) = description {
                 body["description"] = json!(d);
@@ -175,10 +188,7 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
                 body["selector"] = Value::Null;
             }
             if !vars.is_empty() || !unset.is_empty() {
-                let mut variables = current["variables"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default();
+                let mut variables = current.variables.as_object().cloned().unwrap_or_default();
                 set_vars(&mut variables, vars)?;
                 for k in unset {
                     variables.remove(k);
@@ -196,7 +206,7 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             let (g, _) = client
                 .send_tagged(Method::PATCH, &path, Some(&body), tag.as_deref())
                 .await?;
-            show_one(conn.output, &g);
+            show_one(conn.output, &typed(&path, g)?);
         }
         GroupsCommand::Delete { group } => {
             let r = client.delete(&format!("/api/v1/groups/{group}")).await?;
@@ -206,11 +216,11 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             }
         }
         GroupsCommand::Members { group } => {
-            let m = client
-                .get(&format!("/api/v1/groups/{group}/members"))
+            let m: MemberList = client
+                .get_as(&format!("/api/v1/groups/{group}/members"))
                 .await?;
-            let rows = m["members"].as_array().cloned().unwrap_or_default();
-            print(conn.output, &m, &rows, MEMBER_COLUMNS);
+            let rows: Vec<Value> = m.members.iter().map(value_of).collect();
+            print(conn.output, &value_of(&m), &rows, MEMBER_COLUMNS);
         }
         GroupsCommand::SetGeneration {
             group,

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
 
+use crate::http::api::views::{ArtifactInfo, GenerationView};
 pub use client::{CliError, Client};
 
 /// Output format.
@@ -126,16 +127,11 @@ async fn create_generation(
     stream: &str,
     manifest: &Value,
 ) -> Result<(), CliError> {
-    let created = client
-        .post(&format!("/api/v1/streams/{stream}/generations"), manifest)
-        .await?;
+    let path = format!("/api/v1/streams/{stream}/generations");
+    let created: GenerationView = client::typed(&path, client.post(&path, manifest).await?)?;
     match conn.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&created).expect("JSON")),
-        Output::Table => println!(
-            "generation {} {}",
-            created["generation"],
-            created["digest"].as_str().unwrap_or("")
-        ),
+        Output::Table => println!("generation {} {}", created.generation, created.digest),
     }
     Ok(())
 }
@@ -152,13 +148,10 @@ async fn artifact(client: &Client, spec: &str, remote: bool) -> Result<Value, Cl
             .next()
             .filter(|n| !n.is_empty())
             .unwrap_or("artifact");
-        let got = client
-            .post(
-                "/api/v1/artifacts/fetch",
-                &json!({ "url": url, "sha256": hex }),
-            )
-            .await?;
-        return Ok(json!({ "name": name, "digest": got["sha256"], "size": got["size"] }));
+        let fetch = "/api/v1/artifacts/fetch";
+        let body = json!({ "url": url, "sha256": hex });
+        let got: ArtifactInfo = client::typed(fetch, client.post(fetch, &body).await?)?;
+        return Ok(json!({ "name": name, "digest": got.sha256, "size": got.size }));
     }
     let path = Path::new(spec);
     let (hex, size) = sha256_file(path).await?;

@@ -195,7 +195,7 @@ pub enum ImageError {
 pub const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What garbage collection removed.
-#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GcReport {
     pub manifests_removed: usize,
     pub artifacts_removed: usize,

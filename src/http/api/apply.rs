@@ -29,7 +29,7 @@ struct ApplyOptions {
 }
 
 /// One field of a group or machine, before and after (`null`: unset).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct FieldView {
     pub field: String,
     pub from: Value,
@@ -37,12 +37,12 @@ pub struct FieldView {
 }
 
 /// One change of the plan.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ChangeView {
     /// `create`, `update` or `rollout`.
-    pub op: &'static str,
+    pub op: String,
     /// `group` or `machine`.
-    pub kind: &'static str,
+    pub kind: String,
     /// The group's name or the machine's MAC.
     pub name: String,
     /// Where in the document it comes from (`groups.web`).
@@ -58,8 +58,8 @@ impl From<&Change> for ChangeView {
     fn from(c: &Change) -> Self {
         let (kind, name) = c.resource();
         Self {
-            op: c.op(),
-            kind,
+            op: c.op().into(),
+            kind: kind.into(),
             name,
             path: c.path.clone(),
             text: c.text.clone(),
@@ -78,7 +78,7 @@ impl From<&Change> for ChangeView {
 }
 
 /// What an apply did (or, on a dry run, would do).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApplyResult {
     /// True: nothing was changed.
     pub dry_run: bool,

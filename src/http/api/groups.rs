@@ -27,7 +27,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// A group as the API shows it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GroupView {
     pub name: String,
     /// What the group is for.
@@ -62,7 +62,7 @@ impl From<&crate::inventory::Group> for GroupView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GroupList {
     pub groups: Vec<GroupView>,
     /// Machines whose labels match several groups' selectors with the same
@@ -117,7 +117,7 @@ pub struct GroupPatch {
 }
 
 /// A member of a group, and why it is one.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemberView {
     pub mac: String,
     pub hostname: Option<String>,
@@ -146,7 +146,7 @@ impl From<&Machine> for MemberView {
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MemberList {
     pub group: String,
     pub members: Vec<MemberView>,
@@ -329,7 +329,7 @@ async fn update_group(
     Ok(Tagged::new(GroupView::from(&g)))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Deleted {
     pub deleted: String,
 }

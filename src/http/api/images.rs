@@ -20,7 +20,7 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 }
 
 /// An artifact in the store.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ArtifactInfo {
     pub sha256: String,
     pub size: u64,
@@ -150,7 +150,7 @@ async fn fetch_artifact(
 }
 
 /// A generation of a stream: its image and who uses it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GenerationView {
     pub stream: String,
     pub generation: i64,
@@ -180,7 +180,7 @@ fn generation_json(
     }
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StreamView {
     pub stream: String,
     /// How many generations it holds.
@@ -188,7 +188,7 @@ pub struct StreamView {
     pub latest: Option<i64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StreamList {
     pub streams: Vec<StreamView>,
 }
@@ -215,7 +215,7 @@ async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<StreamList> 
     Json(StreamList { streams })
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GenerationList {
     pub stream: String,
     pub generations: Vec<GenerationView>,
@@ -381,14 +381,14 @@ struct GcRequest {
 }
 
 /// A generation garbage collection kept because something uses it.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct KeptInUse {
     pub stream: String,
     pub generation: i64,
     pub in_use_by: Vec<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct GcResult {
     pub dry_run: bool,
     pub deleted: Vec<GenerationRef>,

@@ -50,7 +50,12 @@ mod tokens;
 /// The API's response types: what the handlers serialize and what the CLI
 /// reads back (the same types, so the two cannot drift apart).
 pub mod views {
+    pub use super::apply::{ApplyResult, ChangeView, FieldView};
+    pub use super::groups::{GroupList, GroupView, MemberList, MemberView};
     pub use super::history::{BootList, BootView, StepView};
+    pub use super::images::{
+        ArtifactInfo, GcResult, GenerationList, GenerationView, StreamList, StreamView,
+    };
     pub use super::leases::{LeaseList, LeaseView};
     pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView};
     pub use super::rollouts::{RolloutList, RolloutView, WatchdogView, WaveView};
