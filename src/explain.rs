@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::boot::identity::{IdentityMatch, SwitchPort};
 use crate::boot::loader::{self, Loader, LoaderChoice, LoaderSettings};
@@ -103,7 +103,7 @@ pub struct Explainer {
 }
 
 /// The answer. Sections are `null` when the request never gets that far.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::Explanation)]
 pub struct Explanation {
     #[schema(value_type = String)]
@@ -128,24 +128,36 @@ pub struct Explanation {
     pub steps: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::ClientView)]
 pub struct ClientView {
     /// `pxe`, `http_boot`, `ipxe`, `onie`, `ztp`, `other`, or
     /// `script_request` (no DHCP options given).
     pub kind: String,
     /// How the request reaches the server: `dhcp`, `onie_http`, `script`.
-    pub via: &'static str,
+    pub via: String,
     /// Option 93 as named in the inventory (`bios`, `efi_x64`, …);
     /// `other:N` for an architecture type ironboot does not know.
     #[schema(value_type = Option<String>)]
-    #[serde(serialize_with = "arch_text")]
+    #[serde(serialize_with = "arch_text", deserialize_with = "arch_from_text")]
     pub arch: Option<Arch>,
     pub vendor_class: Option<String>,
     pub user_classes: Vec<String>,
     /// The relay's switch port (option 82): `{"circuit_id", "remote_id"}`.
     #[schema(value_type = Option<Object>)]
     pub port: Option<SwitchPort>,
+}
+
+/// [`arch_text`] read back.
+fn arch_from_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Arch>, D::Error> {
+    let Some(text) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(code) = text.strip_prefix("other:") {
+        let code = code.parse().map_err(serde::de::Error::custom)?;
+        return Ok(Some(Arch::from_code(code)));
+    }
+    Arch::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&text)).map(Some)
 }
 
 /// An architecture as the document promises, a string: serde's own form
@@ -157,7 +169,7 @@ fn arch_text<S: serde::Serializer>(arch: &Option<Arch>, s: S) -> Result<S::Ok, S
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::IdentityView)]
 pub struct IdentityView {
     /// The inventory knows this MAC.
@@ -168,7 +180,7 @@ pub struct IdentityView {
     pub matched: IdentityMatch,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::GroupView)]
 pub struct GroupView {
     pub name: String,
@@ -181,7 +193,7 @@ pub struct GroupView {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::DhcpView)]
 pub struct DhcpView {
     pub mode: String,
@@ -200,27 +212,27 @@ pub struct DhcpView {
     pub options: Vec<DhcpOptionView>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::DhcpOptionView)]
 pub struct DhcpOptionView {
     pub code: u8,
-    pub name: &'static str,
+    pub name: String,
     pub value: String,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::LoaderView)]
 pub struct LoaderView {
     /// `ipxe`, `grub`, `onie` or `ztp`.
-    pub loader: &'static str,
+    pub loader: String,
     /// Where an iPXE/GRUB choice came from: `machine` (label `loader`),
     /// `group` (variable `loader`), `arch` (the architecture's default),
     /// or `client` (the client already runs it).
-    pub source: &'static str,
+    pub source: String,
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::ScriptView)]
 pub struct ScriptView {
     pub template: String,
@@ -229,7 +241,7 @@ pub struct ScriptView {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = explain::InstallerView)]
 pub struct InstallerView {
     pub url: String,
@@ -347,7 +359,7 @@ fn reply_options(bytes: &[u8]) -> (Ipv4Addr, Option<String>, Vec<DhcpOptionView>
                 };
                 out.push(DhcpOptionView {
                     code,
-                    name: option_name(code),
+                    name: option_name(code).into(),
                     value: show_value(code, v),
                 });
                 i += 2 + len as usize;
@@ -359,12 +371,13 @@ fn reply_options(bytes: &[u8]) -> (Ipv4Addr, Option<String>, Vec<DhcpOptionView>
 
 fn loader_view(choice: &LoaderChoice) -> LoaderView {
     LoaderView {
-        loader: choice.loader.as_str(),
+        loader: choice.loader.as_str().into(),
         source: match choice.source {
             loader::LoaderSource::Machine => "machine",
             loader::LoaderSource::Group => "group",
             loader::LoaderSource::Arch => "arch",
-        },
+        }
+        .into(),
         note: choice.note.clone(),
     }
 }
@@ -490,7 +503,8 @@ impl Classified {
                 (Some(_), _) => "dhcp",
                 (None, true) => "onie_http",
                 (None, false) => "script",
-            },
+            }
+            .into(),
             arch: f.and_then(|f| f.arch),
             vendor_class: f.and_then(|f| f.vendor_class.clone()),
             user_classes: f.map(|f| f.user_classes.clone()).unwrap_or_default(),
@@ -615,11 +629,12 @@ impl Explainer {
         let Some(loader) = self.loader(&client, &decision, &mut out) else {
             return out;
         };
-        out.steps.push(match (&loader.note, loader.source) {
-            (_, "client") => format!("loader: {} (the client runs it)", loader.loader),
-            (Some(note), source) => format!("loader: {} ({source}; {note})", loader.loader),
-            (None, source) => format!("loader: {} (chosen by {source})", loader.loader),
-        });
+        out.steps
+            .push(match (&loader.note, loader.source.as_str()) {
+                (_, "client") => format!("loader: {} (the client runs it)", loader.loader),
+                (Some(note), source) => format!("loader: {} ({source}; {note})", loader.loader),
+                (None, source) => format!("loader: {} (chosen by {source})", loader.loader),
+            });
         out.loader = Some(loader.clone());
         self.serve(&loader, &client, &decision, &mut out);
         out
@@ -655,8 +670,8 @@ impl Explainer {
                 loader.filter(|_| answered)
             }
             _ if client.onie_http => Some(LoaderView {
-                loader: "onie",
-                source: "client",
+                loader: "onie".into(),
+                source: "client".into(),
                 note: None,
             }),
             // `/boot/<mac>.ipxe` is iPXE's; a GRUB machine asks over TFTP.
@@ -677,7 +692,7 @@ impl Explainer {
         out: &mut Explanation,
     ) {
         let plan = decision.preview_plan(None);
-        match (loader.loader.parse::<Loader>(), loader.loader) {
+        match (loader.loader.parse::<Loader>(), loader.loader.as_str()) {
             (Ok(l), _) => {
                 let result = render_boot(&plan, &self.server, &self.renderer, l);
                 let template = crate::render::boot_template(l, plan.bootable());
@@ -772,8 +787,8 @@ impl Explainer {
         let (siaddr, file, options) = reply_options(&encode(req, &spec));
         let loader = match kind {
             ClientKind::Ipxe => Some(LoaderView {
-                loader: "ipxe",
-                source: "client",
+                loader: "ipxe".into(),
+                source: "client".into(),
                 note: None,
             }),
             ClientKind::Pxe => Some(loader_view(&loader::choose(facts.arch, settings))),
@@ -782,13 +797,13 @@ impl Explainer {
                 settings,
             ))),
             ClientKind::Onie => Some(LoaderView {
-                loader: "onie",
-                source: "client",
+                loader: "onie".into(),
+                source: "client".into(),
                 note: None,
             }),
             ClientKind::Ztp => Some(LoaderView {
-                loader: "ztp",
-                source: "client",
+                loader: "ztp".into(),
+                source: "client".into(),
                 note: None,
             }),
             ClientKind::Other => None,

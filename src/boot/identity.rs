@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::domain::MacAddr;
 
 /// A switch port as a relay names it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct SwitchPort {
     pub circuit_id: Option<String>,
     pub remote_id: Option<String>,
@@ -30,7 +30,7 @@ impl SwitchPort {
 }
 
 /// How a request was matched to a machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "by", rename_all = "snake_case")]
 pub enum IdentityMatch {
     /// The machine with this MAC (known, or new and registered by it).

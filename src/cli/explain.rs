@@ -4,7 +4,9 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use super::client::typed;
 use super::{print, CliError, Connection, Output};
+use crate::http::api::views::{Explanation, Rendered, ScriptView, TemplateList};
 
 /// What the client would send (all optional).
 #[derive(Debug, Clone, clap::Args)]
@@ -85,32 +87,37 @@ fn body(args: &ExplainArgs) -> Result<Value, CliError> {
 
 pub async fn explain(conn: &Connection, args: &ExplainArgs) -> Result<(), CliError> {
     let client = conn.client()?;
-    let e = client.post("/api/v1/explain", &body(args)?).await?;
+    let path = "/api/v1/explain";
+    let e: Explanation = typed(path, client.post(path, &body(args)?).await?)?;
     if conn.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&e).expect("JSON"));
         return Ok(());
     }
     println!("explain {}:", args.mac);
-    for (i, step) in e["steps"].as_array().into_iter().flatten().enumerate() {
-        println!("  {}. {}", i + 1, step.as_str().unwrap_or(""));
+    for (i, step) in e.steps.iter().enumerate() {
+        println!("  {}. {step}", i + 1);
     }
-    if let Some(options) = e["dhcp"]["options"].as_array().filter(|o| !o.is_empty()) {
+    if let Some(dhcp) = e.dhcp.as_ref().filter(|d| !d.options.is_empty()) {
         println!();
+        let options: Vec<Value> = dhcp
+            .options
+            .iter()
+            .map(|o| serde_json::to_value(o).expect("API views serialize"))
+            .collect();
         print(
             Output::Table,
-            &e,
-            options,
+            &Value::Null,
+            &options,
             &[("OPT", "code"), ("NAME", "name"), ("VALUE", "value")],
         );
     }
-    if let Some(error) = e["script"]["error"].as_str() {
-        println!("\n{} fails to render: {error}", e["script"]["template"]);
-    }
-    if let (Some(text), false) = (e["script"]["text"].as_str(), args.no_script) {
-        println!(
-            "\n--- {} ---\n{text}",
-            e["script"]["template"].as_str().unwrap_or("")
-        );
+    if let Some(script) = &e.script {
+        if let Some(error) = &script.error {
+            println!("\n{:?} fails to render: {error}", script.template);
+        }
+        if let (Some(text), false) = (&script.text, args.no_script) {
+            println!("\n--- {} ---\n{text}", script.template);
+        }
     }
     Ok(())
 }
@@ -119,11 +126,15 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
     let client = conn.client()?;
     match cmd {
         TemplatesCommand::List => {
-            let all = client.get("/api/v1/templates").await?;
-            let rows = all["templates"].as_array().cloned().unwrap_or_default();
+            let all: TemplateList = client.get_as("/api/v1/templates").await?;
+            let rows: Vec<Value> = all
+                .templates
+                .iter()
+                .map(|t| serde_json::to_value(t).expect("API views serialize"))
+                .collect();
             print(
                 conn.output,
-                &all,
+                &serde_json::to_value(&all).expect("API views serialize"),
                 &rows,
                 &[("TEMPLATE", "name"), ("ROLE", "role")],
             );
@@ -132,14 +143,13 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
             mac,
             template: Some(t),
         } => {
-            let r = client
-                .get(&format!("/api/v1/machines/{mac}/render?template={t}"))
+            let r: Rendered = client
+                .get_as(&format!("/api/v1/machines/{mac}/render?template={t}"))
                 .await?;
             match conn.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&r).expect("JSON")),
                 Output::Table => {
-                    let text = r["text"].as_str().unwrap_or("");
-                    println!("{}", text.strip_suffix('\n').unwrap_or(text));
+                    println!("{}", r.text.strip_suffix('\n').unwrap_or(&r.text));
                 }
             }
         }
@@ -147,24 +157,30 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
             mac,
             template: None,
         } => {
-            let e = client
-                .post("/api/v1/explain", &json!({ "mac": mac }))
-                .await?;
-            let script = &e["script"];
-            match (conn.output, script["text"].as_str()) {
-                (Output::Json, _) => {
+            let path = "/api/v1/explain";
+            let e: Explanation = typed(path, client.post(path, &json!({ "mac": mac })).await?)?;
+            match (conn.output, &e.script) {
+                (Output::Json, script) => {
                     println!("{}", serde_json::to_string_pretty(script).expect("JSON"))
                 }
-                (Output::Table, Some(text)) => println!("{text}"),
-                (Output::Table, None) => {
+                (
+                    Output::Table,
+                    Some(ScriptView {
+                        text: Some(text), ..
+                    }),
+                ) => println!("{text}"),
+                (Output::Table, script) => {
+                    let (template, error) = match script {
+                        Some(s) => (format!("{:?}", s.template), s.error.as_deref()),
+                        None => ("null".to_string(), None),
+                    };
                     return Err(CliError::Refused {
                         status: reqwest::StatusCode::UNPROCESSABLE_ENTITY,
                         message: format!(
-                            "{} fails to render: {}",
-                            script["template"],
-                            script["error"].as_str().unwrap_or("no script")
+                            "{template} fails to render: {}",
+                            error.unwrap_or("no script")
                         ),
-                    })
+                    });
                 }
             }
         }

@@ -145,7 +145,7 @@ impl ClientKind {
 }
 
 /// What a boot client is told to load.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "via", content = "file", rename_all = "snake_case")]
 pub enum Bootfile {
     /// A file name on the TFTP server (`siaddr`/opt 66 say where).

@@ -145,6 +145,14 @@ fn golden(name: &str, got: &Explanation) {
     .iter()
     .collect();
     let text = serde_json::to_string_pretty(got).unwrap() + "\n";
+    // The CLI reads the same type back: every golden shape must round-trip.
+    let back: Explanation = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{name}: the CLI cannot read this explanation: {e}"));
+    assert_eq!(
+        serde_json::to_string_pretty(&back).unwrap() + "\n",
+        text,
+        "{name}: read back differently"
+    );
     if std::env::var_os("IRONBOOT_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &text).unwrap();

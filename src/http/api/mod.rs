@@ -59,8 +59,10 @@ pub mod views {
     pub use super::leases::{LeaseList, LeaseView};
     pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView};
     pub use super::rollouts::{RolloutList, RolloutView, WatchdogView, WaveView};
+    pub use super::templates::{Rendered, TemplateList, TemplateView};
     pub use super::tokens::{CreatedToken, TokenList, TokenView};
     pub use super::GenerationRef;
+    pub use crate::explain::{Explanation, ScriptView};
 }
 
 use std::collections::{BTreeMap, HashSet};

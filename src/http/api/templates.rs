@@ -17,17 +17,17 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(render_for_machine))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TemplateView {
     /// The name under `boot-templates/` (`ipxe/machine.ipxe`, `config/user-data`).
     pub name: String,
     /// `first` (the same for every machine), `loader` (a per-machine iPXE
     /// script or GRUB config), `config` (served to the booted OS at
     /// `/config/<token>/<file>`) or `ztp` (a switch's provisioning file).
-    pub role: &'static str,
+    pub role: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TemplateList {
     pub templates: Vec<TemplateView>,
 }
@@ -55,7 +55,7 @@ async fn list_templates(_: Reader, State(s): State<ApiState>) -> Json<TemplateLi
             .names()
             .into_iter()
             .map(|name| TemplateView {
-                role: role(&name),
+                role: role(&name).into(),
                 name,
             })
             .collect(),
@@ -69,7 +69,7 @@ pub struct RenderQuery {
     pub template: String,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Rendered {
     pub mac: String,
     pub template: String,
