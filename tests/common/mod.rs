@@ -2,7 +2,7 @@
 //! (API, DHCP as a relay, TFTP). The binaries that need it include it as
 //! `mod common;` (from `tests/`) or `#[path = "../common/mod.rs"] mod
 //! common;` (from `tests/<binary>/`); the VM tests have their own harness,
-//! `tests/lab`.
+//! `tests/e2e/lab`.
 #![allow(dead_code)]
 
 pub mod api;
