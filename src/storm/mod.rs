@@ -1,6 +1,6 @@
 //! The boot-storm simulator: N machines with distinct MACs booting at once
 //! against a server, each doing the whole flow a PXE machine does, timed per
-//! step. Behind the `ironboot-storm` binary and `tests/storm.rs`.
+//! step. Behind the `ironboot-storm` binary and `tests/load/storm.rs`.
 //!
 //! One machine's flow ([`Step`] names each part):
 //! 1. DHCP as the PXE ROM (DISCOVER/OFFER/REQUEST/ACK) through a relay: the

@@ -1,8 +1,13 @@
-//! Shared test harness: the real server on loopback, and protocol clients.
+//! Shared test harness: the real server on loopback, and protocol clients
+//! (API, DHCP as a relay, TFTP). The binaries that need it include it as
+//! `mod common;` (from `tests/`) or `#[path = "../common/mod.rs"] mod
+//! common;` (from `tests/<binary>/`); the VM tests have their own harness,
+//! `tests/e2e/lab`.
 #![allow(dead_code)]
 
 pub mod api;
 pub mod dhcp_client;
+pub mod tftp_client;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -82,7 +82,7 @@ async fn half_sent_requests_cannot_hold_the_server() {
 /// without being stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tftp_clients_cannot_hold_slots_or_fill_the_ledger() {
-    use crate::tftp_client::{recv, rrq, socket};
+    use crate::common::tftp_client::{recv, rrq, socket};
     use ironboot::tftp::codec::{Mode, Packet};
     let server = TestServer::full("").await;
     let tftp = server.bound.tftp.expect("TFTP bound");

@@ -11,8 +11,6 @@ mod dhcp;
 mod durability;
 mod fetch;
 mod rollout;
-#[path = "../common/tftp_client.rs"]
-mod tftp_client;
 
 mod process {
     //! The server as its own process, for the tests that kill it or read

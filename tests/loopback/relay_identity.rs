@@ -5,16 +5,16 @@
 //! generation, and the ledger says which identity matched. A new MAC in
 //! another port is an ordinary new machine.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::dhcp_client::{encode_with_raw, message, Client, Relay};
-use common::{full_config, http_get, TestServer};
 use dhcproto::v4::MessageType;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::common;
+use crate::common::dhcp_client::{encode_with_raw, message, Client, Relay};
+use crate::common::{full_config, http_get, TestServer};
 
 const OLD: [u8; 6] = [0x52, 0x54, 0x00, 0x82, 0x00, 0x01];
 const NEW: [u8; 6] = [0x52, 0x54, 0x00, 0x82, 0x00, 0x02];

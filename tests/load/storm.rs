@@ -3,15 +3,15 @@
 //! script, verified kernel and initrd, config, confirmation) with zero
 //! failures, in bounded time, and the server's ledger agrees.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::TestServer;
 use ironboot::storm::{self, Plan};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+
+use crate::common;
+use crate::common::TestServer;
 
 const MACHINES: usize = 50;
 
@@ -70,6 +70,7 @@ async fn import(server: &TestServer, kernel: &[u8], initrd: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_machines_boot_at_once_with_zero_failures() {
+    let _alone = crate::alone().await;
     let dir = tempfile::TempDir::new().unwrap();
     let text = config(dir.path());
     let server = TestServer::start(&text, dir).await;

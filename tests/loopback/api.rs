@@ -2,17 +2,16 @@
 //! leases listed and released, tokens, If-Match conflicts, the live event
 //! stream, and `/metrics` after real DHCP traffic.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::dhcp_client::{mac, message, msg_type, with, Client, Relay};
-use common::TestServer;
 use dhcproto::v4::{DhcpOption, MessageType};
 use futures_util::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+
+use crate::common::dhcp_client::{mac, message, msg_type, with, Client, Relay};
+use crate::common::TestServer;
 
 const RELAY1: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
 const SERVER_ID: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);

@@ -1,4 +1,4 @@
-//! The end-to-end lab shared by the `tests/e2e*.rs` tests:
+//! The end-to-end lab shared by the tests of `tests/e2e`:
 //! network namespaces this test creates, a bridge `br0` (10.77.0.1/24) with
 //! taps for QEMU guests, a veth to a client namespace, `ironboot serve` in
 //! full DHCP mode, and the processes, each started as
@@ -16,7 +16,6 @@
 #![allow(dead_code)]
 
 pub mod live;
-#[allow(unused_imports)] // tests/e2e.rs boots no live OS
 pub use live::*;
 
 use std::fs;
@@ -312,6 +311,38 @@ pub fn secs(d: Duration) -> String {
 }
 
 // ---------------------------------------------------------------------------
+// One lab at a time
+// ---------------------------------------------------------------------------
+
+/// A test's turn at the machine. Each test takes one on its first line and
+/// gives it to [`Lab::new`], which keeps it until the lab is torn down: no
+/// two labs (nor a live OS build beside a lab) ever run at once. libtest
+/// runs a binary's tests in parallel threads, but these boot QEMU guests
+/// under TCG, where one BIOS boot takes ~12 s alone on two cores, and their
+/// deadlines (iPXE's configuring step, `BOOT_LIMIT`, a canary's timeout)
+/// hold only if no other test's VMs share the CPUs. Each test had its own
+/// binary before, which cargo ran one after another.
+pub struct Turn(std::sync::MutexGuard<'static, ()>);
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Turn {
+    /// Waits until the test before has torn its lab down. A test that
+    /// failed during its turn leaves the lock poisoned, and nothing else:
+    /// its lab was dropped (and its namespaces deleted) by then.
+    pub fn wait(test: &str) -> Turn {
+        let asked = Instant::now();
+        let guard = TURN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if asked.elapsed() > Duration::from_secs(1) {
+            eprintln!("{test}: waited {} for its turn", secs(asked.elapsed()));
+        }
+        Turn(guard)
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The lab: namespaces, bridge, taps, veth, server
 // ---------------------------------------------------------------------------
 
@@ -339,10 +370,13 @@ pub struct Lab {
     /// ironboot in proxy DHCP mode on br0 (another server owns addresses),
     /// instead of full mode with the lab's pool and reservation.
     pub proxy: bool,
+    /// Released after `Drop for Lab` has stopped everything and deleted the
+    /// namespaces (fields drop after it), so the next test starts clean.
+    turn: Turn,
 }
 
 impl Lab {
-    pub fn new(tools: Tools, tag: &str, taps: usize) -> Lab {
+    pub fn new(tools: Tools, tag: &str, taps: usize, turn: Turn) -> Lab {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("ironboot-e2e-{tag}-"))
             .tempdir()
@@ -364,6 +398,7 @@ impl Lab {
             db: None,
             extra_config: String::new(),
             proxy: false,
+            turn,
         };
         lab.network(taps);
         lab

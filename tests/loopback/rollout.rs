@@ -3,15 +3,15 @@
 //! served and its per-boot token, and then confirms (phone home) or stays
 //! silent, as a healthy or a broken image would.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::Api;
-use common::TestServer;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::common;
+use crate::common::api::Api;
+use crate::common::TestServer;
 
 const M1: &str = "52:54:00:00:07:01";
 const M2: &str = "52:54:00:00:07:02";

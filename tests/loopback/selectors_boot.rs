@@ -2,14 +2,14 @@
 //! in a group whose `loader = grub` changes its DHCP bootfile and whose
 //! generation its script boots; removing the label takes both back.
 
-mod common;
-
 use std::net::Ipv4Addr;
 
-use common::dhcp_client::{bootfile, message, Client, Relay};
-use common::TestServer;
 use dhcproto::v4::MessageType;
 use serde_json::{json, Value};
+
+use crate::common;
+use crate::common::dhcp_client::{bootfile, message, Client, Relay};
+use crate::common::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);

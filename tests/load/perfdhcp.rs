@@ -2,18 +2,17 @@
 //! ironboot on loopback, as a relay (giaddr 127.0.0.1): a bounded run must
 //! complete with no lost exchange, and every client's lease is persisted.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{require_or_skip, TestServer};
+use crate::common::{require_or_skip, TestServer};
 
 const CLIENTS: u32 = 500;
 const EXCHANGES: u32 = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn perfdhcp_completes_a_bounded_run_without_drops() {
+    let _alone = crate::alone().await;
     if !require_or_skip(&["perfdhcp"]) {
         return;
     }

@@ -14,27 +14,25 @@
 //!
 //! No generation is imported here, so every iPXE ends with a "nothing to
 //! boot" script: the serial-log line of iPXE fetching `/boot.ipxe` is the
-//! proof the DHCP/TFTP chain worked (`tests/e2e_boot.rs` boots for real).
+//! proof the DHCP/TFTP chain worked (`boot` boots for real).
 //!
-//! The namespaces, bridge, taps, processes and VMs come from `tests/lab`
-//! (shared with `tests/e2e_boot.rs`): nothing touches the root namespace,
+//! The namespaces, bridge, taps, processes and VMs come from `tests/e2e/lab`
+//! (shared with the other VM tests): nothing touches the root namespace,
 //! every process is stopped by PID, the namespaces are deleted by a drop
 //! guard, panic or not.
 //!
 //! Needs root, iproute2, qemu-system-x86_64, OVMF, Debian's `ipxe`,
 //! busybox, atftp and tftp-hpa. Missing any, the test prints why and passes
 //! as skipped, unless `IRONBOOT_E2E=require`, where it fails. Run with
-//! `IRONBOOT_E2E=require cargo test --test e2e -- --nocapture`.
+//! `IRONBOOT_E2E=require cargo test --test e2e full:: -- --nocapture`.
 //! Under TCG on two cores the whole run takes about a minute.
-
-mod lab;
 
 use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lab::*;
+use crate::lab::*;
 
 /// iPXE without a router advertisement waits 10–13 s for one inside
 /// `Configuring (net0 …)`; with ironboot's RA the whole DHCP + IPv6 step
@@ -47,12 +45,13 @@ const MAX_CONFIGURING: Duration = Duration::from_secs(7);
 
 #[test]
 fn full_dhcp_mode_boots_real_clients() {
+    let turn = Turn::wait("full_dhcp_mode_boots_real_clients");
     let Some(tools) = tools_or_skip("full_dhcp_mode_boots_real_clients") else {
         return;
     };
     let total = Instant::now();
     let mut timings: Vec<(&str, Duration)> = Vec::new();
-    let mut lab = Lab::new(tools, "full", 5);
+    let mut lab = Lab::new(tools, "full", 5, turn);
     let ipxe = ipxe_dir();
     let t = lab.start_server(&ipxe);
     eprintln!(
@@ -437,10 +436,11 @@ fn full_dhcp_mode_boots_real_clients() {
 /// files are now served by name; this keeps it that way.
 #[test]
 fn tftp_serves_debian_ipxe_dir_as_installed() {
+    let turn = Turn::wait("tftp_serves_debian_ipxe_dir_as_installed");
     let Some(tools) = tools_or_skip("tftp_serves_debian_ipxe_dir_as_installed") else {
         return;
     };
-    let mut lab = Lab::new(tools, "symlink", 0);
+    let mut lab = Lab::new(tools, "symlink", 0, turn);
     lab.start_server(Path::new(IPXE_DIR));
     lab.ip(&["-n", &lab.cns, "addr", "add", "10.77.0.9/24", "dev", "vcl"]);
     let got = lab.dir.join("ipxe.efi");

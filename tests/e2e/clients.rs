@@ -27,14 +27,12 @@
 //!
 //! (b), (c) and (d) run while (a)'s VM boots. The arm64 live OS is
 //! `tests/liveos/build.sh --arch arm64` (cached in `tests/.cache`).
-//! Run with `IRONBOOT_E2E=require cargo test --test e2e_clients -- --nocapture`.
-
-mod lab;
+//! Run with `IRONBOOT_E2E=require cargo test --test e2e clients:: -- --nocapture`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab::*;
+use crate::lab::*;
 
 const TEST: &str = "arm64_grub_onie_and_ztp_clients_boot_from_one_server";
 const ARM_MAC: &str = "52:54:00:00:a6:41";
@@ -202,6 +200,7 @@ fn onie_headers() -> Vec<String> {
 
 #[test]
 fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
+    let turn = Turn::wait(TEST);
     let Some(tools) = tools_or_skip(TEST) else {
         return;
     };
@@ -211,7 +210,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     };
     let qemu_arm = which(QEMU_ARM).unwrap();
     let t0 = Instant::now();
-    let mut lab = Lab::new(tools, "cl", 1);
+    let mut lab = Lab::new(tools, "cl", 1, turn);
     lab.extra_config = format!("[dhcp.bootfile]\ngrub_dir = \"{}\"\n", arm_os.display());
     lab.start_server(Path::new(IPXE_DIR));
 

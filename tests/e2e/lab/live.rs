@@ -1,5 +1,5 @@
 //! The live OS side of the end-to-end lab, shared by the tests that boot it
-//! (`tests/e2e_boot.rs`, `tests/e2e_rollout.rs`): building it, importing it
+//! (`boot`, `proxy`, `rollout`): building it, importing it
 //! as a generation, the operator's CLI and REST API inside the server
 //! namespace, and what a boot to phone-home looks like on a VM's serial
 //! console.

@@ -3,10 +3,10 @@
 //! group with a selector, label a machine, see `explain` say why it lands
 //! in the group, preview its config; refusals exit 1 with the reason.
 
-mod common;
-
-use common::TestServer;
 use serde_json::{json, Value};
+
+use crate::common;
+use crate::common::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 const MAC: &str = "52:54:00:00:00:07";

@@ -2,15 +2,15 @@
 //! name the key wherever the value came from (file, environment, flag), and
 //! `ironboot serve` on embedded defaults, stopped by SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 
-const ISSUE_EXAMPLE: &str = include_str!("fixtures/ironboot.example.toml");
+const ISSUE_EXAMPLE: &str = include_str!("../fixtures/ironboot.example.toml");
 
 /// Runs `ironboot check-config` with a config file, env and flags.
 fn check(config: Option<&str>, env: &[(&str, &str)], flags: &[&str]) -> (bool, String) {

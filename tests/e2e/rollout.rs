@@ -18,12 +18,10 @@
 //!   log. The other two never leave B.
 //!
 //! The lab (namespaces, bridge, taps, processes stopped by PID) is
-//! `tests/lab`; the live OS is `tests/liveos/build.sh` (cached in
+//! `tests/e2e/lab`; the live OS is `tests/liveos/build.sh` (cached in
 //! `tests/.cache`). Missing requirements skip the test with the reason,
 //! unless `IRONBOOT_E2E=require`. Run with
-//! `IRONBOOT_E2E=require cargo test --test e2e_rollout -- --nocapture`.
-
-mod lab;
+//! `IRONBOOT_E2E=require cargo test --test e2e rollout:: -- --nocapture`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -33,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use lab::*;
+use crate::lab::*;
 
 const TEST: &str = "rollouts_move_a_vm_fleet_and_roll_a_broken_generation_back";
 const STREAM: &str = "live";
@@ -239,6 +237,7 @@ fn pointer(api: &Api) -> Value {
 
 #[test]
 fn rollouts_move_a_vm_fleet_and_roll_a_broken_generation_back() {
+    let turn = Turn::wait(TEST);
     let Some(tools) = tools_or_skip(TEST) else {
         return;
     };
@@ -253,7 +252,7 @@ fn rollouts_move_a_vm_fleet_and_roll_a_broken_generation_back() {
     };
 
     // Server with a reboot hook; A, B and the broken C ------------------------
-    let mut lab = Lab::new(tools, "roll", 3);
+    let mut lab = Lab::new(tools, "roll", 3, turn);
     let requests = lab.dir.join("reboot-requests");
     lab.extra_config = format!(
         "[rollout]\nreboot_command = 'echo \"$IRONBOOT_MAC $IRONBOOT_GENERATION $IRONBOOT_REASON\" >> {}'\n",

@@ -11,14 +11,12 @@
 //! about the machine changes), replays the machine's own boot token for its
 //! config and confirmation (refused), and the machine's record is unchanged.
 //!
-//! Run with `IRONBOOT_E2E=require cargo test --test e2e_proxy -- --nocapture`
+//! Run with `IRONBOOT_E2E=require cargo test --test e2e proxy:: -- --nocapture`
 //! (root, qemu-system-x86, ipxe-qemu, busybox-static, dnsmasq-base, curl).
-
-mod lab;
 
 use std::time::{Duration, Instant};
 
-use lab::*;
+use crate::lab::*;
 
 const TEST: &str = "proxy_mode_vm_boots_and_a_neighbour_cannot_act_for_it";
 const STREAM: &str = "live";
@@ -105,6 +103,7 @@ fn attacker(lab: &Lab, curl: &std::path::Path, args: &[&str]) -> (u16, String) {
 
 #[test]
 fn proxy_mode_vm_boots_and_a_neighbour_cannot_act_for_it() {
+    let turn = Turn::wait(TEST);
     let Some(tools) = tools_or_skip(TEST) else {
         return;
     };
@@ -120,7 +119,7 @@ fn proxy_mode_vm_boots_and_a_neighbour_cannot_act_for_it() {
         Err(reason) => return skip(TEST, &reason),
     };
     let started = Instant::now();
-    let mut lab = Lab::new(tools, "proxy", 1);
+    let mut lab = Lab::new(tools, "proxy", 1, turn);
     lab.proxy = true;
     let (_site, mut site_server, leases) = site_dhcp(&mut lab, &dnsmasq);
     lab.start_server(&ipxe_dir());

@@ -2,15 +2,14 @@
 //! import through the API (and the CLI), point the group, fetch the script,
 //! the config and the artifacts, confirm, and read the result back.
 
-mod common;
-
 use std::time::Duration;
 
-use common::api::Api;
-use common::TestServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+use crate::common::api::Api;
+use crate::common::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 const MAC: &str = "52:54:00:00:00:01";

@@ -5,10 +5,10 @@
 //! and changes nothing; a changed generation starts a rollout that
 //! `ironboot rollout list` shows, and moving away from it is a conflict.
 
-mod common;
-
-use common::TestServer;
 use serde_json::Value;
+
+use crate::common;
+use crate::common::TestServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ironboot");
 const A: &str = "52:54:00:00:0a:01";

@@ -2,9 +2,6 @@
 //! installed, by atftp and tftp-hpa. All traffic goes to 127.0.0.1; every
 //! wait is bounded.
 
-#[path = "common/tftp_client.rs"]
-mod tftp_client;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -19,11 +16,12 @@ use ironboot::metrics::Metrics;
 use ironboot::tftp::codec::{ErrorCode, Mode, Packet};
 use ironboot::tftp::{self, GeneratedFiles, TftpConfig, TftpState};
 use tempfile::TempDir;
-use tftp_client::{expect_error, get, recv, rrq, GetOpts};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::common::tftp_client::{self, expect_error, get, recv, rrq, GetOpts};
 
 const MAC: &str = "52:54:00:12:34:56";
 

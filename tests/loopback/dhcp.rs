@@ -2,16 +2,16 @@
 //! relay-style client (giaddr = the client's 127.x address), so replies are
 //! unicast back and nothing leaves the loopback interface.
 
-mod common;
-
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::dhcp_client::{
+use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+
+use crate::common;
+use crate::common::dhcp_client::{
     bootfile, encode, encode_with_raw, mac, message, msg_type, opt_bytes, with, Client, Relay,
 };
-use common::TestServer;
-use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
+use crate::common::TestServer;
 
 const RELAY1: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
 const RELAY2: Ipv4Addr = Ipv4Addr::new(127, 2, 0, 1);

@@ -26,18 +26,16 @@
 //! The live OS is `tests/liveos/build.sh` (root and apt: it runs
 //! `apt-get download` once, then its result is cached in `tests/.cache`).
 //! The lab (namespaces, bridge, taps, processes stopped by PID) is
-//! `tests/lab`, shared with `tests/e2e.rs`. Missing requirements skip the
-//! test with the reason, unless `IRONBOOT_E2E=require`, where they (and a
-//! failed live OS build) fail it. Run with
-//! `IRONBOOT_E2E=require cargo test --test e2e_boot -- --nocapture`.
-
-mod lab;
+//! `tests/e2e/lab`, shared with the other VM tests. Missing requirements
+//! skip the test with the reason, unless `IRONBOOT_E2E=require`, where they
+//! (and a failed live OS build) fail it. Run with
+//! `IRONBOOT_E2E=require cargo test --test e2e boot:: -- --nocapture`.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use lab::*;
+use crate::lab::*;
 
 const TEST: &str = "live_boot_real_vms_to_phone_home_and_roll_forward";
 const STREAM: &str = "live";
@@ -121,6 +119,7 @@ fn report(case: &str, b: &Booted) -> String {
 
 #[test]
 fn live_boot_real_vms_to_phone_home_and_roll_forward() {
+    let turn = Turn::wait(TEST);
     let Some(tools) = tools_or_skip(TEST) else {
         return;
     };
@@ -139,7 +138,7 @@ fn live_boot_real_vms_to_phone_home_and_roll_forward() {
 
     // Server, generation 1, the default group pointed at it -----------------
     let started = Instant::now();
-    let mut lab = Lab::new(tools, "boot", 4);
+    let mut lab = Lab::new(tools, "boot", 4, turn);
     lab.start_server(&ipxe_dir());
     let api = Api::new(&lab, curl);
     let (gen1, digest1) = import(&lab, &os, STREAM, GEN1_CMDLINE, &[]);
