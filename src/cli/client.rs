@@ -4,7 +4,11 @@
 use std::path::Path;
 
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+
+use crate::http::api::views::ArtifactInfo;
+use crate::http::api::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -101,9 +105,9 @@ impl Client {
         if status.is_success() {
             return Ok(resp);
         }
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        let field = body["error"]["field"].as_str().map(str::to_string);
-        Err((refusal(status, &body), field))
+        let error = error_body(resp).await;
+        let field = error.as_ref().ok().and_then(|e| e.field.clone());
+        Err((refusal(status, error), field))
     }
 
     /// A JSON POST whose refusal keeps the server's `field`, for callers
@@ -118,16 +122,64 @@ impl Client {
             .map_err(|e| (e, None))?
             .json(body);
         let resp = self.send_fielded(rb).await?;
-        Ok(resp.json().await.unwrap_or(Value::Null))
+        self.body(resp).await.map_err(|e| (e, None))
+    }
+
+    /// An answer's body as JSON. A body that is not JSON (a proxy's or
+    /// another server's HTML page) is an error that says what came instead;
+    /// only a connection lost while reading it counts as unreachable.
+    async fn body(&self, resp: reqwest::Response) -> Result<Value, CliError> {
+        let path = resp.url().path().to_string();
+        let kind = content_type(&resp);
+        let bytes = resp.bytes().await.map_err(|source| CliError::Connect {
+            server: self.base.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|_| {
+            CliError::Response(format!("{path}: not JSON ({kind}): {}", glimpse(&bytes)))
+        })
     }
 }
 
-/// The error for a refused request, from its status and JSON error body.
-fn refusal(status: StatusCode, body: &Value) -> CliError {
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or("no details")
-        .to_string();
+fn content_type(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("no Content-Type")
+        .to_string()
+}
+
+/// The start of a body, on one line, for an error message.
+fn glimpse(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.join(" ") {
+        w if w.is_empty() => "an empty body".into(),
+        w if bytes.len() > 120 => format!("{w:?}…"),
+        w => format!("{w:?}"),
+    }
+}
+
+/// A refusal's body as the API's own [`ErrorDetail`], or what came instead
+/// (a proxy's error page) in words.
+async fn error_body(resp: reqwest::Response) -> Result<ErrorDetail, String> {
+    let kind = content_type(&resp);
+    let bytes = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) => Ok(body.error),
+        Err(_) => Err(format!(
+            "no API error in the answer ({kind}): {}",
+            glimpse(&bytes)
+        )),
+    }
+}
+
+/// The error for a refused request, from its status and error body.
+fn refusal(status: StatusCode, error: Result<ErrorDetail, String>) -> CliError {
+    let message = match error {
+        Ok(e) => e.message,
+        Err(instead) => instead,
+    };
     match status {
         StatusCode::UNAUTHORIZED => CliError::Auth(format!(
             "{status}: {message} (check --token, IRONBOOT_TOKEN or DATA_DIR/admin.token)"
@@ -146,22 +198,50 @@ fn refusal(status: StatusCode, body: &Value) -> CliError {
 /// `v` as the API's own type `T` (the one the server serialized): a field
 /// missing or of another type is an error that names it, never a table of
 /// dashes.
-pub fn typed<T: serde::de::DeserializeOwned>(what: &str, v: Value) -> Result<T, CliError> {
+pub fn typed<T: DeserializeOwned>(what: &str, v: Value) -> Result<T, CliError> {
     serde_json::from_value(v).map_err(|e| CliError::Response(format!("{what}: {e}")))
 }
 
+/// The same requests, their answers read as the API's type `T`.
 impl Client {
-    /// A GET whose answer is read as `T`.
-    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+    pub async fn get_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         typed(path, self.get(path).await?)
     }
 
+    pub async fn post_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, CliError> {
+        typed(path, self.post(path, body).await?)
+    }
+
+    pub async fn put_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, CliError> {
+        typed(path, self.put(path, body).await?)
+    }
+
+    pub async fn patch_as<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Result<T, CliError> {
+        typed(path, self.patch(path, body, if_match).await?)
+    }
+
+    pub async fn delete_as<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        typed(path, self.delete(path).await?)
+    }
+}
+
+impl Client {
     async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, CliError> {
         let resp = self.send(rb).await?;
-        resp.json().await.map_err(|source| CliError::Connect {
-            server: self.base.clone(),
-            source,
-        })
+        self.body(resp).await
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
@@ -217,11 +297,7 @@ impl Client {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let value = resp.json().await.map_err(|source| CliError::Connect {
-            server: self.base.clone(),
-            source,
-        })?;
-        Ok((value, tag))
+        Ok((self.body(resp).await?, tag))
     }
 
     /// Whether the server already has the artifact (then it is not sent).
@@ -245,7 +321,7 @@ impl Client {
     }
 
     /// Streams a file to the server (never read whole into memory).
-    pub async fn upload_artifact(&self, hex: &str, path: &Path) -> Result<Value, CliError> {
+    pub async fn upload_artifact(&self, hex: &str, path: &Path) -> Result<ArtifactInfo, CliError> {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
@@ -256,7 +332,10 @@ impl Client {
             .request(Method::PUT, &format!("/api/v1/artifacts/sha256/{hex}"))?
             .header(reqwest::header::CONTENT_LENGTH, len)
             .body(body);
-        self.json(rb).await
+        typed(
+            &format!("/api/v1/artifacts/sha256/{hex}"),
+            self.json(rb).await?,
+        )
     }
 }
 
