@@ -1,6 +1,7 @@
 //! The `ironboot` binary as an operator meets it: configuration errors that
-//! name the key wherever the value came from (file, environment, flag), and
-//! `ironboot serve` on embedded defaults, stopped by SIGTERM.
+//! name the key wherever the value came from (file, environment, flag),
+//! `ironboot serve` on embedded defaults, stopped by SIGTERM, and client
+//! commands facing an answer that is not the API's.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -273,4 +274,120 @@ fn a_port_in_use_fails_fast_naming_the_address() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains(&addr) && err.contains("HTTP"), "{err}");
+}
+
+/// A stand-in for what may answer on the server's address instead of this
+/// version's API: each request path gets its canned status, content type
+/// and body; every connection is closed after one answer.
+fn impostor(answers: Vec<(&'static str, u16, &'static str, &'static str)>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (status, kind, text) = answers
+                .iter()
+                .find(|(p, ..)| *p == path)
+                .map(|(_, s, k, t)| (*s, *k, *t))
+                .unwrap_or((404, "text/plain", "no such page"));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A server of another version, a proxy's error page or a captive portal
+/// answers in place of the API: every client command stops with exit 1 and
+/// says what it got (the field missing, the page that is not JSON) instead
+/// of printing a table of dashes, panicking or claiming it cannot connect.
+#[test]
+fn an_answer_that_is_not_the_apis_is_refused_saying_what_came() {
+    const PORTAL: &str = "<!DOCTYPE html>\n<html><head><title>Sign in to the guest network</title></head><body>Please sign in.</body></html>";
+    const BAD_GATEWAY: &str =
+        "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center><hr><center>nginx</center></body></html>";
+    let server = impostor(vec![
+        // Another version: no `kind`, no `group`, …
+        (
+            "/api/v1/machines/52:54:00:00:00:01",
+            200,
+            "application/json",
+            r#"{"mac": "52:54:00:00:00:01", "recent_boots": []}"#,
+        ),
+        (
+            "/api/v1/explain",
+            200,
+            "application/json",
+            r#"{"mac": "52:54:00:00:00:01", "dhcp": null, "script": null}"#,
+        ),
+        ("/api/v1/templates", 200, "text/html; charset=utf-8", PORTAL),
+        ("/api/v1/rollouts", 502, "text/html", BAD_GATEWAY),
+        ("/api/v1/tokens", 200, "application/json", ""),
+    ]);
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--server", &server, "--token", "t"])
+            .env_remove("IRONBOOT_TOKEN")
+            .env_remove("IRONBOOT_SERVER")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert_eq!(stdout, "", "{args:?} printed something: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("cannot reach"), "{args:?}: {stderr}");
+        stderr
+    };
+    for args in [
+        &["machines", "show", "52:54:00:00:00:01"][..],
+        &["machines", "show", "52:54:00:00:00:01", "-o", "json"],
+    ] {
+        let err = run(args);
+        assert!(
+            err.contains("unexpected answer from the server: /api/v1/machines/52:54:00:00:00:01: missing field `kind`"),
+            "{err}"
+        );
+    }
+    let err = run(&["explain", "52:54:00:00:00:01"]);
+    assert!(
+        err.contains("/api/v1/explain: missing field `client`"),
+        "{err}"
+    );
+    let err = run(&["templates", "list"]);
+    assert!(
+        err.contains("/api/v1/templates: not JSON (text/html; charset=utf-8): \"<!DOCTYPE html> <html><head><title>Sign in"),
+        "{err}"
+    );
+    let err = run(&["rollout", "list"]);
+    assert!(
+        err.contains("server refused (502 Bad Gateway): no API error in the answer (text/html): \"<html> <head><title>502 Bad Gateway"),
+        "{err}"
+    );
+    let err = run(&["tokens", "list"]);
+    assert!(
+        err.contains("/api/v1/tokens: not JSON (application/json): an empty body"),
+        "{err}"
+    );
 }
