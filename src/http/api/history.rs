@@ -222,7 +222,7 @@ async fn machine_boots(
 }
 
 /// One ledger event.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EventView {
     /// Row id (absent in the live stream: not yet written).
     pub id: Option<i64>,
@@ -237,7 +237,7 @@ pub struct EventView {
     pub boot_id: Option<i64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EventList {
     pub events: Vec<EventView>,
     /// Pass as `cursor` for the next (older) page; absent on the last.

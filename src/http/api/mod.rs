@@ -51,14 +51,14 @@ mod tokens;
 /// reads back (the same types, so the two cannot drift apart).
 pub mod views {
     pub use super::apply::{ApplyResult, ChangeView, FieldView};
-    pub use super::groups::{GroupList, GroupView, MemberList, MemberView};
-    pub use super::history::{BootList, BootView, StepView};
+    pub use super::groups::{Deleted, GroupList, GroupView, MemberList, MemberView};
+    pub use super::history::{BootList, BootView, EventList, EventView, StepView};
     pub use super::images::{
         ArtifactInfo, GcResult, GenerationList, GenerationView, StreamList, StreamView,
     };
     pub use super::leases::{LeaseList, LeaseView};
-    pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView};
-    pub use super::rollouts::{RolloutList, RolloutView, WatchdogView, WaveView};
+    pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView, PinView};
+    pub use super::rollouts::{HealthView, RolloutList, RolloutView, WatchdogView, WaveView};
     pub use super::templates::{Rendered, TemplateList, TemplateView};
     pub use super::tokens::{CreatedToken, TokenList, TokenView};
     pub use super::GenerationRef;
