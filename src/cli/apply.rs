@@ -14,7 +14,7 @@
 use std::io::Read as _;
 
 use super::client::typed;
-use super::{CliError, Connection, Output};
+use super::{print_json, CliError, Connection, Output};
 use crate::desired::yaml;
 use crate::http::api::views::ApplyResult;
 
@@ -88,7 +88,7 @@ fn with_field(e: CliError, field: &str) -> CliError {
 
 fn show(output: Output, file: &str, answer: &ApplyResult) {
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(answer).expect("JSON"));
+        print_json(answer);
         return;
     }
     let changes = &answer.changes;

@@ -3,8 +3,7 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::client::typed;
-use super::{import, print, CliError, Connection, ImportArgs};
+use super::{import, print, value_of, CliError, Connection, ImportArgs};
 use crate::http::api::views::{GcResult, GenerationList, StreamList};
 
 #[derive(Debug, Subcommand)]
@@ -47,7 +46,7 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
             let rows: Vec<Value> = rows
                 .iter()
                 .map(|g| {
-                    let mut row = serde_json::to_value(g).expect("API views serialize");
+                    let mut row = value_of(g);
                     row["in_use"] = json!(g.in_use_by.len());
                     row["digest"] = json!(g.digest.get(..12).unwrap_or(&g.digest));
                     row
@@ -66,15 +65,11 @@ pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError
         }
         ImageCommand::Gc { retain, dry_run } => {
             let body = json!({ "retain": retain, "dry_run": dry_run });
-            let report: GcResult = typed("/api/v1/gc", client.post("/api/v1/gc", &body).await?)?;
-            let deleted: Vec<Value> = report
-                .deleted
-                .iter()
-                .map(|g| serde_json::to_value(g).expect("API views serialize"))
-                .collect();
+            let report: GcResult = client.post_as("/api/v1/gc", &body).await?;
+            let deleted: Vec<Value> = report.deleted.iter().map(value_of).collect();
             print(
                 conn.output,
-                &serde_json::to_value(&report).expect("API views serialize"),
+                &value_of(&report),
                 &deleted,
                 &[("DELETED STREAM", "stream"), ("GEN", "generation")],
             );

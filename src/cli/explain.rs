@@ -4,8 +4,7 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::client::typed;
-use super::{print, CliError, Connection, Output};
+use super::{print, print_json, value_of, CliError, Connection, Output};
 use crate::http::api::views::{Explanation, Rendered, ScriptView, TemplateList};
 
 /// What the client would send (all optional).
@@ -87,10 +86,9 @@ fn body(args: &ExplainArgs) -> Result<Value, CliError> {
 
 pub async fn explain(conn: &Connection, args: &ExplainArgs) -> Result<(), CliError> {
     let client = conn.client()?;
-    let path = "/api/v1/explain";
-    let e: Explanation = typed(path, client.post(path, &body(args)?).await?)?;
+    let e: Explanation = client.post_as("/api/v1/explain", &body(args)?).await?;
     if conn.output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(&e).expect("JSON"));
+        print_json(&e);
         return Ok(());
     }
     println!("explain {}:", args.mac);
@@ -99,11 +97,7 @@ pub async fn explain(conn: &Connection, args: &ExplainArgs) -> Result<(), CliErr
     }
     if let Some(dhcp) = e.dhcp.as_ref().filter(|d| !d.options.is_empty()) {
         println!();
-        let options: Vec<Value> = dhcp
-            .options
-            .iter()
-            .map(|o| serde_json::to_value(o).expect("API views serialize"))
-            .collect();
+        let options: Vec<Value> = dhcp.options.iter().map(value_of).collect();
         print(
             Output::Table,
             &Value::Null,
@@ -127,14 +121,10 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
     match cmd {
         TemplatesCommand::List => {
             let all: TemplateList = client.get_as("/api/v1/templates").await?;
-            let rows: Vec<Value> = all
-                .templates
-                .iter()
-                .map(|t| serde_json::to_value(t).expect("API views serialize"))
-                .collect();
+            let rows: Vec<Value> = all.templates.iter().map(value_of).collect();
             print(
                 conn.output,
-                &serde_json::to_value(&all).expect("API views serialize"),
+                &value_of(&all),
                 &rows,
                 &[("TEMPLATE", "name"), ("ROLE", "role")],
             );
@@ -147,7 +137,7 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
                 .get_as(&format!("/api/v1/machines/{mac}/render?template={t}"))
                 .await?;
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&r).expect("JSON")),
+                Output::Json => print_json(&r),
                 Output::Table => {
                     println!("{}", r.text.strip_suffix('\n').unwrap_or(&r.text));
                 }
@@ -157,12 +147,10 @@ pub async fn templates(conn: &Connection, cmd: &TemplatesCommand) -> Result<(), 
             mac,
             template: None,
         } => {
-            let path = "/api/v1/explain";
-            let e: Explanation = typed(path, client.post(path, &json!({ "mac": mac })).await?)?;
+            let body = json!({ "mac": mac });
+            let e: Explanation = client.post_as("/api/v1/explain", &body).await?;
             match (conn.output, &e.script) {
-                (Output::Json, script) => {
-                    println!("{}", serde_json::to_string_pretty(script).expect("JSON"))
-                }
+                (Output::Json, script) => print_json(script),
                 (
                     Output::Table,
                     Some(ScriptView {

@@ -6,8 +6,8 @@ use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::client::typed;
-use super::{print, CliError, Connection, Output};
-use crate::http::api::views::{GroupList, GroupView, MemberList};
+use super::{print, print_json, value_of, CliError, Connection, Output};
+use crate::http::api::views::{Deleted, GroupList, GroupView, MemberList};
 
 #[derive(Debug, Subcommand)]
 pub enum GroupsCommand {
@@ -101,11 +101,6 @@ fn show_one(output: Output, g: &GroupView) {
     print(output, &row, std::slice::from_ref(&row), GROUP_COLUMNS);
 }
 
-/// An API view as the JSON it came as.
-fn value_of<T: serde::Serialize>(view: &T) -> Value {
-    serde_json::to_value(view).expect("API views serialize")
-}
-
 pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
@@ -129,7 +124,7 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             if conn.output == Output::Json {
                 let mut whole = value_of(&g);
                 whole["members"] = Value::Array(rows);
-                println!("{}", serde_json::to_string_pretty(&whole).expect("JSON"));
+                print_json(&whole);
                 return Ok(());
             }
             show_one(conn.output, &g);
@@ -159,10 +154,7 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             if let Some(g) = gen {
                 body["generation"] = generation(g)?;
             }
-            let g: GroupView = typed(
-                "/api/v1/groups",
-                client.post("/api/v1/groups", &body).await?,
-            )?;
+            let g: GroupView = client.post_as("/api/v1/groups", &body).await?;
             show_one(conn.output, &g);
         }
         GroupsCommand::Set {
@@ -209,9 +201,9 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             show_one(conn.output, &typed(&path, g)?);
         }
         GroupsCommand::Delete { group } => {
-            let r = client.delete(&format!("/api/v1/groups/{group}")).await?;
+            let r: Deleted = client.delete_as(&format!("/api/v1/groups/{group}")).await?;
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&r).expect("JSON")),
+                Output::Json => print_json(&r),
                 Output::Table => println!("group {group} deleted"),
             }
         }
@@ -227,14 +219,14 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
             stream,
             generation,
         } => {
-            let g = client
-                .put(
+            let g: GroupView = client
+                .put_as(
                     &format!("/api/v1/groups/{group}/generation"),
                     &json!({ "stream": stream, "generation": generation }),
                 )
                 .await?;
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&g).expect("JSON")),
+                Output::Json => print_json(&g),
                 Output::Table => println!("group {group} -> {stream} gen {generation}"),
             }
         }

@@ -4,11 +4,10 @@
 use clap::Subcommand;
 use serde_json::{json, Map, Value};
 
-use super::client::typed;
-use super::{print, CliError, Client, Connection, Output};
+use super::{print, print_json, value_of, CliError, Client, Connection, Output};
 use crate::http::api::views::{
-    BootList, BootView, CreatedToken, GenerationRef, LeaseList, MachineDeleted, MachineDetail,
-    MachineList, MachineView, TokenList, TokenView,
+    BootList, BootView, CreatedToken, GenerationRef, LeaseList, LeaseView, MachineDeleted,
+    MachineDetail, MachineList, MachineView, PinView, TokenList, TokenView,
 };
 
 #[derive(Debug, Subcommand)]
@@ -191,11 +190,6 @@ fn when(ms: Option<i64>) -> Value {
     }
 }
 
-/// An API view as the JSON it came as (for `-o json` and the generic table).
-fn value_of<T: serde::Serialize>(view: &T) -> Value {
-    serde_json::to_value(view).expect("API views serialize")
-}
-
 pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), CliError> {
     let client = conn.client()?;
     match cmd {
@@ -229,8 +223,8 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
                     )));
                 }
             }
-            let m = client
-                .patch(
+            let m: MachineView = client
+                .patch_as(
                     &format!("/api/v1/machines/{mac}"),
                     &json!({ "labels": patch }),
                     if_match.as_deref(),
@@ -264,8 +258,8 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
                     "nothing to set: give --hostname, --group, --unassign or --kind".into(),
                 ));
             }
-            let m = client
-                .patch(
+            let m: MachineView = client
+                .patch_as(
                     &format!("/api/v1/machines/{mac}"),
                     &Value::Object(patch),
                     if_match.as_deref(),
@@ -284,38 +278,28 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
             stream,
             generation,
         } => {
-            let r = client
-                .put(
+            let r: PinView = client
+                .put_as(
                     &format!("/api/v1/machines/{mac}/pin"),
                     &json!({ "stream": stream, "generation": generation }),
                 )
                 .await?;
-            print(
-                conn.output,
-                &r,
-                std::slice::from_ref(&r),
-                &[("MAC", "mac"), ("PIN", "pin")],
-            );
+            print_pin(conn.output, &r);
         }
         MachinesCommand::Unpin { mac } => {
-            let r = client
-                .delete(&format!("/api/v1/machines/{mac}/pin"))
+            let r: PinView = client
+                .delete_as(&format!("/api/v1/machines/{mac}/pin"))
                 .await?;
-            print(
-                conn.output,
-                &r,
-                std::slice::from_ref(&r),
-                &[("MAC", "mac"), ("PIN", "pin")],
-            );
+            print_pin(conn.output, &r);
         }
         MachinesCommand::Delete { mac, purge } => {
             let path = with_query(
                 &format!("/api/v1/machines/{mac}"),
                 &[("purge", purge.then(|| "true".to_string()))],
             );
-            let r: MachineDeleted = typed(&path, client.delete(&path).await?)?;
+            let r: MachineDeleted = client.delete_as(&path).await?;
             match conn.output {
-                Output::Json => print(conn.output, &value_of(&r), &[], &[]),
+                Output::Json => print_json(&r),
                 Output::Table if *purge => println!(
                     "deleted {mac} and its history ({} boots, {} events)",
                     r.boots_deleted, r.events_deleted
@@ -359,7 +343,7 @@ async fn list_machines(client: &Client, f: &MachineFilter) -> Result<Vec<Machine
 
 fn show_machine(output: Output, d: &MachineDetail) {
     if output == Output::Json {
-        print(output, &value_of(d), &[], &[]);
+        print_json(d);
         return;
     }
     let m = &d.machine;
@@ -404,11 +388,22 @@ fn show_machine(output: Output, d: &MachineDetail) {
     }
 }
 
-fn print_updated(output: Output, m: &Value) {
+fn print_updated(output: Output, m: &MachineView) {
+    let m = value_of(m);
     match output {
-        Output::Json => print(output, m, &[], &[]),
-        Output::Table => print(output, m, std::slice::from_ref(m), MACHINE_COLUMNS),
+        Output::Json => print(output, &m, &[], &[]),
+        Output::Table => print(output, &m, std::slice::from_ref(&m), MACHINE_COLUMNS),
     }
+}
+
+fn print_pin(output: Output, p: &PinView) {
+    let p = value_of(p);
+    print(
+        output,
+        &p,
+        std::slice::from_ref(&p),
+        &[("MAC", "mac"), ("PIN", "pin")],
+    );
 }
 
 fn print_boots(output: Output, b: &BootList) {
@@ -493,9 +488,9 @@ pub async fn leases(conn: &Connection, cmd: &LeasesCommand) -> Result<(), CliErr
             );
         }
         LeasesCommand::Release { ip } => {
-            let r = client.delete(&format!("/api/v1/leases/{ip}")).await?;
+            let r: LeaseView = client.delete_as(&format!("/api/v1/leases/{ip}")).await?;
             match conn.output {
-                Output::Json => print(conn.output, &r, &[], &[]),
+                Output::Json => print_json(&r),
                 Output::Table => println!("released {ip}"),
             }
         }
@@ -526,12 +521,9 @@ pub async fn tokens(conn: &Connection, cmd: &TokensCommand) -> Result<(), CliErr
         }
         TokensCommand::Create { name, role } => {
             let body = json!({ "name": name, "role": role });
-            let t: CreatedToken = typed(
-                "/api/v1/tokens",
-                client.post("/api/v1/tokens", &body).await?,
-            )?;
+            let t: CreatedToken = client.post_as("/api/v1/tokens", &body).await?;
             match conn.output {
-                Output::Json => print(conn.output, &value_of(&t), &[], &[]),
+                Output::Json => print_json(&t),
                 Output::Table => {
                     println!("token {} ({role}, id {}):", name, t.token.id);
                     println!("{}", t.secret);
@@ -541,7 +533,7 @@ pub async fn tokens(conn: &Connection, cmd: &TokensCommand) -> Result<(), CliErr
         }
         TokensCommand::Revoke { id } => {
             let path = format!("/api/v1/tokens/{id}");
-            let t: TokenView = typed(&path, client.delete(&path).await?)?;
+            let t: TokenView = client.delete_as(&path).await?;
             let t = dated(&t);
             print(conn.output, &t, std::slice::from_ref(&t), columns);
         }

@@ -2,10 +2,17 @@
 //! REST API, like kubectl. Human tables by default, `-o json` for scripts.
 //!
 //! Exit codes: 0 success; 1 the server refused (a 4xx or 5xx not below,
-//! message printed); 2 bad usage or local input (a file that cannot be
-//! read); 3 the server could not be reached; 4 authentication failed (no
-//! token, a bad one, or a read-only one for a change); 5 not found; 6
-//! conflict (in use, exists, or the `If-Match` ETag no longer matches).
+//! message printed) or answered with what this CLI does not read (a server
+//! of another version, a proxy's page: the field missing or what came is
+//! printed); 2 bad usage or local input (a file that cannot be read); 3 the
+//! server could not be reached; 4 authentication failed (no token, a bad
+//! one, or a read-only one for a change); 5 not found; 6 conflict (in use,
+//! exists, or the `If-Match` ETag no longer matches).
+//!
+//! Answers are read into the API's own response types
+//! ([`crate::http::api::views`], the ones the handlers serialize) and
+//! printed from their fields; `-o json` writes the view back out with its
+//! keys sorted ([`print_json`]), as it always has.
 
 pub mod apply;
 mod client;
@@ -17,6 +24,7 @@ pub mod rollout;
 
 use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt;
@@ -128,9 +136,9 @@ async fn create_generation(
     manifest: &Value,
 ) -> Result<(), CliError> {
     let path = format!("/api/v1/streams/{stream}/generations");
-    let created: GenerationView = client::typed(&path, client.post(&path, manifest).await?)?;
+    let created: GenerationView = client.post_as(&path, manifest).await?;
     match conn.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&created).expect("JSON")),
+        Output::Json => print_json(&created),
         Output::Table => println!("generation {} {}", created.generation, created.digest),
     }
     Ok(())
@@ -150,7 +158,7 @@ async fn artifact(client: &Client, spec: &str, remote: bool) -> Result<Value, Cl
             .unwrap_or("artifact");
         let fetch = "/api/v1/artifacts/fetch";
         let body = json!({ "url": url, "sha256": hex });
-        let got: ArtifactInfo = client::typed(fetch, client.post(fetch, &body).await?)?;
+        let got: ArtifactInfo = client.post_as(fetch, &body).await?;
         return Ok(json!({ "name": name, "digest": got.sha256, "size": got.size }));
     }
     let path = Path::new(spec);
@@ -182,14 +190,32 @@ async fn sha256_file(path: &Path) -> Result<(String, u64), CliError> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// Prints an answer of the API as `-o json` always has: pretty, with the
+/// keys of every object sorted (through [`Value`], whose maps sort them),
+/// whatever the order of the view's fields.
+pub fn print_json<T: Serialize + ?Sized>(answer: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value_of(answer)).expect("JSON")
+    );
+}
+
+/// An API view as the JSON it came as (for [`print`]'s tables).
+pub fn value_of<T: Serialize + ?Sized>(view: &T) -> Value {
+    serde_json::to_value(view).expect("API views serialize")
+}
+
 /// Prints JSON, or a table of `columns` from each row of `rows`.
 pub fn print(output: Output, whole: &Value, rows: &[Value], columns: &[(&str, &str)]) {
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(whole).expect("JSON"));
+        print_json(whole);
         return;
     }
     let cell = |row: &Value, path: &str| -> String {
-        let v = path.split('.').fold(row, |v, k| &v[k]);
+        let v = path
+            .split('.')
+            .try_fold(row, |v, k| v.get(k))
+            .unwrap_or(&Value::Null);
         match v {
             Value::Null => "-".into(),
             Value::String(s) => s.clone(),
@@ -197,7 +223,7 @@ pub fn print(output: Output, whole: &Value, rows: &[Value], columns: &[(&str, &s
             // {stream, number} where the server serialises a GenerationId.
             Value::Object(o) if o.contains_key("stream") => format!(
                 "{} gen {}",
-                o["stream"].as_str().unwrap_or("?"),
+                o.get("stream").and_then(Value::as_str).unwrap_or("?"),
                 o.get("generation")
                     .or(o.get("number"))
                     .unwrap_or(&Value::Null)

@@ -12,9 +12,8 @@
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use super::client::typed;
-use super::{print, CliError, Connection, Output};
-use crate::http::api::views::{GenerationRef, RolloutList, RolloutView, WatchdogView};
+use super::{print, print_json, value_of, CliError, Connection, Output};
+use crate::http::api::views::{GenerationRef, HealthView, RolloutList, RolloutView, WatchdogView};
 
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
@@ -85,7 +84,7 @@ const LIST_COLUMNS: &[(&str, &str)] = &[
 
 pub async fn rollout(conn: &Connection, cmd: &RolloutCommand) -> Result<(), CliError> {
     let client = conn.client()?;
-    let shown = match cmd {
+    let shown: RolloutView = match cmd {
         RolloutCommand::Start {
             group,
             stream,
@@ -112,22 +111,22 @@ pub async fn rollout(conn: &Connection, cmd: &RolloutCommand) -> Result<(), CliE
             if let Some(r) = require {
                 body["require"] = json!(r);
             }
-            client.post("/api/v1/rollouts", &body).await?
+            client.post_as("/api/v1/rollouts", &body).await?
         }
-        RolloutCommand::Status { id } => client.get(&format!("/api/v1/rollouts/{id}")).await?,
+        RolloutCommand::Status { id } => client.get_as(&format!("/api/v1/rollouts/{id}")).await?,
         RolloutCommand::Pause { id } => {
             client
-                .post(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
+                .post_as(&format!("/api/v1/rollouts/{id}/pause"), &json!({}))
                 .await?
         }
         RolloutCommand::Resume { id } => {
             client
-                .post(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
+                .post_as(&format!("/api/v1/rollouts/{id}/resume"), &json!({}))
                 .await?
         }
         RolloutCommand::Abort { id, reason } => {
             client
-                .post(
+                .post_as(
                     &format!("/api/v1/rollouts/{id}/abort"),
                     &json!({ "reason": reason }),
                 )
@@ -140,19 +139,14 @@ pub async fn rollout(conn: &Connection, cmd: &RolloutCommand) -> Result<(), CliE
             return Ok(());
         }
     };
-    show_rollout(conn.output, &typed("rollout", shown)?);
+    show_rollout(conn.output, &shown);
     Ok(())
-}
-
-/// An API view as the JSON it came as.
-fn value_of<T: serde::Serialize>(view: &T) -> Value {
-    serde_json::to_value(view).expect("API views serialize")
 }
 
 /// A rollout for people: a summary line, then each wave and its machines.
 fn show_rollout(output: Output, r: &RolloutView) {
     if output == Output::Json {
-        println!("{}", serde_json::to_string_pretty(r).expect("JSON"));
+        print_json(r);
         return;
     }
     let generation = |g: &GenerationRef| format!("{} gen {}", g.stream, g.generation);
@@ -205,11 +199,11 @@ pub async fn watchdog(conn: &Connection, cmd: &WatchdogCommand) -> Result<(), Cl
             );
         }
         WatchdogCommand::Clear { mac } => {
-            let h = client
-                .delete(&format!("/api/v1/machines/{mac}/degraded"))
+            let h: HealthView = client
+                .delete_as(&format!("/api/v1/machines/{mac}/degraded"))
                 .await?;
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&h).expect("JSON")),
+                Output::Json => print_json(&h),
                 Output::Table => {
                     println!("{mac}: degraded mark cleared; its next boot tries its target again")
                 }
