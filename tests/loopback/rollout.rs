@@ -697,6 +697,9 @@ async fn the_cli_starts_shows_and_refuses_rollouts() {
     assert_eq!(code, 0, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["state"], "aborted");
+    // -o json writes every object's keys sorted, whatever the view's order.
+    let sorted = serde_json::to_string_pretty(&v).unwrap();
+    assert_eq!(text, format!("{sorted}\n"));
     let (code, text) = cli(&api, &["watchdog", "list"]);
     assert_eq!(code, 0, "{text}");
     let (code, text) = cli(&api, &["watchdog", "clear", M1]);
