@@ -41,10 +41,23 @@ macro_rules! text_enum {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        #[derive(serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+        #[derive(serde::Serialize, serde::Deserialize)]
         pub enum $name {
             $( $(#[$vmeta])* #[serde(rename = $text)] $variant ),+
         }
+
+        // Written out: utoipa's derive does not see the serde renames a
+        // macro passes through, and would document the Rust names.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::schema::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -592,6 +605,22 @@ mod tests {
             assert_eq!(slot.parse::<Slot>().unwrap().to_string(), slot);
         }
         assert!("x86_64/other".parse::<Slot>().is_err());
+    }
+
+    /// The OpenAPI document names each variant as the JSON does (the API
+    /// fuzzer found `X86_64` there once).
+    #[test]
+    fn text_enums_document_their_spellings() {
+        let schema = serde_json::to_value(<Cpu as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["type"], "string");
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let spelled: Vec<&str> = Cpu::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, spelled);
     }
 
     #[test]
