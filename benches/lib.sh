@@ -186,6 +186,7 @@ lease_time = "1h"
 network = "10.78.0.0/16"
 range = ["10.78.1.1", "10.78.250.254"]
 lease_time = "1h"
+${IRONBOOT_EXTRA:-}
 TOML
 }
 
