@@ -468,3 +468,6 @@ pub fn by_port(m: &Machine, groups: &HashMap<String, Group>) -> bool {
 pub fn group_loader(g: &Group) -> Option<Loader> {
     g.variables.get("loader")?.as_str()?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests;
