@@ -224,7 +224,9 @@ fn identity_by_port_is_the_machine_s_label_or_its_group_s_variable() {
     let mut racked = empty_group("racked");
     racked.variables = serde_json::json!({"identity": " Port "});
     groups.insert("racked".to_string(), racked);
-    let table: [(&[(&str, &str)], &str, bool); 4] = [
+    type Labels = &'static [(&'static str, &'static str)];
+    // the machine's labels, its group, identified by port
+    let table: [(Labels, &str, bool); 4] = [
         (&[], "default", false),
         (&[("identity", "port")], "default", true),
         (&[("identity", "mac")], "default", false),
