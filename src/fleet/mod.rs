@@ -201,7 +201,9 @@ impl Fleet {
     /// open boots (its newest), and boots started before `oldest_live` (their
     /// tokens expired) are swept now and then, so memory stays bounded by
     /// the fleet, not by how often machines ask.
-    pub fn open_boot(&mut self, hash: String, boot: Boot, oldest_live: i64) {
+    /// `from`: the client address it was opened from, to which artifact
+    /// downloads are attributed.
+    pub fn open_boot(&mut self, hash: String, boot: Boot, from: Option<IpAddr>, oldest_live: i64) {
         if boot.id % SWEEP_EVERY == 0 {
             self.boots.retain(|_, b| b.started_ms >= oldest_live);
             let boots = &self.boots;
@@ -218,7 +220,35 @@ impl Fleet {
                 self.boots.remove(&old);
             }
         }
+        if let Some(ip) = from {
+            self.by_ip.insert(ip, hash.clone());
+        }
         self.boots.insert(hash, boot);
+    }
+
+    /// The generation a target boots, if it names one that exists.
+    pub fn generation_for(&self, target: &Target) -> Option<Arc<Generation>> {
+        match target {
+            Target::Boot { generation, .. } => self.generations.get(generation).cloned(),
+            Target::Nothing { .. } => None,
+        }
+    }
+
+    /// Puts the machine a request was decided to be in place. A machine
+    /// identified by the switch port of another takes that port over and
+    /// is returned (what it inherited, for the ledger).
+    pub fn admit(&mut self, identity: &IdentityMatch, machine: &Machine) -> Option<Machine> {
+        let inherited = match identity {
+            IdentityMatch::Port { replaces, .. } => {
+                if let Some(old) = self.machines.get_mut(replaces) {
+                    old.port = None;
+                }
+                Some(machine.clone())
+            }
+            IdentityMatch::Mac => None,
+        };
+        self.machines.insert(machine.mac, machine.clone());
+        inherited
     }
 
     /// The groups that claim machines by selector.
@@ -378,10 +408,7 @@ pub fn decide(
     machine.group = machine.membership.group().to_string();
     let group = state.group_of(&machine).cloned();
     let target = target_of(state, &machine, group.as_ref());
-    let generation = match &target {
-        Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
-        Target::Nothing { .. } => None,
-    };
+    let generation = state.generation_for(&target);
     Decision {
         identity,
         fresh,

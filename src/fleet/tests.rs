@@ -204,7 +204,7 @@ fn a_machine_keeps_its_newest_boots_and_expired_ones_are_swept() {
     };
     let limit = OPEN_BOOTS_PER_MACHINE as i64;
     for id in 1..=limit + 2 {
-        f.open_boot(format!("a{id}"), boot(id, 1, 100), 0);
+        f.open_boot(format!("a{id}"), boot(id, 1, 100), None, 0);
     }
     let open: Vec<&String> = f.open_by_mac[&mac(1)].iter().collect();
     assert_eq!(open.len(), OPEN_BOOTS_PER_MACHINE);
@@ -212,7 +212,7 @@ fn a_machine_keeps_its_newest_boots_and_expired_ones_are_swept() {
     assert!(!f.boots.contains_key("a1") && !f.boots.contains_key("a2"));
 
     // The sweep at SWEEP_EVERY drops boots started before `oldest_live`.
-    f.open_boot("b".into(), boot(SWEEP_EVERY, 2, 500), 200);
+    f.open_boot("b".into(), boot(SWEEP_EVERY, 2, 500), None, 200);
     assert!(f.boots.contains_key("b"));
     assert!(f.boots.keys().all(|h| !h.starts_with('a')), "all expired");
     assert!(!f.open_by_mac.contains_key(&mac(1)));

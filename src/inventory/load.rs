@@ -174,6 +174,7 @@ async fn load_open_boots(store: &Store, state: &mut State) -> Result<i64, Invent
                     confirmed: false,
                     started_ms: b.started_ms,
                 },
+                None,
                 0,
             );
         }

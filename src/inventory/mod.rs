@@ -245,17 +245,7 @@ impl Inventory {
             generation: _,
             notes: _,
         } = decide(&state, mac, req, port.as_ref(), kind);
-        let inherited = match &identity {
-            IdentityMatch::Port { replaces, .. } => {
-                // The port is the replacement's now.
-                if let Some(old) = state.machines.get_mut(replaces) {
-                    old.port = None;
-                }
-                Some(machine.clone())
-            }
-            IdentityMatch::Mac => None,
-        };
-        state.machines.insert(mac, machine.clone());
+        let inherited = state.admit(&identity, &machine);
         if stage == Stage::CarriesOn {
             state.rollouts.carry_on(mac);
         }
@@ -271,24 +261,15 @@ impl Inventory {
             now,
         );
         self.apply_pointers(&mut state, &fleet.persist.pointers);
-        let generation = match &target {
-            Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
-            Target::Nothing { .. } => None,
+        let generation = state.generation_for(&target);
+        let boot = Boot {
+            id,
+            mac,
+            generation: generation.as_ref().map(|g| g.id.clone()),
+            confirmed: false,
+            started_ms: now,
         };
-        state.open_boot(
-            hash.clone(),
-            Boot {
-                id,
-                mac,
-                generation: generation.as_ref().map(|g| g.id.clone()),
-                confirmed: false,
-                started_ms: now,
-            },
-            now - self.token_ttl_ms,
-        );
-        if let Some(ip) = req.ip {
-            state.by_ip.insert(ip, hash.clone());
-        }
+        state.open_boot(hash.clone(), boot, req.ip, now - self.token_ttl_ms);
         drop(state);
 
         self.record_registration(Registration {
@@ -302,21 +283,14 @@ impl Inventory {
             identity: &identity,
             at_ms: now,
         });
-        let (state_name, reason) = match &target {
-            Target::Boot { .. } => (BootState::Served, None),
-            Target::Nothing { reason } => (BootState::Nothing, Some(reason.clone())),
-        };
-        self.ledger.record(Record::BootStarted(BootRecord {
+        self.ledger.record(Record::BootStarted(boot_record(
             id,
             mac,
-            token_hash: hash,
-            stream: generation.as_ref().map(|g| g.id.stream.clone()),
-            generation: generation.as_ref().map(|g| g.id.number),
-            image: generation.as_ref().map(|g| g.digest.to_string()),
-            state: state_name,
-            reason,
-            started_ms: now,
-        }));
+            hash,
+            &target,
+            generation.as_deref(),
+            now,
+        )));
         self.after_fleet(fleet, false);
         BootPlan {
             boot_id: id,
@@ -411,10 +385,7 @@ impl Inventory {
             0,
             now_ms(),
         );
-        d.generation = match &target {
-            Target::Boot { generation, .. } => state.generations.get(generation).cloned(),
-            Target::Nothing { .. } => None,
-        };
+        d.generation = state.generation_for(&target);
         d.target = target;
         d.notes = outcome.notes;
         d
@@ -746,5 +717,32 @@ struct Registration<'a> {
 impl crate::boot::loader::SettingsSource for Inventory {
     fn loader_settings(&self, mac: MacAddr) -> LoaderSettings {
         Inventory::loader_settings(self, mac)
+    }
+}
+
+/// The ledger's record of a boot just opened: what it serves, or why
+/// nothing.
+fn boot_record(
+    id: i64,
+    mac: MacAddr,
+    token_hash: String,
+    target: &Target,
+    generation: Option<&crate::fleet::Generation>,
+    started_ms: i64,
+) -> BootRecord {
+    let (state, reason) = match target {
+        Target::Boot { .. } => (BootState::Served, None),
+        Target::Nothing { reason } => (BootState::Nothing, Some(reason.clone())),
+    };
+    BootRecord {
+        id,
+        mac,
+        token_hash,
+        stream: generation.map(|g| g.id.stream.clone()),
+        generation: generation.map(|g| g.id.number),
+        image: generation.map(|g| g.digest.to_string()),
+        state,
+        reason,
+        started_ms,
     }
 }
