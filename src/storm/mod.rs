@@ -45,7 +45,7 @@ pub use report::Report;
 pub use tftp::TftpOptions;
 
 use dhcp::Firmware;
-use http::Script;
+use http::{Loads, Script};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -320,6 +320,34 @@ pub async fn run(plan: Plan) -> Report {
 
 type StepResult<T> = Result<T, (Step, String)>;
 
+/// One machine's steps as they complete: which step it is in (read when
+/// the run's deadline cuts it short) and a sample per finished step.
+struct Steps<'a> {
+    at: &'a AtomicU8,
+    samples: &'a mut Vec<Sample>,
+}
+
+impl Steps<'_> {
+    /// Runs `step`, whose work returns its value, bytes and retries, and
+    /// records how long it took.
+    async fn time<T>(
+        &mut self,
+        step: Step,
+        work: impl std::future::Future<Output = StepResult<(T, u64, u32)>>,
+    ) -> StepResult<T> {
+        self.at.store(step as u8, Ordering::Relaxed);
+        let since = Instant::now();
+        let (value, bytes, retries) = work.await?;
+        self.samples.push(Sample {
+            step,
+            took: since.elapsed(),
+            bytes,
+            retries,
+        });
+        Ok(value)
+    }
+}
+
 /// One machine's whole boot. Records a sample per completed step.
 async fn boot(
     plan: &Plan,
@@ -328,79 +356,47 @@ async fn boot(
     at: &AtomicU8,
     samples: &mut Vec<Sample>,
 ) -> StepResult<()> {
-    let begin = |step: Step| {
-        at.store(step as u8, Ordering::Relaxed);
-        Instant::now()
-    };
-    let record = |samples: &mut Vec<Sample>, step, since: Instant, bytes, retries| {
-        samples.push(Sample {
-            step,
-            took: since.elapsed(),
-            bytes,
-            retries,
-        })
-    };
-
+    let mut steps = Steps { at, samples };
     if let Some((server, file)) = &plan.tftp_only {
-        let t = begin(Step::Tftp);
-        let local = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let fetched = tftp::fetch(*server, local, file, &plan.tftp)
-            .await
-            .map_err(|e| (Step::Tftp, format!("{file}: {e}")))?;
-        record(samples, Step::Tftp, t, fetched.bytes, fetched.resends);
-        return Ok(());
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        return steps
+            .time(Step::Tftp, bootfile(plan, *server, any, file))
+            .await;
     }
+    let dhcp = |step, firmware| async move {
+        let (lease, retries) = relay
+            .exchange(machine, firmware, &plan.dhcp_timeouts)
+            .await
+            .map_err(|e| (step, e.to_string()))?;
+        Ok((lease, 0, retries))
+    };
 
     // 1. The PXE ROM's DHCP.
-    let t = begin(Step::Dhcp);
-    let (lease, retries) = relay
-        .exchange(machine, Firmware::PxeRom, &plan.dhcp_timeouts)
-        .await
-        .map_err(|e| (Step::Dhcp, e.to_string()))?;
-    record(samples, Step::Dhcp, t, 0, retries);
+    let lease = steps
+        .time(Step::Dhcp, dhcp(Step::Dhcp, Firmware::PxeRom))
+        .await?;
     // The machine's own address, when this host can send from it (loopback
     // storms lease 127.x addresses): servers tell machines apart by it.
     let local: Option<IpAddr> = (lease.address.is_loopback()).then_some(lease.address.into());
     let bind = local.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
 
     // 2. The bootfile over TFTP.
-    let t = begin(Step::Tftp);
     let tftp_server = SocketAddr::new(lease.next_server.into(), plan.tftp_port);
-    let mut attempt = 0;
-    let fetched = loop {
-        attempt += 1;
-        match tftp::fetch(tftp_server, bind, &lease.bootfile, &plan.tftp).await {
-            Ok(f) => break f,
-            Err(e) if attempt >= plan.tftp_attempts => {
-                return Err((Step::Tftp, format!("{}: {e}", lease.bootfile)))
-            }
-            // Like a ROM that starts over: a short pause, then again.
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
-        }
-    };
-    record(
-        samples,
-        Step::Tftp,
-        t,
-        fetched.bytes,
-        fetched.resends + attempt - 1,
-    );
+    steps
+        .time(
+            Step::Tftp,
+            bootfile(plan, tftp_server, bind, &lease.bootfile),
+        )
+        .await?;
 
     // 3. iPXE's own DHCP.
-    let t = begin(Step::DhcpIpxe);
-    let (ipxe_lease, retries) = relay
-        .exchange(machine, Firmware::Ipxe, &plan.dhcp_timeouts)
-        .await
-        .map_err(|e| (Step::DhcpIpxe, e.to_string()))?;
-    record(samples, Step::DhcpIpxe, t, 0, retries);
+    let ipxe_lease = steps
+        .time(Step::DhcpIpxe, dhcp(Step::DhcpIpxe, Firmware::Ipxe))
+        .await?;
     if !ipxe_lease.bootfile.starts_with("http://") {
-        return Err((
-            Step::DhcpIpxe,
-            format!(
-                "iPXE was offered {:?}, not an HTTP script",
-                ipxe_lease.bootfile
-            ),
-        ));
+        let offered = &ipxe_lease.bootfile;
+        let why = format!("iPXE was offered {offered:?}, not an HTTP script");
+        return Err((Step::DhcpIpxe, why));
     }
 
     let client = http::client(local, plan.http_timeout)
@@ -411,82 +407,135 @@ async fn boot(
     };
 
     // 4. The script, following chains (boot.ipxe → per-machine script).
-    let t = begin(Step::Script);
     let vars = machine.ipxe_vars();
-    let mut url = ipxe_lease.bootfile.clone();
-    let mut bytes = 0;
-    let mut retries = 0;
-    let loads = loop {
-        let (text, r) = retry
-            .run(|| http::text(&client, &url))
-            .await
-            .map_err(|e| (Step::Script, e))?;
-        retries += r;
-        bytes += text.len() as u64;
-        match http::read_script(&text, &vars).map_err(|e| (Step::Script, e.to_string()))? {
-            Script::Chain(next) if bytes < 1 << 20 => url = next,
-            Script::Chain(_) => return Err((Step::Script, "chain loop".into())),
-            Script::Loads(loads) => break loads,
-        }
-    };
-    record(samples, Step::Script, t, bytes, retries);
+    let loads = steps
+        .time(
+            Step::Script,
+            script(&client, &retry, &ipxe_lease.bootfile, &vars),
+        )
+        .await?;
 
     // 5. Kernel and initrds, verified.
-    let t = begin(Step::Kernel);
-    let (bytes, retries) = retry
-        .run(|| http::artifact(&client, &loads.kernel))
-        .await
-        .map_err(|e| (Step::Kernel, e))?;
-    record(samples, Step::Kernel, t, bytes, retries);
-    let t = begin(Step::Initrd);
-    let (mut bytes, mut retries) = (0, 0);
-    for initrd in &loads.initrds {
-        let (b, r) = retry
-            .run(|| http::artifact(&client, initrd))
-            .await
-            .map_err(|e| (Step::Initrd, e))?;
-        bytes += b;
-        retries += r;
-    }
-    record(samples, Step::Initrd, t, bytes, retries);
+    let kernel = artifacts(
+        &client,
+        &retry,
+        Step::Kernel,
+        std::slice::from_ref(&loads.kernel),
+    );
+    steps.time(Step::Kernel, kernel).await?;
+    let initrds = artifacts(&client, &retry, Step::Initrd, &loads.initrds);
+    steps.time(Step::Initrd, initrds).await?;
     if plan.subset {
         return Ok(());
     }
 
     // 6. The config the booted OS fetches.
-    let t = begin(Step::Config);
     let seed = loads.seed.ok_or((
         Step::Config,
         "kernel command line has no s= seed URL".into(),
     ))?;
-    let (meta_url, user_url) = (format!("{seed}meta-data"), format!("{seed}user-data"));
-    let (meta, r1) = retry
-        .run(|| http::text(&client, &meta_url))
-        .await
-        .map_err(|e| (Step::Config, e))?;
-    let (user, r2) = retry
-        .run(|| http::text(&client, &user_url))
-        .await
-        .map_err(|e| (Step::Config, e))?;
-    record(
-        samples,
-        Step::Config,
-        t,
-        (meta.len() + user.len()) as u64,
-        r1 + r2,
-    );
+    let user = steps
+        .time(Step::Config, nocloud(&client, &retry, &seed))
+        .await?;
 
     // 7. The confirmation with the per-boot token.
-    let t = begin(Step::Confirm);
     let phone = http::phone_home_url(&user)
         .ok_or((Step::Confirm, "user-data has no phone_home url".into()))?;
     let hostname = format!("storm-{}", machine.hex(""));
-    let ((), retries) = retry
-        .run(|| http::confirm(&client, &phone, &hostname))
+    let confirm = async {
+        let ((), retries) = retry
+            .run(|| http::confirm(&client, &phone, &hostname))
+            .await
+            .map_err(|e| (Step::Confirm, e))?;
+        Ok(((), 0, retries))
+    };
+    steps.time(Step::Confirm, confirm).await
+}
+
+/// Artifacts downloaded and verified one after the other: bytes and
+/// retries in all.
+async fn artifacts(
+    client: &reqwest::Client,
+    retry: &Retry,
+    step: Step,
+    urls: &[String],
+) -> StepResult<((), u64, u32)> {
+    let (mut bytes, mut retries) = (0, 0);
+    for url in urls {
+        let (b, r) = retry
+            .run(|| http::artifact(client, url))
+            .await
+            .map_err(|e| (step, e))?;
+        bytes += b;
+        retries += r;
+    }
+    Ok(((), bytes, retries))
+}
+
+/// The bootfile over TFTP, started over (after a short pause, as a ROM
+/// does) up to `plan.tftp_attempts` times: bytes and resends plus restarts.
+async fn bootfile(
+    plan: &Plan,
+    server: SocketAddr,
+    bind: IpAddr,
+    file: &str,
+) -> StepResult<((), u64, u32)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match tftp::fetch(server, bind, file, &plan.tftp).await {
+            Ok(f) => return Ok(((), f.bytes, f.resends + attempt - 1)),
+            Err(e) if attempt >= plan.tftp_attempts => {
+                return Err((Step::Tftp, format!("{file}: {e}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// The boot script from `url`, following chains (`boot.ipxe` → the
+/// machine's script) up to 1 MiB in all: what it loads, bytes, retries.
+async fn script(
+    client: &reqwest::Client,
+    retry: &Retry,
+    url: &str,
+    vars: &HashMap<&str, String>,
+) -> StepResult<(Loads, u64, u32)> {
+    let mut url = url.to_string();
+    let (mut bytes, mut retries) = (0, 0);
+    loop {
+        let (text, r) = retry
+            .run(|| http::text(client, &url))
+            .await
+            .map_err(|e| (Step::Script, e))?;
+        retries += r;
+        bytes += text.len() as u64;
+        match http::read_script(&text, vars).map_err(|e| (Step::Script, e.to_string()))? {
+            Script::Chain(next) if bytes < 1 << 20 => url = next,
+            Script::Chain(_) => return Err((Step::Script, "chain loop".into())),
+            Script::Loads(loads) => return Ok((loads, bytes, retries)),
+        }
+    }
+}
+
+/// The NoCloud seed's meta-data and user-data: the user-data, bytes of
+/// both, retries.
+async fn nocloud(
+    client: &reqwest::Client,
+    retry: &Retry,
+    seed: &str,
+) -> StepResult<(String, u64, u32)> {
+    let (meta_url, user_url) = (format!("{seed}meta-data"), format!("{seed}user-data"));
+    let (meta, r1) = retry
+        .run(|| http::text(client, &meta_url))
         .await
-        .map_err(|e| (Step::Confirm, e))?;
-    record(samples, Step::Confirm, t, 0, retries);
-    Ok(())
+        .map_err(|e| (Step::Config, e))?;
+    let (user, r2) = retry
+        .run(|| http::text(client, &user_url))
+        .await
+        .map_err(|e| (Step::Config, e))?;
+    let bytes = (meta.len() + user.len()) as u64;
+    Ok((user, bytes, r1 + r2))
 }
 
 /// The iPXE script's `goto retry`: a bounded number of tries with a pause.
