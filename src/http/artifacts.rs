@@ -81,30 +81,9 @@ async fn serve(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     Path(hex): Path<String>,
 ) -> Response {
-    let Ok(digest) = hex.parse::<Digest>() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_digest",
-            format!("{hex:?} is not a sha256 digest"),
-        );
-    };
-    let path = state.store.artifact_path(&digest);
-    let Ok(mut file) = tokio::fs::File::open(&path).await else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no artifact {digest}"),
-        );
-    };
-    let size = match file.metadata().await {
-        Ok(m) => m.len(),
-        Err(_) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no artifact {digest}"),
-            )
-        }
+    let (digest, file, size) = match open(&state, &hex).await {
+        Ok(found) => found,
+        Err(refused) => return refused,
     };
     let etag = format!("\"{digest}\"");
     let common = [
@@ -113,32 +92,14 @@ async fn serve(
         (header::ACCEPT_RANGES, "bytes".to_string()),
         (header::CONTENT_TYPE, "application/octet-stream".to_string()),
     ];
-    if let Some(inm) = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-            return (StatusCode::NOT_MODIFIED, common).into_response();
-        }
-    }
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_ok);
-    let (status, start, len) = match range.map(|r| parse_range(r, size)) {
-        None | Some(RangeSpec::Whole) => (StatusCode::OK, 0, size),
-        Some(RangeSpec::Part(start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
-        Some(RangeSpec::Unsatisfiable) => {
+    let (status, start, len) = match wanted(&headers, &etag, size) {
+        Wanted::Bytes { status, start, len } => (status, start, len),
+        Wanted::NotModified => return (StatusCode::NOT_MODIFIED, common).into_response(),
+        Wanted::Unsatisfiable => {
+            let range = (header::CONTENT_RANGE, format!("bytes */{size}"));
             return (
                 StatusCode::RANGE_NOT_SATISFIABLE,
-                [
-                    (header::CONTENT_RANGE, format!("bytes */{size}")),
-                    (header::ETAG, etag),
-                ],
+                [range, (header::ETAG, etag)],
             )
                 .into_response();
         }
@@ -153,14 +114,89 @@ async fn serve(
     if method == Method::HEAD {
         return response;
     }
-    if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "cannot read the artifact".into(),
-        );
-    }
     let report = Some((state.hook.clone(), digest, Some(client)));
+    match body(&state, digest, file, size, start, len, report).await {
+        Ok(body) => {
+            *response.body_mut() = body;
+            response
+        }
+        Err(refused) => refused,
+    }
+}
+
+/// The artifact `hex` names: its digest, the open file and its size, or
+/// the answer when there is none.
+async fn open(
+    state: &ArtifactState,
+    hex: &str,
+) -> Result<(Digest, tokio::fs::File, u64), Response> {
+    let Ok(digest) = hex.parse::<Digest>() else {
+        let why = format!("{hex:?} is not a sha256 digest");
+        return Err(error(StatusCode::BAD_REQUEST, "bad_digest", why));
+    };
+    let missing = || {
+        error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no artifact {digest}"),
+        )
+    };
+    let file = tokio::fs::File::open(state.store.artifact_path(&digest))
+        .await
+        .map_err(|_| missing())?;
+    let size = file.metadata().await.map_err(|_| missing())?.len();
+    Ok((digest, file, size))
+}
+
+/// What a request's conditional and range headers ask of an artifact.
+enum Wanted {
+    /// `len` bytes from `start`, answered with `status` (200 or 206).
+    Bytes {
+        status: StatusCode,
+        start: u64,
+        len: u64,
+    },
+    /// `If-None-Match` names this artifact: it has not changed (it never does).
+    NotModified,
+    Unsatisfiable,
+}
+
+fn wanted(headers: &HeaderMap, etag: &str, size: u64) -> Wanted {
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(inm) = text(header::IF_NONE_MATCH) {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return Wanted::NotModified;
+        }
+    }
+    // A range whose `If-Range` names another version asks for the whole.
+    let if_range_ok = text(header::IF_RANGE).is_none_or(|v| v.trim() == etag);
+    let range = text(header::RANGE).filter(|_| if_range_ok);
+    match range.map(|r| parse_range(r, size)) {
+        None | Some(RangeSpec::Whole) => Wanted::Bytes {
+            status: StatusCode::OK,
+            start: 0,
+            len: size,
+        },
+        Some(RangeSpec::Part(start, end)) => Wanted::Bytes {
+            status: StatusCode::PARTIAL_CONTENT,
+            start,
+            len: end - start + 1,
+        },
+        Some(RangeSpec::Unsatisfiable) => Wanted::Unsatisfiable,
+    }
+}
+
+/// The body: slices of the artifact's shared mapping, else reads of the
+/// file; either way counted, so the ledger learns how much was sent.
+async fn body(
+    state: &ArtifactState,
+    digest: Digest,
+    mut file: tokio::fs::File,
+    size: u64,
+    start: u64,
+    len: u64,
+    report: Report,
+) -> Result<Body, Response> {
     if let Some(bytes) = state.maps.get(&digest, &file, size) {
         let (start, end) = (start as usize, (start + len) as usize);
         let chunks = (start..end)
@@ -172,25 +208,19 @@ async fn serve(
             expected: len,
             report,
         };
-        *response.body_mut() = Body::from_stream(counted);
-        return response;
+        return Ok(Body::from_stream(counted));
     }
     if start > 0 && file.seek(SeekFrom::Start(start)).await.is_err() {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "cannot read the artifact".into(),
-        );
+        let why = "cannot read the artifact".into();
+        return Err(error(StatusCode::INTERNAL_SERVER_ERROR, "internal", why));
     }
-    let reader = ReaderStream::with_capacity(file.take(len), CHUNK);
     let counted = Counted {
-        inner: reader,
+        inner: ReaderStream::with_capacity(file.take(len), CHUNK),
         sent: 0,
         expected: len,
         report,
     };
-    *response.body_mut() = Body::from_stream(counted);
-    response
+    Ok(Body::from_stream(counted))
 }
 
 /// Body chunk: a slice of the mapping, or one read when streaming.
@@ -332,8 +362,11 @@ struct Counted<S> {
     inner: S,
     sent: u64,
     expected: u64,
-    report: Option<(Option<Hook>, Digest, Option<SocketAddr>)>,
+    report: Report,
 }
+
+/// Whom to tell how a download ended: the hook, the artifact, the client.
+type Report = Option<(Option<Hook>, Digest, Option<SocketAddr>)>;
 
 impl<S> Counted<S> {
     fn finish(&mut self) {
