@@ -321,46 +321,72 @@ fn check_group<'a>(
         }
     }
     let selector = match &spec.selector {
-        Some(Some(text)) => {
-            if name == DEFAULT_GROUP {
-                return Err(invalid(
-                    format!("{path}.selector"),
-                    "default holds the machines no group claims; it takes no selector",
-                ));
-            }
-            let parsed: Selector =
-                text.parse()
-                    .map_err(|e: crate::boot::select::SelectorError| {
-                        invalid(format!("{path}.selector"), e.to_string())
-                    })?;
-            Some(Some(parsed))
-        }
+        Some(Some(text)) => Some(Some(check_selector(&path, name, text)?)),
         Some(None) => Some(None),
         None => None,
     };
     if let Some(vars) = &spec.variables {
-        if let Some(loader) = vars.get("loader") {
-            if loader
-                .as_str()
-                .and_then(|l| l.parse::<Loader>().ok())
-                .is_none()
-            {
-                return Err(invalid(
-                    format!("{path}.variables.loader"),
-                    format!("{loader} is not a loader (\"ipxe\" or \"grub\")"),
-                ));
-            }
-        }
-        if let Some(identity) = vars.get("identity") {
-            if !matches!(identity.as_str(), Some("port" | "mac")) {
-                return Err(invalid(
-                    format!("{path}.variables.identity"),
-                    format!("{identity} is not an identity (\"port\" or \"mac\")"),
-                ));
-            }
+        check_group_variables(&path, vars)?;
+    }
+    Ok(CheckedGroup {
+        name,
+        spec,
+        selector,
+        targets: group_targets(cur, &path, spec)?,
+        rollout: check_rollout(&path, spec.rollout.as_ref())?,
+    })
+}
+
+fn check_selector(path: &str, group: &str, text: &str) -> Result<Selector, PlanError> {
+    if group == DEFAULT_GROUP {
+        return Err(invalid(
+            format!("{path}.selector"),
+            "default holds the machines no group claims; it takes no selector",
+        ));
+    }
+    text.parse()
+        .map_err(|e: crate::boot::select::SelectorError| {
+            invalid(format!("{path}.selector"), e.to_string())
+        })
+}
+
+/// The variables the server itself reads (`loader`, `identity`) must say
+/// something it understands; the rest are the templates' business.
+fn check_group_variables(
+    path: &str,
+    vars: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), PlanError> {
+    if let Some(loader) = vars.get("loader") {
+        if loader
+            .as_str()
+            .and_then(|l| l.parse::<Loader>().ok())
+            .is_none()
+        {
+            return Err(invalid(
+                format!("{path}.variables.loader"),
+                format!("{loader} is not a loader (\"ipxe\" or \"grub\")"),
+            ));
         }
     }
-    let mut targets = Vec::new();
+    if let Some(identity) = vars.get("identity") {
+        if !matches!(identity.as_str(), Some("port" | "mac")) {
+            return Err(invalid(
+                format!("{path}.variables.identity"),
+                format!("{identity} is not an identity (\"port\" or \"mac\")"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The generations a group's spec names (`stream` and `generation`, or
+/// `generations`), each existing, at most one per slot.
+fn group_targets(
+    cur: &Current,
+    path: &str,
+    spec: &GroupSpec,
+) -> Result<Vec<(String, GenerationId, GenerationFacts)>, PlanError> {
+    let mut targets: Vec<(String, GenerationId, GenerationFacts)> = Vec::new();
     match (&spec.stream, spec.generation, &spec.generations) {
         (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
             return Err(invalid(
@@ -369,7 +395,7 @@ fn check_group<'a>(
             ))
         }
         (Some(stream), Some(n), None) => {
-            let (id, facts) = generation_ref(cur, &path, stream, n)?;
+            let (id, facts) = generation_ref(cur, path, stream, n)?;
             targets.push((format!("{path}.generation"), id, facts));
         }
         (None, None, Some(list)) => {
@@ -377,10 +403,7 @@ fn check_group<'a>(
                 let p = format!("{path}.generations.{i}");
                 let (id, facts) = generation_ref(cur, &p, &g.stream, g.generation)?;
                 let slot = facts.slot();
-                if let Some((_, other, _)) = targets
-                    .iter()
-                    .find(|(_, _, f): &&(String, GenerationId, GenerationFacts)| f.slot() == slot)
-                {
+                if let Some((_, other, _)) = targets.iter().find(|(_, _, f)| f.slot() == slot) {
                     return Err(invalid(
                         p,
                         format!("{id} and {other} are both {slot} images; a group boots one generation per architecture"),
@@ -403,14 +426,7 @@ fn check_group<'a>(
             ))
         }
     }
-    let rollout = check_rollout(&path, spec.rollout.as_ref())?;
-    Ok(CheckedGroup {
-        name,
-        spec,
-        selector,
-        targets,
-        rollout,
-    })
+    Ok(targets)
 }
 
 fn check_machine(
