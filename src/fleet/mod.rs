@@ -24,7 +24,7 @@ use crate::boot::membership::{self, Claim, Membership, DEFAULT_GROUP};
 use crate::boot::select::Selector;
 use crate::boot::{self, GenerationId, Target};
 use crate::domain::{Cpu, MacAddr, MachineKind, Slot};
-use crate::images::{Digest, Manifest};
+use crate::images::manifest::{Digest, Manifest};
 
 /// A machine as the boot path sees it.
 #[derive(Debug, Clone, Serialize)]
@@ -106,7 +106,7 @@ pub struct Generation {
 
 /// A boot whose token may still be used (config fetches, confirmation)
 /// for the token's lifetime after `started_ms`, and only from an address
-/// bound to `mac` (the HTTP layer checks that with [`crate::binding`]).
+/// bound to `mac` (the HTTP layer checks that with `binding`).
 #[derive(Debug, Clone)]
 pub struct Boot {
     pub id: i64,

@@ -309,7 +309,7 @@ impl From<ImageError> for ApiError {
             ImageError::TooLarge { .. } => {
                 Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
             }
-            ImageError::InvalidManifest(_) => Self::new(
+            ImageError::InvalidManifest(_) | ImageError::BadDigest(_) => Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_manifest",
                 e.to_string(),
