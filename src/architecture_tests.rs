@@ -183,3 +183,85 @@ fn the_reader_sees_paths_as_written() {
     let found: Vec<Vec<&str>> = paths_after(text, "super::").collect();
     assert_eq!(found, vec![vec!["history", "boots_of"]]);
 }
+
+/// Every module `module` reaches through its paths, itself left out.
+fn reach(graph: &Graph, module: &str) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![module.to_string()];
+    while let Some(m) = todo.pop() {
+        for next in graph.get(&m).into_iter().flatten() {
+            if seen.insert(next.clone()) {
+                todo.push(next.clone());
+            }
+        }
+    }
+    seen.remove(module);
+    seen
+}
+
+/// The pure core: the decisions every path asks, tested as tables.
+const PURE: &[&str] = &["fleet", "domain", "boot", "rollout::engine"];
+
+/// What the pure core may build on besides itself: modules of plain types
+/// and pure functions (named exactly: their children may do I/O).
+const PURE_MAY_USE: &[&str] = &["rollout", "rollout::watchdog", "images::manifest"];
+
+#[test]
+fn the_pure_core_reaches_no_io() {
+    let graph = module_graph();
+    let within = |m: &str, roots: &[&str]| {
+        roots
+            .iter()
+            .any(|r| m == *r || m.starts_with(&format!("{r}::")))
+    };
+    let mut wrong = BTreeMap::new();
+    for module in graph.keys().filter(|m| within(m, PURE)) {
+        let outside: BTreeSet<String> = reach(&graph, module)
+            .into_iter()
+            .filter(|m| !within(m, PURE) && !PURE_MAY_USE.contains(&m.as_str()))
+            .collect();
+        if !outside.is_empty() {
+            wrong.insert(module.clone(), outside);
+        }
+    }
+    assert!(wrong.is_empty(), "the pure core reaches: {wrong:#?}");
+}
+
+/// Nor does it name a runtime, a database, a file or a clock itself.
+#[test]
+fn the_pure_core_names_no_runtime_database_file_or_clock() {
+    const IO: &[&str] = &[
+        "tokio::",
+        "sqlx::",
+        "std::fs",
+        "std::net::UdpSocket",
+        "Instant::now",
+        "SystemTime::now",
+        "now_ms()",
+    ];
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut found = Vec::new();
+    for file in files {
+        let Some(module) = module_of(&src, &file).filter(|m| !is_test(m)) else {
+            continue;
+        };
+        let pure = PURE
+            .iter()
+            .chain(PURE_MAY_USE)
+            .any(|r| module == *r || (PURE.contains(r) && module.starts_with(&format!("{r}::"))));
+        if !pure {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        let text = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or(&text);
+        for name in IO.iter().filter(|n| text.contains(*n)) {
+            found.push(format!("{module}: {name}"));
+        }
+    }
+    assert!(found.is_empty(), "I/O in the pure core: {found:#?}");
+}
