@@ -131,7 +131,7 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), AppError> {
-    let store = Store::open(&config.data_dir).await?;
+    let store = Store::connect(config.store_url.as_deref(), &config.data_dir).await?;
     let (tokens, new_token_file) = Tokens::load_or_bootstrap(&store, &config.data_dir).await?;
     let clients = Clients::new(
         &config.dhcp.reservations,
@@ -621,7 +621,13 @@ fn banner(config: &Config, services: &[String], new_token_file: Option<&std::pat
         config.source
     );
     text += &format!("  server ip:  {} (told to clients)\n", config.server_ip);
-    text += &format!("  data:       {}\n", config.database_path().display());
+    match &config.store_url {
+        Some(url) => {
+            text += &format!("  data:       {}\n", config.data_dir.display());
+            text += &format!("  store:      {}\n", crate::config::without_password(url));
+        }
+        None => text += &format!("  data:       {}\n", config.database_path().display()),
+    }
     for s in services {
         text += &format!("  {s}\n");
     }

@@ -82,6 +82,33 @@ pub struct RawConfig {
     pub boot: RawBoot,
     /// How long ledger events are kept (`store::retention`).
     pub events: crate::store::retention::RawEvents,
+    /// Which database holds the inventory (`store`).
+    pub store: RawStore,
+}
+
+/// `url` with its password, if any, replaced by `***` (for banners and
+/// logs).
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}{tail}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `[store]`: SQLite in `data_dir` unless `url` names a PostgreSQL
+/// database (`postgres://user:password@host:port/db` or with
+/// `?host=/socket/dir`), which several servers can share.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub url: Option<String>,
 }
 
 /// `[boot]`: who may act for a machine on the boot path, and for how long a
@@ -126,6 +153,7 @@ impl Default for RawConfig {
             images: Default::default(),
             boot: RawBoot::default(),
             events: Default::default(),
+            store: RawStore::default(),
         }
     }
 }
@@ -359,6 +387,8 @@ pub struct Config {
     pub fetch: crate::images::fetch::FetchPolicy,
     pub boot: BootSettings,
     pub retention: crate::store::retention::Retention,
+    /// A PostgreSQL database (`None`: SQLite in `data_dir`).
+    pub store_url: Option<String>,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -571,7 +601,16 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     };
     let retention = crate::store::retention::validate(&raw.events)
         .map_err(|(key, message)| invalid(key, message))?;
+    if let Some(url) = &raw.store.url {
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "store.url",
+                "must be a PostgreSQL URL (postgres://…); leave it out for SQLite in data_dir",
+            ));
+        }
+    }
     Ok(Config {
+        store_url: raw.store.url.clone(),
         rollout,
         fetch,
         boot,

@@ -366,7 +366,7 @@ mod tests {
             .id
             .clone();
         inv.set_group_generation("default", &g1).await.unwrap();
-        let db = inv.store.pool().clone();
+        let db = inv.store.sqlite_pool().clone();
         let mac: MacAddr = "52:54:00:00:00:0f".parse().unwrap();
         assert_eq!(booted(&inv, mac), Some(g1.clone()));
         inv.settle().await;
@@ -572,7 +572,7 @@ mod tests {
         let (group_name,): (String,) =
             sqlx::query_as("SELECT group_name FROM machines WHERE mac = ?")
                 .bind(mac.to_string())
-                .fetch_one(inv.store.pool())
+                .fetch_one(inv.store.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(group_name, "db");
@@ -608,7 +608,7 @@ mod tests {
         let (group_name,): (String,) =
             sqlx::query_as("SELECT group_name FROM machines WHERE mac = ?")
                 .bind(new.to_string())
-                .fetch_one(inv.store.pool())
+                .fetch_one(inv.store.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(group_name, "unsorted");

@@ -20,18 +20,18 @@ impl Store {
     /// Boots served (or failed) since `since_ms` and not confirmed, oldest
     /// first; and the highest boot id so far.
     pub async fn open_boots(&self, since_ms: i64) -> Result<(Vec<OpenBootRow>, i64), StoreError> {
-        let open = sqlx::query_as(
+        let open = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT id, mac, token_hash, stream, generation, started_ms FROM boots
-             WHERE state IN (?, ?) AND started_ms > ? ORDER BY id",
+             WHERE state IN ($1, $2) AND started_ms > $3 ORDER BY id",
         )
         .bind(BootState::Served.as_str())
         .bind(BootState::Failed.as_str())
         .bind(since_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        let (max,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM boots")
-            .fetch_one(&self.pool)
-            .await?;
+        .fetch_all(db)
+        .await)?;
+        let (max,): (i64,) = on_pool!(&self.pool, db => sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM boots")
+            .fetch_one(db)
+            .await)?;
         Ok((open, max))
     }
 }
@@ -47,31 +47,30 @@ impl Tx {
         generation: &GenerationId,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE boots SET state = ?, confirmed_ms = ? WHERE id = ? AND state IN (?, ?)",
+        let updated = on_tx!(self, db => sqlx::query(
+            "UPDATE boots SET state = $1, confirmed_ms = $2 WHERE id = $3 AND state IN ($4, $5)",
         )
         .bind(BootState::Confirmed.as_str())
         .bind(now_ms)
         .bind(id)
         .bind(BootState::Served.as_str())
         .bind(BootState::Failed.as_str())
-        .execute(&mut *self.0)
-        .await?
-        .rows_affected();
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
         if updated == 0 {
             return Ok(false);
         }
-        sqlx::query(
-            "UPDATE machines SET current_stream = ?1, current_generation = ?2,
-                 last_good_stream = ?1, last_good_generation = ?2, last_seen_ms = MAX(last_seen_ms, ?3)
-             WHERE mac = ?4",
+        on_tx!(self, db => sqlx::query(
+            "UPDATE machines SET current_stream = $1, current_generation = $2,
+                 last_good_stream = $1, last_good_generation = $2, last_seen_ms = CASE WHEN last_seen_ms > $3 THEN last_seen_ms ELSE $3 END
+             WHERE mac = $4",
         )
         .bind(&generation.stream)
         .bind(generation.number)
         .bind(now_ms)
         .bind(mac.to_string())
-        .execute(&mut *self.0)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
         Ok(true)
     }
 }

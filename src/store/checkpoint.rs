@@ -39,5 +39,9 @@ const PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 const TRUNCATE: &str = "PRAGMA wal_checkpoint(TRUNCATE)";
 
 async fn checkpoint(store: &Store, pragma: &'static str) -> Result<(), sqlx::Error> {
-    sqlx::query(pragma).execute(store.pool()).await.map(|_| ())
+    match store.pool() {
+        super::Pool::Sqlite(db) => sqlx::query(pragma).execute(db).await.map(|_| ()),
+        // PostgreSQL checkpoints on its own.
+        super::Pool::Postgres(_) => Ok(()),
+    }
 }

@@ -20,12 +20,12 @@ pub struct GenerationRow {
 impl Store {
     /// Every generation with its manifest (the inventory's load).
     pub async fn generation_rows(&self) -> Result<Vec<GenerationRow>, StoreError> {
-        Ok(sqlx::query_as(
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT g.stream, g.number, g.image, i.manifest, g.imported_ms, g.imported_by
              FROM generations g JOIN images i ON i.digest = g.image",
         )
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(db)
+        .await)?)
     }
 }
 
@@ -41,46 +41,46 @@ impl Tx {
         by: Option<&str>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        sqlx::query(
-            "INSERT OR IGNORE INTO images (digest, arch, manifest, created_ms) VALUES (?, ?, ?, ?)",
+        on_tx!(self, db => sqlx::query(
+            "INSERT INTO images (digest, arch, manifest, created_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (digest) DO NOTHING",
         )
         .bind(digest)
         .bind(arch.as_str())
         .bind(manifest_json)
         .bind(now_ms)
-        .execute(&mut *self.0)
-        .await?;
-        let (next,): (i64,) =
-            sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE stream = ?")
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
+        let (next,): (i64,) = on_tx!(self, db => sqlx::query_as("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE stream = $1")
                 .bind(stream)
-                .fetch_one(&mut *self.0)
-                .await?;
-        sqlx::query(
+                .fetch_one(&mut *db)
+                .await)?;
+        on_tx!(self, db => sqlx::query(
             "INSERT INTO generations (stream, number, image, imported_ms, imported_by)
-             VALUES (?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(stream)
         .bind(next)
         .bind(digest)
         .bind(now_ms)
         .bind(by)
-        .execute(&mut *self.0)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
         Ok(next)
     }
 
     /// Deletes generation rows, then every image no generation refers to.
     pub async fn delete_generations(&mut self, ids: &[GenerationId]) -> Result<(), StoreError> {
         for id in ids {
-            sqlx::query("DELETE FROM generations WHERE stream = ? AND number = ?")
+            on_tx!(self, db => sqlx::query("DELETE FROM generations WHERE stream = $1 AND number = $2")
                 .bind(&id.stream)
                 .bind(id.number)
-                .execute(&mut *self.0)
-                .await?;
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?;
         }
-        sqlx::query("DELETE FROM images WHERE digest NOT IN (SELECT image FROM generations)")
-            .execute(&mut *self.0)
-            .await?;
+        on_tx!(self, db => sqlx::query("DELETE FROM images WHERE digest NOT IN (SELECT image FROM generations)")
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 }

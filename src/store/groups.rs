@@ -39,35 +39,36 @@ pub struct GroupFields<'a> {
 impl Store {
     /// Every group and every slot pointer (the inventory's load).
     pub async fn group_rows(&self) -> Result<(Vec<GroupRow>, Vec<SlotRow>), StoreError> {
-        let groups = sqlx::query_as(
+        let groups = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT name, stream, generation, variables, selector, description FROM groups",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        let slots =
-            sqlx::query_as("SELECT group_name, slot, stream, generation FROM group_generations")
-                .fetch_all(&self.pool)
-                .await?;
+        .fetch_all(db)
+        .await)?;
+        let slots = on_pool!(&self.pool, db => sqlx::query_as("SELECT group_name, slot, stream, generation FROM group_generations")
+                .fetch_all(db)
+                .await)?;
         Ok((groups, slots))
     }
 }
 
 impl Tx {
     pub async fn group_exists(&mut self, name: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM groups WHERE name = ?")
+        Ok(
+            on_tx!(self, db => sqlx::query("SELECT 1 FROM groups WHERE name = $1")
             .bind(name)
-            .fetch_optional(&mut *self.0)
-            .await?
-            .is_some())
+            .fetch_optional(&mut *db)
+            .await
+            .map(|row| row.is_some()))?,
+        )
     }
 
     /// A new group with default settings.
     pub async fn insert_group(&mut self, name: &str, now_ms: i64) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO groups (name, updated_ms) VALUES (?, ?)")
+        on_tx!(self, db => sqlx::query("INSERT INTO groups (name, updated_ms) VALUES ($1, $2)")
             .bind(name)
             .bind(now_ms)
-            .execute(&mut *self.0)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -77,13 +78,13 @@ impl Tx {
         fields: GroupFields<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        on_tx!(self, db => sqlx::query(
             "UPDATE groups SET
-                 description = CASE WHEN ?1 THEN ?2 ELSE description END,
-                 selector = CASE WHEN ?3 THEN ?4 ELSE selector END,
-                 variables = CASE WHEN ?5 THEN ?6 ELSE variables END,
-                 updated_ms = ?7
-             WHERE name = ?8",
+                 description = CASE WHEN $1 THEN $2 ELSE description END,
+                 selector = CASE WHEN $3 THEN $4 ELSE selector END,
+                 variables = CASE WHEN $5 THEN $6 ELSE variables END,
+                 updated_ms = $7
+             WHERE name = $8",
         )
         .bind(fields.description.is_some())
         .bind(fields.description)
@@ -93,21 +94,21 @@ impl Tx {
         .bind(fields.variables)
         .bind(now_ms)
         .bind(name)
-        .execute(&mut *self.0)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
     /// Removes a group and its slot pointers.
     pub async fn delete_group(&mut self, name: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM group_generations WHERE group_name = ?")
+        on_tx!(self, db => sqlx::query("DELETE FROM group_generations WHERE group_name = $1")
             .bind(name)
-            .execute(&mut *self.0)
-            .await?;
-        sqlx::query("DELETE FROM groups WHERE name = ?")
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
+        on_tx!(self, db => sqlx::query("DELETE FROM groups WHERE name = $1")
             .bind(name)
-            .execute(&mut *self.0)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -122,40 +123,40 @@ impl Tx {
         id: &GenerationId,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        Ok(set_group_pointer(&mut self.0, group, slot, id, now_ms).await?)
+        Ok(set_group_pointer(&mut self.conn(), group, slot, id, now_ms).await?)
     }
 }
 
 /// [`Tx::set_group_pointer`] on a connection already in a transaction (the
 /// ledger writer's, for rollouts that complete on the boot path).
 pub(super) async fn set_group_pointer(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut super::Conn<'_>,
     group: &str,
     slot: Slot,
     id: &GenerationId,
     now_ms: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO groups (name, stream, generation, updated_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (name) DO UPDATE SET stream = ?2, generation = ?3, updated_ms = ?4",
+    on_conn!(conn, db => sqlx::query(
+        "INSERT INTO groups (name, stream, generation, updated_ms) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (name) DO UPDATE SET stream = $2, generation = $3, updated_ms = $4",
     )
     .bind(group)
     .bind(&id.stream)
     .bind(id.number)
     .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
+    .execute(&mut *db)
+    .await.map(|r| r.rows_affected()))?;
+    on_conn!(conn, db => sqlx::query(
         "INSERT INTO group_generations (group_name, slot, stream, generation, updated_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (group_name, slot) DO UPDATE SET stream = ?3, generation = ?4, updated_ms = ?5",
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (group_name, slot) DO UPDATE SET stream = $3, generation = $4, updated_ms = $5",
     )
     .bind(group)
     .bind(slot.to_string())
     .bind(&id.stream)
     .bind(id.number)
     .bind(now_ms)
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *db)
+    .await.map(|r| r.rows_affected()))?;
     Ok(())
 }

@@ -96,14 +96,14 @@ fn page<T>(mut rows: Vec<T>, limit: i64) -> (Vec<T>, bool) {
 impl Store {
     /// A page of boots, newest first.
     pub async fn boots(&self, q: &BootQuery) -> Result<(Vec<BootRow>, bool), StoreError> {
-        let rows: Vec<BootRow> = sqlx::query_as(
+        let rows: Vec<BootRow> = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT id, mac, stream, generation, image, state, reason, started_ms, confirmed_ms
              FROM boots
-             WHERE (?1 IS NULL OR mac = ?1) AND (?2 IS NULL OR id < ?2)
-               AND (?3 IS NULL OR started_ms >= ?3) AND (?4 IS NULL OR started_ms < ?4)
-               AND (?5 IS NULL OR stream = ?5) AND (?6 IS NULL OR generation = ?6)
-               AND (?7 IS NULL OR state = ?7)
-             ORDER BY id DESC LIMIT ?8",
+             WHERE ($1 IS NULL OR mac = $1) AND ($2 IS NULL OR id < $2)
+               AND ($3 IS NULL OR started_ms >= $3) AND ($4 IS NULL OR started_ms < $4)
+               AND ($5 IS NULL OR stream = $5) AND ($6 IS NULL OR generation = $6)
+               AND ($7 IS NULL OR state = $7)
+             ORDER BY id DESC LIMIT $8",
         )
         .bind(q.mac.map(|m| m.to_string()))
         .bind(q.before)
@@ -113,8 +113,8 @@ impl Store {
         .bind(q.generation)
         .bind(q.state.map(BootState::as_str))
         .bind(q.limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await)?;
         Ok(page(rows, q.limit))
     }
 
@@ -124,14 +124,16 @@ impl Store {
         if boots.is_empty() {
             return Ok(out);
         }
-        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT boot_id, at_ms, step, detail, bytes FROM events WHERE boot_id IN ",
-        );
-        q.push_tuples(boots, |mut b, id| {
-            b.push_bind(*id);
+        let rows: Vec<StepRow> = on_pool!(&self.pool, db => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT boot_id, at_ms, step, detail, bytes FROM events WHERE boot_id IN ",
+            );
+            q.push_tuples(boots, |mut b, id| {
+                b.push_bind(*id);
+            });
+            q.push(" ORDER BY id");
+            q.build_query_as().fetch_all(db).await?
         });
-        q.push(" ORDER BY id");
-        let rows: Vec<StepRow> = q.build_query_as().fetch_all(&self.pool).await?;
         for row in rows {
             out.entry(row.boot_id).or_default().push(row);
         }
@@ -141,15 +143,15 @@ impl Store {
     /// A page of events, newest first.
     pub async fn events(&self, q: &EventQuery) -> Result<(Vec<EventRow>, bool), StoreError> {
         let family = q.step.as_ref().map(|s| format!("{s}.%"));
-        let rows: Vec<EventRow> = sqlx::query_as(
+        let rows: Vec<EventRow> = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT e.id, e.at_ms, e.mac, e.ip, e.step, e.detail, e.bytes, e.boot_id
              FROM events e LEFT JOIN boots b ON b.id = e.boot_id
-             WHERE (?1 IS NULL OR e.mac = ?1) AND (?2 IS NULL OR e.id < ?2)
-               AND (?3 IS NULL OR e.at_ms >= ?3) AND (?4 IS NULL OR e.at_ms < ?4)
-               AND (?5 IS NULL OR e.step = ?5 OR e.step LIKE ?6)
-               AND (?7 IS NULL OR e.boot_id = ?7)
-               AND (?8 IS NULL OR b.stream = ?8) AND (?9 IS NULL OR b.generation = ?9)
-             ORDER BY e.id DESC LIMIT ?10",
+             WHERE ($1 IS NULL OR e.mac = $1) AND ($2 IS NULL OR e.id < $2)
+               AND ($3 IS NULL OR e.at_ms >= $3) AND ($4 IS NULL OR e.at_ms < $4)
+               AND ($5 IS NULL OR e.step = $5 OR e.step LIKE $6)
+               AND ($7 IS NULL OR e.boot_id = $7)
+               AND ($8 IS NULL OR b.stream = $8) AND ($9 IS NULL OR b.generation = $9)
+             ORDER BY e.id DESC LIMIT $10",
         )
         .bind(q.mac.map(|m| m.to_string()))
         .bind(q.before)
@@ -161,20 +163,20 @@ impl Store {
         .bind(&q.stream)
         .bind(q.generation)
         .bind(q.limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await)?;
         Ok(page(rows, q.limit))
     }
 
     /// Boots per generation, by result, in stream and generation order.
     pub async fn boot_counts(&self) -> Result<Vec<((String, i64), BootCounts)>, StoreError> {
-        let rows: Vec<(String, i64, String, i64)> = sqlx::query_as(
+        let rows: Vec<(String, i64, String, i64)> = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT stream, generation, state, COUNT(*) FROM boots
              WHERE stream IS NOT NULL AND generation IS NOT NULL
              GROUP BY stream, generation, state ORDER BY stream, generation",
         )
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(db)
+        .await)?;
         let mut counts: Vec<((String, i64), BootCounts)> = Vec::new();
         for (stream, generation, state, n) in rows {
             let key = (stream, generation);
@@ -211,7 +213,7 @@ mod tests {
             .bind(format!("token-hash-{id}"))
             .bind(state)
             .bind(id * 10)
-            .execute(&store.pool)
+            .execute(store.sqlite_pool())
             .await
             .unwrap();
         }
@@ -221,7 +223,7 @@ mod tests {
             )
             .bind(step)
             .bind(boot)
-            .execute(&store.pool)
+            .execute(store.sqlite_pool())
             .await
             .unwrap();
         }

@@ -83,24 +83,24 @@ impl Store {
     /// Every machine (the inventory's load at start).
     pub async fn all_machines(&self) -> Result<Vec<MachineRow>, StoreError> {
         Ok(
-            sqlx::query_as(concat!("SELECT ", machine_columns!(), " FROM machines m"))
-                .fetch_all(&self.pool)
-                .await?,
+            on_pool!(&self.pool, db => sqlx::query_as(concat!("SELECT ", machine_columns!(), " FROM machines m"))
+                .fetch_all(db)
+                .await)?,
         )
     }
 
     /// One machine, with the state of its latest boot.
     pub async fn machine_row(&self, mac: MacAddr) -> Result<Option<MachineRow>, StoreError> {
-        Ok(sqlx::query_as(concat!(
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(concat!(
             "SELECT ",
             machine_columns!(),
             ", ",
             last_boot!(),
-            " FROM machines m WHERE m.mac = ?"
+            " FROM machines m WHERE m.mac = $1"
         ))
         .bind(mac.to_string())
-        .fetch_optional(&self.pool)
-        .await?)
+        .fetch_optional(db)
+        .await)?)
     }
 
     /// Machines matching `q` in MAC order, as a stream: the caller stops
@@ -109,16 +109,16 @@ impl Store {
         &'a self,
         q: &'a MachineQuery,
     ) -> BoxStream<'a, Result<MachineRow, StoreError>> {
-        sqlx::query_as(concat!(
+        on_pool!(&self.pool, db => sqlx::query_as(concat!(
             "SELECT ",
             machine_columns!(),
             ", ",
             last_boot!(),
             " FROM machines m
-             WHERE (?1 IS NULL OR m.mac > ?1) AND (?2 IS NULL OR group_name = ?2)
-               AND (?3 IS NULL OR kind = ?3) AND (?4 IS NULL OR current_stream = ?4)
-               AND (?5 IS NULL OR current_generation = ?5)
-               AND (?6 IS NULL OR last_seen_ms >= ?6) AND (?7 IS NULL OR last_seen_ms < ?7)
+             WHERE ($1 IS NULL OR m.mac > $1) AND ($2 IS NULL OR group_name = $2)
+               AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR current_stream = $4)
+               AND ($5 IS NULL OR current_generation = $5)
+               AND ($6 IS NULL OR last_seen_ms >= $6) AND ($7 IS NULL OR last_seen_ms < $7)
              ORDER BY m.mac"
         ))
         .bind(q.after.map(|m| m.to_string()))
@@ -128,9 +128,9 @@ impl Store {
         .bind(q.generation)
         .bind(q.seen_since_ms)
         .bind(q.seen_before_ms)
-        .fetch(&self.pool)
+        .fetch(db)
         .map(|r| r.map_err(StoreError::from))
-        .boxed()
+        .boxed())
     }
 }
 
@@ -147,22 +147,24 @@ impl Store {
         &self,
         group: &str,
     ) -> Result<Vec<(String, Option<String>, String)>, StoreError> {
-        Ok(
-            sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = ?")
+        Ok(on_pool!(&self.pool, db => {
+            sqlx::query_as("SELECT mac, pin_stream, kind FROM machines WHERE group_name = $1")
                 .bind(group)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+                .fetch_all(db)
+                .await
+        })?)
     }
 }
 
 impl Tx {
     pub async fn machine_exists(&mut self, mac: MacAddr) -> Result<bool, StoreError> {
-        Ok(sqlx::query("SELECT 1 FROM machines WHERE mac = ?")
+        Ok(
+            on_tx!(self, db => sqlx::query("SELECT 1 FROM machines WHERE mac = $1")
             .bind(mac.to_string())
-            .fetch_optional(&mut *self.0)
-            .await?
-            .is_some())
+            .fetch_optional(&mut *db)
+            .await
+            .map(|row| row.is_some()))?,
+        )
     }
 
     /// The operator assigns `mac` to `group` (`None`: removes the
@@ -172,18 +174,25 @@ impl Tx {
         mac: MacAddr,
         group: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let q = match group {
-            Some(g) => {
-                sqlx::query("UPDATE machines SET group_name = ?, group_assigned = 1 WHERE mac = ?")
-                    .bind(g)
-            }
-            None => sqlx::query("UPDATE machines SET group_assigned = 0 WHERE mac = ?"),
+        let mac = mac.to_string();
+        let updated = match group {
+            Some(g) => on_tx!(self, db => sqlx::query(
+                "UPDATE machines SET group_name = $1, group_assigned = TRUE WHERE mac = $2",
+            )
+            .bind(g)
+            .bind(&mac)
+            .execute(&mut *db)
+            .await
+            .map(|r| r.rows_affected()))?,
+            None => on_tx!(self, db => sqlx::query(
+                "UPDATE machines SET group_assigned = FALSE WHERE mac = $1",
+            )
+            .bind(&mac)
+            .execute(&mut *db)
+            .await
+            .map(|r| r.rows_affected()))?,
         };
-        Ok(q.bind(mac.to_string())
-            .execute(&mut *self.0)
-            .await?
-            .rows_affected()
-            > 0)
+        Ok(updated > 0)
     }
 
     pub async fn set_machine_hostname(
@@ -191,11 +200,11 @@ impl Tx {
         mac: MacAddr,
         hostname: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE machines SET hostname = ? WHERE mac = ?")
+        on_tx!(self, db => sqlx::query("UPDATE machines SET hostname = $1 WHERE mac = $2")
             .bind(hostname)
             .bind(mac.to_string())
-            .execute(&mut *self.0)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -205,13 +214,14 @@ impl Tx {
         mac: MacAddr,
         labels: &BTreeMap<String, String>,
     ) -> Result<bool, StoreError> {
-        Ok(sqlx::query("UPDATE machines SET labels = ? WHERE mac = ?")
+        Ok(
+            on_tx!(self, db => sqlx::query("UPDATE machines SET labels = $1 WHERE mac = $2")
             .bind(serde_json::to_string(labels).expect("labels serialize"))
             .bind(mac.to_string())
-            .execute(&mut *self.0)
-            .await?
-            .rows_affected()
-            > 0)
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?
+                > 0,
+        )
     }
 
     /// Pins it to a generation (`None`: unpins). `false`: no such machine.
@@ -221,13 +231,12 @@ impl Tx {
         pin: Option<&GenerationId>,
     ) -> Result<bool, StoreError> {
         Ok(
-            sqlx::query("UPDATE machines SET pin_stream = ?, pin_generation = ? WHERE mac = ?")
+            on_tx!(self, db => sqlx::query("UPDATE machines SET pin_stream = $1, pin_generation = $2 WHERE mac = $3")
                 .bind(pin.map(|p| p.stream.as_str()))
                 .bind(pin.map(|p| p.number))
                 .bind(mac.to_string())
-                .execute(&mut *self.0)
-                .await?
-                .rows_affected()
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?
                 > 0,
         )
     }
@@ -238,11 +247,11 @@ impl Tx {
         mac: MacAddr,
         kind: MachineKind,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE machines SET kind = ?, kind_by_operator = 1 WHERE mac = ?")
+        on_tx!(self, db => sqlx::query("UPDATE machines SET kind = $1, kind_by_operator = TRUE WHERE mac = $2")
             .bind(kind.as_str())
             .bind(mac.to_string())
-            .execute(&mut *self.0)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         Ok(())
     }
 
@@ -254,26 +263,23 @@ impl Tx {
         purge: bool,
     ) -> Result<Option<Removed>, StoreError> {
         let key = mac.to_string();
-        let removed = sqlx::query("DELETE FROM machines WHERE mac = ?")
+        let removed = on_tx!(self, db => sqlx::query("DELETE FROM machines WHERE mac = $1")
             .bind(&key)
-            .execute(&mut *self.0)
-            .await?
-            .rows_affected();
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
         if removed == 0 {
             return Ok(None);
         }
         let mut out = Removed::default();
         if purge {
-            out.events = sqlx::query("DELETE FROM events WHERE mac = ?")
+            out.events = on_tx!(self, db => sqlx::query("DELETE FROM events WHERE mac = $1")
                 .bind(&key)
-                .execute(&mut *self.0)
-                .await?
-                .rows_affected();
-            out.boots = sqlx::query("DELETE FROM boots WHERE mac = ?")
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?;
+            out.boots = on_tx!(self, db => sqlx::query("DELETE FROM boots WHERE mac = $1")
                 .bind(&key)
-                .execute(&mut *self.0)
-                .await?
-                .rows_affected();
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?;
         }
         Ok(Some(out))
     }
@@ -285,31 +291,31 @@ impl Tx {
         moved: &[(MacAddr, String)],
     ) -> Result<(), StoreError> {
         for (mac, group) in moved {
-            sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+            on_tx!(self, db => sqlx::query("UPDATE machines SET group_name = $1 WHERE mac = $2 AND group_assigned = FALSE")
                 .bind(group)
                 .bind(mac.to_string())
-                .execute(&mut *self.0)
-                .await?;
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?;
         }
         Ok(())
     }
 
     /// Every machine's MAC, as this transaction sees them.
     pub async fn known_macs(&mut self) -> Result<HashSet<MacAddr>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
-            .fetch_all(&mut *self.0)
-            .await?;
+        let rows: Vec<(String,)> = on_tx!(self, db => sqlx::query_as("SELECT mac FROM machines")
+            .fetch_all(&mut *db)
+            .await)?;
         Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
     }
 
     /// MACs an operator assigned to `group`, in order.
     pub async fn assigned_to(&mut self, group: &str) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
-            "SELECT mac FROM machines WHERE group_assigned = 1 AND group_name = ? ORDER BY mac",
+        let rows: Vec<(String,)> = on_tx!(self, db => sqlx::query_as(
+            "SELECT mac FROM machines WHERE group_assigned = TRUE AND group_name = $1 ORDER BY mac",
         )
         .bind(group)
-        .fetch_all(&mut *self.0)
-        .await?;
+        .fetch_all(&mut *db)
+        .await)?;
         Ok(rows.into_iter().map(|(m,)| m).collect())
     }
 
@@ -322,19 +328,19 @@ impl Tx {
         now_ms: i64,
         limit: i64,
     ) -> Result<Vec<MacAddr>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as(
+        let rows: Vec<(String,)> = on_tx!(self, db => sqlx::query_as(
             "SELECT mac FROM machines m
-             WHERE last_seen_ms < ?1 AND group_assigned = 0 AND labels = '{}'
-               AND hostname IS NULL AND pin_stream IS NULL AND kind_by_operator = 0
+             WHERE last_seen_ms < $1 AND group_assigned = FALSE AND labels = '{}'
+               AND hostname IS NULL AND pin_stream IS NULL AND kind_by_operator = FALSE
                AND NOT EXISTS (SELECT 1 FROM boots b WHERE b.mac = m.mac)
-               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.mac = m.mac AND l.expires_at_ms > ?2)
-             ORDER BY last_seen_ms LIMIT ?3",
+               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.mac = m.mac AND l.expires_at_ms > $2)
+             ORDER BY last_seen_ms LIMIT $3",
         )
         .bind(before_ms)
         .bind(now_ms)
         .bind(limit)
-        .fetch_all(&mut *self.0)
-        .await?;
+        .fetch_all(&mut *db)
+        .await)?;
         Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
     }
 }

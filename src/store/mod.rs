@@ -1,20 +1,63 @@
-//! SQLite through sqlx: the source of truth for machines, groups,
+//! The database through sqlx (SQLite embedded by default, PostgreSQL when
+//! `[store] url` names one): the source of truth for machines, groups,
 //! generations, leases, rollouts and the boot ledger, and the only module
 //! that runs SQL.
 //!
-//! Its interface is the seam a second backend (PostgreSQL, for several
-//! servers) plugs into: typed reads on [`Store`] and typed writes on a
-//! transaction ([`tx::Tx`]), one row type per table, per table in
+//! Its interface is the seam between the server and its backend: typed
+//! reads on [`Store`] and typed writes on a transaction ([`tx::Tx`]), one
+//! row type per table, per table in
 //! `machines.rs`, `groups.rs`, `generations.rs`, `boots.rs`, `rollouts.rs`,
 //! `tokens.rs` and `history.rs` (the API's pages). Callers see neither a
 //! connection nor SQL. The packet paths never call in here: they read what
 //! [`Store::load_leases`] and [`Store::known_macs`] loaded at start and
 //! write through the [`writer`] task (group commit).
 //!
-//! Opened once at start with WAL, `synchronous=NORMAL` and a busy timeout;
-//! migrations are embedded, append-only (a test holds their checksums) and
-//! run at open. Queries are checked at run time (`query_as` + `FromRow`),
-//! so building needs no database.
+//! One text per statement serves both backends: placeholders are `$1`,
+//! `$2`, … (SQLite reads them too), booleans are `TRUE`/`FALSE`, and the
+//! few SQLite-only forms have portable spellings (`ON CONFLICT DO NOTHING`,
+//! `CASE` for a two-argument `MAX`). [`on_pool!`] and [`on_tx!`] run a
+//! statement on whichever backend is open; each arm is compiled for its own
+//! database, so rows decode natively.
+//!
+//! SQLite is opened once at start with WAL, `synchronous=NORMAL` and a busy
+//! timeout; PostgreSQL with a small pool. Migrations are embedded,
+//! append-only (a test holds their checksums) and run at open: `migrations/`
+//! for SQLite, `migrations/postgres/` for PostgreSQL, the same version
+//! numbers meaning the same schema. Queries are checked at run time
+//! (`query_as` + `FromRow`), so building needs no database.
+
+/// Runs `$body` with `$db` bound to the open backend's pool.
+macro_rules! on_pool {
+    ($pool:expr, $db:ident => $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Sqlite($db) => $body,
+            $crate::store::Pool::Postgres($db) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$db` bound to the connection a [`Conn`] holds.
+macro_rules! on_conn {
+    ($conn:expr, $db:ident => $body:expr) => {
+        match &mut *$conn {
+            $crate::store::Conn::Sqlite(c) => {
+                let $db: &mut sqlx::SqliteConnection = &mut **c;
+                $body
+            }
+            $crate::store::Conn::Postgres(c) => {
+                let $db: &mut sqlx::PgConnection = &mut **c;
+                $body
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$db` bound to the transaction's connection.
+macro_rules! on_tx {
+    ($tx:expr, $db:ident => $body:expr) => {
+        on_conn!(&mut $tx.conn(), $db => $body)
+    };
+}
 
 pub mod boots;
 pub mod checkpoint;
@@ -34,8 +77,9 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 
 use crate::domain::lease::{Entry, State};
 use crate::domain::MacAddr;
@@ -56,7 +100,40 @@ pub enum StoreError {
 /// Handle to the database (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// The open backend.
+#[derive(Clone)]
+pub(crate) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A connection of either backend, for statements that a transaction and
+/// the ledger writer share.
+pub(crate) enum Conn<'a> {
+    Sqlite(&'a mut sqlx::SqliteConnection),
+    Postgres(&'a mut sqlx::PgConnection),
+}
+
+impl<'a> From<&'a mut sqlx::SqliteConnection> for Conn<'a> {
+    fn from(c: &'a mut sqlx::SqliteConnection) -> Self {
+        Conn::Sqlite(c)
+    }
+}
+
+impl<'a> From<&'a mut sqlx::PgConnection> for Conn<'a> {
+    fn from(c: &'a mut sqlx::PgConnection) -> Self {
+        Conn::Postgres(c)
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 /// Makes the data directory private to the server's user (0700, created so
@@ -65,20 +142,8 @@ pub struct Store {
 /// mode, so all three stay private. The directory holds the admin token,
 /// leases and every machine's configuration variables.
 fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let private = |path: &Path, mode: u32| -> std::io::Result<()> {
-        let meta = std::fs::metadata(path)?;
-        if meta.permissions().mode() & 0o777 != mode {
-            tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "tightening permissions");
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        }
-        Ok(())
-    };
-    private(dir, 0o700)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    private_dir(dir)?;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -87,8 +152,28 @@ fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let file = db.with_file_name(format!("ironboot.db{suffix}"));
         if file.exists() {
-            private(&file, 0o600)?;
+            private_mode(&file, 0o600)?;
         }
+    }
+    Ok(())
+}
+
+/// Creates `dir` 0700, or tightens it to that.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    private_mode(dir, 0o700)
+}
+
+fn private_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)?;
+    if meta.permissions().mode() & 0o777 != mode {
+        tracing::info!(path = %path.display(), mode = format!("{mode:o}"), "tightening permissions");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -103,6 +188,43 @@ struct LeaseRow {
 }
 
 impl Store {
+    /// Opens the configured backend: PostgreSQL at `url` when given, else
+    /// SQLite in `dir`.
+    pub async fn connect(url: Option<&str>, dir: &Path) -> Result<Self, StoreError> {
+        match url {
+            Some(url) => {
+                // The data directory still holds the images and the admin
+                // token: private, as with SQLite.
+                private_dir(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                Self::open_postgres(url).await
+            }
+            None => Self::open(dir).await,
+        }
+    }
+
+    /// Connects to the PostgreSQL database at `url` and migrates it.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
     /// Opens (creating if needed) `dir/ironboot.db` and migrates it.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("ironboot.db");
@@ -140,22 +262,35 @@ impl Store {
             .await?;
         repair_checksums(&pool).await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
     }
 
     /// The pool itself, for the store's own tasks (writer, checkpoints,
-    /// retention) and tests; nothing outside `store` runs SQL.
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    /// retention); nothing outside `store` runs SQL.
+    pub(crate) fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The SQLite pool of a store tests opened with [`Store::open`], for
+    /// tests that read or break the database directly.
+    #[cfg(test)]
+    pub(crate) fn sqlite_pool(&self) -> &SqlitePool {
+        match &self.pool {
+            Pool::Sqlite(p) => p,
+            Pool::Postgres(_) => panic!("a test store is SQLite"),
+        }
     }
 
     /// Every persisted lease still worth remembering (bound or quarantined,
     /// expired or not: an expired binding still says who had the address).
     pub async fn load_leases(&self) -> Result<Vec<Entry>, StoreError> {
-        let rows: Vec<LeaseRow> =
+        let rows: Vec<LeaseRow> = on_pool!(&self.pool, db => {
             sqlx::query_as("SELECT ip, mac, state, expires_at_ms, hostname FROM leases")
-                .fetch_all(&self.pool)
-                .await?;
+                .fetch_all(db)
+                .await?
+        });
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -176,14 +311,14 @@ impl Store {
 
     /// MACs of every machine that has network-booted from this server.
     pub async fn known_macs(&self) -> Result<HashSet<MacAddr>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT mac FROM machines")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<(String,)> = on_pool!(&self.pool, db => {
+            sqlx::query_as("SELECT mac FROM machines").fetch_all(db).await?
+        });
         Ok(rows.into_iter().filter_map(|(m,)| m.parse().ok()).collect())
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(&self.pool, db => db.close().await);
     }
 }
 
@@ -289,21 +424,28 @@ mod tests {
         ),
     ];
 
-    #[test]
-    fn landed_migrations_are_never_edited() {
+    /// The PostgreSQL migrations, likewise.
+    const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[(
+        "0011_baseline.sql",
+        "b34c151a351678c7357dc2322381bdcf246805819c3f61bb7d7424cba0fd1ac4",
+    )];
+
+    fn check_landed(dir: &str, landed: &[(&str, &str)]) {
         use sha2::Digest as _;
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
         let mut files: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().unwrap().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect();
         files.sort();
-        let listed: Vec<&str> = MIGRATIONS.iter().map(|(name, _)| *name).collect();
+        let listed: Vec<&str> = landed.iter().map(|(name, _)| *name).collect();
         assert_eq!(
             files, listed,
             "every migration file is listed here, in order"
         );
-        for (name, sha) in MIGRATIONS {
+        for (name, sha) in landed {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             assert_eq!(
                 hex::encode(sha2::Sha256::digest(&bytes)),
@@ -311,6 +453,19 @@ mod tests {
                 "{name} was edited after it landed: restore it and add a new migration"
             );
         }
+    }
+
+    #[test]
+    fn landed_migrations_are_never_edited() {
+        check_landed("migrations", MIGRATIONS);
+        check_landed("migrations/postgres", POSTGRES_MIGRATIONS);
+    }
+
+    /// Both backends reach the same version: a schema change is a pair.
+    #[test]
+    fn both_backends_end_on_the_same_version() {
+        let version = |list: &[(&str, &str)]| list.last().unwrap().0[..4].to_string();
+        assert_eq!(version(MIGRATIONS), version(POSTGRES_MIGRATIONS));
     }
 
     /// A database migrated while 0006 was the edited file opens with the
@@ -322,7 +477,7 @@ mod tests {
         let (_, edited, landed) = EDITED_AFTER_LANDING[0];
         sqlx::query("UPDATE _sqlx_migrations SET checksum = ? WHERE version = 6")
             .bind(hex::decode(edited).unwrap())
-            .execute(store.pool())
+            .execute(store.sqlite_pool())
             .await
             .unwrap();
         store.close().await;
@@ -331,7 +486,7 @@ mod tests {
             .expect("opens after the repair");
         let (checksum,): (Vec<u8>,) =
             sqlx::query_as("SELECT checksum FROM _sqlx_migrations WHERE version = 6")
-                .fetch_one(store.pool())
+                .fetch_one(store.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(hex::encode(checksum), landed);
@@ -345,13 +500,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
         for _ in 0..8 {
-            let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let mut tx = store
+                .sqlite_pool()
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .unwrap();
             sqlx::query("ROLLBACK").execute(&mut *tx).await.unwrap();
             drop(tx);
         }
         for _ in 0..8 {
             let mut tx = store
-                .pool()
+                .sqlite_pool()
                 .begin_with("BEGIN IMMEDIATE")
                 .await
                 .expect("a fresh BEGIN works");
@@ -369,7 +528,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let fresh = root.path().join("data");
         let store = Store::open(&fresh).await.unwrap();
-        sqlx::query("SELECT 1").execute(store.pool()).await.unwrap();
+        sqlx::query("SELECT 1")
+            .execute(store.sqlite_pool())
+            .await
+            .unwrap();
         assert_eq!(mode(&fresh), 0o700);
         for f in ["ironboot.db", "ironboot.db-wal", "ironboot.db-shm"] {
             assert_eq!(mode(&fresh.join(f)), 0o600, "{f}");

@@ -96,22 +96,21 @@ pub async fn run(store: Store, retention: Retention, shutdown: CancellationToken
 /// `max_rows`; returns how many went.
 pub async fn prune(store: &Store, r: Retention, now_ms: i64) -> Result<u64, sqlx::Error> {
     let oldest_kept = now_ms - r.max_age.as_millis().min(i64::MAX as u128) as i64;
-    let (newest,): (Option<i64>,) = sqlx::query_as("SELECT MAX(id) FROM events")
-        .fetch_one(store.pool())
-        .await?;
+    let (newest,): (Option<i64>,) = on_pool!(store.pool(), db => sqlx::query_as("SELECT MAX(id) FROM events")
+        .fetch_one(db)
+        .await)?;
     let first_kept_id = newest.unwrap_or(0) - r.max_rows.min(i64::MAX as u64) as i64;
     let mut deleted = 0;
     for _ in 0..CHUNKS_PER_PASS {
-        let n = sqlx::query(
+        let n = on_pool!(store.pool(), db => sqlx::query(
             "DELETE FROM events WHERE id IN
-                 (SELECT id FROM events WHERE at_ms < ?1 OR id <= ?2 ORDER BY id LIMIT ?3)",
+                 (SELECT id FROM events WHERE at_ms < $1 OR id <= $2 ORDER BY id LIMIT $3)",
         )
         .bind(oldest_kept)
         .bind(first_kept_id)
         .bind(CHUNK)
-        .execute(store.pool())
-        .await?
-        .rows_affected();
+        .execute(db)
+        .await.map(|r| r.rows_affected()))?;
         deleted += n;
         if (n as i64) < CHUNK {
             break;
@@ -137,10 +136,10 @@ mod tests {
             } else {
                 now - 1000 + i
             };
-            sqlx::query("INSERT INTO events (at_ms, step, detail) VALUES (?, 'x', '{}')")
+            on_pool!(store.pool(), db => sqlx::query("INSERT INTO events (at_ms, step, detail) VALUES ($1, 'x', '{}')")
                 .bind(at)
-                .execute(store.pool())
-                .await
+                .execute(db)
+                .await.map(|r| r.rows_affected()))
                 .unwrap();
         }
         let r = Retention {
@@ -148,9 +147,10 @@ mod tests {
             max_rows: 2000,
         };
         assert_eq!(prune(&store, r, now).await.unwrap(), 1000);
-        let (left, min_id): (i64, i64) = sqlx::query_as("SELECT COUNT(*), MIN(id) FROM events")
-            .fetch_one(store.pool())
-            .await
+        let (left, min_id): (i64, i64) =
+            on_pool!(store.pool(), db => sqlx::query_as("SELECT COUNT(*), MIN(id) FROM events")
+            .fetch_one(db)
+            .await)
             .unwrap();
         assert_eq!((left, min_id), (2000, 1001), "the newest 2,000 stay");
         assert_eq!(prune(&store, r, now).await.unwrap(), 0);

@@ -4,7 +4,7 @@
 //! replaced only by a higher `rev` (the rollout engine numbers its changes).
 //! Read back whole at start, as stored; `rollout::restore` makes the fleet.
 
-use sqlx::SqliteConnection;
+use super::Conn;
 
 use super::{Store, StoreError};
 use crate::domain::fleet_rows::Persist;
@@ -12,12 +12,12 @@ use crate::domain::BootState;
 
 /// Writes everything `p` holds on `conn` (inside a transaction the caller
 /// opened with `BEGIN IMMEDIATE` and commits).
-pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx::Error> {
+pub(crate) async fn write(conn: &mut Conn<'_>, p: &Persist) -> Result<(), sqlx::Error> {
     for r in &p.rollouts {
-        sqlx::query(
+        on_conn!(conn, db => sqlx::query(
             "INSERT INTO rollouts (id, group_name, slot, state, holds, rollout, created_ms, created_by, updated_ms, rev)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO UPDATE SET state = ?4, holds = ?5, rollout = ?6, updated_ms = ?9, rev = ?10
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+             ON CONFLICT (id) DO UPDATE SET state = $4, holds = $5, rollout = $6, updated_ms = $9, rev = $10
              WHERE excluded.rev > rollouts.rev",
         )
         .bind(r.id)
@@ -30,13 +30,13 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
         .bind(&r.created_by)
         .bind(r.updated_ms)
         .bind(r.rev)
-        .execute(&mut *conn)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
     }
     for h in &p.health {
-        sqlx::query(
-            "INSERT INTO machine_health (mac, health, degraded, updated_ms, rev) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (mac) DO UPDATE SET health = ?2, degraded = ?3, updated_ms = ?4, rev = ?5
+        on_conn!(conn, db => sqlx::query(
+            "INSERT INTO machine_health (mac, health, degraded, updated_ms, rev) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (mac) DO UPDATE SET health = $2, degraded = $3, updated_ms = $4, rev = $5
              WHERE excluded.rev > machine_health.rev",
         )
         .bind(h.mac.to_string())
@@ -44,17 +44,17 @@ pub async fn write(conn: &mut SqliteConnection, p: &Persist) -> Result<(), sqlx:
         .bind(h.degraded)
         .bind(h.updated_ms)
         .bind(h.rev)
-        .execute(&mut *conn)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
     }
     for (id, reason) in &p.failed_boots {
-        sqlx::query("UPDATE boots SET state = ?, reason = ? WHERE id = ? AND state = ?")
+        on_conn!(conn, db => sqlx::query("UPDATE boots SET state = $1, reason = $2 WHERE id = $3 AND state = $4")
             .bind(BootState::Failed.as_str())
             .bind(reason)
             .bind(id)
             .bind(BootState::Served.as_str())
-            .execute(&mut *conn)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
     }
     for m in &p.pointers {
         super::groups::set_group_pointer(conn, &m.group, m.slot, &m.generation, p.at_ms).await?;
@@ -86,27 +86,28 @@ pub struct StoredFleet {
 impl super::tx::Tx {
     /// Writes what a fleet change holds, in this transaction.
     pub async fn write_fleet_rows(&mut self, p: &Persist) -> Result<(), StoreError> {
-        Ok(write(&mut self.0, p).await?)
+        Ok(write(&mut self.conn(), p).await?)
     }
 }
 
 impl Store {
     /// Everything, to resume where the server stopped.
     pub async fn fleet_rows(&self) -> Result<StoredFleet, StoreError> {
-        let rollouts = sqlx::query_as(
+        let rollouts = on_pool!(&self.pool, db => sqlx::query_as(
             "SELECT id, slot, rollout, created_ms, created_by, updated_ms FROM rollouts ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?;
-        let health = sqlx::query_as("SELECT mac, health FROM machine_health")
-            .fetch_all(&self.pool)
-            .await?;
-        let (rev,): (i64,) = sqlx::query_as(
-            "SELECT MAX(COALESCE((SELECT MAX(rev) FROM rollouts), 0),
-                        COALESCE((SELECT MAX(rev) FROM machine_health), 0))",
+        .fetch_all(db)
+        .await)?;
+        let health = on_pool!(&self.pool, db => sqlx::query_as("SELECT mac, health FROM machine_health")
+            .fetch_all(db)
+            .await)?;
+        let (rev,): (i64,) = on_pool!(&self.pool, db => sqlx::query_as(
+            "SELECT CASE WHEN r > h THEN r ELSE h END FROM
+                 (SELECT COALESCE((SELECT MAX(rev) FROM rollouts), 0) AS r,
+                         COALESCE((SELECT MAX(rev) FROM machine_health), 0) AS h) AS revs",
         )
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(db)
+        .await)?;
         Ok(StoredFleet {
             rollouts,
             health,

@@ -45,13 +45,13 @@ impl Store {
     /// Tokens not revoked.
     pub async fn live_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens WHERE revoked_ms IS NULL");
-        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(&sql).fetch_all(db).await)?)
     }
 
     /// Every token ever made, oldest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM api_tokens ORDER BY id");
-        Ok(sqlx::query_as(&sql).fetch_all(&self.pool).await?)
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(&sql).fetch_all(db).await)?)
     }
 
     /// Records a token by its hash; returns its id.
@@ -62,45 +62,46 @@ impl Store {
         role: Role,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        let (id,): (i64,) = sqlx::query_as(
-            "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES (?, ?, ?, ?) RETURNING id",
+        let (id,): (i64,) = on_pool!(&self.pool, db => sqlx::query_as(
+            "INSERT INTO api_tokens (name, hash, role, created_ms) VALUES ($1, $2, $3, $4) RETURNING id",
         )
         .bind(name)
         .bind(hash)
         .bind(role.as_str())
         .bind(now_ms)
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(db)
+        .await)?;
         Ok(id)
     }
 
     /// Revokes live token `id` unless it is the last live admin token.
     pub async fn revoke_token(&self, id: i64, now_ms: i64) -> Result<Revoked, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let sql = format!("SELECT {COLUMNS} FROM api_tokens WHERE id = ? AND revoked_ms IS NULL");
-        let row: Option<TokenRow> = sqlx::query_as(&sql)
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT {COLUMNS} FROM api_tokens WHERE id = $1 AND revoked_ms IS NULL");
+        let row: Option<TokenRow> = on_tx!(tx, db => sqlx::query_as(&sql)
             .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+            .fetch_optional(&mut *db)
+            .await)?;
         let Some(mut row) = row else {
             return Ok(Revoked::NoSuchToken);
         };
         if row.role() == Role::Admin {
-            let (admins,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM api_tokens WHERE role = ? AND revoked_ms IS NULL",
+            let (admins,): (i64,) = on_tx!(tx, db => sqlx::query_as(
+                "SELECT COUNT(*) FROM api_tokens WHERE role = $1 AND revoked_ms IS NULL",
             )
             .bind(Role::Admin.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
+            .fetch_one(&mut *db)
+            .await)?;
             if admins <= 1 {
                 return Ok(Revoked::LastAdmin);
             }
         }
-        sqlx::query("UPDATE api_tokens SET revoked_ms = ? WHERE id = ?")
+        on_tx!(tx, db => sqlx::query("UPDATE api_tokens SET revoked_ms = $1 WHERE id = $2")
             .bind(now_ms)
             .bind(id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(&mut *db)
+            .await
+            .map(|r| r.rows_affected()))?;
         tx.commit().await?;
         row.revoked_ms = Some(now_ms);
         Ok(Revoked::Now(row))

@@ -18,11 +18,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use sqlx::SqliteConnection;
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use super::Store;
+use super::{Backend, Conn, Store};
 use crate::domain::{ip_text, ipv4_text, LeaseState};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
 
@@ -205,29 +204,34 @@ async fn write_batch(store: &Store, batch: &[Record]) -> bool {
 /// lost per batch. Here a failure rolls back, and a connection that cannot
 /// be brought back to a clean state is closed instead of returned.
 async fn commit(store: &Store, batch: &[Record]) -> Result<(), sqlx::Error> {
-    let mut conn = store.pool().acquire().await?;
-    // BEGIN IMMEDIATE takes the write lock up front, so a concurrent writer
-    // waits on the busy timeout instead of failing mid-transaction.
-    let begin = || sqlx::query("BEGIN IMMEDIATE");
-    if begin().execute(&mut *conn).await.is_err() {
-        // A connection another task left inside a transaction (cancelled
-        // at shutdown): roll that back and try once more.
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        if let Err(e) = begin().execute(&mut *conn).await {
-            use sqlx::Connection;
-            let _ = conn.detach().close().await;
-            return Err(e);
-        }
-    }
-    let mut result = write_all(&mut conn, batch).await;
-    if result.is_ok() {
-        result = sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ());
-    }
-    if result.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+    // On SQLite, BEGIN IMMEDIATE takes the write lock up front, so a
+    // concurrent writer waits on the busy timeout instead of failing
+    // mid-transaction.
+    let begin = match store.backend() {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN",
+    };
+    on_pool!(store.pool(), pool => {
         use sqlx::Connection;
-        let _ = conn.detach().close().await;
-    }
-    result
+        let mut conn = pool.acquire().await?;
+        if sqlx::query(begin).execute(&mut *conn).await.is_err() {
+            // A connection another task left inside a transaction
+            // (cancelled at shutdown): roll that back and try once more.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            if let Err(e) = sqlx::query(begin).execute(&mut *conn).await {
+                let _ = conn.detach().close().await;
+                return Err(e);
+            }
+        }
+        let mut result = write_all(&mut Conn::from(&mut *conn), batch).await;
+        if result.is_ok() {
+            result = sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ());
+        }
+        if result.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+            let _ = conn.detach().close().await;
+        }
+        result
+    })
 }
 
 fn kind(record: &Record) -> &'static str {
@@ -248,7 +252,7 @@ fn kind(record: &Record) -> &'static str {
 /// become one upsert (the same result as applying them in turn), every
 /// event goes in multi-row inserts at the end, and the rest (leases, boots,
 /// rollouts) keeps its order after the machines it may refer to.
-async fn write_all(conn: &mut SqliteConnection, batch: &[Record]) -> Result<(), sqlx::Error> {
+async fn write_all(conn: &mut Conn<'_>, batch: &[Record]) -> Result<(), sqlx::Error> {
     for m in merged_machines(batch) {
         upsert_machine(conn, &m).await?;
     }
@@ -331,15 +335,15 @@ fn merge_facts(into: &mut MachineFacts, later: &MachineFacts) {
     into.at_ms = into.at_ms.max(later.at_ms);
 }
 
-async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result<(), sqlx::Error> {
+async fn upsert_machine(conn: &mut Conn<'_>, m: &MachineFacts) -> Result<(), sqlx::Error> {
     let Some(mac) = m.mac else { return Ok(()) };
-    sqlx::query(
+    on_conn!(conn, db => sqlx::query(
         "INSERT INTO machines (mac, uuid, arch, firmware, vendor_class, user_class, reported_hostname,
                                circuit_id, remote_id, relay, first_seen_ms, last_seen_ms,
                                serial, ip, kind)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, 'server'))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, 'server'))
          ON CONFLICT (mac) DO UPDATE SET
-             kind = CASE WHEN ? IS NULL OR kind_by_operator THEN kind ELSE excluded.kind END,
+             kind = CASE WHEN $16 IS NULL OR kind_by_operator THEN kind ELSE excluded.kind END,
              serial = COALESCE(excluded.serial, serial),
              ip = COALESCE(excluded.ip, ip),
              uuid = COALESCE(excluded.uuid, uuid),
@@ -351,7 +355,8 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
              circuit_id = COALESCE(excluded.circuit_id, circuit_id),
              remote_id = COALESCE(excluded.remote_id, remote_id),
              relay = COALESCE(excluded.relay, relay),
-             last_seen_ms = MAX(last_seen_ms, excluded.last_seen_ms)",
+             last_seen_ms = CASE WHEN machines.last_seen_ms > excluded.last_seen_ms
+                 THEN machines.last_seen_ms ELSE excluded.last_seen_ms END",
     )
     .bind(mac.to_string())
     .bind(&m.uuid)
@@ -369,20 +374,20 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
     .bind(m.ip.map(|i| i.to_string()))
     .bind(m.kind.map(|k| k.as_str()))
     .bind(m.kind.map(|k| k.as_str()))
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *db)
+    .await.map(|r| r.rows_affected()))?;
     if let Some(group) = &m.computed_group {
-        sqlx::query("UPDATE machines SET group_name = ? WHERE mac = ? AND group_assigned = 0")
+        on_conn!(conn, db => sqlx::query("UPDATE machines SET group_name = $1 WHERE mac = $2 AND group_assigned = FALSE")
             .bind(group)
             .bind(mac.to_string())
-            .execute(&mut *conn)
-            .await?;
+            .execute(&mut *db)
+            .await.map(|r| r.rows_affected()))?;
     }
     if let Some(i) = &m.inherited {
-        sqlx::query(
-            "UPDATE machines SET group_name = ?, group_assigned = ?, labels = ?,
-                 hostname = COALESCE(?, hostname), pin_stream = ?, pin_generation = ?,
-                 kind = COALESCE(?, kind), kind_by_operator = kind_by_operator OR ? WHERE mac = ?",
+        on_conn!(conn, db => sqlx::query(
+            "UPDATE machines SET group_name = $1, group_assigned = $2, labels = $3,
+                 hostname = COALESCE($4, hostname), pin_stream = $5, pin_generation = $6,
+                 kind = COALESCE($7, kind), kind_by_operator = kind_by_operator OR $8 WHERE mac = $9",
         )
         .bind(&i.group)
         .bind(i.assigned)
@@ -393,33 +398,35 @@ async fn upsert_machine(conn: &mut SqliteConnection, m: &MachineFacts) -> Result
         .bind(i.operator_kind.map(|k| k.as_str()))
         .bind(i.operator_kind.is_some())
         .bind(mac.to_string())
-        .execute(&mut *conn)
-        .await?;
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
     }
     Ok(())
 }
 
-async fn insert_events(conn: &mut SqliteConnection, rows: &[&Event]) -> Result<(), sqlx::Error> {
-    let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO events (at_ms, mac, ip, step, detail, bytes, boot_id) ",
-    );
-    insert.push_values(rows, |mut row, e| {
-        row.push_bind(e.at_ms)
-            .push_bind(e.mac.map(|m| m.to_string()))
-            .push_bind(e.ip.map(ip_text))
-            .push_bind(e.step)
-            .push_bind(e.detail.to_string())
-            .push_bind(e.bytes.map(|b| b as i64))
-            .push_bind(e.boot_id);
+async fn insert_events(conn: &mut Conn<'_>, rows: &[&Event]) -> Result<(), sqlx::Error> {
+    on_conn!(conn, db => {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO events (at_ms, mac, ip, step, detail, bytes, boot_id) ",
+        );
+        insert.push_values(rows, |mut row, e| {
+            row.push_bind(e.at_ms)
+                .push_bind(e.mac.map(|m| m.to_string()))
+                .push_bind(e.ip.map(ip_text))
+                .push_bind(e.step)
+                .push_bind(e.detail.to_string())
+                .push_bind(e.bytes.map(|b| b as i64))
+                .push_bind(e.boot_id);
+        });
+        insert.build().execute(db).await?;
     });
-    insert.build().execute(&mut *conn).await?;
     Ok(())
 }
 
-async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn insert_boot(conn: &mut Conn<'_>, b: &BootRecord) -> Result<(), sqlx::Error> {
+    on_conn!(conn, db => sqlx::query(
         "INSERT INTO boots (id, mac, token_hash, stream, generation, image, state, reason, started_ms)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(b.id)
     .bind(b.mac.to_string())
@@ -430,17 +437,14 @@ async fn insert_boot(conn: &mut SqliteConnection, b: &BootRecord) -> Result<(), 
     .bind(b.state.as_str())
     .bind(&b.reason)
     .bind(b.started_ms)
-    .execute(&mut *conn)
-    .await?;
+    .execute(&mut *db)
+    .await.map(|r| r.rows_affected()))?;
     Ok(())
 }
 
 /// Lease changes in order: bindings in multi-row upserts (a new statement
 /// whenever an address repeats), releases as deletes.
-async fn write_leases(
-    conn: &mut SqliteConnection,
-    leases: &[&LeaseRecord],
-) -> Result<(), sqlx::Error> {
+async fn write_leases(conn: &mut Conn<'_>, leases: &[&LeaseRecord]) -> Result<(), sqlx::Error> {
     let mut pending: Vec<&LeaseRecord> = Vec::new();
     let mut ips = std::collections::HashSet::new();
     for l in leases {
@@ -452,10 +456,10 @@ async fn write_leases(
             ips.insert(l.ip);
         }
         if free {
-            sqlx::query("DELETE FROM leases WHERE ip = ?")
+            on_conn!(conn, db => sqlx::query("DELETE FROM leases WHERE ip = $1")
                 .bind(ipv4_text(l.ip))
-                .execute(&mut *conn)
-                .await?;
+                .execute(&mut *db)
+                .await.map(|r| r.rows_affected()))?;
         } else {
             pending.push(l);
         }
@@ -466,30 +470,29 @@ async fn write_leases(
 /// Leases per multi-row upsert (6 parameters each).
 const LEASES_PER_STATEMENT: usize = 500;
 
-async fn upsert_leases(
-    conn: &mut SqliteConnection,
-    rows: &[&LeaseRecord],
-) -> Result<(), sqlx::Error> {
+async fn upsert_leases(conn: &mut Conn<'_>, rows: &[&LeaseRecord]) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
     }
     let now = now_ms();
-    let mut upsert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-        "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) ",
-    );
-    upsert.push_values(rows, |mut row, l| {
-        row.push_bind(ipv4_text(l.ip))
-            .push_bind(l.mac.map(|m| m.to_string()))
-            .push_bind(l.state.map(LeaseState::as_str))
-            .push_bind(l.expires_at_ms)
-            .push_bind(l.hostname.clone())
-            .push_bind(now);
+    on_conn!(conn, db => {
+        let mut upsert = sqlx::QueryBuilder::new(
+            "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) ",
+        );
+        upsert.push_values(rows, |mut row, l| {
+            row.push_bind(ipv4_text(l.ip))
+                .push_bind(l.mac.map(|m| m.to_string()))
+                .push_bind(l.state.map(LeaseState::as_str))
+                .push_bind(l.expires_at_ms)
+                .push_bind(l.hostname.clone())
+                .push_bind(now);
+        });
+        upsert.push(
+            " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
+                 expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
+        );
+        upsert.build().execute(db).await?;
     });
-    upsert.push(
-        " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
-             expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
-    );
-    upsert.build().execute(&mut *conn).await?;
     Ok(())
 }
 

@@ -192,7 +192,7 @@ mod tests {
         assert_eq!(h.state.inventory.machine(mac).unwrap().group, "web");
         h.state.inventory.settle().await;
         let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM events WHERE step = 'apply'")
-            .fetch_one(h.state.store.pool())
+            .fetch_one(h.state.store.sqlite_pool())
             .await
             .unwrap();
         assert_eq!(

@@ -288,7 +288,7 @@ async fn delete_keeps_history_unless_purged() {
     let h = Harness::new().await;
     let admin = h.admin.clone();
     let count = |h: &Harness, mac: &str| {
-        let pool = h.state.store.pool().clone();
+        let pool = h.state.store.sqlite_pool().clone();
         let mac = mac.to_string();
         async move {
             let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM boots WHERE mac = ?")

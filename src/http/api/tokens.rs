@@ -163,7 +163,7 @@ mod tests {
             sqlx::query_as("SELECT COUNT(*) FROM api_tokens WHERE hash = ? OR name = ?")
                 .bind(&secret)
                 .bind(&secret)
-                .fetch_one(h.state.store.pool())
+                .fetch_one(h.state.store.sqlite_pool())
                 .await
                 .unwrap();
         assert_eq!(stored, 0, "the secret is not in the database");
