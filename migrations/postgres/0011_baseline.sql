@@ -83,6 +83,8 @@ CREATE TABLE groups (
     selector    TEXT,
     description TEXT NOT NULL DEFAULT ''
 );
+-- Machines no group claims are in `default`; it always exists.
+INSERT INTO groups (name, updated_ms) VALUES ('default', 0);
 
 CREATE TABLE boots (
     id           BIGINT PRIMARY KEY,

@@ -2,8 +2,11 @@
 //! rest of the server changes the database (the ledger writer aside, which
 //! batches what the packet paths record).
 //!
-//! [`Store::begin`] opens it (on SQLite with `BEGIN IMMEDIATE`: a plain
-//! `BEGIN` fails under concurrent read-then-write); nothing is visible until
+//! [`Store::begin`] opens it, one writer at a time on both backends (SQLite:
+//! `BEGIN IMMEDIATE`, as a plain `BEGIN` fails under concurrent
+//! read-then-write; PostgreSQL: [`super::POSTGRES_WRITE_LOCK`], so that a
+//! read-then-write such as numbering a generation never races); nothing is
+//! visible until
 //! [`Tx::commit`], and dropping a `Tx` rolls it back. Callers never see a
 //! connection or SQL: the methods are named for what they mean to the
 //! fleet, per table in `machines.rs`, `groups.rs`, `generations.rs`,
@@ -26,7 +29,13 @@ impl Store {
     pub async fn begin(&self) -> Result<Tx, StoreError> {
         Ok(Tx(match &self.pool {
             Pool::Sqlite(p) => Inner::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
-            Pool::Postgres(p) => Inner::Postgres(p.begin().await?),
+            Pool::Postgres(p) => {
+                let mut t = p.begin().await?;
+                sqlx::query(super::POSTGRES_WRITE_LOCK)
+                    .execute(&mut *t)
+                    .await?;
+                Inner::Postgres(t)
+            }
         }))
     }
 }

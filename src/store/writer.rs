@@ -223,7 +223,16 @@ async fn commit(store: &Store, batch: &[Record]) -> Result<(), sqlx::Error> {
                 return Err(e);
             }
         }
-        let mut result = write_all(&mut Conn::from(&mut *conn), batch).await;
+        let mut result = match store.backend() {
+            Backend::Sqlite => Ok(()),
+            Backend::Postgres => sqlx::query(super::POSTGRES_WRITE_LOCK)
+                .execute(&mut *conn)
+                .await
+                .map(|_| ()),
+        };
+        if result.is_ok() {
+            result = write_all(&mut Conn::from(&mut *conn), batch).await;
+        }
         if result.is_ok() {
             result = sqlx::query("COMMIT").execute(&mut *conn).await.map(|_| ());
         }
@@ -343,18 +352,18 @@ async fn upsert_machine(conn: &mut Conn<'_>, m: &MachineFacts) -> Result<(), sql
                                serial, ip, kind)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, 'server'))
          ON CONFLICT (mac) DO UPDATE SET
-             kind = CASE WHEN $16 IS NULL OR kind_by_operator THEN kind ELSE excluded.kind END,
-             serial = COALESCE(excluded.serial, serial),
-             ip = COALESCE(excluded.ip, ip),
-             uuid = COALESCE(excluded.uuid, uuid),
-             arch = COALESCE(excluded.arch, arch),
-             firmware = COALESCE(excluded.firmware, firmware),
-             vendor_class = COALESCE(excluded.vendor_class, vendor_class),
-             user_class = COALESCE(excluded.user_class, user_class),
-             reported_hostname = COALESCE(excluded.reported_hostname, reported_hostname),
-             circuit_id = COALESCE(excluded.circuit_id, circuit_id),
-             remote_id = COALESCE(excluded.remote_id, remote_id),
-             relay = COALESCE(excluded.relay, relay),
+             kind = CASE WHEN $16 IS NULL OR machines.kind_by_operator THEN machines.kind ELSE excluded.kind END,
+             serial = COALESCE(excluded.serial, machines.serial),
+             ip = COALESCE(excluded.ip, machines.ip),
+             uuid = COALESCE(excluded.uuid, machines.uuid),
+             arch = COALESCE(excluded.arch, machines.arch),
+             firmware = COALESCE(excluded.firmware, machines.firmware),
+             vendor_class = COALESCE(excluded.vendor_class, machines.vendor_class),
+             user_class = COALESCE(excluded.user_class, machines.user_class),
+             reported_hostname = COALESCE(excluded.reported_hostname, machines.reported_hostname),
+             circuit_id = COALESCE(excluded.circuit_id, machines.circuit_id),
+             remote_id = COALESCE(excluded.remote_id, machines.remote_id),
+             relay = COALESCE(excluded.relay, machines.relay),
              last_seen_ms = CASE WHEN machines.last_seen_ms > excluded.last_seen_ms
                  THEN machines.last_seen_ms ELSE excluded.last_seen_ms END",
     )

@@ -117,9 +117,60 @@ fn ipxe_dir(dir: &std::path::Path) -> PathBuf {
     d
 }
 
+/// `IRONBOOT_TEST_POSTGRES`: a PostgreSQL server (a URL without a database
+/// name, e.g. `postgres://ironboot@localhost/?host=/run/pg&port=55432`) on
+/// which every test server gets a database of its own, named after its data
+/// directory (so a restart finds it again). Unset: SQLite in the data
+/// directory, as by default.
+pub fn postgres_base() -> Option<String> {
+    std::env::var("IRONBOOT_TEST_POSTGRES")
+        .ok()
+        .filter(|v| !v.is_empty())
+}
+
+/// `base` with `database` as its database name.
+fn with_database(base: &str, database: &str) -> String {
+    let (head, query) = base.split_once('?').unwrap_or((base, ""));
+    let head = head.trim_end_matches('/');
+    match query {
+        "" => format!("{head}/{database}"),
+        q => format!("{head}/{database}?{q}"),
+    }
+}
+
+/// Creates the PostgreSQL database of the test server whose data
+/// directory is under `dir`, unless it exists; returns its URL.
+async fn postgres_database(base: &str, dir: &std::path::Path) -> String {
+    use sqlx::Connection;
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    let name = format!("ironboot_test_{:016x}", h.finish());
+    let mut conn = sqlx::PgConnection::connect(&with_database(base, "postgres"))
+        .await
+        .expect("IRONBOOT_TEST_POSTGRES reachable");
+    let exists: Option<(i32,)> = sqlx::query_as("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    if exists.is_none() {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    with_database(base, &name)
+}
+
 impl TestServer {
     pub async fn start(config_text: &str, dir: TempDir) -> Self {
-        let config = ironboot::config::load_str(config_text).expect("test config is valid");
+        let mut text = config_text.to_string();
+        if let Some(base) = postgres_base() {
+            let url = postgres_database(&base, dir.path()).await;
+            text += &format!("\n[store]\nurl = \"{url}\"\n");
+        }
+        let config = ironboot::config::load_str(&text).expect("test config is valid");
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(ironboot::app::run(config, shutdown.clone(), Some(tx)));
@@ -179,13 +230,69 @@ impl TestServer {
             .unwrap_or_else(|| panic!("counter {name} not in /metrics"))
     }
 
-    /// Opens the server's database read-only (after `stop`, or live: WAL).
-    pub async fn db(dir: &std::path::Path) -> sqlx::SqlitePool {
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            dir.join("data/ironboot.db").display()
-        );
-        sqlx::SqlitePool::connect(&url).await.unwrap()
+    /// Opens the server's database (SQLite read-only, after `stop` or live;
+    /// or its PostgreSQL database). Queries use `$1`, `$2`, … placeholders,
+    /// which both read.
+    pub async fn db(dir: &std::path::Path) -> sqlx::AnyPool {
+        Self::open_db(dir, "?mode=ro").await
+    }
+
+    /// [`TestServer::db`], writable: for tests that set up what the API
+    /// cannot, or break the database on purpose.
+    pub async fn db_rw(dir: &std::path::Path) -> sqlx::AnyPool {
+        Self::open_db(dir, "").await
+    }
+
+    async fn open_db(dir: &std::path::Path, sqlite_mode: &str) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        let url = match postgres_base() {
+            Some(base) => postgres_database(&base, dir).await,
+            None => format!(
+                "sqlite://{}{sqlite_mode}",
+                dir.join("data/ironboot.db").display()
+            ),
+        };
+        sqlx::AnyPool::connect(&url).await.unwrap()
+    }
+
+    /// Makes the database refuse, as a full disk would, every `event`
+    /// (`INSERT`, `UPDATE`, `UPDATE OF column`) on `table` where `when`
+    /// holds (an expression over `NEW`, written for both backends), until
+    /// [`TestServer::allow`] drops trigger `name`.
+    pub async fn refuse(dir: &std::path::Path, name: &str, event: &str, table: &str, when: &str) {
+        let db = Self::db_rw(dir).await;
+        let statements = if postgres_base().is_some() {
+            vec![
+                "CREATE OR REPLACE FUNCTION refuse_as_full_disk() RETURNS trigger AS $$
+                 BEGIN RAISE EXCEPTION 'disk full'; END $$ LANGUAGE plpgsql"
+                    .to_string(),
+                format!(
+                    "CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW
+                     WHEN ({when}) EXECUTE FUNCTION refuse_as_full_disk()"
+                ),
+            ]
+        } else {
+            vec![format!(
+                "CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {when}
+                 BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )]
+        };
+        for sql in statements {
+            sqlx::query(&sql).execute(&db).await.unwrap();
+        }
+        db.close().await;
+    }
+
+    /// Drops what [`TestServer::refuse`] made.
+    pub async fn allow(dir: &std::path::Path, name: &str, table: &str) {
+        let db = Self::db_rw(dir).await;
+        let sql = if postgres_base().is_some() {
+            format!("DROP TRIGGER {name} ON {table}")
+        } else {
+            format!("DROP TRIGGER {name}")
+        };
+        sqlx::query(&sql).execute(&db).await.unwrap();
+        db.close().await;
     }
 }
 

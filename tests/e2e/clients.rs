@@ -324,7 +324,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     );
     let rows = lab.wait_rows(
         "(b) the switch recorded with its serial",
-        "SELECT kind, serial, firmware FROM machines WHERE mac = ?",
+        "SELECT kind, serial, firmware FROM machines WHERE mac = $1",
         &[SWITCH_MAC],
         |rows| rows.first().is_some_and(|r| r[1].is_some()),
     );
@@ -333,7 +333,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     assert_eq!(rows[0][2].as_deref(), Some("onie"), "{rows:?}");
     let served = lab.wait_rows(
         "(b) onie.installer events",
-        "SELECT detail FROM events WHERE mac = ? AND step = 'onie.installer'",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'onie.installer'",
         &[SWITCH_MAC],
         |rows| rows.len() >= 3,
     );
@@ -383,7 +383,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     run_ztp();
     lab.wait_rows(
         "(c) the switch's current generation is the installer's",
-        "SELECT current_stream, current_generation FROM machines WHERE mac = ?",
+        "SELECT current_stream, current_generation FROM machines WHERE mac = $1",
         &[SWITCH_MAC],
         |rows| {
             rows.first()
@@ -431,7 +431,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     run_ztp();
     lab.wait_rows(
         "(d) the rollout succeeded",
-        "SELECT state FROM rollouts WHERE id = ?",
+        "SELECT state FROM rollouts WHERE id = $1",
         &[&id],
         |rows| {
             rows.first()
@@ -439,7 +439,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
         },
     );
     let rows = lab.query(
-        "SELECT current_stream, current_generation FROM machines WHERE mac = ?",
+        "SELECT current_stream, current_generation FROM machines WHERE mac = $1",
         &[SWITCH_MAC],
     );
     assert_eq!(

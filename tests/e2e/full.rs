@@ -107,7 +107,7 @@ fn full_dhcp_mode_boots_real_clients() {
     vm.stop();
     lab.wait_rows(
         "(a) lease bound for the reserved MAC",
-        "SELECT mac, state FROM leases WHERE ip = ?",
+        "SELECT mac, state FROM leases WHERE ip = $1",
         &[RESERVED_IP],
         |r| {
             r.len() == 1
@@ -117,7 +117,7 @@ fn full_dhcp_mode_boots_real_clients() {
     );
     lab.wait_rows(
         "(a) machine recorded as a BIOS iPXE client",
-        "SELECT arch, firmware, user_class FROM machines WHERE mac = ?",
+        "SELECT arch, firmware, user_class FROM machines WHERE mac = $1",
         &[RESERVED_MAC],
         |r| {
             r.len() == 1 && r[0][0].as_deref() == Some("bios") && r[0][1].as_deref() == Some("ipxe")
@@ -125,7 +125,7 @@ fn full_dhcp_mode_boots_real_clients() {
     );
     lab.wait_rows(
         "(a) dhcp.ack for the reserved address",
-        "SELECT ip FROM events WHERE mac = ? AND step = 'dhcp.ack'",
+        "SELECT ip FROM events WHERE mac = $1 AND step = 'dhcp.ack'",
         &[RESERVED_MAC],
         |r| !r.is_empty() && r.iter().all(|row| row[0].as_deref() == Some(RESERVED_IP)),
     );
@@ -177,7 +177,7 @@ fn full_dhcp_mode_boots_real_clients() {
         .len();
     let rows = lab.wait_rows(
         "(b) tftp.complete of ipxe.efi",
-        "SELECT detail, bytes, ip FROM events WHERE mac = ? AND step = 'tftp.complete'",
+        "SELECT detail, bytes, ip FROM events WHERE mac = $1 AND step = 'tftp.complete'",
         &[uefi_mac],
         |r| !r.is_empty(),
     );
@@ -188,7 +188,7 @@ fn full_dhcp_mode_boots_real_clients() {
     // The two DHCP conversations: firmware PXE told to load ipxe.efi over
     // TFTP, then that iPXE told the script URL.
     let offers = lab.query(
-        "SELECT detail FROM events WHERE mac = ? AND step = 'dhcp.ack' ORDER BY id",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'dhcp.ack' ORDER BY id",
         &[uefi_mac],
     );
     let boots: Vec<String> = offers
@@ -209,7 +209,7 @@ fn full_dhcp_mode_boots_real_clients() {
     );
     lab.wait_rows(
         "(b) machine recorded (x64 UEFI, last seen as iPXE)",
-        "SELECT arch, firmware FROM machines WHERE mac = ?",
+        "SELECT arch, firmware FROM machines WHERE mac = $1",
         &[uefi_mac],
         |r| {
             r.len() == 1
@@ -219,7 +219,7 @@ fn full_dhcp_mode_boots_real_clients() {
     );
     lab.wait_rows(
         "(b) lease bound",
-        "SELECT ip, state FROM leases WHERE mac = ?",
+        "SELECT ip, state FROM leases WHERE mac = $1",
         &[uefi_mac],
         |r| {
             r.len() == 1
@@ -269,7 +269,7 @@ fn full_dhcp_mode_boots_real_clients() {
     for (mac, ip) in macs.iter().zip(&storm_ips) {
         lab.wait_rows(
             "(c) lease bound",
-            "SELECT ip, state FROM leases WHERE mac = ?",
+            "SELECT ip, state FROM leases WHERE mac = $1",
             &[mac],
             |r| {
                 r.len() == 1
@@ -313,7 +313,7 @@ fn full_dhcp_mode_boots_real_clients() {
         ignored >= 3,
         "3 DISCOVERs from {unknown}, {ignored} counted as ignored"
     );
-    let rows = lab.query("SELECT ip FROM leases WHERE mac = ?", &[&unknown]);
+    let rows = lab.query("SELECT ip FROM leases WHERE mac = $1", &[&unknown]);
     assert!(rows.is_empty(), "unknown client has a lease: {rows:?}");
     eprintln!("e2e (d) udhcpc: {uefi_mac} -> {uefi_ip} again, {RESERVED_MAC} -> {RESERVED_IP}, {unknown} -> no answer");
     timings.push(("(d) udhcpc known / unknown", started.elapsed()));

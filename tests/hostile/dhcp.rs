@@ -300,7 +300,7 @@ async fn option_12_never_overwrites_the_operators_host_name() {
     let dir = server.stop().await;
     let db = TestServer::db(dir.path()).await;
     let row: (Option<String>, Option<String>) =
-        sqlx::query_as("SELECT hostname, reported_hostname FROM machines WHERE mac = ?")
+        sqlx::query_as("SELECT hostname, reported_hostname FROM machines WHERE mac = $1")
             .bind(mac)
             .fetch_one(&db)
             .await

@@ -59,7 +59,7 @@ async fn acked_leases_survive_sigkill() {
         for (m, ip) in &acked {
             let mac = m.map(|b| format!("{b:02x}")).join(":");
             let row: Option<(String,)> =
-                sqlx::query_as("SELECT mac FROM leases WHERE ip = ? AND state = 'bound'")
+                sqlx::query_as("SELECT mac FROM leases WHERE ip = $1 AND state = 'bound'")
                     .bind(ip.to_string())
                     .fetch_optional(&db)
                     .await

@@ -171,7 +171,7 @@ async fn leases_tokens_and_errors_through_a_real_socket() {
     assert_eq!(events["events"].as_array().unwrap().len(), 1, "{events}");
     let dir = server.stop().await;
     let db = TestServer::db(dir.path()).await;
-    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE ip = ?")
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM leases WHERE ip = $1")
         .bind(ip.to_string())
         .fetch_one(&db)
         .await

@@ -156,16 +156,14 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
 
     // An apply whose commit fails changes nothing, in SQLite or in memory:
     // the disk refuses the rows of machines a selector moves (written last).
-    let rw = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("ironboot.db").display()))
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER refuse_moves BEFORE UPDATE OF group_name ON machines
-         WHEN NEW.group_assigned = 0 BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+    TestServer::refuse(
+        &dir,
+        "refuse_moves",
+        "UPDATE OF group_name",
+        "machines",
+        "NOT NEW.group_assigned",
     )
-    .execute(&rw)
-    .await
-    .unwrap();
+    .await;
     let (code, out, err) = run(&["apply", "-f", &v1]);
     assert_ne!(code, Some(0), "{out}{err}");
     let (status, _, _) = get("/api/v1/groups/web".into()).await;
@@ -175,10 +173,7 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
         a["hostname"].is_null() && a["labels"] == serde_json::json!({}),
         "{a}"
     );
-    sqlx::query("DROP TRIGGER refuse_moves")
-        .execute(&rw)
-        .await
-        .unwrap();
+    TestServer::allow(&dir, "refuse_moves", "machines").await;
 
     // Apply: groups, labels, assignment, pin; machines land by selector.
     let out = ok(&["apply", "-f", &v1]);
@@ -199,7 +194,7 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
 
     // The same file again: no changes, nothing written.
     let events = count("SELECT COUNT(*) FROM events").await;
-    let updated = count("SELECT COALESCE(SUM(updated_ms), 0) FROM groups").await;
+    let updated = count("SELECT CAST(COALESCE(SUM(updated_ms), 0) AS BIGINT) FROM groups").await;
     let out = ok(&["apply", "-f", &v1]);
     assert_eq!(
         out.trim(),
@@ -210,7 +205,7 @@ async fn apply_plans_applies_once_names_lines_and_starts_rollouts() {
     assert_eq!(json["changes"], serde_json::json!([]));
     assert_eq!(count("SELECT COUNT(*) FROM events").await, events);
     assert_eq!(
-        count("SELECT COALESCE(SUM(updated_ms), 0) FROM groups").await,
+        count("SELECT CAST(COALESCE(SUM(updated_ms), 0) AS BIGINT) FROM groups").await,
         updated
     );
     assert_eq!(get("/api/v1/groups/web".into()).await.1, web_tag);

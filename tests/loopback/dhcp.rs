@@ -104,7 +104,7 @@ async fn full_dora_gives_address_boot_options_and_lease_parameters() {
     let steps: Vec<&str> = steps.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(steps, ["dhcp.offer", "dhcp.offer", "dhcp.ack"]);
     let (state, lease_mac): (String, String) =
-        sqlx::query_as("SELECT state, mac FROM leases WHERE ip = ?")
+        sqlx::query_as("SELECT state, mac FROM leases WHERE ip = $1")
             .bind(ip.to_string())
             .fetch_one(&db)
             .await

@@ -174,15 +174,14 @@ async fn a_replacement_in_the_same_switch_port_boots_the_same_generation() {
     // here.)
     let dir = server.stop().await;
     {
-        let url = format!("sqlite://{}", dir.path().join("data/ironboot.db").display());
-        let db = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let db = TestServer::db_rw(dir.path()).await;
         sqlx::query(
             "UPDATE groups SET variables = '{\"identity\": \"port\"}' WHERE name = 'default'",
         )
         .execute(&db)
         .await
         .unwrap();
-        sqlx::query("UPDATE machines SET labels = '{\"role\": \"db\"}', pin_stream = 'worker', pin_generation = 2, hostname = 'db-7' WHERE mac = ?")
+        sqlx::query("UPDATE machines SET labels = '{\"role\": \"db\"}', pin_stream = 'worker', pin_generation = 2, hostname = 'db-7' WHERE mac = $1")
             .bind(mac_text(OLD))
             .execute(&db)
             .await
@@ -209,7 +208,7 @@ async fn a_replacement_in_the_same_switch_port_boots_the_same_generation() {
     let dir = server.dir.path().to_path_buf();
     let new = row(
         &dir,
-        "SELECT group_name, labels, pin_stream, pin_generation, hostname, circuit_id, remote_id FROM machines WHERE mac = ? AND pin_stream IS NOT NULL",
+        "SELECT group_name, labels, pin_stream, pin_generation, hostname, circuit_id, remote_id FROM machines WHERE mac = $1 AND pin_stream IS NOT NULL",
         &mac_text(NEW),
     )
     .await;
@@ -228,7 +227,7 @@ async fn a_replacement_in_the_same_switch_port_boots_the_same_generation() {
 
     let replaced = row(
         &dir,
-        "SELECT detail FROM events WHERE mac = ? AND step = 'machine.replaced'",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'machine.replaced'",
         &mac_text(NEW),
     )
     .await;
@@ -237,7 +236,7 @@ async fn a_replacement_in_the_same_switch_port_boots_the_same_generation() {
     assert_eq!(detail["port"]["circuit_id"], "Eth1/7");
     let served = row(
         &dir,
-        "SELECT detail FROM events WHERE mac = ? AND step = 'boot.script'",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'boot.script'",
         &mac_text(NEW),
     )
     .await;
@@ -246,7 +245,7 @@ async fn a_replacement_in_the_same_switch_port_boots_the_same_generation() {
     assert_eq!(detail["identity"]["replaces"], mac_text(OLD), "{detail}");
     let other = row(
         &dir,
-        "SELECT detail FROM events WHERE mac = ? AND step = 'boot.script'",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'boot.script'",
         &mac_text(ELSEWHERE),
     )
     .await;

@@ -365,7 +365,7 @@ async fn the_watchdog_serves_the_last_good_generation_after_repeated_failures_un
     let dir = server.stop().await;
     let db = TestServer::db(dir.path()).await;
     let steps: Vec<(String,)> = sqlx::query_as(
-        "SELECT step FROM events WHERE mac = ? AND step LIKE 'watchdog.%' ORDER BY id",
+        "SELECT step FROM events WHERE mac = $1 AND step LIKE 'watchdog.%' ORDER BY id",
     )
     .bind(M1)
     .fetch_all(&db)
@@ -564,15 +564,8 @@ async fn a_command_whose_commit_fails_changes_nothing() {
     assert_eq!(would_serve(&api, M1).await, b);
 
     // The disk refuses every change to the rollout's row from now on.
-    let db = sqlx::SqlitePool::connect(&format!(
-        "sqlite://{}",
-        server.dir.path().join("data/ironboot.db").display()
-    ))
-    .await
-    .unwrap();
-    let refuse = "CREATE TRIGGER refuse_rollouts BEFORE UPDATE ON rollouts
-                  BEGIN SELECT RAISE(ABORT, 'disk full'); END";
-    sqlx::query(refuse).execute(&db).await.unwrap();
+    let dir = server.dir.path();
+    TestServer::refuse(dir, "refuse_rollouts", "UPDATE", "rollouts", "TRUE").await;
     for (command, body) in [("pause", None), ("abort", Some(json!({ "reason": "x" })))] {
         let (status, v) = api
             .call(
@@ -595,27 +588,15 @@ async fn a_command_whose_commit_fails_changes_nothing() {
     // stays unconfirmed in the rollout.
     let booted = api.boot(M1).await;
     assert_eq!(booted.generation, b);
-    sqlx::query(
-        "CREATE TRIGGER refuse_health BEFORE INSERT ON machine_health
-         BEGIN SELECT RAISE(ABORT, 'disk full'); END",
-    )
-    .execute(&db)
-    .await
-    .unwrap();
+    TestServer::refuse(dir, "refuse_health", "INSERT", "machine_health", "TRUE").await;
     let status = api.confirm(&booted, "").await;
     assert!(status.is_server_error(), "{status}");
     let r = api.rollout(id).await;
     assert_eq!(r["counts"]["confirmed"], 0, "{r}");
-    sqlx::query("DROP TRIGGER refuse_health")
-        .execute(&db)
-        .await
-        .unwrap();
+    TestServer::allow(dir, "refuse_health", "machine_health").await;
 
     // The disk is back: the same command commits and shows.
-    sqlx::query("DROP TRIGGER refuse_rollouts")
-        .execute(&db)
-        .await
-        .unwrap();
+    TestServer::allow(dir, "refuse_rollouts", "rollouts").await;
     let r = api
         .ok(
             Method::POST,
