@@ -163,13 +163,21 @@ async fn postgres_database(base: &str, dir: &std::path::Path) -> String {
     with_database(base, &name)
 }
 
+/// `text` (a server config for the data directory under `dir`) on the
+/// tests' store: unchanged for SQLite, with `[store] url` for PostgreSQL.
+pub async fn on_test_store(text: &str, dir: &std::path::Path) -> String {
+    match postgres_base() {
+        Some(base) => {
+            let url = postgres_database(&base, dir).await;
+            format!("{text}\n[store]\nurl = \"{url}\"\n")
+        }
+        None => text.to_string(),
+    }
+}
+
 impl TestServer {
     pub async fn start(config_text: &str, dir: TempDir) -> Self {
-        let mut text = config_text.to_string();
-        if let Some(base) = postgres_base() {
-            let url = postgres_database(&base, dir.path()).await;
-            text += &format!("\n[store]\nurl = \"{url}\"\n");
-        }
+        let text = on_test_store(config_text, dir.path()).await;
         let config = ironboot::config::load_str(&text).expect("test config is valid");
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -235,6 +243,28 @@ impl TestServer {
     /// which both read.
     pub async fn db(dir: &std::path::Path) -> sqlx::AnyPool {
         Self::open_db(dir, "?mode=ro").await
+    }
+
+    /// Bytes the server's database takes: SQLite's file and WAL, or the
+    /// PostgreSQL database's size.
+    pub async fn db_bytes(dir: &std::path::Path) -> u64 {
+        if postgres_base().is_some() {
+            let db = Self::db(dir).await;
+            let (bytes,): (i64,) = sqlx::query_as("SELECT pg_database_size(current_database())")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            db.close().await;
+            return bytes as u64;
+        }
+        ["", "-wal"]
+            .iter()
+            .map(|s| {
+                std::fs::metadata(dir.join(format!("data/ironboot.db{s}")))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     /// [`TestServer::db`], writable: for tests that set up what the API

@@ -279,18 +279,7 @@ async fn floods_from_unbound_addresses_store_nothing() {
     let server = TestServer::full_bound("").await;
     let base = format!("http://{}", server.bound.http);
     let attacker = client(ATTACKER);
-    let db_file = server.dir.path().join("data/ironboot.db");
-    let size = |p: &std::path::Path| {
-        ["", "-wal"]
-            .iter()
-            .map(|s| {
-                std::fs::metadata(format!("{}{s}", p.display()))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .sum::<u64>()
-    };
-    let before = size(&db_file);
+    let before = TestServer::db_bytes(server.dir.path()).await;
     let serial = "s".repeat(60_000);
     for i in 0..2000u32 {
         let mac = format!(
@@ -332,7 +321,7 @@ async fn floods_from_unbound_addresses_store_nothing() {
         .await
         .unwrap();
     assert_eq!((machines, events), (0, 0));
-    let after = size(&dir.path().join("data/ironboot.db"));
+    let after = TestServer::db_bytes(dir.path()).await;
     eprintln!("hostile: database {before} -> {after} bytes after the floods");
     assert!(after < before + 1024 * 1024, "{before} -> {after}");
 }
@@ -350,6 +339,7 @@ async fn a_token_the_machine_holds_survives_kill_9() {
             "listen = \"127.0.0.1:0\"\n[tftp]",
             &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
         );
+    let text = crate::common::on_test_store(&text, dir.path()).await;
     let config = dir.path().join("ironboot.toml");
     std::fs::write(&config, text).unwrap();
     let base = &format!("http://127.0.0.1:{port}");

@@ -178,18 +178,8 @@ async fn floods_leave_memory_and_disk_where_they_were() {
             .unwrap()
             / 1024
     };
-    let db_size = || {
-        ["", "-wal"]
-            .iter()
-            .map(|s| {
-                std::fs::metadata(dir.path().join(format!("data/ironboot.db{s}")))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .sum::<u64>()
-            / (1024 * 1024)
-    };
-    let (rss0, db0) = (rss(), db_size());
+    let db_size = || async { TestServer::db_bytes(dir.path()).await / (1024 * 1024) };
+    let (rss0, db0) = (rss(), db_size().await);
     // A fresh connection per request, each bounded: the server answers an
     // oversized body with 413 and closes while the client may still be
     // writing it, and a pooled connection closed that way once left
@@ -237,7 +227,7 @@ async fn floods_leave_memory_and_disk_where_they_were() {
             .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (rss1, db1) = (rss(), db_size());
+    let (rss1, db1) = (rss(), db_size().await);
     eprintln!("hostile floods: server RSS {rss0} -> {rss1} MiB, database {db0} -> {db1} MiB");
     assert!(rss1 < rss0 + 64, "RSS {rss0} -> {rss1} MiB");
     assert!(db1 <= db0 + 1, "database {db0} -> {db1} MiB");

@@ -26,13 +26,10 @@ async fn acked_leases_survive_sigkill() {
             "range = [\"127.1.0.10\", \"127.1.0.250\"]",
         );
     assert!(text.contains(&format!(":{port}\"")), "{text}");
+    let text = crate::common::on_test_store(&text, dir.path()).await;
     let config = dir.path().join("ironboot.toml");
     std::fs::write(&config, text).unwrap();
     let server_addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let db_url = format!(
-        "sqlite://{}?mode=ro",
-        dir.path().join("data/ironboot.db").display()
-    );
 
     let mut acked: Vec<([u8; 6], Ipv4Addr)> = Vec::new();
     for round in 0..3u8 {
@@ -55,7 +52,7 @@ async fn acked_leases_survive_sigkill() {
             acked.push((m, got.expect("served once the server is up")));
         }
         drop(server); // SIGKILL within microseconds of the last ACK
-        let db = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+        let db = crate::common::TestServer::db(dir.path()).await;
         for (m, ip) in &acked {
             let mac = m.map(|b| format!("{b:02x}")).join(":");
             let row: Option<(String,)> =
