@@ -75,7 +75,7 @@ fn assert_uefi_http(lab: &Lab, api: &Api, e: &Booted, vm: &Vm) {
     // The firmware's DISCOVER got the ipxe.efi URL; iPXE's own, the script.
     let offers = lab.wait_rows(
         "(e) dhcp.offer with the ipxe.efi URL",
-        "SELECT detail FROM events WHERE mac = ? AND step = 'dhcp.offer' ORDER BY id",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'dhcp.offer' ORDER BY id",
         &[UEFI_HTTP_MAC],
         |rows| !rows.is_empty(),
     );

@@ -431,7 +431,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     run_ztp();
     lab.wait_rows(
         "(d) the rollout succeeded",
-        "SELECT state FROM rollouts WHERE id = $1",
+        "SELECT state FROM rollouts WHERE id = CAST($1 AS BIGINT)",
         &[&id],
         |rows| {
             rows.first()
@@ -492,7 +492,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
     );
     lab.wait_rows(
         "(a) arm gen 1 confirmed on the arm64 machine",
-        "SELECT current_stream, current_generation, arch FROM machines WHERE mac = ?",
+        "SELECT current_stream, current_generation, arch FROM machines WHERE mac = $1",
         &[ARM_MAC],
         |rows| {
             rows.first().is_some_and(|r| {
@@ -503,7 +503,7 @@ fn arm64_grub_onie_and_ztp_clients_boot_from_one_server() {
         },
     );
     let tftp = lab.query(
-        "SELECT detail FROM events WHERE mac = ? AND step = 'tftp.complete' ORDER BY id",
+        "SELECT detail FROM events WHERE mac = $1 AND step = 'tftp.complete' ORDER BY id",
         &[ARM_MAC],
     );
     let files: Vec<String> = tftp.iter().filter_map(|r| r[0].clone()).collect();

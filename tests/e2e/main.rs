@@ -10,6 +10,8 @@
 //! per scenario: each links the whole library, and the turns keep the runs
 //! as apart as separate binaries did.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod lab;
 
 mod boot;

@@ -363,7 +363,7 @@ pub struct Lab {
     /// CARGO_TARGET_DIR do).
     pub bin: PathBuf,
     pub rt: tokio::runtime::Runtime,
-    pub db: Option<sqlx::SqlitePool>,
+    pub db: Option<sqlx::AnyPool>,
     /// TOML appended to the server's configuration (whole tables, e.g.
     /// `[dhcp.bootfile]` with a `grub_dir`).
     pub extra_config: String,
@@ -586,6 +586,9 @@ ipxe_dir = "{ipxe}"
             data = self.dir.join("data").display(),
             ipxe = ipxe_dir.display(),
         ) + &self.extra_config;
+        let text = self
+            .rt
+            .block_on(crate::common::on_test_store(&text, &self.dir));
         let path = self.dir.join("ironboot.toml");
         fs::write(&path, text).unwrap();
         path
@@ -633,14 +636,7 @@ ipxe_dir = "{ipxe}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        let url = format!(
-            "sqlite://{}?mode=ro",
-            self.dir.join("data/ironboot.db").display()
-        );
-        let pool = self
-            .rt
-            .block_on(sqlx::SqlitePool::connect(&url))
-            .expect("open the server's database read-only");
+        let pool = self.rt.block_on(crate::common::TestServer::db(&self.dir));
         self.db = Some(pool);
         started.elapsed()
     }
