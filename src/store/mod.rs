@@ -95,13 +95,27 @@ pub enum StoreError {
     Sqlx(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "another ironboot server uses this PostgreSQL database; one server per database \
+         (several servers on one inventory are not built yet)"
+    )]
+    InUse,
 }
 
 /// Handle to the database (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// On PostgreSQL, the connection holding [`ONE_SERVER_LOCK`] for as
+    /// long as this server runs.
+    _owner: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
 }
+
+/// Held by the one server that uses a PostgreSQL database: each server
+/// keeps the fleet in memory and numbers boots itself, so a second one on
+/// the same database would serve what the first never sees. Released when
+/// the server's connection closes (a crash included).
+const ONE_SERVER_LOCK: i64 = 72_700_420;
 
 /// The open backend.
 #[derive(Clone)]
@@ -218,9 +232,18 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
+        let mut owner = pool.acquire().await?.detach();
+        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+            .bind(ONE_SERVER_LOCK)
+            .fetch_one(&mut owner)
+            .await?;
+        if !got {
+            return Err(StoreError::InUse);
+        }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Self {
             pool: Pool::Postgres(pool),
+            _owner: Some(std::sync::Arc::new(tokio::sync::Mutex::new(owner))),
         })
     }
 
@@ -270,6 +293,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool: Pool::Sqlite(pool),
+            _owner: None,
         })
     }
 

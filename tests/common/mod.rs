@@ -163,6 +163,15 @@ async fn postgres_database(base: &str, dir: &std::path::Path) -> String {
     with_database(base, &name)
 }
 
+/// The PostgreSQL URL of the test server whose data directory is under
+/// `dir` (`None` on SQLite).
+pub async fn test_store_url(dir: &std::path::Path) -> Option<String> {
+    match postgres_base() {
+        Some(base) => Some(postgres_database(&base, dir).await),
+        None => None,
+    }
+}
+
 /// `text` (a server config for the data directory under `dir`) on the
 /// tests' store: unchanged for SQLite, with `[store] url` for PostgreSQL.
 pub async fn on_test_store(text: &str, dir: &std::path::Path) -> String {

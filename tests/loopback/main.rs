@@ -21,4 +21,5 @@ mod dhcp;
 mod relay_identity;
 mod rollout;
 mod selectors_boot;
+mod store;
 mod tftp;
