@@ -69,7 +69,12 @@ CONF
 leases() {
     local d=$WORK/$1
     case $1 in
-    ironboot) sqlite3 "file:$d/data/ironboot.db?mode=ro" "SELECT count(DISTINCT mac) FROM leases WHERE state = 'bound'" 2>/dev/null || echo "?" ;;
+    ironboot) leases_sql="SELECT count(DISTINCT mac) FROM leases WHERE state = 'bound'"
+        if [ -n "${IRONBOOT_PG:-}" ]; then
+            psql -Atq "$IRONBOOT_PG" -c "$leases_sql" 2>/dev/null || echo "?"
+        else
+            sqlite3 "file:$d/data/ironboot.db?mode=ro" "$leases_sql" 2>/dev/null || echo "?"
+        fi ;;
     kea) tail -n +2 "$d/kea-leases4.csv" 2>/dev/null | cut -d, -f2 | sort -u | grep -c . || true ;;
     dnsmasq) # dnsmasq rewrites the whole file per change: read it until two reads agree
         local a b=-1

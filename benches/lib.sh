@@ -153,6 +153,9 @@ make_file() {
 NO_NEW_CLIENT_LIMIT='new_clients_per_minute = 0
 new_clients_per_minute_total = 0'
 
+# IRONBOOT_PG=URL: ironboot's store is that PostgreSQL database instead of
+# SQLite (the scripts empty it first: it must be a database for benchmarks).
+#
 # ironboot_config DIR EXTRA: a full-mode config serving a relayed /16 on
 # 127.77.0.0, 127.0.0.0 (perfdhcp's giaddr on loopback) and 10.78.0.0
 # (perfdhcp's giaddr through the veth), DHCP on $DHCP_SERVER:67, TFTP on 69
@@ -187,12 +190,17 @@ network = "10.78.0.0/16"
 range = ["10.78.1.1", "10.78.250.254"]
 lease_time = "1h"
 ${IRONBOOT_EXTRA:-}
+${IRONBOOT_PG:+[store]
+url = \"$IRONBOOT_PG\"}
 TOML
 }
 
 # start_ironboot DIR [EXTRA-TFTP-KEYS]: sets IRONBOOT_PID, waits for HTTP.
 start_ironboot() {
     mkdir -p "$1/data" "$1/tftp"
+    if [ -n "${IRONBOOT_PG:-}" ]; then
+        psql -q "$IRONBOOT_PG" -c "DROP SCHEMA public CASCADE" -c "CREATE SCHEMA public" >/dev/null
+    fi
     ironboot_config "$1" "${2:-}" >"$1/ironboot.toml"
     IRONBOOT_LOG=warn start ironboot "$IRONBOOT" serve --config "$1/ironboot.toml"
     IRONBOOT_PID=$LAST_PID
