@@ -490,10 +490,11 @@ fn http_app(
             "HTTP client for server-side fetches: {e}"
         )))
     })?;
+    let tokens = Arc::new(tokens);
     let api_state = ApiState {
         inventory: core.inventory.clone(),
         images: core.images.clone(),
-        tokens: Arc::new(tokens),
+        tokens: tokens.clone(),
         store: core.store.clone(),
         edits: Default::default(),
         live: core.ledger.live(),
@@ -502,9 +503,12 @@ fn http_app(
         dhcp: Some(core.dhcp.clone()),
         fetcher: Arc::new(fetcher),
     };
+    let services = Arc::new(services.to_vec());
+    let api = crate::http::api::router(api_state);
+    let ui = crate::http::ui::UiState::new(api.clone(), tokens, services.clone());
     let http_state = HttpState {
         metrics: core.metrics.clone(),
-        services: Arc::new(services.to_vec()),
+        services,
         dhcp: Some(core.dhcp.clone()),
         store: Some(core.store.clone()),
     };
@@ -514,7 +518,8 @@ fn http_app(
             core.images.clone(),
             Some(artifact_hook(&core.inventory, &core.ledger, &core.metrics)),
         ))
-        .merge(crate::http::api::router(api_state))
+        .merge(api)
+        .merge(crate::http::ui::router(ui))
         .merge(crate::http::switch::router(core.netboot.clone())))
 }
 
@@ -637,6 +642,10 @@ fn banner(config: &Config, services: &[String], new_token_file: Option<&std::pat
         config.dhcp.bootfiles.ipxe_script
     );
     text += &format!("  API:        {}/api/v1/\n", config.http_base());
+    text += &format!(
+        "  dashboard:  {}/ui/ (sign in with an API token)\n",
+        config.http_base()
+    );
     if let Some(path) = new_token_file {
         text += &format!(
             "  first start: admin API token written to {} (mode 0600)\n",

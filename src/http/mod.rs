@@ -10,6 +10,7 @@ pub mod api;
 pub mod artifacts;
 pub mod boot;
 pub mod switch;
+pub mod ui;
 
 pub use crate::config::HttpLimits;
 

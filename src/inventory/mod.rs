@@ -682,6 +682,16 @@ impl Inventory {
         used
     }
 
+    /// How many machines run each generation (their current one).
+    pub fn running(&self) -> HashMap<GenerationId, usize> {
+        let state = self.read();
+        let mut running: HashMap<GenerationId, usize> = HashMap::new();
+        for id in state.machines.values().filter_map(|m| m.current.as_ref()) {
+            *running.entry(id.clone()).or_default() += 1;
+        }
+        running
+    }
+
     /// Deletes generation rows (garbage collection decided which) and the
     /// images no generation refers to any more; returns the images left.
     pub async fn delete_generations(

@@ -17,6 +17,7 @@ mod apply;
 mod boot;
 mod cli;
 mod cli_groups;
+mod dashboard;
 mod dhcp;
 mod relay_identity;
 mod rollout;

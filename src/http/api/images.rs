@@ -163,11 +163,15 @@ pub struct GenerationView {
     /// Group pointers, pins, machines running it (it cannot be deleted
     /// while this is not empty).
     pub in_use_by: Vec<String>,
+    /// Machines whose current (confirmed) generation it is.
+    #[serde(default)]
+    pub running: usize,
 }
 
 fn generation_json(
     g: &crate::inventory::Generation,
     in_use: Option<&Vec<String>>,
+    running: usize,
 ) -> GenerationView {
     GenerationView {
         stream: g.id.stream.clone(),
@@ -177,6 +181,7 @@ fn generation_json(
         imported_ms: g.imported_ms,
         imported_by: g.imported_by.clone(),
         in_use_by: in_use.cloned().unwrap_or_default(),
+        running,
     }
 }
 
@@ -231,12 +236,13 @@ async fn list_generations(
     ApiPath(stream): ApiPath<String>,
 ) -> Json<GenerationList> {
     let used = s.inventory.in_use();
+    let running = s.inventory.running();
     let list: Vec<GenerationView> = s
         .inventory
         .generations()
         .iter()
         .filter(|g| g.id.stream == stream)
-        .map(|g| generation_json(g, used.get(&g.id)))
+        .map(|g| generation_json(g, used.get(&g.id), running.get(&g.id).copied().unwrap_or(0)))
         .collect();
     Json(GenerationList {
         stream,
@@ -260,7 +266,12 @@ async fn get_generation(
         .inventory
         .generation(&id)
         .ok_or(InventoryError::NoSuchGeneration(id.clone()))?;
-    Ok(Json(generation_json(&g, s.inventory.in_use().get(&id))))
+    let running = s.inventory.running().get(&id).copied().unwrap_or(0);
+    Ok(Json(generation_json(
+        &g,
+        s.inventory.in_use().get(&id),
+        running,
+    )))
 }
 
 /// Imports a generation: every artifact must already be in the store.
@@ -310,7 +321,7 @@ async fn create_generation(
         .inventory
         .add_generation(&stream, digest, manifest, Some(who.name))
         .await?;
-    Ok((StatusCode::CREATED, Json(generation_json(&g, None))).into_response())
+    Ok((StatusCode::CREATED, Json(generation_json(&g, None, 0))).into_response())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

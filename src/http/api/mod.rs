@@ -461,4 +461,4 @@ fn valid_name(field: &'static str, name: &str) -> ApiResult<()> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 
 /// A store in a temporary directory, the ledger writer, an inventory, an
 /// admin and a read-only token, and the API router over them.
-pub(super) struct Harness {
+pub(crate) struct Harness {
     pub app: Router,
     pub state: ApiState,
     pub admin: String,
@@ -26,7 +26,7 @@ pub(super) struct Harness {
 }
 
 /// An answer: status, headers, JSON body (`Null` when empty or not JSON).
-pub(super) struct Answer {
+pub(crate) struct Answer {
     pub status: StatusCode,
     pub headers: axum::http::HeaderMap,
     pub body: Value,
@@ -144,7 +144,7 @@ impl Harness {
 }
 
 /// The answer is the JSON error with this status and code.
-pub(super) fn assert_error(a: &Answer, status: StatusCode, code: &str) {
+pub(crate) fn assert_error(a: &Answer, status: StatusCode, code: &str) {
     assert_eq!(a.status, status, "{}", a.body);
     assert_eq!(a.body["error"]["code"], code, "{}", a.body);
     assert!(a.body["error"]["message"].is_string(), "{}", a.body);
