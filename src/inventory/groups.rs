@@ -133,6 +133,20 @@ impl Inventory {
         all
     }
 
+    /// The machines whose labels match several groups' selectors equally
+    /// (they stay in `default` until that is fixed), sorted by MAC.
+    pub fn ties(&self) -> Vec<Machine> {
+        let mut ties: Vec<Machine> = self
+            .read()
+            .machines
+            .values()
+            .filter(|m| m.membership.is_tie())
+            .cloned()
+            .collect();
+        ties.sort_by_key(|m| m.mac);
+        ties
+    }
+
     /// Creates a group.
     pub async fn create_group(
         &self,

@@ -143,16 +143,25 @@ impl Store {
     /// A page of events, newest first.
     pub async fn events(&self, q: &EventQuery) -> Result<(Vec<EventRow>, bool), StoreError> {
         let family = q.step.as_ref().map(|s| format!("{s}.%"));
-        let rows: Vec<EventRow> = on_pool!(&self.pool, db => sqlx::query_as(
+        // One machine's events through the index on `mac`: written as
+        // `$1 IS NULL OR …` the planner cannot use it, and walks every event
+        // newer than the machine's (seen: 100 ms at a million events).
+        let of_machine = if q.mac.is_some() {
+            "e.mac = $1"
+        } else {
+            "$1 IS NULL"
+        };
+        let sql = format!(
             "SELECT e.id, e.at_ms, e.mac, e.ip, e.step, e.detail, e.bytes, e.boot_id
              FROM events e LEFT JOIN boots b ON b.id = e.boot_id
-             WHERE ($1 IS NULL OR e.mac = $1) AND ($2 IS NULL OR e.id < $2)
+             WHERE {of_machine} AND ($2 IS NULL OR e.id < $2)
                AND ($3 IS NULL OR e.at_ms >= $3) AND ($4 IS NULL OR e.at_ms < $4)
                AND ($5 IS NULL OR e.step = $5 OR e.step LIKE $6)
                AND ($7 IS NULL OR e.boot_id = $7)
                AND ($8 IS NULL OR b.stream = $8) AND ($9 IS NULL OR b.generation = $9)
-             ORDER BY e.id DESC LIMIT $10",
-        )
+             ORDER BY e.id DESC LIMIT $10"
+        );
+        let rows: Vec<EventRow> = on_pool!(&self.pool, db => sqlx::query_as(&sql)
         .bind(q.mac.map(|m| m.to_string()))
         .bind(q.before)
         .bind(q.since_ms)

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 
 use super::tx::Tx;
 use super::{Store, StoreError};
-use crate::domain::{GenerationId, MacAddr, MachineKind};
+use crate::domain::{BootState, GenerationId, MacAddr, MachineKind};
 
 /// A row of `machines`, every column a reader uses.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -77,6 +77,10 @@ pub struct MachineQuery {
     pub generation: Option<i64>,
     pub seen_since_ms: Option<i64>,
     pub seen_before_ms: Option<i64>,
+    /// The state of its latest boot (`nothing` for none): filtered here,
+    /// not as rows stream in, so a rare state does not cost a walk over
+    /// the fleet's rows.
+    pub last_boot: Option<BootState>,
 }
 
 impl Store {
@@ -119,6 +123,8 @@ impl Store {
                AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR current_stream = $4)
                AND ($5 IS NULL OR current_generation = $5)
                AND ($6 IS NULL OR last_seen_ms >= $6) AND ($7 IS NULL OR last_seen_ms < $7)
+               AND ($8 IS NULL OR COALESCE((SELECT b.state FROM boots b WHERE b.mac = m.mac
+                                            ORDER BY b.id DESC LIMIT 1), 'nothing') = $8)
              ORDER BY m.mac"
         ))
         .bind(q.after.map(|m| m.to_string()))
@@ -128,6 +134,7 @@ impl Store {
         .bind(q.generation)
         .bind(q.seen_since_ms)
         .bind(q.seen_before_ms)
+        .bind(q.last_boot.map(BootState::as_str))
         .fetch(db)
         .map(|r| r.map_err(StoreError::from))
         .boxed())

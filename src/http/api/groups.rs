@@ -246,13 +246,7 @@ fn no_such_group(group: &str) -> ApiError {
 async fn list_groups(_: Reader, State(s): State<ApiState>) -> Json<GroupList> {
     Json(GroupList {
         groups: s.inventory.groups().iter().map(GroupView::from).collect(),
-        ties: s
-            .inventory
-            .members(DEFAULT_GROUP)
-            .iter()
-            .filter(|m| m.membership.is_tie())
-            .map(MemberView::from)
-            .collect(),
+        ties: s.inventory.ties().iter().map(MemberView::from).collect(),
     })
 }
 

@@ -191,6 +191,10 @@ pub struct StreamView {
     /// How many generations it holds.
     pub generations: usize,
     pub latest: Option<i64>,
+    /// How many machines run each of its generations (their current one),
+    /// by generation number; generations nobody runs are absent.
+    #[serde(default)]
+    pub running: BTreeMap<i64, usize>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -198,10 +202,15 @@ pub struct StreamList {
     pub streams: Vec<StreamView>,
 }
 
-/// Every stream with its generation count and latest number.
+/// Every stream with its generation count, latest number, and how many
+/// machines run each generation.
 #[utoipa::path(get, path = "/api/v1/streams", tag = "images",
     responses((status = 200, body = StreamList)))]
 async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<StreamList> {
+    let mut running: BTreeMap<String, BTreeMap<i64, usize>> = BTreeMap::new();
+    for (id, n) in s.inventory.running() {
+        running.entry(id.stream).or_default().insert(id.number, n);
+    }
     let mut streams: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for g in s.inventory.generations() {
         streams
@@ -212,6 +221,7 @@ async fn list_streams(_: Reader, State(s): State<ApiState>) -> Json<StreamList> 
     let streams = streams
         .into_iter()
         .map(|(name, gens)| StreamView {
+            running: running.remove(&name).unwrap_or_default(),
             stream: name,
             generations: gens.len(),
             latest: gens.iter().max().copied(),

@@ -89,6 +89,18 @@ pub enum MachineState {
 }
 
 impl MachineState {
+    /// The state of the latest boot that makes a machine this (the inverse
+    /// of [`MachineState::of_latest_boot`]; no boot at all reads as
+    /// `nothing`).
+    fn latest_boot(self) -> BootState {
+        match self {
+            Self::New => BootState::Nothing,
+            Self::Booting => BootState::Served,
+            Self::Confirmed => BootState::Confirmed,
+            Self::Failed => BootState::Failed,
+        }
+    }
+
     /// From the state of the machine's latest boot row.
     fn of_latest_boot(state: Option<&str>) -> Self {
         match state.and_then(|s| s.parse().ok()) {
@@ -248,6 +260,7 @@ async fn list_machines(
         generation: f.generation,
         seen_since_ms: since,
         seen_before_ms: before,
+        last_boot: f.state.map(MachineState::latest_boot),
     };
     let mut rows = s.store.machine_rows(&q);
     let mut machines: Vec<MachineView> = Vec::with_capacity(limit + 1);

@@ -174,24 +174,27 @@ pub async fn fleet(
 /// Machines on one page of the fleet.
 const PAGE: usize = 50;
 
+/// Per stream, the generations machines run (and the latest, run or not),
+/// with how many run each: one API call, `/streams` carries the counts.
 async fn census(state: &UiState, token: &str) -> Result<Vec<Census>, Refused> {
     let streams: StreamList = state.api.get(token, "/api/v1/streams").await?;
-    let mut out = Vec::new();
-    for s in streams.streams {
-        let uri = format!("/api/v1/streams/{}/generations", segment(&s.stream));
-        let gens: GenerationList = state.api.get(token, &uri).await?;
-        let generations: Vec<(i64, usize)> = gens
-            .generations
-            .iter()
-            .map(|g| (g.generation, g.running))
-            .collect();
-        out.push(Census {
-            total: generations.iter().map(|(_, n)| n).sum(),
-            stream: s.stream,
-            generations,
-        });
-    }
-    Ok(out)
+    Ok(streams
+        .streams
+        .into_iter()
+        .map(|s| {
+            // The generations machines run, and the latest even if none does.
+            let mut running = s.running.clone();
+            if let Some(latest) = s.latest {
+                running.entry(latest).or_default();
+            }
+            let generations: Vec<(i64, usize)> = running.into_iter().collect();
+            Census {
+                total: s.running.values().sum(),
+                stream: s.stream,
+                generations,
+            }
+        })
+        .collect())
 }
 
 /// One machine: facts, generations, health, and its boots (live).
