@@ -452,13 +452,23 @@ mod tests {
             "0011_events_by_boot.sql",
             "76df04d39c11af3b17c7541caa2b1187ae9ec1fea344a72ffa129b9b7a7e921c",
         ),
+        (
+            "0012_events_by_machine.sql",
+            "8341b2c1e817970796c0891381df2785cbb647e4eadbbfb720fb3dbe2212c8ec",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
-    const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[(
-        "0011_baseline.sql",
-        "ede9a223ea4a50576b8bc6c8e45f3ca68b1991812a9b89c7362d8220fc63c42d",
-    )];
+    const POSTGRES_MIGRATIONS: &[(&str, &str)] = &[
+        (
+            "0011_baseline.sql",
+            "ede9a223ea4a50576b8bc6c8e45f3ca68b1991812a9b89c7362d8220fc63c42d",
+        ),
+        (
+            "0012_events_by_machine.sql",
+            "8341b2c1e817970796c0891381df2785cbb647e4eadbbfb720fb3dbe2212c8ec",
+        ),
+    ];
 
     fn check_landed(dir: &str, landed: &[(&str, &str)]) {
         use sha2::Digest as _;

@@ -112,6 +112,10 @@ impl MachineState {
     }
 }
 
+/// Rows read at a time when the handler filters them itself (selectors, a
+/// CPU). Small under test, so pages cross chunk boundaries there.
+const FILTER_CHUNK: usize = if cfg!(test) { 7 } else { 500 };
+
 /// A page of machines, in MAC order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MachineList {
@@ -248,11 +252,13 @@ async fn list_machines(
         .transpose()?;
     let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE) as usize;
     s.inventory.settle().await;
-    // Rows stream in MAC order and stop once a page (plus one, to know
-    // there is a next) has matched: a page costs about its own size, not the
-    // fleet's (fetching every row made one page take 1.2 s at p99 with
-    // 100,000 machines; see BENCHMARKS.md).
-    let q = MachineQuery {
+    // Rows come in MAC order, a chunk at a time, until a page (plus one, to
+    // know there is a next) has matched: a page costs about its own size,
+    // not the fleet's (fetching every row made one page take 1.2 s at p99
+    // with 100,000 machines; see BENCHMARKS.md). Chunks, not one stream:
+    // PostgreSQL computes and sends every row of a query whose reader
+    // stops early.
+    let mut q = MachineQuery {
         after,
         group: f.group.clone(),
         kind,
@@ -261,28 +267,33 @@ async fn list_machines(
         seen_since_ms: since,
         seen_before_ms: before,
         last_boot: f.state.map(MachineState::latest_boot),
+        // A firmware architecture is a column; a CPU (what iPXE or GRUB
+        // said, in memory) is checked here, row by row.
+        firmware_arch: f.arch.clone().filter(|a| a.parse::<Cpu>().is_err()),
     };
-    let mut rows = s.store.machine_rows(&q);
+    let cpu_filter = f.arch.as_deref().is_some_and(|a| a.parse::<Cpu>().is_ok());
     let mut machines: Vec<MachineView> = Vec::with_capacity(limit + 1);
-    while machines.len() <= limit {
-        let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? else {
+    'chunks: loop {
+        let need = limit + 1 - machines.len();
+        let (rows, more) =
+            next_chunk(&s.store, &mut q, selector.as_ref(), need, cpu_filter).await?;
+        for row in rows {
+            let m = s.view(row);
+            let arch_ok = f
+                .arch
+                .as_deref()
+                .is_none_or(|a| m.arch.as_deref() == Some(a) || m.cpu.as_deref() == Some(a));
+            if f.state.is_none_or(|st| m.state == st) && arch_ok {
+                machines.push(m);
+                if machines.len() > limit {
+                    break 'chunks;
+                }
+            }
+        }
+        if !more || q.after.is_none() {
             break;
-        };
-        let m = s.view(row);
-        let arch_ok = f
-            .arch
-            .as_deref()
-            .is_none_or(|a| m.arch.as_deref() == Some(a) || m.cpu.as_deref() == Some(a));
-        if f.state.is_none_or(|st| m.state == st)
-            && arch_ok
-            && selector
-                .as_ref()
-                .is_none_or(|sel| sel.matches(&m.labels).is_some())
-        {
-            machines.push(m);
         }
     }
-    drop(rows);
     let next = if machines.len() > limit {
         machines.truncate(limit);
         machines.last().map(|m| m.mac.clone())
@@ -290,6 +301,57 @@ async fn list_machines(
         None
     };
     Ok(Json(MachineList { machines, next }))
+}
+
+/// The next machines of a page after `q.after` (which it moves on), and
+/// whether there may be more. `need`: how many more the page wants;
+/// `more_filters`: the caller drops some rows itself (a CPU), so a
+/// larger chunk is read.
+///
+/// With a label selector, only MACs and labels are read a chunk at a time
+/// and whole rows only for the machines that match: a selective filter
+/// costs its matches, not the rows it passes over.
+async fn next_chunk(
+    store: &crate::store::Store,
+    q: &mut MachineQuery,
+    selector: Option<&crate::boot::select::Selector>,
+    need: usize,
+    more_filters: bool,
+) -> ApiResult<(Vec<crate::store::machines::MachineRow>, bool)> {
+    let chunk = if selector.is_some() || more_filters {
+        FILTER_CHUNK.max(need)
+    } else {
+        need
+    };
+    let Some(selector) = selector else {
+        let rows = store.machine_rows(q, chunk as i64).await?;
+        let more = rows.len() == chunk;
+        q.after = rows.last().and_then(|r| r.mac.parse().ok());
+        return Ok((rows, more && q.after.is_some()));
+    };
+    let labelled = store.machine_labels(q, chunk as i64).await?;
+    let mut more = labelled.len() == chunk;
+    q.after = labelled.last().and_then(|(mac, _)| mac.parse().ok());
+    let mut wanted: Vec<MacAddr> = Vec::new();
+    for (mac, labels) in &labelled {
+        let labels: BTreeMap<String, String> = serde_json::from_str(labels).unwrap_or_default();
+        if selector.matches(&labels).is_none() {
+            continue;
+        }
+        let Ok(mac) = mac.parse::<MacAddr>() else {
+            continue;
+        };
+        wanted.push(mac);
+        // Enough for the page (unless the caller drops some): resume
+        // right after this one next time.
+        if wanted.len() == need && !more_filters {
+            q.after = Some(mac);
+            more = true;
+            break;
+        }
+    }
+    let rows = store.machine_rows_of(&wanted).await?;
+    Ok((rows, more && q.after.is_some()))
 }
 
 /// Loads one machine's row (after the ledger has settled).
