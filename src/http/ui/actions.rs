@@ -23,6 +23,16 @@ pub fn forged() -> Response {
         .into_response()
 }
 
+/// A form the dashboard cannot turn into an API request, refused as the
+/// API refuses an invalid field (400).
+fn invalid(message: String) -> Refused {
+    Refused::Api {
+        status: StatusCode::BAD_REQUEST,
+        code: "invalid".into(),
+        message,
+    }
+}
+
 /// Sends one change; on success goes to `back`, else shows the API's refusal.
 async fn change(
     state: &UiState,
@@ -120,14 +130,7 @@ pub async fn start_rollout(
     }
     let body = match form.body() {
         Ok(b) => b,
-        Err(message) => {
-            let r = Refused::Api {
-                status: StatusCode::BAD_REQUEST,
-                code: "invalid".into(),
-                message,
-            };
-            return refused(&state, &session, r);
-        }
+        Err(message) => return refused(&state, &session, invalid(message)),
     };
     match state
         .api
@@ -205,12 +208,7 @@ pub async fn move_pointer(
         .rsplit_once(':')
         .and_then(|(s, n)| Some((s, n.parse::<i64>().ok()?)))
     else {
-        let r = Refused::Api {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid".into(),
-            message: "choose a generation".into(),
-        };
-        return refused(&state, &session, r);
+        return refused(&state, &session, invalid("choose a generation".into()));
     };
     let g = segment(&group);
     let body = json!({ "stream": stream, "generation": number });

@@ -82,6 +82,21 @@ impl UiState {
     }
 }
 
+/// A page handler's answer: the page, or what to show instead (the sign-in
+/// page for a dead token, the API's refusal), so a handler reads with `?`.
+type Page = Result<Response, Response>;
+
+impl UiState {
+    /// Reads `uri` through the API as the session's operator; a refusal
+    /// becomes the page to show instead.
+    async fn read<T: DeserializeOwned>(&self, session: &Session, uri: &str) -> Result<T, Response> {
+        self.api
+            .get(session.token(), uri)
+            .await
+            .map_err(|r| refused(self, session, r))
+    }
+}
+
 /// `text` as one path segment or query value: every byte but the
 /// unreserved ones percent-encoded, so a name cannot reach another path.
 fn segment(text: &str) -> String {

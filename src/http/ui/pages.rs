@@ -12,7 +12,7 @@ use minijinja::{context, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{refused, render, segment, Refused, Session, UiState};
+use super::{refused, render, segment, Page, Refused, Session, UiState};
 use crate::http::api::views::{
     BootList, EventList, Explanation, GenerationList, GroupList, GroupView, HealthView,
     MachineDetail, MachineList, RolloutList, RolloutView, StreamList, WatchdogView,
@@ -130,7 +130,7 @@ pub async fn fleet(
     State(state): State<UiState>,
     session: Session,
     Query(filter): Query<FleetFilter>,
-) -> Response {
+) -> Page {
     let query = filter.query();
     let mut uri = format!("/api/v1/machines?limit={PAGE}");
     if !query.is_empty() {
@@ -144,21 +144,17 @@ pub async fn fleet(
     let (machines, next, error) = match state.api.get::<MachineList>(token, &uri).await {
         Ok(l) => (l.machines, l.next, None),
         Err(Refused::Api { message, .. }) => (vec![], None, Some(message)),
-        Err(r) => return refused(&state, &session, r),
+        Err(r) => return Err(refused(&state, &session, r)),
     };
-    let groups: GroupList = match state.api.get(token, "/api/v1/groups").await {
-        Ok(g) => g,
-        Err(r) => return refused(&state, &session, r),
-    };
-    let census = match census(&state, token).await {
-        Ok(c) => c,
-        Err(r) => return refused(&state, &session, r),
-    };
+    let groups: GroupList = state.read(&session, "/api/v1/groups").await?;
+    let census = census(&state, token)
+        .await
+        .map_err(|r| refused(&state, &session, r))?;
     let next = next.map(|c| {
         let sep = if query.is_empty() { "" } else { "&" };
         format!("/ui/?{query}{sep}cursor={}", segment(&c))
     });
-    render(
+    Ok(render(
         &state,
         &session,
         "fleet.html",
@@ -168,7 +164,7 @@ pub async fn fleet(
             groups => groups.groups.iter().map(|g| &g.name).collect::<Vec<_>>(),
             first => (!filter.cursor.is_empty()).then(|| format!("/ui/?{query}")),
         },
-    )
+    ))
 }
 
 /// Machines on one page of the fleet.
@@ -202,22 +198,15 @@ pub async fn machine(
     State(state): State<UiState>,
     session: Session,
     Path(mac): Path<String>,
-) -> Response {
-    let token = session.token();
+) -> Page {
     let m = segment(&mac);
-    let detail: MachineDetail = match state.api.get(token, &format!("/api/v1/machines/{m}")).await {
-        Ok(d) => d,
-        Err(r) => return refused(&state, &session, r),
-    };
-    let health: HealthView = match state
-        .api
-        .get(token, &format!("/api/v1/machines/{m}/health"))
-        .await
-    {
-        Ok(h) => h,
-        Err(r) => return refused(&state, &session, r),
-    };
-    render(
+    let detail: MachineDetail = state
+        .read(&session, &format!("/api/v1/machines/{m}"))
+        .await?;
+    let health: HealthView = state
+        .read(&session, &format!("/api/v1/machines/{m}/health"))
+        .await?;
+    Ok(render(
         &state,
         &session,
         "machine.html",
@@ -226,7 +215,7 @@ pub async fn machine(
             boots => detail.recent_boots,
             m => detail.machine,
         },
-    )
+    ))
 }
 
 /// A machine's latest boots and their steps: the live part of its page.
@@ -234,35 +223,26 @@ pub async fn timeline(
     State(state): State<UiState>,
     session: Session,
     Path(mac): Path<String>,
-) -> Response {
+) -> Page {
     let uri = format!("/api/v1/machines/{}/boots?limit=10", segment(&mac));
-    match state.api.get::<BootList>(session.token(), &uri).await {
-        Ok(list) => render(
-            &state,
-            &session,
-            "timeline.html",
-            context! { boots => list.boots },
-        ),
-        Err(r) => refused(&state, &session, r),
-    }
+    let list: BootList = state.read(&session, &uri).await?;
+    Ok(render(
+        &state,
+        &session,
+        "timeline.html",
+        context! { boots => list.boots },
+    ))
 }
 
-pub async fn groups(State(state): State<UiState>, session: Session) -> Response {
-    let token = session.token();
-    let groups: GroupList = match state.api.get(token, "/api/v1/groups").await {
-        Ok(g) => g,
-        Err(r) => return refused(&state, &session, r),
-    };
-    let streams: StreamList = match state.api.get(token, "/api/v1/streams").await {
-        Ok(s) => s,
-        Err(r) => return refused(&state, &session, r),
-    };
-    render(
+pub async fn groups(State(state): State<UiState>, session: Session) -> Page {
+    let groups: GroupList = state.read(&session, "/api/v1/groups").await?;
+    let streams: StreamList = state.read(&session, "/api/v1/streams").await?;
+    Ok(render(
         &state,
         &session,
         "groups.html",
         context! { groups => groups.groups, ties => groups.ties, streams => streams.streams },
-    )
+    ))
 }
 
 /// A group: its pointers per architecture, and a form to move one.
@@ -270,35 +250,26 @@ pub async fn group(
     State(state): State<UiState>,
     session: Session,
     Path(name): Path<String>,
-) -> Response {
-    let token = session.token();
+) -> Page {
     let uri = format!("/api/v1/groups/{}", segment(&name));
-    let group: GroupView = match state.api.get(token, &uri).await {
-        Ok(g) => g,
-        Err(r) => return refused(&state, &session, r),
-    };
+    let group: GroupView = state.read(&session, &uri).await?;
     // Every generation, for the pointer form's choices.
-    let streams: StreamList = match state.api.get(token, "/api/v1/streams").await {
-        Ok(s) => s,
-        Err(r) => return refused(&state, &session, r),
-    };
+    let streams: StreamList = state.read(&session, "/api/v1/streams").await?;
     let mut choices: Vec<serde_json::Value> = Vec::new();
     for s in &streams.streams {
         let uri = format!("/api/v1/streams/{}/generations", segment(&s.stream));
-        match state.api.get::<GenerationList>(token, &uri).await {
-            Ok(list) => choices.extend(list.generations.iter().map(|g| {
-                json!({"stream": g.stream, "generation": g.generation, "arch": g.manifest.arch.to_string()})
-            })),
-            Err(r) => return refused(&state, &session, r),
-        }
+        let list: GenerationList = state.read(&session, &uri).await?;
+        choices.extend(list.generations.iter().map(|g| {
+            json!({"stream": g.stream, "generation": g.generation, "arch": g.manifest.arch.to_string()})
+        }));
     }
     let variables = serde_json::to_string_pretty(&group.variables).unwrap_or_default();
-    render(
+    Ok(render(
         &state,
         &session,
         "group.html",
         context! { group, choices, variables },
-    )
+    ))
 }
 
 /// A stream: its generations, their manifests and who runs them.
@@ -306,12 +277,9 @@ pub async fn stream(
     State(state): State<UiState>,
     session: Session,
     Path(name): Path<String>,
-) -> Response {
+) -> Page {
     let uri = format!("/api/v1/streams/{}/generations", segment(&name));
-    let list: GenerationList = match state.api.get(session.token(), &uri).await {
-        Ok(l) => l,
-        Err(r) => return refused(&state, &session, r),
-    };
+    let list: GenerationList = state.read(&session, &uri).await?;
     let generations: Vec<serde_json::Value> = list
         .generations
         .iter()
@@ -334,25 +302,18 @@ pub async fn stream(
             })
         })
         .collect();
-    render(
+    Ok(render(
         &state,
         &session,
         "stream.html",
         context! { stream => list.stream, generations },
-    )
+    ))
 }
 
-pub async fn rollouts(State(state): State<UiState>, session: Session) -> Response {
-    let token = session.token();
-    let list: RolloutList = match state.api.get(token, "/api/v1/rollouts").await {
-        Ok(l) => l,
-        Err(r) => return refused(&state, &session, r),
-    };
-    let groups: GroupList = match state.api.get(token, "/api/v1/groups").await {
-        Ok(g) => g,
-        Err(r) => return refused(&state, &session, r),
-    };
-    render(
+pub async fn rollouts(State(state): State<UiState>, session: Session) -> Page {
+    let list: RolloutList = state.read(&session, "/api/v1/rollouts").await?;
+    let groups: GroupList = state.read(&session, "/api/v1/groups").await?;
+    Ok(render(
         &state,
         &session,
         "rollouts.html",
@@ -360,32 +321,15 @@ pub async fn rollouts(State(state): State<UiState>, session: Session) -> Respons
             rollouts => list.rollouts,
             groups => groups.groups.iter().map(|g| &g.name).collect::<Vec<_>>(),
         },
-    )
-}
-
-async fn rollout_view(
-    state: &UiState,
-    session: &Session,
-    id: i64,
-) -> Result<RolloutView, Response> {
-    state
-        .api
-        .get(session.token(), &format!("/api/v1/rollouts/{id}"))
-        .await
-        .map_err(|r| refused(state, session, r))
+    ))
 }
 
 /// A rollout: its waves and every machine's state, live; pause, resume,
 /// abort for an admin.
-pub async fn rollout(
-    State(state): State<UiState>,
-    session: Session,
-    Path(id): Path<i64>,
-) -> Response {
-    match rollout_view(&state, &session, id).await {
-        Ok(r) => render(&state, &session, "rollout.html", context! { r }),
-        Err(res) => res,
-    }
+pub async fn rollout(State(state): State<UiState>, session: Session, Path(id): Path<i64>) -> Page {
+    let uri = format!("/api/v1/rollouts/{id}");
+    let r: RolloutView = state.read(&session, &uri).await?;
+    Ok(render(&state, &session, "rollout.html", context! { r }))
 }
 
 /// The live part of a rollout's page.
@@ -393,23 +337,21 @@ pub async fn rollout_body(
     State(state): State<UiState>,
     session: Session,
     Path(id): Path<i64>,
-) -> Response {
-    match rollout_view(&state, &session, id).await {
-        Ok(r) => render(&state, &session, "rollout_body.html", context! { r }),
-        Err(res) => res,
-    }
+) -> Page {
+    let uri = format!("/api/v1/rollouts/{id}");
+    let r: RolloutView = state.read(&session, &uri).await?;
+    Ok(render(
+        &state,
+        &session,
+        "rollout_body.html",
+        context! { r },
+    ))
 }
 
 /// The watchdog: its policy and the degraded machines.
-pub async fn watchdog(State(state): State<UiState>, session: Session) -> Response {
-    match state
-        .api
-        .get::<WatchdogView>(session.token(), "/api/v1/watchdog")
-        .await
-    {
-        Ok(w) => render(&state, &session, "watchdog.html", context! { w }),
-        Err(r) => refused(&state, &session, r),
-    }
+pub async fn watchdog(State(state): State<UiState>, session: Session) -> Page {
+    let w: WatchdogView = state.read(&session, "/api/v1/watchdog").await?;
+    Ok(render(&state, &session, "watchdog.html", context! { w }))
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
