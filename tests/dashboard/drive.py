@@ -54,10 +54,17 @@ def confirm(script):
 def sign_in(page, token):
     page.goto(f"{URL}/ui/")
     check(page.url.endswith("/ui/login"), f"signed out, / leads to the sign-in page ({page.url})")
-    # Keyboard only: the token field has focus, Enter submits.
+    # Keyboard only: the token field takes focus by itself, Enter submits.
+    # Chromium applies `autofocus` at its next rendering step, which can come
+    # after the load event: wait for the focus instead of typing into nothing.
+    expect(page.locator("#token")).to_be_focused()
     page.keyboard.type(token)
-    page.keyboard.press("Enter")
-    page.wait_for_url(f"{URL}/ui/")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    if not page.url.endswith("/ui/"):
+        alert = page.get_by_role("alert")
+        said = alert.inner_text() if alert.count() else "no message"
+        check(False, f"sign-in stayed on {page.url}: {said}")
     expect(page.get_by_role("heading", name="Fleet", exact=True)).to_be_visible()
 
 
