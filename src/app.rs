@@ -53,6 +53,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Setup(std::io::Error),
+    #[error(transparent)]
+    Seal(#[from] crate::bmc::seal::SealError),
 }
 
 /// How often rollout gates and watchdog timeouts are checked.
@@ -219,6 +221,8 @@ struct Core {
     dhcp: Arc<Dhcp>,
     bindings: Arc<crate::binding::Bindings>,
     netboot: Arc<crate::netboot::Netboot>,
+    /// Power and boot control through BMCs (rollouts and the API).
+    bmcs: crate::bmc::service::Bmcs,
     /// `http://SERVER:PORT`, as machines reach it.
     server_url: String,
 }
@@ -308,7 +312,18 @@ impl Core {
             bindings.clone(),
             clients.clone(),
         ));
+        let sealer = crate::bmc::seal::Sealer::open_or_create(&config.data_dir)?;
+        let bmcs = crate::bmc::service::Bmcs::new(
+            store.clone(),
+            sealer,
+            ledger.clone(),
+            config.bmc.clone(),
+        )
+        .map_err(|e| {
+            AppError::Setup(std::io::Error::other(format!("HTTP client for BMCs: {e}")))
+        })?;
         let core = Core {
+            bmcs,
             store,
             images,
             renderer,
@@ -450,12 +465,23 @@ fn spawn_clock_tasks(
     if config.rollout.hook.is_configured() {
         services.push("reboot hook for rollouts".into());
     }
+    // Reboots a BMC could not do go back to their rollout.
+    let (failed_tx, mut failed) = tokio::sync::mpsc::channel(1024);
     tasks.spawn(crate::rollout::hook::run(
         config.rollout.hook.clone(),
+        core.bmcs.clone(),
         reboots,
+        failed_tx,
         core.ledger.clone(),
         shutdown.clone(),
     ));
+    let inventory = core.inventory.clone();
+    tasks.spawn(async move {
+        while let Some((reboot, error)) = failed.recv().await {
+            inventory.reboot_failed(&reboot, &error, now_ms());
+        }
+        Ok(())
+    });
 }
 
 /// Every HTTP route: health and metrics, the boot path, artifacts, the
@@ -502,6 +528,7 @@ fn http_app(
         explainer,
         dhcp: Some(core.dhcp.clone()),
         fetcher: Arc::new(fetcher),
+        bmcs: Some(core.bmcs.clone()),
     };
     let services = Arc::new(services.to_vec());
     let api = crate::http::api::router(api_state);

@@ -35,6 +35,7 @@ const SECTIONS: &[&str] = &[
     "tftp",
     "dhcp",
     "rollout",
+    "bmc",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,8 @@ pub struct RawConfig {
     pub dhcp: RawDhcp,
     /// The watchdog and the reboot hook (`rollout::settings`).
     pub rollout: crate::rollout::settings::RawRollout,
+    /// Power control through BMCs (`bmc::service`).
+    pub bmc: crate::bmc::service::RawBmc,
     /// Server-side downloads (`images::fetch`).
     pub images: crate::images::fetch::RawImages,
     /// The boot path's binding rule and boot tokens (`binding`).
@@ -150,6 +153,7 @@ impl Default for RawConfig {
             tftp: RawTftp::default(),
             dhcp: RawDhcp::default(),
             rollout: Default::default(),
+            bmc: Default::default(),
             images: Default::default(),
             boot: RawBoot::default(),
             events: Default::default(),
@@ -384,6 +388,7 @@ pub struct Config {
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
+    pub bmc: crate::bmc::service::BmcSettings,
     pub fetch: crate::images::fetch::FetchPolicy,
     pub boot: BootSettings,
     pub retention: crate::store::retention::Retention,
@@ -553,6 +558,8 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     };
     let rollout = crate::rollout::settings::validate(&raw.rollout)
         .map_err(|(key, message)| invalid(key, message))?;
+    let bmc =
+        crate::bmc::service::validate(&raw.bmc).map_err(|(key, message)| invalid(key, message))?;
     let fetch = crate::images::fetch::validate(&raw.images)
         .map_err(|(key, message)| invalid(key, message))?;
     let token_ttl = humantime::parse_duration(raw.boot.token_ttl.trim())
@@ -612,6 +619,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     Ok(Config {
         store_url: raw.store.url.clone(),
         rollout,
+        bmc,
         fetch,
         boot,
         retention,

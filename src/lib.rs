@@ -58,6 +58,7 @@
 pub mod app;
 pub mod auth;
 pub mod binding;
+pub mod bmc;
 pub mod boot;
 pub mod bootfiles;
 pub mod cli;

@@ -53,6 +53,12 @@ pub enum GroupsCommand {
     },
     /// Delete a group (refused while machines are assigned to or pinned in it).
     Delete { group: String },
+    /// The BMC fields the group's machines share (a machine's own win).
+    Bmc {
+        group: String,
+        #[command(subcommand)]
+        command: super::power::BmcCommand,
+    },
     /// The machines in a group and why each is in it.
     Members { group: String },
     /// Point a group at a generation (creates the group if needed).
@@ -114,6 +120,9 @@ pub async fn groups(conn: &Connection, cmd: &GroupsCommand) -> Result<(), CliErr
                 println!("\nselector ties (these machines are in default until resolved):");
                 print(conn.output, &all, &ties, MEMBER_COLUMNS);
             }
+        }
+        GroupsCommand::Bmc { group, command } => {
+            super::power::group_bmc(conn, group, command).await?;
         }
         GroupsCommand::Show { group } => {
             let g: GroupView = client.get_as(&format!("/api/v1/groups/{group}")).await?;

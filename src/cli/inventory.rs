@@ -57,6 +57,26 @@ pub enum MachinesCommand {
         #[arg(long)]
         purge: bool,
     },
+    /// Power through the machine's BMC: status, on, off, graceful-off,
+    /// cycle, reset.
+    Power {
+        mac: String,
+        #[arg(value_parser = ["status", "on", "off", "graceful-off", "cycle", "reset"])]
+        action: String,
+    },
+    /// Set the machine's next boot (once) to the network through its BMC.
+    Netboot {
+        mac: String,
+        /// And reset it (or power it on) now.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// The machine's BMC (address, protocol, credentials).
+    Bmc {
+        mac: String,
+        #[command(subcommand)]
+        command: super::power::BmcCommand,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -84,6 +104,9 @@ pub struct MachineFilter {
     /// At most this many (one page); default: all of them.
     #[arg(long)]
     limit: Option<u32>,
+    /// Add a POWER column: what each machine's BMC last reported.
+    #[arg(long)]
+    power: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,13 +217,22 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
     let client = conn.client()?;
     match cmd {
         MachinesCommand::List(f) => {
-            let rows: Vec<Value> = list_machines(&client, f)
+            let mut rows: Vec<Value> = list_machines(&client, f)
                 .await?
                 .iter()
                 .map(value_of)
                 .collect();
+            let mut columns = MACHINE_COLUMNS.to_vec();
+            if f.power {
+                let power = super::power::power_states(&client).await?;
+                for row in &mut rows {
+                    let state = row["mac"].as_str().and_then(|m| power.get(m)).cloned();
+                    row["power"] = json!(state);
+                }
+                columns.insert(6, ("POWER", "power"));
+            }
             let all = json!({ "machines": rows });
-            print(conn.output, &all, &rows, MACHINE_COLUMNS);
+            print(conn.output, &all, &rows, &columns);
         }
         MachinesCommand::Show { mac } => {
             let m: MachineDetail = client.get_as(&format!("/api/v1/machines/{mac}")).await?;
@@ -306,6 +338,13 @@ pub async fn machines(conn: &Connection, cmd: &MachinesCommand) -> Result<(), Cl
                 ),
                 Output::Table => println!("deleted {mac} (its boot history is kept)"),
             }
+        }
+        MachinesCommand::Power { mac, action } => super::power::power(conn, mac, action).await?,
+        MachinesCommand::Netboot { mac, reboot } => {
+            super::power::netboot(conn, mac, *reboot).await?
+        }
+        MachinesCommand::Bmc { mac, command } => {
+            super::power::machine_bmc(conn, mac, command).await?
         }
     }
     Ok(())

@@ -20,6 +20,7 @@ pub mod commands;
 pub mod explain;
 pub mod groups;
 pub mod inventory;
+pub mod power;
 pub mod rollout;
 
 use std::path::{Path, PathBuf};

@@ -954,6 +954,8 @@ fn rollout_change(
             timeout_ms: r.timeout_ms,
             require: r.require.clone(),
             rollback: r.rollback,
+            // The fleet file has no key for it yet: the default.
+            on_bmc_failure: Default::default(),
         }),
     }
 }

@@ -361,6 +361,7 @@ async fn a_rollout_that_moved_the_machine_is_in_the_explanation() {
             timeout_ms: 600_000,
             require: None,
             rollback: true,
+            on_bmc_failure: Default::default(),
         },
         None,
     )

@@ -48,4 +48,5 @@ pub struct StartRollout {
     pub timeout_ms: i64,
     pub require: Option<Require>,
     pub rollback: bool,
+    pub on_bmc_failure: crate::rollout::OnBmcFailure,
 }

@@ -385,6 +385,7 @@ fn rollout_plan(
         timeout_ms: r.timeout_ms,
         require: r.require.clone(),
         rollback: r.rollback,
+        on_bmc_failure: r.on_bmc_failure,
     };
     let slot = to.manifest.slot();
     Ok((spec, slot, members))

@@ -214,6 +214,18 @@ impl Inventory {
         }
     }
 
+    /// A machine's BMC could not reboot it for a rollout (see
+    /// [`Rollouts::reboot_failed`]).
+    pub fn reboot_failed(&self, reboot: &crate::rollout::engine::Reboot, error: &str, now_ms: i64) {
+        let out = {
+            let mut state = self.write();
+            let out = state.rollouts.reboot_failed(reboot, error, now_ms);
+            self.apply_pointers(&mut state, &out.persist.pointers);
+            out
+        };
+        self.after_fleet(out, false);
+    }
+
     /// The clock: watchdog timeouts and rollout gates.
     pub fn tick_rollouts(&self, now_ms: i64) {
         let out = {
@@ -303,6 +315,7 @@ impl Inventory {
             timeout_ms: req.timeout_ms,
             require: req.require,
             rollback: req.rollback,
+            on_bmc_failure: req.on_bmc_failure,
         };
         let id = self
             .fleet_command(|fleet, now| fleet.start(spec.clone(), slot, &members, by.clone(), now))

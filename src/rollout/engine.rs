@@ -486,6 +486,40 @@ impl Rollouts {
         out
     }
 
+    /// The BMC of a machine a rollout moved could not reboot it, even after
+    /// its retries. Under the rollout's `on_bmc_failure: fail` the wave's
+    /// gate fails as if the machine had failed to boot B (and rolls back as
+    /// the rollout says); under `wait` the wave waits for it until its
+    /// timeout. Either way the failure is a note for the operator.
+    pub fn reboot_failed(&mut self, reboot: &Reboot, error: &str, now_ms: i64) -> Outcome {
+        let mut out = Outcome::default();
+        out.persist.at_ms = now_ms;
+        let Some(entry) = self.rollouts.get_mut(&reboot.rollout) else {
+            return out;
+        };
+        let policy = entry.rollout.spec.on_bmc_failure;
+        out.note(
+            Some(reboot.mac),
+            "rollout.reboot_failed",
+            json!({ "rollout": reboot.rollout, "generation": reboot.generation, "error": error, "on_bmc_failure": policy }),
+        );
+        if policy != super::OnBmcFailure::Fail || !entry.rollout.state.is_active() {
+            return out;
+        }
+        let reason = format!("its BMC could not reboot it: {error}");
+        let actions = entry.rollout.observe(Observation::Failed {
+            mac: reboot.mac,
+            generation: &reboot.generation,
+            reason: &reason,
+            at_ms: now_ms,
+        });
+        if !actions.is_empty() {
+            self.act(reboot.rollout, actions, None, now_ms, &mut out);
+            self.save_rollout(reboot.rollout, now_ms, &mut out);
+        }
+        out
+    }
+
     /// The clock: silent boots past the watchdog timeout fail; open gates
     /// pass (next wave, or the pointer moves) or time out.
     pub fn tick(&mut self, now_ms: i64) -> Outcome {

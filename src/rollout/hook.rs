@@ -1,9 +1,15 @@
-//! The reboot hook: how ironboot asks for a machine to reboot when a
-//! rollout moves it (to B) or rolls it back (to A). Optional: without it a
-//! moved machine boots its new generation whenever it next reboots, and the
-//! wave waits for that (up to its timeout).
+//! Rebooting the machines a rollout moves (to B) or rolls back (to A).
 //!
-//! Two forms, either or both (`[rollout]` in the config):
+//! A machine with a BMC (its own or its group's, see [`crate::bmc`]) is
+//! rebooted through it: the next boot set to the network once, then a
+//! reset (or power on when it is off), bounded and retried by the BMC
+//! service. When that fails after its retries, the failure goes back to the
+//! rollout (`failures`), whose `on_bmc_failure` says whether the wave waits
+//! or fails. A machine without a BMC gets the reboot hook, the fallback;
+//! without either it boots its new generation whenever it next reboots, and
+//! the wave waits for that (up to its timeout).
+//!
+//! The hook has two forms, either or both (`[rollout]` in the config):
 //! - a command, run with `sh -c` and the machine in its environment:
 //!   `IRONBOOT_MAC`, `IRONBOOT_IP`, `IRONBOOT_HOSTNAME`, `IRONBOOT_GROUP`,
 //!   `IRONBOOT_STREAM`, `IRONBOOT_GENERATION`, `IRONBOOT_ROLLOUT`,
@@ -27,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Reboot;
 use super::settings::HookSettings;
+use crate::bmc::service::Bmcs;
+use crate::bmc::Op;
 use crate::ledger::Ledger;
 
 /// At most this many hooks at once.
@@ -41,11 +49,14 @@ pub struct Job {
     pub hostname: Option<String>,
 }
 
-/// Runs jobs until `shutdown`; with no hook configured, records that the
-/// machine waits for a reboot by other means.
+/// Runs jobs until `shutdown`: each machine through its BMC when it has
+/// one, else through the hook when one is configured. A BMC that fails
+/// after its retries is reported on `failures`.
 pub async fn run(
     settings: HookSettings,
+    bmcs: Bmcs,
     mut rx: mpsc::Receiver<Job>,
+    failures: mpsc::Sender<(Reboot, String)>,
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
@@ -63,9 +74,6 @@ pub async fn run(
                 None => break,
             },
         };
-        if !settings.is_configured() {
-            continue;
-        }
         // The move (or roll back) is committed before the machine reboots.
         ledger.flush().await;
         while running.len() >= CONCURRENT {
@@ -75,8 +83,17 @@ pub async fn run(
             }
         }
         let (settings, http, ledger) = (settings.clone(), http.clone(), ledger.clone());
+        let (bmcs, failures) = (bmcs.clone(), failures.clone());
         running.spawn(async move {
-            let detail = fire(&settings, &http, &job).await;
+            let detail = match reboot_by_bmc(&bmcs, &job).await {
+                Some(Ok(detail)) => detail,
+                Some(Err((detail, error))) => {
+                    let _ = failures.send((job.reboot.clone(), error)).await;
+                    detail
+                }
+                None if settings.is_configured() => fire(&settings, &http, &job).await,
+                None => return,
+            };
             ledger.event(
                 Some(job.reboot.mac),
                 job.ip.as_deref().and_then(|i| i.parse().ok()),
@@ -88,6 +105,32 @@ pub async fn run(
     }
     running.abort_all();
     Ok(())
+}
+
+type Failed = (serde_json::Value, String);
+
+/// Reboots the machine into the network through its BMC; `None` when it
+/// has none. A BMC configured but unusable (incomplete, a password that
+/// does not open) is a failure, not a reason to fall back to the hook.
+async fn reboot_by_bmc(bmcs: &Bmcs, job: &Job) -> Option<Result<serde_json::Value, Failed>> {
+    let r = &job.reboot;
+    let base = json!({ "rollout": r.rollout, "generation": r.generation, "reason": r.reason, "via": "bmc" });
+    let ep = match bmcs.endpoint(r.mac, &r.group).await {
+        Ok(Some(ep)) => ep,
+        Ok(None) => return None,
+        Err(e) => {
+            let mut detail = base;
+            detail["bmc"] = json!({ "ok": false, "error": e.to_string() });
+            return Some(Err((detail, e.to_string())));
+        }
+    };
+    let outcome = bmcs.run_on(&ep, r.mac, Op::Netboot, &r.reason).await;
+    let mut detail = base;
+    detail["bmc"] = json!({ "ok": outcome.ok, "attempts": outcome.attempts, "error": outcome.error, "ms": outcome.ms });
+    Some(match outcome.error {
+        Some(error) if !outcome.ok => Err((detail, error)),
+        _ => Ok(detail),
+    })
 }
 
 /// Runs the command and/or calls the webhook; returns what happened.

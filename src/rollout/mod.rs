@@ -106,6 +106,22 @@ pub struct Spec {
     pub require: Option<Require>,
     /// Roll moved machines back to A when a gate fails (the default).
     pub rollback: bool,
+    /// What a moved machine's BMC failing to reboot it (after its retries)
+    /// does to the wave.
+    #[serde(default)]
+    pub on_bmc_failure: OnBmcFailure,
+}
+
+/// What a BMC that cannot reboot a moved machine does to its wave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBmcFailure {
+    /// The wave waits: the machine may still reboot by other means before
+    /// the gate's timeout (the default).
+    #[default]
+    Wait,
+    /// The gate fails at once, as if the machine had failed to boot B.
+    Fail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,6 +25,7 @@ fn spec(strategy: Strategy) -> Spec {
         timeout_ms: 10 * MIN,
         require: None,
         rollback: true,
+        on_bmc_failure: Default::default(),
     }
 }
 

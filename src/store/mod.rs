@@ -7,7 +7,7 @@
 //! reads on [`Store`] and typed writes on a transaction ([`tx::Tx`]), one
 //! row type per table, per table in
 //! `machines.rs`, `groups.rs`, `generations.rs`, `boots.rs`, `rollouts.rs`,
-//! `tokens.rs` and `history.rs` (the API's pages). Callers see neither a
+//! `tokens.rs`, `bmcs.rs` and `history.rs` (the API's pages). Callers see neither a
 //! connection nor SQL. The packet paths never call in here: they read what
 //! [`Store::load_leases`] and [`Store::known_macs`] loaded at start and
 //! write through the [`writer`] task (group commit).
@@ -59,6 +59,7 @@ macro_rules! on_tx {
     };
 }
 
+pub mod bmcs;
 pub mod boots;
 pub mod checkpoint;
 pub mod generations;
@@ -456,6 +457,10 @@ mod tests {
             "0012_events_by_machine.sql",
             "8341b2c1e817970796c0891381df2785cbb647e4eadbbfb720fb3dbe2212c8ec",
         ),
+        (
+            "0013_bmcs.sql",
+            "f17506795ee5964c359884f26a315c37be4ed3d62524d23d3e19efe1af29061c",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -467,6 +472,10 @@ mod tests {
         (
             "0012_events_by_machine.sql",
             "8341b2c1e817970796c0891381df2785cbb647e4eadbbfb720fb3dbe2212c8ec",
+        ),
+        (
+            "0013_bmcs.sql",
+            "f17506795ee5964c359884f26a315c37be4ed3d62524d23d3e19efe1af29061c",
         ),
     ];
 

@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod dhcp_client;
+pub mod fleet;
+pub mod redfish;
 pub mod tftp_client;
 
 use std::path::PathBuf;

@@ -14,6 +14,7 @@ mod common;
 
 mod api;
 mod apply;
+mod bmc;
 mod boot;
 mod cli;
 mod cli_groups;

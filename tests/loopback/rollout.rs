@@ -7,115 +7,15 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::common;
 use crate::common::api::Api;
+use crate::common::fleet::Fleet;
 use crate::common::TestServer;
 
 const M1: &str = "52:54:00:00:07:01";
 const M2: &str = "52:54:00:00:07:02";
 const M3: &str = "52:54:00:00:07:03";
-
-/// What one boot of a simulated machine was served.
-struct Booted {
-    /// The generation whose kernel the script loads.
-    generation: i64,
-    token: String,
-}
-
-/// What this file's tests do through the API beyond the shared client:
-/// simulated machines booting and confirming, and rollouts watched.
-trait Fleet {
-    async fn import_worker(&self, n: u8) -> i64;
-    async fn boot(&self, mac: &str) -> Booted;
-    async fn confirm(&self, booted: &Booted, form: &str) -> StatusCode;
-    async fn boot_ok(&self, mac: &str) -> i64;
-    async fn rollout(&self, id: i64) -> Value;
-    async fn wait_for(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value;
-}
-
-impl Fleet for Api {
-    /// Imports generation N of `worker`, whose kernel is recognisable.
-    async fn import_worker(&self, n: u8) -> i64 {
-        let kernel = vec![n; 4096];
-        let initrd = vec![n.wrapping_add(100); 2048];
-        self.import("worker", &kernel, &initrd, "console=ttyS0")
-            .await
-    }
-
-    /// One network boot of `mac`: the script it is served.
-    async fn boot(&self, mac: &str) -> Booted {
-        let url = format!(
-            "{}/boot/{}.ipxe?buildarch=x86_64&platform=pcbios",
-            self.base,
-            mac.replace(':', "-")
-        );
-        let script = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let kernel = script
-            .split("/artifacts/sha256/")
-            .nth(1)
-            .unwrap_or_else(|| panic!("a kernel in\n{script}"));
-        let hex = &kernel[..64];
-        let generation = (1..=9u8)
-            .find(|n| hex::encode(Sha256::digest(vec![*n; 4096])) == hex)
-            .expect("a kernel this test imported") as i64;
-        let token = script
-            .split("/config/")
-            .nth(1)
-            .and_then(|t| t.split('/').next())
-            .unwrap_or_else(|| panic!("a token in\n{script}"))
-            .to_string();
-        Booted { generation, token }
-    }
-
-    /// The booted OS phones home, with an optional form payload.
-    async fn confirm(&self, booted: &Booted, form: &str) -> StatusCode {
-        self.http
-            .post(format!("{}/phone-home/{}", self.base, booted.token))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
-
-    /// Boots and confirms; returns the generation it runs.
-    async fn boot_ok(&self, mac: &str) -> i64 {
-        let b = self.boot(mac).await;
-        assert_eq!(self.confirm(&b, "").await, StatusCode::OK);
-        b.generation
-    }
-
-    async fn rollout(&self, id: i64) -> Value {
-        self.ok(Method::GET, &format!("/api/v1/rollouts/{id}"), None)
-            .await
-    }
-
-    /// Polls a rollout until `pred` holds (at most 15 s).
-    async fn wait_for(&self, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..150 {
-            let r = self.rollout(id).await;
-            if pred(&r) {
-                return r;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "rollout {id} never reached {what}: {}",
-            self.rollout(id).await
-        );
-    }
-}
 
 fn statuses(r: &Value, wave: usize) -> Vec<(String, String)> {
     r["waves"][wave]["machines"]

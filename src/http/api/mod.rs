@@ -34,6 +34,7 @@
 //!    New shared state goes in [`ApiState`] as a new field (set in `app.rs`).
 
 mod apply;
+mod bmc;
 mod etag;
 mod explain;
 mod groups;
@@ -51,6 +52,7 @@ mod tokens;
 /// reads back (the same types, so the two cannot drift apart).
 pub mod views {
     pub use super::apply::{ApplyResult, ChangeView, FieldView};
+    pub use super::bmc::{BmcFields, GroupBmc, MachineBmc, PowerList};
     pub use super::groups::{Deleted, GroupList, GroupView, MemberList, MemberView};
     pub use super::history::{BootList, BootView, EventList, EventView, StepView};
     pub use super::images::{
@@ -62,6 +64,7 @@ pub mod views {
     pub use super::templates::{Rendered, TemplateList, TemplateView};
     pub use super::tokens::{CreatedToken, TokenList, TokenView};
     pub use super::GenerationRef;
+    pub use crate::bmc::service::Outcome as PowerOutcome;
     pub use crate::explain::{Explanation, ScriptView};
 }
 
@@ -115,6 +118,8 @@ pub struct ApiState {
     /// Server-side downloads (`artifacts/fetch`), within `[images]`'s
     /// policy: see [`crate::images::fetch`].
     pub fetcher: Arc<crate::images::fetch::Fetcher>,
+    /// Power and boot control (`None` in unit tests without one).
+    pub bmcs: Option<crate::bmc::service::Bmcs>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -130,6 +135,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(templates::routes())
         .merge(rollouts::routes())
         .merge(apply::routes())
+        .merge(bmc::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`

@@ -63,6 +63,11 @@ pub struct StartBody {
     /// `false` stops the rollout where it is.
     #[serde(default)]
     rollback: Option<bool>,
+    /// A moved machine whose BMC cannot reboot it (after retries): `wait`
+    /// (the default: the wave waits until its timeout) or `fail` (the gate
+    /// fails at once).
+    #[serde(default)]
+    on_bmc_failure: Option<crate::rollout::OnBmcFailure>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -124,6 +129,7 @@ pub struct RolloutView {
     pub timeout_s: i64,
     pub require: Option<String>,
     pub rollback: bool,
+    pub on_bmc_failure: crate::rollout::OnBmcFailure,
     /// The wave whose gate is open (or closed last).
     pub wave: usize,
     pub wave_started_ms: i64,
@@ -243,6 +249,7 @@ impl StartBody {
             timeout_ms: timeout.as_millis() as i64,
             require,
             rollback: self.rollback.unwrap_or(true),
+            on_bmc_failure: self.on_bmc_failure.unwrap_or_default(),
         })
     }
 }
@@ -356,6 +363,7 @@ pub(crate) fn view(e: &Entry) -> RolloutView {
             .as_ref()
             .map(|q| format!("{}={}", q.key, q.value)),
         rollback: r.spec.rollback,
+        on_bmc_failure: r.spec.on_bmc_failure,
         wave: r.wave,
         wave_started_ms: r.wave_started_ms,
         waves,

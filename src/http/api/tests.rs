@@ -73,6 +73,7 @@ impl Harness {
                 clients: None,
             }),
             dhcp: None,
+            bmcs: None,
             fetcher: Arc::new(
                 crate::images::fetch::Fetcher::new(Default::default()).expect("fetch client"),
             ),

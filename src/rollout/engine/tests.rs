@@ -27,6 +27,7 @@ fn served(t: &Target) -> (i64, Source) {
 
 fn started(fleet: &mut Rollouts, rollback: bool) -> i64 {
     let spec = Spec {
+        on_bmc_failure: Default::default(),
         group: "web".into(),
         from: gen(41),
         to: gen(42),

@@ -1,0 +1,514 @@
+//! Power control through BMCs over loopback: a Redfish BMC in the test
+//! (`common::redfish`, faults on demand) behind the real server; BMCs set
+//! through the API with write-only passwords; power operations, retries,
+//! bounds and the concurrency cap; rollouts that reboot their machines
+//! through the BMC, and a BMC failing a wave under `on_bmc_failure: fail`.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::common;
+use crate::common::api::Api;
+use crate::common::fleet::Fleet;
+use crate::common::TestServer;
+
+const M1: &str = "52:54:00:00:0b:01";
+const M2: &str = "52:54:00:00:0b:02";
+const M3: &str = "52:54:00:00:0b:03";
+const PASSWORD: &str = "s3cret-Pa55word";
+
+const FAST_BMC: &str =
+    "[bmc]\ntimeout = \"500ms\"\nretries = 4\nbackoff = \"20ms\"\nconcurrency = 2\n";
+
+/// Events of one step family, oldest first.
+async fn events(api: &Api, step: &str) -> Vec<Value> {
+    let v = api
+        .ok(
+            Method::GET,
+            &format!("/api/v1/events?step={step}&limit=500"),
+            None,
+        )
+        .await;
+    let mut list = v["events"].as_array().unwrap().clone();
+    list.reverse();
+    list
+}
+
+/// Three machines on generation A, the group's BMC pointing at `url`.
+async fn fleet_with_bmc(api: &Api, url: &str, password: &str) -> (i64, i64) {
+    let a = api.import_worker(1).await;
+    let b = api.import_worker(2).await;
+    api.point("default", "worker", a).await;
+    for m in [M1, M2, M3] {
+        assert_eq!(api.boot_ok(m).await, a);
+    }
+    api.ok(
+        Method::PUT,
+        "/api/v1/groups/default/bmc",
+        Some(json!({ "protocol": "redfish", "address": url, "username": "admin", "password": password })),
+    )
+    .await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn power_operations_go_through_the_bmc_retried_bounded_and_recorded() {
+    let (bmc, url) = common::redfish::start(&[M1, M2, M3], PASSWORD).await;
+    let server = TestServer::full(FAST_BMC).await;
+    let api = Api::new(&server);
+    fleet_with_bmc(&api, &url, PASSWORD).await;
+
+    // The password is write-only: answers say it is set, nothing more.
+    let shown = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/bmc"), None)
+        .await;
+    assert_eq!(shown["effective"]["address"], json!(url));
+    assert_eq!(shown["effective"]["password_set"], json!(true));
+    assert_eq!(shown["problem"], Value::Null);
+    assert!(!shown.to_string().contains(PASSWORD));
+
+    // Off → status, on, cycle, the one-time network boot with a reset.
+    let st = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/power"), None)
+        .await;
+    assert_eq!(st["power"], "off", "{st}");
+    let on = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/power"),
+            Some(json!({"action": "on"})),
+        )
+        .await;
+    assert_eq!(
+        (on["ok"].clone(), on["detail"]["reset_type"].clone()),
+        (json!(true), json!("On")),
+        "{on}"
+    );
+    let cycle = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/power"),
+            Some(json!({"action": "cycle"})),
+        )
+        .await;
+    assert_eq!(cycle["detail"]["reset_type"], "PowerCycle");
+    let nb = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/netboot"),
+            Some(json!({"reboot": true})),
+        )
+        .await;
+    assert_eq!(nb["detail"]["boot_override"], "Pxe");
+    assert_eq!(nb["detail"]["reset_type"], "ForceRestart");
+    let s1 = bmc.system_of(M1);
+    assert_eq!(s1.boot, ("Pxe".to_string(), "Once".to_string()));
+    assert_eq!(s1.resets, ["On", "PowerCycle", "ForceRestart"]);
+    // The system was found by the machine's MAC among three.
+    assert!(bmc.resets_of(M2).is_empty());
+
+    // A BMC that allows no PowerCycle: a cycle is a forced restart there.
+    bmc.faults.lock().unwrap().allowed =
+        Some(vec!["On".into(), "ForceOff".into(), "ForceRestart".into()]);
+    let cycle = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M2}/power"),
+            Some(json!({"action": "cycle"})),
+        )
+        .await;
+    assert_eq!(cycle["detail"]["reset_type"], "On", "M2 was off: started");
+    let cycle = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M2}/power"),
+            Some(json!({"action": "cycle"})),
+        )
+        .await;
+    assert_eq!(cycle["detail"]["reset_type"], "ForceRestart");
+    let (status, err) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/machines/{M2}/power"),
+            Some(json!({"action": "graceful-off"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 1 attempt"),
+        "not retried: {err}"
+    );
+    bmc.faults.lock().unwrap().allowed = None;
+
+    // One call in five fails (503), then one in five stalls past the
+    // timeout: every operation still succeeds, each retry is an event, and
+    // no attempt outlives twice the timeout.
+    bmc.faults.lock().unwrap().every = 5;
+    for _ in 0..4 {
+        for m in [M1, M2, M3] {
+            api.ok(
+                Method::POST,
+                &format!("/api/v1/machines/{m}/power"),
+                Some(json!({"action": "reset"})),
+            )
+            .await;
+        }
+    }
+    bmc.faults.lock().unwrap().stall = Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let ops = [M1, M2, M3, M1, M2, M3].map(|m| {
+        let api = &api;
+        async move {
+            api.call(
+                Method::POST,
+                &format!("/api/v1/machines/{m}/power"),
+                Some(json!({"action": "reset"})),
+            )
+            .await
+        }
+    });
+    for (status, body) in futures_util::future::join_all(ops).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["ms"].as_u64().unwrap() < 15_000, "{body}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    bmc.faults.lock().unwrap().every = 0;
+    let retries = events(&api, "bmc.retry").await;
+    assert!(retries.len() >= 4, "retries recorded: {}", retries.len());
+    let stalled: Vec<&Value> = retries
+        .iter()
+        .filter(|e| e["detail"]["error"].as_str().unwrap().contains("no answer"))
+        .collect();
+    assert!(
+        !stalled.is_empty(),
+        "a stalled call timed out and was retried"
+    );
+    for e in &retries {
+        assert!(
+            e["detail"]["ms"].as_u64().unwrap() <= 1_000,
+            "an attempt outlived twice its timeout: {e}"
+        );
+    }
+    assert!(retries.iter().any(|e| e["detail"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("The BMC is busy.")));
+    // The cap: never more than two operations at the BMC at once.
+    let most = bmc.most_at_once.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} requests at once");
+    // No event holds the password.
+    let all = events(&api, "bmc").await;
+    assert!(!all.is_empty());
+    assert!(!serde_json::to_string(&all).unwrap().contains(PASSWORD));
+    // The last power state is listed.
+    let power = api.ok(Method::GET, "/api/v1/power", None).await;
+    assert_eq!(power["machines"].as_array().unwrap().len(), 3, "{power}");
+
+    // The database alone does not reveal the password.
+    let db = TestServer::db(server.dir.path()).await;
+    let sealed: Vec<(String,)> = sqlx::query_as("SELECT sealed FROM bmcs WHERE sealed IS NOT NULL")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    assert_eq!(sealed.len(), 1);
+    assert!(sealed[0].0.starts_with("v1:") && !sealed[0].0.contains(PASSWORD));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_bmc_requests_get_clear_errors_and_change_nothing() {
+    let server = TestServer::full("").await;
+    let api = Api::new(&server);
+    api.import_worker(1).await;
+    let a = api.import_worker(1).await;
+    api.point("default", "worker", a).await;
+    api.boot_ok(M1).await;
+    // No BMC: a 409 that says so.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/power"),
+            Some(json!({"action": "on"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("no_bmc")),
+        "{body}"
+    );
+    let cases = [
+        (
+            json!({ "protocol": "ipmi", "address": "-H evil" }),
+            "address",
+        ),
+        (
+            json!({ "protocol": "redfish", "address": "ftp://x" }),
+            "address",
+        ),
+        (
+            json!({ "protocol": "ipmi", "address": "10.0.0.5", "boot_target": "http" }),
+            "boot_target",
+        ),
+        (json!({ "username": "a\u{0}b" }), "username"),
+        (json!({ "password": "x".repeat(500) }), "password"),
+    ];
+    for (body, field) in cases {
+        let (status, err) = api
+            .call(
+                Method::PUT,
+                &format!("/api/v1/machines/{M1}/bmc"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {err}");
+        assert_eq!(err["error"]["field"], json!(field), "{err}");
+    }
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            &format!("/api/v1/machines/{M1}/bmc"),
+            Some(json!({ "bogus": 1 })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/api/v1/machines/52:54:00:99:99:99/bmc",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = api
+        .call(Method::PUT, "/api/v1/groups/nosuch/bmc", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Incomplete: a problem shown, and operations refused with it.
+    api.ok(
+        Method::PUT,
+        &format!("/api/v1/machines/{M1}/bmc"),
+        Some(json!({ "protocol": "ipmi", "address": "127.0.0.1:9" })),
+    )
+    .await;
+    let shown = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/bmc"), None)
+        .await;
+    assert!(
+        shown["problem"].as_str().unwrap().contains("no username"),
+        "{shown}"
+    );
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/power"),
+            Some(json!({"action": "on"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("bmc_unusable"))
+    );
+    // A password kept across a PUT that leaves it out.
+    api.ok(Method::PUT, &format!("/api/v1/machines/{M1}/bmc"), Some(json!({ "protocol": "ipmi", "address": "127.0.0.1:9", "username": "u", "password": "p" }))).await;
+    let shown = api
+        .ok(
+            Method::PUT,
+            &format!("/api/v1/machines/{M1}/bmc"),
+            Some(json!({ "protocol": "ipmi", "address": "127.0.0.2:9", "username": "u" })),
+        )
+        .await;
+    assert_eq!(shown["own"]["password_set"], json!(true), "{shown}");
+    // A read token sees, and changes nothing.
+    let read = api
+        .ok(
+            Method::POST,
+            "/api/v1/tokens",
+            Some(json!({ "name": "viewer", "role": "read" })),
+        )
+        .await;
+    let reader = reqwest::Client::new();
+    let secret = read["secret"].as_str().unwrap();
+    let put = reader
+        .put(api.url(&format!("/api/v1/machines/{M1}/bmc")))
+        .bearer_auth(secret)
+        .json(&json!({ "password": "x" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::FORBIDDEN);
+    let power = reader
+        .post(api.url(&format!("/api/v1/machines/{M1}/power")))
+        .bearer_auth(secret)
+        .json(&json!({"action": "off"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(power.status(), StatusCode::FORBIDDEN);
+    let get = reader
+        .get(api.url(&format!("/api/v1/machines/{M1}/bmc")))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rollout_reboots_its_machines_through_the_bmc_and_rolls_back_through_it() {
+    let (bmc, url) = common::redfish::start(&[M1, M2, M3], PASSWORD).await;
+    let server = TestServer::full(FAST_BMC).await;
+    let api = Api::new(&server);
+    let (a, b) = fleet_with_bmc(&api, &url, PASSWORD).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "steps": ["100%"], "timeout": "1m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    let canary = r["waves"][0]["machines"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The canary is set to boot from the network once and started (it was off).
+    wait(|| bmc.resets_of(&canary).len() == 1, "the canary's reset").await;
+    assert_eq!(
+        bmc.system_of(&canary).boot,
+        ("Pxe".to_string(), "Once".to_string())
+    );
+    assert_eq!(bmc.resets_of(&canary), ["On"]);
+    assert_eq!(api.boot_ok(&canary).await, b);
+    api.wait_for(id, "wave 1", |r| r["wave"] == 1).await;
+    let rest: Vec<&str> = [M1, M2, M3].into_iter().filter(|m| *m != canary).collect();
+    wait(
+        || rest.iter().all(|m| bmc.resets_of(m).len() == 1),
+        "the second wave's resets",
+    )
+    .await;
+    for m in &rest {
+        assert_eq!(api.boot_ok(m).await, b);
+    }
+    api.wait_for(id, "succeeded", |r| r["state"] == "succeeded")
+        .await;
+    let reboots = events(&api, "rollout.reboot").await;
+    assert_eq!(reboots.len(), 3);
+    assert!(
+        reboots
+            .iter()
+            .all(|e| e["detail"]["via"] == "bmc" && e["detail"]["bmc"]["ok"] == json!(true)),
+        "{reboots:?}"
+    );
+
+    // A forced rollback: the canary of the next rollout boots C and never
+    // confirms; the wave's gate times out, and the BMC reboots the canary
+    // back to what it ran.
+    let c = api.import_worker(3).await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": c, "canary": 1, "steps": ["100%"], "timeout": "2s" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    let canary = r["waves"][0]["machines"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait(
+        || bmc.resets_of(&canary).len() == 2,
+        "the canary's second reset",
+    )
+    .await;
+    assert_eq!(api.boot(&canary).await.generation, c);
+    api.wait_for(id, "rolled back", |r| r["state"] == "rolled_back")
+        .await;
+    wait(|| bmc.resets_of(&canary).len() == 3, "the rollback's reset").await;
+    assert_eq!(bmc.resets_of(&canary)[2], "ForceRestart");
+    assert_eq!(
+        bmc.system_of(&canary).boot,
+        ("Pxe".to_string(), "Once".to_string())
+    );
+    assert_eq!(api.boot_ok(&canary).await, b, "rolled back to B");
+    let _ = a;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bmc_that_cannot_reboot_fails_the_wave_when_the_rollout_says_so() {
+    let (bmc, url) = common::redfish::start(&[M1, M2, M3], PASSWORD).await;
+    let server = TestServer::full(FAST_BMC).await;
+    let api = Api::new(&server);
+    // The wrong password: refused at once (never retried: lockouts).
+    let (_, b) = fleet_with_bmc(&api, &url, "wrong").await;
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "10m", "on_bmc_failure": "fail" })),
+        )
+        .await;
+    assert_eq!(r["on_bmc_failure"], "fail");
+    let id = r["id"].as_i64().unwrap();
+    let done = api
+        .wait_for(id, "rolled back", |r| r["state"] == "rolled_back")
+        .await;
+    assert!(
+        done["reason"]
+            .as_str()
+            .unwrap()
+            .contains("BMC could not reboot it"),
+        "{done}"
+    );
+    let failed = events(&api, "rollout.reboot_failed").await;
+    assert!(!failed.is_empty());
+    let ops = events(&api, "bmc.op").await;
+    assert!(
+        ops.iter().all(|e| e["detail"]["attempts"] == json!(1)),
+        "{ops:?}"
+    );
+    assert!(
+        bmc.log.lock().unwrap().iter().all(|(m, _, _)| m == "GET"),
+        "nothing was changed"
+    );
+
+    // Under the default (`wait`) the wave waits: still running.
+    let r = api
+        .ok(
+            Method::POST,
+            "/api/v1/rollouts",
+            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "10m" })),
+        )
+        .await;
+    let id = r["id"].as_i64().unwrap();
+    wait_events(&api, "rollout.reboot_failed", 2).await;
+    assert_eq!(api.rollout(id).await["state"], "running");
+    server.stop().await;
+}
+
+async fn wait(pred: impl Fn() -> bool, what: &str) {
+    for _ in 0..100 {
+        if pred() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never saw {what}");
+}
+
+async fn wait_events(api: &Api, step: &str, n: usize) {
+    for _ in 0..100 {
+        if events(api, step).await.len() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("fewer than {n} {step} events");
+}
