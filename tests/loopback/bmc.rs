@@ -512,3 +512,181 @@ async fn wait_events(api: &Api, step: &str, n: usize) {
     }
     panic!("fewer than {n} {step} events");
 }
+
+/// OpenStack's Redfish emulator (`sushy-emulator` from PyPI, its fake
+/// driver: two systems told apart by MAC, power changes that take effect
+/// 1–11 s later as on real hardware) behind basic authentication. CI
+/// installs it (`.ci/run`); elsewhere the test skips unless
+/// `IRONBOOT_E2E=require`.
+#[tokio::test]
+async fn sushy_tools_redfish_emulator_is_driven_through_the_api() {
+    if !common::require_or_skip(&["sushy-emulator"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Its own Python (the venv it was installed in) makes the bcrypt hash.
+    let sushy = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("sushy-emulator"))
+        .find(|p| p.is_file())
+        .unwrap();
+    let python = std::fs::canonicalize(&sushy)
+        .unwrap()
+        .with_file_name("python");
+    let hash = std::process::Command::new(&python)
+        .args([
+            "-c",
+            &format!(
+                "import bcrypt; print(bcrypt.hashpw(b'{PASSWORD}', bcrypt.gensalt()).decode())"
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        hash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&hash.stderr)
+    );
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("admin:{}", String::from_utf8(hash.stdout).unwrap()),
+    )
+    .unwrap();
+    let conf = dir.path().join("sushy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "SUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_FAKE_SYSTEMS = [\n\
+             {{'uuid': '11111111-0000-0000-0000-000000000001', 'name': 'n1', 'power_state': 'Off', 'nics': [{{'mac': '{M1}', 'ip': '10.0.0.1'}}]}},\n\
+             {{'uuid': '11111111-0000-0000-0000-000000000002', 'name': 'n2', 'power_state': 'Off', 'nics': [{{'mac': '{M2}', 'ip': '10.0.0.2'}}]}}]\n",
+            dir.path().display(),
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut emulator = tokio::process::Command::new(&sushy)
+        .args([
+            "--config",
+            conf.to_str().unwrap(),
+            "--interface",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_async(
+        || async { http.get(format!("{url}/redfish/v1/")).send().await.is_ok() },
+        "the emulator",
+    )
+    .await;
+
+    let server =
+        TestServer::full("[bmc]\ntimeout = \"5s\"\nretries = 2\nbackoff = \"100ms\"\n").await;
+    let api = Api::new(&server);
+    let a = api.import_worker(1).await;
+    api.point("default", "worker", a).await;
+    api.boot_ok(M2).await;
+    api.ok(
+        Method::PUT,
+        &format!("/api/v1/machines/{M2}/bmc"),
+        Some(json!({ "protocol": "redfish", "address": url, "username": "admin", "password": PASSWORD })),
+    )
+    .await;
+    let st = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M2}/power"), None)
+        .await;
+    assert_eq!(st["power"], "off", "{st}");
+    assert!(
+        st["detail"]["system"]
+            .as_str()
+            .unwrap()
+            .ends_with("-000000000002"),
+        "found by MAC: {st}"
+    );
+    let nb = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M2}/netboot"),
+            Some(json!({ "reboot": true })),
+        )
+        .await;
+    assert_eq!(
+        (
+            nb["detail"]["boot_override"].clone(),
+            nb["detail"]["reset_type"].clone()
+        ),
+        (json!("Pxe"), json!("On")),
+        "{nb}"
+    );
+    let system: Value = http
+        .get(format!("{url}{}", st["detail"]["system"].as_str().unwrap()))
+        .basic_auth("admin", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // (The emulator keeps the target but reports every override as
+    // `Continuous`; that ironboot sends `Once` is checked against the BMC
+    // of `common::redfish` above.)
+    assert_eq!(
+        system["Boot"]["BootSourceOverrideTarget"], "Pxe",
+        "{system}"
+    );
+    // The emulator applies power changes within 11 s, as hardware does.
+    for _ in 0..30 {
+        let st = api
+            .ok(Method::GET, &format!("/api/v1/machines/{M2}/power"), None)
+            .await;
+        if st["power"] == "on" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // No PowerCycle among its reset types: a cycle is a forced restart.
+    let cycle = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M2}/power"),
+            Some(json!({ "action": "cycle" })),
+        )
+        .await;
+    assert_eq!(cycle["detail"]["reset_type"], "ForceRestart", "{cycle}");
+    // A wrong password: refused once, not retried.
+    api.ok(Method::PUT, &format!("/api/v1/machines/{M2}/bmc"), Some(json!({ "protocol": "redfish", "address": url, "username": "admin", "password": "wrong" }))).await;
+    let (status, err) = api
+        .call(Method::GET, &format!("/api/v1/machines/{M2}/power"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 1 attempt(s): the BMC refused the credentials"),
+        "{err}"
+    );
+    server.stop().await;
+    emulator.kill().await.unwrap();
+}
+
+async fn wait_async<F: std::future::Future<Output = bool>>(pred: impl Fn() -> F, what: &str) {
+    for _ in 0..100 {
+        if pred().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never saw {what}");
+}
