@@ -98,6 +98,13 @@ enum Command {
         #[command(subcommand)]
         cmd: BootsCommand,
     },
+    /// Events of the ledger (boot steps, BMC operations, rollouts), newest first.
+    Events {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ironboot::cli::inventory::EventsArgs,
+    },
     /// DHCP leases: list, release.
     Leases {
         #[command(flatten)]
@@ -271,6 +278,7 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Machines { conn, cmd } => ironboot::cli::inventory::machines(conn, cmd).await,
             Command::Boots { conn, cmd } => ironboot::cli::inventory::boots(conn, cmd).await,
             Command::Leases { conn, cmd } => ironboot::cli::inventory::leases(conn, cmd).await,
+            Command::Events { conn, args } => ironboot::cli::inventory::events(conn, args).await,
             Command::Tokens { conn, cmd } => ironboot::cli::inventory::tokens(conn, cmd).await,
             Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
             Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,

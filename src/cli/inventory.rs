@@ -6,8 +6,8 @@ use serde_json::{json, Map, Value};
 
 use super::{print, print_json, value_of, CliError, Client, Connection, Output};
 use crate::http::api::views::{
-    BootList, BootView, CreatedToken, GenerationRef, LeaseList, LeaseView, MachineDeleted,
-    MachineDetail, MachineList, MachineView, PinView, TokenList, TokenView,
+    BootList, BootView, CreatedToken, EventList, GenerationRef, LeaseList, LeaseView,
+    MachineDeleted, MachineDetail, MachineList, MachineView, PinView, TokenList, TokenView,
 };
 
 #[derive(Debug, Subcommand)]
@@ -487,6 +487,56 @@ pub async fn boots(conn: &Connection, cmd: &BootsCommand) -> Result<(), CliError
             print_boots(conn.output, &b);
         }
     }
+    Ok(())
+}
+
+/// `ironboot events`: the ledger, newest first.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    #[arg(long)]
+    mac: Option<String>,
+    /// A step (`bmc.retry`) or a family of steps (`bmc`).
+    #[arg(long)]
+    step: Option<String>,
+    /// Recorded within this long (`1h`, `30m`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<std::time::Duration>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+pub async fn events(conn: &Connection, args: &EventsArgs) -> Result<(), CliError> {
+    let client = conn.client()?;
+    let path = with_query(
+        "/api/v1/events",
+        &[
+            ("mac", args.mac.clone()),
+            ("step", args.step.clone()),
+            ("since", args.since.map(since_ms)),
+            ("limit", Some(args.limit.to_string())),
+        ],
+    );
+    let list: EventList = client.get_as(&path).await?;
+    let rows: Vec<Value> = list
+        .events
+        .iter()
+        .map(|e| {
+            let detail: String = e.detail.to_string().chars().take(120).collect();
+            json!({ "at": e.at_ms, "mac": e.mac, "step": e.step, "detail": detail })
+        })
+        .collect();
+    let whole = serde_json::to_value(&list).unwrap_or(Value::Null);
+    print(
+        conn.output,
+        &whole,
+        &rows,
+        &[
+            ("AT (ms)", "at"),
+            ("MAC", "mac"),
+            ("STEP", "step"),
+            ("DETAIL", "detail"),
+        ],
+    );
     Ok(())
 }
 

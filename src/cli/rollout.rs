@@ -44,6 +44,10 @@ pub enum RolloutCommand {
         /// On a failed gate, stop where it is instead of rolling back.
         #[arg(long)]
         no_rollback: bool,
+        /// A machine whose BMC cannot reboot it: the wave waits (until its
+        /// timeout) or its gate fails at once.
+        #[arg(long, value_parser = ["wait", "fail"], default_value = "wait")]
+        on_bmc_failure: String,
     },
     /// Every wave and machine of a rollout, and why it stopped.
     Status { id: i64 },
@@ -95,10 +99,12 @@ pub async fn rollout(conn: &Connection, cmd: &RolloutCommand) -> Result<(), CliE
             timeout,
             require,
             no_rollback,
+            on_bmc_failure,
         } => {
             let mut body = json!({
                 "group": group, "stream": stream, "to": to,
                 "timeout": timeout, "rollback": !no_rollback,
+                "on_bmc_failure": on_bmc_failure,
             });
             if *blue_green {
                 body["strategy"] = json!("blue_green");

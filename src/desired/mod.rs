@@ -112,6 +112,10 @@ pub struct RolloutSpec {
     /// Roll back when a gate fails (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<bool>,
+    /// A moved machine whose BMC cannot reboot it: `wait` (the default)
+    /// or `fail` (its gate fails at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_bmc_failure: Option<String>,
 }
 
 /// A generation of a stream.

@@ -212,6 +212,7 @@ struct Rollout {
     timeout_text: String,
     require: Option<Require>,
     rollback: bool,
+    on_bmc_failure: crate::rollout::OnBmcFailure,
 }
 
 fn generation_ref(
@@ -296,12 +297,23 @@ fn check_rollout(path: &str, spec: Option<&RolloutSpec>) -> Result<Rollout, Plan
         .map(str::parse::<Require>)
         .transpose()
         .map_err(|e| invalid(p("require"), e))?;
+    let on_bmc_failure = match r.on_bmc_failure.as_deref() {
+        None | Some("wait") => crate::rollout::OnBmcFailure::Wait,
+        Some("fail") => crate::rollout::OnBmcFailure::Fail,
+        Some(other) => {
+            return Err(invalid(
+                p("on_bmc_failure"),
+                format!("{other:?} is not wait or fail"),
+            ))
+        }
+    };
     Ok(Rollout {
         strategy,
         timeout_ms,
         timeout_text,
         require,
         rollback: r.rollback.unwrap_or(true),
+        on_bmc_failure,
     })
 }
 
@@ -590,6 +602,9 @@ fn strategy_text(r: &Rollout) -> String {
     }
     if !r.rollback {
         parts.push("no rollback".into());
+    }
+    if r.on_bmc_failure == crate::rollout::OnBmcFailure::Fail {
+        parts.push("fail on BMC failure".into());
     }
     parts.join(", ")
 }
@@ -954,8 +969,7 @@ fn rollout_change(
             timeout_ms: r.timeout_ms,
             require: r.require.clone(),
             rollback: r.rollback,
-            // The fleet file has no key for it yet: the default.
-            on_bmc_failure: Default::default(),
+            on_bmc_failure: r.on_bmc_failure,
         }),
     }
 }

@@ -124,6 +124,10 @@ fn plans_are_the_diff_and_nothing_else() {
             "groups:\n  web: {stream: worker, generation: 40, rollout: {strategy: blue_green, rollback: false}}\n",
             &["rollout group web: worker gen 41 -> worker gen 40 (blue/green, timeout 10m, no rollback; 2 machine(s))"],
         ),
+        (
+            "groups:\n  web: {stream: worker, generation: 42, rollout: {on_bmc_failure: fail}}\n",
+            &["rollout group web: worker gen 41 -> worker gen 42 (canary 1, timeout 10m, fail on BMC failure; 2 machine(s))"],
+        ),
         // ... members after the file's own edits: both leave web, so the
         // pointer just moves; one pinned, one stays: a rollout of one.
         (
@@ -232,6 +236,12 @@ fn invalid_references_name_their_path() {
             ErrorKind::UnknownReference,
             "machines.52:54:00:00:00:01.pin.generation",
             "worker gen 9 does not exist",
+        ),
+        (
+            "groups:\n  web: {stream: worker, generation: 42, rollout: {on_bmc_failure: shrug}}\n",
+            ErrorKind::Invalid,
+            "groups.web.rollout.on_bmc_failure",
+            "is not wait or fail",
         ),
         (
             "groups:\n  default: {selector: a}\n",

@@ -372,7 +372,13 @@ impl Decoder {
 
     fn rollout(&mut self, path: &str, node: &MarkedYaml<'_>) -> Result<RolloutSpec, YamlError> {
         const KEYS: &[&str] = &[
-            "strategy", "canary", "steps", "timeout", "require", "rollback",
+            "strategy",
+            "canary",
+            "steps",
+            "timeout",
+            "require",
+            "rollback",
+            "on_bmc_failure",
         ];
         let mut r = RolloutSpec::default();
         for (key, _, v) in self.mapping(node, path, Some(KEYS))? {
@@ -383,6 +389,7 @@ impl Decoder {
                 "steps" => r.steps = Some(self.json(&p, v)?),
                 "timeout" => r.timeout = Some(self.string(&p, v)?),
                 "require" => r.require = Some(self.string(&p, v)?),
+                "on_bmc_failure" => r.on_bmc_failure = Some(self.string(&p, v)?),
                 _ => r.rollback = Some(self.boolean(&p, v)?),
             }
         }
@@ -522,7 +529,7 @@ mod tests {
             ),
             (
                 "groups:\n  web:\n    rollout: {canary: 1, stepz: [50%]}\n",
-                "3:26: unknown key \"stepz\" in groups.web.rollout (expected one of strategy, canary, steps, timeout, require, rollback)",
+                "3:26: unknown key \"stepz\" in groups.web.rollout (expected one of strategy, canary, steps, timeout, require, rollback, on_bmc_failure)",
             ),
             ("groups: [web]\n", "1:9: groups: expected a mapping, found a list"),
             (
