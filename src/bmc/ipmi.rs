@@ -8,6 +8,19 @@
 //! `chassis bootdev pxe` (valid for the next boot only). IPMI has no HTTP
 //! boot device. A machine that is off is powered on instead of cycled or
 //! reset, as with Redfish.
+//!
+//! What ipmitool (1.8.19, as driven against OpenIPMI's `ipmi_sim`) makes
+//! us do:
+//! - `-N 1` and a few retransmits, not one long wait ([`tries`]): before
+//!   each session ipmitool asks for the BMC's cipher suites, and a BMC
+//!   that leaves that unanswered (ipmi_sim, older firmware) costs every
+//!   run one whole per-try wait before ipmitool falls back to suite 3.
+//!   With a wait as long as our bound, no operation ever finished.
+//! - `-v`: only then does ipmitool say why a session was refused (`RAKP 2
+//!   HMAC is invalid`, `unauthorized name`); without it a wrong password
+//!   reads exactly like a BMC that does not answer, and would be retried.
+//! - `chassis bootdev` exits 0 when the BMC refuses the boot flags; only
+//!   its `Set Boot Device to pxe` says it took.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -33,7 +46,7 @@ pub async fn run(tool: &str, ep: &Endpoint, op: Op, timeout: Duration) -> Result
                 "IPMI has no HTTP boot device; use boot target pxe".into(),
             ));
         }
-        ipmitool(tool, ep, &["chassis", "bootdev", "pxe"], timeout).await?;
+        bootdev_pxe(tool, ep, timeout).await?;
         detail["boot_override"] = json!("pxe");
         if op == Op::NetbootNext {
             return Ok(Done {
@@ -72,6 +85,22 @@ fn power_word(op: Op, power: Power) -> Option<&'static str> {
         (Op::GracefulOff, Power::On) => Some("soft"),
         (Op::Cycle, Power::On) => Some("cycle"),
         (Op::Reset | Op::Netboot, Power::On) => Some("reset"),
+    }
+}
+
+async fn bootdev_pxe(tool: &str, ep: &Endpoint, timeout: Duration) -> Result<(), BmcError> {
+    let (ok, stdout, stderr) = run_tool(tool, ep, &["chassis", "bootdev", "pxe"], timeout).await?;
+    bootdev_took(ok, &stdout, &stderr)
+}
+
+/// Whether `chassis bootdev pxe` took: ipmitool reports the BMC's refusal
+/// on stderr but still exits 0, and says `Set Boot Device to pxe` only
+/// when it took.
+fn bootdev_took(ok: bool, stdout: &str, stderr: &str) -> Result<(), BmcError> {
+    if ok && stdout.contains("Set Boot Device to pxe") {
+        Ok(())
+    } else {
+        Err(classify(stderr))
     }
 }
 
@@ -119,18 +148,31 @@ pub fn host_port(address: &str) -> Result<(String, u16), BmcError> {
     Ok((host.to_string(), port))
 }
 
+/// One ipmitool run that must succeed: its stdout.
 async fn ipmitool(
     tool: &str,
     ep: &Endpoint,
     args: &[&str],
     timeout: Duration,
 ) -> Result<String, BmcError> {
+    match run_tool(tool, ep, args, timeout).await? {
+        (true, stdout, _) => Ok(stdout),
+        (false, _, stderr) => Err(classify(&stderr)),
+    }
+}
+
+/// One ipmitool run: (exited 0, stdout, stderr).
+async fn run_tool(
+    tool: &str,
+    ep: &Endpoint,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(bool, String, String), BmcError> {
     let (host, port) = host_port(&ep.address)?;
-    // ipmitool's own retransmit: a second per try, within our bound.
-    let per_try = timeout.as_secs().clamp(1, 10).to_string();
+    let tries = tries(timeout).to_string();
     let child = tokio::process::Command::new(tool)
         .args(["-I", "lanplus", "-H", &host, "-p", &port.to_string()])
-        .args(["-U", &ep.username, "-E", "-N", &per_try, "-R", "1"])
+        .args(["-U", &ep.username, "-E", "-N", "1", "-R", &tries, "-v"])
         .args(args)
         .env("IPMI_PASSWORD", &ep.password)
         .stdin(Stdio::null())
@@ -143,15 +185,31 @@ async fn ipmitool(
         .await
         .map_err(|_| BmcError::Timeout(timeout))?
         .map_err(|e| BmcError::Unreachable(e.to_string()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        return Ok(stdout);
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    Err(classify(&stderr))
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
-/// What ipmitool's complaint means.
+/// How many times ipmitool sends each request (`-R`). With `-N 1` try
+/// `n` waits `n` seconds, so `k` tries wait 1 + 2 + … + k s for a request
+/// nobody answers (the cipher suites, before every session, on some
+/// BMCs). An attempt runs ipmitool up to three times (status, boot device,
+/// power) within `timeout`: each run gets a third of it, and one try at
+/// least (a lost packet then fails the run, and the attempt is retried).
+fn tries(timeout: Duration) -> u32 {
+    let share = timeout.as_secs() / 3;
+    (1..=4)
+        .take_while(|k| k * (k + 1) / 2 <= share)
+        .last()
+        .unwrap_or(1) as u32
+}
+
+/// What ipmitool's complaint means. Why a session was refused shows with
+/// `-v` only; whether the BMC refuses a command for good shows in its
+/// `<what> failed: <completion code>` line (not in `-v`'s own probing,
+/// e.g. `Invalid completion code received: Invalid command`).
 fn classify(stderr: &str) -> BmcError {
     let lower = stderr.to_ascii_lowercase();
     let credentials = [
@@ -160,17 +218,43 @@ fn classify(stderr: &str) -> BmcError {
         "invalid user name",
         "insufficient privilege",
     ];
+    let for_good = ["not supported", "invalid command", "invalid data field"];
+    let refused = lower
+        .lines()
+        .filter_map(|line| line.split_once("failed:"))
+        .any(|(_, why)| for_good.iter().any(|f| why.contains(f)));
     if credentials.iter().any(|c| lower.contains(c)) {
-        BmcError::Credentials(short(stderr))
-    } else if lower.contains("not supported") || lower.contains("invalid command") {
-        BmcError::Unsupported(short(stderr))
+        BmcError::Credentials(gist(stderr))
+    } else if refused {
+        BmcError::Unsupported(gist(stderr))
     } else {
-        BmcError::Unreachable(short(stderr))
+        BmcError::Unreachable(gist(stderr))
     }
 }
 
 fn short(text: &str) -> String {
     text.trim().chars().take(200).collect()
+}
+
+/// The last lines of ipmitool's stderr, up to 200 characters: where it
+/// says what went wrong, after `-v`'s chatter (less the registry it loads).
+fn gist(stderr: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut len = 0;
+    for line in stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Loading IANA PEN Registry"))
+    {
+        len += line.chars().count() + 2;
+        if len > 200 && !kept.is_empty() {
+            break;
+        }
+        kept.push(line);
+    }
+    kept.reverse();
+    short(&kept.join("; "))
 }
 
 #[cfg(test)]
@@ -198,6 +282,52 @@ mod tests {
         )
         .passes());
         assert!(classify("Error: Unable to establish IPMI v2 / RMCP+ session").passes());
+        // ipmitool 1.8.19 -v against ipmi_sim: a wrong password, an unknown
+        // user, no BMC at all, a reset the chassis cannot do.
+        let refused = "Loading IANA PEN Registry...\nUnable to Get Channel Cipher Suites\n\
+                       > RAKP 2 HMAC is invalid\nError: Unable to establish IPMI v2 / RMCP+ session\n";
+        let e = classify(refused);
+        assert!(matches!(e, BmcError::Credentials(_)), "{e}");
+        assert!(!e.to_string().contains("IANA"), "{e}");
+        let unknown = "Unable to Get Channel Cipher Suites\n\
+                       RAKP 2 message indicates an error : unauthorized name\n\
+                       Error: Unable to establish IPMI v2 / RMCP+ session\n";
+        assert!(matches!(classify(unknown), BmcError::Credentials(_)));
+        let silent = "Loading IANA PEN Registry...\nGet Auth Capabilities error\n\
+                      Error issuing Get Channel Authentication Capabilities request\n\
+                      Error: Unable to establish IPMI v2 / RMCP+ session\n";
+        assert!(matches!(classify(silent), BmcError::Unreachable(_)));
+        let probing = "Loading IANA PEN Registry...\nUnable to Get Channel Cipher Suites\n\
+                       Running Get VSO Capabilities my_addr 0x20, transit 0, target 0x20\n\
+                       Invalid completion code received: Invalid command\n\
+                       Discovered IPMB address 0x0\n";
+        let cannot = format!(
+            "{probing}Set Chassis Power Control to Reset failed: Invalid data field in request\n"
+        );
+        let e = classify(&cannot);
+        assert!(matches!(e, BmcError::Unsupported(_)), "{e}");
+        assert!(
+            e.to_string()
+                .ends_with("Reset failed: Invalid data field in request"),
+            "{e}"
+        );
+        // -v's own probing is no refusal: a run that then lost the BMC passes.
+        let lost = format!("{probing}Unable to set Chassis Power Control to Reset\n");
+        assert!(classify(&lost).passes());
+        // ipmi_sim without a chassis program: refused, yet exit status 0.
+        assert!(bootdev_took(true, "Set Boot Device to pxe\n", "").is_ok());
+        let e = bootdev_took(
+            true,
+            "",
+            "Set Chassis Boot Parameter 4 failed: Invalid data field in request\n\
+             Set Chassis Boot Parameter 5 failed: Invalid data field in request\n",
+        )
+        .unwrap_err();
+        assert!(matches!(e, BmcError::Unsupported(_)), "{e}");
+        assert_eq!(tries(Duration::from_secs(2)), 1);
+        assert_eq!(tries(Duration::from_secs(8)), 1);
+        assert_eq!(tries(Duration::from_secs(15)), 2);
+        assert_eq!(tries(Duration::from_secs(60)), 4);
         assert_eq!(power_word(Op::Netboot, Power::Off), Some("on"));
         assert_eq!(power_word(Op::Netboot, Power::On), Some("reset"));
         assert_eq!(power_word(Op::GracefulOff, Power::On), Some("soft"));

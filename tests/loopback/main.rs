@@ -15,6 +15,7 @@ mod common;
 mod api;
 mod apply;
 mod bmc;
+mod bmc_ipmi;
 mod boot;
 mod cli;
 mod cli_groups;
