@@ -47,7 +47,7 @@ impl Protocol {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "redfish" => Some(Protocol::Redfish),
             "ipmi" => Some(Protocol::Ipmi),
@@ -74,7 +74,7 @@ impl BootTarget {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "pxe" => Some(BootTarget::Pxe),
             "http" => Some(BootTarget::Http),
@@ -248,6 +248,46 @@ pub fn resolve(
         boot_target,
         verify_tls: rows.iter().find_map(|r| r.verify_tls).unwrap_or(false),
     }))
+}
+
+/// BMC fields as an operator writes them (API body, fleet file), before
+/// they are a row: every one optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub protocol: Option<Protocol>,
+    pub address: Option<&'a str>,
+    pub system_id: Option<&'a str>,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a str>,
+    pub boot_target: Option<BootTarget>,
+}
+
+/// Checks fields before they are stored: lengths, no control characters,
+/// an address the protocol can use, no HTTP boot over IPMI. The error
+/// names the field.
+pub fn check(f: &Fields<'_>) -> Result<(), (&'static str, String)> {
+    let text = |field: &'static str, v: Option<&str>, max: usize| match v {
+        Some(t) if t.is_empty() || t.len() > max || t.chars().any(char::is_control) => Err((
+            field,
+            format!("must be 1 to {max} characters without control characters"),
+        )),
+        _ => Ok(()),
+    };
+    text("address", f.address, 255)?;
+    text("system_id", f.system_id, 128)?;
+    text("username", f.username, 64)?;
+    text("password", f.password, 128)?;
+    if let (Some(protocol), Some(address)) = (f.protocol, f.address) {
+        let usable = match protocol {
+            Protocol::Ipmi => ipmi::host_port(address).map(drop),
+            Protocol::Redfish => redfish::base_url(address).map(drop),
+        };
+        usable.map_err(|e| ("address", e.to_string()))?;
+    }
+    if f.protocol == Some(Protocol::Ipmi) && f.boot_target == Some(BootTarget::Http) {
+        return Err(("boot_target", "IPMI has no HTTP boot device".into()));
+    }
+    Ok(())
 }
 
 /// The owner string a row's password is sealed for.

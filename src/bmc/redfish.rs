@@ -135,7 +135,7 @@ pub fn choose_reset(
 }
 
 /// `https://host` from what the operator wrote (a scheme is optional).
-fn base_url(address: &str) -> Result<Url, BmcError> {
+pub(super) fn base_url(address: &str) -> Result<Url, BmcError> {
     let text = if address.contains("://") {
         address.to_string()
     } else {

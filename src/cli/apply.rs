@@ -43,7 +43,9 @@ fn read(file: &str) -> Result<(String, String), CliError> {
 
 pub async fn apply(conn: &Connection, args: &ApplyArgs) -> Result<(), CliError> {
     let (name, text) = read(&args.file)?;
-    let (doc, spans) = yaml::parse(&text).map_err(|e| CliError::Usage(format!("{name}:{e}")))?;
+    let (mut doc, spans) =
+        yaml::parse(&text).map_err(|e| CliError::Usage(format!("{name}:{e}")))?;
+    resolve_passwords(&mut doc, &args.file)?;
     let client = conn.client()?;
     let path = if args.dry_run {
         "/api/v1/apply?dry_run=true"
@@ -67,6 +69,36 @@ pub async fn apply(conn: &Connection, args: &ApplyArgs) -> Result<(), CliError> 
             }
         })?;
     show(conn.output, &name, &typed(path, answer)?);
+    Ok(())
+}
+
+/// Reads each BMC's `password_file` (relative to the fleet file) or
+/// `password_env`, and sends the password in their place.
+fn resolve_passwords(doc: &mut crate::desired::Document, file: &str) -> Result<(), CliError> {
+    let dir = std::path::Path::new(file)
+        .parent()
+        .filter(|_| file != "-")
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let specs = doc
+        .groups
+        .values_mut()
+        .filter_map(|g| g.bmc.as_mut())
+        .chain(doc.machines.values_mut().filter_map(|m| m.bmc.as_mut()))
+        .flatten();
+    for b in specs {
+        let path = b
+            .password_file
+            .take()
+            .map(|p| dir.join(p).to_string_lossy().into_owned());
+        let env = b.password_env.take();
+        if path.is_some() || env.is_some() {
+            b.password = Some(super::power::read_password(
+                path.as_deref(),
+                env.as_deref(),
+            )?);
+        }
+    }
     Ok(())
 }
 

@@ -188,30 +188,42 @@ fn body(a: &BmcFieldsArgs) -> Result<Value, CliError> {
     Ok(Value::Object(m))
 }
 
-/// The password from `--password-file` or `IRONBOOT_BMC_PASSWORD`; its
-/// last line ending trimmed.
+/// The password from `--password-file` or, without one,
+/// `IRONBOOT_BMC_PASSWORD` when set.
 fn password(file: Option<&str>) -> Result<Option<String>, CliError> {
-    let text = match file {
-        Some("-") => {
+    match file {
+        Some(f) => read_password(Some(f), None).map(Some),
+        None if std::env::var_os("IRONBOOT_BMC_PASSWORD").is_some() => {
+            read_password(None, Some("IRONBOOT_BMC_PASSWORD")).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// A BMC password from a file (`-`: standard input) or else the named
+/// environment variable, its last line ending trimmed; never empty.
+pub(super) fn read_password(file: Option<&str>, env: Option<&str>) -> Result<String, CliError> {
+    let text = match (file, env) {
+        (Some("-"), _) => {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| {
                 CliError::Usage(format!("reading the password from standard input: {e}"))
             })?;
             s
         }
-        Some(path) => std::fs::read_to_string(path)
+        (Some(path), _) => std::fs::read_to_string(path)
             .map_err(|e| CliError::Usage(format!("reading the password from {path}: {e}")))?,
-        None => match std::env::var("IRONBOOT_BMC_PASSWORD") {
-            Ok(p) => p,
-            Err(_) => return Ok(None),
-        },
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            CliError::Usage(format!("the BMC password's variable {var} is not set"))
+        })?,
+        (None, None) => return Err(CliError::Usage("no BMC password given".into())),
     };
     let text = text.strip_suffix('\n').unwrap_or(&text);
     let text = text.strip_suffix('\r').unwrap_or(text);
     if text.is_empty() {
         return Err(CliError::Usage("the BMC password is empty".into()));
     }
-    Ok(Some(text.to_string()))
+    Ok(text.to_string())
 }
 
 /// The power state each machine last reported, by MAC.

@@ -21,6 +21,7 @@
 //! generation becomes a rollout when machines follow the old one;
 //! otherwise the pointer just moves.
 
+pub mod bmc;
 pub mod plan;
 pub mod yaml;
 
@@ -86,6 +87,46 @@ pub struct GroupSpec {
     /// How to roll out a changed generation to machines running the old one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// The BMC fields its machines share; `null` removes them.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<BmcSpec>)]
+    pub bmc: Option<Option<BmcSpec>>,
+}
+
+/// A BMC as the file wants it: replaces the stored fields whole, except
+/// the password, kept when left out. The file names where the password is
+/// (`password_file`, relative to the file, or `password_env`); `ironboot
+/// apply` reads it and sends it as `password`, so it is never written in
+/// a fleet file kept in version control.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BmcSpec {
+    /// `redfish` or `ipmi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Sent by the CLI (read from `password_file` or `password_env`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// In the file only: where the CLI reads the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// `pxe` or `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_tls: Option<bool>,
 }
 
 /// A rollout strategy, as `POST /api/v1/rollouts` takes it.
@@ -160,6 +201,30 @@ pub struct MachineSpec {
     /// `server` or `switch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// Its own BMC fields (over its group's); `null` removes them.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<BmcSpec>)]
+    pub bmc: Option<Option<BmcSpec>>,
+}
+
+impl std::fmt::Debug for BmcSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BmcSpec")
+            .field("protocol", &self.protocol)
+            .field("address", &self.address)
+            .field("system_id", &self.system_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<given>"))
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("boot_target", &self.boot_target)
+            .field("verify_tls", &self.verify_tls)
+            .finish()
+    }
 }
 
 /// The path of a group's field in the document (`groups.web.stream`), as

@@ -36,6 +36,8 @@ pub struct Current {
     pub groups: BTreeMap<String, CurrentGroup>,
     pub machines: BTreeMap<MacAddr, CurrentMachine>,
     pub generations: BTreeMap<GenerationId, GenerationFacts>,
+    /// Stored BMC rows (see [`super::bmc`]).
+    pub bmcs: BTreeMap<super::bmc::BmcOwner, super::bmc::CurrentBmc>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -151,6 +153,11 @@ pub enum Action {
         change: MachineChange,
     },
     StartRollout(StartRollout),
+    /// A group's or a machine's BMC fields (`None`: removed).
+    SetBmc {
+        owner: super::bmc::BmcOwner,
+        to: Option<super::BmcSpec>,
+    },
 }
 
 /// One change, as shown and as applied.
@@ -172,7 +179,9 @@ impl Change {
     pub fn op(&self) -> &'static str {
         match self.action {
             Action::CreateGroup { .. } => "create",
-            Action::UpdateGroup { .. } | Action::UpdateMachine { .. } => "update",
+            Action::UpdateGroup { .. } | Action::UpdateMachine { .. } | Action::SetBmc { .. } => {
+                "update"
+            }
             Action::StartRollout(_) => "rollout",
         }
     }
@@ -185,6 +194,10 @@ impl Change {
             }
             Action::StartRollout(r) => ("group", r.group.clone()),
             Action::UpdateMachine { mac, .. } => ("machine", mac.to_string()),
+            Action::SetBmc { owner, .. } => match owner {
+                super::bmc::BmcOwner::Group(g) => ("group", g.clone()),
+                super::bmc::BmcOwner::Machine(m) => ("machine", m.to_string()),
+            },
         }
     }
 }
@@ -654,6 +667,23 @@ pub fn plan(doc: &Document, cur: &Current) -> Result<Vec<Change>, PlanError> {
     for (mac, edit) in machine_edits {
         changes.extend(machine_change(mac, &cur.machines[&mac], &edit));
     }
+    let bmcs = super::bmc::changes(doc, &cur.bmcs).map_err(|(path, m)| invalid(path, m))?;
+    changes.extend(bmcs.into_iter().map(|b| {
+        Change {
+            path: b.path,
+            text: b.text,
+            fields: b
+                .fields
+                .into_iter()
+                .map(|(field, from, to)| FieldDiff { field, from, to })
+                .collect(),
+            members: None,
+            action: Action::SetBmc {
+                owner: b.owner,
+                to: b.to,
+            },
+        }
+    }));
     changes.extend(rollouts);
     Ok(changes)
 }

@@ -321,3 +321,76 @@ fn the_api_rejects_what_the_yaml_reader_would() {
     .unwrap();
     assert_eq!(plan(&bad, &cur).unwrap_err().path, "groups.web.stream");
 }
+
+#[test]
+fn bmcs_replace_the_stored_fields_keep_passwords_unseen_and_plan_nothing_again() {
+    use crate::desired::bmc::{password_sha, BmcOwner, CurrentBmc};
+    let mut cur = server();
+    let m1 = mac("52:54:00:00:00:01");
+    // The CLI sends the password it read; the plan never shows it.
+    let with_password = |doc_text: &str, password: &str| {
+        let mut d = doc(doc_text);
+        for m in d.machines.values_mut() {
+            if let Some(Some(b)) = &mut m.bmc {
+                b.password = Some(password.into());
+            }
+        }
+        d
+    };
+    let text = "machines:\n  52:54:00:00:00:01:\n    bmc: {protocol: ipmi, address: '10.0.9.1:623', username: admin}\n";
+    let changes = plan(&with_password(text, "pw1"), &cur).unwrap();
+    assert_eq!(
+        changes.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+        ["+ machine 52:54:00:00:00:01: bmc.protocol - -> \"ipmi\", bmc.address - -> \"10.0.9.1:623\", bmc.username - -> \"admin\", bmc.password - -> \"new\""]
+    );
+    assert!(!format!("{changes:?}").contains("pw1"), "Debug hides it");
+    // Stored as the document says: nothing, with or without the password.
+    cur.bmcs.insert(
+        BmcOwner::Machine(m1),
+        CurrentBmc {
+            protocol: Some("ipmi".into()),
+            address: Some("10.0.9.1:623".into()),
+            username: Some("admin".into()),
+            password_sha: Some(password_sha("pw1")),
+            ..Default::default()
+        },
+    );
+    assert!(plan(&with_password(text, "pw1"), &cur).unwrap().is_empty());
+    assert!(plan(&doc(text), &cur).unwrap().is_empty());
+    assert_eq!(
+        lines_of(plan(&with_password(text, "pw2"), &cur).unwrap()),
+        ["~ machine 52:54:00:00:00:01: bmc.password \"set\" -> \"new\""]
+    );
+    assert_eq!(
+        lines_of(plan(&doc("machines:\n  52:54:00:00:00:01: {bmc: null}\n"), &cur).unwrap()),
+        ["~ machine 52:54:00:00:00:01: bmc removed"]
+    );
+    // Checked like the API: the path names the field.
+    let bad = "machines:\n  52:54:00:00:00:01:\n    bmc: {protocol: ipmi, address: '10.0.9.1', boot_target: http}\n";
+    let e = plan(&doc(bad), &cur).unwrap_err();
+    assert_eq!(e.path, "machines.52:54:00:00:00:01.bmc.boot_target");
+    let bad = "groups:\n  web:\n    bmc: {protocol: telnet}\n";
+    assert_eq!(
+        plan(&doc(bad), &cur).unwrap_err().path,
+        "groups.web.bmc.protocol"
+    );
+}
+
+fn lines_of(changes: Vec<crate::desired::plan::Change>) -> Vec<String> {
+    changes.into_iter().map(|c| c.text).collect()
+}
+
+#[test]
+fn a_fleet_file_names_where_a_bmc_password_is_never_the_password() {
+    let d = doc("groups:\n  web:\n    bmc: {protocol: redfish, address: 'https://10.0.0.5', username: admin, password_file: bmc.pw}\n");
+    let b = d.groups["web"].bmc.clone().unwrap().unwrap();
+    assert_eq!(b.password_file.as_deref(), Some("bmc.pw"));
+    let e = yaml::parse("groups:\n  web:\n    bmc: {password: hunter2}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("3:11:") && e.contains("password_file or password_env"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"));
+}

@@ -14,7 +14,9 @@ use std::fmt;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use serde_json::{Map, Value};
 
-use super::{group_path, machine_path, Document, GroupSpec, MachineSpec, PinSpec, RolloutSpec};
+use super::{
+    group_path, machine_path, BmcSpec, Document, GroupSpec, MachineSpec, PinSpec, RolloutSpec,
+};
 use crate::boot::select::Selector;
 use crate::domain::MacAddr;
 use crate::domain::{check_group_name, check_hostname, check_label_part};
@@ -316,6 +318,7 @@ impl Decoder {
             "generation",
             "generations",
             "rollout",
+            "bmc",
         ];
         for (key, k, v) in self.mapping(node, &what, Some(KEYS))? {
             let path = group_path(name, Some(key));
@@ -352,6 +355,10 @@ impl Decoder {
                         list.push(self.generation_ref(&format!("{path}.{i}"), item)?);
                     }
                     g.generations = Some(list);
+                }
+                "bmc" => {
+                    g.bmc = Some(self.bmc(&path, v)?);
+                    self.mark(&path, k);
                 }
                 _ => {
                     g.rollout = Some(self.rollout(&path, v)?);
@@ -396,6 +403,56 @@ impl Decoder {
         Ok(r)
     }
 
+    /// A BMC (`null`: remove it). The password itself has no key: a fleet
+    /// file names where it is.
+    fn bmc(&mut self, path: &str, node: &MarkedYaml<'_>) -> Result<Option<BmcSpec>, YamlError> {
+        if is_null(node) {
+            return Ok(None);
+        }
+        const KEYS: &[&str] = &[
+            "protocol",
+            "address",
+            "system_id",
+            "username",
+            "password_file",
+            "password_env",
+            "boot_target",
+            "verify_tls",
+        ];
+        if let YamlData::Mapping(map) = &node.data {
+            if let Some((k, _)) = map
+                .iter()
+                .find(|(k, _)| k.data.as_str() == Some("password"))
+            {
+                return Err(self.err(
+                    k,
+                    format!("{path}.password: name where it is (password_file or password_env), not the password"),
+                ));
+            }
+        }
+        let mut b = BmcSpec::default();
+        for (key, _, v) in self.mapping(node, path, Some(KEYS))? {
+            let p = format!("{path}.{key}");
+            match key {
+                "verify_tls" => b.verify_tls = Some(self.boolean(&p, v)?),
+                _ => {
+                    let text = self.string(&p, v)?;
+                    let slot = match key {
+                        "protocol" => &mut b.protocol,
+                        "address" => &mut b.address,
+                        "system_id" => &mut b.system_id,
+                        "username" => &mut b.username,
+                        "password_file" => &mut b.password_file,
+                        "password_env" => &mut b.password_env,
+                        _ => &mut b.boot_target,
+                    };
+                    *slot = Some(text);
+                }
+            }
+        }
+        Ok(Some(b))
+    }
+
     /// `{stream: worker, generation: 42}`.
     fn generation_ref(&mut self, path: &str, node: &MarkedYaml<'_>) -> Result<PinSpec, YamlError> {
         let mut stream = None;
@@ -420,7 +477,7 @@ impl Decoder {
         if is_null(node) {
             return Ok(m);
         }
-        const KEYS: &[&str] = &["hostname", "labels", "group", "pin", "kind"];
+        const KEYS: &[&str] = &["hostname", "labels", "group", "pin", "kind", "bmc"];
         let what = format!("machine {mac}");
         for (key, k, v) in self.mapping(node, &what, Some(KEYS))? {
             let path = machine_path(mac, Some(key));
@@ -472,6 +529,10 @@ impl Decoder {
                     self.mark(&path, k);
                     m.pin = Some(Some(pin));
                 }
+                "bmc" => {
+                    m.bmc = Some(self.bmc(&path, v)?);
+                    self.mark(&path, k);
+                }
                 _ => {
                     let kind = self.string(&path, v)?;
                     kind.parse::<crate::domain::MachineKind>()
@@ -497,7 +558,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             (
                 "groups:\n  web:\n    selecter: role=web\n",
-                "3:5: unknown key \"selecter\" in group \"web\" (expected one of description, selector, variables, stream, generation, generations, rollout)",
+                "3:5: unknown key \"selecter\" in group \"web\" (expected one of description, selector, variables, stream, generation, generations, rollout, bmc)",
             ),
             (
                 "group:\n  web: {}\n",

@@ -96,10 +96,13 @@ impl Inventory {
                 )
             })
             .collect();
+        // BMC rows are the caller's to add: their passwords open only
+        // with the BMC key.
         Ok(Current {
             groups,
             machines,
             generations,
+            bmcs: Default::default(),
         })
     }
 
@@ -139,6 +142,7 @@ impl Inventory {
     pub async fn apply(
         &self,
         changes: Vec<Change>,
+        bmcs: &[crate::store::bmcs::BmcWrite],
         by: Option<String>,
     ) -> Result<Vec<i64>, RolloutCommandError> {
         self.settle().await;
@@ -164,6 +168,9 @@ impl Inventory {
         }
         for (mac, change) in &writes.machines {
             write_machine(&mut tx, *mac, change).await?;
+        }
+        for w in bmcs {
+            tx.write_bmc(w).await?;
         }
         let known = if writes.rollouts.is_empty() {
             known
@@ -225,6 +232,8 @@ impl Inventory {
                     writes.machines.push((mac, change));
                 }
                 Action::StartRollout(r) => writes.rollouts.push(r),
+                // Sealed rows, which the caller passes to `apply`.
+                Action::SetBmc { .. } => {}
             }
         }
         Ok(writes)

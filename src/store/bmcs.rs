@@ -4,6 +4,7 @@
 //! stored only sealed (by the `bmc` module's `seal`); this module never sees it
 //! in the clear.
 
+use super::tx::Tx;
 use super::{Store, StoreError};
 
 /// Whose BMC a row describes.
@@ -60,46 +61,19 @@ impl Store {
         Ok(on_pool!(&self.pool, db => sqlx::query_as(&sql).fetch_all(db).await)?)
     }
 
-    /// Writes a row whole (what the operator set; the last power state
-    /// known is kept).
+    /// Writes a row whole, in a transaction of its own (see [`Tx::put_bmc`]).
     pub async fn put_bmc(&self, row: &BmcRow) -> Result<(), StoreError> {
-        on_pool!(&self.pool, db => sqlx::query(
-            "INSERT INTO bmcs (owner_kind, owner, protocol, address, system_id, username, sealed, \
-                               boot_target, verify_tls, updated_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (owner_kind, owner) DO UPDATE SET protocol = excluded.protocol, \
-                 address = excluded.address, system_id = excluded.system_id, \
-                 username = excluded.username, sealed = excluded.sealed, \
-                 boot_target = excluded.boot_target, verify_tls = excluded.verify_tls, \
-                 updated_ms = excluded.updated_ms",
-        )
-        .bind(&row.owner_kind)
-        .bind(&row.owner)
-        .bind(&row.protocol)
-        .bind(&row.address)
-        .bind(&row.system_id)
-        .bind(&row.username)
-        .bind(&row.sealed)
-        .bind(&row.boot_target)
-        .bind(row.verify_tls)
-        .bind(row.updated_ms)
-        .execute(db)
-        .await
-        .map(drop))?;
-        Ok(())
+        let mut tx = self.begin().await?;
+        tx.put_bmc(row).await?;
+        tx.commit().await
     }
 
     /// Removes a row; whether there was one.
     pub async fn delete_bmc(&self, kind: OwnerKind, owner: &str) -> Result<bool, StoreError> {
-        let done = on_pool!(&self.pool, db => sqlx::query(
-            "DELETE FROM bmcs WHERE owner_kind = $1 AND owner = $2",
-        )
-        .bind(kind.as_str())
-        .bind(owner)
-        .execute(db)
-        .await
-        .map(|r| r.rows_affected()))?;
-        Ok(done > 0)
+        let mut tx = self.begin().await?;
+        let done = tx.delete_bmc(kind, owner).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Remembers what a machine's BMC last said of its power. A machine
@@ -119,5 +93,63 @@ impl Store {
         .await
         .map(drop))?;
         Ok(())
+    }
+}
+
+/// A BMC write in a larger transaction (`ironboot apply`).
+#[derive(Debug, Clone)]
+pub enum BmcWrite {
+    Put(Box<BmcRow>),
+    Delete(OwnerKind, String),
+}
+
+impl Tx {
+    /// Writes a row whole (what the operator set; the last power state
+    /// known is kept).
+    pub async fn put_bmc(&mut self, row: &BmcRow) -> Result<(), StoreError> {
+        on_tx!(self, db => sqlx::query(
+            "INSERT INTO bmcs (owner_kind, owner, protocol, address, system_id, username, sealed, \
+                               boot_target, verify_tls, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (owner_kind, owner) DO UPDATE SET protocol = excluded.protocol, \
+                 address = excluded.address, system_id = excluded.system_id, \
+                 username = excluded.username, sealed = excluded.sealed, \
+                 boot_target = excluded.boot_target, verify_tls = excluded.verify_tls, \
+                 updated_ms = excluded.updated_ms",
+        )
+        .bind(&row.owner_kind)
+        .bind(&row.owner)
+        .bind(&row.protocol)
+        .bind(&row.address)
+        .bind(&row.system_id)
+        .bind(&row.username)
+        .bind(&row.sealed)
+        .bind(&row.boot_target)
+        .bind(row.verify_tls)
+        .bind(row.updated_ms)
+        .execute(&mut *db)
+        .await
+        .map(drop))?;
+        Ok(())
+    }
+
+    /// Removes a row; whether there was one.
+    pub async fn delete_bmc(&mut self, kind: OwnerKind, owner: &str) -> Result<bool, StoreError> {
+        let done = on_tx!(self, db => sqlx::query(
+            "DELETE FROM bmcs WHERE owner_kind = $1 AND owner = $2",
+        )
+        .bind(kind.as_str())
+        .bind(owner)
+        .execute(&mut *db)
+        .await
+        .map(|r| r.rows_affected()))?;
+        Ok(done > 0)
+    }
+
+    pub async fn write_bmc(&mut self, w: &BmcWrite) -> Result<(), StoreError> {
+        match w {
+            BmcWrite::Put(row) => self.put_bmc(row).await,
+            BmcWrite::Delete(kind, owner) => self.delete_bmc(*kind, owner).await.map(drop),
+        }
     }
 }

@@ -690,3 +690,105 @@ async fn wait_async<F: std::future::Future<Output = bool>>(pred: impl Fn() -> F,
     }
     panic!("never saw {what}");
 }
+
+/// `ironboot apply` with BMCs in the fleet file: the password read from
+/// the file the fleet file names, never shown; the same file again plans
+/// nothing; a new password is one change; `null` removes. The BMC then
+/// works for the machine (found by MAC behind the group's address).
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_sets_bmcs_from_a_fleet_file_and_plans_nothing_the_second_time() {
+    let (bmc, url) = common::redfish::start(&[M1, M2], PASSWORD).await;
+    let server = TestServer::full(FAST_BMC).await;
+    let api = Api::new(&server);
+    let a = api.import_worker(1).await;
+    api.point("default", "worker", a).await;
+    api.boot_ok(M1).await;
+    let dir = server.dir.path().to_path_buf();
+    std::fs::write(dir.join("bmc.pw"), format!("{PASSWORD}\n")).unwrap();
+    let fleet = dir.join("fleet.yaml");
+    let write_fleet = |machine_bmc: &str| {
+        std::fs::write(
+            &fleet,
+            format!(
+                "groups:\n  default:\n    bmc: {{protocol: redfish, address: '{url}', username: admin, password_file: bmc.pw}}\nmachines:\n  {M1}:\n    bmc: {machine_bmc}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+            .args(args)
+            .args(["--server", &api.base, "--data-dir"])
+            .arg(dir.join("data"))
+            .env_remove("IRONBOOT_TOKEN")
+            .env_remove("IRONBOOT_SERVER")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        assert!(!text.contains(PASSWORD), "the password shown: {text}");
+        text
+    };
+    let apply = |cli: &dyn Fn(&[&str]) -> String| {
+        tokio::task::block_in_place(|| cli(&["apply", "-f", fleet.to_str().unwrap()]))
+    };
+
+    write_fleet("{boot_target: http}");
+    let out = apply(&cli);
+    assert!(
+        out.contains("+ group default: bmc.protocol - -> \"redfish\""),
+        "{out}"
+    );
+    assert!(out.contains("bmc.password - -> \"new\""), "{out}");
+    assert!(
+        out.contains(&format!("+ machine {M1}: bmc.boot_target - -> \"http\"")),
+        "{out}"
+    );
+    let shown = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/bmc"), None)
+        .await;
+    assert_eq!(shown["effective"]["boot_target"], "http", "{shown}");
+    assert_eq!(shown["effective"]["address"], json!(url));
+    let nb = api
+        .ok(
+            Method::POST,
+            &format!("/api/v1/machines/{M1}/netboot"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(nb["detail"]["boot_override"], "UefiHttp");
+    assert_eq!(
+        bmc.system_of(M1).boot,
+        ("UefiHttp".to_string(), "Once".to_string())
+    );
+
+    // Again: nothing to do (the password compared, not shown).
+    let out = apply(&cli);
+    assert!(!out.contains("bmc."), "planned again: {out}");
+    // A new password: one change; null: the machine's own fields go.
+    std::fs::write(dir.join("bmc.pw"), "another").unwrap();
+    write_fleet("null");
+    let out = apply(&cli);
+    assert!(
+        out.contains("~ group default: bmc.password \"set\" -> \"new\""),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("~ machine {M1}: bmc removed")),
+        "{out}"
+    );
+    let shown = api
+        .ok(Method::GET, &format!("/api/v1/machines/{M1}/bmc"), None)
+        .await;
+    assert_eq!(shown["own"], Value::Null, "{shown}");
+    // The new password is the one used: the test BMC refuses it.
+    let (status, _) = api
+        .call(Method::GET, &format!("/api/v1/machines/{M1}/power"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    server.stop().await;
+}

@@ -131,13 +131,15 @@ async fn apply(
     }
     let listed: Vec<MacAddr> = doc.machines.keys().filter_map(|k| k.parse().ok()).collect();
     let _edit = s.edits.lock().await;
-    let current = s.inventory.plan_state(&listed).await?;
+    let mut current = s.inventory.plan_state(&listed).await?;
+    current.bmcs = super::bmc::current_bmcs(&s).await?;
     let changes = plan(&doc, &current)?;
     let views = changes.iter().map(ChangeView::from).collect();
     let rollouts = if dry_run || changes.is_empty() {
         Vec::new()
     } else {
-        s.inventory.apply(changes, Some(p.name)).await?
+        let bmcs = super::bmc::bmc_writes(&s, &changes).await?;
+        s.inventory.apply(changes, &bmcs, Some(p.name)).await?
     };
     Ok(Json(ApplyResult {
         dry_run,

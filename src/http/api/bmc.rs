@@ -12,8 +12,10 @@ use utoipa::ToSchema;
 use super::*;
 use crate::bmc::service::{Bmcs, Outcome, Unusable};
 use crate::bmc::{BootTarget, Op, Protocol};
+use crate::desired::bmc::{password_sha, BmcOwner, CurrentBmc};
+use crate::desired::plan::{Action, Change};
 use crate::ledger::now_ms;
-use crate::store::bmcs::{BmcRow, OwnerKind};
+use crate::store::bmcs::{BmcRow, BmcWrite, OwnerKind};
 
 pub(super) fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::new()
@@ -185,41 +187,15 @@ fn row_of(
     body: BmcBody,
     old: Option<BmcRow>,
 ) -> ApiResult<BmcRow> {
-    let text = |field: &'static str, v: &Option<String>, max: usize| -> ApiResult<()> {
-        match v {
-            Some(t) if t.is_empty() || t.len() > max || t.chars().any(char::is_control) => {
-                Err(ApiError::bad(
-                    field,
-                    format!("must be 1 to {max} characters without control characters"),
-                ))
-            }
-            _ => Ok(()),
-        }
-    };
-    text("address", &body.address, 255)?;
-    text("system_id", &body.system_id, 128)?;
-    text("username", &body.username, 64)?;
-    text("password", &body.password, 128)?;
-    if let (Some(protocol), Some(address)) = (body.protocol, &body.address) {
-        let checked = match protocol {
-            Protocol::Ipmi => crate::bmc::ipmi::host_port(address).map(drop),
-            Protocol::Redfish => reqwest::Url::parse(&if address.contains("://") {
-                address.clone()
-            } else {
-                format!("https://{address}")
-            })
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .map(drop)
-            .ok_or_else(|| {
-                crate::bmc::BmcError::Unsupported(format!("{address} is not a Redfish address"))
-            }),
-        };
-        checked.map_err(|e| ApiError::bad("address", e.to_string()))?;
-    }
-    if body.protocol == Some(Protocol::Ipmi) && body.boot_target == Some(BootTarget::Http) {
-        return Err(ApiError::bad("boot_target", "IPMI has no HTTP boot device"));
-    }
+    crate::bmc::check(&crate::bmc::Fields {
+        protocol: body.protocol,
+        address: body.address.as_deref(),
+        system_id: body.system_id.as_deref(),
+        username: body.username.as_deref(),
+        password: body.password.as_deref(),
+        boot_target: body.boot_target,
+    })
+    .map_err(|(field, message)| ApiError::bad(field, message))?;
     let mut row = BmcRow {
         owner_kind: kind.as_str().into(),
         owner: owner.into(),
@@ -482,4 +458,80 @@ async fn netboot(
         Op::NetbootNext
     };
     operate(&s, mac, op, &who.0.name).await
+}
+
+/// The stored BMC rows as `apply`'s plan sees them: fields, and the digest
+/// of each password (opened here; a password that does not open counts as
+/// none, so the document's replaces it).
+pub(super) async fn current_bmcs(
+    s: &ApiState,
+) -> ApiResult<std::collections::BTreeMap<BmcOwner, CurrentBmc>> {
+    let sealer = s.bmcs.as_ref().map(Bmcs::sealer);
+    let mut out = std::collections::BTreeMap::new();
+    for row in s.store.bmcs().await? {
+        let owner = match row.owner_kind.as_str() {
+            "group" => BmcOwner::Group(row.owner.clone()),
+            _ => match row.owner.parse() {
+                Ok(mac) => BmcOwner::Machine(mac),
+                Err(_) => continue,
+            },
+        };
+        let password_sha = match (&row.sealed, sealer) {
+            (Some(sealed), Some(sealer)) => sealer
+                .open(&crate::bmc::owner_key(&row), sealed)
+                .ok()
+                .map(|p| password_sha(&p)),
+            _ => None,
+        };
+        out.insert(
+            owner,
+            CurrentBmc {
+                protocol: row.protocol,
+                address: row.address,
+                system_id: row.system_id,
+                username: row.username,
+                boot_target: row.boot_target,
+                verify_tls: row.verify_tls,
+                password_sha,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The rows `apply` writes for the plan's BMC changes, passwords sealed
+/// (or the stored one kept when the document gives none).
+pub(super) async fn bmc_writes(s: &ApiState, changes: &[Change]) -> ApiResult<Vec<BmcWrite>> {
+    let mut out = Vec::new();
+    for c in changes {
+        let Action::SetBmc { owner, to } = &c.action else {
+            continue;
+        };
+        let (kind, key) = match owner {
+            BmcOwner::Group(g) => (OwnerKind::Group, g.clone()),
+            BmcOwner::Machine(m) => (OwnerKind::Machine, m.to_string()),
+        };
+        let Some(spec) = to else {
+            out.push(BmcWrite::Delete(kind, key));
+            continue;
+        };
+        let body = BmcBody {
+            protocol: spec.protocol.as_deref().and_then(Protocol::parse),
+            address: spec.address.clone(),
+            system_id: spec.system_id.clone(),
+            username: spec.username.clone(),
+            password: spec.password.clone(),
+            boot_target: spec.boot_target.as_deref().and_then(BootTarget::parse),
+            verify_tls: spec.verify_tls,
+        };
+        let old = s.store.bmc(kind, &key).await?;
+        out.push(BmcWrite::Put(Box::new(row_of(
+            bmcs(s)?,
+            kind,
+            &key,
+            body,
+            old,
+        )?)));
+    }
+    Ok(out)
 }
