@@ -24,8 +24,7 @@
 //! `IRONBOOT_E2E=require cargo test --test e2e rollout:: -- --nocapture`.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -48,35 +47,19 @@ const TAPS: [&str; 3] = ["tap0", "tap1", "tap2"];
 const MEMORY_MB: u32 = 256;
 /// What the broken generation's `/init` prints before it exits.
 const BROKEN: &str = "IRONBOOT-BROKEN: init gives up before the network";
-const BROKEN_INIT: &str = r#"#!/bin/sh
-# The broken generation's /init (an extra initrd replaces the live OS's):
-# it never reaches the network, so the machine never phones home.
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec </dev/console >/dev/console 2>&1
-echo "IRONBOOT-BROKEN: init gives up before the network"
-exit 1
-"#;
-
-/// The extra initrd of the broken generation: a newc archive holding only
-/// `/init`, which the kernel unpacks over the live OS's own.
+/// The extra initrd of the broken generation (`tests/liveos/broken-initrd.sh`):
+/// only an `/init` that gives up, unpacked over the live OS's own.
 fn broken_initrd(lab: &Lab) -> PathBuf {
-    let root = lab.dir.join("broken-root");
-    fs::create_dir_all(&root).unwrap();
-    let init = root.join("init");
-    fs::write(&init, BROKEN_INIT).unwrap();
-    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap();
     let out = lab.dir.join("broken.cpio");
-    let bb = lab.tools.busybox.display();
-    let script = format!(
-        "cd {} && {bb} find . | {bb} cpio -o -H newc > {}",
-        root.display(),
-        out.display()
-    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/liveos/broken-initrd.sh");
     let status = Command::new(&lab.tools.timeout)
-        .args(["10", "sh", "-c", &script])
+        .arg("10")
+        .arg(&script)
+        .arg(&out)
+        .arg(&lab.tools.busybox)
         .status()
-        .expect("run busybox cpio");
-    assert!(status.success(), "{script}: {status}");
+        .expect("run broken-initrd.sh");
+    assert!(status.success(), "{}: {status}", script.display());
     out
 }
 
