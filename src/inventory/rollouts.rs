@@ -201,8 +201,11 @@ impl Inventory {
             return;
         };
         let state = self.read();
-        for reboot in out.reboots {
+        for mut reboot in out.reboots {
             let m = state.machines.get(&reboot.mac);
+            if reboot.group.is_empty() {
+                reboot.group = m.map(|m| m.group.clone()).unwrap_or_default();
+            }
             let job = Job {
                 ip: m.and_then(|m| m.ip.clone()),
                 hostname: m.and_then(|m| m.hostname.clone()),

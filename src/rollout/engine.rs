@@ -83,7 +83,10 @@ pub struct Note {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Reboot {
     pub mac: MacAddr,
-    pub rollout: i64,
+    /// The rollout that moved it; `None`: the watchdog (a boot that went
+    /// silent: the machine hangs, and only a reset brings it back).
+    pub rollout: Option<i64>,
+    /// Its group (empty from the watchdog: the inventory fills it in).
     pub group: String,
     /// What its next boot will be served.
     pub generation: GenerationId,
@@ -494,14 +497,15 @@ impl Rollouts {
     pub fn reboot_failed(&mut self, reboot: &Reboot, error: &str, now_ms: i64) -> Outcome {
         let mut out = Outcome::default();
         out.persist.at_ms = now_ms;
-        let Some(entry) = self.rollouts.get_mut(&reboot.rollout) else {
+        let Some(entry) = reboot.rollout.and_then(|id| self.rollouts.get_mut(&id)) else {
             return out;
         };
+        let id = entry.id;
         let policy = entry.rollout.spec.on_bmc_failure;
         out.note(
             Some(reboot.mac),
             "rollout.reboot_failed",
-            json!({ "rollout": reboot.rollout, "generation": reboot.generation, "error": error, "on_bmc_failure": policy }),
+            json!({ "rollout": id, "generation": reboot.generation, "error": error, "on_bmc_failure": policy }),
         );
         if policy != super::OnBmcFailure::Fail || !entry.rollout.state.is_active() {
             return out;
@@ -514,8 +518,8 @@ impl Rollouts {
             at_ms: now_ms,
         });
         if !actions.is_empty() {
-            self.act(reboot.rollout, actions, None, now_ms, &mut out);
-            self.save_rollout(reboot.rollout, now_ms, &mut out);
+            self.act(id, actions, None, now_ms, &mut out);
+            self.save_rollout(id, now_ms, &mut out);
         }
         out
     }
@@ -543,7 +547,22 @@ impl Rollouts {
                 .get_mut(&mac)
                 .and_then(|h| h.tick_boot(&policy, now_ms));
             if let Some((failure, boot)) = failure {
+                let hung = Reboot {
+                    mac,
+                    rollout: None,
+                    group: String::new(),
+                    generation: failure.generation.clone(),
+                    reason: format!(
+                        "watchdog: boot of {} silent for {} s; reset",
+                        failure.generation,
+                        policy.confirm_timeout_ms / 1000
+                    ),
+                };
                 self.failed(mac, failure, boot, None, now_ms, &mut out);
+                // A rollback may already reboot it; else the watchdog does.
+                if !out.reboots.iter().any(|r| r.mac == mac) {
+                    out.reboots.push(hung);
+                }
             }
         }
         let running: Vec<i64> = self
@@ -641,7 +660,7 @@ impl Rollouts {
         for mac in sent_back {
             out.reboots.push(Reboot {
                 mac,
-                rollout: id,
+                rollout: Some(id),
                 group: spec.group.clone(),
                 generation: spec.from.clone(),
                 reason: format!("rollout {id} aborted: back to {}", spec.from),
@@ -741,7 +760,7 @@ impl Rollouts {
                     for mac in machines {
                         out.reboots.push(Reboot {
                             mac,
-                            rollout: id,
+                            rollout: Some(id),
                             group: spec.group.clone(),
                             generation: spec.to.clone(),
                             reason: format!("rollout {id} wave {wave}: moved to {}", spec.to),
@@ -783,7 +802,7 @@ impl Rollouts {
                     for mac in rolled_back.into_iter().filter(|m| Some(*m) != booting) {
                         out.reboots.push(Reboot {
                             mac,
-                            rollout: id,
+                            rollout: Some(id),
                             group: spec.group.clone(),
                             generation: spec.from.clone(),
                             reason: format!("rollout {id} rolled back to {}: {reason}", spec.from),

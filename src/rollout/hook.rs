@@ -1,4 +1,5 @@
-//! Rebooting the machines a rollout moves (to B) or rolls back (to A).
+//! Rebooting the machines a rollout moves (to B) or rolls back (to A), and
+//! those the watchdog finds hung (a boot silent past `confirm_timeout`).
 //!
 //! A machine with a BMC (its own or its group's, see [`crate::bmc`]) is
 //! rebooted through it: the next boot set to the network once, then a
@@ -12,7 +13,8 @@
 //! The hook has two forms, either or both (`[rollout]` in the config):
 //! - a command, run with `sh -c` and the machine in its environment:
 //!   `IRONBOOT_MAC`, `IRONBOOT_IP`, `IRONBOOT_HOSTNAME`, `IRONBOOT_GROUP`,
-//!   `IRONBOOT_STREAM`, `IRONBOOT_GENERATION`, `IRONBOOT_ROLLOUT`,
+//!   `IRONBOOT_STREAM`, `IRONBOOT_GENERATION`, `IRONBOOT_ROLLOUT` (empty
+//!   when the watchdog asks: a boot went silent past `confirm_timeout`),
 //!   `IRONBOOT_REASON` (empty when unknown);
 //! - a webhook, POSTed the same facts as a JSON object.
 //!
@@ -172,7 +174,10 @@ async fn run_command(command: &str, timeout: std::time::Duration, job: &Job) -> 
         .env("IRONBOOT_GROUP", &r.group)
         .env("IRONBOOT_STREAM", &r.generation.stream)
         .env("IRONBOOT_GENERATION", r.generation.number.to_string())
-        .env("IRONBOOT_ROLLOUT", r.rollout.to_string())
+        .env(
+            "IRONBOOT_ROLLOUT",
+            r.rollout.map(|id| id.to_string()).unwrap_or_default(),
+        )
         .env("IRONBOOT_REASON", &r.reason)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -213,7 +218,7 @@ mod tests {
         Job {
             reboot: Reboot {
                 mac: MacAddr([0x52, 0x54, 0, 0, 0, 7]),
-                rollout: 4,
+                rollout: Some(4),
                 group: "web".into(),
                 generation: GenerationId::new("worker", 42),
                 reason: "rollout 4 wave 0: moved to worker gen 42".into(),

@@ -792,3 +792,36 @@ async fn apply_sets_bmcs_from_a_fleet_file_and_plans_nothing_the_second_time() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     server.stop().await;
 }
+
+/// The watchdog uses the BMC too: a machine whose boot goes silent past
+/// `confirm_timeout` (it hangs; nothing else would ever reboot it) is set
+/// to boot from the network and reset, once.
+#[tokio::test]
+async fn a_boot_that_goes_silent_is_reset_through_the_bmc_by_the_watchdog() {
+    let (bmc, url) = common::redfish::start(&[M1, M2, M3], PASSWORD).await;
+    let server =
+        TestServer::full(&format!("{FAST_BMC}[rollout]\nconfirm_timeout = \"1s\"\n")).await;
+    let api = Api::new(&server);
+    fleet_with_bmc(&api, &url, PASSWORD).await;
+    // M2 boots and never phones home.
+    api.boot(M2).await;
+    wait(|| bmc.resets_of(M2).len() == 1, "the watchdog's reset").await;
+    assert_eq!(
+        bmc.system_of(M2).boot,
+        ("Pxe".to_string(), "Once".to_string())
+    );
+    assert!(bmc.resets_of(M1).is_empty() && bmc.resets_of(M3).is_empty());
+    let reboots = events(&api, "rollout.reboot").await;
+    assert_eq!(reboots.len(), 1, "{reboots:?}");
+    assert_eq!(reboots[0]["detail"]["rollout"], Value::Null);
+    assert!(
+        reboots[0]["detail"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("watchdog:"),
+        "{reboots:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(bmc.resets_of(M2).len(), 1, "once per silent boot");
+    server.stop().await;
+}

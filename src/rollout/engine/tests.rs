@@ -211,6 +211,30 @@ fn silence_past_the_watchdog_timeout_fails_the_canary_on_the_clock() {
 }
 
 #[test]
+fn a_boot_silent_past_the_watchdog_timeout_asks_for_a_reset_once() {
+    let mut fleet = Rollouts::default();
+    fleet.policy.confirm_timeout_ms = 2 * MIN;
+    fleet.boot(mac(5), "web", None, group_target(41), 20, MIN);
+    assert!(fleet.tick(2 * MIN).reboots.is_empty(), "not yet");
+    let out = fleet.tick(3 * MIN);
+    assert_eq!(out.reboots.len(), 1, "the hung machine is reset");
+    let r = &out.reboots[0];
+    assert_eq!((r.mac, r.rollout, r.group.as_str()), (mac(5), None, ""));
+    assert!(
+        r.reason
+            .starts_with("watchdog: boot of worker gen 41 silent"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        fleet.tick(4 * MIN).reboots.is_empty(),
+        "asked once per silent boot"
+    );
+    // The rollout's reboot stands for the watchdog's (one reset, not two):
+    // the test above.
+}
+
+#[test]
 fn a_fleet_restored_from_its_rows_decides_the_same() {
     let mut fleet = Rollouts::default();
     let id = started(&mut fleet, true);
