@@ -1,8 +1,9 @@
 //! The Vagrant lab for real, as `vagrant/README.md` walks a newcomer through
 //! it: `vagrant/lab up` with three machines, node1 and node3 BIOS and node2
 //! UEFI (libvirtd, virtlogd, the libvirt network, ironboot, the machines'
-//! Redfish BMCs (sushy-emulator, libvirt driver) and the domains all in a
-//! network namespace of the lab's own); all boot the live OS and confirm
+//! BMCs: Redfish through sushy-emulator's libvirt driver, and IPMI over LAN
+//! through virtualbmc for node3, and the domains all in a network namespace
+//! of the lab's own); all boot the live OS and confirm
 //! generation 1. Then, with zero manual steps: a canary rollout to
 //! generation 2 whose machines ironboot reboots through their BMCs (every
 //! machine confirms 2), and a rollout to a broken generation 3 whose canary,
@@ -195,7 +196,12 @@ fn the_vagrant_lab_boots_bios_and_uefi_machines_through_two_generations_and_leav
         let lab = Lab {
             dir: tmp.path().join("lab"),
             name: name.clone(),
-            env: vec![("LAB_MACHINES", "3"), ("LAB_UEFI", "2"), ("LAB_BMC", "1")],
+            env: vec![
+                ("LAB_MACHINES", "3"),
+                ("LAB_UEFI", "2"),
+                ("LAB_BMC", "1"),
+                ("LAB_IPMI", "3"),
+            ],
             machines: 3,
         };
         lab.ok(&["up"], 900);
@@ -335,6 +341,29 @@ fn rollouts_through_the_bmcs(lab: &Lab, tmp: &tempfile::TempDir, elapsed: impl F
     assert_eq!(
         by_bmc, 4,
         "three reboots for 2, the canary's for 3: {events}"
+    );
+    // node3's went over IPMI (virtualbmc), the others' over Redfish.
+    let ops = lab.json(&["events", "--step", "bmc.op", "--limit", "100"]);
+    let protocol_of = |mac: &str| -> Vec<String> {
+        ops["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["mac"] == mac && e["detail"]["op"] == "netboot")
+            .map(|e| {
+                e["detail"]["protocol"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(protocol_of("52:54:00:1b:00:03"), ["ipmi"], "{ops}");
+    assert!(
+        protocol_of("52:54:00:1b:00:02")
+            .iter()
+            .all(|p| p == "redfish"),
+        "{ops}"
     );
     eprintln!(
         "[{:3}s] canary {canary} back on generation 2; 4 reboots, all through the BMCs",

@@ -217,6 +217,8 @@ fn classify(stderr: &str) -> BmcError {
         "hmac is invalid",
         "invalid user name",
         "insufficient privilege",
+        // ipmitool's own refusal, before it sends anything.
+        "password is longer than",
     ];
     let for_good = ["not supported", "invalid command", "invalid data field"];
     let refused = lower
@@ -282,6 +284,8 @@ mod tests {
         )
         .passes());
         assert!(classify("Error: Unable to establish IPMI v2 / RMCP+ session").passes());
+        // Refused by ipmitool itself: never worth a retry.
+        assert!(!classify("lanplus: password is longer than 20 bytes.").passes());
         // ipmitool 1.8.19 -v against ipmi_sim: a wrong password, an unknown
         // user, no BMC at all, a reset the chassis cannot do.
         let refused = "Loading IANA PEN Registry...\nUnable to Get Channel Cipher Suites\n\

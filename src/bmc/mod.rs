@@ -287,6 +287,10 @@ pub fn check(f: &Fields<'_>) -> Result<(), (&'static str, String)> {
     if f.protocol == Some(Protocol::Ipmi) && f.boot_target == Some(BootTarget::Http) {
         return Err(("boot_target", "IPMI has no HTTP boot device".into()));
     }
+    // IPMI 2.0 keys a session with at most 20 bytes (ipmitool refuses more).
+    if f.protocol == Some(Protocol::Ipmi) && f.password.is_some_and(|p| p.len() > 20) {
+        return Err(("password", "IPMI passwords are at most 20 bytes".into()));
+    }
     Ok(())
 }
 

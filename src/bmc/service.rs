@@ -246,12 +246,18 @@ impl Bmcs {
             };
             let (err, took) = match result {
                 (Ok(done), _) => {
-                    return self.finish(mac, op, why, attempt, started, Ok(done)).await
+                    let done = Ok(done);
+                    return self
+                        .finish(ep, mac, op, why, (attempt, started), done)
+                        .await;
                 }
                 (Err(e), took) => (e, took),
             };
             if !err.passes() || attempt > s.retries {
-                return self.finish(mac, op, why, attempt, started, Err(err)).await;
+                let failed = Err(err);
+                return self
+                    .finish(ep, mac, op, why, (attempt, started), failed)
+                    .await;
             }
             self.inner.ledger.event(
                 Some(mac),
@@ -286,13 +292,14 @@ impl Bmcs {
         }
     }
 
+    /// Records the outcome (`bmc.op`) and the power state it left.
     async fn finish(
         &self,
+        ep: &Endpoint,
         mac: MacAddr,
         op: Op,
         why: &str,
-        attempts: u32,
-        started: Instant,
+        (attempts, started): (u32, Instant),
         result: Result<Done, BmcError>,
     ) -> Outcome {
         let ms = started.elapsed().as_millis() as u64;
@@ -333,6 +340,7 @@ impl Bmcs {
         }
         let mut detail = serde_json::to_value(&outcome).unwrap_or(Value::Null);
         detail["why"] = json!(why);
+        detail["protocol"] = json!(ep.protocol.as_str());
         self.inner
             .ledger
             .event(Some(mac), None, "bmc.op", detail, None);

@@ -256,6 +256,10 @@ async fn bad_bmc_requests_get_clear_errors_and_change_nothing() {
         ),
         (json!({ "username": "a\u{0}b" }), "username"),
         (json!({ "password": "x".repeat(500) }), "password"),
+        (
+            json!({ "protocol": "ipmi", "address": "10.0.0.5", "password": "x".repeat(21) }),
+            "password",
+        ),
     ];
     for (body, field) in cases {
         let (status, err) = api
@@ -823,5 +827,90 @@ async fn a_boot_that_goes_silent_is_reset_through_the_bmc_by_the_watchdog() {
     );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(bmc.resets_of(M2).len(), 1, "once per silent boot");
+    server.stop().await;
+}
+
+/// A rollout through a BMC that fails one call in five (503) and then
+/// stalls one in five past the timeout: every wave's reboots still happen,
+/// the rollout completes, each retry is an event, and no attempt outlives
+/// twice the timeout.
+#[tokio::test]
+async fn a_rollout_completes_through_a_bmc_that_fails_or_stalls_one_call_in_five() {
+    let (bmc, url) = common::redfish::start(&[M1, M2, M3], PASSWORD).await;
+    let server = TestServer::full(FAST_BMC).await;
+    let api = Api::new(&server);
+    let (_, b) = fleet_with_bmc(&api, &url, PASSWORD).await;
+    let c = api.import_worker(3).await;
+    for (to, stall) in [(b, Duration::ZERO), (c, Duration::from_secs(3))] {
+        {
+            let mut f = bmc.faults.lock().unwrap();
+            f.every = 5;
+            f.stall = stall;
+        }
+        let before: Vec<usize> = [M1, M2, M3]
+            .iter()
+            .map(|m| bmc.resets_of(m).len())
+            .collect();
+        let r = api
+            .ok(
+                Method::POST,
+                "/api/v1/rollouts",
+                Some(json!({ "group": "default", "stream": "worker", "to": to, "canary": 1, "steps": ["100%"], "timeout": "1m", "on_bmc_failure": "fail" })),
+            )
+            .await;
+        let id = r["id"].as_i64().unwrap();
+        let canary = r["waves"][0]["machines"][0]["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let i = [M1, M2, M3].iter().position(|m| *m == canary).unwrap();
+        wait(
+            || bmc.resets_of(&canary).len() > before[i],
+            "the canary's reset",
+        )
+        .await;
+        assert_eq!(api.boot_ok(&canary).await, to);
+        api.wait_for(id, "wave 1", |r| r["wave"] == 1).await;
+        for (k, m) in [M1, M2, M3]
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| **m != canary)
+        {
+            wait(
+                || bmc.resets_of(m).len() > before[k],
+                "the second wave's resets",
+            )
+            .await;
+            assert_eq!(api.boot_ok(m).await, to);
+        }
+        api.wait_for(id, "succeeded", |r| r["state"] == "succeeded")
+            .await;
+    }
+    bmc.faults.lock().unwrap().every = 0;
+    let retries = events(&api, "bmc.retry").await;
+    assert!(
+        retries
+            .iter()
+            .any(|e| e["detail"]["error"].as_str().unwrap().contains("busy")),
+        "503s retried"
+    );
+    assert!(
+        retries
+            .iter()
+            .any(|e| e["detail"]["error"].as_str().unwrap().contains("no answer")),
+        "stalls retried"
+    );
+    for e in &retries {
+        assert!(
+            e["detail"]["ms"].as_u64().unwrap() <= 1_000,
+            "an attempt outlived twice its timeout: {e}"
+        );
+    }
+    let ops = events(&api, "bmc.op").await;
+    assert_eq!(ops.len(), 6, "six reboots");
+    assert!(
+        ops.iter().all(|e| e["detail"]["ok"] == json!(true)),
+        "{ops:?}"
+    );
     server.stop().await;
 }
