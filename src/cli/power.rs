@@ -99,15 +99,23 @@ fn print_outcome(output: Output, mac: &str, o: &PowerOutcome) {
     println!("{mac}: {} done{sent}{tries}; power {power}", o.op.as_str());
 }
 
+/// Shows, sets or removes the BMC at `path` (a machine's or a group's).
+async fn send<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    path: &str,
+    cmd: &BmcCommand,
+) -> Result<T, CliError> {
+    let client = conn.client()?;
+    match cmd {
+        BmcCommand::Show => client.get_as(path).await,
+        BmcCommand::Set(args) => client.put_as(path, &body(args)?).await,
+        BmcCommand::Unset => client.delete_as(path).await,
+    }
+}
+
 /// `machines bmc MAC …`.
 pub async fn machine_bmc(conn: &Connection, mac: &str, cmd: &BmcCommand) -> Result<(), CliError> {
-    let client = conn.client()?;
-    let path = format!("/api/v1/machines/{mac}/bmc");
-    let view: MachineBmc = match cmd {
-        BmcCommand::Show => client.get_as(&path).await?,
-        BmcCommand::Set(args) => client.put_as(&path, &body(args)?).await?,
-        BmcCommand::Unset => client.delete_as(&path).await?,
-    };
+    let view: MachineBmc = send(conn, &format!("/api/v1/machines/{mac}/bmc"), cmd).await?;
     if conn.output == Output::Json {
         print_json(&view);
         return Ok(());
@@ -127,13 +135,7 @@ pub async fn machine_bmc(conn: &Connection, mac: &str, cmd: &BmcCommand) -> Resu
 
 /// `groups bmc NAME …`.
 pub async fn group_bmc(conn: &Connection, group: &str, cmd: &BmcCommand) -> Result<(), CliError> {
-    let client = conn.client()?;
-    let path = format!("/api/v1/groups/{group}/bmc");
-    let view: GroupBmc = match cmd {
-        BmcCommand::Show => client.get_as(&path).await?,
-        BmcCommand::Set(args) => client.put_as(&path, &body(args)?).await?,
-        BmcCommand::Unset => client.delete_as(&path).await?,
-    };
+    let view: GroupBmc = send(conn, &format!("/api/v1/groups/{group}/bmc"), cmd).await?;
     if conn.output == Output::Json {
         print_json(&view);
         return Ok(());

@@ -11,6 +11,36 @@ use sha2::{Digest, Sha256};
 
 use super::api::Api;
 
+/// The iPXE script `mac` is served, fetched with `http` (whose source
+/// address may matter: the binding rule).
+pub async fn script(http: &reqwest::Client, base: &str, mac: &str) -> String {
+    let url = format!(
+        "{base}/boot/{}.ipxe?buildarch=x86_64&platform=pcbios",
+        mac.replace(':', "-")
+    );
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The per-boot token in a script (none when it was refused one).
+pub fn token_in(script: &str) -> Option<String> {
+    script
+        .split("/config/")
+        .nth(1)
+        .and_then(|t| t.split('/').next())
+        .map(str::to_string)
+}
+
+/// The booted OS phones home with `token` and a form payload.
+pub async fn phone_home(http: &reqwest::Client, base: &str, token: &str, form: &str) -> StatusCode {
+    http.post(format!("{base}/phone-home/{token}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_string())
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
 /// What one boot of a simulated machine was served.
 pub struct Booted {
     /// The generation whose kernel the script loads.
@@ -40,20 +70,7 @@ impl Fleet for Api {
 
     /// One network boot of `mac`: the script it is served.
     async fn boot(&self, mac: &str) -> Booted {
-        let url = format!(
-            "{}/boot/{}.ipxe?buildarch=x86_64&platform=pcbios",
-            self.base,
-            mac.replace(':', "-")
-        );
-        let script = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let script = script(&self.http, &self.base, mac).await;
         let kernel = script
             .split("/artifacts/sha256/")
             .nth(1)
@@ -62,25 +79,13 @@ impl Fleet for Api {
         let generation = (1..=9u8)
             .find(|n| hex::encode(Sha256::digest(vec![*n; 4096])) == hex)
             .expect("a kernel this test imported") as i64;
-        let token = script
-            .split("/config/")
-            .nth(1)
-            .and_then(|t| t.split('/').next())
-            .unwrap_or_else(|| panic!("a token in\n{script}"))
-            .to_string();
+        let token = token_in(&script).unwrap_or_else(|| panic!("a token in\n{script}"));
         Booted { generation, token }
     }
 
     /// The booted OS phones home, with an optional form payload.
     async fn confirm(&self, booted: &Booted, form: &str) -> StatusCode {
-        self.http
-            .post(format!("{}/phone-home/{}", self.base, booted.token))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
-            .await
-            .unwrap()
-            .status()
+        phone_home(&self.http, &self.base, &booted.token, form).await
     }
 
     /// Boots and confirms; returns the generation it runs.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::api::Api;
+use crate::common::fleet;
 use crate::common::TestServer;
 
 const MACHINES: [(&str, &str); 3] = [
@@ -45,33 +46,12 @@ impl Lab {
 
     /// One network boot of `mac` from `client`: the token in its script.
     async fn boot(&self, client: &reqwest::Client, mac: &str) -> Option<String> {
-        let script = client
-            .get(format!(
-                "{}/boot/{mac}.ipxe?buildarch=x86_64",
-                self.api.base
-            ))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        script
-            .split("/config/")
-            .nth(1)
-            .and_then(|t| t.split('/').next())
-            .map(str::to_string)
+        fleet::token_in(&fleet::script(client, &self.api.base, mac).await)
     }
 
     async fn confirm(&self, client: &reqwest::Client, token: &str, form: &str) -> u16 {
-        client
-            .post(format!("{}/phone-home/{token}", self.api.base))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(form.to_string())
-            .send()
+        fleet::phone_home(client, &self.api.base, token, form)
             .await
-            .unwrap()
-            .status()
             .as_u16()
     }
 }

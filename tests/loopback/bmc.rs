@@ -369,18 +369,14 @@ async fn a_rollout_reboots_its_machines_through_the_bmc_and_rolls_back_through_i
     let server = TestServer::full(FAST_BMC).await;
     let api = Api::new(&server);
     let (a, b) = fleet_with_bmc(&api, &url, PASSWORD).await;
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "steps": ["100%"], "timeout": "1m" })),
-        )
-        .await;
+    let r = start_rollout(
+        &api,
+        b,
+        json!({ "canary": 1, "steps": ["100%"], "timeout": "1m" }),
+    )
+    .await;
     let id = r["id"].as_i64().unwrap();
-    let canary = r["waves"][0]["machines"][0]["mac"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let canary = canary_of(&r);
     // The canary is set to boot from the network once and started (it was off).
     wait(|| bmc.resets_of(&canary).len() == 1, "the canary's reset").await;
     assert_eq!(
@@ -414,18 +410,14 @@ async fn a_rollout_reboots_its_machines_through_the_bmc_and_rolls_back_through_i
     // confirms; the wave's gate times out, and the BMC reboots the canary
     // back to what it ran.
     let c = api.import_worker(3).await;
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": c, "canary": 1, "steps": ["100%"], "timeout": "2s" })),
-        )
-        .await;
+    let r = start_rollout(
+        &api,
+        c,
+        json!({ "canary": 1, "steps": ["100%"], "timeout": "2s" }),
+    )
+    .await;
     let id = r["id"].as_i64().unwrap();
-    let canary = r["waves"][0]["machines"][0]["mac"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let canary = canary_of(&r);
     wait(
         || bmc.resets_of(&canary).len() == 2,
         "the canary's second reset",
@@ -452,13 +444,12 @@ async fn a_bmc_that_cannot_reboot_fails_the_wave_when_the_rollout_says_so() {
     let api = Api::new(&server);
     // The wrong password: refused at once (never retried: lockouts).
     let (_, b) = fleet_with_bmc(&api, &url, "wrong").await;
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "10m", "on_bmc_failure": "fail" })),
-        )
-        .await;
+    let r = start_rollout(
+        &api,
+        b,
+        json!({ "canary": 1, "timeout": "10m", "on_bmc_failure": "fail" }),
+    )
+    .await;
     assert_eq!(r["on_bmc_failure"], "fail");
     let id = r["id"].as_i64().unwrap();
     let done = api
@@ -484,17 +475,29 @@ async fn a_bmc_that_cannot_reboot_fails_the_wave_when_the_rollout_says_so() {
     );
 
     // Under the default (`wait`) the wave waits: still running.
-    let r = api
-        .ok(
-            Method::POST,
-            "/api/v1/rollouts",
-            Some(json!({ "group": "default", "stream": "worker", "to": b, "canary": 1, "timeout": "10m" })),
-        )
-        .await;
+    let r = start_rollout(&api, b, json!({ "canary": 1, "timeout": "10m" })).await;
     let id = r["id"].as_i64().unwrap();
     wait_events(&api, "rollout.reboot_failed", 2).await;
     assert_eq!(api.rollout(id).await["state"], "running");
     server.stop().await;
+}
+
+/// Starts a rollout of group default to `to` of `worker`, with `more`
+/// (canary, steps, timeout, policy).
+async fn start_rollout(api: &Api, to: i64, more: Value) -> Value {
+    let mut body = json!({ "group": "default", "stream": "worker", "to": to });
+    body.as_object_mut()
+        .unwrap()
+        .extend(more.as_object().unwrap().clone());
+    api.ok(Method::POST, "/api/v1/rollouts", Some(body)).await
+}
+
+/// The first machine of a rollout's first wave.
+fn canary_of(r: &Value) -> String {
+    r["waves"][0]["machines"][0]["mac"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 async fn wait(pred: impl Fn() -> bool, what: &str) {
@@ -851,18 +854,14 @@ async fn a_rollout_completes_through_a_bmc_that_fails_or_stalls_one_call_in_five
             .iter()
             .map(|m| bmc.resets_of(m).len())
             .collect();
-        let r = api
-            .ok(
-                Method::POST,
-                "/api/v1/rollouts",
-                Some(json!({ "group": "default", "stream": "worker", "to": to, "canary": 1, "steps": ["100%"], "timeout": "1m", "on_bmc_failure": "fail" })),
-            )
-            .await;
+        let r = start_rollout(
+            &api,
+            to,
+            json!({ "canary": 1, "steps": ["100%"], "timeout": "1m", "on_bmc_failure": "fail" }),
+        )
+        .await;
         let id = r["id"].as_i64().unwrap();
-        let canary = r["waves"][0]["machines"][0]["mac"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let canary = canary_of(&r);
         let i = [M1, M2, M3].iter().position(|m| *m == canary).unwrap();
         wait(
             || bmc.resets_of(&canary).len() > before[i],

@@ -16,6 +16,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::common::api::Api;
+use crate::common::fleet;
 use crate::common::TestServer;
 
 const MACHINES: [&str; 3] = [
@@ -46,31 +47,10 @@ fn playwright_python() -> Result<String, String> {
 
 /// One boot of a simulated machine, confirmed: its script, then phone home.
 async fn boot_and_confirm(api: &Api, mac: &str) {
-    let url = api.url(&format!(
-        "/boot/{}.ipxe?buildarch=x86_64&platform=pcbios",
-        mac.replace(':', "-")
-    ));
-    let script = api
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let token = script
-        .split("/config/")
-        .nth(1)
-        .and_then(|t| t.split('/').next())
-        .unwrap_or_else(|| panic!("a token in\n{script}"));
-    let res = api
-        .http
-        .post(api.url(&format!("/phone-home/{token}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let script = fleet::script(&api.http, &api.base, mac).await;
+    let token = fleet::token_in(&script).unwrap_or_else(|| panic!("a token in\n{script}"));
+    let status = fleet::phone_home(&api.http, &api.base, &token, "").await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
