@@ -32,7 +32,8 @@ impl BmcOwner {
     }
 }
 
-/// A stored BMC as the plan sees it.
+/// A stored BMC as the plan sees it (rows that only remember a power
+/// state are not handed over).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CurrentBmc {
     pub protocol: Option<String>,
@@ -43,13 +44,6 @@ pub struct CurrentBmc {
     pub verify_tls: Option<bool>,
     /// sha256 (hex) of the stored password, opened by the server.
     pub password_sha: Option<String>,
-}
-
-impl CurrentBmc {
-    /// A row that only remembers a power state holds no BMC.
-    pub fn is_empty(&self) -> bool {
-        *self == CurrentBmc::default()
-    }
 }
 
 /// One BMC to change, for the plan to show and apply.
@@ -103,7 +97,7 @@ pub fn changes(
     }
     let mut out = Vec::new();
     for (owner, (path, spec)) in wanted {
-        let stored = stored.get(&owner).filter(|b| !b.is_empty());
+        let stored = stored.get(&owner);
         if let Some(change) = change(owner, path, spec, stored)? {
             out.push(change);
         }

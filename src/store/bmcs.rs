@@ -41,6 +41,20 @@ pub struct BmcRow {
     pub updated_ms: i64,
 }
 
+impl BmcRow {
+    /// Whether it holds any BMC field: a machine's row may only remember
+    /// the last power state its group's BMC reported.
+    pub fn holds_bmc(&self) -> bool {
+        self.protocol.is_some()
+            || self.address.is_some()
+            || self.system_id.is_some()
+            || self.username.is_some()
+            || self.sealed.is_some()
+            || self.boot_target.is_some()
+            || self.verify_tls.is_some()
+    }
+}
+
 const COLUMNS: &str = "owner_kind, owner, protocol, address, system_id, username, sealed, \
                        boot_target, verify_tls, power_state, power_ms, updated_ms";
 

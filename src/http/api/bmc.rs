@@ -243,22 +243,11 @@ async fn machine_bmc(s: &ApiState, mac: MacAddr) -> ApiResult<MachineBmc> {
         group,
         power: own.as_ref().and_then(|r| r.power_state.clone()),
         power_ms: own.as_ref().and_then(|r| r.power_ms),
-        own: own.as_ref().filter(|r| !is_bare(r)).map(BmcFields::from),
+        own: own.as_ref().filter(|r| r.holds_bmc()).map(BmcFields::from),
         from_group: shared.as_ref().map(BmcFields::from),
         effective,
         problem,
     })
-}
-
-/// A machine row that only remembers a power state.
-fn is_bare(r: &BmcRow) -> bool {
-    r.protocol.is_none()
-        && r.address.is_none()
-        && r.system_id.is_none()
-        && r.username.is_none()
-        && r.sealed.is_none()
-        && r.boot_target.is_none()
-        && r.verify_tls.is_none()
 }
 
 /// A machine's BMC: its own fields, its group's, what they come to.
@@ -468,7 +457,7 @@ pub(super) async fn current_bmcs(
 ) -> ApiResult<std::collections::BTreeMap<BmcOwner, CurrentBmc>> {
     let sealer = s.bmcs.as_ref().map(Bmcs::sealer);
     let mut out = std::collections::BTreeMap::new();
-    for row in s.store.bmcs().await? {
+    for row in s.store.bmcs().await?.into_iter().filter(BmcRow::holds_bmc) {
         let owner = match row.owner_kind.as_str() {
             "group" => BmcOwner::Group(row.owner.clone()),
             _ => match row.owner.parse() {
