@@ -35,6 +35,19 @@ pub fn uuid(claim: &str) -> Option<String> {
     shape.then(|| claim.to_ascii_lowercase())
 }
 
+/// Whether Secure Boot was on, as the booted OS reports it in its
+/// confirmation (`secureboot`): `1`/`0`, as `mokutil --sb-state` words it
+/// (`SecureBoot enabled`/`disabled`), or `true`/`false`.
+pub fn secure_boot(claim: &str) -> Option<bool> {
+    let claim = claim.trim().to_ascii_lowercase();
+    let claim = claim.strip_prefix("secureboot ").unwrap_or(&claim);
+    match claim {
+        "1" | "true" | "on" | "enabled" => Some(true),
+        "0" | "false" | "off" | "disabled" => Some(false),
+        _ => None,
+    }
+}
+
 /// Free text (serial, asset tag, host name, vendor class): no control
 /// characters, at most [`MAX_CLAIM`] bytes (cut at a character boundary),
 /// not blank.
@@ -67,6 +80,11 @@ mod tests {
             Some("4c4c4544-0042-3510-8051-b2c04f565931")
         );
         assert_eq!(uuid("not a uuid"), None);
+        assert_eq!(secure_boot("1"), Some(true));
+        assert_eq!(secure_boot("SecureBoot enabled"), Some(true));
+        assert_eq!(secure_boot(" 0\n"), Some(false));
+        assert_eq!(secure_boot("maybe"), None);
+        assert_eq!(secure_boot("1; DROP TABLE"), None);
         assert_eq!(uuid(&"a".repeat(64)), None);
         assert_eq!(text("VMware-56 4d 2a").as_deref(), Some("VMware-56 4d 2a"));
         assert_eq!(text("x\ntouch /tmp/P"), None);

@@ -413,6 +413,15 @@ fn show_machine(output: Output, d: &MachineDetail) {
         ("pin", generation(&m.pin)),
         ("current", generation(&m.current)),
         ("last good", generation(&m.last_good)),
+        (
+            "secureboot",
+            match m.secure_boot {
+                Some(true) => "on (said at its last confirmation)",
+                Some(false) => "off (said at its last confirmation)",
+                None => "-",
+            }
+            .to_string(),
+        ),
         ("last seen", last_seen.as_str().unwrap_or("-").to_string()),
     ] {
         println!("{name:<10} {value}");

@@ -505,7 +505,13 @@ impl Inventory {
         self.ledger.flush().await;
         let now = now_ms();
         let mut tx = self.store.begin().await?;
-        if !tx.confirm_boot(boot.id, boot.mac, &generation, now).await? {
+        let secure_boot = fields
+            .get("secureboot")
+            .and_then(|v| boot::claims::secure_boot(v));
+        if !tx
+            .confirm_boot(boot.id, boot.mac, &generation, now, secure_boot)
+            .await?
+        {
             return Err(InventoryError::AlreadyConfirmed(boot.id));
         }
         // The watchdog and any rollout that moved the machine see it, in

@@ -291,9 +291,7 @@ impl Rollout {
                 at_ms,
             } => {
                 let counts = *generation == self.spec.to
-                    && self.spec.require.as_ref().is_none_or(|r| {
-                        fields.get(&r.key).map(String::as_str) == Some(r.value.as_str())
-                    });
+                    && self.spec.require.as_ref().is_none_or(|r| r.met_by(fields));
                 if let Some(m) = self.moved.get_mut(&mac) {
                     if counts && m.confirmed_ms.is_none() {
                         m.confirmed_ms = Some(at_ms);
@@ -539,15 +537,37 @@ pub fn parse_steps(text: &str) -> Result<Vec<u8>, String> {
 }
 
 /// `key=value`: what a confirmation must carry.
+/// The confirmation field whose value is Secure Boot's state (a claim read
+/// by [`crate::boot::claims::secure_boot`], so `1`, `true` and `enabled`
+/// are one value).
+pub const SECURE_BOOT_FIELD: &str = "secureboot";
+
+impl Require {
+    /// Whether a confirmation's fields carry the required value.
+    pub fn met_by(&self, fields: &BTreeMap<String, String>) -> bool {
+        let Some(got) = fields.get(&self.key) else {
+            return false;
+        };
+        if self.key == SECURE_BOOT_FIELD {
+            let state = crate::boot::claims::secure_boot;
+            return state(got).is_some() && state(got) == state(&self.value);
+        }
+        *got == self.value
+    }
+}
+
 impl std::str::FromStr for Require {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
         match text.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok(Require {
-                key: k.trim().to_string(),
-                value: v.trim().to_string(),
-            }),
+            Some((k, v)) if !k.trim().is_empty() => {
+                let (key, value) = (k.trim().to_string(), v.trim().to_string());
+                if key == SECURE_BOOT_FIELD && crate::boot::claims::secure_boot(&value).is_none() {
+                    return Err(format!("{text:?}: secureboot is 1 or 0"));
+                }
+                Ok(Require { key, value })
+            }
             _ => Err(format!("{text:?}: expected key=value, e.g. checks=passed")),
         }
     }

@@ -311,6 +311,24 @@ fn a_required_check_must_be_in_the_confirmation() {
 }
 
 #[test]
+fn secure_boot_is_required_by_its_meaning_not_its_spelling() {
+    let require: Require = "secureboot=1".parse().unwrap();
+    let said = |v: &str| BTreeMap::from([("secureboot".to_string(), v.to_string())]);
+    assert!(require.met_by(&said("1")));
+    assert!(require.met_by(&said("SecureBoot enabled")));
+    assert!(!require.met_by(&said("0")));
+    assert!(
+        !require.met_by(&said("yes please")),
+        "not in the vocabulary"
+    );
+    assert!(!require.met_by(&BTreeMap::new()), "said nothing");
+    let off: Require = "secureboot=0".parse().unwrap();
+    assert!(off.met_by(&said("disabled")));
+    assert!("secureboot=maybe".parse::<Require>().is_err());
+    assert!("checks=anything".parse::<Require>().is_ok());
+}
+
+#[test]
 fn pause_freezes_the_gate_and_resume_restarts_its_timeout() {
     let (mut r, _) =
         Rollout::start(spec(canary(Canary::Count(1), &[])), &macs(&[1, 2]), 0).unwrap();

@@ -46,15 +46,18 @@ impl Tx {
         mac: MacAddr,
         generation: &GenerationId,
         now_ms: i64,
+        secure_boot: Option<bool>,
     ) -> Result<bool, StoreError> {
         let updated = on_tx!(self, db => sqlx::query(
-            "UPDATE boots SET state = $1, confirmed_ms = $2 WHERE id = $3 AND state IN ($4, $5)",
+            "UPDATE boots SET state = $1, confirmed_ms = $2, secure_boot = $6
+             WHERE id = $3 AND state IN ($4, $5)",
         )
         .bind(BootState::Confirmed.as_str())
         .bind(now_ms)
         .bind(id)
         .bind(BootState::Served.as_str())
         .bind(BootState::Failed.as_str())
+        .bind(secure_boot)
         .execute(&mut *db)
         .await.map(|r| r.rows_affected()))?;
         if updated == 0 {
@@ -62,13 +65,15 @@ impl Tx {
         }
         on_tx!(self, db => sqlx::query(
             "UPDATE machines SET current_stream = $1, current_generation = $2,
-                 last_good_stream = $1, last_good_generation = $2, last_seen_ms = CASE WHEN last_seen_ms > $3 THEN last_seen_ms ELSE $3 END
+                 last_good_stream = $1, last_good_generation = $2, last_seen_ms = CASE WHEN last_seen_ms > $3 THEN last_seen_ms ELSE $3 END,
+                 secure_boot = $5
              WHERE mac = $4",
         )
         .bind(&generation.stream)
         .bind(generation.number)
         .bind(now_ms)
         .bind(mac.to_string())
+        .bind(secure_boot)
         .execute(&mut *db)
         .await.map(|r| r.rows_affected()))?;
         Ok(true)

@@ -38,6 +38,8 @@ pub struct MachineRow {
     pub last_good_generation: Option<i64>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// Whether its latest confirmed boot said Secure Boot was on (a claim).
+    pub secure_boot: Option<bool>,
     /// The state of its latest boot (pages and details only).
     #[sqlx(default)]
     pub last_boot: Option<String>,
@@ -50,7 +52,7 @@ macro_rules! machine_columns {
          m.hostname, m.uuid, m.serial, m.arch, m.firmware, m.vendor_class, m.ip,
          m.circuit_id, m.remote_id, m.pin_stream, m.pin_generation,
          m.current_stream, m.current_generation, m.last_good_stream, m.last_good_generation,
-         m.first_seen_ms, m.last_seen_ms"
+         m.first_seen_ms, m.last_seen_ms, m.secure_boot"
     };
 }
 

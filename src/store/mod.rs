@@ -461,6 +461,10 @@ mod tests {
             "0013_bmcs.sql",
             "f17506795ee5964c359884f26a315c37be4ed3d62524d23d3e19efe1af29061c",
         ),
+        (
+            "0014_secure_boot.sql",
+            "266e0af0105a45c7690b530d237962c1ba6feb50debe1d46b589553f4b5a0c32",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -476,6 +480,10 @@ mod tests {
         (
             "0013_bmcs.sql",
             "f17506795ee5964c359884f26a315c37be4ed3d62524d23d3e19efe1af29061c",
+        ),
+        (
+            "0014_secure_boot.sql",
+            "266e0af0105a45c7690b530d237962c1ba6feb50debe1d46b589553f4b5a0c32",
         ),
     ];
 

@@ -60,6 +60,9 @@ pub struct MachineView {
     pub last_good: Option<GenerationRef>,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
+    /// What its latest confirmed boot said of Secure Boot (the phone-home
+    /// field `secureboot`): `null` when it said nothing.
+    pub secure_boot: Option<bool>,
 }
 
 impl MachineView {
@@ -164,6 +167,7 @@ fn view_of(row: MachineRow, loader_arch: Option<Cpu>) -> MachineView {
         last_good: GenerationRef::pair(row.last_good_stream, row.last_good_generation),
         first_seen_ms: row.first_seen_ms,
         last_seen_ms: row.last_seen_ms,
+        secure_boot: row.secure_boot,
     }
 }
 
