@@ -268,6 +268,12 @@ impl Core {
         if let Some(dir) = &config.dhcp.bootfiles.grub_dir {
             bootfiles.add(dir.clone(), config.dhcp.bootfiles.grub_names());
         }
+        for (name, path) in config.dhcp.bootfiles.signed_files() {
+            if !path.is_file() {
+                info!(file = %path.display(), served_as = name, "Secure Boot loader absent: machines set to loader shim cannot boot (apt-get install shim-signed grub-efi-amd64-signed)");
+            }
+            bootfiles.add_as(name, path.to_path_buf());
+        }
         let bootfiles = Arc::new(bootfiles);
         let targets = BootTargets {
             files: config.dhcp.bootfiles.clone(),
@@ -540,6 +546,10 @@ fn http_app(
         store: Some(core.store.clone()),
     };
     Ok(crate::http::router(http_state, core.bootfiles.clone())
+        .merge(crate::http::uki::router(crate::http::uki::UkiState {
+            boot: boot_state.clone(),
+            netboot: core.netboot.clone(),
+        }))
         .merge(crate::http::boot::router(boot_state))
         .merge(crate::http::artifacts::router(
             core.images.clone(),

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use crate::tftp::GeneratedFiles;
 
 pub struct Bootfiles {
-    /// Each served name and the directory it is read from.
+    /// Each served name and the file it is read from.
     names: BTreeMap<String, PathBuf>,
     cache: Mutex<HashMap<String, Cached>>,
 }
@@ -46,10 +46,19 @@ impl Bootfiles {
     /// `dhcp.bootfile.grub_dir`). A name already served keeps its directory.
     pub fn add(&mut self, dir: PathBuf, names: impl IntoIterator<Item = String>) {
         for n in names {
-            self.names
-                .entry(n.trim_start_matches('/').to_string())
-                .or_insert_with(|| dir.clone());
+            let n = n.trim_start_matches('/').to_string();
+            let path = dir.join(&n);
+            self.names.entry(n).or_insert(path);
         }
+    }
+
+    /// Serves one file under a name of its own (the signed shim as
+    /// `shimx64.efi`, Debian's `grubnetx64.efi.signed` as `grubx64.efi`).
+    /// A name already served keeps its file.
+    pub fn add_as(&mut self, name: &str, path: PathBuf) {
+        self.names
+            .entry(name.trim_start_matches('/').to_string())
+            .or_insert(path);
     }
 
     /// The names served.
@@ -61,8 +70,8 @@ impl Bootfiles {
     /// file that is missing or unreadable.
     pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
         let name = name.trim_start_matches('/');
-        let path = self.names.get(name)?.join(name);
-        let meta = std::fs::metadata(&path).ok().filter(|m| m.is_file())?;
+        let path = self.names.get(name)?;
+        let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
         let modified = meta.modified().ok();
         let mut cache = self.cache.lock().expect("bootfile cache lock");
         if let Some(c) = cache.get(name) {
@@ -70,7 +79,7 @@ impl Bootfiles {
                 return Some(c.bytes.clone());
             }
         }
-        let bytes: Arc<[u8]> = std::fs::read(&path).ok()?.into();
+        let bytes: Arc<[u8]> = std::fs::read(path).ok()?.into();
         cache.insert(
             name.to_string(),
             Cached {
@@ -122,6 +131,19 @@ mod tests {
         );
         assert_eq!(b.get("/undionly.kpxe").as_deref(), Some(&b"bios"[..]));
         assert_eq!(b.get("other"), None, "not a configured name");
+        let mut b = b;
+        b.add_as("grubx64.efi", outside.path().join("secret"));
+        b.add_as("ipxe.efi", outside.path().join("secret"));
+        assert_eq!(
+            b.get("grubx64.efi").as_deref(),
+            Some(&b"no"[..]),
+            "served under its own name"
+        );
+        assert_eq!(
+            b.get("ipxe.efi").as_deref(),
+            Some(&b"efi"[..]),
+            "a served name keeps its file"
+        );
         assert_eq!(b.get("snponly.efi"), None, "configured but absent");
         // A changed file is re-read.
         std::thread::sleep(std::time::Duration::from_millis(20));

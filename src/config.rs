@@ -311,7 +311,18 @@ pub struct RawBootfiles {
     /// Where the GRUB loaders (`efi_arm64`, `grub_x64`) are read from, e.g.
     /// `/usr/lib/grub/arm64-efi/monolithic`; unset: the TFTP root.
     pub grub_dir: Option<std::path::PathBuf>,
+    /// Secure Boot (loader `shim`): Debian's Microsoft-signed shim
+    /// (`shim-signed`), served as [`SHIM_X64`].
+    pub shim_x64: std::path::PathBuf,
+    /// Debian's signed netboot GRUB (`grub-efi-amd64-signed`), served as
+    /// [`SIGNED_GRUB_X64`], the name shim loads from its own directory.
+    pub signed_grub_x64: std::path::PathBuf,
 }
+
+/// The name the signed shim is served under (TFTP and `/ipxe/`).
+pub const SHIM_X64: &str = "shimx64.efi";
+/// The name shim loads its second stage by (fixed in shim).
+pub const SIGNED_GRUB_X64: &str = "grubx64.efi";
 
 impl Default for RawBootfiles {
     fn default() -> Self {
@@ -323,6 +334,8 @@ impl Default for RawBootfiles {
             ipxe_script: "/boot.ipxe".into(),
             grub_x64: "grubnetx64.efi".into(),
             grub_dir: None,
+            shim_x64: "/usr/lib/shim/shimx64.efi.signed".into(),
+            signed_grub_x64: "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed".into(),
         }
     }
 }
@@ -345,6 +358,14 @@ impl RawBootfiles {
     /// The GRUB loader names (read from `grub_dir` when it is set).
     pub fn grub_names(&self) -> Vec<String> {
         vec![self.efi_arm64.clone(), self.grub_x64.clone()]
+    }
+
+    /// The Secure Boot chain's files, each under the name it is served by.
+    pub fn signed_files(&self) -> [(&'static str, &std::path::Path); 2] {
+        [
+            (SHIM_X64, &self.shim_x64),
+            (SIGNED_GRUB_X64, &self.signed_grub_x64),
+        ]
     }
 }
 
@@ -732,6 +753,12 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
             return Err(invalid(
                 key,
                 "must be a non-empty file name without spaces or control characters",
+            ));
+        }
+        if [SHIM_X64, SIGNED_GRUB_X64].contains(&value.trim_start_matches('/')) {
+            return Err(invalid(
+                key,
+                format!("{value:?} is the name the Secure Boot chain is served by; name the file otherwise"),
             ));
         }
     }

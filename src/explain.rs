@@ -693,9 +693,11 @@ impl Explainer {
     ) {
         let plan = decision.preview_plan(None);
         match (loader.loader.parse::<Loader>(), loader.loader.as_str()) {
+            (Ok(Loader::Uki), _) => out.steps.push(uki_step(&plan)),
             (Ok(l), _) => {
                 let result = render_boot(&plan, &self.server, &self.renderer, l);
-                let template = crate::render::boot_template(l, plan.bootable());
+                let template = crate::render::boot_template(l, plan.bootable())
+                    .expect("every loader but uki renders a script");
                 out.steps.push(format!(
                     "script: {template}{}",
                     if result.is_ok() {
@@ -892,6 +894,29 @@ pub fn render_template(
 /// The `ONIE-*` headers from name/value pairs (for the API and CLI).
 pub fn onie_headers(pairs: &BTreeMap<String, String>) -> OnieHeaders {
     OnieHeaders::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+}
+
+/// What the firmware of a machine with loader `uki` loads: its target's
+/// unified kernel image, or why it gets none.
+fn uki_step(plan: &crate::inventory::BootPlan) -> String {
+    match (&plan.target, &plan.generation) {
+        (Target::Boot { .. }, Some(g)) => match &g.manifest.uki {
+            Some(a) => format!(
+                "image: the firmware loads {}'s unified kernel image {} ({} bytes, sha256:{}) from uki/{}.efi and verifies its signature",
+                g.id,
+                a.name,
+                a.size,
+                a.digest,
+                plan.machine.mac.hyphenated()
+            ),
+            None => format!(
+                "image: none (404): {} is not a unified kernel image; loader uki boots only those",
+                g.id
+            ),
+        },
+        (Target::Nothing { reason }, _) => format!("image: none (404): {reason}"),
+        (Target::Boot { generation, .. }, None) => format!("image: none: {generation} is gone"),
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use serde_json::json;
 use tracing::{error, info};
 
 use crate::binding::Bindings;
-use crate::boot::loader::Loader;
+use crate::boot::loader::{self, Loader};
 use crate::boot::onie::{self, OnieHeaders};
 use crate::boot::{GenerationId, Target};
 use crate::bootfiles::Bootfiles;
@@ -41,8 +41,12 @@ use crate::render::context;
 use crate::render::{RenderError, Renderer, GRUB_CFG, ZTP_DIR};
 use crate::tftp::GeneratedFiles;
 
-/// How long a rendered GRUB config is served again to the same machine.
+/// How long a rendered GRUB config (or a chosen unified kernel image) is
+/// served again to the same machine.
 const GRUB_REUSE: Duration = Duration::from_secs(10);
+/// How long the token of a unified kernel image's boot is kept for its
+/// seed: the inventory's own limit (`[boot] token_ttl`) still applies.
+const UKI_TOKEN_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 pub struct Netboot {
     pub bootfiles: Arc<Bootfiles>,
@@ -59,6 +63,26 @@ pub struct Netboot {
     /// architecture).
     pub clients: Clients,
     grub_cache: Mutex<HashMap<MacAddr, Rendered>>,
+    /// The unified kernel image each machine was last served, with its
+    /// boot's token: the image's sealed command line cannot carry the
+    /// token, so the machine's seed (`/config/self/`) finds it here.
+    uki_boots: Mutex<HashMap<MacAddr, ServedUki>>,
+}
+
+/// A unified kernel image chosen for a machine's boot.
+#[derive(Debug, Clone)]
+pub struct UkiImage {
+    pub path: PathBuf,
+    pub size: u64,
+    pub boot_id: i64,
+    pub generation: GenerationId,
+}
+
+/// What a machine was last served through loader `uki`, and when.
+struct ServedUki {
+    at: Instant,
+    chosen: Result<UkiImage, String>,
+    token: String,
 }
 
 /// A GRUB config and when it was rendered.
@@ -83,7 +107,9 @@ pub fn render_boot(
     loader: Loader,
 ) -> Result<String, RenderError> {
     let ctx = context::build(plan, server, renderer)?;
-    renderer.render(crate::render::boot_template(loader, plan.bootable()), &ctx)
+    let template = crate::render::boot_template(loader, plan.bootable())
+        .ok_or_else(|| RenderError::Missing(format!("a script for loader {loader}")))?;
+    renderer.render(template, &ctx)
 }
 
 impl Netboot {
@@ -108,6 +134,7 @@ impl Netboot {
             bindings,
             clients,
             grub_cache: Mutex::new(HashMap::new()),
+            uki_boots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -159,6 +186,11 @@ impl Netboot {
             }
         }
         let arch = self.clients.seen(mac).and_then(|s| s.arch);
+        // GRUB or the Secure Boot chain ending in GRUB: which one the
+        // machine was sent (the config is the same).
+        let loader = Some(loader::choose(arch, self.inventory.loader_settings(mac)).loader)
+            .filter(|l| l.renders_grub())
+            .unwrap_or(Loader::Grub);
         let req = ScriptRequest {
             mac: Some(mac),
             buildarch: arch.and_then(Cpu::of_firmware),
@@ -169,8 +201,8 @@ impl Netboot {
         let plan = self
             .inventory
             .begin_boot_as(mac, &req, "grub", None, Stage::Netboot);
-        let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": "grub", "buildarch": req.buildarch });
-        let text = match render_boot(&plan, &self.server, &self.renderer, Loader::Grub) {
+        let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": loader, "buildarch": req.buildarch });
+        let text = match render_boot(&plan, &self.server, &self.renderer, loader) {
             Ok(text) => {
                 info!(%mac, boot = plan.boot_id, target = ?plan.target, "GRUB config served");
                 self.ledger.boot_event(
@@ -190,7 +222,7 @@ impl Netboot {
                     mac,
                     Some(ip),
                     "boot.render_failed",
-                    json!({ "error": e.to_string(), "loader": "grub" }),
+                    json!({ "error": e.to_string(), "loader": loader }),
                     None,
                 );
                 format!("echo 'ironboot: the config for {mac} failed to render; see the server log'\nsleep 10\nexit\n")
@@ -201,6 +233,84 @@ impl Netboot {
         cache.retain(|_, (at, _)| at.elapsed() < GRUB_REUSE);
         cache.insert(mac, (Instant::now(), bytes.clone()));
         bytes
+    }
+
+    /// The unified kernel image a machine with loader `uki` boots: opens a
+    /// boot (or reuses the one just opened: firmware asks with HEAD, then
+    /// GET). `Err` says why there is none (the machine's target is not a
+    /// unified kernel image, or there is nothing to boot). The caller has
+    /// checked that `ip` acts for `mac`.
+    pub fn uki_image(&self, mac: MacAddr, ip: IpAddr) -> Result<UkiImage, String> {
+        if let Some(served) = self.uki_boots.lock().expect("uki boots").get(&mac) {
+            if served.at.elapsed() < GRUB_REUSE {
+                return served.chosen.clone();
+            }
+        }
+        let arch = self.clients.seen(mac).and_then(|s| s.arch);
+        let req = ScriptRequest {
+            mac: Some(mac),
+            buildarch: arch.and_then(Cpu::of_firmware),
+            platform: Some("efi".into()),
+            ip: Some(ip),
+            ..ScriptRequest::default()
+        };
+        let plan = self
+            .inventory
+            .begin_boot_as(mac, &req, "uki", None, Stage::Netboot);
+        let chosen = match (&plan.target, &plan.generation) {
+            (Target::Boot { .. }, Some(g)) => match &g.manifest.uki {
+                Some(a) => Ok(UkiImage {
+                    path: self.images.artifact_path(&a.digest),
+                    size: a.size,
+                    boot_id: plan.boot_id,
+                    generation: g.id.clone(),
+                }),
+                None => Err(format!(
+                    "{} is not a unified kernel image: loader uki boots only those",
+                    g.id
+                )),
+            },
+            (Target::Nothing { reason }, _) => Err(reason.clone()),
+            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
+        };
+        let (step, detail) = match &chosen {
+            Ok(u) => (
+                "uki.image",
+                json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group,
+                        "loader": Loader::Uki, "stream": u.generation.stream, "generation": u.generation.number }),
+            ),
+            Err(reason) => (
+                "uki.nothing",
+                json!({ "loader": Loader::Uki, "reason": reason }),
+            ),
+        };
+        info!(%mac, boot = plan.boot_id, outcome = ?chosen.as_ref().map(|u| &u.generation), "unified kernel image request");
+        let size = chosen.as_ref().ok().map(|u| u.size);
+        self.ledger
+            .boot_event(plan.boot_id, mac, Some(ip), step, detail, size);
+        let mut served = self.uki_boots.lock().expect("uki boots");
+        served.retain(|_, s| s.at.elapsed() < UKI_TOKEN_KEPT);
+        served.insert(
+            mac,
+            ServedUki {
+                at: Instant::now(),
+                chosen: chosen.clone(),
+                token: plan.token.clone(),
+            },
+        );
+        chosen
+    }
+
+    /// The token of the boot whose unified kernel image `mac` was last
+    /// served, for its seed (`/config/self/`); `None` when it was served
+    /// none lately (or the server restarted since: the machine's boot then
+    /// fails and counts as failed, and its next boot gets a new token).
+    pub fn uki_token(&self, mac: MacAddr) -> Option<String> {
+        let served = self.uki_boots.lock().expect("uki boots");
+        served
+            .get(&mac)
+            .filter(|s| s.chosen.is_ok() && s.at.elapsed() < UKI_TOKEN_KEPT)
+            .map(|s| s.token.clone())
     }
 
     /// The installer for a switch's ONIE: records what ONIE said (kind
@@ -304,6 +414,16 @@ impl Netboot {
     }
 }
 
+/// The machine a unified kernel image's path names: `uki/<mac>.efi`
+/// (the MAC with `-` or `:`).
+pub fn uki_mac(path: &str) -> Option<MacAddr> {
+    path.strip_prefix("uki/")?
+        .strip_suffix(".efi")?
+        .replace('-', ":")
+        .parse()
+        .ok()
+}
+
 impl GeneratedFiles for Netboot {
     fn get(&self, path: &str, client: SocketAddr) -> Option<Arc<[u8]>> {
         if let Some(bytes) = self.bootfiles.get(path) {
@@ -325,6 +445,12 @@ impl GeneratedFiles for Netboot {
             let digest: Digest = hex.parse().ok()?;
             let file = self.images.artifact_path(&digest);
             return file.is_file().then_some(file);
+        }
+        if let Some(mac) = uki_mac(path) {
+            if !self.acts_for(client.ip(), mac) {
+                return None;
+            }
+            return self.uki_image(mac, client.ip()).ok().map(|u| u.path);
         }
         let wanted = onie::installer_path(path)?;
         let mac = wanted

@@ -9,6 +9,11 @@
 //! arm64 gets GRUB (Debian ships no arm64 iPXE), everything else iPXE.
 //! A setting the client cannot run is not honoured: a BIOS client has no
 //! GRUB EFI, so it gets iPXE and the choice says why.
+//!
+//! `shim` is the Secure Boot chain for x64 UEFI: the firmware verifies
+//! Debian's Microsoft-signed shim, shim verifies Debian's signed netboot
+//! GRUB, GRUB hands the kernel to shim to verify. It renders the same GRUB
+//! config as `grub`; only the files the firmware loads differ.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +30,12 @@ pub enum Loader {
     Ipxe,
     /// GRUB netboot: `/grub/grub.cfg`, then a per-machine config over TFTP.
     Grub,
+    /// Secure Boot: signed shim, then signed netboot GRUB (`grubx64.efi`,
+    /// the name shim loads), then the same per-machine GRUB config.
+    Shim,
+    /// An operator-signed unified kernel image, loaded and verified by the
+    /// firmware itself (`uki/<mac>.efi`); no loader of ironboot's between.
+    Uki,
 }
 
 impl Loader {
@@ -32,7 +43,15 @@ impl Loader {
         match self {
             Loader::Ipxe => "ipxe",
             Loader::Grub => "grub",
+            Loader::Shim => "shim",
+            Loader::Uki => "uki",
         }
+    }
+
+    /// Whether the machine boots through GRUB (and so asks for a GRUB
+    /// config rather than an iPXE script).
+    pub fn renders_grub(self) -> bool {
+        matches!(self, Loader::Grub | Loader::Shim)
     }
 }
 
@@ -48,7 +67,9 @@ impl FromStr for Loader {
         match s.trim().to_ascii_lowercase().as_str() {
             "ipxe" => Ok(Loader::Ipxe),
             "grub" => Ok(Loader::Grub),
-            other => Err(format!("unknown loader {other:?} (ipxe, grub)")),
+            "shim" | "secureboot" => Ok(Loader::Shim),
+            "uki" => Ok(Loader::Uki),
+            other => Err(format!("unknown loader {other:?} (ipxe, grub, shim, uki)")),
         }
     }
 }
@@ -98,13 +119,19 @@ pub fn default_for(arch: Option<Arch>) -> Loader {
 }
 
 /// Whether a client of this architecture can run `loader` as ironboot
-/// serves it: GRUB only as an EFI binary (x64 or arm64), iPXE on anything
-/// but arm (Debian builds no arm iPXE; an operator with their own can still
-/// set `loader = ipxe` on an arm64 machine: that is honoured).
+/// serves it: GRUB only as an EFI binary (x64 or arm64), the signed shim
+/// chain only on x64 UEFI (what Debian signs), iPXE on anything but arm
+/// (Debian builds no arm iPXE; an operator with their own can still set
+/// `loader = ipxe` on an arm64 machine: that is honoured).
 fn can_run(arch: Option<Arch>, loader: Loader) -> bool {
     match loader {
         Loader::Ipxe => true,
         Loader::Grub => matches!(
+            arch,
+            Some(Arch::EfiX64 | Arch::HttpX64 | Arch::EfiArm64 | Arch::HttpArm64)
+        ),
+        Loader::Shim => matches!(arch, Some(Arch::EfiX64 | Arch::HttpX64)),
+        Loader::Uki => matches!(
             arch,
             Some(Arch::EfiX64 | Arch::HttpX64 | Arch::EfiArm64 | Arch::HttpArm64)
         ),
@@ -163,6 +190,12 @@ mod tests {
             ("arm64 with own iPXE",        a(11), set(Some(Ipxe), None),       Ipxe, S::Machine),
             ("BIOS cannot run GRUB EFI",   a(0),  set(None, Some(Grub)),       Ipxe, S::Arch),
             ("BIOS: machine GRUB, group iPXE", a(0), set(Some(Grub), Some(Ipxe)), Ipxe, S::Group),
+            ("x64 UEFI, Secure Boot group", a(7), set(None, Some(Shim)),       Shim, S::Group),
+            ("x64 HTTP boot, shim machine", a(16), set(Some(Shim), None),      Shim, S::Machine),
+            ("arm64: no signed shim here", a(11), set(Some(Shim), None),       Grub, S::Arch),
+            ("BIOS has no Secure Boot",    a(0),  set(None, Some(Shim)),       Ipxe, S::Arch),
+            ("x64 HTTP boot, own UKI",     a(16), set(None, Some(Uki)),        Uki,  S::Group),
+            ("BIOS cannot load a UKI",     a(0),  set(Some(Uki), None),        Ipxe, S::Arch),
         ];
         for (name, arch, settings, loader, source) in table {
             let got = choose(arch, settings);
@@ -179,6 +212,8 @@ mod tests {
     fn settings_parse_leniently_and_refuse_the_unknown() {
         assert_eq!(" GRUB ".parse::<Loader>(), Ok(Loader::Grub));
         assert_eq!("ipxe".parse::<Loader>(), Ok(Loader::Ipxe));
+        assert_eq!("shim".parse::<Loader>(), Ok(Loader::Shim));
+        assert_eq!("SecureBoot".parse::<Loader>(), Ok(Loader::Shim));
         assert!("syslinux".parse::<Loader>().is_err());
     }
 }

@@ -204,12 +204,20 @@ fn loader_file(files: &RawBootfiles, arch: Option<Arch>, loader: Loader) -> Resu
         (Some(BiosX86) | None, _) => Ok(&files.bios),
         (Some(EfiX64 | HttpX64), Loader::Ipxe) => Ok(&files.efi_x64),
         (Some(EfiX64 | HttpX64), Loader::Grub) => Ok(&files.grub_x64),
+        (Some(EfiX64 | HttpX64), Loader::Shim) => Ok(crate::config::SHIM_X64),
+        // Per machine, not a file: see `bootfile_with`.
+        (Some(EfiX64 | HttpX64), Loader::Uki) => Err(NoBoot::NoMac),
         (Some(EfiIa32 | HttpIa32), _) => Ok(&files.efi_ia32),
         // The arm64 file is GRUB by default; an operator with an arm64 iPXE
         // names it here too.
         (Some(EfiArm64 | HttpArm64), _) => Ok(&files.efi_arm64),
         (Some(EfiArm32 | Other(_)), _) => Err(NoBoot::UnsupportedArch),
     }
+}
+
+/// Where a machine's unified kernel image is served (TFTP and HTTP).
+fn uki_path(mac: String) -> String {
+    format!("uki/{mac}.efi")
 }
 
 /// The bootfile for a client, or why there is none, with no loader settings
@@ -230,16 +238,21 @@ pub fn bootfile_with(
         ClientKind::Ipxe => Ok(Bootfile::Http(targets.http(&files.ipxe_script))),
         ClientKind::HttpBoot => {
             let arch = facts.arch.or(Some(Arch::HttpX64));
-            let choice = loader::choose(arch, settings);
-            let file = loader_file(files, arch, choice.loader)?;
-            Ok(Bootfile::Http(targets.http(&format!("ipxe/{file}"))))
+            match loader::choose(arch, settings).loader {
+                // The firmware loads the machine's unified kernel image.
+                Loader::Uki => Ok(Bootfile::Http(targets.http(&uki_path(mac_path()?)))),
+                loader => {
+                    let file = loader_file(files, arch, loader)?;
+                    Ok(Bootfile::Http(targets.http(&format!("ipxe/{file}"))))
+                }
+            }
         }
-        ClientKind::Pxe => {
-            let choice = loader::choose(facts.arch, settings);
-            Ok(Bootfile::Tftp(
-                loader_file(files, facts.arch, choice.loader)?.to_string(),
-            ))
-        }
+        ClientKind::Pxe => match loader::choose(facts.arch, settings).loader {
+            Loader::Uki => Ok(Bootfile::Tftp(uki_path(mac_path()?))),
+            loader => Ok(Bootfile::Tftp(
+                loader_file(files, facts.arch, loader)?.to_string(),
+            )),
+        },
         ClientKind::Onie => Ok(Bootfile::OnieInstaller(
             targets.http(&format!("onie/{}/onie-installer", mac_path()?)),
         )),

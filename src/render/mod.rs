@@ -37,12 +37,15 @@ pub const NOTHING_IPXE: &str = "ipxe/nothing.ipxe";
 /// The template a loader renders for a boot: the machine's own when there
 /// is a live OS to boot, else the one that says why not. The boot path,
 /// GRUB over TFTP and `explain` all choose through here.
-pub fn boot_template(loader: Loader, bootable: bool) -> &'static str {
+/// Loader `uki` renders nothing (the firmware loads the image itself):
+/// `None`.
+pub fn boot_template(loader: Loader, bootable: bool) -> Option<&'static str> {
     match (loader, bootable) {
-        (Loader::Ipxe, true) => MACHINE_IPXE,
-        (Loader::Ipxe, false) => NOTHING_IPXE,
-        (Loader::Grub, true) => MACHINE_GRUB,
-        (Loader::Grub, false) => NOTHING_GRUB,
+        (Loader::Ipxe, true) => Some(MACHINE_IPXE),
+        (Loader::Ipxe, false) => Some(NOTHING_IPXE),
+        (Loader::Grub | Loader::Shim, true) => Some(MACHINE_GRUB),
+        (Loader::Grub | Loader::Shim, false) => Some(NOTHING_GRUB),
+        (Loader::Uki, _) => None,
     }
 }
 
