@@ -8,8 +8,13 @@ use crate::http::api::views::{GcResult, GenerationList, StreamList};
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import a kernel, initrd(s) and optional rootfs as a stream's next generation.
+    /// Import a kernel, initrd(s) and optional rootfs (or a unified kernel
+    /// image, or an ONIE installer) as a stream's next generation.
     Import(ImportArgs),
+    /// Build a unified kernel image (kernel, initrd and command line in one
+    /// EFI binary) and sign it with your key, for Secure Boot (loader
+    /// `uki`). Runs locally: the key never reaches the server.
+    BuildUki(super::uki::BuildUkiArgs),
     /// List generations (of one stream, or all).
     List {
         #[arg(long)]
@@ -25,9 +30,13 @@ pub enum ImageCommand {
 }
 
 pub async fn image(conn: &Connection, cmd: &ImageCommand) -> Result<(), CliError> {
+    if let ImageCommand::BuildUki(args) = cmd {
+        return super::uki::build_uki(args);
+    }
     let client = conn.client()?;
     match cmd {
         ImageCommand::Import(args) => import(conn, args).await,
+        ImageCommand::BuildUki(_) => unreachable!("built above, without a server"),
         ImageCommand::List { stream } => {
             let streams = match stream {
                 Some(s) => vec![s.clone()],

@@ -22,6 +22,7 @@ pub mod groups;
 pub mod inventory;
 pub mod power;
 pub mod rollout;
+pub mod uki;
 
 use std::path::{Path, PathBuf};
 
@@ -81,15 +82,24 @@ pub struct ImportArgs {
     #[arg(long)]
     pub stream: String,
     /// Kernel file (or, with --from-url, `URL#sha256=HEX`).
-    #[arg(long, required_unless_present = "installer")]
+    #[arg(long, required_unless_present_any = ["installer", "uki"])]
     pub kernel: Option<String>,
     /// Initrd file(s), in order (repeatable).
-    #[arg(long, required_unless_present = "installer")]
+    #[arg(long, required_unless_present_any = ["installer", "uki"])]
     pub initrd: Vec<String>,
     /// An ONIE installer instead of a live OS: the generation is what a
     /// switch's ONIE installs (no kernel, initrd or rootfs with it).
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs"])]
     pub installer: Option<String>,
+    /// A unified kernel image (`image build-uki`, or your own) instead of a
+    /// kernel and initrds: machines with loader `uki` boot it straight from
+    /// the firmware, which verifies its signature.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "rootfs", "installer"])]
+    pub uki: Option<String>,
+    /// With --uki: refuse the file unless `sbverify` finds it signed by this
+    /// certificate, its hash intact.
+    #[arg(long, requires = "uki")]
+    pub verify_cert: Option<PathBuf>,
     /// Optional root filesystem (squashfs, …) fetched by the booted OS.
     #[arg(long)]
     pub rootfs: Option<String>,
@@ -112,6 +122,18 @@ pub async fn import(conn: &Connection, args: &ImportArgs) -> Result<(), CliError
     if let Some(installer) = &args.installer {
         let installer = artifact(&client, installer, args.from_url).await?;
         let manifest = json!({ "arch": args.arch, "installer": installer });
+        return create_generation(conn, &client, &args.stream, &manifest).await;
+    }
+    if let Some(uki) = &args.uki {
+        if !args.from_url {
+            uki::check_before_import(Path::new(uki), args.verify_cert.as_deref())?;
+        } else if args.verify_cert.is_some() {
+            return Err(CliError::Usage(
+                "--verify-cert checks a local file: not with --from-url".into(),
+            ));
+        }
+        let uki = artifact(&client, uki, args.from_url).await?;
+        let manifest = json!({ "arch": args.arch, "uki": uki, "cmdline": "" });
         return create_generation(conn, &client, &args.stream, &manifest).await;
     }
     let kernel = match &args.kernel {

@@ -36,6 +36,7 @@ fn live(arch: &str) -> Manifest {
         rootfs: None,
         cmdline: "console=ttyS0 ironboot.group={{ group.name }}".into(),
         installer: None,
+        uki: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn installer() -> Manifest {
         rootfs: None,
         cmdline: String::new(),
         installer: Some(artifact("onie-installer-x86_64.bin")),
+        uki: None,
     }
 }
 

@@ -38,7 +38,7 @@ use crate::binding::Bindings;
 use crate::boot::claims;
 use crate::boot::loader::Loader;
 use crate::domain::MacAddr;
-use crate::inventory::{Inventory, InventoryError, ScriptRequest};
+use crate::inventory::{BootPlan, Inventory, InventoryError, ScriptRequest};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::netboot::render_boot;
@@ -216,8 +216,19 @@ async fn config_file(
         Metrics::inc(&state.metrics.boot_token_refused);
         return forbidden("this address is not bound to the boot's machine\n");
     }
-    let rendered = context::build(&plan, &state.server, &state.renderer)
-        .map(|ctx| state.renderer.render_config(&file, &ctx));
+    serve_config(&state, &plan, &file, peer)
+}
+
+/// A seed file of `plan`'s boot, rendered for it; the caller has checked
+/// that `peer` acts for the machine.
+pub(crate) fn serve_config(
+    state: &BootState,
+    plan: &BootPlan,
+    file: &str,
+    peer: SocketAddr,
+) -> Response {
+    let rendered = context::build(plan, &state.server, &state.renderer)
+        .map(|ctx| state.renderer.render_config(file, &ctx));
     match rendered {
         Ok(Some(Ok(text))) => {
             state.ledger.boot_event(
@@ -301,8 +312,11 @@ async fn phone_home(
         .filter_map(|(k, v)| claims::text(&v).map(|v| (k, v)))
         .take(32)
         .collect();
-    let detail =
-        json!({ "instance_id": fields.get("instance_id"), "hostname": fields.get("hostname") });
+    let detail = json!({
+        "instance_id": fields.get("instance_id"),
+        "hostname": fields.get("hostname"),
+        "secure_boot": fields.get("secureboot").and_then(|v| claims::secure_boot(v)),
+    });
     let payload: std::collections::BTreeMap<String, String> = fields.into_iter().collect();
     match state.inventory.confirm_with(&token, &payload).await {
         Ok((boot, generation)) => {

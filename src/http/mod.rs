@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod boot;
 pub mod switch;
 pub mod ui;
+pub mod uki;
 
 pub use crate::config::HttpLimits;
 

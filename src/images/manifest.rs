@@ -106,6 +106,11 @@ pub struct Manifest {
     /// An ONIE installer (a self-extracting NOS image a switch runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installer: Option<ArtifactRef>,
+    /// A unified kernel image (kernel, initrd and command line in one EFI
+    /// binary, signed as one): the firmware loads and verifies it itself
+    /// (loader `uki`). Nothing else is in such an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uki: Option<ArtifactRef>,
 }
 
 impl Manifest {
@@ -125,6 +130,7 @@ impl Manifest {
             .chain(&self.initrds)
             .chain(&self.rootfs)
             .chain(&self.installer)
+            .chain(&self.uki)
     }
 
     /// Where a group holds it: its CPU, as a live OS or an installer.
@@ -140,13 +146,30 @@ impl Manifest {
     /// The image's shape is one of the two: a live OS (kernel, at least one
     /// initrd, no installer) or an installer alone. Says which field is wrong.
     pub fn check_shape(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.uki.is_some() {
+            let alone = self.installer.is_none()
+                && self.kernel.is_none()
+                && self.initrds.is_empty()
+                && self.rootfs.is_none()
+                && self.cmdline.is_empty();
+            return match alone {
+                true => Ok(()),
+                false => Err((
+                    "uki",
+                    "a unified kernel image holds kernel, initrd and command line itself (nothing else beside it)",
+                )),
+            };
+        }
         match (&self.installer, &self.kernel) {
             (Some(_), None) if self.initrds.is_empty() && self.rootfs.is_none() => Ok(()),
             (Some(_), _) => Err((
                 "installer",
                 "an installer image holds the installer only (no kernel, initrds or rootfs)",
             )),
-            (None, None) => Err(("kernel", "an image needs a kernel (or an installer)")),
+            (None, None) => Err((
+                "kernel",
+                "an image needs a kernel (or an installer, or a unified kernel image)",
+            )),
             (None, Some(_)) if self.initrds.is_empty() => {
                 Err(("initrds", "an image needs at least one initrd"))
             }

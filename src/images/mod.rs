@@ -17,6 +17,7 @@
 
 pub mod fetch;
 pub mod manifest;
+pub mod uki;
 
 pub use manifest::{ArtifactRef, Digest, Manifest};
 

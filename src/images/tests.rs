@@ -53,6 +53,7 @@ fn manifest_digest_is_stable_and_sensitive() {
         rootfs: None,
         cmdline: "console=ttyS0".into(),
         installer: None,
+        uki: None,
     };
     assert_eq!(m.digest(), m.clone().digest());
     let json = String::from_utf8(m.canonical_json()).unwrap();
@@ -172,6 +173,7 @@ async fn manifests_round_trip_refuse_missing_artifacts_and_detect_tampering() {
         rootfs: None,
         cmdline: "x".into(),
         installer: None,
+        uki: None,
     };
     let d = s.put_manifest(&m).await.unwrap();
     assert_eq!(d, m.digest());
@@ -244,6 +246,7 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
         rootfs: None,
         cmdline: "".into(),
         installer: None,
+        uki: None,
     };
     let m_new = Manifest {
         initrds: vec![art(new)],
@@ -290,6 +293,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
         rootfs: None,
         cmdline: "c".into(),
         installer: None,
+        uki: None,
     };
     let d = a.digest.to_string();
     assert_eq!(
@@ -308,6 +312,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
         rootfs: None,
         cmdline: String::new(),
         installer: Some(a.clone()),
+        uki: None,
     };
     assert_eq!(installer.check_shape(), Ok(()));
     assert!(installer.is_installer());
@@ -323,9 +328,45 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
     assert_eq!(both.check_shape().unwrap_err().0, "installer");
     let bare = Manifest {
         installer: None,
-        ..installer
+        uki: None,
+        ..installer.clone()
     };
     assert_eq!(bare.check_shape().unwrap_err().0, "kernel");
+    // A unified kernel image stands alone: its command line is sealed in it.
+    let uki = Manifest {
+        installer: None,
+        uki: Some(a.clone()),
+        ..installer
+    };
+    assert_eq!(uki.check_shape(), Ok(()));
+    assert!(!uki.is_installer());
+    let uki_json = String::from_utf8(uki.canonical_json()).unwrap();
+    assert!(
+        uki_json.contains("\"uki\":{") && !uki_json.contains("installer"),
+        "{uki_json}"
+    );
+    for wrong in [
+        Manifest {
+            kernel: Some(a.clone()),
+            ..uki.clone()
+        },
+        Manifest {
+            cmdline: "console=ttyS0".into(),
+            ..uki.clone()
+        },
+        Manifest {
+            installer: Some(a.clone()),
+            ..uki.clone()
+        },
+    ] {
+        assert_eq!(wrong.check_shape().unwrap_err().0, "uki");
+    }
+    assert!(
+        !String::from_utf8(live.canonical_json())
+            .unwrap()
+            .contains("uki"),
+        "a live OS's digest is unchanged"
+    );
     let no_initrd = Manifest {
         initrds: vec![],
         ..live
@@ -360,6 +401,7 @@ async fn gc_spares_claimed_artifacts_and_waits_for_imports() {
         rootfs: None,
         cmdline: "".into(),
         installer: None,
+        uki: None,
     };
     let d = s.put_manifest(&m).await.unwrap();
     // A new import asks whether the kernel is there: yes.

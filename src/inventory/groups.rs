@@ -345,6 +345,7 @@ mod tests {
             rootfs: None,
             cmdline: String::new(),
             installer: None,
+            uki: None,
         }
     }
 

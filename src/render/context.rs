@@ -95,6 +95,13 @@ pub fn build(
                 Source::Rollout => "rollout".into(),
                 Source::LastGood => "last_good".into(),
             });
+            if g.manifest.uki.is_some() {
+                ctx.reason = Some(format!(
+                    "{} is a unified kernel image: the firmware loads it itself (set loader uki)",
+                    g.id
+                ));
+                return Ok(ctx);
+            }
             if g.manifest.kernel.is_none() {
                 ctx.reason = Some(format!(
                     "{} is a switch installer, not a live OS; it is served to ONIE only",

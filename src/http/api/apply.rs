@@ -244,6 +244,7 @@ mod tests {
                 rootfs: None,
                 cmdline: String::new(),
                 installer: None,
+                uki: None,
             };
             inv.add_generation(stream, m.digest(), m, None)
                 .await

@@ -326,6 +326,13 @@ async fn create_generation(
         ));
     }
     let _importing = s.images.importing().await;
+    if let Some(uki) = &manifest.uki {
+        // A missing artifact is put_manifest's to report.
+        if let Ok(bytes) = tokio::fs::read(s.images.artifact_path(&uki.digest)).await {
+            crate::images::uki::Uki::parse(&bytes)
+                .map_err(|e| ApiError::bad("uki", e.to_string()))?;
+        }
+    }
     let digest = s.images.put_manifest(&manifest).await?;
     let g = s
         .inventory

@@ -20,6 +20,7 @@ fn live() -> Manifest {
         rootfs: None,
         cmdline: String::new(),
         installer: None,
+        uki: None,
     }
 }
 

@@ -43,6 +43,7 @@ fn manifest(cmdline: &str) -> Manifest {
         rootfs: None,
         cmdline: cmdline.into(),
         installer: None,
+        uki: None,
     }
 }
 
