@@ -19,3 +19,4 @@ mod clients;
 mod full;
 mod proxy;
 mod rollout;
+mod secureboot;
