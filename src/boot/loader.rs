@@ -120,7 +120,8 @@ pub fn default_for(arch: Option<Arch>) -> Loader {
 
 /// Whether a client of this architecture can run `loader` as ironboot
 /// serves it: GRUB only as an EFI binary (x64 or arm64), the signed shim
-/// chain only on x64 UEFI (what Debian signs), iPXE on anything but arm
+/// chain only on x64 UEFI PXE (what Debian signs, and where its GRUB finds
+/// its config), iPXE on anything but arm
 /// (Debian builds no arm iPXE; an operator with their own can still set
 /// `loader = ipxe` on an arm64 machine: that is honoured).
 fn can_run(arch: Option<Arch>, loader: Loader) -> bool {
@@ -130,7 +131,10 @@ fn can_run(arch: Option<Arch>, loader: Loader) -> bool {
             arch,
             Some(Arch::EfiX64 | Arch::HttpX64 | Arch::EfiArm64 | Arch::HttpArm64)
         ),
-        Loader::Shim => matches!(arch, Some(Arch::EfiX64 | Arch::HttpX64)),
+        // PXE only: Debian 12's signed GRUB, started by UEFI HTTP boot, takes
+        // no root from the HTTP device path, asks for no config and stops at
+        // its prompt (seen with OVMF; tests/e2e/secureboot.rs boots by PXE).
+        Loader::Shim => matches!(arch, Some(Arch::EfiX64)),
         Loader::Uki => matches!(
             arch,
             Some(Arch::EfiX64 | Arch::HttpX64 | Arch::EfiArm64 | Arch::HttpArm64)
@@ -191,7 +195,7 @@ mod tests {
             ("BIOS cannot run GRUB EFI",   a(0),  set(None, Some(Grub)),       Ipxe, S::Arch),
             ("BIOS: machine GRUB, group iPXE", a(0), set(Some(Grub), Some(Ipxe)), Ipxe, S::Group),
             ("x64 UEFI, Secure Boot group", a(7), set(None, Some(Shim)),       Shim, S::Group),
-            ("x64 HTTP boot, shim machine", a(16), set(Some(Shim), None),      Shim, S::Machine),
+            ("x64 HTTP boot: shim by PXE only", a(16), set(Some(Shim), None),  Ipxe, S::Arch),
             ("arm64: no signed shim here", a(11), set(Some(Shim), None),       Grub, S::Arch),
             ("BIOS has no Secure Boot",    a(0),  set(None, Some(Shim)),       Ipxe, S::Arch),
             ("x64 HTTP boot, own UKI",     a(16), set(None, Some(Uki)),        Uki,  S::Group),

@@ -21,7 +21,7 @@ const ATTACKER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const VICTIM: [u8; 6] = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x01];
 const OTHER: [u8; 6] = [0x52, 0x54, 0x00, 0xbb, 0x00, 0x02];
 
-fn mac_text(m: [u8; 6]) -> String {
+pub(crate) fn mac_text(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
@@ -54,7 +54,7 @@ pub(crate) async fn lease(relay: &Relay, m: [u8; 6], xid: u32) -> Option<Ipv4Add
 }
 
 /// An HTTP client whose requests come from `from`.
-fn client(from: IpAddr) -> reqwest::Client {
+pub(crate) fn client(from: IpAddr) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(from)
         .timeout(Duration::from_secs(10))
@@ -62,7 +62,7 @@ fn client(from: IpAddr) -> reqwest::Client {
         .unwrap()
 }
 
-async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
+pub(crate) async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.get(url).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }

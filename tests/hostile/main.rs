@@ -11,6 +11,7 @@ mod dhcp;
 mod durability;
 mod fetch;
 mod rollout;
+mod uki;
 
 mod process {
     //! The server as its own process, for the tests that kill it or read
