@@ -69,15 +69,6 @@ pub struct Netboot {
     uki_boots: Mutex<HashMap<MacAddr, ServedUki>>,
 }
 
-/// A unified kernel image chosen for a machine's boot.
-#[derive(Debug, Clone)]
-pub struct UkiImage {
-    pub path: PathBuf,
-    pub size: u64,
-    pub boot_id: i64,
-    pub generation: GenerationId,
-}
-
 /// What a machine was last served through loader `uki`, and when.
 struct ServedUki {
     at: Instant,
@@ -88,15 +79,21 @@ struct ServedUki {
 /// A GRUB config and when it was rendered.
 type Rendered = (Instant, Arc<[u8]>);
 
-/// An installer chosen for a switch.
+/// A boot that is one file of the target generation, streamed whole: a
+/// switch's ONIE installer, or a unified kernel image.
 #[derive(Debug, Clone)]
-pub struct Installer {
+pub struct ImageFile {
     pub path: PathBuf,
     pub size: u64,
     pub name: String,
     pub boot_id: i64,
     pub generation: GenerationId,
 }
+
+/// An installer chosen for a switch.
+pub type Installer = ImageFile;
+/// A unified kernel image chosen for a machine with loader `uki`.
+pub type UkiImage = ImageFile;
 
 /// Renders a boot plan for `loader`: the machine's script or config, or the
 /// "nothing to boot" one with its reason.
@@ -235,6 +232,30 @@ impl Netboot {
         bytes
     }
 
+    /// The file `pick` takes from the boot's generation, or why there is
+    /// none (`wrong_kind` when its generation has no such file).
+    fn image_file(
+        &self,
+        plan: &BootPlan,
+        pick: impl Fn(&crate::images::Manifest) -> Option<&crate::images::ArtifactRef>,
+        wrong_kind: &str,
+    ) -> Result<ImageFile, String> {
+        match (&plan.target, &plan.generation) {
+            (Target::Boot { .. }, Some(g)) => match pick(&g.manifest) {
+                Some(a) => Ok(ImageFile {
+                    path: self.images.artifact_path(&a.digest),
+                    size: a.size,
+                    name: a.name.clone(),
+                    boot_id: plan.boot_id,
+                    generation: g.id.clone(),
+                }),
+                None => Err(format!("{} {wrong_kind}", g.id)),
+            },
+            (Target::Nothing { reason }, _) => Err(reason.clone()),
+            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
+        }
+    }
+
     /// The unified kernel image a machine with loader `uki` boots: opens a
     /// boot (or reuses the one just opened: firmware asks with HEAD, then
     /// GET). `Err` says why there is none (the machine's target is not a
@@ -257,22 +278,11 @@ impl Netboot {
         let plan = self
             .inventory
             .begin_boot_as(mac, &req, "uki", None, Stage::Netboot);
-        let chosen = match (&plan.target, &plan.generation) {
-            (Target::Boot { .. }, Some(g)) => match &g.manifest.uki {
-                Some(a) => Ok(UkiImage {
-                    path: self.images.artifact_path(&a.digest),
-                    size: a.size,
-                    boot_id: plan.boot_id,
-                    generation: g.id.clone(),
-                }),
-                None => Err(format!(
-                    "{} is not a unified kernel image: loader uki boots only those",
-                    g.id
-                )),
-            },
-            (Target::Nothing { reason }, _) => Err(reason.clone()),
-            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
-        };
+        let chosen = self.image_file(
+            &plan,
+            |m| m.uki.as_ref(),
+            "is not a unified kernel image: loader uki boots only those",
+        );
         let (step, detail) = match &chosen {
             Ok(u) => (
                 "uki.image",
@@ -337,23 +347,11 @@ impl Netboot {
             Some(MachineKind::Switch),
             Stage::Netboot,
         );
-        let chosen = match (&plan.target, &plan.generation) {
-            (Target::Boot { .. }, Some(g)) => match &g.manifest.installer {
-                Some(a) => Ok(Installer {
-                    path: self.images.artifact_path(&a.digest),
-                    size: a.size,
-                    name: a.name.clone(),
-                    boot_id: plan.boot_id,
-                    generation: g.id.clone(),
-                }),
-                None => Err(format!(
-                    "{} is a live OS image, not an ONIE installer",
-                    g.id
-                )),
-            },
-            (Target::Nothing { reason }, _) => Err(reason.clone()),
-            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
-        };
+        let chosen = self.image_file(
+            &plan,
+            |m| m.installer.as_ref(),
+            "is a live OS image, not an ONIE installer",
+        );
         let (step, detail) = match &chosen {
             Ok(i) => (
                 "onie.installer",

@@ -283,20 +283,7 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
         ],
     );
     assert!(built.trim_end().ends_with(" signed"), "{built}");
-    let good = cli(
-        &lab,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "uki",
-            "--uki",
-            uki.to_str().unwrap(),
-            "--verify-cert",
-            TEST_CERT,
-        ],
-    );
-    assert!(good.starts_with("generation 1 "), "{good}");
+    assert_eq!(import_uki(&lab, "uki", &uki, Some(TEST_CERT)), Ok(1));
     let bytes = std::fs::read(&uki).unwrap();
     let plan = tamper_plan(&bytes);
     let mut bad = Vec::new();
@@ -306,41 +293,12 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
         let path = lab.dir.join(format!("bad-{i}.efi"));
         std::fs::write(&path, &changed).unwrap();
         // The operator's own check refuses it (and would keep it out).
-        let out = lab.exec_output(
-            &lab.ns,
-            60,
-            &[
-                lab.bin.to_str().unwrap(),
-                "image",
-                "import",
-                "--stream",
-                "bad",
-                "--uki",
-                path.to_str().unwrap(),
-                "--verify-cert",
-                TEST_CERT,
-                "--server",
-                BASE,
-                "--data-dir",
-                lab.dir.join("data").to_str().unwrap(),
-            ],
-        );
+        let refused = import_uki(&lab, "bad", &path, Some(TEST_CERT));
         assert!(
-            !out.status.success(),
-            "sbverify passed a changed image ({section})"
+            refused.as_ref().is_err_and(|e| e.contains("does not verify")),
+            "sbverify passed a changed image ({section}): {refused:?}"
         );
-        let out = cli(
-            &lab,
-            &[
-                "image",
-                "import",
-                "--stream",
-                "bad",
-                "--uki",
-                path.to_str().unwrap(),
-            ],
-        );
-        let n: i64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let n = import_uki(&lab, "bad", &path, None).expect("imported unchecked");
         bad.push((n, section.clone()));
     }
     let fleet = lab.dir.join("fleet.yaml");
@@ -479,18 +437,8 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
 
     // (e) a rollout to a changed image rolls back ------------------------------
     let started = Instant::now();
-    let out = cli(
-        &lab,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "uki",
-            "--uki",
-            lab.dir.join("bad-0.efi").to_str().unwrap(),
-        ],
-    );
-    assert!(out.starts_with("generation 2 "), "{out}");
+    let bad_0 = lab.dir.join("bad-0.efi");
+    assert_eq!(import_uki(&lab, "uki", &bad_0, None), Ok(2));
     let r: Value = serde_json::from_str(&cli(
         &lab,
         &[
@@ -560,37 +508,42 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
     eprintln!("e2e-secureboot: total {}", secs(total.elapsed()));
 }
 
+/// `image import --stream STREAM --uki FILE` (with `--verify-cert CERT`
+/// when given): the generation number, or the CLI's failure.
+fn import_uki(lab: &Lab, stream: &str, file: &Path, cert: Option<&str>) -> Result<i64, String> {
+    let data = lab.dir.join("data");
+    let mut args = vec![
+        lab.bin.to_str().unwrap(),
+        "image",
+        "import",
+        "--stream",
+        stream,
+        "--uki",
+        file.to_str().unwrap(),
+        "--server",
+        BASE,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    if let Some(cert) = cert {
+        args.extend(["--verify-cert", cert]);
+    }
+    let out = lab.exec_output(&lab.ns, 60, &args);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    match (out.status.success(), text.split_whitespace().nth(1)) {
+        (true, Some(n)) => n.parse().map_err(|_| text.clone()),
+        _ => Err(text),
+    }
+}
+
 /// Makes `mac` known to the server before its first boot (so the fleet
 /// file can label it): one PXE-classed DHCP exchange from the client
 /// namespace, whose veth then gets its own MAC back.
 fn register(lab: &Lab, mac: &str) {
+    let leased = lab.udhcpc_with(mac, &["-V", "PXEClient:Arch:00007:UNDI:003000"]);
+    assert!(leased.is_ok(), "registering {mac} by DHCP: {leased:?}");
     let cns = lab.cns.clone();
-    lab.ip(&["-n", &cns, "link", "set", "vcl", "down"]);
-    lab.ip(&["-n", &cns, "link", "set", "vcl", "address", mac]);
-    lab.ip(&["-n", &cns, "link", "set", "vcl", "up"]);
-    let bb = lab.tools.busybox.to_str().unwrap();
-    let (ok, text) = lab.exec(
-        &cns,
-        20,
-        &[
-            bb,
-            "udhcpc",
-            "-i",
-            "vcl",
-            "-f",
-            "-q",
-            "-n",
-            "-t",
-            "3",
-            "-T",
-            "1",
-            "-V",
-            "PXEClient:Arch:00007:UNDI:003000",
-            "-s",
-            "/bin/true",
-        ],
-    );
-    assert!(ok, "registering {mac} by DHCP: {text}");
     lab.ip(&["-n", &cns, "link", "set", "vcl", "down"]);
     lab.ip(&[
         "-n",

@@ -827,6 +827,11 @@ ipxe_dir = "{ipxe}"
     /// busybox udhcpc from the client namespace with `mac` on the veth:
     /// the leased address, or `None` (with udhcpc's output) when none came.
     pub fn udhcpc(&self, mac: &str) -> Result<String, String> {
+        self.udhcpc_with(mac, &[])
+    }
+
+    /// [`Lab::udhcpc`] with more of udhcpc's arguments (`-V CLASS`, …).
+    pub fn udhcpc_with(&self, mac: &str, extra: &[&str]) -> Result<String, String> {
         self.ip(&["-n", &self.cns, "link", "set", "vcl", "down"]);
         self.ip(&["-n", &self.cns, "link", "set", "vcl", "address", mac]);
         self.ip(&["-n", &self.cns, "link", "set", "vcl", "up"]);
@@ -840,25 +845,12 @@ ipxe_dir = "{ipxe}"
         let bb = self.tools.busybox.to_str().unwrap();
         // -q: quit once bound (no RELEASE: -R is not given); -n: fail after
         // 3 DISCOVERs, one second apart.
-        let (ok, text) = self.exec(
-            &self.cns,
-            20,
-            &[
-                bb,
-                "udhcpc",
-                "-i",
-                "vcl",
-                "-f",
-                "-q",
-                "-n",
-                "-t",
-                "3",
-                "-T",
-                "1",
-                "-s",
-                script.to_str().unwrap(),
-            ],
-        );
+        let mut args = vec![
+            bb, "udhcpc", "-i", "vcl", "-f", "-q", "-n", "-t", "3", "-T", "1",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-s", script.to_str().unwrap()]);
+        let (ok, text) = self.exec(&self.cns, 20, &args);
         let leased = text.lines().find_map(|l| {
             let rest = l.split("lease of ").nth(1)?;
             rest.split_whitespace().next().map(str::to_string)
