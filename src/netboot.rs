@@ -72,7 +72,9 @@ pub struct Netboot {
 /// What a machine was last served through loader `uki`, and when.
 struct ServedUki {
     at: Instant,
-    chosen: Result<UkiImage, String>,
+    /// The image chosen (reused for the GET after the firmware's HEAD);
+    /// `None` for a token reissued after a restart.
+    chosen: Option<Result<UkiImage, String>>,
     token: String,
 }
 
@@ -263,8 +265,9 @@ impl Netboot {
     /// checked that `ip` acts for `mac`.
     pub fn uki_image(&self, mac: MacAddr, ip: IpAddr) -> Result<UkiImage, String> {
         if let Some(served) = self.uki_boots.lock().expect("uki boots").get(&mac) {
-            if served.at.elapsed() < GRUB_REUSE {
-                return served.chosen.clone();
+            match &served.chosen {
+                Some(chosen) if served.at.elapsed() < GRUB_REUSE => return chosen.clone(),
+                _ => {}
             }
         }
         let arch = self.clients.seen(mac).and_then(|s| s.arch);
@@ -304,7 +307,7 @@ impl Netboot {
             mac,
             ServedUki {
                 at: Instant::now(),
-                chosen: chosen.clone(),
+                chosen: Some(chosen.clone()),
                 token: plan.token.clone(),
             },
         );
@@ -312,15 +315,37 @@ impl Netboot {
     }
 
     /// The token of the boot whose unified kernel image `mac` was last
-    /// served, for its seed (`/config/self/`); `None` when it was served
-    /// none lately (or the server restarted since: the machine's boot then
-    /// fails and counts as failed, and its next boot gets a new token).
-    pub fn uki_token(&self, mac: MacAddr) -> Option<String> {
-        let served = self.uki_boots.lock().expect("uki boots");
-        served
-            .get(&mac)
-            .filter(|s| s.chosen.is_ok() && s.at.elapsed() < UKI_TOKEN_KEPT)
-            .map(|s| s.token.clone())
+    /// served, for its seed (`/config/self/`). After a restart this server
+    /// no longer holds it: the boot, if still open, gets a new one (the
+    /// old was never sent). `None` when `mac` has no such open boot.
+    pub async fn uki_token(&self, mac: MacAddr) -> Option<String> {
+        let held = {
+            let served = self.uki_boots.lock().expect("uki boots");
+            served
+                .get(&mac)
+                .filter(|s| !matches!(s.chosen, Some(Err(_))) && s.at.elapsed() < UKI_TOKEN_KEPT)
+                .map(|s| s.token.clone())
+        };
+        if held.is_some() {
+            return held;
+        }
+        let token = match self.inventory.reissue_token(mac, |m| m.uki.is_some()).await {
+            Ok(token) => token?,
+            Err(e) => {
+                error!(%mac, error = %e, "a new token for the open boot could not be stored");
+                return None;
+            }
+        };
+        info!(%mac, "open boot of a unified kernel image given a new token (this server restarted since it was served)");
+        self.uki_boots.lock().expect("uki boots").insert(
+            mac,
+            ServedUki {
+                at: Instant::now(),
+                chosen: None,
+                token: token.clone(),
+            },
+        );
+        Some(token)
     }
 
     /// The installer for a switch's ONIE: records what ONIE said (kind

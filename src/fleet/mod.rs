@@ -226,6 +226,23 @@ impl Fleet {
         self.boots.insert(hash, boot);
     }
 
+    /// Moves an open boot to a new token hash, keeping its place among the
+    /// machine's open boots and its client address.
+    pub fn rekey_boot(&mut self, old: &str, new: String) {
+        let Some(boot) = self.boots.remove(old) else {
+            return;
+        };
+        for h in self.by_ip.values_mut().filter(|h| *h == old) {
+            *h = new.clone();
+        }
+        if let Some(open) = self.open_by_mac.get_mut(&boot.mac) {
+            for h in open.iter_mut().filter(|h| *h == old) {
+                *h = new.clone();
+            }
+        }
+        self.boots.insert(new, boot);
+    }
+
     /// The generation a target boots, if it names one that exists.
     pub fn generation_for(&self, target: &Target) -> Option<Arc<Generation>> {
         match target {

@@ -8,7 +8,9 @@
 //!   not such an image or there is nothing to boot.
 //! - `GET /config/self/{file}`: the seed of the boot whose image the
 //!   machine at the requesting address was last served, with that boot's
-//!   token in it (a sealed command line cannot carry one).
+//!   token in it (a sealed command line cannot carry one). A server that
+//!   restarted since it served the image gives that open boot a new token,
+//!   committed before it is sent (the old one was never sent).
 //!
 //! The binding rule holds: the machine is the one bound to the requesting
 //! address ([`crate::binding`]); any other address gets 403 and learns
@@ -70,6 +72,9 @@ async fn image(
             )
         }
     };
+    // The boot row is committed before the image goes out, so a restart
+    // of this server finds the boot open (and `/config/self/` answers it).
+    s.netboot.ledger.flush().await;
     let file = match tokio::fs::File::open(&chosen.path).await {
         Ok(f) => f,
         Err(e) => {
@@ -104,6 +109,7 @@ async fn seed(
     let plan = s
         .netboot
         .uki_token(mac)
+        .await
         .and_then(|token| s.boot.inventory.plan_for_token(&token));
     match plan {
         Some(plan) => serve_config(&s.boot, &plan, &file, peer),

@@ -468,6 +468,49 @@ impl Inventory {
         Some((boot.id, boot.mac, name))
     }
 
+    /// A new token for `mac`'s newest open boot, if that boot serves a
+    /// generation `wanted` accepts, committed before it is returned: for a
+    /// machine that was handed no token (a unified kernel image's sealed
+    /// command line) and whose token this server no longer holds in memory
+    /// (it restarted since). The old token was never sent, so replacing it
+    /// breaks no promise; a boot row not committed yet is flushed first.
+    pub async fn reissue_token(
+        &self,
+        mac: MacAddr,
+        wanted: impl Fn(&crate::images::Manifest) -> bool,
+    ) -> Result<Option<String>, InventoryError> {
+        let (old, boot) = {
+            let state = self.read();
+            let newest = state
+                .open_by_mac
+                .get(&mac)
+                .and_then(|open| open.back())
+                .and_then(|h| Some((h.clone(), state.boots.get(h)?.clone())));
+            let Some((old, boot)) = newest else {
+                return Ok(None);
+            };
+            let serves = boot
+                .generation
+                .as_ref()
+                .and_then(|g| state.generations.get(g))
+                .is_some_and(|g| wanted(&g.manifest));
+            if boot.confirmed || self.expired(&boot) || !serves {
+                return Ok(None);
+            }
+            (old, boot)
+        };
+        self.ledger.flush().await;
+        let token = new_secret();
+        let hash = token_hash(&token);
+        let mut tx = self.store.begin().await?;
+        if !tx.reissue_token(boot.id, &old, &hash).await? {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        self.write().rekey_boot(&old, hash);
+        Ok(Some(token))
+    }
+
     /// The booted OS confirms: the generation becomes the machine's current
     /// and last good. Written to SQLite before memory changes.
     pub async fn confirm(&self, token: &str) -> Result<(Boot, GenerationId), InventoryError> {

@@ -37,6 +37,27 @@ impl Store {
 }
 
 impl Tx {
+    /// Gives open boot `id` a new token (by its hash): `false` when the boot
+    /// is not open any more (confirmed, or gone).
+    pub async fn reissue_token(
+        &mut self,
+        id: i64,
+        old_hash: &str,
+        new_hash: &str,
+    ) -> Result<bool, StoreError> {
+        let updated = on_tx!(self, db => sqlx::query(
+            "UPDATE boots SET token_hash = $1 WHERE id = $2 AND token_hash = $3 AND state IN ($4, $5)",
+        )
+        .bind(new_hash)
+        .bind(id)
+        .bind(old_hash)
+        .bind(BootState::Served.as_str())
+        .bind(BootState::Failed.as_str())
+        .execute(&mut *db)
+        .await.map(|r| r.rows_affected()))?;
+        Ok(updated == 1)
+    }
+
     /// Confirms boot `id` of `mac` (served, or failed by the watchdog and
     /// confirmed late): `generation` becomes its current and last good.
     /// `false`: the boot was confirmed already (nothing written).

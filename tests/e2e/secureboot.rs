@@ -295,7 +295,9 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
         // The operator's own check refuses it (and would keep it out).
         let refused = import_uki(&lab, "bad", &path, Some(TEST_CERT));
         assert!(
-            refused.as_ref().is_err_and(|e| e.contains("does not verify")),
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("does not verify")),
             "sbverify passed a changed image ({section}): {refused:?}"
         );
         let n = import_uki(&lab, "bad", &path, None).expect("imported unchecked");

@@ -283,3 +283,79 @@ async fn a_unified_kernel_image_goes_only_to_its_machine() {
     );
     server.stop().await;
 }
+
+/// A server killed (SIGKILL) after it served a unified kernel image, and
+/// started again: the machine's seed fetch still finds its open boot, which
+/// gets a new token (committed first; the old one was never sent), and the
+/// confirmation with it counts. The address is bound by the test config's
+/// reservation (52:54:00:00:00:01 at 127.1.0.50), which survives anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unified_kernel_images_boot_survives_kill_9_before_its_seed() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let port = crate::process::free_port();
+    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
+        .replace(
+            "listen = \"127.0.0.1:0\"\n[tftp]",
+            &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
+        );
+    let text = crate::common::on_test_store(&text, dir.path()).await;
+    let config = dir.path().join("ironboot.toml");
+    std::fs::write(&config, text).unwrap();
+    let base = &format!("http://127.0.0.1:{port}");
+    let mut server = crate::process::Server::start(&config).healthy(base).await;
+    let api = Api::at(base, dir.path());
+    let image = image();
+    let digest = api.upload(&image).await;
+    let created = api
+        .ok(
+            Method::POST,
+            "/api/v1/streams/signed/generations",
+            Some(json!({ "arch": "x86_64", "uki": { "name": "live.efi", "digest": digest, "size": image.len() } })),
+        )
+        .await;
+    api.point("default", "signed", created["generation"].as_i64().unwrap())
+        .await;
+    let machine = client("127.1.0.50".parse().unwrap());
+    let mac = "52-54-00-00-00-01";
+    for round in 0..2 {
+        let r = machine
+            .get(format!("{base}/uki/{mac}.efi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "round {round}");
+        assert_eq!(r.bytes().await.unwrap().len(), image.len());
+        drop(server); // SIGKILL, reaped
+        server = crate::process::Server::start(&config).healthy(base).await;
+        let (status, _) = get(&client(ATTACKER), &format!("{base}/config/self/user-data")).await;
+        assert_eq!(
+            status, 403,
+            "round {round}: an unbound address after the restart"
+        );
+        let (status, user_data) = get(&machine, &format!("{base}/config/self/user-data")).await;
+        assert_eq!(
+            status, 200,
+            "round {round}: the open boot was found after the restart: {user_data}"
+        );
+        let (_, again) = get(&machine, &format!("{base}/config/self/user-data")).await;
+        assert_eq!(
+            again, user_data,
+            "round {round}: one new token, not one per fetch"
+        );
+        let at = user_data.find("/phone-home/").expect("phone-home URL") + "/phone-home/".len();
+        let token: String = user_data[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        let status = machine
+            .post(format!("{base}/phone-home/{token}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("instance_id=x&secureboot=1")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "round {round}: the new token confirms");
+    }
+    drop(server);
+}
