@@ -73,11 +73,13 @@ pub struct Bound {
     pub tftp: Option<SocketAddr>,
     pub dhcp: Option<SocketAddr>,
     pub proxy: Option<SocketAddr>,
+    pub nbd: Option<SocketAddr>,
 }
 
 /// Every bound socket, before anything is served.
 struct Sockets {
     http: TcpListener,
+    nbd: Option<TcpListener>,
     packets: PacketSockets,
 }
 
@@ -120,8 +122,17 @@ async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
             ra.push((name.clone(), sock, index));
         }
     }
+    let nbd = match &config.nbd {
+        Some(n) => Some(
+            TcpListener::bind(n.listen)
+                .await
+                .map_err(bind_err("NBD", n.listen))?,
+        ),
+        None => None,
+    };
     Ok(Sockets {
         http,
+        nbd,
         packets: PacketSockets { tftp, dhcp, ra },
     })
 }
@@ -147,7 +158,20 @@ pub async fn run(
 
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
-    let Sockets { http, packets } = sockets;
+    let Sockets { http, nbd, packets } = sockets;
+    if let (Some(listener), Some(settings)) = (nbd, config.nbd) {
+        services.push(format!("nbd on {}", bound.nbd.expect("bound")));
+        let exports = Arc::new(crate::nbd::Exports {
+            images: core.images.clone(),
+            metrics: core.metrics.clone(),
+        });
+        tasks.spawn(crate::nbd::serve(
+            listener,
+            exports,
+            settings,
+            shutdown.clone(),
+        ));
+    }
     spawn_packet_services(
         &mut tasks,
         &mut services,
@@ -203,6 +227,7 @@ fn bound_addresses(sockets: &Sockets) -> Result<Bound, AppError> {
         tftp: sockets.packets.tftp.as_ref().and_then(local),
         dhcp: dhcp_on(Port::Dhcp),
         proxy: dhcp_on(Port::Proxy),
+        nbd: sockets.nbd.as_ref().and_then(|l| l.local_addr().ok()),
     })
 }
 

@@ -79,6 +79,8 @@ pub struct RawConfig {
     pub rollout: crate::rollout::settings::RawRollout,
     /// Power control through BMCs (`bmc::service`).
     pub bmc: crate::bmc::service::RawBmc,
+    /// Root images as read-only block devices (`nbd`).
+    pub nbd: crate::nbd::RawNbd,
     /// Server-side downloads (`images::fetch`).
     pub images: crate::images::fetch::RawImages,
     /// The boot path's binding rule and boot tokens (`binding`).
@@ -154,6 +156,7 @@ impl Default for RawConfig {
             dhcp: RawDhcp::default(),
             rollout: Default::default(),
             bmc: Default::default(),
+            nbd: Default::default(),
             images: Default::default(),
             boot: RawBoot::default(),
             events: Default::default(),
@@ -410,6 +413,8 @@ pub struct Config {
     pub dhcp: DhcpSettings,
     pub rollout: crate::rollout::settings::RolloutSettings,
     pub bmc: crate::bmc::service::BmcSettings,
+    /// NBD (off unless `[nbd] listen` is set).
+    pub nbd: Option<crate::nbd::NbdSettings>,
     pub fetch: crate::images::fetch::FetchPolicy,
     pub boot: BootSettings,
     pub retention: crate::store::retention::Retention,
@@ -581,6 +586,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         .map_err(|(key, message)| invalid(key, message))?;
     let bmc =
         crate::bmc::service::validate(&raw.bmc).map_err(|(key, message)| invalid(key, message))?;
+    let nbd = crate::nbd::validate(&raw.nbd).map_err(|(key, message)| invalid(key, message))?;
     let fetch = crate::images::fetch::validate(&raw.images)
         .map_err(|(key, message)| invalid(key, message))?;
     let token_ttl = humantime::parse_duration(raw.boot.token_ttl.trim())
@@ -641,6 +647,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         store_url: raw.store.url.clone(),
         rollout,
         bmc,
+        nbd,
         fetch,
         boot,
         retention,

@@ -74,6 +74,7 @@ pub mod images;
 pub mod inventory;
 pub mod ledger;
 pub mod metrics;
+pub mod nbd;
 pub mod netboot;
 pub mod netif;
 pub mod per_address;

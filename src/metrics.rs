@@ -56,6 +56,11 @@ counters! {
     http_connections_refused: "HTTP connections closed at once: over http.max_connections or http.max_connections_per_address",
     boot_unbound: "Boot-path requests refused because their source address is not bound to the machine they name (scripts, GRUB configs, configs, confirmations, ONIE, ZTP)",
     boot_token_refused: "Configs and confirmations refused for an unknown, expired, replayed or unbound boot token",
+    nbd_connections: "NBD connections accepted",
+    nbd_refused: "NBD connections closed at once (over nbd.max_connections) or ended for a protocol violation",
+    nbd_exports_unknown: "NBD export names asked for that name no artifact in the store",
+    nbd_bytes: "Bytes of root images read over NBD",
+    nbd_reads: "NBD read requests answered with data",
 }
 
 /// DHCP message type names by their option 53 code (0: not known).

@@ -21,6 +21,7 @@ mod cli;
 mod cli_groups;
 mod dashboard;
 mod dhcp;
+mod nbd;
 mod relay_identity;
 mod rollout;
 mod selectors_boot;

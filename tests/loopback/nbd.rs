@@ -1,0 +1,309 @@
+//! NBD on loopback: an artifact served as a read-only block device, by its
+//! digest. A client of the protocol's own written here checks the bytes of
+//! the handshake, reads anywhere in the export (and past its end), and what
+//! a client that breaks the rules gets; libnbd's `nbdinfo` and `nbdcopy`
+//! (package `libnbd-bin`) read it as any NBD user would.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::api::Api;
+use crate::common::TestServer;
+
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY: u32 = 0x6744_6698;
+
+/// A deterministic, incompressible-looking image whose size is not a
+/// multiple of a page.
+fn image() -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..3 * 1024 * 1024 + 1234)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn server() -> (TestServer, SocketAddr, Vec<u8>, String) {
+    let server = TestServer::full("[nbd]\nlisten = \"127.0.0.1:0\"\n").await;
+    let nbd = server.bound.nbd.expect("NBD is on");
+    let bytes = image();
+    let hex = Api::new(&server).upload(&bytes).await;
+    (server, nbd, bytes, hex)
+}
+
+/// A connection past the greeting, client flags sent (fixed newstyle, no
+/// zeroes).
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting[..16], b"NBDMAGICIHAVEOPT");
+    assert_eq!(
+        u16::from_be_bytes([greeting[16], greeting[17]]),
+        3,
+        "fixed newstyle, no zeroes"
+    );
+    s.write_all(&3u32.to_be_bytes()).await.unwrap();
+    s
+}
+
+async fn send_option(s: &mut TcpStream, option: u32, data: &[u8]) {
+    let mut out = IHAVEOPT.to_be_bytes().to_vec();
+    out.extend(option.to_be_bytes());
+    out.extend((data.len() as u32).to_be_bytes());
+    out.extend(data);
+    s.write_all(&out).await.unwrap();
+}
+
+/// One option reply: (type, data).
+async fn option_reply(s: &mut TcpStream, option: u32) -> (u32, Vec<u8>) {
+    let mut head = [0u8; 20];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(head[..8].try_into().unwrap()),
+        REPLY_MAGIC
+    );
+    assert_eq!(u32::from_be_bytes(head[8..12].try_into().unwrap()), option);
+    let kind = u32::from_be_bytes(head[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(head[16..].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).await.unwrap();
+    (kind, data)
+}
+
+fn go_payload(name: &str) -> Vec<u8> {
+    let mut d = (name.len() as u32).to_be_bytes().to_vec();
+    d.extend(name.as_bytes());
+    d.extend(0u16.to_be_bytes());
+    d
+}
+
+/// `NBD_OPT_GO`: the export's size and flags from its info replies.
+async fn go(s: &mut TcpStream, name: &str) -> Result<(u64, u16), (u32, String)> {
+    send_option(s, 7, &go_payload(name)).await;
+    let mut export = None;
+    loop {
+        match option_reply(s, 7).await {
+            (1, _) => return Ok(export.expect("NBD_INFO_EXPORT before the ACK")),
+            (3, info) if u16::from_be_bytes([info[0], info[1]]) == 0 => {
+                let size = u64::from_be_bytes(info[2..10].try_into().unwrap());
+                let flags = u16::from_be_bytes([info[10], info[11]]);
+                export = Some((size, flags));
+            }
+            (3, _) => {}
+            (kind, text) => return Err((kind, String::from_utf8_lossy(&text).into_owned())),
+        }
+    }
+}
+
+async fn request(s: &mut TcpStream, kind: u16, handle: u64, offset: u64, length: u32) {
+    let mut out = REQUEST_MAGIC.to_be_bytes().to_vec();
+    out.extend(0u16.to_be_bytes());
+    out.extend(kind.to_be_bytes());
+    out.extend(handle.to_be_bytes());
+    out.extend(offset.to_be_bytes());
+    out.extend(length.to_be_bytes());
+    s.write_all(&out).await.unwrap();
+}
+
+/// A simple reply's (error, handle).
+async fn simple_reply(s: &mut TcpStream) -> (u32, u64) {
+    let mut head = [0u8; 16];
+    s.read_exact(&mut head).await.unwrap();
+    assert_eq!(
+        u32::from_be_bytes(head[..4].try_into().unwrap()),
+        SIMPLE_REPLY
+    );
+    (
+        u32::from_be_bytes(head[4..8].try_into().unwrap()),
+        u64::from_be_bytes(head[8..].try_into().unwrap()),
+    )
+}
+
+/// Whether the server closed the connection (within 2 s).
+async fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_is_a_read_only_block_device_named_by_its_digest() {
+    let (server, addr, bytes, hex) = server().await;
+
+    // GO by the bare digest and by sha256:<hex>: size and read-only flags.
+    let mut s = connect(addr).await;
+    let (size, flags) = go(&mut s, &hex).await.unwrap();
+    assert_eq!(size, bytes.len() as u64);
+    assert_eq!(flags & 0b11, 0b11, "has flags, read-only: {flags:#x}");
+    // Reads anywhere, pipelined: the answers carry the handles, in order.
+    let reads: [(u64, u32); 4] = [
+        (0, 4096),
+        (4096 * 300, 65536),
+        (bytes.len() as u64 - 1234, 1234),
+        (17, 1),
+    ];
+    for (i, (offset, len)) in reads.iter().enumerate() {
+        request(&mut s, 0, i as u64 + 100, *offset, *len).await;
+    }
+    for (i, (offset, len)) in reads.iter().enumerate() {
+        assert_eq!(simple_reply(&mut s).await, (0, i as u64 + 100));
+        let mut data = vec![0u8; *len as usize];
+        s.read_exact(&mut data).await.unwrap();
+        assert!(
+            data == bytes[*offset as usize..][..*len as usize],
+            "read {i}"
+        );
+    }
+    // Past the end, a write (its payload read past), a trim: refused, the
+    // connection goes on; a flush is fine; then a clean disconnect.
+    request(&mut s, 0, 7, bytes.len() as u64 - 10, 11).await;
+    assert_eq!(simple_reply(&mut s).await, (22, 7), "EINVAL past the end");
+    request(&mut s, 0, 8, u64::MAX - 5, 4096).await;
+    assert_eq!(simple_reply(&mut s).await, (22, 8), "an offset that wraps");
+    request(&mut s, 0, 9, 0, 64 << 20).await;
+    assert_eq!(simple_reply(&mut s).await, (75, 9), "EOVERFLOW over 32 MiB");
+    request(&mut s, 1, 10, 0, 512).await;
+    s.write_all(&[0xee; 512]).await.unwrap();
+    assert_eq!(simple_reply(&mut s).await, (1, 10), "EPERM: read-only");
+    request(&mut s, 4, 11, 0, 4096).await;
+    assert_eq!(simple_reply(&mut s).await, (1, 11), "EPERM: trim");
+    request(&mut s, 3, 12, 0, 0).await;
+    assert_eq!(simple_reply(&mut s).await, (0, 12), "flush");
+    request(&mut s, 0, 13, 0, 8).await;
+    assert_eq!(
+        simple_reply(&mut s).await,
+        (0, 13),
+        "still serving after refusals"
+    );
+    let mut first = [0u8; 8];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(first, bytes[..8]);
+    request(&mut s, 2, 14, 0, 0).await;
+    assert!(closed(&mut s).await, "NBD_CMD_DISC ends it");
+
+    let mut s = connect(addr).await;
+    assert!(go(&mut s, &format!("sha256:{hex}")).await.is_ok());
+
+    // Unknown names, listing, unknown options: refused with a reason, the
+    // haggling goes on; then the old EXPORT_NAME option.
+    let mut s = connect(addr).await;
+    let (kind, why) = go(&mut s, &"0".repeat(64)).await.unwrap_err();
+    assert_eq!(kind, (1 << 31) + 6, "unknown export: {why}");
+    let (kind, _) = go(&mut s, "../../../etc/passwd").await.unwrap_err();
+    assert_eq!(kind, (1 << 31) + 6);
+    send_option(&mut s, 3, &[]).await;
+    let (kind, why) = option_reply(&mut s, 3).await;
+    assert_eq!(kind, (1 << 31) + 2, "listing refused by policy");
+    assert!(String::from_utf8_lossy(&why).contains("digest"));
+    send_option(&mut s, 8, &[]).await;
+    assert_eq!(
+        option_reply(&mut s, 8).await.0,
+        (1 << 31) + 1,
+        "structured replies: not offered"
+    );
+    send_option(&mut s, 7, &[0, 0, 0, 200, b'x']).await;
+    assert_eq!(
+        option_reply(&mut s, 7).await.0,
+        (1 << 31) + 3,
+        "malformed GO"
+    );
+    send_option(&mut s, 1, hex.as_bytes()).await;
+    let mut export = [0u8; 10];
+    s.read_exact(&mut export).await.unwrap();
+    assert_eq!(
+        u64::from_be_bytes(export[..8].try_into().unwrap()),
+        bytes.len() as u64
+    );
+    request(&mut s, 0, 1, 4096, 4096).await;
+    assert_eq!(simple_reply(&mut s).await, (0, 1));
+
+    // Rule breakers are cut off: a bad option magic, an oversized option,
+    // a bad request magic, an unknown name through EXPORT_NAME.
+    let mut s = connect(addr).await;
+    s.write_all(&[0u8; 16]).await.unwrap();
+    assert!(closed(&mut s).await, "bad option magic");
+    let mut s = connect(addr).await;
+    let mut huge = IHAVEOPT.to_be_bytes().to_vec();
+    huge.extend(7u32.to_be_bytes());
+    huge.extend(u32::MAX.to_be_bytes());
+    s.write_all(&huge).await.unwrap();
+    assert!(closed(&mut s).await, "a 4 GiB option payload is not read");
+    let mut s = connect(addr).await;
+    go(&mut s, &hex).await.unwrap();
+    s.write_all(&[0x55; 28]).await.unwrap();
+    assert!(closed(&mut s).await, "bad request magic");
+    let mut s = connect(addr).await;
+    send_option(&mut s, 1, b"nope").await;
+    assert!(closed(&mut s).await, "EXPORT_NAME has no error reply");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).await.unwrap();
+    s.write_all(&0xffff_ffffu32.to_be_bytes()).await.unwrap();
+    assert!(closed(&mut s).await, "unknown client flags");
+
+    let metrics = server.metrics().await;
+    let bytes_read: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ironboot_nbd_bytes_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert_eq!(bytes_read, 4096 + 65536 + 1234 + 1 + 8 + 4096, "{metrics}");
+    assert!(server.counter("nbd_refused").await >= 5);
+    server.stop().await;
+}
+
+/// libnbd's tools, as an operator would point them at a root image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libnbd_reads_the_export_whole() {
+    if !crate::common::require_or_skip(&["nbdinfo", "nbdcopy"]) {
+        return;
+    }
+    let (server, addr, bytes, hex) = server().await;
+    let uri = format!("nbd://{addr}/{hex}");
+    let info = tokio::process::Command::new("nbdinfo")
+        .args(["--json", &uri])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let export = &info["exports"][0];
+    assert_eq!(export["export-size"], bytes.len() as u64, "{info:#}");
+    assert_eq!(export["is_read_only"], true, "{info:#}");
+    let dir = tempfile::TempDir::new().unwrap();
+    let out = dir.path().join("copy.img");
+    let copied = tokio::process::Command::new("nbdcopy")
+        .args([&uri, out.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let copy = std::fs::read(&out).unwrap();
+    assert_eq!(
+        hex::encode(Sha256::digest(&copy)),
+        hex,
+        "the copy has the artifact's digest"
+    );
+    server.stop().await;
+}
