@@ -18,6 +18,7 @@
 pub mod fetch;
 pub mod manifest;
 pub mod uki;
+pub mod verity;
 
 pub use manifest::{ArtifactRef, Digest, Manifest};
 
