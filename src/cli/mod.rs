@@ -148,8 +148,72 @@ pub async fn import(conn: &Connection, args: &ImportArgs) -> Result<(), CliError
         Some(r) => Some(artifact(&client, r, args.from_url).await?),
         None => None,
     };
-    let manifest = json!({ "arch": args.arch, "kernel": kernel, "initrds": initrds, "rootfs": rootfs, "cmdline": args.cmdline });
+    let verity = match (&args.rootfs, args.from_url) {
+        (Some(r), false) => rootfs_verity(&client, Path::new(r)).await?,
+        _ => None,
+    };
+    let mut manifest = json!({ "arch": args.arch, "kernel": kernel, "initrds": initrds, "rootfs": rootfs, "cmdline": args.cmdline });
+    if let Some(v) = verity {
+        manifest["rootfs_verity"] = v;
+    }
     create_generation(conn, &client, &args.stream, &manifest).await
+}
+
+/// The dm-verity hash tree of a local root image, uploaded like any
+/// artifact: the manifest's `rootfs_verity` (a fresh random salt and UUID).
+/// `None`, said on stderr, for an image that is not a whole number of
+/// 4096-byte blocks (dm-verity covers whole blocks only).
+async fn rootfs_verity(client: &Client, path: &Path) -> Result<Option<Value>, CliError> {
+    use crate::images::verity;
+    use rand::RngCore;
+    let unreadable = |e: std::io::Error| CliError::Usage(format!("{}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(unreadable)?.len();
+    let padding = verity::padding_for(size);
+    if padding != 0 || size == 0 {
+        eprintln!(
+            "{}: not a whole number of 4096-byte blocks: imported without a dm-verity tree (append {padding} zero bytes, e.g. truncate -s +{padding}, to have one)",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let mut params = verity::VerityParams {
+        salt: vec![0u8; 32],
+        uuid: [0u8; 16],
+    };
+    rand::thread_rng().fill_bytes(&mut params.salt);
+    rand::thread_rng().fill_bytes(&mut params.uuid);
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let salt = hex::encode(&params.salt);
+    let tree = tokio::task::spawn_blocking(move || {
+        verity::build(
+            std::io::BufReader::with_capacity(1 << 20, file),
+            size,
+            &params,
+        )
+    })
+    .await
+    .map_err(|e| CliError::Usage(e.to_string()))?
+    .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let dir = tempfile::TempDir::new()
+        .map_err(|e| CliError::Usage(format!("temporary directory: {e}")))?;
+    let name = format!(
+        "{}.verity",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let tree_path = dir.path().join(&name);
+    std::fs::write(&tree_path, &tree.hash_file)
+        .map_err(|e| CliError::Usage(format!("{name}: {e}")))?;
+    let hash_tree = artifact(client, tree_path.to_str().unwrap_or_default(), false).await?;
+    eprintln!(
+        "{}: dm-verity root hash {}",
+        path.display(),
+        tree.root_hex()
+    );
+    Ok(Some(
+        json!({ "hash_tree": hash_tree, "root_hash": tree.root_hex(), "salt": salt }),
+    ))
 }
 
 async fn create_generation(

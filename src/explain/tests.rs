@@ -37,6 +37,7 @@ fn live(arch: &str) -> Manifest {
         cmdline: "console=ttyS0 ironboot.group={{ group.name }}".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     }
 }
 
@@ -49,6 +50,7 @@ fn installer() -> Manifest {
         cmdline: String::new(),
         installer: Some(artifact("onie-installer-x86_64.bin")),
         uki: None,
+        rootfs_verity: None,
     }
 }
 

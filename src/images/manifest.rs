@@ -79,6 +79,19 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
+/// A root image's dm-verity hash tree ([`crate::images::verity`]): the hash
+/// file (superblock and tree) as an artifact, and what `veritysetup` and
+/// the kernel need beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerityRef {
+    pub hash_tree: ArtifactRef,
+    /// 64 hex digits.
+    pub root_hash: String,
+    /// Hex; the same salt is in the hash file's superblock.
+    pub salt: String,
+}
+
 /// An image: what a generation boots. Its identity is the sha256 of
 /// [`Manifest::canonical_json`].
 ///
@@ -100,6 +113,10 @@ pub struct Manifest {
     /// An optional root filesystem the booted OS fetches (squashfs, …).
     #[serde(default)]
     pub rootfs: Option<ArtifactRef>,
+    /// The dm-verity hash tree of `rootfs` and its root hash, so the booted
+    /// OS can verify every block it reads (over NBD) against the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_verity: Option<VerityRef>,
     /// The kernel command line, a minijinja template.
     #[serde(default)]
     pub cmdline: String,
@@ -131,6 +148,7 @@ impl Manifest {
             .chain(&self.rootfs)
             .chain(&self.installer)
             .chain(&self.uki)
+            .chain(self.rootfs_verity.as_ref().map(|v| &v.hash_tree))
     }
 
     /// Where a group holds it: its CPU, as a live OS or an installer.
@@ -146,6 +164,9 @@ impl Manifest {
     /// The image's shape is one of the two: a live OS (kernel, at least one
     /// initrd, no installer) or an installer alone. Says which field is wrong.
     pub fn check_shape(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.rootfs_verity.is_some() && self.rootfs.is_none() {
+            return Err(("rootfs_verity", "a hash tree needs the rootfs it covers"));
+        }
         if self.uki.is_some() {
             let alone = self.installer.is_none()
                 && self.kernel.is_none()

@@ -20,7 +20,7 @@ pub mod manifest;
 pub mod uki;
 pub mod verity;
 
-pub use manifest::{ArtifactRef, Digest, Manifest};
+pub use manifest::{ArtifactRef, Digest, Manifest, VerityRef};
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -138,6 +138,54 @@ impl ImageStore {
 
     pub fn artifact_path(&self, d: &Digest) -> PathBuf {
         self.root.join("artifacts/sha256").join(d.to_string())
+    }
+
+    /// Whether `verity` is the hash tree of the stored `rootfs`: the tree is
+    /// computed again from the store's bytes (with the salt of the manifest
+    /// and the UUID of the uploaded hash file's superblock) and must give
+    /// the same root hash and the same hash file. `Ok(false)` when an
+    /// artifact is not in the store (the import reports that itself).
+    pub async fn check_verity(
+        &self,
+        rootfs: &ArtifactRef,
+        verity: &VerityRef,
+    ) -> Result<bool, String> {
+        let salt = hex::decode(&verity.salt).map_err(|_| "salt is not hex".to_string())?;
+        let (data, tree) = (
+            self.artifact_path(&rootfs.digest),
+            self.artifact_path(&verity.hash_tree.digest),
+        );
+        let size = rootfs.size;
+        let expected = (
+            verity.root_hash.to_ascii_lowercase(),
+            verity.hash_tree.digest,
+        );
+        tokio::task::spawn_blocking(move || {
+            let (Ok(file), Ok(mut head)) = (std::fs::File::open(&data), std::fs::File::open(&tree))
+            else {
+                return Ok(false);
+            };
+            let mut superblock = [0u8; 32];
+            std::io::Read::read_exact(&mut head, &mut superblock)
+                .map_err(|_| "the hash tree is too short for a verity superblock")?;
+            let uuid: [u8; 16] = superblock[16..].try_into().expect("16 bytes");
+            let params = verity::VerityParams { salt, uuid };
+            let built = verity::build(std::io::BufReader::new(file), size, &params)
+                .map_err(|e| e.to_string())?;
+            if built.root_hex() != expected.0 {
+                return Err(format!(
+                    "root hash {} does not match the rootfs (its tree gives {})",
+                    expected.0,
+                    built.root_hex()
+                ));
+            }
+            if Digest::of(&built.hash_file) != expected.1 {
+                return Err("the hash tree is not the rootfs's tree with this salt".into());
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     fn manifest_path(&self, d: &Digest) -> PathBuf {

@@ -54,6 +54,7 @@ fn manifest_digest_is_stable_and_sensitive() {
         cmdline: "console=ttyS0".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     };
     assert_eq!(m.digest(), m.clone().digest());
     let json = String::from_utf8(m.canonical_json()).unwrap();
@@ -174,6 +175,7 @@ async fn manifests_round_trip_refuse_missing_artifacts_and_detect_tampering() {
         cmdline: "x".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     };
     let d = s.put_manifest(&m).await.unwrap();
     assert_eq!(d, m.digest());
@@ -247,6 +249,7 @@ async fn gc_keeps_referenced_files_and_removes_the_rest() {
         cmdline: "".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     };
     let m_new = Manifest {
         initrds: vec![art(new)],
@@ -294,6 +297,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
         cmdline: "c".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     };
     let d = a.digest.to_string();
     assert_eq!(
@@ -313,6 +317,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
         cmdline: String::new(),
         installer: Some(a.clone()),
         uki: None,
+        rootfs_verity: None,
     };
     assert_eq!(installer.check_shape(), Ok(()));
     assert!(installer.is_installer());
@@ -329,6 +334,7 @@ fn live_os_manifest_bytes_did_not_change_and_installers_have_their_own_shape() {
     let bare = Manifest {
         installer: None,
         uki: None,
+        rootfs_verity: None,
         ..installer.clone()
     };
     assert_eq!(bare.check_shape().unwrap_err().0, "kernel");
@@ -402,6 +408,7 @@ async fn gc_spares_claimed_artifacts_and_waits_for_imports() {
         cmdline: "".into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     };
     let d = s.put_manifest(&m).await.unwrap();
     // A new import asks whether the kernel is there: yes.

@@ -346,6 +346,7 @@ mod tests {
             cmdline: String::new(),
             installer: None,
             uki: None,
+            rootfs_verity: None,
         }
     }
 

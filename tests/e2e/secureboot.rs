@@ -16,6 +16,7 @@
 //! - (d) ten images, each that image with one byte changed in its kernel,
 //!   initrd or command line: the firmware refuses every one (`Access
 //!   Denied`), no kernel line, no confirmation;
+//! - (f) the same signed image by PXE (TFTP) instead of HTTP boot;
 //! - (e) a rollout that requires `secureboot=1` from that image to one of
 //!   the changed ones: the canary is refused, its silent boot fails at
 //!   `confirm_timeout`, the rollout rolls back, and the machine boots the
@@ -434,6 +435,21 @@ fn secure_boot_chains_boot_what_is_signed_and_refuse_the_rest() {
     );
     eprintln!(
         "e2e-secureboot: (d) 10 of 10 changed images refused in {}",
+        secs(started.elapsed())
+    );
+
+    // (f) the signed image by PXE: the firmware loads it over TFTP ------------
+    let started = Instant::now();
+    let mut vm = start_secure(&lab, "f-uki-pxe", "tap0", TRIAL_MAC, VARS_TEST_KEY, false);
+    wait_confirmed(&mut vm, &["EFI stub: UEFI Secure Boot is enabled."]);
+    assert!(vm.text().contains(&format!(
+        "NBP filename is uki/{}.efi",
+        TRIAL_MAC.replace(':', "-")
+    )));
+    let m = machine(&api, TRIAL_MAC);
+    assert_eq!(m["current"], gen_ref("uki", 1), "{m:#}");
+    eprintln!(
+        "e2e-secureboot: (f) the signed image by PXE confirmed in {}",
         secs(started.elapsed())
     );
 

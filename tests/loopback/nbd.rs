@@ -307,3 +307,135 @@ async fn libnbd_reads_the_export_whole() {
     );
     server.stop().await;
 }
+
+/// `ironboot image import --rootfs` computes the root image's dm-verity tree
+/// and uploads it; the server checks it against the stored bytes. Read
+/// back over NBD (both the image and its tree, by digest), `veritysetup
+/// verify` accepts them with the manifest's root hash. A manifest whose
+/// root hash or tree does not belong to the rootfs is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
+    if !crate::common::require_or_skip(&["nbdcopy", "veritysetup"]) {
+        return;
+    }
+    let server = TestServer::full("[nbd]\nlisten = \"127.0.0.1:0\"\n").await;
+    let nbd = server.bound.nbd.expect("NBD is on");
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut root = image();
+    root.truncate(2 * 1024 * 1024 + 4096 * 3);
+    let files = [
+        ("vmlinuz", vec![1u8; 4096]),
+        ("initrd.img", vec![2u8; 4096]),
+        ("root.img", root.clone()),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let base = format!("http://{}", server.bound.http);
+    let data = server.dir.path().join("data");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+        .current_dir(dir.path())
+        .args([
+            "image",
+            "import",
+            "--stream",
+            "big",
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initrd.img",
+            "--rootfs",
+            "root.img",
+            "--server",
+            &base,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("dm-verity root hash "), "{stderr}");
+    let api = Api::new(&server);
+    let g = api
+        .ok(
+            reqwest::Method::GET,
+            "/api/v1/streams/big/generations/1",
+            None,
+        )
+        .await;
+    let m = &g["manifest"];
+    let verity = m["rootfs_verity"].clone();
+    let root_hash = verity["root_hash"].as_str().expect("root hash").to_string();
+    assert!(stderr.contains(&root_hash), "{stderr}");
+
+    // Both over NBD, then veritysetup on what came over the wire.
+    let fetch = |digest: String, to: std::path::PathBuf| async move {
+        let ok = tokio::process::Command::new("nbdcopy")
+            .args([&format!("nbd://{nbd}/{digest}"), to.to_str().unwrap()])
+            .status()
+            .await
+            .unwrap();
+        assert!(ok.success());
+    };
+    fetch(
+        m["rootfs"]["digest"].as_str().unwrap().into(),
+        dir.path().join("data.img"),
+    )
+    .await;
+    fetch(
+        verity["hash_tree"]["digest"].as_str().unwrap().into(),
+        dir.path().join("tree.img"),
+    )
+    .await;
+    let verify = |root: &str| {
+        std::process::Command::new("veritysetup")
+            .arg("verify")
+            .arg(dir.path().join("data.img"))
+            .arg(dir.path().join("tree.img"))
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&root_hash);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(!verify(&"0".repeat(64)).status.success());
+
+    // The server recomputes: a wrong root hash, or the tree of other bytes.
+    let mut wrong = m.clone();
+    wrong["rootfs_verity"]["root_hash"] = serde_json::json!("ab".repeat(32));
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/streams/big/generations",
+            Some(wrong),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "rootfs_verity", "{body}");
+    let mut other = m.clone();
+    other["rootfs_verity"]["salt"] = serde_json::json!("00".repeat(32));
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/streams/big/generations",
+            Some(other),
+        )
+        .await;
+    assert_eq!(status, 400, "another salt: {body}");
+    let mut orphan = m.clone();
+    orphan["rootfs"] = serde_json::Value::Null;
+    let (status, _) = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/streams/big/generations",
+            Some(orphan),
+        )
+        .await;
+    assert_eq!(status, 400, "a tree without its rootfs");
+    server.stop().await;
+}

@@ -245,6 +245,7 @@ mod tests {
                 cmdline: String::new(),
                 installer: None,
                 uki: None,
+                rootfs_verity: None,
             };
             inv.add_generation(stream, m.digest(), m, None)
                 .await

@@ -333,6 +333,12 @@ async fn create_generation(
                 .map_err(|e| ApiError::bad("uki", e.to_string()))?;
         }
     }
+    if let (Some(rootfs), Some(verity)) = (&manifest.rootfs, &manifest.rootfs_verity) {
+        s.images
+            .check_verity(rootfs, verity)
+            .await
+            .map_err(|e| ApiError::bad("rootfs_verity", e))?;
+    }
     let digest = s.images.put_manifest(&manifest).await?;
     let g = s
         .inventory

@@ -21,6 +21,7 @@ fn live() -> Manifest {
         cmdline: String::new(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     }
 }
 

@@ -44,6 +44,7 @@ fn manifest(cmdline: &str) -> Manifest {
         cmdline: cmdline.into(),
         installer: None,
         uki: None,
+        rootfs_verity: None,
     }
 }
 
