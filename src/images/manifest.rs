@@ -79,7 +79,7 @@ pub struct ArtifactRef {
     pub size: u64,
 }
 
-/// A root image's dm-verity hash tree ([`crate::images::verity`]): the hash
+/// A root image's dm-verity hash tree (computed by `verity.rs`): the hash
 /// file (superblock and tree) as an artifact, and what `veritysetup` and
 /// the kernel need beside it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
