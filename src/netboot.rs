@@ -190,13 +190,7 @@ impl Netboot {
         let loader = Some(loader::choose(arch, self.inventory.loader_settings(mac)).loader)
             .filter(|l| l.renders_grub())
             .unwrap_or(Loader::Grub);
-        let req = ScriptRequest {
-            mac: Some(mac),
-            buildarch: arch.and_then(Cpu::of_firmware),
-            platform: Some("efi".into()),
-            ip: Some(ip),
-            ..ScriptRequest::default()
-        };
+        let req = efi_request(mac, ip, arch);
         let plan = self
             .inventory
             .begin_boot_as(mac, &req, "grub", None, Stage::Netboot);
@@ -270,14 +264,7 @@ impl Netboot {
                 _ => {}
             }
         }
-        let arch = self.clients.seen(mac).and_then(|s| s.arch);
-        let req = ScriptRequest {
-            mac: Some(mac),
-            buildarch: arch.and_then(Cpu::of_firmware),
-            platform: Some("efi".into()),
-            ip: Some(ip),
-            ..ScriptRequest::default()
-        };
+        let req = efi_request(mac, ip, self.clients.seen(mac).and_then(|s| s.arch));
         let plan = self
             .inventory
             .begin_boot_as(mac, &req, "uki", None, Stage::Netboot);
@@ -434,6 +421,18 @@ impl Netboot {
         self.ledger
             .boot_event(plan.boot_id, mac, Some(ip), step, detail, size);
         Some(rendered)
+    }
+}
+
+/// A boot asked for by an EFI loader that says nothing of itself (GRUB, or
+/// the firmware loading a unified kernel image): the CPU DHCP last saw.
+fn efi_request(mac: MacAddr, ip: IpAddr, arch: Option<crate::domain::Arch>) -> ScriptRequest {
+    ScriptRequest {
+        mac: Some(mac),
+        buildarch: arch.and_then(Cpu::of_firmware),
+        platform: Some("efi".into()),
+        ip: Some(ip),
+        ..ScriptRequest::default()
     }
 }
 

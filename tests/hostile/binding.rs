@@ -333,16 +333,8 @@ async fn floods_from_unbound_addresses_store_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_the_machine_holds_survives_kill_9() {
     let dir = tempfile::TempDir::new().unwrap();
-    let port = crate::process::free_port();
-    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
-        .replace(
-            "listen = \"127.0.0.1:0\"\n[tftp]",
-            &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
-        );
-    let text = crate::common::on_test_store(&text, dir.path()).await;
-    let config = dir.path().join("ironboot.toml");
-    std::fs::write(&config, text).unwrap();
-    let base = &format!("http://127.0.0.1:{port}");
+    let (config, base) = crate::process::bound_config(dir.path()).await;
+    let base = &base;
     let mut server = Server::start(&config).healthy(base).await;
     import_live(&Api::at(base, dir.path())).await;
     // The reservation in the test config: 52:54:00:00:00:01 at 127.1.0.50.

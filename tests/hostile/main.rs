@@ -59,6 +59,22 @@ mod process {
         }
     }
 
+    /// The test network's config with the binding rule on and HTTP on a
+    /// fixed free port (so a restarted server answers at the same URL),
+    /// written into `dir`: its path and the HTTP base URL.
+    pub async fn bound_config(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+        let port = free_port();
+        let text = crate::common::full_config_with(dir, "", crate::common::BINDING_REQUIRED)
+            .replace(
+                "listen = \"127.0.0.1:0\"\n[tftp]",
+                &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
+            );
+        let text = crate::common::on_test_store(&text, dir).await;
+        let config = dir.join("ironboot.toml");
+        std::fs::write(&config, text).unwrap();
+        (config, format!("http://127.0.0.1:{port}"))
+    }
+
     /// A port the kernel just handed out (so restarts can reuse it).
     pub fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0")

@@ -292,16 +292,8 @@ async fn a_unified_kernel_image_goes_only_to_its_machine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unified_kernel_images_boot_survives_kill_9_before_its_seed() {
     let dir = tempfile::TempDir::new().unwrap();
-    let port = crate::process::free_port();
-    let text = crate::common::full_config_with(dir.path(), "", crate::common::BINDING_REQUIRED)
-        .replace(
-            "listen = \"127.0.0.1:0\"\n[tftp]",
-            &format!("listen = \"127.0.0.1:{port}\"\n[tftp]"),
-        );
-    let text = crate::common::on_test_store(&text, dir.path()).await;
-    let config = dir.path().join("ironboot.toml");
-    std::fs::write(&config, text).unwrap();
-    let base = &format!("http://127.0.0.1:{port}");
+    let (config, base) = crate::process::bound_config(dir.path()).await;
+    let base = &base;
     let mut server = crate::process::Server::start(&config).healthy(base).await;
     let api = Api::at(base, dir.path());
     let image = image();
