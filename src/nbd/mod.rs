@@ -80,6 +80,9 @@ const MAX_OPTIONS: usize = 32;
 /// The largest option payload read (names are 71 bytes at most).
 const MAX_OPTION_DATA: u32 = 4096;
 
+/// Reads up to this size are done on the connection's task.
+const INLINE_READ: usize = 128 << 10;
+
 /// What the connections share.
 pub struct Exports {
     pub images: Arc<ImageStore>,
@@ -291,12 +294,21 @@ async fn transmission(
                 } else {
                     let file = export.file.clone();
                     let (offset, len) = (req.offset, req.length as usize);
-                    let data = tokio::task::spawn_blocking(move || {
+                    let read = move || {
                         let mut buf = vec![0u8; len];
                         file.read_exact_at(&mut buf, offset).map(|()| buf)
-                    })
-                    .await
-                    .map_err(|_| "read task failed")?;
+                    };
+                    // A small read is a copy from the page cache: done here,
+                    // as handing it to the blocking pool costs more than
+                    // the read (4 KiB is what dm-verity asks). Large ones
+                    // go to the pool.
+                    let data = if len <= INLINE_READ {
+                        read()
+                    } else {
+                        tokio::task::spawn_blocking(read)
+                            .await
+                            .map_err(|_| "read task failed")?
+                    };
                     match data {
                         Ok(buf) => {
                             w.write_all(&simple_reply(0, req.handle))
