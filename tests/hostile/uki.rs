@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::binding::{client, get, mac_text};
 use crate::common::api::Api;
 use crate::common::dhcp_client::Relay;
+use crate::common::fleet::phone_home;
 use crate::common::TestServer;
 
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
@@ -163,20 +164,9 @@ async fn a_unified_kernel_image_goes_only_to_its_machine() {
     // confirmation says Secure Boot was on, and the API shows it.
     let (status, user) = get(&victim, &format!("{base}/config/self/user-data")).await;
     assert_eq!(status, 200, "{user}");
-    let at = user.find("/phone-home/").expect("a phone-home URL") + "/phone-home/".len();
-    let token: String = user[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect();
+    let token = phone_home_token(&user);
     assert!(!token.is_empty(), "{user}");
-    let status = victim
-        .post(format!("{base}/phone-home/{token}"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body("instance_id=x&secureboot=1")
-        .send()
-        .await
-        .unwrap()
-        .status();
+    let status = phone_home(&victim, &base, &token, "instance_id=x&secureboot=1").await;
     assert_eq!(status, 200);
     let m = machine(&api, VICTIM).await;
     assert_eq!(m["secure_boot"], true, "{m}");
@@ -334,20 +324,18 @@ async fn a_unified_kernel_images_boot_survives_kill_9_before_its_seed() {
             again, user_data,
             "round {round}: one new token, not one per fetch"
         );
-        let at = user_data.find("/phone-home/").expect("phone-home URL") + "/phone-home/".len();
-        let token: String = user_data[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .collect();
-        let status = machine
-            .post(format!("{base}/phone-home/{token}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body("instance_id=x&secureboot=1")
-            .send()
-            .await
-            .unwrap()
-            .status();
+        let token = phone_home_token(&user_data);
+        let status = phone_home(&machine, base, &token, "instance_id=x&secureboot=1").await;
         assert_eq!(status, 200, "round {round}: the new token confirms");
     }
     drop(server);
+}
+
+/// The token in the phone-home URL of rendered user-data.
+fn phone_home_token(user_data: &str) -> String {
+    let at = user_data.find("/phone-home/").expect("a phone-home URL") + "/phone-home/".len();
+    user_data[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
 }
