@@ -106,19 +106,7 @@ fn start_arm64(lab: &Lab, qemu: &Path) -> Vm {
         &serial_arg,
         "-no-reboot",
     ];
-    let proc = lab.spawn(
-        "arm64",
-        &lab.ns,
-        240,
-        &args,
-        &lab.dir.join("arm64.qemu.log"),
-    );
-    Vm {
-        name: "arm64".into(),
-        serial,
-        started: Instant::now(),
-        proc,
-    }
+    lab.spawn_vm("arm64", &args, serial)
 }
 
 /// busybox udhcpc from the client namespace as `mac`, with extra arguments;

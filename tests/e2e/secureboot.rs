@@ -138,19 +138,7 @@ fn start_secure(lab: &Lab, name: &str, tap: &str, mac: &str, vars: &str, http: b
         ]);
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let proc = lab.spawn(
-        name,
-        &lab.ns,
-        240,
-        &refs,
-        &lab.dir.join(format!("{name}.qemu.log")),
-    );
-    Vm {
-        name: name.into(),
-        serial,
-        started: Instant::now(),
-        proc,
-    }
+    lab.spawn_vm(name, &refs, serial)
 }
 
 /// Waits for a refusal (`marker`) on the console, then stops the VM (the

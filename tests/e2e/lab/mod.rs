@@ -809,11 +809,18 @@ ipxe_dir = "{ipxe}"
             args.push("-no-reboot".into());
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn_vm(name, &refs, serial)
+    }
+
+    /// Starts a QEMU command line (`args`, QEMU first) in the server
+    /// namespace, bounded by `timeout` (240 s), its output in
+    /// `DIR/NAME.qemu.log`; `serial` is where its console goes.
+    pub fn spawn_vm(&self, name: &str, args: &[&str], serial: PathBuf) -> Vm {
         let proc = self.spawn(
             name,
             &self.ns,
             240,
-            &refs,
+            args,
             &self.dir.join(format!("{name}.qemu.log")),
         );
         Vm {
