@@ -899,23 +899,16 @@ pub fn onie_headers(pairs: &BTreeMap<String, String>) -> OnieHeaders {
 /// What the firmware of a machine with loader `uki` loads: its target's
 /// unified kernel image, or why it gets none.
 fn uki_step(plan: &crate::inventory::BootPlan) -> String {
-    match (&plan.target, &plan.generation) {
-        (Target::Boot { .. }, Some(g)) => match &g.manifest.uki {
-            Some(a) => format!(
-                "image: the firmware loads {}'s unified kernel image {} ({} bytes, sha256:{}) from uki/{}.efi and verifies its signature",
-                g.id,
-                a.name,
-                a.size,
-                a.digest,
-                plan.machine.mac.hyphenated()
-            ),
-            None => format!(
-                "image: none (404): {} is not a unified kernel image; loader uki boots only those",
-                g.id
-            ),
-        },
-        (Target::Nothing { reason }, _) => format!("image: none (404): {reason}"),
-        (Target::Boot { generation, .. }, None) => format!("image: none: {generation} is gone"),
+    use crate::netboot::{planned_file, UKI_WRONG_KIND};
+    match planned_file(plan, |m| m.uki.as_ref(), UKI_WRONG_KIND) {
+        Ok((generation, a)) => format!(
+            "image: the firmware loads {generation}'s unified kernel image {} ({} bytes, sha256:{}) from uki/{}.efi and verifies its signature",
+            a.name,
+            a.size,
+            a.digest,
+            plan.machine.mac.hyphenated()
+        ),
+        Err(reason) => format!("image: none (404): {reason}"),
     }
 }
 

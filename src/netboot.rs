@@ -233,23 +233,17 @@ impl Netboot {
     fn image_file(
         &self,
         plan: &BootPlan,
-        pick: impl Fn(&crate::images::Manifest) -> Option<&crate::images::ArtifactRef>,
+        pick: impl for<'m> Fn(&'m crate::images::Manifest) -> Option<&'m crate::images::ArtifactRef>,
         wrong_kind: &str,
     ) -> Result<ImageFile, String> {
-        match (&plan.target, &plan.generation) {
-            (Target::Boot { .. }, Some(g)) => match pick(&g.manifest) {
-                Some(a) => Ok(ImageFile {
-                    path: self.images.artifact_path(&a.digest),
-                    size: a.size,
-                    name: a.name.clone(),
-                    boot_id: plan.boot_id,
-                    generation: g.id.clone(),
-                }),
-                None => Err(format!("{} {wrong_kind}", g.id)),
-            },
-            (Target::Nothing { reason }, _) => Err(reason.clone()),
-            (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
-        }
+        let (generation, a) = planned_file(plan, pick, wrong_kind)?;
+        Ok(ImageFile {
+            path: self.images.artifact_path(&a.digest),
+            size: a.size,
+            name: a.name.clone(),
+            boot_id: plan.boot_id,
+            generation: generation.clone(),
+        })
     }
 
     /// The unified kernel image a machine with loader `uki` boots: opens a
@@ -268,11 +262,7 @@ impl Netboot {
         let plan = self
             .inventory
             .begin_boot_as(mac, &req, "uki", None, Stage::Netboot);
-        let chosen = self.image_file(
-            &plan,
-            |m| m.uki.as_ref(),
-            "is not a unified kernel image: loader uki boots only those",
-        );
+        let chosen = self.image_file(&plan, |m| m.uki.as_ref(), UKI_WRONG_KIND);
         let (step, detail) = match &chosen {
             Ok(u) => (
                 "uki.image",
@@ -421,6 +411,29 @@ impl Netboot {
         self.ledger
             .boot_event(plan.boot_id, mac, Some(ip), step, detail, size);
         Some(rendered)
+    }
+}
+
+/// Why a machine with loader `uki` gets no image when its generation is
+/// not one (after the generation's name).
+pub const UKI_WRONG_KIND: &str = "is not a unified kernel image: loader uki boots only those";
+
+/// The file `pick` takes from a boot plan's generation, with that
+/// generation's name; or why there is none (`wrong_kind` after the
+/// generation's name when it has no such file). The boot path and
+/// `explain` both ask here.
+pub fn planned_file<'a>(
+    plan: &'a BootPlan,
+    pick: impl Fn(&'a crate::images::Manifest) -> Option<&'a crate::images::ArtifactRef>,
+    wrong_kind: &str,
+) -> Result<(&'a GenerationId, &'a crate::images::ArtifactRef), String> {
+    match (&plan.target, &plan.generation) {
+        (Target::Boot { .. }, Some(g)) => match pick(&g.manifest) {
+            Some(a) => Ok((&g.id, a)),
+            None => Err(format!("{} {wrong_kind}", g.id)),
+        },
+        (Target::Nothing { reason }, _) => Err(reason.clone()),
+        (Target::Boot { generation, .. }, None) => Err(format!("{generation} disappeared")),
     }
 }
 
