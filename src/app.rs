@@ -154,16 +154,22 @@ pub async fn run(
     let paths = Arc::new(Paths::resolve(&config.dhcp.interfaces).map_err(AppError::Setup)?);
     let sockets = bind_all(&config).await?;
     let bound = bound_addresses(&sockets)?;
-    let (core, writer, reboots) = Core::start(&config, store, clients, bound.http).await?;
+    let (core, writer, reboots) = Core::start(&config, store, clients, &bound).await?;
 
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
     let Sockets { http, nbd, packets } = sockets;
     if let (Some(listener), Some(settings)) = (nbd, config.nbd) {
         services.push(format!("nbd on {}", bound.nbd.expect("bound")));
+        let readers = crate::root_reads::RootReaders {
+            inventory: core.inventory.clone(),
+            bindings: core.bindings.clone(),
+            ledger: core.ledger.clone(),
+        };
         let exports = Arc::new(crate::nbd::Exports {
             images: core.images.clone(),
             metrics: core.metrics.clone(),
+            readers: Some(Arc::new(readers)),
         });
         tasks.spawn(crate::nbd::serve(
             listener,
@@ -262,13 +268,17 @@ impl Core {
         config: &Config,
         store: Store,
         clients: Clients,
-        http_addr: SocketAddr,
+        bound: &Bound,
     ) -> Result<(Self, tokio::task::JoinHandle<()>, Reboots), AppError> {
+        let http_addr = bound.http;
         let images = Arc::new(ImageStore::open(&config.data_dir.join("images"))?);
-        let renderer = Arc::new(match &config.templates_dir {
-            Some(dir) => Renderer::from_dir(dir)?,
-            None => Renderer::embedded()?,
-        });
+        let renderer = Arc::new(
+            match &config.templates_dir {
+                Some(dir) => Renderer::from_dir(dir)?,
+                None => Renderer::embedded()?,
+            }
+            .with_nbd(bound.nbd),
+        );
         let metrics = Arc::new(Metrics::default());
         let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
         let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));

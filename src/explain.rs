@@ -32,7 +32,7 @@ use crate::dhcp::reply::{encode, ReplySpec};
 use crate::domain::{Arch, Cpu, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
-use crate::netboot::render_boot;
+use crate::netboot::named_boot_script;
 use crate::render::context;
 use crate::render::{Renderer, ZTP_DIR};
 
@@ -695,9 +695,7 @@ impl Explainer {
         match (loader.loader.parse::<Loader>(), loader.loader.as_str()) {
             (Ok(Loader::Uki), _) => out.steps.push(uki_step(&plan)),
             (Ok(l), _) => {
-                let result = render_boot(&plan, &self.server, &self.renderer, l);
-                let template = crate::render::boot_template(l, plan.bootable())
-                    .expect("every loader but uki renders a script");
+                let (template, result) = named_boot_script(&plan, &self.server, &self.renderer, l);
                 out.steps.push(format!(
                     "script: {template}{}",
                     if result.is_ok() {

@@ -105,10 +105,35 @@ pub fn render_boot(
     renderer: &Renderer,
     loader: Loader,
 ) -> Result<String, RenderError> {
-    let ctx = context::build(plan, server, renderer)?;
-    let template = crate::render::boot_template(loader, plan.bootable())
-        .ok_or_else(|| RenderError::Missing(format!("a script for loader {loader}")))?;
-    renderer.render(template, &ctx)
+    named_boot_script(plan, server, renderer, loader).1
+}
+
+/// [`render_boot`], with the template it renders (or would have): the
+/// machine's script when there is an image to boot, else the one that says
+/// why not.
+pub fn named_boot_script(
+    plan: &BootPlan,
+    server: &str,
+    renderer: &Renderer,
+    loader: Loader,
+) -> (&'static str, Result<String, RenderError>) {
+    let ctx = context::build(plan, server, renderer);
+    let bootable = match &ctx {
+        Ok(ctx) => ctx.image.is_some(),
+        Err(_) => plan.bootable(),
+    };
+    let Some(template) = crate::render::boot_template(loader, bootable) else {
+        return (
+            "-",
+            Err(RenderError::Missing(format!(
+                "a script for loader {loader}"
+            ))),
+        );
+    };
+    (
+        template,
+        ctx.and_then(|ctx| renderer.render(template, &ctx)),
+    )
 }
 
 impl Netboot {

@@ -3,11 +3,11 @@
 
 use super::{
     ArtifactCtx, BootContext, BootCtx, GenerationCtx, GroupCtx, ImageCtx, MachineCtx, RenderError,
-    Renderer, UrlsCtx,
+    Renderer, RootCtx, UrlsCtx,
 };
 use crate::boot::{Source, Target};
 use crate::fleet::BootPlan;
-use crate::images::ArtifactRef;
+use crate::images::{ArtifactRef, VerityRef};
 
 /// The permanent, content-addressed URL of an artifact.
 pub fn artifact_url(server: &str, digest: &impl std::fmt::Display) -> String {
@@ -17,13 +17,48 @@ pub fn artifact_url(server: &str, digest: &impl std::fmt::Display) -> String {
 /// GRUB's name for this server's TFTP: `(tftp,10.77.0.1)`, from the host of
 /// the HTTP base URL (the same address machines are told).
 pub fn tftp_device(server: &str) -> String {
-    let host = server
+    format!("(tftp,{})", host_of(server))
+}
+
+/// The root image's exports on the NBD server at `nbd`; an unspecified
+/// listen address is reached at the host machines use for HTTP.
+fn root_ctx(
+    server: &str,
+    nbd: std::net::SocketAddr,
+    rootfs: &ArtifactRef,
+    verity: Option<&VerityRef>,
+) -> RootCtx {
+    let host = if nbd.ip().is_unspecified() {
+        host_of(server).to_string()
+    } else {
+        nbd.ip().to_string()
+    };
+    let nbd = format!("{host}:{}", nbd.port());
+    let export = rootfs.digest.to_string();
+    let mut args = format!("ironboot.nbd={nbd} ironboot.root={export}");
+    if let Some(v) = verity {
+        args.push_str(&format!(
+            " ironboot.verity={}:{}",
+            v.hash_tree.digest, v.root_hash
+        ));
+    }
+    RootCtx {
+        nbd,
+        export,
+        hash_tree: verity.map(|v| v.hash_tree.digest.to_string()),
+        root_hash: verity.map(|v| v.root_hash.clone()),
+        args,
+    }
+}
+
+/// The host of an `http://HOST:PORT` base URL.
+fn host_of(server: &str) -> &str {
+    server
         .split_once("://")
         .map_or(server, |(_, rest)| rest)
         .split(['/', ':'])
         .next()
-        .unwrap_or_default();
-    format!("(tftp,{host})")
+        .unwrap_or_default()
 }
 
 /// Builds the context; the image's cmdline template is rendered here, with
@@ -109,15 +144,35 @@ pub fn build(
                 ));
                 return Ok(ctx);
             }
+            let root = match (&g.manifest.rootfs, renderer.nbd()) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    ctx.reason = Some(format!(
+                        "{} streams its root image over NBD, and this server's [nbd] listen is off",
+                        g.id
+                    ));
+                    return Ok(ctx);
+                }
+                (Some(rootfs), Some(nbd)) => Some(root_ctx(
+                    server,
+                    nbd,
+                    rootfs,
+                    g.manifest.rootfs_verity.as_ref(),
+                )),
+            };
             ctx.image = Some(ImageCtx {
                 arch: g.manifest.arch.to_string(),
                 kernel: artifact(g.manifest.kernel.as_ref().expect("checked above")),
                 initrds: g.manifest.initrds.iter().map(artifact).collect(),
                 rootfs: g.manifest.rootfs.as_ref().map(artifact),
+                root,
                 cmdline: String::new(),
             });
-            let cmdline = renderer.render_cmdline(&g.manifest.cmdline, &ctx)?;
+            let mut cmdline = renderer.render_cmdline(&g.manifest.cmdline, &ctx)?;
             if let Some(image) = ctx.image.as_mut() {
+                if let Some(root) = &image.root {
+                    cmdline = format!("{} {}", cmdline.trim_end(), root.args);
+                }
                 image.cmdline = cmdline;
             }
         }

@@ -92,6 +92,9 @@ pub struct Renderer {
     /// A clone of `env`, so the same filters and escaping apply; names are
     /// `<index>.cmdline.ipxe`, indexed by the text in `cmdline_names`.
     cmdlines: std::sync::RwLock<Cmdlines>,
+    /// Where this server's NBD listens (`None`: off): a generation with a
+    /// root image boots only when it is on.
+    nbd: Option<std::net::SocketAddr>,
 }
 
 impl Renderer {
@@ -156,7 +159,20 @@ impl Renderer {
             env,
             config_files,
             cmdlines,
+            nbd: None,
         })
+    }
+
+    /// The same templates, rendering root images as exports of the NBD
+    /// server at `nbd` (its bound address).
+    pub fn with_nbd(mut self, nbd: Option<std::net::SocketAddr>) -> Self {
+        self.nbd = nbd;
+        self
+    }
+
+    /// Where the NBD server listens, if it does.
+    pub fn nbd(&self) -> Option<std::net::SocketAddr> {
+        self.nbd
     }
 
     /// Renders a template by name.
@@ -333,8 +349,28 @@ pub struct ImageCtx {
     pub kernel: ArtifactCtx,
     pub initrds: Vec<ArtifactCtx>,
     pub rootfs: Option<ArtifactCtx>,
-    /// The image's cmdline template, rendered.
+    /// How the initrd reaches `rootfs` over NBD (with a root image only).
+    pub root: Option<RootCtx>,
+    /// The image's cmdline template, rendered; with a root image, followed
+    /// by `root.args`.
     pub cmdline: String,
+}
+
+/// A root image as the initrd attaches it: NBD exports named by digest,
+/// verified with dm-verity when the image has a hash tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootCtx {
+    /// `IP:PORT` of this server's NBD.
+    pub nbd: String,
+    /// The root image's export (its sha256, hex).
+    pub export: String,
+    /// The hash tree's export, when the image has one.
+    pub hash_tree: Option<String>,
+    /// The dm-verity root hash, when the image has a tree.
+    pub root_hash: Option<String>,
+    /// What the command line carries: `ironboot.nbd=IP:PORT
+    /// ironboot.root=<export> [ironboot.verity=<hash_tree>:<root_hash>]`.
+    pub args: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

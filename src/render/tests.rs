@@ -46,6 +46,7 @@ fn context() -> BootContext {
                 size: 1_400_000,
             }],
             rootfs: None,
+            root: None,
             cmdline: "console=ttyS0".into(),
         }),
         source: Some("group".into()),
