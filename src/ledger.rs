@@ -30,6 +30,9 @@ pub enum Record {
     /// A rollout or watchdog transition from the boot path or the clock:
     /// its rows and effects, written in one transaction.
     Rollout(crate::domain::fleet_rows::Persist),
+    /// What a boot read of its root image over NBD, or a verification
+    /// failure its machine reported: added to the boot's counts.
+    RootRead(RootRead),
     /// Answered once every record queued before it is committed; lets a
     /// caller that must read its own writes (phone home) wait for them.
     Flush(tokio::sync::oneshot::Sender<()>),
@@ -50,6 +53,16 @@ impl Durable {
     pub async fn committed(self) -> bool {
         self.0.await.unwrap_or(false)
     }
+}
+
+/// Counts added to one boot's root image columns.
+#[derive(Debug, Clone)]
+pub struct RootRead {
+    pub boot_id: i64,
+    /// The root image's export, once known (the hash tree's reads leave it).
+    pub export: Option<String>,
+    pub bytes: u64,
+    pub verify_failures: u32,
 }
 
 /// A boot attempt, as written when its script is served.

@@ -80,6 +80,7 @@ pub mod netif;
 pub mod per_address;
 pub mod render;
 pub mod rollout;
+pub mod root_reads;
 pub mod secret;
 pub mod store;
 pub mod storm;

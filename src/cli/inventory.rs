@@ -422,6 +422,7 @@ fn show_machine(output: Output, d: &MachineDetail) {
             }
             .to_string(),
         ),
+        ("root", root_line(&d.recent_boots)),
         ("last seen", last_seen.as_str().unwrap_or("-").to_string()),
     ] {
         println!("{name:<10} {value}");
@@ -434,6 +435,22 @@ fn show_machine(output: Output, d: &MachineDetail) {
             &d.recent_boots,
         );
     }
+}
+
+/// The root image its latest boot with one read over NBD: export, bytes
+/// and verification failures.
+fn root_line(boots: &[BootView]) -> String {
+    let Some((id, root)) = boots.iter().find_map(|b| Some((b.id, b.root.as_ref()?))) else {
+        return "-".into();
+    };
+    let export = root.export.as_deref().unwrap_or("?");
+    format!(
+        "nbd export {}… (boot {id}): {:.1} MiB read, {} verification failure{}",
+        &export[..export.len().min(12)],
+        root.bytes as f64 / 1048576.0,
+        root.verify_failures,
+        if root.verify_failures == 1 { "" } else { "s" }
+    )
 }
 
 fn print_updated(output: Output, m: &MachineView) {

@@ -468,6 +468,53 @@ impl Inventory {
         Some((boot.id, boot.mac, name))
     }
 
+    /// The boot a read of `digest` over NBD from `ip` is for, when
+    /// `digest` is its image's root (`true`) or the root's hash tree
+    /// (`false`): the latest boot opened from `ip`, else the newest boot of
+    /// `mac` (the machine bound to `ip`), in memory or, after a restart of
+    /// this server, in the store.
+    pub async fn root_reader(
+        &self,
+        ip: IpAddr,
+        mac: Option<MacAddr>,
+        digest: &Digest,
+    ) -> Option<(i64, MacAddr, bool)> {
+        let role = |state: &State, generation: &GenerationId| {
+            let m = &state.generations.get(generation)?.manifest;
+            if m.rootfs.as_ref().is_some_and(|r| &r.digest == digest) {
+                Some(true)
+            } else if m
+                .rootfs_verity
+                .as_ref()
+                .is_some_and(|v| &v.hash_tree.digest == digest)
+            {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        {
+            let state = self.read();
+            let by_mac = mac
+                .and_then(|m| state.open_by_mac.get(&m))
+                .and_then(|open| open.back());
+            let found = state
+                .by_ip
+                .get(&ip)
+                .into_iter()
+                .chain(by_mac)
+                .filter_map(|h| state.boots.get(h))
+                .find_map(|b| Some((b.id, b.mac, role(&state, b.generation.as_ref()?)?)));
+            if found.is_some() {
+                return found;
+            }
+        }
+        let mac = mac?;
+        let (id, generation) = self.store.latest_boot_of(mac).await.ok()??;
+        let is_root = role(&self.read(), &generation)?;
+        Some((id, mac, is_root))
+    }
+
     /// A new token for `mac`'s newest open boot, if that boot serves a
     /// generation `wanted` accepts, committed before it is returned: for a
     /// machine that was handed no token (a unified kernel image's sealed

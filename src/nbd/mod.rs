@@ -19,7 +19,7 @@
 
 pub mod proto;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,10 +87,29 @@ const INLINE_READ: usize = 128 << 10;
 pub struct Exports {
     pub images: Arc<ImageStore>,
     pub metrics: Arc<Metrics>,
+    /// Who reads what: each connection's bytes are told to the tally its
+    /// reader gets (`None`: counted in the metrics only).
+    pub readers: Option<Arc<dyn Readers>>,
 }
+
+/// Accounting by reader: which machine's boot a connection reads for.
+pub trait Readers: Send + Sync {
+    /// A client at `peer` opened `export`: the tally its reads are added
+    /// to, if the reader is known.
+    fn opened(&self, peer: IpAddr, export: Digest) -> BoxFuture<Option<Box<dyn Tally>>>;
+}
+
+/// One connection's reads, as they happen; whatever is not passed on yet
+/// is passed on when the tally is dropped (the connection ends).
+pub trait Tally: Send {
+    fn read(&mut self, bytes: u64);
+}
+
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 /// An export opened for a client.
 struct Export {
+    digest: Digest,
     file: Arc<std::fs::File>,
     size: u64,
 }
@@ -103,6 +122,7 @@ impl Exports {
         let file = std::fs::File::open(self.images.artifact_path(&digest)).ok()?;
         let meta = file.metadata().ok().filter(|m| m.is_file())?;
         Some(Export {
+            digest,
             size: meta.len(),
             file: Arc::new(file),
         })
@@ -138,7 +158,7 @@ pub async fn serve(
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                ended = connection(stream, &exports) => {
+                ended = connection(stream, peer.ip(), &exports) => {
                     if let Err(why) = ended {
                         Metrics::inc(&exports.metrics.nbd_refused);
                         debug!(%peer, why, "NBD connection ended");
@@ -155,7 +175,11 @@ type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 /// One client: the handshake, then its export's transmission phase. `Err`
 /// says which rule the client broke (a clean end is `Ok`).
-async fn connection(stream: TcpStream, exports: &Exports) -> Result<(), &'static str> {
+async fn connection(
+    stream: TcpStream,
+    peer: IpAddr,
+    exports: &Exports,
+) -> Result<(), &'static str> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     let mut r = BufReader::new(r);
@@ -167,10 +191,14 @@ async fn connection(stream: TcpStream, exports: &Exports) -> Result<(), &'static
         return Err("unknown client flags");
     }
     let no_zeroes = flags & u32::from(FLAG_NO_ZEROES) != 0;
-    match options(&mut r, &mut w, exports, no_zeroes).await? {
-        Some(export) => transmission(&mut r, &mut w, export, exports).await,
-        None => Ok(()),
-    }
+    let Some(export) = options(&mut r, &mut w, exports, no_zeroes).await? else {
+        return Ok(());
+    };
+    let tally = match &exports.readers {
+        Some(readers) => readers.opened(peer, export.digest).await,
+        None => None,
+    };
+    transmission(&mut r, &mut w, export, exports, tally).await
 }
 
 /// A read bounded by [`OPTION_TIMEOUT`].
@@ -278,6 +306,7 @@ async fn transmission(
     w: &mut Writer,
     export: Export,
     exports: &Exports,
+    mut tally: Option<Box<dyn Tally>>,
 ) -> Result<(), &'static str> {
     let mut head = [0u8; 28];
     loop {
@@ -317,6 +346,9 @@ async fn transmission(
                             w.write_all(&buf).await.map_err(|_| "gone")?;
                             Metrics::add(&exports.metrics.nbd_bytes, buf.len() as u64);
                             Metrics::inc(&exports.metrics.nbd_reads);
+                            if let Some(t) = tally.as_mut() {
+                                t.read(buf.len() as u64);
+                            }
                         }
                         Err(e) => {
                             info!(error = %e, "NBD read failed");

@@ -36,6 +36,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `mac`'s newest boot that served a generation.
+    pub async fn latest_boot_of(
+        &self,
+        mac: MacAddr,
+    ) -> Result<Option<(i64, GenerationId)>, StoreError> {
+        let row: Option<(i64, String, i64)> = on_pool!(&self.pool, db => sqlx::query_as(
+            "SELECT id, stream, generation FROM boots
+             WHERE mac = $1 AND stream IS NOT NULL AND generation IS NOT NULL
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(mac.to_string())
+        .fetch_optional(db)
+        .await)?;
+        Ok(row.map(|(id, stream, number)| (id, GenerationId { stream, number })))
+    }
+}
+
 impl Tx {
     /// Gives open boot `id` a new token (by its hash): `false` when the boot
     /// is not open any more (confirmed, or gone).

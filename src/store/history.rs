@@ -37,6 +37,12 @@ pub struct BootRow {
     pub reason: Option<String>,
     pub started_ms: i64,
     pub confirmed_ms: Option<i64>,
+    /// The root image's NBD export, when the boot read one.
+    pub root_export: Option<String>,
+    /// Bytes read over NBD for the root image and its hash tree.
+    pub root_bytes: i64,
+    /// Verification failures the machine reported.
+    pub verify_failures: i64,
 }
 
 /// A step of a boot: its event, as stored.
@@ -97,7 +103,8 @@ impl Store {
     /// A page of boots, newest first.
     pub async fn boots(&self, q: &BootQuery) -> Result<(Vec<BootRow>, bool), StoreError> {
         let rows: Vec<BootRow> = on_pool!(&self.pool, db => sqlx::query_as(
-            "SELECT id, mac, stream, generation, image, state, reason, started_ms, confirmed_ms
+            "SELECT id, mac, stream, generation, image, state, reason, started_ms, confirmed_ms,
+                    root_export, root_bytes, CAST(verify_failures AS BIGINT) AS verify_failures
              FROM boots
              WHERE ($1 IS NULL OR mac = $1) AND ($2 IS NULL OR id < $2)
                AND ($3 IS NULL OR started_ms >= $3) AND ($4 IS NULL OR started_ms < $4)

@@ -465,6 +465,10 @@ mod tests {
             "0014_secure_boot.sql",
             "266e0af0105a45c7690b530d237962c1ba6feb50debe1d46b589553f4b5a0c32",
         ),
+        (
+            "0015_root_reads.sql",
+            "521a4adff60040af005485eed07d325c493717de165326239beb0924793129ab",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -484,6 +488,10 @@ mod tests {
         (
             "0014_secure_boot.sql",
             "266e0af0105a45c7690b530d237962c1ba6feb50debe1d46b589553f4b5a0c32",
+        ),
+        (
+            "0015_root_reads.sql",
+            "521a4adff60040af005485eed07d325c493717de165326239beb0924793129ab",
         ),
     ];
 

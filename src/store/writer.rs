@@ -23,7 +23,7 @@ use tracing::{debug, error, warn};
 
 use super::{Backend, Conn, Store};
 use crate::domain::{ip_text, ipv4_text, LeaseState};
-use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record};
+use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record, RootRead};
 
 /// Most leases committed in one transaction.
 const MAX_BATCH: usize = 2048;
@@ -250,6 +250,7 @@ fn kind(record: &Record) -> &'static str {
         Record::Lease(_) => "lease",
         Record::BootStarted(_) => "boot",
         Record::Rollout(_) => "rollout",
+        Record::RootRead(_) => "root read",
         Record::Flush(_) => "flush",
         Record::Promise(_) => "promise",
     }
@@ -279,6 +280,7 @@ async fn write_all(conn: &mut Conn<'_>, batch: &[Record]) -> Result<(), sqlx::Er
             Record::Event(e) => events.push(e),
             Record::BootStarted(b) => insert_boot(conn, b).await?,
             Record::Rollout(p) => crate::store::rollouts::write(conn, p).await?,
+            Record::RootRead(r) => add_root_read(conn, r).await?,
             Record::MachineSeen(_) | Record::Lease(_) | Record::Flush(_) | Record::Promise(_) => {}
         }
     }
@@ -446,6 +448,21 @@ async fn insert_boot(conn: &mut Conn<'_>, b: &BootRecord) -> Result<(), sqlx::Er
     .bind(b.state.as_str())
     .bind(&b.reason)
     .bind(b.started_ms)
+    .execute(&mut *db)
+    .await.map(|r| r.rows_affected()))?;
+    Ok(())
+}
+
+async fn add_root_read(conn: &mut Conn<'_>, r: &RootRead) -> Result<(), sqlx::Error> {
+    on_conn!(conn, db => sqlx::query(
+        "UPDATE boots SET root_export = COALESCE($1, root_export),
+             root_bytes = root_bytes + $2, verify_failures = verify_failures + $3
+         WHERE id = $4",
+    )
+    .bind(&r.export)
+    .bind(i64::try_from(r.bytes).unwrap_or(i64::MAX))
+    .bind(i32::try_from(r.verify_failures).unwrap_or(i32::MAX))
+    .bind(r.boot_id)
     .execute(&mut *db)
     .await.map(|r| r.rows_affected()))?;
     Ok(())

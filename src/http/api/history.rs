@@ -39,6 +39,15 @@ pub struct StepView {
     pub detail: Value,
 }
 
+/// What a boot read of its root image over NBD.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RootView {
+    /// The root image's export (its sha256).
+    pub export: Option<String>,
+    pub bytes: i64,
+    pub verify_failures: i64,
+}
+
 /// One boot attempt and its steps.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BootView {
@@ -54,6 +63,10 @@ pub struct BootView {
     pub reason: Option<String>,
     pub started_ms: i64,
     pub confirmed_ms: Option<i64>,
+    /// With a root image streamed over NBD: its export, the bytes read for
+    /// it (root and hash tree) and the verification failures reported.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub root: Option<RootView>,
     /// Its steps, oldest first (per machine always; fleet-wide with
     /// `steps=true`).
     pub steps: Vec<StepView>,
@@ -186,6 +199,11 @@ async fn boot_page(
             reason: b.reason,
             started_ms: b.started_ms,
             confirmed_ms: b.confirmed_ms,
+            root: (b.root_export.is_some() || b.verify_failures > 0).then_some(RootView {
+                export: b.root_export,
+                bytes: b.root_bytes,
+                verify_failures: b.verify_failures,
+            }),
         })
         .collect();
     Ok(BootList { boots, next })
