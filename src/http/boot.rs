@@ -10,6 +10,8 @@
 //!   `phone_home` module posts a form; the body is not needed, but a
 //!   rollout's health gate can require one of its fields, e.g.
 //!   `checks=passed`).
+//! - `POST /boot-failure/{token}`: the initrd says the boot failed
+//!   (`reason=verity|root`, `detail=…`): counted by the watchdog at once.
 //!
 //! The binding rule ([`crate::binding`]) holds on every one of them: a
 //! request acts for MAC M only from an address bound to M. An unbound script
@@ -38,8 +40,8 @@ use crate::binding::Bindings;
 use crate::boot::claims;
 use crate::boot::loader::Loader;
 use crate::domain::MacAddr;
-use crate::inventory::{BootPlan, Inventory, InventoryError, ScriptRequest};
-use crate::ledger::Ledger;
+use crate::inventory::{Boot, BootPlan, Inventory, InventoryError, ScriptRequest};
+use crate::ledger::{Ledger, Record, RootRead};
 use crate::metrics::Metrics;
 use crate::netboot::render_boot;
 use crate::render::context;
@@ -100,6 +102,10 @@ pub fn router(state: BootState) -> Router {
         .route(
             "/phone-home/{token}",
             post(phone_home).layer(axum::extract::DefaultBodyLimit::max(MAX_PHONE_HOME)),
+        )
+        .route(
+            "/boot-failure/{token}",
+            post(boot_failure).layer(axum::extract::DefaultBodyLimit::max(MAX_PHONE_HOME)),
         )
         .with_state(state)
 }
@@ -280,29 +286,10 @@ async fn phone_home(
     Path(token): Path<String>,
     body: String,
 ) -> Response {
-    let refuse = |status: StatusCode, code: &'static str, message: String| {
-        // Counted, not stored: a refused request leaves no row behind.
-        Metrics::inc(&state.metrics.boot_token_refused);
-        warn!(peer = %peer.ip(), reason = code, "confirmation refused");
-        (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response()
-    };
-    let Some(boot) = state.inventory.boot_for_token(&token) else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "unknown_token",
-            "unknown or expired boot token".into(),
-        );
-    };
-    if !state.bindings.check(peer.ip(), boot.mac).allows() {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "unbound",
-            "this address is not bound to the boot's machine".into(),
-        );
+    let refuse =
+        |status, code, message| refusal(&state, peer, "confirmation", status, code, message);
+    if let Err((code, message)) = token_boot(&state, peer, &token) {
+        return refuse(StatusCode::FORBIDDEN, code, message.into());
     }
     // cloud-init posts instance_id, hostname, fqdn and public keys; keep
     // the non-key fields as the confirmation's detail, each a capped claim.
@@ -351,6 +338,101 @@ async fn phone_home(
             }
             refuse(status, code, e.to_string())
         }
+    }
+}
+
+/// A request from a machine refused: counted, not stored (a refused
+/// request leaves no row behind), and said as a JSON error.
+fn refusal(
+    state: &BootState,
+    peer: SocketAddr,
+    what: &'static str,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) -> Response {
+    Metrics::inc(&state.metrics.boot_token_refused);
+    warn!(peer = %peer.ip(), reason = code, "{what} refused");
+    (
+        status,
+        Json(json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
+}
+
+/// The open boot `token` names, if the request comes from an address bound
+/// to its machine; else the refusal's code and message (403).
+fn token_boot(
+    state: &BootState,
+    peer: SocketAddr,
+    token: &str,
+) -> Result<Boot, (&'static str, &'static str)> {
+    let boot = state
+        .inventory
+        .boot_for_token(token)
+        .ok_or(("unknown_token", "unknown or expired boot token"))?;
+    if !state.bindings.check(peer.ip(), boot.mac).allows() {
+        return Err(("unbound", "this address is not bound to the boot's machine"));
+    }
+    Ok(boot)
+}
+
+/// What a machine may say went wrong with its boot (`reason`).
+const FAILURE_REASONS: &[&str] = &["verity", "root"];
+
+/// The booting machine reports its boot failed (its initrd could not
+/// verify or attach the root image): recorded, counted by the watchdog at
+/// once, and with `reason=verity` added to the boot's verification
+/// failures. The machine then reboots itself.
+async fn boot_failure(
+    State(state): State<BootState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(token): Path<String>,
+    body: String,
+) -> Response {
+    let refuse =
+        |status, code, message| refusal(&state, peer, "failure report", status, code, message);
+    let boot = match token_boot(&state, peer, &token) {
+        Ok(boot) => boot,
+        Err((code, message)) => return refuse(StatusCode::FORBIDDEN, code, message.into()),
+    };
+    let fields = form_fields(&body);
+    let reason = fields.get("reason").map(String::as_str).unwrap_or_default();
+    let Some(reason) = FAILURE_REASONS.iter().find(|r| **r == reason) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_reason",
+            format!("reason must be one of {}", FAILURE_REASONS.join(", ")),
+        );
+    };
+    let detail = fields.get("detail").and_then(|d| claims::text(d));
+    let why = format!(
+        "the machine reported a {reason} failure{}",
+        detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default()
+    );
+    if *reason == "verity" {
+        state.ledger.record(Record::RootRead(RootRead {
+            boot_id: boot.id,
+            export: None,
+            bytes: 0,
+            verify_failures: 1,
+        }));
+    }
+    state.ledger.boot_event(
+        boot.id,
+        boot.mac,
+        Some(peer.ip()),
+        "boot.failure",
+        json!({ "reason": reason, "detail": detail }),
+        None,
+    );
+    warn!(mac = %boot.mac, boot = boot.id, reason, "{why}");
+    match state.inventory.report_failure(&token, why) {
+        Ok(_) => Json(json!({ "status": "failed", "boot": boot.id })).into_response(),
+        Err(e) => refuse(StatusCode::CONFLICT, "confirmed", e.to_string()),
     }
 }
 

@@ -8,7 +8,7 @@
 //! flushed and answer only once it is committed. Rows carry the engine's
 //! `rev`, so either order leaves the newest state.
 
-use super::{Inventory, InventoryError, StartRollout, State};
+use super::{Boot, Inventory, InventoryError, StartRollout, State};
 use crate::boot::{GenerationId, GroupFacts};
 use crate::domain::{MacAddr, MachineKind};
 use crate::ledger::{now_ms, Record};
@@ -227,6 +227,28 @@ impl Inventory {
             out
         };
         self.after_fleet(out, false);
+    }
+
+    /// The machine of the boot with `token` reports that boot failed
+    /// (`reason`): counted at once (see [`Rollouts::reported_failure`]).
+    /// The boot it names, or why it is refused.
+    pub fn report_failure(&self, token: &str, reason: String) -> Result<Boot, InventoryError> {
+        let boot = self
+            .boot_for_token(token)
+            .ok_or(InventoryError::UnknownToken)?;
+        if boot.confirmed {
+            return Err(InventoryError::AlreadyConfirmed(boot.id));
+        }
+        let out = {
+            let mut state = self.write();
+            let out = state
+                .rollouts
+                .reported_failure(boot.mac, boot.id, reason, now_ms());
+            self.apply_pointers(&mut state, &out.persist.pointers);
+            out
+        };
+        self.after_fleet(out, false);
+        Ok(boot)
     }
 
     /// The clock: watchdog timeouts and rollout gates.

@@ -524,6 +524,29 @@ impl Rollouts {
         out
     }
 
+    /// `mac` reported that its open boot `boot_id` failed: the watchdog
+    /// counts it now instead of at its timeout, and every rollout that
+    /// moved the machine sees it. The machine reboots itself.
+    pub fn reported_failure(
+        &mut self,
+        mac: MacAddr,
+        boot_id: i64,
+        reason: String,
+        now_ms: i64,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        out.persist.at_ms = now_ms;
+        let policy = self.policy;
+        let failure = self
+            .health
+            .get_mut(&mac)
+            .and_then(|h| h.reported(&policy, boot_id, reason, now_ms));
+        if let Some(failure) = failure {
+            self.failed(mac, failure, Some(boot_id), Some(mac), now_ms, &mut out);
+        }
+        out
+    }
+
     /// The clock: silent boots past the watchdog timeout fail; open gates
     /// pass (next wave, or the pointer moves) or time out.
     pub fn tick(&mut self, now_ms: i64) -> Outcome {

@@ -168,6 +168,22 @@ impl Health {
         ))
     }
 
+    /// The machine itself said its open boot `boot_id` failed (it could
+    /// not verify its root image, …): counted now, once.
+    pub fn reported(
+        &mut self,
+        policy: &Policy,
+        boot_id: i64,
+        reason: String,
+        now_ms: i64,
+    ) -> Option<Failure> {
+        if self.open.as_ref()?.boot_id != Some(boot_id) {
+            return None;
+        }
+        let open = self.open.take()?;
+        Some(self.count(policy, open.generation, reason, now_ms))
+    }
+
     /// Nothing to remember: no open boot, no failures, no mark.
     pub fn is_clear(&self) -> bool {
         *self == Health::default()
@@ -268,6 +284,28 @@ mod tests {
         h.served(&POLICY, &g(42), 1_000_000);
         h.confirmed(&g(42));
         assert_eq!(h, Health::default());
+    }
+
+    #[test]
+    fn a_reported_failure_counts_its_own_open_boot_once_and_no_other() {
+        let mut h = Health::default();
+        h.open(&g(42), Some(7), 0);
+        assert_eq!(
+            h.reported(&POLICY, 6, "verity".into(), 10),
+            None,
+            "another boot"
+        );
+        let f = h
+            .reported(&POLICY, 7, "verity".into(), 10)
+            .expect("counted");
+        assert_eq!((f.generation, f.reason.as_str()), (g(42), "verity"));
+        assert_eq!(h.reported(&POLICY, 7, "verity".into(), 20), None, "once");
+        assert_eq!(
+            h.tick(&POLICY, 10_000_000),
+            None,
+            "not again at the timeout"
+        );
+        assert_eq!(h.netbooted(&POLICY, 30), None, "nor when it netboots");
     }
 
     #[test]

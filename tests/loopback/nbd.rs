@@ -313,28 +313,24 @@ async fn libnbd_reads_the_export_whole() {
 /// back over NBD (both the image and its tree, by digest), `veritysetup
 /// verify` accepts them with the manifest's root hash. A manifest whose
 /// root hash or tree does not belong to the rootfs is refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
-    if !crate::common::require_or_skip(&["nbdcopy", "veritysetup"]) {
-        return;
-    }
-    let server = TestServer::full("[nbd]\nlisten = \"127.0.0.1:0\"\n").await;
-    let nbd = server.bound.nbd.expect("NBD is on");
-    let dir = tempfile::TempDir::new().unwrap();
+/// Imports a small live OS whose root image is 2 MiB and three blocks of
+/// [`image`] as generation 1 of stream `big`, with the CLI (which computes
+/// the dm-verity tree); the generation's manifest and the CLI's stderr.
+async fn import_root(server: &TestServer, dir: &std::path::Path) -> (serde_json::Value, String) {
     let mut root = image();
     root.truncate(2 * 1024 * 1024 + 4096 * 3);
     let files = [
         ("vmlinuz", vec![1u8; 4096]),
         ("initrd.img", vec![2u8; 4096]),
-        ("root.img", root.clone()),
+        ("root.img", root),
     ];
     for (name, bytes) in &files {
-        std::fs::write(dir.path().join(name), bytes).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
     }
     let base = format!("http://{}", server.bound.http);
     let data = server.dir.path().join("data");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
-        .current_dir(dir.path())
+        .current_dir(dir)
         .args([
             "image",
             "import",
@@ -346,6 +342,8 @@ async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
             "initrd.img",
             "--rootfs",
             "root.img",
+            "--cmdline",
+            "console=ttyS0 ds=nocloud-net;s={{ urls.seed }}",
             "--server",
             &base,
             "--data-dir",
@@ -353,18 +351,29 @@ async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
         .arg(&data)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("dm-verity root hash "), "{stderr}");
-    let api = Api::new(&server);
-    let g = api
+    let g = Api::new(server)
         .ok(
             reqwest::Method::GET,
             "/api/v1/streams/big/generations/1",
             None,
         )
         .await;
-    let m = &g["manifest"];
+    (g["manifest"].clone(), stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
+    if !crate::common::require_or_skip(&["nbdcopy", "veritysetup"]) {
+        return;
+    }
+    let server = TestServer::full("[nbd]\nlisten = \"127.0.0.1:0\"\n").await;
+    let nbd = server.bound.nbd.expect("NBD is on");
+    let dir = tempfile::TempDir::new().unwrap();
+    let (m, stderr) = import_root(&server, dir.path()).await;
+    let api = Api::new(&server);
     let verity = m["rootfs_verity"].clone();
     let root_hash = verity["root_hash"].as_str().expect("root hash").to_string();
     assert!(stderr.contains(&root_hash), "{stderr}");
@@ -438,4 +447,137 @@ async fn a_root_image_is_imported_with_its_verity_tree_and_verifies_over_nbd() {
         .await;
     assert_eq!(status, 400, "a tree without its rootfs");
     server.stop().await;
+}
+
+const MAC: &str = "52:54:00:20:00:01";
+
+/// Reads `len` bytes at `offset` of the export the connection is on.
+async fn read_at(s: &mut TcpStream, handle: u64, offset: u64, len: u32) -> Vec<u8> {
+    request(s, 0, handle, offset, len).await;
+    assert_eq!(simple_reply(s).await, (0, handle));
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).await.unwrap();
+    data
+}
+
+/// The machine's latest boot, once `ready` says it is what the test waits
+/// for (within 10 s).
+async fn latest_boot(api: &Api, ready: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let path = format!("/api/v1/machines/{MAC}");
+    for _ in 0..100 {
+        let m = api.ok(reqwest::Method::GET, &path, None).await;
+        let boot = m["recent_boots"][0].clone();
+        if ready(&boot) {
+            return boot;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{MAC}'s latest boot never got there");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_root_boot_names_its_exports_counts_its_reads_and_reports_a_failed_verification() {
+    use crate::common::fleet;
+    let server = TestServer::full("[nbd]\nlisten = \"127.0.0.1:0\"\n").await;
+    let nbd = server.bound.nbd.expect("NBD is on");
+    let dir = tempfile::TempDir::new().unwrap();
+    let (m, _) = import_root(&server, dir.path()).await;
+    let api = Api::new(&server);
+    api.point("default", "big", 1).await;
+    let root = m["rootfs"]["digest"].as_str().unwrap().to_string();
+    let tree = m["rootfs_verity"]["hash_tree"]["digest"].as_str().unwrap();
+    let root_hash = m["rootfs_verity"]["root_hash"].as_str().unwrap();
+
+    // The rendered command line names server, exports and root hash.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.bound.http);
+    let script = fleet::script(&http, &base, MAC).await;
+    let args =
+        format!("ironboot.nbd={nbd} ironboot.root={root} ironboot.verity={tree}:{root_hash}");
+    assert!(script.contains(&args), "{script}");
+    let token = fleet::token_in(&script).expect("a token");
+
+    // What the initrd reads over NBD is counted on the boot, root and tree.
+    let mut s = connect(nbd).await;
+    go(&mut s, &root).await.unwrap();
+    let mut read = 0;
+    for (i, offset) in [0u64, 1 << 20, 8192].into_iter().enumerate() {
+        read += read_at(&mut s, i as u64, offset, 64 << 10).await.len();
+    }
+    let mut t = connect(nbd).await;
+    go(&mut t, tree).await.unwrap();
+    read += read_at(&mut t, 9, 0, 4096).await.len();
+    request(&mut s, 2, 99, 0, 0).await; // NBD_CMD_DISC
+    request(&mut t, 2, 99, 0, 0).await;
+    drop((s, t));
+    let boot = latest_boot(&api, |b| b["root"]["bytes"] == read as u64).await;
+    assert_eq!(boot["root"]["export"], root.as_str(), "{boot}");
+    assert_eq!(boot["root"]["verify_failures"], 0, "{boot}");
+    let steps: Vec<&str> = boot["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for step in ["nbd.open", "nbd.read", "nbd.close"] {
+        assert!(steps.contains(&step), "{step} in {steps:?}");
+    }
+
+    // Failure reports: only with the boot's token, only a known reason.
+    let report = |token: String, form: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/boot-failure/{token}");
+        async move {
+            let r = http
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = report("f".repeat(43), "reason=verity").await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = report(token.clone(), "reason=cosmic-rays").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("verity, root"), "{body}");
+    let (status, body) = report(token.clone(), "reason=verity&detail=block+7+corrupted").await;
+    assert_eq!(status, 200, "{body}");
+
+    // The boot failed at once (not at the watchdog's timeout), with the
+    // machine's words; the verification failure is on the boot.
+    let boot = latest_boot(&api, |b| b["state"] == "failed").await;
+    assert_eq!(boot["root"]["verify_failures"], 1, "{boot}");
+    assert!(
+        boot["reason"]
+            .as_str()
+            .unwrap()
+            .contains("verity failure: block 7 corrupted"),
+        "{boot}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironboot"))
+        .args(["machines", "show", MAC, "--server", &base, "--data-dir"])
+        .arg(server.dir.path().join("data"))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("nbd export {}…", &root[..12]))
+            && shown.contains("1 verification failure"),
+        "{shown}"
+    );
+    server.stop().await;
+
+    // Without NBD the generation cannot boot, and the script says why.
+    let plain = TestServer::full("").await;
+    let dir = tempfile::TempDir::new().unwrap();
+    import_root(&plain, dir.path()).await;
+    Api::new(&plain).point("default", "big", 1).await;
+    let base = format!("http://{}", plain.bound.http);
+    let script = fleet::script(&http, &base, MAC).await;
+    assert!(script.contains("[nbd] listen is off"), "{script}");
+    assert!(!script.contains("ironboot.root="), "{script}");
+    plain.stop().await;
 }
