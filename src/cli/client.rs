@@ -1,6 +1,7 @@
 //! A small typed wrapper over reqwest for the API: bearer token, JSON
 //! errors turned into messages, and exit codes by kind of failure.
 
+use futures_util::StreamExt as _;
 use std::path::Path;
 
 use reqwest::{Method, StatusCode};
@@ -326,8 +327,14 @@ impl Client {
             .await
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
         let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-        let body =
-            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let mut progress =
+            super::progress::Progress::new(format!("{}: upload", path.display()), len);
+        let chunks = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20).inspect(move |c| {
+            if let (Ok(bytes), Some(p)) = (c, progress.as_mut()) {
+                p.add(bytes.len() as u64);
+            }
+        });
+        let body = reqwest::Body::wrap_stream(chunks);
         let rb = self
             .request(Method::PUT, &format!("/api/v1/artifacts/sha256/{hex}"))?
             .header(reqwest::header::CONTENT_LENGTH, len)

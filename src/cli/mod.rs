@@ -21,6 +21,7 @@ pub mod explain;
 pub mod groups;
 pub mod inventory;
 pub mod power;
+mod progress;
 pub mod rollout;
 pub mod uki;
 
@@ -184,9 +185,13 @@ async fn rootfs_verity(client: &Client, path: &Path) -> Result<Option<Value>, Cl
     rand::thread_rng().fill_bytes(&mut params.uuid);
     let file = std::fs::File::open(path).map_err(unreadable)?;
     let salt = hex::encode(&params.salt);
+    let reading = progress::Reading {
+        inner: file,
+        progress: progress::Progress::new(format!("{}: dm-verity tree", path.display()), size),
+    };
     let tree = tokio::task::spawn_blocking(move || {
         verity::build(
-            std::io::BufReader::with_capacity(1 << 20, file),
+            std::io::BufReader::with_capacity(1 << 20, reading),
             size,
             &params,
         )
@@ -263,6 +268,8 @@ async fn artifact(client: &Client, spec: &str, remote: bool) -> Result<Value, Cl
 async fn sha256_file(path: &Path) -> Result<(String, u64), CliError> {
     let unreadable = |e: std::io::Error| CliError::Usage(format!("{}: {e}", path.display()));
     let mut file = tokio::fs::File::open(path).await.map_err(unreadable)?;
+    let total = file.metadata().await.map_err(unreadable)?.len();
+    let mut progress = progress::Progress::new(format!("{}: sha256", path.display()), total);
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -273,6 +280,9 @@ async fn sha256_file(path: &Path) -> Result<(String, u64), CliError> {
         }
         hasher.update(&buf[..n]);
         size += n as u64;
+        if let Some(p) = progress.as_mut() {
+            p.add(n as u64);
+        }
     }
     Ok((hex::encode(hasher.finalize()), size))
 }
