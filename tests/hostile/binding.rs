@@ -176,6 +176,16 @@ async fn only_the_bound_address_acts_for_a_machine() {
         403,
         "a forged confirmation with the victim's token"
     );
+    assert_eq!(
+        post(
+            &attacker,
+            &format!("{base}/boot-failure/{token}"),
+            "reason=verity"
+        )
+        .await,
+        403,
+        "a forged failure report with the victim's token"
+    );
     // From the victim's address: served, and the confirmation counts.
     let (status, user) = get(&victim, &format!("{seed_url}user-data")).await;
     assert_eq!(status, 200);
