@@ -383,7 +383,8 @@ const FAILURE_REASONS: &[&str] = &["verity", "root"];
 /// The booting machine reports its boot failed (its initrd could not
 /// verify or attach the root image): recorded, counted by the watchdog at
 /// once, and with `reason=verity` added to the boot's verification
-/// failures. The machine then reboots itself.
+/// failures. The machine then reboots itself. From a machine whose boot
+/// confirmed (a bad block read later), the report is recorded only.
 async fn boot_failure(
     State(state): State<BootState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -430,9 +431,13 @@ async fn boot_failure(
         None,
     );
     warn!(mac = %boot.mac, boot = boot.id, reason, "{why}");
+    if boot.confirmed {
+        // The machine runs, and found a bad block later: recorded only.
+        return Json(json!({ "status": "recorded", "boot": boot.id })).into_response();
+    }
     match state.inventory.report_failure(&token, why) {
         Ok(_) => Json(json!({ "status": "failed", "boot": boot.id })).into_response(),
-        Err(e) => refuse(StatusCode::CONFLICT, "confirmed", e.to_string()),
+        Err(e) => refuse(StatusCode::CONFLICT, "gone", e.to_string()),
     }
 }
 

@@ -568,6 +568,17 @@ async fn a_root_boot_names_its_exports_counts_its_reads_and_reports_a_failed_ver
             && shown.contains("1 verification failure"),
         "{shown}"
     );
+    // A bad block found after a confirmation is recorded, nothing more.
+    let token = fleet::token_in(&fleet::script(&http, &base, MAC).await).expect("a token");
+    assert_eq!(
+        fleet::phone_home(&http, &base, &token, "root=nbd").await,
+        200
+    );
+    let (status, body) = report(token, "reason=verity&detail=later").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("recorded"), "{body}");
+    let boot = latest_boot(&api, |b| b["root"]["verify_failures"] == 1).await;
+    assert_eq!(boot["state"], "confirmed", "{boot}");
     server.stop().await;
 
     // Without NBD the generation cannot boot, and the script says why.
