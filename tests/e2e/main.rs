@@ -17,6 +17,7 @@ mod lab;
 mod boot;
 mod clients;
 mod full;
+mod nbdroot;
 mod proxy;
 mod rollout;
 mod secureboot;

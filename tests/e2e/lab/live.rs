@@ -95,11 +95,16 @@ pub fn build(
 /// `ironboot ARGS --server BASE --data-dir DIR/data` in the server namespace
 /// (10.77.0.1 exists only there); its stdout, or a panic with stderr.
 pub fn cli(lab: &Lab, args: &[&str]) -> String {
+    cli_within(lab, 60, args)
+}
+
+/// [`cli`], bounded by `secs` instead of a minute.
+pub fn cli_within(lab: &Lab, secs: u64, args: &[&str]) -> String {
     let data = lab.dir.join("data");
     let mut all = vec![lab.bin.to_str().unwrap()];
     all.extend_from_slice(args);
     all.extend(["--server", BASE, "--data-dir", data.to_str().unwrap()]);
-    let out = lab.exec_output(&lab.ns, 60, &all);
+    let out = lab.exec_output(&lab.ns, secs, &all);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
