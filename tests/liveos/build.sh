@@ -130,7 +130,7 @@ if [ "$ARCH" = arm64 ]; then
     [ -s "$GRUBNET" ] || die "no monolithic/grubnetaa64.efi in grub-efi-arm64-bin"
 fi
 
-INPUTS_SHA=$(cat "$HERE/build.sh" "$HERE/init" "$HERE/udhcpc.script" "$BUSYBOX" |
+INPUTS_SHA=$(cat "$HERE/build.sh" "$HERE/modules.sh" "$HERE/init" "$HERE/udhcpc.script" "$BUSYBOX" |
     sha256sum | cut -d' ' -f1)
 VERSION_TEXT="arch=$ARCH
 kernel-package=$KPKG
@@ -167,61 +167,13 @@ MODSRC=$PKGROOT/lib/modules/$KREL
 [ -d "$MODSRC" ] || die "no lib/modules/$KREL in $DEB"
 
 # --- Modules: resolve dependencies, decompress, load order ------------------
-declare -A MODPATH=() BUILTIN=() SEEN=()
-ORDER=()
-while IFS= read -r f; do
-    n=${f##*/}
-    n=${n%%.ko*}
-    MODPATH[${n//-/_}]=$f
-done < <(cd "$MODSRC" && find kernel -name '*.ko' -o -name '*.ko.xz' -o -name '*.ko.zst' -o -name '*.ko.gz')
-if [ -f "$MODSRC/modules.builtin" ]; then
-    while IFS= read -r f; do
-        n=${f##*/}
-        n=${n%%.ko*}
-        BUILTIN[${n//-/_}]=1
-    done <"$MODSRC/modules.builtin"
-fi
-
-decompress() { # SRC DST
-    case "$1" in
-        *.ko) cp "$1" "$2" ;;
-        *.ko.xz) xz -dc "$1" >"$2" ;;
-        *.ko.zst) zstd -q -dc "$1" >"$2" ;;
-        *.ko.gz) gzip -dc "$1" >"$2" ;;
-    esac
-}
-
-modinfo_field() { # FIELD KOFILE (uncompressed)
-    tr '\0' '\n' <"$2" | sed -n "s/^$1=//p" | head -n 1
-}
-
-add_module() { # NAME: its dependencies first, then itself
-    local name=${1//-/_} rel dst dep deps
-    [ -z "${SEEN[$name]:-}" ] || return 0
-    SEEN[$name]=1
-    if [ -n "${BUILTIN[$name]:-}" ]; then
-        log "module $name is built in"
-        return 0
-    fi
-    rel=${MODPATH[$name]:-}
-    [ -n "$rel" ] || die "module $name not found in $KPKG"
-    dst=$ROOT/lib/modules/$KREL/${rel%%.ko*}.ko
-    mkdir -p "$(dirname "$dst")"
-    decompress "$MODSRC/$rel" "$dst"
-    case "$(modinfo_field vermagic "$dst")" in
-        "$KREL "*) ;;
-        *) die "$rel: vermagic is not $KREL" ;;
-    esac
-    deps=$(modinfo_field depends "$dst")
-    for dep in ${deps//,/ }; do
-        add_module "$dep"
-    done
-    ORDER+=("/lib/modules/$KREL/${rel%%.ko*}.ko")
-}
+# shellcheck source=modules.sh
+source "$HERE/modules.sh"
+index_modules "$MODSRC"
 
 mkdir -p "$ROOT"/{bin,dev,etc,proc,sys,tmp,run,root,lib/modules/"$KREL"}
 for m in "${MODULES[@]}"; do
-    add_module "$m"
+    add_module "$MODSRC" "$ROOT" "$m"
 done
 printf '%s\n' "${ORDER[@]}" >"$ROOT/etc/liveos-modules"
 log "modules (load order): $(printf '%s ' "${ORDER[@]##*/}")"
