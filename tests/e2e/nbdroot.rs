@@ -16,7 +16,11 @@
 //! - (c) generation 2 (another root) has one byte of its root image changed
 //!   in the store: dm-verity refuses the block, the initrd reports a
 //!   verification failure and reboots; the boot is failed at once, and the
-//!   machine's next netboot gets its last good generation, which confirms.
+//!   machine's next netboot gets its last good generation, which confirms;
+//! - (d) the server is killed as soon as another machine's initrd has
+//!   attached its root (while it opens and mounts it), and started again
+//!   3 s later: the initrd reconnects, switches root and the machine
+//!   confirms.
 //!
 //! Run with `IRONBOOT_E2E=require cargo test --test e2e nbdroot:: -- --nocapture`.
 
@@ -28,6 +32,7 @@ use crate::lab::*;
 
 const TEST: &str = "a_root_larger_than_ram_boots_verified_over_nbd_and_survives_a_server_restart";
 const MAC: &str = "52:54:00:9b:00:01";
+const MID_MAC: &str = "52:54:00:9b:00:02";
 const NBD: &str = "10.77.0.1:10809";
 /// The large root, and the small one whose copy in the store is changed.
 const BIG_MIB: u32 = 2048;
@@ -218,15 +223,7 @@ fn a_root_larger_than_ram_boots_verified_over_nbd_and_survives_a_server_restart(
 
     // (b) the server dies and comes back while the machine reads ------------
     let (before, _) = reads(&vm.text());
-    kill_server(&mut lab);
-    let killed = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    std::fs::rename(lab.server_log(), lab.dir.join("server-before-kill.log")).unwrap();
-    lab.start_server(&ipxe_dir());
-    eprintln!(
-        "e2e-nbdroot: (b) server back {} after SIGKILL",
-        secs(killed.elapsed())
-    );
+    restart_server(&mut lab, "server-before-kill.log");
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (last, failed) = reads(&vm.text());
@@ -305,8 +302,51 @@ fn a_root_larger_than_ram_boots_verified_over_nbd_and_survives_a_server_restart(
     let (_, state, _, _) = latest_boot(&lab, MAC);
     assert_eq!(state, "confirmed");
     vm.stop();
+
+    // (d) the server dies in the middle of a boot, just after the initrd
+    // attached its root: the boot goes on once it is back --------------
+    cli(&lab, &["groups", "set-generation", "default", "big", "1"]);
+    let mut vm = lab.start_vm_with("d-midboot", "tap1", MID_MAC, Firmware::BiosIpxeRom, 512);
+    vm.wait_markers(&["ironboot-nbd-root: ready"], BOOT_LIMIT);
+    restart_server(&mut lab, "server-before-midboot-kill.log");
+    let at = vm.wait_markers(
+        &[
+            &live("switching root (verified)"),
+            &live("phone_home ok"),
+            &live("read 1 ok"),
+        ],
+        BOOT_LIMIT,
+    );
+    let text = vm.text();
+    assert!(
+        text.contains("ironboot-nbd-root: nbd0: reconnected")
+            && !text.contains(&live("root failed")),
+        "(d) the initrd reconnected and went on\n{}",
+        tail(&vm.serial, 30)
+    );
+    let (_, state, _, _) = latest_boot(&lab, MID_MAC);
+    assert_eq!(state, "confirmed");
+    eprintln!(
+        "e2e-nbdroot: (d) confirmed at {} across a restart mid-boot",
+        secs(at[1])
+    );
+    vm.stop();
     lab.stop_server_cleanly();
     eprintln!("e2e-nbdroot: total {}", secs(total.elapsed()));
+}
+
+/// Kills the server with SIGKILL, keeps its log as `kept`, and starts it
+/// again 3 s later on the same data.
+fn restart_server(lab: &mut Lab, kept: &str) {
+    kill_server(lab);
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::rename(lab.server_log(), lab.dir.join(kept)).unwrap();
+    lab.start_server(&ipxe_dir());
+    eprintln!(
+        "e2e-nbdroot: server back {} after SIGKILL",
+        secs(killed.elapsed())
+    );
 }
 
 /// The benchmark of BENCHMARKS.md ("Two-stage boot"), not a test: the
