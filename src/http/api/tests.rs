@@ -168,6 +168,11 @@ async fn the_openapi_document_is_3_1_public_and_documents_errors_on_every_operat
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
     assert_eq!(doc, serde_json::to_value(openapi_document()).unwrap());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    assert!(
+        doc["components"]["schemas"]["BootView"]["properties"]["root"].is_object()
+            && doc["components"]["schemas"]["RootView"].is_object(),
+        "a boot's root image reads are documented"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"
