@@ -73,10 +73,10 @@ fn build_stage1(timeout: &Path, mib: u32) -> Result<Stage1, String> {
     })
 }
 
-/// `ironboot image import` of a stage-1 generation into `stream` (the CLI
-/// hashes the root, computes its tree and uploads both: minutes, not the
-/// CLI's usual 60 s): its generation number.
-fn import_root(lab: &Lab, os: &Stage1, stream: &str) -> i64 {
+/// `ironboot image import` of a stage-1 generation into `stream` with
+/// `cmdline` (the CLI hashes the root, computes its tree and uploads both:
+/// allowed more than the CLI's usual minute): its generation number.
+fn import_root(lab: &Lab, os: &Stage1, stream: &str, cmdline: &str) -> i64 {
     let out = cli_within(
         lab,
         400,
@@ -92,13 +92,10 @@ fn import_root(lab: &Lab, os: &Stage1, stream: &str) -> i64 {
             "--rootfs",
             os.root.to_str().unwrap(),
             "--cmdline",
-            CMDLINE,
+            cmdline,
         ],
     );
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("image import printed {out:?}"))
+    imported(&out).0
 }
 
 /// The latest boot of `mac`: (id, state, root bytes, verification failures).
@@ -174,7 +171,7 @@ fn a_root_larger_than_ram_boots_verified_over_nbd_and_survives_a_server_restart(
     );
     lab.start_server(&ipxe_dir());
     let started = Instant::now();
-    assert_eq!(import_root(&lab, &big, "big"), 1);
+    assert_eq!(import_root(&lab, &big, "big", CMDLINE), 1);
     eprintln!(
         "e2e-nbdroot: {BIG_MIB} MiB root imported in {}",
         secs(started.elapsed())
@@ -256,7 +253,7 @@ fn a_root_larger_than_ram_boots_verified_over_nbd_and_survives_a_server_restart(
     vm.stop();
 
     // (c) one byte changed in the served root: refused, last good boots ----
-    assert_eq!(import_root(&lab, &small, "small"), 1);
+    assert_eq!(import_root(&lab, &small, "small", CMDLINE), 1);
     let digest = {
         let out = Command::new("sha256sum").arg(&small.root).output().unwrap();
         String::from_utf8_lossy(&out.stdout)[..64].to_string()
@@ -399,25 +396,7 @@ fn bench_two_stage_boot_against_the_root_as_an_initrd() {
     std::fs::remove_dir_all(&tree).unwrap();
 
     let cmdline = "console=ttyS0,115200n8";
-    let out = cli_within(
-        &lab,
-        400,
-        &[
-            "image",
-            "import",
-            "--stream",
-            "nbd",
-            "--kernel",
-            two_stage.kernel.to_str().unwrap(),
-            "--initrd",
-            two_stage.initrd.to_str().unwrap(),
-            "--rootfs",
-            two_stage.root.to_str().unwrap(),
-            "--cmdline",
-            cmdline,
-        ],
-    );
-    assert!(out.starts_with("generation 1 "), "{out}");
+    assert_eq!(import_root(&lab, &two_stage, "nbd", cmdline), 1);
     assert_eq!(import(&lab, &one_stage, "initrd", cmdline, &[&cpio]).0, 1);
 
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];

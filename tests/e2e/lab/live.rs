@@ -140,7 +140,12 @@ pub fn import(
         args.extend(["--initrd", initrd.to_str().unwrap()]);
     }
     args.extend(["--cmdline", cmdline]);
-    let out = cli(lab, &args);
+    imported(&cli(lab, &args))
+}
+
+/// (generation, digest) from what `ironboot image import` printed
+/// (`generation N sha256:…`).
+pub fn imported(out: &str) -> (i64, String) {
     let mut words = out.split_whitespace();
     let parsed = match (words.next(), words.next(), words.next()) {
         (Some("generation"), Some(n), Some(digest)) => n.parse().ok().map(|n| (n, digest.into())),
