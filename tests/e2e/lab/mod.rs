@@ -984,3 +984,346 @@ impl Vm {
 pub fn ipxe_dir() -> PathBuf {
     PathBuf::from(IPXE_DIR)
 }
+
+// ---------------------------------------------------------------------------
+// The IPv6-only lab: br0 with fd00:77::1/64 and no IPv4, IPv4/ARP dropped
+// ---------------------------------------------------------------------------
+
+/// The server's address on br0 in an IPv6-only lab ([`Lab::new_ipv6_only`]).
+pub const SERVER_IP6: &str = "fd00:77::1";
+/// The IPv6-only lab's on-link prefix.
+pub const PREFIX6: &str = "fd00:77::/64";
+/// First and last address of the IPv6-only lab's DHCPv6 pool.
+pub const POOL6_START: &str = "fd00:77::1000";
+pub const POOL6_END: &str = "fd00:77::1fff";
+
+/// Whether `ip` is an address of the IPv6-only lab's pool
+/// ([`POOL6_START`]..=[`POOL6_END`]).
+pub fn in_pool6(ip: &str) -> bool {
+    let Ok(ip) = ip.parse::<std::net::Ipv6Addr>() else {
+        return false;
+    };
+    let n = u128::from(ip);
+    let lo = u128::from(POOL6_START.parse::<std::net::Ipv6Addr>().unwrap());
+    let hi = u128::from(POOL6_END.parse::<std::net::Ipv6Addr>().unwrap());
+    (lo..=hi).contains(&n)
+}
+
+/// What an IPv6-only lab needs beyond [`requirements`]: `ebtables` (to drop
+/// IPv4 and ARP in the bridge; the nf_tables one works inside a namespace)
+/// and `tcpdump` (for [`Lab::capture`]). Returns their paths.
+pub fn ipv6_requirements() -> Result<(PathBuf, PathBuf), String> {
+    let ebtables = which("ebtables").ok_or("ebtables not found (package ebtables or iptables)")?;
+    let tcpdump = which("tcpdump").ok_or("tcpdump not found (package tcpdump)")?;
+    Ok((ebtables, tcpdump))
+}
+
+impl Lab {
+    /// A lab like [`Lab::new`] (server namespace with br0, `taps` taps and
+    /// the veth to the client namespace), but IPv6-only: br0 has
+    /// [`SERVER_IP6`]/64 (no DAD) and no IPv4 address, and the server
+    /// namespace's bridge filter drops every IPv4 and ARP frame (ebtables
+    /// FORWARD, INPUT and OUTPUT), so a guest's DHCPv4 never reaches
+    /// anything. Panics if ebtables is missing or refuses the rules: check
+    /// [`ipv6_requirements`] first.
+    pub fn new_ipv6_only(tools: Tools, tag: &str, taps: usize, turn: Turn) -> Lab {
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("ironboot-e2e-{tag}-"))
+            .tempdir()
+            .expect("temp dir");
+        let ns = format!("ibe2e-{}-{tag}", std::process::id());
+        let mut lab = Lab {
+            tools,
+            cns: format!("{ns}-c"),
+            ns,
+            namespaces: Vec::new(),
+            bin: snapshot_bin(tmp.path()),
+            dir: tmp.path().to_path_buf(),
+            tmp: Some(tmp),
+            server: None,
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            db: None,
+            extra_config: String::new(),
+            proxy: false,
+            turn,
+        };
+        lab.network6(taps);
+        lab
+    }
+
+    /// [`Lab::network`] for the IPv6-only lab (see [`Lab::new_ipv6_only`]).
+    pub fn network6(&mut self, taps: usize) {
+        let (ns, cns) = (self.ns.clone(), self.cns.clone());
+        for n in [&ns, &cns] {
+            let ip = self.tools.ip.to_str().unwrap();
+            let (ok, text) = self.run(&[ip, "netns", "add", n]);
+            if !ok {
+                panic!("ip netns add {n} failed (root without CAP_SYS_ADMIN?): {text}");
+            }
+            self.namespaces.push(n.clone());
+        }
+        self.ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        self.ip(&["-n", &cns, "link", "set", "lo", "up"]);
+        // No multicast snooping: with it the bridge joins the all-snoopers
+        // groups (RFC 4286), and br0 sends an IGMPv3 report for 224.0.0.106
+        // from 0.0.0.0, the one IPv4 frame such a lab would otherwise emit.
+        // Multicast (ff02::1:2, RAs) is flooded to every port instead.
+        self.ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ]);
+        // Rules first: not one IPv4 or ARP frame crosses br0, even while
+        // the links come up.
+        let (ebtables, _) = ipv6_requirements().unwrap_or_else(|e| panic!("{e}"));
+        let eb = ebtables.to_str().unwrap();
+        for chain in ["FORWARD", "INPUT", "OUTPUT"] {
+            for proto in ["IPv4", "ARP"] {
+                let (ok, text) = self.exec(&ns, 10, &[eb, "-A", chain, "-p", proto, "-j", "DROP"]);
+                assert!(ok, "ebtables -A {chain} -p {proto} -j DROP in {ns}: {text}");
+            }
+        }
+        let bb = self.tools.busybox.to_str().unwrap().to_string();
+        let _ = self.exec(
+            &ns,
+            5,
+            &[&bb, "sysctl", "-w", "net.ipv6.conf.br0.accept_dad=0"],
+        );
+        let addr = format!("{SERVER_IP6}/64");
+        self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "br0", "nodad"]);
+        self.ip(&[
+            "-n", &ns, "link", "add", "vbr", "type", "veth", "peer", "name", "vcl", "netns", &cns,
+        ]);
+        self.ip(&["-n", &ns, "link", "set", "vbr", "master", "br0"]);
+        self.ip(&["-n", &ns, "link", "set", "vbr", "up"]);
+        self.ip(&[
+            "-n",
+            &cns,
+            "link",
+            "set",
+            "vcl",
+            "address",
+            "02:00:00:e2:e0:01",
+        ]);
+        let _ = self.exec(
+            &cns,
+            5,
+            &[&bb, "sysctl", "-w", "net.ipv6.conf.vcl.accept_dad=0"],
+        );
+        self.ip(&["-n", &cns, "link", "set", "vcl", "up"]);
+        self.ip(&["-n", &ns, "link", "set", "br0", "up"]);
+        for i in 0..taps {
+            let tap = format!("tap{i}");
+            self.ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"]);
+            self.ip(&["-n", &ns, "link", "set", &tap, "master", "br0"]);
+            self.ip(&["-n", &ns, "link", "set", &tap, "up"]);
+        }
+    }
+
+    /// Starts tcpdump in the server namespace on `iface` (e.g. `br0`, or a
+    /// tap to see a guest's frames before the bridge filter drops them),
+    /// every frame unfiltered, written to `file` as it arrives (`-U`), and
+    /// waits (up to 5 s) until it is listening. Dropping (or stopping) the
+    /// returned process ends the capture; the file is a classic pcap for
+    /// [`ipv4_frames`].
+    ///
+    /// Where the IPv6-only lab's ebtables rules act: on `br0` tcpdump sees
+    /// what the server namespace sends (packet sockets see a frame before
+    /// the bridge's OUTPUT chain drops it), but not a guest's IPv4/ARP
+    /// frames (dropped in INPUT before they reach br0); on a tap it sees
+    /// everything the guest sends.
+    pub fn capture(&self, iface: &str, file: &Path) -> Proc {
+        let (_, tcpdump) = ipv6_requirements().unwrap_or_else(|e| panic!("{e}"));
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "capture".into());
+        let log = self.dir.join(format!("{name}.tcpdump.log"));
+        let mut proc = self.spawn(
+            &format!("tcpdump {iface}"),
+            &self.ns,
+            400,
+            &[
+                tcpdump.to_str().unwrap(),
+                "-i",
+                iface,
+                "-U",
+                "-n",
+                // Stay root: the lab's temp dir is 0700.
+                "-Z",
+                "root",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+            &log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("listening on")
+            {
+                break;
+            }
+            if let Some(status) = proc.exited() {
+                panic!(
+                    "tcpdump on {iface} exited at start ({status}): {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tcpdump on {iface} not listening after 5 s: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        proc
+    }
+}
+
+/// The frames of a classic pcap file (Ethernet link type), each as
+/// captured. Panics on anything else (pcapng, another link type).
+pub fn pcap_frames(pcap: &Path) -> Vec<Vec<u8>> {
+    let data = fs::read(pcap).unwrap_or_else(|e| panic!("read {}: {e}", pcap.display()));
+    if data.len() < 24 {
+        // tcpdump stopped before writing its header: nothing captured.
+        return Vec::new();
+    }
+    let u32_at = |b: &[u8], le: bool| {
+        let a = [b[0], b[1], b[2], b[3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let le = match data[..4] {
+        [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+        [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+        _ => panic!("{}: not a classic pcap file", pcap.display()),
+    };
+    let linktype = u32_at(&data[20..24], le);
+    assert_eq!(
+        linktype,
+        1,
+        "{}: link type {linktype}, not Ethernet",
+        pcap.display()
+    );
+    let mut frames = Vec::new();
+    let mut off = 24;
+    while off + 16 <= data.len() {
+        let incl = u32_at(&data[off + 8..off + 12], le) as usize;
+        off += 16;
+        // The last record may be cut short if tcpdump was killed mid-write.
+        let end = (off + incl).min(data.len());
+        frames.push(data[off..end].to_vec());
+        off = end;
+    }
+    frames
+}
+
+/// A frame's ethertype, past any 802.1Q tags.
+pub fn ethertype(frame: &[u8]) -> Option<u16> {
+    let mut p = 12;
+    loop {
+        let t = u16::from_be_bytes([*frame.get(p)?, *frame.get(p + 1)?]);
+        if t != 0x8100 && t != 0x88a8 {
+            return Some(t);
+        }
+        p += 4;
+    }
+}
+
+/// How many frames of a pcap carry IPv4 (ethertype 0x0800) or ARP (0x0806).
+pub fn ipv4_frames(pcap: &Path) -> usize {
+    pcap_frames(pcap)
+        .iter()
+        .filter(|f| matches!(ethertype(f), Some(0x0800 | 0x0806)))
+        .count()
+}
+
+/// The pcap reader on the recorded fixtures (no root, no network): the
+/// DHCPv4 captures are all IPv4, the DHCPv6 ones (IPv6-only bridge) none.
+#[test]
+fn pcap_reader_counts_ipv4_frames() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let v4 = fixtures.join("pcap/ovmf-pxe.pcap");
+    let frames = pcap_frames(&v4).len();
+    assert!(frames > 0, "{}: no frames", v4.display());
+    assert_eq!(ipv4_frames(&v4), frames);
+    let v6 = fixtures.join("dhcp6/pcap/ovmf-pxe6.pcap");
+    let frames = pcap_frames(&v6);
+    assert!(!frames.is_empty(), "{}: no frames", v6.display());
+    assert!(frames.iter().all(|f| ethertype(f) == Some(0x86dd)));
+    assert_eq!(ipv4_frames(&v6), 0);
+    assert!(in_pool6("fd00:77::1000") && in_pool6("fd00:77::1fff"));
+    assert!(!in_pool6(SERVER_IP6) && !in_pool6("fd00:77::2000") && !in_pool6("10.77.0.100"));
+}
+
+/// The IPv6-only lab really carries no IPv4: a BIOS iPXE guest's DHCPv4
+/// DISCOVERs are on its tap but never reach br0. (No ironboot server: only
+/// the lab itself is under test.)
+#[test]
+fn ipv6_only_lab_drops_ipv4() {
+    let test = "ipv6_only_lab_drops_ipv4";
+    let turn = Turn::wait(test);
+    let Some(tools) = tools_or_skip(test) else {
+        return;
+    };
+    if let Err(reason) = ipv6_requirements() {
+        skip(test, &reason);
+        return;
+    }
+    let lab = Lab::new_ipv6_only(tools, "v6lab", 1, turn);
+    let (tap_pcap, br_pcap) = (lab.dir.join("tap0.pcap"), lab.dir.join("br0.pcap"));
+    let mut on_tap = lab.capture("tap0", &tap_pcap);
+    let mut on_br = lab.capture("br0", &br_pcap);
+    let mut vm = lab.start_vm_with(
+        "v6bios",
+        "tap0",
+        "52:54:00:77:01:01",
+        Firmware::BiosIpxeRom,
+        128,
+    );
+    // iPXE sends its first DISCOVER about 2 s after QEMU starts (TCG).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ipv4_frames(&tap_pcap) < 2 && Instant::now() < deadline && vm.proc.exited().is_none() {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    vm.proc.stop(Duration::from_secs(5));
+    on_tap.stop(Duration::from_secs(5));
+    on_br.stop(Duration::from_secs(5));
+    let (tap4, br4) = (ipv4_frames(&tap_pcap), ipv4_frames(&br_pcap));
+    let br_all = pcap_frames(&br_pcap).len();
+    eprintln!("{test}: tap0 {tap4} IPv4/ARP frames; br0 {br4} of {br_all} frames");
+    assert!(
+        tap4 > 0,
+        "the guest sent no IPv4 on tap0\n{}",
+        tail(&vm.serial, 20)
+    );
+    assert_eq!(
+        br4,
+        0,
+        "IPv4/ARP frames reached br0 ({})",
+        br_pcap.display()
+    );
+    assert!(
+        br_all > 0,
+        "nothing at all on br0 (IPv6 from the guest expected)"
+    );
+}
