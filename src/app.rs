@@ -74,11 +74,17 @@ pub struct Bound {
     pub dhcp: Option<SocketAddr>,
     pub proxy: Option<SocketAddr>,
     pub nbd: Option<SocketAddr>,
+    /// DHCPv6 and the IPv6 listeners (`[dhcp6]` on).
+    pub dhcp6: Option<SocketAddr>,
+    pub http6: Option<SocketAddr>,
+    pub tftp6: Option<SocketAddr>,
 }
 
 /// Every bound socket, before anything is served.
 struct Sockets {
     http: TcpListener,
+    /// HTTP for IPv6 clients (IPv6 only, beside the IPv4 listener).
+    http6: Option<TcpListener>,
     nbd: Option<TcpListener>,
     packets: PacketSockets,
 }
@@ -86,8 +92,11 @@ struct Sockets {
 /// The UDP and raw sockets: DHCP's (per port), RA's (per interface), TFTP's.
 struct PacketSockets {
     tftp: Option<tokio::net::UdpSocket>,
+    tftp6: Option<tokio::net::UdpSocket>,
     dhcp: Vec<(Port, tokio::net::UdpSocket)>,
-    ra: Vec<(String, socket2::Socket, u32)>,
+    /// DHCPv6's socket and the interface indexes it serves.
+    dhcp6: Option<(tokio::net::UdpSocket, std::collections::HashSet<u32>)>,
+    ra: Vec<(String, socket2::Socket, u32, crate::dhcp::ra::Advert)>,
 }
 
 async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
@@ -116,10 +125,41 @@ async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
         dhcp.push((Port::Proxy, s));
     }
     let mut ra = Vec::new();
+    let mut dhcp6 = None;
+    let (mut http6, mut tftp6) = (None, None);
+    if let Some(d6) = &config.dhcp6 {
+        dhcp6 = Some(
+            crate::dhcp6::server::bind(d6.listen, &d6.interfaces)
+                .map_err(bind_err("DHCPv6", d6.listen))?,
+        );
+        if d6.router_advertisement == crate::config::Ra6Mode::Managed {
+            let advert = crate::dhcp::ra::Advert {
+                managed: true,
+                prefix: d6.pool.as_ref().map(|p| p.prefix),
+            };
+            for name in &d6.interfaces {
+                let (sock, index) =
+                    crate::dhcp::ra::bind(name).map_err(bind_err("IPv6 RA", name))?;
+                ra.push((name.clone(), sock, index, advert));
+            }
+        }
+        http6 = Some(bind_tcp_v6(d6.http_listen).map_err(bind_err("HTTP (IPv6)", d6.http_listen))?);
+        if let Some(t) = &config.tftp {
+            let listen = d6.tftp_listen.unwrap_or(SocketAddr::new(
+                std::net::Ipv6Addr::UNSPECIFIED.into(),
+                t.listen.port(),
+            ));
+            tftp6 = Some(bind_udp_v6(listen).map_err(bind_err("TFTP (IPv6)", listen))?);
+        }
+    }
     if d.mode != DhcpMode::Off && d.router_advertisement {
+        // An interface DHCPv6 advertises on already has its (managed) RA.
         for name in &d.interfaces {
+            if ra.iter().any(|(n, ..)| n == name) {
+                continue;
+            }
             let (sock, index) = crate::dhcp::ra::bind(name).map_err(bind_err("IPv6 RA", name))?;
-            ra.push((name.clone(), sock, index));
+            ra.push((name.clone(), sock, index, crate::dhcp::ra::Advert::QUIET));
         }
     }
     let nbd = match &config.nbd {
@@ -132,9 +172,37 @@ async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
     };
     Ok(Sockets {
         http,
+        http6,
         nbd,
-        packets: PacketSockets { tftp, dhcp, ra },
+        packets: PacketSockets {
+            tftp,
+            tftp6,
+            dhcp,
+            dhcp6,
+            ra,
+        },
     })
+}
+
+/// A TCP listener for IPv6 clients only, so it sits beside the IPv4 one on
+/// the same port.
+fn bind_tcp_v6(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+    sock.set_only_v6(true)?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// A UDP socket for IPv6 clients only (TFTP beside its IPv4 socket).
+fn bind_udp_v6(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::DGRAM, None)?;
+    sock.set_only_v6(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(sock.into())
 }
 
 /// Runs every service until `shutdown` is cancelled. `ready` (if given) gets
@@ -151,6 +219,17 @@ pub async fn run(
         store.load_leases().await?,
         store.known_macs().await?,
     );
+    if let Some(d6) = &config.dhcp6 {
+        let mut table =
+            crate::clients::leases6::Lease6Table::new(d6.pool.clone(), &d6.reservations);
+        for entry in store.load_leases6().await? {
+            table.restore(entry);
+        }
+        clients.set_pool6(table);
+        for r in &d6.reservations {
+            clients.admit(r.mac);
+        }
+    }
     let paths = Arc::new(Paths::resolve(&config.dhcp.interfaces).map_err(AppError::Setup)?);
     let sockets = bind_all(&config).await?;
     let bound = bound_addresses(&sockets)?;
@@ -158,7 +237,12 @@ pub async fn run(
 
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
-    let Sockets { http, nbd, packets } = sockets;
+    let Sockets {
+        http,
+        http6,
+        nbd,
+        packets,
+    } = sockets;
     if let (Some(listener), Some(settings)) = (nbd, config.nbd) {
         services.push(format!("nbd on {}", bound.nbd.expect("bound")));
         let readers = crate::root_reads::RootReaders {
@@ -196,7 +280,19 @@ pub async fn run(
         &shutdown,
     );
     services.push(format!("http on {}", bound.http));
+    if let Some(addr) = bound.http6 {
+        services.push(format!("http on {addr}"));
+    }
     let app = http_app(&core, &config, tokens, &services, bound.http, &shutdown)?;
+    if let Some(listener) = http6 {
+        tasks.spawn(crate::http::run(
+            listener,
+            app.clone(),
+            config.http_limits,
+            core.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(crate::http::run(
         http,
         app,
@@ -234,6 +330,9 @@ fn bound_addresses(sockets: &Sockets) -> Result<Bound, AppError> {
         dhcp: dhcp_on(Port::Dhcp),
         proxy: dhcp_on(Port::Proxy),
         nbd: sockets.nbd.as_ref().and_then(|l| l.local_addr().ok()),
+        dhcp6: sockets.packets.dhcp6.as_ref().and_then(|(s, _)| local(s)),
+        http6: sockets.http6.as_ref().and_then(|l| l.local_addr().ok()),
+        tftp6: sockets.packets.tftp6.as_ref().and_then(local),
     })
 }
 
@@ -256,6 +355,9 @@ struct Core {
     bmcs: crate::bmc::service::Bmcs,
     /// `http://SERVER:PORT`, as machines reach it.
     server_url: String,
+    /// `http://[SERVER]:PORT` for IPv6 clients, and DHCPv6 (`[dhcp6]` on).
+    server_url6: Option<String>,
+    dhcp6: Option<Arc<crate::dhcp6::handler::Dhcp6>>,
 }
 
 type Reboots = tokio::sync::mpsc::Receiver<crate::rollout::hook::Job>;
@@ -312,7 +414,7 @@ impl Core {
         let bootfiles = Arc::new(bootfiles);
         let targets = BootTargets {
             files: config.dhcp.bootfiles.clone(),
-            server_ip: config.server_ip,
+            server_ip: config.server_ip.into(),
             http_port: http_addr.port(),
         };
         let dhcp = Arc::new(
@@ -326,6 +428,34 @@ impl Core {
             .with_loader_settings(inventory.clone()),
         );
         let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
+        // IPv6 clients are told the IPv6 listener's port (the same as
+        // IPv4's unless `dhcp6.http_listen` says otherwise).
+        let http6_port = bound.http6.map_or(http_addr.port(), |a| a.port());
+        let server_url6 = config
+            .dhcp6
+            .as_ref()
+            .map(|d6| format!("http://[{}]:{http6_port}", d6.server_ip));
+        let dhcp6 = config.dhcp6.as_ref().map(|d6| {
+            let newcomers = crate::dhcp::newcomers::Newcomers::new(
+                config.dhcp.new_clients_per_minute,
+                config.dhcp.new_clients_per_minute_total,
+            );
+            Arc::new(
+                crate::dhcp6::handler::Dhcp6::new(
+                    d6.clone(),
+                    &BootTargets {
+                        http_port: http6_port,
+                        ..targets.clone()
+                    },
+                    clients.clone(),
+                    newcomers,
+                    ledger.clone(),
+                    metrics.clone(),
+                    server_duid(d6),
+                )
+                .with_loader_settings(inventory.clone()),
+            )
+        });
         if config.boot.binding == crate::binding::Mode::Off {
             tracing::warn!(
                 "boot.binding = \"off\": any host on the boot network can fetch any machine's \
@@ -339,7 +469,14 @@ impl Core {
                 .dhcp
                 .reservations
                 .iter()
-                .map(|r| (std::net::IpAddr::V4(r.ip), r.mac)),
+                .map(|r| (std::net::IpAddr::V4(r.ip), r.mac))
+                .chain(
+                    config
+                        .dhcp6
+                        .iter()
+                        .flat_map(|d6| &d6.reservations)
+                        .map(|r| (std::net::IpAddr::V6(r.ip), r.mac)),
+                ),
             config.dhcp.interfaces.clone(),
             metrics.clone(),
         ));
@@ -378,6 +515,8 @@ impl Core {
             bindings,
             netboot,
             server_url,
+            server_url6,
+            dhcp6,
         };
         Ok((core, writer, reboots))
     }
@@ -407,7 +546,13 @@ fn spawn_packet_services(
     core: &Core,
     config: &Config,
     paths: Arc<Paths>,
-    PacketSockets { tftp, dhcp, ra }: PacketSockets,
+    PacketSockets {
+        tftp,
+        tftp6,
+        dhcp,
+        dhcp6,
+        ra,
+    }: PacketSockets,
     shutdown: &CancellationToken,
 ) -> Result<(), AppError> {
     for (port, socket) in dhcp {
@@ -422,12 +567,25 @@ fn spawn_packet_services(
             shutdown.clone(),
         ));
     }
-    for (name, sock, index) in ra {
-        services.push(format!("ipv6 router advertisement on {name}"));
+    if let (Some((socket, served)), Some(dhcp6)) = (dhcp6, &core.dhcp6) {
+        let addr = socket.local_addr().map_err(AppError::Setup)?;
+        services.push(format!("dhcpv6 on {addr}"));
+        tasks.spawn(crate::dhcp6::server::run(
+            socket,
+            served,
+            dhcp6.clone(),
+            core.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    for (name, sock, index, advert) in ra {
+        let what = if advert.managed { " (managed)" } else { "" };
+        services.push(format!("ipv6 router advertisement on {name}{what}"));
         tasks.spawn(crate::dhcp::ra::run(
             name,
             sock,
             index,
+            advert,
             core.metrics.clone(),
             shutdown.clone(),
         ));
@@ -442,6 +600,11 @@ fn spawn_packet_services(
             metrics: core.metrics.clone(),
             clients: core.clients.clone(),
         });
+        if let Some(socket6) = tftp6 {
+            let addr = socket6.local_addr().map_err(AppError::Setup)?;
+            services.push(format!("tftp on {addr}"));
+            tasks.spawn(crate::tftp::run(socket6, state.clone(), shutdown.clone()));
+        }
         tasks.spawn(crate::tftp::run(socket, state, shutdown.clone()));
     }
     Ok(())
@@ -535,7 +698,7 @@ fn http_app(
     http_addr: SocketAddr,
     shutdown: &CancellationToken,
 ) -> Result<axum::Router, AppError> {
-    let boot_state = BootState::new(
+    let mut boot_state = BootState::new(
         core.inventory.clone(),
         core.renderer.clone(),
         core.ledger.clone(),
@@ -543,6 +706,9 @@ fn http_app(
         core.bindings.clone(),
         core.metrics.clone(),
     )?;
+    if let Some(server6) = &core.server_url6 {
+        boot_state = boot_state.with_ipv6(server6.clone())?;
+    }
     let explainer = Arc::new(crate::explain::Explainer {
         inventory: core.inventory.clone(),
         renderer: core.renderer.clone(),
@@ -726,4 +892,19 @@ fn banner(config: &Config, services: &[String], new_token_file: Option<&std::pat
     }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// This server's DHCPv6 identifier: DUID-LL of the first DHCPv6
+/// interface's hardware address (stable while the NIC is), else DUID-EN
+/// (RFC 8415 §11.3, the documentation enterprise number of RFC 5612) over
+/// the server's IPv6 address.
+fn server_duid(d6: &crate::config::Dhcp6Settings) -> Vec<u8> {
+    match d6
+        .interfaces
+        .first()
+        .and_then(|name| crate::netif::hardware_address(name))
+    {
+        Some(mac) => [&[0, 3, 0, 1][..], &mac.0].concat(),
+        None => [&[0, 2][..], &32473u32.to_be_bytes(), &d6.server_ip.octets()].concat(),
+    }
 }

@@ -7,8 +7,8 @@
 //! only when its source address is bound to M by evidence the server holds
 //! itself, in this order:
 //!
-//! 1. [`Evidence::Lease`]: this server's own DHCP lease for M, bound and
-//!    unexpired (full mode, direct or relayed);
+//! 1. [`Evidence::Lease`]: this server's own DHCP or DHCPv6 lease for M,
+//!    bound and unexpired (full mode, direct or relayed);
 //! 2. [`Evidence::Declared`]: an address the operator declared for M (a DHCP
 //!    reservation);
 //! 3. [`Evidence::Neighbour`]: the kernel's complete neighbour (ARP) entry
@@ -139,8 +139,13 @@ impl Bindings {
     /// `/grub/grub.cfg`, ONIE's waterfall without its headers).
     pub fn who(&self, ip: IpAddr) -> Option<(MacAddr, Evidence)> {
         let ip = canonical(ip);
-        if let (Some(clients), IpAddr::V4(v4)) = (&self.leases, ip) {
-            if let Some(mac) = clients.bound_mac(v4, crate::ledger::now_ms()) {
+        if let Some(clients) = &self.leases {
+            let now = crate::ledger::now_ms();
+            let leased = match ip {
+                IpAddr::V4(v4) => clients.bound_mac(v4, now),
+                IpAddr::V6(v6) => clients.bound_mac6(v6, now),
+            };
+            if let Some(mac) = leased {
                 return Some((mac, Evidence::Lease));
             }
         }

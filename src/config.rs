@@ -34,6 +34,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "tftp",
     "dhcp",
+    "dhcp6",
     "rollout",
     "bmc",
 ];
@@ -75,6 +76,8 @@ pub struct RawConfig {
     pub http: RawHttp,
     pub tftp: RawTftp,
     pub dhcp: RawDhcp,
+    /// DHCPv6 and router advertisements for IPv6-only boot networks.
+    pub dhcp6: RawDhcp6,
     /// The watchdog and the reboot hook (`rollout::settings`).
     pub rollout: crate::rollout::settings::RawRollout,
     /// Power control through BMCs (`bmc::service`).
@@ -154,6 +157,7 @@ impl Default for RawConfig {
             http: RawHttp::default(),
             tftp: RawTftp::default(),
             dhcp: RawDhcp::default(),
+            dhcp6: RawDhcp6::default(),
             rollout: Default::default(),
             bmc: Default::default(),
             nbd: Default::default(),
@@ -411,6 +415,8 @@ pub struct Config {
     pub http_limits: HttpLimits,
     pub tftp: Option<TftpSettings>,
     pub dhcp: DhcpSettings,
+    /// DHCPv6 (`None`: `[dhcp6] mode = "off"`, the default).
+    pub dhcp6: Option<Dhcp6Settings>,
     pub rollout: crate::rollout::settings::RolloutSettings,
     pub bmc: crate::bmc::service::BmcSettings,
     /// NBD (off unless `[nbd] listen` is set).
@@ -565,11 +571,16 @@ fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
 
 pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     let dhcp = validate_dhcp(&raw.dhcp)?;
+    let dhcp6 = validate_dhcp6(&raw.dhcp6, raw.http.listen.port())?;
     let server_ip = match raw.server_ip {
         Some(ip) if ip.is_unspecified() => {
             return Err(invalid("server_ip", "0.0.0.0 cannot be told to clients"))
         }
         Some(ip) => ip,
+        // An IPv6-only boot network: no IPv4 client is told anything.
+        None if dhcp.mode == DhcpMode::Off && dhcp6.is_some() => {
+            guess_server_ip(&[]).unwrap_or(Ipv4Addr::LOCALHOST)
+        }
         None => guess_server_ip(&dhcp.interfaces).ok_or_else(|| {
             invalid(
                 "server_ip",
@@ -659,6 +670,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         http_limits,
         tftp,
         dhcp,
+        dhcp6,
         source,
     })
 }
@@ -908,6 +920,238 @@ fn guess_server_ip(interfaces: &[String]) -> Option<Ipv4Addr> {
         .map(|(_, a)| a.addr())
         .find(|ip| !ip.is_loopback())
         .or(Some(Ipv4Addr::LOCALHOST))
+}
+
+// ---------------------------------------------------------------------------
+// [dhcp6]
+// ---------------------------------------------------------------------------
+
+/// Whether ironboot answers DHCPv6 (there is no proxy mode in DHCPv6: a
+/// second server is told apart by its DUID and the client's Preference).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dhcp6Mode {
+    /// Addresses from `range`, reservations, boot options.
+    Full,
+    #[default]
+    Off,
+}
+
+/// What ironboot says in router advertisements on the DHCPv6 interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ra6Mode {
+    /// ironboot is the segment's only RA source: M and O set (ask DHCPv6),
+    /// the prefix on-link and autonomous (the live OS takes a SLAAC
+    /// address), router lifetime 0 (not a default router).
+    #[default]
+    Managed,
+    /// Another router advertises the segment (it must set M or O for
+    /// firmware to ask DHCPv6); ironboot sends none.
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDhcp6 {
+    pub mode: Dhcp6Mode,
+    /// Interfaces to serve on (one socket joined to ff02::1:2 on each).
+    /// Empty: one socket on `listen` (relayed or unicast traffic only).
+    pub interfaces: Vec<String>,
+    pub listen: SocketAddr,
+    /// The address told to clients in URLs (`tftp://[…]/`, `http://[…]:port/`).
+    /// Default: the first global IPv6 address of the first interface.
+    pub server_ip: Option<std::net::Ipv6Addr>,
+    /// The boot link's prefix (e.g. `fd00:77::/64`): the RA's prefix.
+    pub prefix: Option<ipnet::Ipv6Net>,
+    /// `[first, last]` addresses handed out, inside `prefix`.
+    pub range: Vec<std::net::Ipv6Addr>,
+    pub lease_time: String,
+    /// DNS recursive name servers (option 23).
+    pub dns: Vec<std::net::Ipv6Addr>,
+    pub router_advertisement: Ra6Mode,
+    pub reservation: Vec<RawReservation6>,
+    /// Answer clients that are neither network-booting nor known (default
+    /// true: OVMF's own IPv6 set-up asks for an address, with nothing that
+    /// says it boots, before its PXEv6 or HTTPv6 client does; `false` only
+    /// where another DHCPv6 server gives the link its addresses).
+    pub serve_all: bool,
+    /// `false`: PXEv6 clients get an address and no boot file, so OVMF
+    /// (2022 builds, whose HTTPv6 fails as the first boot option) moves on
+    /// to HTTPv6 with its IPv6 stack ready.
+    pub pxe_bootfile: bool,
+    /// Where HTTP listens for IPv6 clients; default `[::]:<http.listen's port>`.
+    pub http_listen: Option<SocketAddr>,
+    /// Where TFTP listens for IPv6 clients; default `[::]:<tftp.listen's port>`.
+    pub tftp_listen: Option<SocketAddr>,
+}
+
+impl Default for RawDhcp6 {
+    fn default() -> Self {
+        Self {
+            mode: Dhcp6Mode::Off,
+            interfaces: Vec::new(),
+            listen: "[::]:547".parse().unwrap(),
+            server_ip: None,
+            prefix: None,
+            range: Vec::new(),
+            lease_time: "1h".into(),
+            dns: Vec::new(),
+            router_advertisement: Ra6Mode::Managed,
+            reservation: Vec::new(),
+            serve_all: true,
+            pxe_bootfile: true,
+            http_listen: None,
+            tftp_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReservation6 {
+    pub mac: String,
+    pub ip: std::net::Ipv6Addr,
+}
+
+/// Validated `[dhcp6]`.
+#[derive(Debug, Clone)]
+pub struct Dhcp6Settings {
+    pub interfaces: Vec<String>,
+    pub listen: SocketAddr,
+    pub server_ip: std::net::Ipv6Addr,
+    pub pool: Option<crate::domain::lease::Pool6>,
+    pub dns: Vec<std::net::Ipv6Addr>,
+    pub router_advertisement: Ra6Mode,
+    pub reservations: Vec<crate::domain::lease::Reservation6>,
+    pub serve_all: bool,
+    pub pxe_bootfile: bool,
+    pub http_listen: SocketAddr,
+    pub tftp_listen: Option<SocketAddr>,
+}
+
+fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings>, ConfigError> {
+    if raw.mode == Dhcp6Mode::Off {
+        return Ok(None);
+    }
+    let mut seen = HashSet::new();
+    for (i, name) in raw.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || !seen.insert(name) {
+            return Err(invalid(
+                format!("dhcp6.interfaces[{i}]"),
+                format!("{name:?} is not an interface name, or is listed twice"),
+            ));
+        }
+    }
+    let server_ip = match raw.server_ip {
+        Some(ip) if ip.is_unspecified() || ip.is_multicast() => {
+            return Err(invalid(
+                "dhcp6.server_ip",
+                format!("{ip} cannot be told to clients"),
+            ))
+        }
+        Some(ip) => ip,
+        None => raw
+            .interfaces
+            .first()
+            .and_then(|name| crate::netif::interface_ipv6_global(name).ok().flatten())
+            .ok_or_else(|| {
+                invalid(
+                    "dhcp6.server_ip",
+                    "not set and the first of dhcp6.interfaces has no global IPv6 address; set it",
+                )
+            })?,
+    };
+    let lease_time = parse_duration("dhcp6.lease_time", &raw.lease_time)?;
+    if lease_time < Duration::from_secs(60) {
+        return Err(invalid("dhcp6.lease_time", "must be at least 1m"));
+    }
+    let pool = match (&raw.prefix, raw.range.as_slice()) {
+        (None, []) => None,
+        (Some(prefix), [start, end]) => {
+            for (key, ip) in [("range[0]", start), ("range[1]", end)] {
+                if !prefix.contains(ip) {
+                    return Err(invalid(
+                        format!("dhcp6.{key}"),
+                        format!("{ip} is outside dhcp6.prefix {prefix}"),
+                    ));
+                }
+            }
+            if start > end {
+                return Err(invalid(
+                    "dhcp6.range",
+                    "the first address is after the last",
+                ));
+            }
+            if (*start..=*end).contains(&server_ip) {
+                return Err(invalid(
+                    "dhcp6.range",
+                    format!("contains dhcp6.server_ip {server_ip}"),
+                ));
+            }
+            Some(crate::domain::lease::Pool6 {
+                prefix: prefix.trunc(),
+                range_start: *start,
+                range_end: *end,
+                lease_time,
+            })
+        }
+        (None, _) => return Err(invalid("dhcp6.prefix", "needed with dhcp6.range")),
+        (Some(_), _) => {
+            return Err(invalid(
+                "dhcp6.range",
+                "give the first and last address: range = [\"fd00::1000\", \"fd00::1fff\"]",
+            ))
+        }
+    };
+    let mut macs = HashSet::new();
+    let mut ips = HashSet::new();
+    let mut reservations = Vec::new();
+    for (i, r) in raw.reservation.iter().enumerate() {
+        let key = format!("dhcp6.reservation[{i}]");
+        let mac: MacAddr = r
+            .mac
+            .parse()
+            .map_err(|e| invalid(format!("{key}.mac"), format!("{e}")))?;
+        if !macs.insert(mac) || !ips.insert(r.ip) {
+            return Err(invalid(key, "a MAC or an address is reserved twice"));
+        }
+        if pool.as_ref().is_some_and(|p| !p.prefix.contains(&r.ip)) {
+            return Err(invalid(
+                format!("{key}.ip"),
+                format!("{} is outside dhcp6.prefix", r.ip),
+            ));
+        }
+        reservations.push(crate::domain::lease::Reservation6 { mac, ip: r.ip });
+    }
+    if pool.is_none() && reservations.is_empty() {
+        return Err(invalid(
+            "dhcp6",
+            "full mode needs prefix and range, or reservations",
+        ));
+    }
+    if raw.router_advertisement == Ra6Mode::Managed && pool.is_none() {
+        return Err(invalid(
+            "dhcp6.router_advertisement",
+            "\"managed\" advertises dhcp6.prefix: set it, or \"off\"",
+        ));
+    }
+    let unspecified = std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    Ok(Some(Dhcp6Settings {
+        interfaces: raw.interfaces.clone(),
+        listen: raw.listen,
+        server_ip,
+        pool,
+        dns: raw.dns.clone(),
+        router_advertisement: raw.router_advertisement,
+        reservations,
+        serve_all: raw.serve_all,
+        pxe_bootfile: raw.pxe_bootfile,
+        http_listen: raw
+            .http_listen
+            .unwrap_or(SocketAddr::new(unspecified, http_port)),
+        tftp_listen: raw.tftp_listen,
+    }))
 }
 
 impl Config {

@@ -776,12 +776,12 @@ impl Explainer {
             };
             return (view, None);
         }
-        let mut spec = ReplySpec::new(dhcproto::v4::MessageType::Offer, self.targets.server_ip);
+        let mut spec = ReplySpec::new(dhcproto::v4::MessageType::Offer, self.targets.server_ipv4());
         boot_reply(
             &mut spec,
             facts,
             boot.clone(),
-            self.targets.server_ip,
+            self.targets.server_ipv4(),
             self.mode,
         );
         let (siaddr, file, options) = reply_options(&encode(req, &spec));

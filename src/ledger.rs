@@ -146,7 +146,11 @@ pub struct Event {
 /// The persisted form of a lease change.
 #[derive(Debug, Clone)]
 pub struct LeaseRecord {
-    pub ip: std::net::Ipv4Addr,
+    /// IPv4 (DHCP) or IPv6 (DHCPv6).
+    pub ip: std::net::IpAddr,
+    /// The DHCPv6 identity association the address belongs to; `None` for
+    /// DHCPv4.
+    pub iaid: Option<u32>,
     pub mac: Option<MacAddr>,
     /// The lease's state (an offer is never stored); `None`: the address
     /// is free again (delete the row).

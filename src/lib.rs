@@ -66,6 +66,7 @@ pub mod clients;
 pub mod config;
 pub mod desired;
 pub mod dhcp;
+pub mod dhcp6;
 pub mod domain;
 pub mod explain;
 pub mod fleet;

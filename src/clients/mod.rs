@@ -14,6 +14,7 @@
 //! a MAC is forgotten from every table at once ([`Clients::forget`]).
 
 pub mod leases;
+pub mod leases6;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use crate::domain::lease::{Entry, Millis, Reservation};
 use crate::domain::{Arch, MacAddr};
 use leases::LeaseTable;
+use leases6::Lease6Table;
 
 /// What the last boot request of a machine said, kept in memory for the
 /// paths that follow DHCP: GRUB's config and script requests without
@@ -40,6 +42,8 @@ pub struct Clients(Arc<Tables>);
 
 struct Tables {
     leases: Mutex<LeaseTable>,
+    /// DHCPv6's addresses (empty without `[dhcp6]`).
+    leases6: Mutex<Lease6Table>,
     /// MACs answered in full mode whatever they send: reservations and
     /// machines that have network-booted from this server.
     known: RwLock<HashSet<MacAddr>>,
@@ -62,6 +66,7 @@ impl Clients {
         known.extend(reservations.iter().map(|r| r.mac));
         Self(Arc::new(Tables {
             leases: Mutex::new(pool),
+            leases6: Mutex::new(Lease6Table::default()),
             known: RwLock::new(known),
             seen: RwLock::new(HashMap::new()),
         }))
@@ -77,12 +82,28 @@ impl Clients {
         self.0.leases.lock().expect("lease lock")
     }
 
+    /// The DHCPv6 address table.
+    pub fn pool6(&self) -> MutexGuard<'_, Lease6Table> {
+        self.0.leases6.lock().expect("lease6 lock")
+    }
+
+    /// Replaces the DHCPv6 table (at start, with the configured range and
+    /// the leases the store kept).
+    pub fn set_pool6(&self, table: Lease6Table) {
+        *self.pool6() = table;
+    }
+
     /// The MAC holding `ip` (bound or offered), for TFTP's ledger events.
     pub fn mac_of(&self, ip: IpAddr) -> Option<MacAddr> {
-        match ip {
+        match ip.to_canonical() {
             IpAddr::V4(v4) => self.pool().mac_of(v4),
-            IpAddr::V6(_) => None,
+            IpAddr::V6(v6) => self.pool6().mac_of(v6),
         }
+    }
+
+    /// The MAC holding a bound, unexpired DHCPv6 lease on `ip`.
+    pub fn bound_mac6(&self, ip: std::net::Ipv6Addr, now: Millis) -> Option<MacAddr> {
+        self.pool6().bound_mac(ip, now)
     }
 
     /// The MAC holding a bound, unexpired lease on `ip` (the binding rule's

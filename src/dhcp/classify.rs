@@ -7,7 +7,7 @@
 //! choice; switches get an installer URL (ONIE) or a provisioning script URL
 //! (network OS zero-touch provisioning) instead of a loader.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -175,14 +175,34 @@ impl Bootfile {
 #[derive(Debug, Clone)]
 pub struct BootTargets {
     pub files: RawBootfiles,
-    pub server_ip: Ipv4Addr,
+    /// The server as clients reach it: IPv4 for DHCP, IPv6 for DHCPv6
+    /// (URLs then carry it bracketed).
+    pub server_ip: IpAddr,
     pub http_port: u16,
 }
 
 impl BootTargets {
     fn http(&self, path: &str) -> String {
         let path = path.trim_start_matches('/');
-        format!("http://{}:{}/{path}", self.server_ip, self.http_port)
+        let authority = std::net::SocketAddr::new(self.server_ip, self.http_port);
+        format!("http://{authority}/{path}")
+    }
+
+    /// The same files, told from another address (DHCPv6's).
+    pub fn at(&self, server_ip: IpAddr) -> Self {
+        Self {
+            server_ip,
+            ..self.clone()
+        }
+    }
+
+    /// The IPv4 server address (next-server, server identifier); the
+    /// unspecified address for targets made for DHCPv6.
+    pub fn server_ipv4(&self) -> Ipv4Addr {
+        match self.server_ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        }
     }
 }
 
@@ -272,7 +292,7 @@ mod tests {
     fn targets() -> BootTargets {
         BootTargets {
             files: RawBootfiles::default(),
-            server_ip: Ipv4Addr::new(10, 77, 0, 1),
+            server_ip: Ipv4Addr::new(10, 77, 0, 1).into(),
             http_port: 8080,
         }
     }

@@ -23,7 +23,7 @@ fn fixture(name: &str) -> Vec<u8> {
 fn targets() -> BootTargets {
     BootTargets {
         files: RawBootfiles::default(),
-        server_ip: Ipv4Addr::new(10, 77, 0, 1),
+        server_ip: Ipv4Addr::new(10, 77, 0, 1).into(),
         http_port: 8080,
     }
 }

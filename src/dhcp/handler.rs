@@ -134,7 +134,8 @@ impl Dhcp {
     pub fn release_by_operator(&self, ip: Ipv4Addr) -> Option<Entry> {
         let entry = self.clients.pool().remove(ip)?;
         self.ledger.record(Record::Lease(LeaseRecord {
-            ip,
+            ip: ip.into(),
+            iaid: None,
             mac: entry.mac,
             state: None,
             expires_at_ms: 0,
@@ -308,7 +309,7 @@ impl Dhcp {
             &mut spec,
             facts,
             Some(boot.clone()),
-            self.targets.server_ip,
+            self.targets.server_ipv4(),
             DhcpMode::Proxy,
         );
         let step = if msg_type == MessageType::Offer {
@@ -501,7 +502,8 @@ impl Dhcp {
         let ip = req.ciaddr();
         if self.clients.pool().release(req.mac, ip) {
             self.ledger.record(Record::Lease(LeaseRecord {
-                ip,
+                ip: ip.into(),
+                iaid: None,
                 mac: Some(req.mac),
                 state: None,
                 expires_at_ms: 0,
@@ -568,7 +570,7 @@ impl Dhcp {
         boot: Option<Bootfile>,
     ) -> ReplySpec {
         let mut spec = ReplySpec::new(msg_type, inc.local);
-        spec.next_server = self.targets.server_ip;
+        spec.next_server = self.targets.server_ipv4();
         spec.lease = Some(LeaseParams {
             lease_time: subnet.lease_time,
             subnet_mask: subnet.network.netmask(),
@@ -582,7 +584,7 @@ impl Dhcp {
             &mut spec,
             facts,
             boot,
-            self.targets.server_ip,
+            self.targets.server_ipv4(),
             DhcpMode::Full,
         );
         spec
@@ -641,7 +643,8 @@ impl Dhcp {
 /// The row a lease change writes (`None` for an offer: a hold in memory).
 fn lease_record(entry: &Entry) -> Option<Record> {
     Some(Record::Lease(LeaseRecord {
-        ip: entry.ip,
+        ip: entry.ip.into(),
+        iaid: None,
         mac: entry.mac,
         state: match entry.state {
             State::Offered => return None,

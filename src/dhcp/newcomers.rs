@@ -15,7 +15,7 @@
 //! overall bucket only.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use crate::domain::lease::Millis;
@@ -36,7 +36,7 @@ struct Rate(u32);
 
 #[derive(Default)]
 struct Buckets {
-    by_source: HashMap<Ipv4Addr, Bucket>,
+    by_source: HashMap<IpAddr, Bucket>,
     total: Option<Bucket>,
 }
 
@@ -81,7 +81,8 @@ impl Newcomers {
 
     /// Whether one more never-seen client from `source` is answered now;
     /// takes a token from both buckets when it is.
-    pub fn admit(&self, source: Ipv4Addr, now: Millis) -> bool {
+    pub fn admit(&self, source: impl Into<IpAddr>, now: Millis) -> bool {
+        let source = source.into();
         let (per_source, total) = (self.per_source, self.total);
         let mut b = self.buckets.lock().expect("newcomers lock");
         let overall = total.refill(b.total.unwrap_or_else(|| total.full(now)), now);
@@ -125,6 +126,7 @@ impl Newcomers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);

@@ -1,11 +1,16 @@
-//! A minimal IPv6 router advertisement on the boot interfaces.
+//! IPv6 router advertisements on the boot interfaces.
 //!
 //! iPXE runs IPv6 autoconfiguration during every `Configuring (net0 …)` and
 //! waits about 13 s for a router advertisement when none comes. This module
 //! answers each router solicitation (and repeats every 10 s) with an RA that
-//! says as little as possible: router lifetime 0 (no host takes ironboot for
-//! a default router), no prefix, no M/O flags (nothing to ask DHCPv6). iPXE
-//! then ends autoconfiguration at once.
+//! never makes ironboot a default router (lifetime 0) and says one of two
+//! things ([`Advert`]):
+//! - beside IPv4 boot ([`Advert::QUIET`]): nothing else, no prefix, no M/O
+//!   flags; iPXE then ends autoconfiguration at once;
+//! - on an IPv6-only boot link (`[dhcp6] router_advertisement = "managed"`):
+//!   M and O set, so firmware and iPXE ask DHCPv6 for an address and a boot
+//!   file, and the boot prefix on-link and autonomous, so the live OS takes
+//!   a SLAAC address without a DHCPv6 client.
 //!
 //! Raw ICMPv6 socket per interface; the kernel fills in the checksum. An
 //! interface without IPv6 (libvirt disables it on its bridges) is logged once
@@ -31,14 +36,46 @@ const REPEAT: Duration = Duration::from_secs(10);
 /// Solicitations from several clients at once get one answer.
 const MIN_GAP: Duration = Duration::from_millis(200);
 
+/// What an RA says besides "not a default router".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Advert {
+    /// M and O: addresses and other configuration from DHCPv6.
+    pub managed: bool,
+    /// A prefix to announce on-link and autonomous (SLAAC).
+    pub prefix: Option<ipnet::Ipv6Net>,
+}
+
+impl Advert {
+    /// Beside IPv4 boot: no flags, no prefix.
+    pub const QUIET: Advert = Advert {
+        managed: false,
+        prefix: None,
+    };
+}
+
+/// Lifetimes of an announced prefix: long enough to outlive any boot,
+/// short enough that a retired ironboot's prefix fades within a day.
+const PREFIX_VALID_SECS: u32 = 86_400;
+const PREFIX_PREFERRED_SECS: u32 = 14_400;
+
 /// The RA body: type, code, checksum (kernel), hop limit, flags, lifetime 0,
-/// reachable time 0, retrans timer 0. No options.
-pub fn advertisement() -> [u8; 16] {
-    let mut ra = [0u8; 16];
+/// reachable time 0, retrans timer 0; then a Prefix Information option
+/// (RFC 4861 §4.6.2) when one is announced.
+pub fn advertisement(advert: &Advert) -> Vec<u8> {
+    let mut ra = vec![0u8; 16];
     ra[0] = ROUTER_ADVERTISEMENT;
     ra[4] = 64; // current hop limit hint; 0 would mean "unspecified"
-                // ra[5] flags = 0: no managed/other configuration.
-                // ra[6..8] router lifetime = 0: not a default router.
+    if advert.managed {
+        ra[5] = 0x80 | 0x40; // M (managed address) and O (other configuration)
+    }
+    // ra[6..8] router lifetime = 0: not a default router.
+    if let Some(prefix) = advert.prefix {
+        ra.extend_from_slice(&[3, 4, prefix.prefix_len(), 0x80 | 0x40]); // on-link, autonomous
+        ra.extend_from_slice(&PREFIX_VALID_SECS.to_be_bytes());
+        ra.extend_from_slice(&PREFIX_PREFERRED_SECS.to_be_bytes());
+        ra.extend_from_slice(&[0; 4]);
+        ra.extend_from_slice(&prefix.trunc().addr().octets());
+    }
     ra
 }
 
@@ -67,6 +104,7 @@ pub async fn run(
     name: String,
     sock: Socket,
     index: u32,
+    advert: Advert,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -74,8 +112,15 @@ pub async fn run(
     // writes through recvfrom/sendto exactly like UDP, without `unsafe`.
     let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock))?;
     let dest = SocketAddrV6::new(ALL_NODES, 0, 0, index);
-    let ra = advertisement();
-    info!(interface = %name, "sending IPv6 router advertisements (lifetime 0, no prefix)");
+    let ra = advertisement(&advert);
+    match advert.prefix {
+        Some(prefix) => {
+            info!(interface = %name, %prefix, managed = advert.managed, "sending IPv6 router advertisements (lifetime 0)")
+        }
+        None => {
+            info!(interface = %name, "sending IPv6 router advertisements (lifetime 0, no prefix)")
+        }
+    }
     let mut last = tokio::time::Instant::now() - REPEAT;
     let mut warned = false;
     let mut buf = [0u8; 1500];
@@ -113,12 +158,34 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn advertisement_claims_nothing() {
-        let ra = super::advertisement();
+        let ra = advertisement(&Advert::QUIET);
         assert_eq!(ra[0], 134);
         assert_eq!(ra[5], 0, "no M/O flags");
         assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
         assert_eq!(ra.len(), 16, "no options, no prefix");
+    }
+
+    #[test]
+    fn a_managed_advertisement_announces_the_boot_prefix() {
+        let ra = advertisement(&Advert {
+            managed: true,
+            prefix: Some("fd00:77::5/64".parse().unwrap()),
+        });
+        assert_eq!(ra[5], 0xc0, "M and O");
+        assert_eq!(&ra[6..8], &[0, 0], "still not a default router");
+        assert_eq!(ra.len(), 16 + 32);
+        let option = &ra[16..];
+        assert_eq!(
+            &option[..4],
+            &[3, 4, 64, 0xc0],
+            "prefix information, on-link, autonomous"
+        );
+        assert_eq!(u32::from_be_bytes(option[4..8].try_into().unwrap()), 86_400);
+        let prefix: std::net::Ipv6Addr = <[u8; 16]>::try_from(&option[16..32]).unwrap().into();
+        assert_eq!(prefix, "fd00:77::".parse::<std::net::Ipv6Addr>().unwrap());
     }
 }

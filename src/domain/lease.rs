@@ -59,3 +59,41 @@ pub struct Reservation {
     pub ip: Ipv4Addr,
     pub hostname: Option<String>,
 }
+
+/// A DHCPv6 lease: one address of one IA_NA of one machine. A machine may
+/// hold several at once (OVMF takes one each for its IPv6 driver, PXE and
+/// HTTP boot), told apart by the IA's identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry6 {
+    pub ip: std::net::Ipv6Addr,
+    /// `None` while quarantined after a Decline.
+    pub mac: Option<MacAddr>,
+    pub iaid: u32,
+    pub state: State,
+    pub expires_at: Millis,
+}
+
+impl Entry6 {
+    /// Not expired at `now`.
+    pub fn live(&self, now: Millis) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// The addresses DHCPv6 gives out on one link (`[dhcp6]`, validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pool6 {
+    /// The on-link prefix (also the RA's prefix, when ironboot sends it).
+    pub prefix: ipnet::Ipv6Net,
+    pub range_start: std::net::Ipv6Addr,
+    pub range_end: std::net::Ipv6Addr,
+    pub lease_time: Duration,
+}
+
+/// An IPv6 address the operator declared for one MAC
+/// (`[[dhcp6.reservation]]`): given to the machine's first IA_NA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation6 {
+    pub mac: MacAddr,
+    pub ip: std::net::Ipv6Addr,
+}

@@ -123,7 +123,7 @@ fn explainer(inventory: Arc<Inventory>, mode: DhcpMode) -> Explainer {
         server: "http://10.77.0.1:8080".into(),
         targets: BootTargets {
             files: RawBootfiles::default(),
-            server_ip: Ipv4Addr::new(10, 77, 0, 1),
+            server_ip: Ipv4Addr::new(10, 77, 0, 1).into(),
             http_port: 8080,
         },
         mode,

@@ -52,13 +52,17 @@ pub struct BootState {
     pub inventory: Arc<Inventory>,
     pub renderer: Arc<Renderer>,
     pub ledger: Ledger,
-    /// `http://SERVER:PORT`, as machines reach it.
+    /// `http://SERVER:PORT`, as machines reach it over IPv4.
     pub server: String,
+    /// `http://[SERVER]:PORT`, as machines reach it over IPv6 (DHCPv6 on):
+    /// a request from an IPv6 address is answered with URLs it can reach.
+    pub server6: Option<String>,
     /// Who is at a source address: a request acts for a machine only from
     /// an address bound to it.
     pub bindings: Arc<Bindings>,
     pub metrics: Arc<Metrics>,
     boot_ipxe: Arc<String>,
+    boot_ipxe6: Option<Arc<String>>,
 }
 
 impl BootState {
@@ -70,24 +74,48 @@ impl BootState {
         bindings: Arc<Bindings>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::render::RenderError> {
-        let boot_ipxe = renderer.render(
-            BOOT_IPXE,
-            &ServerContext {
-                urls: ServerUrls {
-                    server: server.clone(),
-                },
-            },
-        )?;
+        let boot_ipxe = render_boot_ipxe(&renderer, &server)?;
         Ok(Self {
             inventory,
             renderer,
             ledger,
             server,
+            server6: None,
             bindings,
             metrics,
             boot_ipxe: Arc::new(boot_ipxe),
+            boot_ipxe6: None,
         })
     }
+
+    /// Also answers IPv6 clients, with URLs over `server6`.
+    pub fn with_ipv6(mut self, server6: String) -> Result<Self, crate::render::RenderError> {
+        self.boot_ipxe6 = Some(Arc::new(render_boot_ipxe(&self.renderer, &server6)?));
+        self.server6 = Some(server6);
+        Ok(self)
+    }
+
+    /// The base URL a machine at `peer` reaches this server by.
+    pub fn server_for(&self, peer: std::net::IpAddr) -> &str {
+        match (peer.to_canonical(), &self.server6) {
+            (std::net::IpAddr::V6(_), Some(v6)) => v6,
+            _ => &self.server,
+        }
+    }
+}
+
+fn render_boot_ipxe(
+    renderer: &Renderer,
+    server: &str,
+) -> Result<String, crate::render::RenderError> {
+    renderer.render(
+        BOOT_IPXE,
+        &ServerContext {
+            urls: ServerUrls {
+                server: server.to_string(),
+            },
+        },
+    )
 }
 
 /// The largest confirmation body read (cloud-init's form with three public
@@ -134,8 +162,15 @@ fn script(text: String) -> Response {
         .into_response()
 }
 
-async fn boot_ipxe(State(state): State<BootState>) -> Response {
-    script(state.boot_ipxe.as_ref().clone())
+async fn boot_ipxe(
+    State(state): State<BootState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let text = match (&state.boot_ipxe6, peer.ip().to_canonical()) {
+        (Some(v6), std::net::IpAddr::V6(_)) => v6,
+        _ => &state.boot_ipxe,
+    };
+    script(text.as_ref().clone())
 }
 
 async fn machine_script(
@@ -176,7 +211,8 @@ async fn machine_script(
     let plan = state.inventory.begin_boot(mac, &req);
     // The token in this script is usable once the boot row is committed.
     state.ledger.flush().await;
-    let rendered = render_boot(&plan, &state.server, &state.renderer, Loader::Ipxe);
+    let server = state.server_for(peer.ip());
+    let rendered = render_boot(&plan, server, &state.renderer, Loader::Ipxe);
     let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": claim("chip"), "platform": req.platform, "buildarch": req.buildarch });
     match rendered {
         Ok(text) => {
@@ -233,7 +269,7 @@ pub(crate) fn serve_config(
     file: &str,
     peer: SocketAddr,
 ) -> Response {
-    let rendered = context::build(plan, &state.server, &state.renderer)
+    let rendered = context::build(plan, state.server_for(peer.ip()), &state.renderer)
         .map(|ctx| state.renderer.render_config(file, &ctx));
     match rendered {
         Ok(Some(Ok(text))) => {

@@ -199,6 +199,9 @@ fn private_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A DHCPv6 lease row: address, MAC, state, expiry, IAID.
+type Lease6Row = (String, Option<String>, String, i64, Option<i64>);
+
 #[derive(Debug, sqlx::FromRow)]
 struct LeaseRow {
     ip: String,
@@ -340,6 +343,31 @@ impl Store {
             .collect())
     }
 
+    /// Every persisted DHCPv6 lease (bound or quarantined): the rows whose
+    /// address is IPv6.
+    pub async fn load_leases6(&self) -> Result<Vec<crate::domain::lease::Entry6>, StoreError> {
+        let rows: Vec<Lease6Row> = on_pool!(&self.pool, db => {
+            sqlx::query_as("SELECT ip, mac, state, expires_at_ms, iaid FROM leases WHERE ip LIKE '%:%'")
+                .fetch_all(db)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .filter_map(|(ip, mac, state, expires_at, iaid)| {
+                Some(crate::domain::lease::Entry6 {
+                    ip: ip.parse().ok()?,
+                    mac: mac.and_then(|m| m.parse().ok()),
+                    iaid: u32::try_from(iaid.unwrap_or(0)).ok()?,
+                    state: match state.parse() {
+                        Ok(State::Declined) => State::Declined,
+                        _ => State::Bound,
+                    },
+                    expires_at,
+                })
+            })
+            .collect())
+    }
+
     /// MACs of every machine that has network-booted from this server.
     pub async fn known_macs(&self) -> Result<HashSet<MacAddr>, StoreError> {
         let rows: Vec<(String,)> = on_pool!(&self.pool, db => {
@@ -469,6 +497,10 @@ mod tests {
             "0015_root_reads.sql",
             "521a4adff60040af005485eed07d325c493717de165326239beb0924793129ab",
         ),
+        (
+            "0016_leases6.sql",
+            "4663e881bc703954444259ea455baf9a12f56e2cfbe6f6b0fae321d6dc526a64",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -492,6 +524,10 @@ mod tests {
         (
             "0015_root_reads.sql",
             "521a4adff60040af005485eed07d325c493717de165326239beb0924793129ab",
+        ),
+        (
+            "0016_leases6.sql",
+            "4663e881bc703954444259ea455baf9a12f56e2cfbe6f6b0fae321d6dc526a64",
         ),
     ];
 

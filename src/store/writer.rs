@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
 use super::{Backend, Conn, Store};
-use crate::domain::{ip_text, ipv4_text, LeaseState};
+use crate::domain::{ip_text, LeaseState};
 use crate::ledger::{now_ms, BootRecord, Event, LeaseRecord, MachineFacts, Record, RootRead};
 
 /// Most leases committed in one transaction.
@@ -483,7 +483,7 @@ async fn write_leases(conn: &mut Conn<'_>, leases: &[&LeaseRecord]) -> Result<()
         }
         if free {
             on_conn!(conn, db => sqlx::query("DELETE FROM leases WHERE ip = $1")
-                .bind(ipv4_text(l.ip))
+                .bind(ip_text(l.ip))
                 .execute(&mut *db)
                 .await.map(|r| r.rows_affected()))?;
         } else {
@@ -493,7 +493,7 @@ async fn write_leases(conn: &mut Conn<'_>, leases: &[&LeaseRecord]) -> Result<()
     upsert_leases(conn, &pending).await
 }
 
-/// Leases per multi-row upsert (6 parameters each).
+/// Leases per multi-row upsert (7 parameters each).
 const LEASES_PER_STATEMENT: usize = 500;
 
 async fn upsert_leases(conn: &mut Conn<'_>, rows: &[&LeaseRecord]) -> Result<(), sqlx::Error> {
@@ -503,19 +503,21 @@ async fn upsert_leases(conn: &mut Conn<'_>, rows: &[&LeaseRecord]) -> Result<(),
     let now = now_ms();
     on_conn!(conn, db => {
         let mut upsert = sqlx::QueryBuilder::new(
-            "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms) ",
+            "INSERT INTO leases (ip, mac, state, expires_at_ms, hostname, updated_ms, iaid) ",
         );
         upsert.push_values(rows, |mut row, l| {
-            row.push_bind(ipv4_text(l.ip))
+            row.push_bind(ip_text(l.ip))
                 .push_bind(l.mac.map(|m| m.to_string()))
                 .push_bind(l.state.map(LeaseState::as_str))
                 .push_bind(l.expires_at_ms)
                 .push_bind(l.hostname.clone())
-                .push_bind(now);
+                .push_bind(now)
+                .push_bind(l.iaid.map(i64::from));
         });
         upsert.push(
             " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, state = excluded.state,
-                 expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms",
+                 expires_at_ms = excluded.expires_at_ms, hostname = excluded.hostname, updated_ms = excluded.updated_ms,
+                 iaid = excluded.iaid",
         );
         upsert.build().execute(db).await?;
     });

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod dhcp6_client;
 pub mod dhcp_client;
 pub mod fleet;
 pub mod redfish;
@@ -376,4 +377,41 @@ fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
+}
+
+/// `[dhcp6]` for loopback tests: DHCPv6, HTTP and TFTP on `[::1]`, the
+/// lab's prefix, one reservation, no router advertisements (no interface).
+pub const DHCP6_LOOPBACK: &str = r#"
+[dhcp6]
+mode = "full"
+listen = "[::1]:0"
+server_ip = "::1"
+prefix = "fd00:77::/64"
+range = ["fd00:77::1000", "fd00:77::10ff"]
+router_advertisement = "off"
+http_listen = "[::1]:0"
+tftp_listen = "[::1]:0"
+
+[[dhcp6.reservation]]
+mac = "52:54:00:66:00:09"
+ip = "fd00:77::9"
+"#;
+
+impl TestServer {
+    /// [`TestServer::full`] plus DHCPv6 on loopback ([`DHCP6_LOOPBACK`]).
+    pub async fn full_v6() -> Self {
+        let dir = TempDir::new().unwrap();
+        let text = format!("{}\n{DHCP6_LOOPBACK}", full_config(dir.path(), ""));
+        Self::start(&text, dir).await
+    }
+
+    /// Restarts a stopped server's data directory with DHCPv6 on.
+    pub async fn restart_v6(dir: TempDir) -> Self {
+        let text = format!("{}\n{DHCP6_LOOPBACK}", full_config(dir.path(), ""));
+        Self::start(&text, dir).await
+    }
+
+    pub fn dhcp6(&self) -> std::net::SocketAddr {
+        self.bound.dhcp6.expect("DHCPv6 bound")
+    }
 }

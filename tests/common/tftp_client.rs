@@ -117,8 +117,18 @@ pub async fn expect_error(server: SocketAddr, file: &str, mode: Mode) -> (ErrorC
 }
 
 /// Downloads `file`, acknowledging as RFC 1350/7440 describe.
+/// A client socket of `server`'s address family.
+pub async fn socket_for(server: SocketAddr) -> UdpSocket {
+    match server {
+        SocketAddr::V4(_) => socket().await,
+        SocketAddr::V6(_) => UdpSocket::bind("[::1]:0")
+            .await
+            .expect("bind client socket"),
+    }
+}
+
 pub async fn get(server: SocketAddr, file: &str, opts: GetOpts) -> Result<GetOutcome, GetError> {
-    let sock = socket().await;
+    let sock = socket_for(server).await;
     let request = rrq(file, opts.mode, &opts.options);
     sock.send_to(&request, server).await?;
     let mut rx = Receiver::new(&opts);

@@ -21,6 +21,7 @@ mod cli;
 mod cli_groups;
 mod dashboard;
 mod dhcp;
+mod dhcp6;
 mod nbd;
 mod relay_identity;
 mod rollout;

@@ -65,7 +65,7 @@ impl Harness {
                 server: "http://10.77.0.1:8080".into(),
                 targets: crate::dhcp::classify::BootTargets {
                     files: Default::default(),
-                    server_ip: std::net::Ipv4Addr::new(10, 77, 0, 1),
+                    server_ip: std::net::Ipv4Addr::new(10, 77, 0, 1).into(),
                     http_port: 8080,
                 },
                 mode: crate::config::DhcpMode::Full,
