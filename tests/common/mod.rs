@@ -400,8 +400,14 @@ ip = "fd00:77::9"
 impl TestServer {
     /// [`TestServer::full`] plus DHCPv6 on loopback ([`DHCP6_LOOPBACK`]).
     pub async fn full_v6() -> Self {
+        Self::full_v6_with("").await
+    }
+
+    /// [`TestServer::full_v6`] with `extra` in `[dhcp]` (whose
+    /// new-client rates DHCPv6 shares).
+    pub async fn full_v6_with(extra: &str) -> Self {
         let dir = TempDir::new().unwrap();
-        let text = format!("{}\n{DHCP6_LOOPBACK}", full_config(dir.path(), ""));
+        let text = format!("{}\n{DHCP6_LOOPBACK}", full_config(dir.path(), extra));
         Self::start(&text, dir).await
     }
 

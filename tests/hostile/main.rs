@@ -8,6 +8,7 @@ mod bounds;
 #[path = "../common/mod.rs"]
 mod common;
 mod dhcp;
+mod dhcp6;
 mod durability;
 mod fetch;
 mod rollout;
