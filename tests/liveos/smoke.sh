@@ -99,7 +99,7 @@ phone_home:
   tries: 10'
 check "$TMP/block.log" '^IRONBOOT-LIVEOS: phone_home ok'
 check "$TMP/block.log" '^IRONBOOT-LIVEOS: done'
-check "$TMP/block.http" '^POST /phone/iid-test application/x-www-form-urlencoded instance_id=iid-test&hostname=node7&fqdn=node7&pub_key_rsa=&pub_key_ecdsa=&pub_key_ed25519=$'
+check "$TMP/block.http" '^POST /phone/iid-test application/x-www-form-urlencoded instance_id=iid-test&hostname=node7&fqdn=node7&pub_key_rsa=&pub_key_ecdsa=&pub_key_ed25519=&secureboot=0$'
 
 if [ "$fail" = 0 ]; then echo "liveos smoke: 2 passed, 0 failed"; else echo "liveos smoke: FAILED"; fi
 exit "$fail"
