@@ -477,7 +477,7 @@ impl Core {
                         .flat_map(|d6| &d6.reservations)
                         .map(|r| (std::net::IpAddr::V6(r.ip), r.mac)),
                 ),
-            config.dhcp.interfaces.clone(),
+            boot_interfaces(config),
             metrics.clone(),
         ));
         let netboot = Arc::new(crate::netboot::Netboot::new(
@@ -907,4 +907,24 @@ fn server_duid(d6: &crate::config::Dhcp6Settings) -> Vec<u8> {
         Some(mac) => [&[0, 3, 0, 1][..], &mac.0].concat(),
         None => [&[0, 2][..], &32473u32.to_be_bytes(), &d6.server_ip.octets()].concat(),
     }
+}
+
+/// The interfaces whose neighbour entries are binding evidence: DHCP's and
+/// DHCPv6's (empty: every interface, as DHCP then serves all).
+fn boot_interfaces(config: &Config) -> Vec<String> {
+    let v4 = &config.dhcp.interfaces;
+    if config.dhcp.mode != DhcpMode::Off && v4.is_empty() {
+        return Vec::new();
+    }
+    let mut all = if config.dhcp.mode == DhcpMode::Off {
+        Vec::new()
+    } else {
+        v4.clone()
+    };
+    for name in config.dhcp6.iter().flat_map(|d6| &d6.interfaces) {
+        if !all.contains(name) {
+            all.push(name.clone());
+        }
+    }
+    all
 }

@@ -11,8 +11,8 @@
 //!    bound and unexpired (full mode, direct or relayed);
 //! 2. [`Evidence::Declared`]: an address the operator declared for M (a DHCP
 //!    reservation);
-//! 3. [`Evidence::Neighbour`]: the kernel's complete neighbour (ARP) entry
-//!    for the address on a boot interface, naming M (proxy mode on the same
+//! 3. [`Evidence::Neighbour`]: the kernel's complete neighbour (ARP, or
+//!    NDP for IPv6) entry for the address on a boot interface, naming M (proxy mode on the same
 //!    segment: another server owns the address, but the kernel has just
 //!    talked to M at that address to answer the request).
 //!
@@ -169,6 +169,8 @@ fn canonical(ip: IpAddr) -> IpAddr {
 struct Neighbours {
     interfaces: Vec<String>,
     cache: Mutex<Option<(Instant, HashMap<Ipv4Addr, MacAddr>)>>,
+    /// The IPv6 table (NDP), read through rtnetlink ([`crate::neigh6`]).
+    cache6: Mutex<Option<(Instant, HashMap<std::net::Ipv6Addr, MacAddr>)>>,
 }
 
 impl Neighbours {
@@ -176,12 +178,14 @@ impl Neighbours {
         Self {
             interfaces,
             cache: Mutex::new(None),
+            cache6: Mutex::new(None),
         }
     }
 
     fn mac_of(&self, ip: IpAddr) -> Option<MacAddr> {
-        let IpAddr::V4(v4) = ip else {
-            return None;
+        let v4 = match ip {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(v6) => return self.mac_of6(v6),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let fresh = cache
@@ -198,6 +202,33 @@ impl Neighbours {
         let text = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
         let table = parse_arp(&text, &self.interfaces);
         let found = table.get(&v4).copied();
+        *cache = Some((Instant::now(), table));
+        found
+    }
+}
+
+impl Neighbours {
+    /// The IPv6 neighbour entry for `ip` on a boot interface, read again
+    /// on a miss (the kernel has just resolved it to answer this request).
+    fn mac_of6(&self, ip: std::net::Ipv6Addr) -> Option<MacAddr> {
+        let mut cache = self.cache6.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = cache
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < NEIGHBOUR_TTL);
+        let hit = fresh
+            .then(|| cache.as_ref().and_then(|(_, t)| t.get(&ip).copied()))
+            .flatten();
+        if hit.is_some() {
+            return hit;
+        }
+        let table = match crate::neigh6::ipv6_neighbours(&self.interfaces) {
+            Ok(table) => table,
+            Err(e) => {
+                tracing::debug!(error = %e, "IPv6 neighbour table unreadable");
+                HashMap::new()
+            }
+        };
+        let found = table.get(&ip).copied();
         *cache = Some((Instant::now(), table));
         found
     }

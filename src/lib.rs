@@ -6,8 +6,12 @@
 //!   validated into typed settings. The only place that reads configuration.
 //! - [`app`]: binds every socket first (failing fast with the address), then
 //!   runs each service under one shutdown signal and waits for all of them.
-//! - [`dhcp`]: DHCPv4 (full, proxy, relayed) and the IPv6 router advertisement
-//!   that ends iPXE's SLAAC wait. Parsing and classification are pure.
+//! - [`dhcp`]: DHCPv4 (full, proxy, relayed) and IPv6 router advertisements
+//!   (quiet beside IPv4, managed on IPv6-only links). Parsing and
+//!   classification are pure.
+//! - [`dhcp6`]: DHCPv6 for IPv6-only boot networks: safe decoding and relay
+//!   wrapping, the MAC of a client without one (option 79, DUID-LL/LLT,
+//!   EUI-64), PXEv6/HTTPv6/iPXE answers.
 //! - [`tftp`]: read-only TFTP with RFC 2347/2348/2349/7440 options;
 //!   [`bootfiles`]: the loader binaries it (and `/ipxe/`) serves by name;
 //!   [`netboot`]: per-machine GRUB configs, artifacts for GRUB and ONIE
@@ -22,14 +26,15 @@
 //! - [`rollout`]: rollouts and the last-known-good watchdog as pure state
 //!   machines ([`rollout::engine::Rollouts`] is what the boot path asks),
 //!   restored from their rows, and the reboot hook.
-//! - [`clients`]: the clients DHCP knows (leases, known MACs, what each last
-//!   sent), one table the other services read.
+//! - [`clients`]: the clients DHCP knows (leases, DHCPv6 leases, known MACs,
+//!   what each last sent), one table the other services read.
 //! - [`images`]: the content-addressed store of boot artifacts and manifests.
 //! - [`render`]: minijinja templates from `boot-templates/`, strict; the one
 //!   context they see ([`render::context`]) and the template a loader renders.
 //! - [`http`]: axum routes: boot endpoints, artifacts, `/api/v1/`, health.
 //! - [`binding`]: who is at a source address (lease, reservation, neighbour
-//!   entry): the evidence a boot-path request needs to act for a machine.
+//!   entry): the evidence a boot-path request needs to act for a machine;
+//!   [`neigh6`]: the kernel's IPv6 neighbour table through rtnetlink.
 //! - [`auth`]: API bearer tokens; [`secret`]: how tokens are made and
 //!   hashed; [`cli`]: the client subcommands.
 //! - [`desired`]: `ironboot apply`'s fleet file (YAML with positions) and
@@ -76,6 +81,7 @@ pub mod inventory;
 pub mod ledger;
 pub mod metrics;
 pub mod nbd;
+pub mod neigh6;
 pub mod netboot;
 pub mod netif;
 pub mod per_address;
