@@ -178,6 +178,10 @@ pub struct IdentityView {
     #[serde(rename = "match")]
     #[schema(value_type = Object)]
     pub matched: IdentityMatch,
+    /// How DHCPv6 learnt this MAC the last time the machine spoke it since
+    /// the server started (`relay_option79`, `duid`, `ethernet`,
+    /// `link_local`, `relay_peer`); `null` if it has not.
+    pub mac_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -611,6 +615,11 @@ impl Explainer {
             identity: IdentityView {
                 known: !decision.fresh,
                 matched: decision.identity.clone(),
+                mac_from: self
+                    .clients
+                    .as_ref()
+                    .and_then(|c| c.seen(q.mac))
+                    .and_then(|s| s.mac_from.map(str::to_string)),
             },
             group: GroupView {
                 name: m.group.clone(),

@@ -34,6 +34,10 @@ pub struct SeenClient {
     pub arch: Option<Arch>,
     pub circuit_id: Option<String>,
     pub remote_id: Option<String>,
+    /// How DHCPv6 last learnt this MAC (`relay_option79`, `duid`,
+    /// `ethernet`, `link_local`, `relay_peer`): DHCPv6 carries no MAC, so
+    /// `explain` says which evidence named the machine.
+    pub mac_from: Option<&'static str>,
 }
 
 /// The table of clients; clones share it.

@@ -268,6 +268,7 @@ impl Dhcp {
             arch: facts.arch,
             circuit_id: relay.circuit_id.clone(),
             remote_id: relay.remote_id.clone(),
+            mac_from: None,
         };
         self.clients.saw(req.mac, seen);
         self.ledger.record(Record::MachineSeen(MachineFacts {

@@ -159,7 +159,6 @@ fn every_captured_client_is_parsed_identified_and_classified() {
             from: MacSource::RelayOption79,
             ias: 1,
         },
-        
     ];
     for row in rows {
         let (name, bytes) = row.file;

@@ -496,6 +496,7 @@ impl Dhcp6 {
                 arch: facts.arch,
                 circuit_id: None,
                 remote_id: None,
+                mac_from: Some(who.source.name()),
             },
         );
         let claim = |v: Option<String>| v.as_deref().and_then(crate::boot::claims::text);
