@@ -17,6 +17,7 @@ mod lab;
 mod boot;
 mod clients;
 mod full;
+mod ipv6;
 mod nbdroot;
 mod proxy;
 mod rollout;

@@ -311,6 +311,19 @@ pub struct Booted {
 /// the live OS prints the seed and phones home), then for QEMU to exit as the
 /// guest powers off.
 pub fn wait_booted(vm: &mut Vm, mac: &str, stream: &str, generation: i64, cmdline: &str) -> Booted {
+    wait_booted_at(vm, mac, stream, generation, cmdline, BASE)
+}
+
+/// [`wait_booted`] for a machine that reaches the server at `base` (the
+/// IPv6 lab's `http://[fd00:77::1]:8080`).
+pub fn wait_booted_at(
+    vm: &mut Vm,
+    mac: &str,
+    stream: &str,
+    generation: i64,
+    cmdline: &str,
+    base: &str,
+) -> Booted {
     let echo = format!("ironboot: {mac} -> {stream} gen {generation} (boot ");
     let at = vm.wait_markers(
         &[
@@ -337,7 +350,7 @@ pub fn wait_booted(vm: &mut Vm, mac: &str, stream: &str, generation: i64, cmdlin
     let cmd = kernel_cmdline(&serial).unwrap_or_default();
     assert!(
         // UEFI's Linux stub sees iPXE's image name first (`vmlinuz …`).
-        cmd.contains(&format!("{cmdline} ds=nocloud-net;s={BASE}/config/")),
+        cmd.contains(&format!("{cmdline} ds=nocloud-net;s={base}/config/")),
         "{}: kernel command line {cmd:?}",
         vm.name
     );
@@ -348,7 +361,7 @@ pub fn wait_booted(vm: &mut Vm, mac: &str, stream: &str, generation: i64, cmdlin
         last()
     );
     assert!(
-        serial.contains(&live(&format!("seed {BASE}/config/"))),
+        serial.contains(&live(&format!("seed {base}/config/"))),
         "{}: seed\n{}",
         vm.name,
         last()
@@ -365,12 +378,14 @@ pub fn wait_booted(vm: &mut Vm, mac: &str, stream: &str, generation: i64, cmdlin
             && user.contains(&format!(
                 "Rendered by ironboot for {mac}: {stream} generation {generation}."
             ))
-            && user.contains(&format!("url: {BASE}/phone-home/")),
+            // YAML quotes a URL with an IPv6 literal (`[` opens a list).
+            && (user.contains(&format!("url: {base}/phone-home/"))
+                || user.contains(&format!("url: \"{base}/phone-home/"))),
         "{}: user-data {user:?}",
         vm.name
     );
     assert!(
-        serial.contains(&live(&format!("phone_home POST {BASE}/phone-home/"))),
+        serial.contains(&live(&format!("phone_home POST {base}/phone-home/"))),
         "{}\n{}",
         vm.name,
         last()

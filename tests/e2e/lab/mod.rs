@@ -52,6 +52,11 @@ pub enum Firmware {
     /// firmware's own UEFI HTTP boot (DHCP opt 60 `HTTPClient`, arch 16),
     /// which loads `ipxe.efi` from the URL the DHCP reply gives.
     UefiHttp,
+    /// OVMF with no option ROM and its IPv4 stack off (fw_cfg
+    /// `opt/org.tianocore/IPv4Support` = `n`): PXEv6, which loads
+    /// `ipxe.efi` from the `tftp://[…]/` URL of DHCPv6 option 59, then
+    /// (when PXEv6 got no boot file) HTTPv6.
+    UefiIpv6,
 }
 
 /// What QEMU does when the guest reboots (`reboot`, or a kernel panic with
@@ -370,6 +375,11 @@ pub struct Lab {
     /// ironboot in proxy DHCP mode on br0 (another server owns addresses),
     /// instead of full mode with the lab's pool and reservation.
     pub proxy: bool,
+    /// An IPv6-only lab ([`Lab::new_ipv6_only`]): DHCP off, DHCPv6 and
+    /// managed router advertisements on br0.
+    pub ipv6: bool,
+    /// Keys added to the IPv6 lab's `[dhcp6]` table (`pxe_bootfile = false`).
+    pub dhcp6_extra: String,
     /// Released after `Drop for Lab` has stopped everything and deleted the
     /// namespaces (fields drop after it), so the next test starts clean.
     turn: Turn,
@@ -398,6 +408,8 @@ impl Lab {
             db: None,
             extra_config: String::new(),
             proxy: false,
+            ipv6: false,
+            dhcp6_extra: String::new(),
             turn,
         };
         lab.network(taps);
@@ -550,7 +562,22 @@ impl Lab {
     }
 
     pub fn config(&self, ipxe_dir: &Path) -> PathBuf {
-        let dhcp = if self.proxy {
+        let dhcp = if self.ipv6 {
+            format!(
+                r#"
+[dhcp]
+mode = "off"
+[dhcp6]
+mode = "full"
+interfaces = ["br0"]
+server_ip = "{SERVER_IP6}"
+prefix = "{PREFIX6}"
+range = ["{POOL6_START}", "{POOL6_END}"]
+{extra}
+"#,
+                extra = self.dhcp6_extra
+            )
+        } else if self.proxy {
             // The RA ends iPXE's wait for IPv6 autoconfiguration here too.
             "[dhcp]\nmode = \"proxy\"\ninterfaces = [\"br0\"]\nrouter_advertisement = true\n"
                 .to_string()
@@ -782,7 +809,7 @@ ipxe_dir = "{ipxe}"
                 Some(OVMF),
                 format!("virtio-net-pci,netdev=n0,mac={mac},romfile={EFI_VIRTIO_ROM}"),
             ),
-            Firmware::UefiPxe | Firmware::UefiHttp => (
+            Firmware::UefiPxe | Firmware::UefiHttp | Firmware::UefiIpv6 => (
                 "q35",
                 Some(OVMF),
                 format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
@@ -796,6 +823,12 @@ ipxe_dir = "{ipxe}"
             args.extend(["-bios".into(), bios.into()]);
         }
         args.extend(["-m".into(), memory, "-device".into(), nic]);
+        if firmware == Firmware::UefiIpv6 {
+            args.extend([
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv4Support,string=n".into(),
+            ]);
+        }
         if firmware == Firmware::UefiHttp {
             for stack in ["IPv4PXESupport", "IPv6PXESupport"] {
                 args.extend([
@@ -1048,6 +1081,8 @@ impl Lab {
             db: None,
             extra_config: String::new(),
             proxy: false,
+            ipv6: true,
+            dhcp6_extra: String::new(),
             turn,
         };
         lab.network6(taps);
@@ -1104,6 +1139,17 @@ impl Lab {
         );
         let addr = format!("{SERVER_IP6}/64");
         self.ip(&["-n", &ns, "addr", "add", &addr, "dev", "br0", "nodad"]);
+        // The lab's own IPv4 (the CLI, the API, /healthz, from inside the
+        // namespace) lives on lo: nothing IPv4 is on the bridge.
+        self.ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/32"),
+            "dev",
+            "lo",
+        ]);
         self.ip(&[
             "-n", &ns, "link", "add", "vbr", "type", "veth", "peer", "name", "vcl", "netns", &cns,
         ]);
