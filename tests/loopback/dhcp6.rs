@@ -2,7 +2,7 @@
 //! HTTPv6, iPXE, relayed), what each is told, which MAC each is, leases
 //! that survive a restart, and the IPv6 HTTP and TFTP listeners.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use dhcproto::v6::{MessageType, Status};
@@ -281,5 +281,91 @@ async fn http_and_tftp_answer_ipv6_clients_with_ipv6_urls() {
         oack.contains(&("blksize".into(), "1228".into())),
         "{oack:?}"
     );
+    server.stop().await;
+}
+
+/// One machine, two address families: a MAC leased over DHCPv4 and then
+/// seen over DHCPv6 is one record, and its script says the same generation
+/// whichever family asks (with IPv6 URLs for IPv6).
+#[tokio::test]
+async fn a_machine_is_one_record_over_ipv4_and_ipv6() {
+    use crate::common::dhcp_client as v4;
+    let server = TestServer::full_v6().await;
+    let api = crate::common::api::Api::new(&server);
+    let generation = api
+        .import("dual", b"kernel", b"initrd", "console=ttyS0")
+        .await;
+    api.point("default", "dual", generation).await;
+
+    let m = mac(0x44);
+    let relay = v4::Relay::new(Ipv4Addr::new(127, 1, 0, 1), server.dhcp()).await;
+    let offer = relay
+        .exchange(&v4::message(
+            v4::Client::BiosPxe,
+            dhcproto::v4::MessageType::Discover,
+            m,
+            0x4400,
+            relay.giaddr,
+        ))
+        .await
+        .expect("an OFFER");
+    let req = v4::with(
+        v4::with(
+            v4::message(
+                v4::Client::BiosPxe,
+                dhcproto::v4::MessageType::Request,
+                m,
+                0x4401,
+                relay.giaddr,
+            ),
+            dhcproto::v4::DhcpOption::RequestedIpAddress(offer.yiaddr()),
+        ),
+        dhcproto::v4::DhcpOption::ServerIdentifier(Ipv4Addr::new(127, 0, 0, 1)),
+    );
+    assert_eq!(
+        v4::msg_type(&relay.exchange(&req).await.expect("an ACK")),
+        Some(dhcproto::v4::MessageType::Ack)
+    );
+    let client = Client6::new(server.dhcp6()).await;
+    take_address(&client, Firmware::OvmfPxe, &duid_llt(m), 1).await;
+
+    let text = m.map(|b| format!("{b:02x}")).join(":");
+    let (status, list) = api
+        .call(reqwest::Method::GET, "/api/v1/machines?limit=1000", None)
+        .await;
+    assert!(status.is_success());
+    let records = list["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["mac"] == text)
+        .count();
+    assert_eq!(records, 1, "{list:#}");
+    // explain says how DHCPv6 named the machine (a DUID-LLT here).
+    let explained = api
+        .ok(
+            reqwest::Method::POST,
+            "/api/v1/explain",
+            Some(serde_json::json!({ "mac": text })),
+        )
+        .await;
+    assert_eq!(explained["identity"]["mac_from"], "duid", "{explained:#}");
+
+    let http = reqwest::Client::new();
+    let v4_script =
+        crate::common::fleet::script(&http, &format!("http://{}", server.bound.http), &text).await;
+    let http6 = server.bound.http6.unwrap();
+    let v6_script = crate::common::fleet::script(&http, &format!("http://{http6}"), &text).await;
+    for (family, script) in [("IPv4", &v4_script), ("IPv6", &v6_script)] {
+        assert!(
+            script.contains(&format!("-> dual gen {generation}")),
+            "{family}: {script}"
+        );
+    }
+    assert!(
+        v6_script.contains(&format!("http://[::1]:{}/", http6.port())),
+        "{v6_script}"
+    );
+    assert!(!v4_script.contains("[::1]"), "{v4_script}");
     server.stop().await;
 }
