@@ -1,5 +1,5 @@
 //! The kernel's IPv6 neighbour table (NDP), read through rtnetlink: the IPv6
-//! counterpart of the `/proc/net/arp` read in [`crate::binding`] (`/proc` has
+//! counterpart of the `/proc/net/arp` read in the binding rule (`/proc` has
 //! no IPv6 neighbour file).
 //!
 //! [`ipv6_neighbours`] sends one `RTM_GETNEIGH` dump request for `AF_INET6` on
