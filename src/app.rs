@@ -135,7 +135,7 @@ async fn bind_all(config: &Config) -> Result<Sockets, AppError> {
         if d6.router_advertisement == crate::config::Ra6Mode::Managed {
             let advert = crate::dhcp::ra::Advert {
                 managed: true,
-                prefix: d6.pool.as_ref().map(|p| p.prefix),
+                prefix: d6.link_pool.map(|i| d6.pools[i].prefix),
             };
             for name in &d6.interfaces {
                 let (sock, index) =
@@ -221,7 +221,7 @@ pub async fn run(
     );
     if let Some(d6) = &config.dhcp6 {
         let mut table =
-            crate::clients::leases6::Lease6Table::new(d6.pool.clone(), &d6.reservations);
+            crate::clients::leases6::Lease6Table::new(d6.pools.clone(), &d6.reservations);
         for entry in store.load_leases6().await? {
             table.restore(entry);
         }

@@ -970,6 +970,8 @@ pub struct RawDhcp6 {
     /// DNS recursive name servers (option 23).
     pub dns: Vec<std::net::Ipv6Addr>,
     pub router_advertisement: Ra6Mode,
+    /// Relayed links: one pool each, chosen by the relay's link-address.
+    pub subnet: Vec<RawSubnet6>,
     pub reservation: Vec<RawReservation6>,
     /// Answer clients that are neither network-booting nor known (default
     /// true: OVMF's own IPv6 set-up asks for an address, with nothing that
@@ -998,6 +1000,7 @@ impl Default for RawDhcp6 {
             lease_time: "1h".into(),
             dns: Vec::new(),
             router_advertisement: Ra6Mode::Managed,
+            subnet: Vec::new(),
             reservation: Vec::new(),
             serve_all: true,
             pxe_bootfile: true,
@@ -1005,6 +1008,17 @@ impl Default for RawDhcp6 {
             tftp_listen: None,
         }
     }
+}
+
+/// `[[dhcp6.subnet]]`: a link behind a DHCPv6 relay.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubnet6 {
+    /// The relayed link's prefix: a relay whose link-address is in it
+    /// draws from `range`.
+    pub prefix: ipnet::Ipv6Net,
+    pub range: Vec<std::net::Ipv6Addr>,
+    pub lease_time: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -1020,7 +1034,11 @@ pub struct Dhcp6Settings {
     pub interfaces: Vec<String>,
     pub listen: SocketAddr,
     pub server_ip: std::net::Ipv6Addr,
-    pub pool: Option<crate::domain::lease::Pool6>,
+    /// The boot link's pool first (when `prefix`/`range` are set), then
+    /// one per `[[dhcp6.subnet]]`.
+    pub pools: Vec<crate::domain::lease::Pool6>,
+    /// The boot link's pool (clients that are not relayed), if any.
+    pub link_pool: Option<usize>,
     pub dns: Vec<std::net::Ipv6Addr>,
     pub router_advertisement: Ra6Mode,
     pub reservations: Vec<crate::domain::lease::Reservation6>,
@@ -1066,44 +1084,36 @@ fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings
     if lease_time < Duration::from_secs(60) {
         return Err(invalid("dhcp6.lease_time", "must be at least 1m"));
     }
-    let pool = match (&raw.prefix, raw.range.as_slice()) {
-        (None, []) => None,
-        (Some(prefix), [start, end]) => {
-            for (key, ip) in [("range[0]", start), ("range[1]", end)] {
-                if !prefix.contains(ip) {
-                    return Err(invalid(
-                        format!("dhcp6.{key}"),
-                        format!("{ip} is outside dhcp6.prefix {prefix}"),
-                    ));
-                }
-            }
-            if start > end {
-                return Err(invalid(
-                    "dhcp6.range",
-                    "the first address is after the last",
-                ));
-            }
-            if (*start..=*end).contains(&server_ip) {
-                return Err(invalid(
-                    "dhcp6.range",
-                    format!("contains dhcp6.server_ip {server_ip}"),
-                ));
-            }
-            Some(crate::domain::lease::Pool6 {
-                prefix: prefix.trunc(),
-                range_start: *start,
-                range_end: *end,
-                lease_time,
-            })
-        }
-        (None, _) => return Err(invalid("dhcp6.prefix", "needed with dhcp6.range")),
-        (Some(_), _) => {
+    let link = pool6("dhcp6", raw.prefix, &raw.range, lease_time)?;
+    if link
+        .as_ref()
+        .is_some_and(|p| (p.range_start..=p.range_end).contains(&server_ip))
+    {
+        return Err(invalid(
+            "dhcp6.range",
+            format!("contains dhcp6.server_ip {server_ip}"),
+        ));
+    }
+    let link_pool = link.is_some().then_some(0);
+    let mut pools: Vec<crate::domain::lease::Pool6> = link.into_iter().collect();
+    for (i, sub) in raw.subnet.iter().enumerate() {
+        let key = format!("dhcp6.subnet[{i}]");
+        let time = match &sub.lease_time {
+            Some(t) => parse_duration(&format!("{key}.lease_time"), t)?,
+            None => lease_time,
+        };
+        let pool = pool6(&key, Some(sub.prefix), &sub.range, time)?
+            .ok_or_else(|| invalid(format!("{key}.range"), "needed"))?;
+        if let Some(other) = pools.iter().find(|p| {
+            p.prefix.contains(&pool.prefix.network()) || pool.prefix.contains(&p.prefix.network())
+        }) {
             return Err(invalid(
-                "dhcp6.range",
-                "give the first and last address: range = [\"fd00::1000\", \"fd00::1fff\"]",
-            ))
+                format!("{key}.prefix"),
+                format!("{} overlaps {}", pool.prefix, other.prefix),
+            ));
         }
-    };
+        pools.push(pool);
+    }
     let mut macs = HashSet::new();
     let mut ips = HashSet::new();
     let mut reservations = Vec::new();
@@ -1116,21 +1126,21 @@ fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings
         if !macs.insert(mac) || !ips.insert(r.ip) {
             return Err(invalid(key, "a MAC or an address is reserved twice"));
         }
-        if pool.as_ref().is_some_and(|p| !p.prefix.contains(&r.ip)) {
+        if !pools.is_empty() && !pools.iter().any(|p| p.prefix.contains(&r.ip)) {
             return Err(invalid(
                 format!("{key}.ip"),
-                format!("{} is outside dhcp6.prefix", r.ip),
+                format!("{} is in no dhcp6 prefix", r.ip),
             ));
         }
         reservations.push(crate::domain::lease::Reservation6 { mac, ip: r.ip });
     }
-    if pool.is_none() && reservations.is_empty() {
+    if pools.is_empty() && reservations.is_empty() {
         return Err(invalid(
             "dhcp6",
             "full mode needs prefix and range, or reservations",
         ));
     }
-    if raw.router_advertisement == Ra6Mode::Managed && pool.is_none() {
+    if raw.router_advertisement == Ra6Mode::Managed && link_pool.is_none() {
         return Err(invalid(
             "dhcp6.router_advertisement",
             "\"managed\" advertises dhcp6.prefix: set it, or \"off\"",
@@ -1141,7 +1151,8 @@ fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings
         interfaces: raw.interfaces.clone(),
         listen: raw.listen,
         server_ip,
-        pool,
+        pools,
+        link_pool,
         dns: raw.dns.clone(),
         router_advertisement: raw.router_advertisement,
         reservations,
@@ -1152,6 +1163,45 @@ fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings
             .unwrap_or(SocketAddr::new(unspecified, http_port)),
         tftp_listen: raw.tftp_listen,
     }))
+}
+
+/// A prefix and its `[first, last]` range, checked (`None`: neither set).
+fn pool6(
+    key: &str,
+    prefix: Option<ipnet::Ipv6Net>,
+    range: &[std::net::Ipv6Addr],
+    lease_time: Duration,
+) -> Result<Option<crate::domain::lease::Pool6>, ConfigError> {
+    match (prefix, range) {
+        (None, []) => Ok(None),
+        (Some(prefix), [start, end]) => {
+            for (i, ip) in [start, end].into_iter().enumerate() {
+                if !prefix.contains(ip) {
+                    return Err(invalid(
+                        format!("{key}.range[{i}]"),
+                        format!("{ip} is outside {prefix}"),
+                    ));
+                }
+            }
+            if start > end {
+                return Err(invalid(
+                    format!("{key}.range"),
+                    "the first address is after the last",
+                ));
+            }
+            Ok(Some(crate::domain::lease::Pool6 {
+                prefix: prefix.trunc(),
+                range_start: *start,
+                range_end: *end,
+                lease_time,
+            }))
+        }
+        (None, _) => Err(invalid(format!("{key}.prefix"), "needed with a range")),
+        (Some(_), _) => Err(invalid(
+            format!("{key}.range"),
+            "give the first and last address: range = [\"fd00::1000\", \"fd00::1fff\"]",
+        )),
+    }
 }
 
 impl Config {

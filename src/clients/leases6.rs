@@ -1,5 +1,6 @@
 //! The DHCPv6 address table: which IA_NA of which machine holds which
-//! address, from one configured range.
+//! address, from the configured ranges (the boot link's, and one per
+//! relayed link).
 //!
 //! An address is picked by hashing the machine's MAC and the IA's
 //! identifier into the range and probing from there, so a machine asking
@@ -21,6 +22,10 @@ use crate::domain::MacAddr;
 
 /// Most entries (offers, bindings, quarantines) held at once.
 pub const MAX_ENTRIES: usize = 1 << 20;
+/// Which range an exchange draws from: an index into the table's pools
+/// (the caller picks it from the link the client is on).
+pub type PoolIndex = usize;
+
 /// Addresses probed from a hash's starting point before giving up.
 const PROBES: u128 = 4096;
 /// How long a declined address stays out of use.
@@ -38,7 +43,7 @@ pub enum Lease6Error {
 
 #[derive(Debug, Default)]
 pub struct Lease6Table {
-    pool: Option<Pool6>,
+    pools: Vec<Pool6>,
     by_ip: HashMap<Ipv6Addr, Entry6>,
     by_ia: HashMap<(MacAddr, u32), Ipv6Addr>,
     reserved: HashMap<MacAddr, Ipv6Addr>,
@@ -46,17 +51,22 @@ pub struct Lease6Table {
 }
 
 impl Lease6Table {
-    pub fn new(pool: Option<Pool6>, reservations: &[Reservation6]) -> Self {
+    pub fn new(pools: Vec<Pool6>, reservations: &[Reservation6]) -> Self {
         Self {
-            pool,
+            pools,
             reserved: reservations.iter().map(|r| (r.mac, r.ip)).collect(),
             reserved_ips: reservations.iter().map(|r| (r.ip, r.mac)).collect(),
             ..Self::default()
         }
     }
 
-    pub fn pool(&self) -> Option<&Pool6> {
-        self.pool.as_ref()
+    pub fn pools(&self) -> &[Pool6] {
+        &self.pools
+    }
+
+    /// The pool whose prefix holds `link` (a relay's link-address).
+    pub fn pool_on(&self, link: Ipv6Addr) -> Option<PoolIndex> {
+        self.pools.iter().position(|p| p.prefix.contains(&link))
     }
 
     /// Puts back a lease the store kept.
@@ -96,14 +106,10 @@ impl Lease6Table {
         self.by_ip.is_empty()
     }
 
-    /// Whether `ip` is in the configured range or reserved (a Confirm's
-    /// "on link" and a Renew's "ours").
+    /// Whether `ip` is in one of the configured ranges or reserved (a
+    /// Renew's "ours").
     pub fn serves(&self, ip: Ipv6Addr) -> bool {
-        self.reserved_ips.contains_key(&ip)
-            || self
-                .pool
-                .as_ref()
-                .is_some_and(|p| (p.range_start..=p.range_end).contains(&ip))
+        self.reserved_ips.contains_key(&ip) || self.pools.iter().any(|p| in_range(p, ip))
     }
 
     fn available_to(&self, ip: Ipv6Addr, mac: MacAddr, iaid: u32, now: Millis) -> bool {
@@ -121,20 +127,29 @@ impl Lease6Table {
         }
     }
 
-    /// The address for (mac, iaid): the one it holds, its reservation (for
-    /// an IA that holds nothing else), else a hashed pick from the range.
-    fn choose(&self, mac: MacAddr, iaid: u32, now: Millis) -> Result<Ipv6Addr, Lease6Error> {
+    /// The address for (mac, iaid) on `pool`'s link: the one it holds
+    /// there, its reservation (for an IA that holds nothing else), else a
+    /// hashed pick from the range.
+    fn choose(
+        &self,
+        mac: MacAddr,
+        iaid: u32,
+        pool: Option<PoolIndex>,
+        now: Millis,
+    ) -> Result<Ipv6Addr, Lease6Error> {
+        let pool = pool.and_then(|i| self.pools.get(i));
+        let on_link = |ip: Ipv6Addr| pool.is_some_and(|p| p.prefix.contains(&ip));
         if let Some(&ip) = self.by_ia.get(&(mac, iaid)) {
-            if self.available_to(ip, mac, iaid, now) && self.serves(ip) {
+            if self.available_to(ip, mac, iaid, now) && self.serves(ip) && on_link(ip) {
                 return Ok(ip);
             }
         }
         if let Some(&ip) = self.reserved.get(&mac) {
-            if self.available_to(ip, mac, iaid, now) {
+            if self.available_to(ip, mac, iaid, now) && (pool.is_none() || on_link(ip)) {
                 return Ok(ip);
             }
         }
-        let pool = self.pool.as_ref().ok_or(Lease6Error::Exhausted)?;
+        let pool = pool.ok_or(Lease6Error::Exhausted)?;
         let (start, end) = (u128::from(pool.range_start), u128::from(pool.range_end));
         let size = end - start + 1;
         let first = hash(mac, iaid) % size;
@@ -150,10 +165,11 @@ impl Lease6Table {
         &mut self,
         mac: MacAddr,
         iaid: u32,
+        pool: Option<PoolIndex>,
         now: Millis,
         hold: Duration,
     ) -> Result<Ipv6Addr, Lease6Error> {
-        let ip = self.choose(mac, iaid, now)?;
+        let ip = self.choose(mac, iaid, pool, now)?;
         let bound = self
             .by_ip
             .get(&ip)
@@ -175,21 +191,27 @@ impl Lease6Table {
 
     /// Binds an address to (mac, iaid) for the pool's lease time: `asked`
     /// when the client names one (Request, Renew, Rebind) and it is its to
-    /// take, else the address [`Self::offer`] would pick.
+    /// take on `pool`'s link, else the address [`Self::offer`] would pick.
     pub fn bind(
         &mut self,
         mac: MacAddr,
         iaid: u32,
         asked: Option<Ipv6Addr>,
+        pool: Option<PoolIndex>,
         now: Millis,
     ) -> Result<Entry6, Lease6Error> {
+        let link = pool.and_then(|i| self.pools.get(i));
+        // Another link's address (unless it is this machine's reservation).
+        let elsewhere = |ip: Ipv6Addr| {
+            link.is_some_and(|p| !p.prefix.contains(&ip)) && self.reserved.get(&mac) != Some(&ip)
+        };
         let ip = match asked {
-            Some(ip) if !self.serves(ip) => return Err(Lease6Error::NotOnLink),
+            Some(ip) if !self.serves(ip) || elsewhere(ip) => return Err(Lease6Error::NotOnLink),
             Some(ip) if !self.available_to(ip, mac, iaid, now) => {
                 return Err(Lease6Error::NotYours)
             }
             Some(ip) => ip,
-            None => self.choose(mac, iaid, now)?,
+            None => self.choose(mac, iaid, pool, now)?,
         };
         if self.by_ip.len() >= MAX_ENTRIES && !self.by_ip.contains_key(&ip) {
             return Err(Lease6Error::Exhausted);
@@ -199,17 +221,16 @@ impl Lease6Table {
             mac: Some(mac),
             iaid,
             state: State::Bound,
-            expires_at: now + self.lease_time().as_millis() as i64,
+            expires_at: now + self.lease_time(pool).as_millis() as i64,
         };
         self.insert(entry.clone());
         Ok(entry)
     }
 
-    /// The lease time of bindings (the pool's; an hour without a pool, for
-    /// reservations alone).
-    pub fn lease_time(&self) -> Duration {
-        self.pool
-            .as_ref()
+    /// The lease time of bindings on `pool`'s link (an hour without a
+    /// pool, for reservations alone).
+    pub fn lease_time(&self, pool: Option<PoolIndex>) -> Duration {
+        pool.and_then(|i| self.pools.get(i))
             .map_or(Duration::from_secs(3600), |p| p.lease_time)
     }
 
@@ -290,6 +311,10 @@ impl Lease6Table {
     }
 }
 
+fn in_range(p: &Pool6, ip: Ipv6Addr) -> bool {
+    (p.range_start..=p.range_end).contains(&ip)
+}
+
 /// FNV-1a over the MAC and the IAID: stable across restarts and builds
 /// (std's hasher is randomly keyed).
 fn hash(mac: MacAddr, iaid: u32) -> u128 {
@@ -306,6 +331,8 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = Duration::from_secs(3600);
+    /// The boot link's pool.
+    const P: Option<PoolIndex> = Some(0);
 
     fn mac(n: u8) -> MacAddr {
         MacAddr([0x52, 0x54, 0, 0, 0, n])
@@ -314,12 +341,12 @@ mod tests {
     fn table(size: u128) -> Lease6Table {
         let start: Ipv6Addr = "fd00:77::1000".parse().unwrap();
         Lease6Table::new(
-            Some(Pool6 {
+            vec![Pool6 {
                 prefix: "fd00:77::/64".parse().unwrap(),
                 range_start: start,
                 range_end: Ipv6Addr::from(u128::from(start) + size - 1),
                 lease_time: HOUR,
-            }),
+            }],
             &[],
         )
     }
@@ -327,14 +354,14 @@ mod tests {
     #[test]
     fn the_same_ia_gets_the_same_address_and_another_ia_another() {
         let mut t = table(4096);
-        let a = t.offer(mac(1), 1, 0, HOUR).unwrap();
-        assert_eq!(t.bind(mac(1), 1, Some(a), 0).unwrap().ip, a);
-        assert_eq!(t.offer(mac(1), 1, 10, HOUR).unwrap(), a);
-        let b = t.bind(mac(1), 2, None, 0).unwrap().ip;
+        let a = t.offer(mac(1), 1, P, 0, HOUR).unwrap();
+        assert_eq!(t.bind(mac(1), 1, Some(a), P, 0).unwrap().ip, a);
+        assert_eq!(t.offer(mac(1), 1, P, 10, HOUR).unwrap(), a);
+        let b = t.bind(mac(1), 2, None, P, 0).unwrap().ip;
         assert_ne!(a, b);
         // A fresh table (a restart without the offers) picks the same.
         let mut fresh = table(4096);
-        assert_eq!(fresh.offer(mac(1), 1, 0, HOUR).unwrap(), a);
+        assert_eq!(fresh.offer(mac(1), 1, P, 0, HOUR).unwrap(), a);
     }
 
     #[test]
@@ -342,37 +369,40 @@ mod tests {
         let mut t = table(8);
         let mut seen = std::collections::HashSet::new();
         for n in 0..8 {
-            let ip = t.bind(mac(n), 0, None, 0).unwrap().ip;
+            let ip = t.bind(mac(n), 0, None, P, 0).unwrap().ip;
             assert!(seen.insert(ip), "{ip} twice");
         }
-        assert_eq!(t.bind(mac(9), 0, None, 0), Err(Lease6Error::Exhausted));
+        assert_eq!(t.bind(mac(9), 0, None, P, 0), Err(Lease6Error::Exhausted));
         let taken = *seen.iter().next().unwrap();
         let owner = t.mac_of(taken).unwrap();
         let other = if owner == mac(0) { mac(1) } else { mac(0) };
-        assert_eq!(t.bind(other, 0, Some(taken), 0), Err(Lease6Error::NotYours));
         assert_eq!(
-            t.bind(other, 0, Some("2001:db8::1".parse().unwrap()), 0),
+            t.bind(other, 0, Some(taken), P, 0),
+            Err(Lease6Error::NotYours)
+        );
+        assert_eq!(
+            t.bind(other, 0, Some("2001:db8::1".parse().unwrap()), P, 0),
             Err(Lease6Error::NotOnLink)
         );
         // Expired bindings are free again.
         let later = HOUR.as_millis() as i64 + 1;
-        assert!(t.bind(mac(9), 0, None, later).is_ok());
+        assert!(t.bind(mac(9), 0, None, P, later).is_ok());
     }
 
     #[test]
     fn reservations_release_decline_and_expiry() {
         let reserved: Ipv6Addr = "fd00:77::10".parse().unwrap();
         let mut t = Lease6Table::new(
-            table(16).pool.clone(),
+            table(16).pools.clone(),
             &[Reservation6 {
                 mac: mac(1),
                 ip: reserved,
             }],
         );
-        assert_eq!(t.bind(mac(1), 7, None, 0).unwrap().ip, reserved);
-        assert_ne!(t.bind(mac(1), 8, None, 0).unwrap().ip, reserved);
+        assert_eq!(t.bind(mac(1), 7, None, P, 0).unwrap().ip, reserved);
+        assert_ne!(t.bind(mac(1), 8, None, P, 0).unwrap().ip, reserved);
         assert_eq!(
-            t.bind(mac(2), 0, Some(reserved), 0),
+            t.bind(mac(2), 0, Some(reserved), P, 0),
             Err(Lease6Error::NotYours)
         );
         assert_eq!(t.bound_mac(reserved, 1), Some(mac(1)));
@@ -380,12 +410,12 @@ mod tests {
         assert!(t.release(mac(1), reserved));
         assert_eq!(t.bound_mac(reserved, 1), None);
 
-        let ip = t.bind(mac(3), 0, None, 0).unwrap().ip;
+        let ip = t.bind(mac(3), 0, None, P, 0).unwrap().ip;
         let q = t.decline(mac(3), ip, 0).unwrap();
         assert_eq!((q.mac, q.state), (None, State::Declined));
-        assert_ne!(t.bind(mac(3), 0, None, 1).unwrap().ip, ip);
+        assert_ne!(t.bind(mac(3), 0, None, P, 1).unwrap().ip, ip);
 
-        let offered = t.offer(mac(4), 0, 0, Duration::from_secs(60)).unwrap();
+        let offered = t.offer(mac(4), 0, P, 0, Duration::from_secs(60)).unwrap();
         assert_eq!(t.expire(61_000), 1, "the offer goes, bindings stay");
         assert_eq!(t.get(offered), None);
     }

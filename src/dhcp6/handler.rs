@@ -26,7 +26,7 @@ use serde_json::json;
 use tracing::debug;
 
 use crate::boot::loader;
-use crate::clients::leases6::Lease6Error;
+use crate::clients::leases6::{Lease6Error, PoolIndex};
 use crate::clients::{Clients, SeenClient};
 use crate::config::Dhcp6Settings;
 use crate::dhcp::classify::{bootfile_with, BootTargets, Bootfile, ClientKind};
@@ -213,6 +213,21 @@ impl Dhcp6 {
         }
     }
 
+    /// The pool of the client's link: the relay's link-address picks it
+    /// for relayed clients, the boot link's for the rest.
+    fn pool_for(&self, req: &Request6) -> Option<PoolIndex> {
+        match req.innermost_hop() {
+            Some(hop) => {
+                let pool = self.clients.pool6().pool_on(hop.link_addr);
+                if pool.is_none() {
+                    debug!(link = %hop.link_addr, "relayed from a link with no [[dhcp6.subnet]]");
+                }
+                pool
+            }
+            None => self.settings.link_pool,
+        }
+    }
+
     /// Solicit: addresses held for the client (Advertise), or bound at once
     /// when it asked for Rapid Commit.
     fn solicit(&self, req: &Request6, who: &Identity, facts: &Facts6, now: Millis) -> Answer {
@@ -223,15 +238,16 @@ impl Dhcp6 {
         }
         let mut msg = self.reply_to(req, MessageType::Advertise);
         let mut addresses = Vec::new();
+        let pool = self.pool_for(req);
         for ia in req.ia_nas() {
             let offered = self
                 .clients
                 .pool6()
-                .offer(who.mac, ia.iaid, now, OFFER_HOLD);
+                .offer(who.mac, ia.iaid, pool, now, OFFER_HOLD);
             match offered {
                 Ok(ip) => {
                     addresses.push(ip);
-                    msg.opts_mut().insert(self.ia(ia.iaid, Some(ip)));
+                    msg.opts_mut().insert(self.ia(ia.iaid, ip, pool));
                 }
                 Err(e) => msg.opts_mut().insert(self.ia_status(ia.iaid, &e)),
             }
@@ -258,9 +274,13 @@ impl Dhcp6 {
         let mut msg = self.reply_to(req, MessageType::Reply);
         let mut durable = Vec::new();
         let mut addresses = Vec::new();
+        let pool = self.pool_for(req);
         for ia in req.ia_nas() {
             let asked = ia.addresses.first().copied();
-            let bound = self.clients.pool6().bind(who.mac, ia.iaid, asked, now);
+            let bound = self
+                .clients
+                .pool6()
+                .bind(who.mac, ia.iaid, asked, pool, now);
             match bound {
                 Ok(entry) => {
                     match self.ledger.record_durable(lease_record(&entry)) {
@@ -274,7 +294,7 @@ impl Dhcp6 {
                         }
                     }
                     addresses.push(entry.ip);
-                    msg.opts_mut().insert(self.ia(ia.iaid, Some(entry.ip)));
+                    msg.opts_mut().insert(self.ia(ia.iaid, entry.ip, pool));
                 }
                 Err(e) => {
                     // Renew/Rebind of an address that is not the client's:
@@ -349,10 +369,12 @@ impl Dhcp6 {
             .into_iter()
             .flat_map(|ia| ia.addresses)
             .collect();
+        // On link: inside the prefix of the link the client is on.
+        let link = self.pool_for(req);
         let on_link = {
-            let pool = self.clients.pool6();
-            all.iter()
-                .all(|ip| pool.pool().is_some_and(|p| p.prefix.contains(ip)) || pool.serves(*ip))
+            let table = self.clients.pool6();
+            let prefix = link.and_then(|i| table.pools().get(i)).map(|p| p.prefix);
+            all.iter().all(|ip| prefix.is_some_and(|p| p.contains(ip)))
         };
         let mut msg = self.reply_to(req, MessageType::Reply);
         msg.opts_mut().insert(if on_link {
@@ -377,27 +399,21 @@ impl Dhcp6 {
         msg
     }
 
-    fn ia(&self, iaid: u32, ip: Option<Ipv6Addr>) -> DhcpOption {
-        let life = self
-            .clients
-            .pool6()
-            .lease_time()
-            .as_secs()
-            .min(u64::from(u32::MAX)) as u32;
+    fn ia(&self, iaid: u32, addr: Ipv6Addr, pool: Option<PoolIndex>) -> DhcpOption {
+        let life = self.clients.pool6().lease_time(pool).as_secs();
+        let life = life.min(u64::from(u32::MAX)) as u32;
         let mut iana = IANA {
             id: iaid,
             t1: life / 2,
             t2: life / 5 * 4,
             opts: Default::default(),
         };
-        if let Some(addr) = ip {
-            iana.opts.insert(DhcpOption::IAAddr(IAAddr {
-                addr,
-                preferred_life: life,
-                valid_life: life,
-                opts: Default::default(),
-            }));
-        }
+        iana.opts.insert(DhcpOption::IAAddr(IAAddr {
+            addr,
+            preferred_life: life,
+            valid_life: life,
+            opts: Default::default(),
+        }));
         DhcpOption::IANA(iana)
     }
 

@@ -380,7 +380,8 @@ fn on_path(program: &str) -> bool {
 }
 
 /// `[dhcp6]` for loopback tests: DHCPv6, HTTP and TFTP on `[::1]`, the
-/// lab's prefix, one reservation, no router advertisements (no interface).
+/// lab's prefix, a relayed link (fd00:88::/64), one reservation, no router
+/// advertisements (no interface).
 pub const DHCP6_LOOPBACK: &str = r#"
 [dhcp6]
 mode = "full"
@@ -391,6 +392,10 @@ range = ["fd00:77::1000", "fd00:77::10ff"]
 router_advertisement = "off"
 http_listen = "[::1]:0"
 tftp_listen = "[::1]:0"
+
+[[dhcp6.subnet]]
+prefix = "fd00:88::/64"
+range = ["fd00:88::100", "fd00:88::1ff"]
 
 [[dhcp6.reservation]]
 mac = "52:54:00:66:00:09"

@@ -369,3 +369,49 @@ async fn a_machine_is_one_record_over_ipv4_and_ipv6() {
     assert!(!v4_script.contains("[::1]"), "{v4_script}");
     server.stop().await;
 }
+
+/// A relayed client draws from its link's pool, chosen by the relay's
+/// link-address; a link with no pool gets NoAddrsAvail, not another
+/// link's address.
+#[tokio::test]
+async fn relayed_clients_get_addresses_of_their_own_link() {
+    let server = TestServer::full_v6().await;
+    let client = Client6::new(server.dhcp6()).await;
+    let solicit = |m: u8| {
+        encode(&message(
+            MessageType::Solicit,
+            Firmware::OvmfPxe,
+            &duid_llt(mac(m)),
+            &[(1, None)],
+        ))
+    };
+    let through = |link: &str, m: u8| {
+        relay_forw(&solicit(m), link.parse().unwrap(), link_local(mac(m)), None)
+    };
+    let inner = |bytes: Vec<u8>| {
+        let opts = relay_options(&bytes);
+        decode(&opts.iter().find(|(c, _)| *c == 9).expect("relay message").1)
+    };
+    let adv = inner(
+        client
+            .exchange_bytes(&through("fd00:88::1", 0x21), Duration::from_secs(2))
+            .await
+            .expect("a RELAY-REPL"),
+    );
+    let [(_, ip)] = addresses(&adv)[..] else {
+        panic!("{adv:?}")
+    };
+    assert!(
+        ip.to_string().starts_with("fd00:88::1"),
+        "{ip} from fd00:88::/64's range"
+    );
+    let adv = inner(
+        client
+            .exchange_bytes(&through("fd00:99::1", 0x22), Duration::from_secs(2))
+            .await
+            .expect("a RELAY-REPL"),
+    );
+    assert!(addresses(&adv).is_empty(), "{adv:?}");
+    assert_eq!(ia_statuses(&adv), vec![(1, Status::NoAddrsAvail)]);
+    server.stop().await;
+}
