@@ -220,8 +220,11 @@ pub async fn run(
         store.known_macs().await?,
     );
     if let Some(d6) = &config.dhcp6 {
-        let mut table =
-            crate::clients::leases6::Lease6Table::new(d6.pools.clone(), &d6.reservations);
+        let mut table = crate::clients::leases6::Lease6Table::new(
+            d6.pools.clone(),
+            d6.link_pool,
+            &d6.reservations,
+        );
         for entry in store.load_leases6().await? {
             table.restore(entry);
         }

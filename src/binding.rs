@@ -11,17 +11,25 @@
 //!    bound and unexpired (full mode, direct or relayed);
 //! 2. [`Evidence::Declared`]: an address the operator declared for M (a DHCP
 //!    reservation);
-//! 3. [`Evidence::Neighbour`]: the kernel's complete neighbour (ARP, or
-//!    NDP for IPv6) entry for the address on a boot interface, naming M (proxy mode on the same
-//!    segment: another server owns the address, but the kernel has just
-//!    talked to M at that address to answer the request).
+//! 3. [`Evidence::Neighbour`]: the kernel's complete neighbour (ARP, or NDP
+//!    for IPv6) entry for the address on a boot interface, naming M (proxy
+//!    mode on the same segment, or a SLAAC address on an IPv6 boot link: the
+//!    server holds no lease for the address, but the kernel has just talked
+//!    to M at that address to answer the request);
+//! 4. [`Evidence::Slaac`]: on a link behind a DHCPv6 relay (where the
+//!    server sees no neighbour entry), a SLAAC address whose interface
+//!    identifier is the EUI-64 of M while M holds a DHCPv6 lease in that
+//!    link's prefix (the live OS takes one after its firmware's DHCPv6).
 //!
 //! Invariants: an address is bound to at most one MAC (the first evidence in
 //! that order wins); nothing a client sends (a MAC in a URL, a header, a
 //! query) is evidence. What the rule cannot see below it is said in the
 //! README's security model: a host that forges its Ethernet source on the
 //! boot segment (and so gets a lease or a neighbour entry as M) is stopped
-//! only by the switch (port security, DHCP snooping).
+//! only by the switch (port security, DHCP snooping); on a relayed IPv6
+//! link, a host there that takes M's SLAAC address while M is booted is
+//! stopped by the same (RA guard, source guard), as a host taking M's
+//! leased address is.
 //!
 //! `[boot] binding = "off"` turns the rule off, for labs where no evidence
 //! can exist (proxy mode behind a relay, loopback tests standing in for many
@@ -56,6 +64,9 @@ pub enum Evidence {
     Lease,
     Declared,
     Neighbour,
+    /// A SLAAC address behind a DHCPv6 relay, made from the MAC of a
+    /// machine that holds a DHCPv6 lease on that link.
+    Slaac,
 }
 
 /// The answer for one request: may it act for the MAC it names?
@@ -152,7 +163,15 @@ impl Bindings {
         if let Some(mac) = self.declared.get(&ip) {
             return Some((*mac, Evidence::Declared));
         }
-        self.neighbours.mac_of(ip).map(|m| (m, Evidence::Neighbour))
+        if let Some(mac) = self.neighbours.mac_of(ip) {
+            return Some((mac, Evidence::Neighbour));
+        }
+        match (ip, &self.leases) {
+            (IpAddr::V6(v6), Some(clients)) => clients
+                .relayed_slaac(v6, crate::ledger::now_ms())
+                .map(|mac| (mac, Evidence::Slaac)),
+            _ => None,
+        }
     }
 }
 

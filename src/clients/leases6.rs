@@ -44,6 +44,8 @@ pub enum Lease6Error {
 #[derive(Debug, Default)]
 pub struct Lease6Table {
     pools: Vec<Pool6>,
+    /// The boot link's pool (the rest are links behind relays).
+    link_pool: Option<PoolIndex>,
     by_ip: HashMap<Ipv6Addr, Entry6>,
     by_ia: HashMap<(MacAddr, u32), Ipv6Addr>,
     reserved: HashMap<MacAddr, Ipv6Addr>,
@@ -51,9 +53,14 @@ pub struct Lease6Table {
 }
 
 impl Lease6Table {
-    pub fn new(pools: Vec<Pool6>, reservations: &[Reservation6]) -> Self {
+    pub fn new(
+        pools: Vec<Pool6>,
+        link_pool: Option<PoolIndex>,
+        reservations: &[Reservation6],
+    ) -> Self {
         Self {
             pools,
+            link_pool,
             reserved: reservations.iter().map(|r| (r.mac, r.ip)).collect(),
             reserved_ips: reservations.iter().map(|r| (r.ip, r.mac)).collect(),
             ..Self::default()
@@ -62,6 +69,29 @@ impl Lease6Table {
 
     pub fn pools(&self) -> &[Pool6] {
         &self.pools
+    }
+
+    /// The machine whose SLAAC address `ip` is on a relayed link: its
+    /// interface identifier is the EUI-64 of a MAC that holds a bound,
+    /// unexpired lease in the same prefix. (The server sees no neighbour
+    /// entry for an address behind a router; on the boot link the kernel's
+    /// entry is the evidence instead, so this never applies there.)
+    pub fn relayed_slaac(&self, ip: Ipv6Addr, now: Millis) -> Option<MacAddr> {
+        let (i, pool) = self
+            .pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.prefix.contains(&ip))?;
+        if Some(i) == self.link_pool {
+            return None;
+        }
+        let mac = MacAddr::from_eui64(ip)?;
+        self.by_ia
+            .iter()
+            .filter(|((m, _), _)| *m == mac)
+            .filter_map(|(_, leased)| self.by_ip.get(leased))
+            .any(|e| e.state == State::Bound && e.live(now) && pool.prefix.contains(&e.ip))
+            .then_some(mac)
     }
 
     /// The pool whose prefix holds `link` (a relay's link-address).
@@ -347,6 +377,7 @@ mod tests {
                 range_end: Ipv6Addr::from(u128::from(start) + size - 1),
                 lease_time: HOUR,
             }],
+            P,
             &[],
         )
     }
@@ -394,6 +425,7 @@ mod tests {
         let reserved: Ipv6Addr = "fd00:77::10".parse().unwrap();
         let mut t = Lease6Table::new(
             table(16).pools.clone(),
+            P,
             &[Reservation6 {
                 mac: mac(1),
                 ip: reserved,
@@ -418,5 +450,50 @@ mod tests {
         let offered = t.offer(mac(4), 0, P, 0, Duration::from_secs(60)).unwrap();
         assert_eq!(t.expire(61_000), 1, "the offer goes, bindings stay");
         assert_eq!(t.get(offered), None);
+    }
+}
+
+#[cfg(test)]
+mod relayed_tests {
+    use super::*;
+
+    #[test]
+    fn a_slaac_address_behind_a_relay_is_its_leaseholders_only() {
+        let pool = |prefix: &str, start: &str, end: &str| Pool6 {
+            prefix: prefix.parse().unwrap(),
+            range_start: start.parse().unwrap(),
+            range_end: end.parse().unwrap(),
+            lease_time: Duration::from_secs(3600),
+        };
+        let mut t = Lease6Table::new(
+            vec![
+                pool("fd00:77::/64", "fd00:77::1000", "fd00:77::1fff"),
+                pool("fd00:88::/64", "fd00:88::100", "fd00:88::1ff"),
+            ],
+            Some(0),
+            &[],
+        );
+        let m = MacAddr([0x52, 0x54, 0, 0, 0xe6, 0x11]);
+        let slaac =
+            |prefix: &str| -> Ipv6Addr { format!("{prefix}5054:ff:fe00:e611").parse().unwrap() };
+        assert_eq!(t.relayed_slaac(slaac("fd00:88::"), 0), None, "no lease yet");
+        t.bind(m, 1, None, Some(1), 0).unwrap();
+        assert_eq!(t.relayed_slaac(slaac("fd00:88::"), 1), Some(m));
+        assert_eq!(
+            t.relayed_slaac(slaac("fd00:77::"), 1),
+            None,
+            "the boot link has neighbour entries instead"
+        );
+        assert_eq!(t.relayed_slaac(slaac("fd00:99::"), 1), None, "no such link");
+        assert_eq!(
+            t.relayed_slaac("fd00:88::5054:ff:fe00:e612".parse().unwrap(), 1),
+            None,
+            "another MAC's identifier"
+        );
+        assert_eq!(
+            t.relayed_slaac(slaac("fd00:88::"), 3_600_001),
+            None,
+            "expired"
+        );
     }
 }

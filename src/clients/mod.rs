@@ -105,6 +105,12 @@ impl Clients {
         }
     }
 
+    /// The MAC whose SLAAC address `ip` is, on a link behind a relay where
+    /// it holds a DHCPv6 lease (see [`Lease6Table::relayed_slaac`]).
+    pub fn relayed_slaac(&self, ip: std::net::Ipv6Addr, now: Millis) -> Option<MacAddr> {
+        self.pool6().relayed_slaac(ip, now)
+    }
+
     /// The MAC holding a bound, unexpired DHCPv6 lease on `ip`.
     pub fn bound_mac6(&self, ip: std::net::Ipv6Addr, now: Millis) -> Option<MacAddr> {
         self.pool6().bound_mac(ip, now)

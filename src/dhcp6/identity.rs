@@ -129,10 +129,7 @@ fn is_link_local(addr: Ipv6Addr) -> bool {
 /// (`ff:fe` in its middle, the universal/local bit flipped), if it has one.
 /// Random and stable-privacy identifiers (RFC 4941, RFC 7217) have none.
 pub fn eui64_mac(addr: Ipv6Addr) -> Option<MacAddr> {
-    match addr.octets()[8..] {
-        [a, b, c, 0xff, 0xfe, d, e, f] => Some(MacAddr([a ^ 0x02, b, c, d, e, f])),
-        _ => None,
-    }
+    MacAddr::from_eui64(addr)
 }
 
 /// The Ethernet address inside a DUID-LLT or DUID-LL; `None` for every

@@ -272,6 +272,16 @@ impl MacAddr {
     }
 
     /// `52-54-00-12-34-56`, the form iPXE's `${mac:hexhyp}` produces.
+    /// The MAC inside an EUI-64 interface identifier (RFC 4291 appendix
+    /// A: `ff:fe` in the middle, the universal/local bit flipped), as in a
+    /// SLAAC or link-local address; `None` for any other identifier.
+    pub fn from_eui64(addr: std::net::Ipv6Addr) -> Option<Self> {
+        match addr.octets()[8..] {
+            [a, b, c, 0xff, 0xfe, d, e, f] => Some(Self([a ^ 0x02, b, c, d, e, f])),
+            _ => None,
+        }
+    }
+
     pub fn hyphenated(&self) -> String {
         self.to_string().replace(':', "-")
     }
