@@ -378,8 +378,11 @@ pub struct Lab {
     /// An IPv6-only lab ([`Lab::new_ipv6_only`]): DHCP off, DHCPv6 and
     /// managed router advertisements on br0.
     pub ipv6: bool,
-    /// Keys added to the IPv6 lab's `[dhcp6]` table (`pxe_bootfile = false`).
+    /// Keys added to the IPv6 lab's `[dhcp6]` table (`pxe_bootfile = false`),
+    /// then its `[[dhcp6.subnet]]` tables.
     pub dhcp6_extra: String,
+    /// The namespace VMs run in (their taps' bridge); default [`Lab::ns`].
+    pub vm_ns: Option<String>,
     /// Released after `Drop for Lab` has stopped everything and deleted the
     /// namespaces (fields drop after it), so the next test starts clean.
     turn: Turn,
@@ -410,6 +413,7 @@ impl Lab {
             proxy: false,
             ipv6: false,
             dhcp6_extra: String::new(),
+            vm_ns: None,
             turn,
         };
         lab.network(taps);
@@ -851,7 +855,7 @@ ipxe_dir = "{ipxe}"
     pub fn spawn_vm(&self, name: &str, args: &[&str], serial: PathBuf) -> Vm {
         let proc = self.spawn(
             name,
-            &self.ns,
+            self.vm_ns.as_deref().unwrap_or(&self.ns),
             240,
             args,
             &self.dir.join(format!("{name}.qemu.log")),
@@ -1083,6 +1087,7 @@ impl Lab {
             proxy: false,
             ipv6: true,
             dhcp6_extra: String::new(),
+            vm_ns: None,
             turn,
         };
         lab.network6(taps);
