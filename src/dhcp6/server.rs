@@ -9,18 +9,24 @@
 //! names the interface: replies go back the same way, and a link-local
 //! sender on an interface outside `dhcp6.interfaces` is dropped. Relays send
 //! from a routable address and are answered on port 547.
+//!
+//! The Ethernet source of a link-local sender (evidence of its MAC, ahead
+//! of the EUI-64 of its address) comes from the kernel's neighbour table
+//! when the kernel already has an entry (from an earlier exchange): read at
+//! most every [`NEIGHBOURS_EVERY`], and only on a miss.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, SocketAddrV6};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::domain::MacAddr;
 use crate::ledger::now_ms;
 use crate::metrics::Metrics;
 
@@ -32,6 +38,58 @@ use super::packet::ALL_SERVERS_AND_RELAYS;
 const MAX_PROMISED: usize = 4096;
 /// How often advertised addresses nobody requested are forgotten.
 const EXPIRY: Duration = Duration::from_secs(10);
+/// The neighbour table is read again at most this often (a flood of
+/// strangers costs one netlink dump per interval, not one per datagram).
+pub const NEIGHBOURS_EVERY: Duration = Duration::from_millis(500);
+/// How long an entry read from the table is believed without a new read.
+const HIT_FOR: Duration = Duration::from_secs(5);
+
+/// The kernel's IPv6 neighbour entries on the served interfaces, cached.
+struct EthernetSources {
+    interfaces: Vec<String>,
+    table: HashMap<Ipv6Addr, MacAddr>,
+    read_at: Option<Instant>,
+}
+
+impl EthernetSources {
+    fn new(served: &HashSet<u32>) -> Self {
+        let interfaces = served
+            .iter()
+            .filter_map(|i| nix::net::if_::if_indextoname(*i).ok())
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect();
+        Self {
+            interfaces,
+            table: HashMap::new(),
+            read_at: None,
+        }
+    }
+
+    /// The MAC the kernel has for a link-local sender, if it has one.
+    fn of(&mut self, src: &SocketAddrV6) -> Option<MacAddr> {
+        let ip = *src.ip();
+        if !ip.is_unicast_link_local() {
+            return None;
+        }
+        let age = self.read_at.map(|at| at.elapsed());
+        if let Some(mac) = self.table.get(&ip) {
+            // A hit is trusted while the read is recent (an address can
+            // change hands).
+            if age.is_some_and(|a| a < HIT_FOR) {
+                return Some(*mac);
+            }
+        }
+        if age.is_some_and(|a| a < NEIGHBOURS_EVERY) {
+            return None;
+        }
+        self.read_at = Some(Instant::now());
+        match crate::neigh6::ipv6_neighbours(&self.interfaces) {
+            Ok(table) => self.table = table,
+            Err(e) => debug!(error = %e, "IPv6 neighbour table unreadable"),
+        }
+        self.table.get(&ip).copied()
+    }
+}
 
 /// Binds `listen` (IPv6 only) and joins ff02::1:2 on each interface;
 /// returns the socket and the served interface indexes (empty: any).
@@ -64,6 +122,7 @@ pub async fn run(
     let mut buf = vec![0u8; 4096];
     let mut promised: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut expiry = tokio::time::interval(EXPIRY);
+    let mut ethernet = EthernetSources::new(&served);
     loop {
         while promised.try_join_next().is_some() {}
         let received = tokio::select! {
@@ -97,7 +156,7 @@ pub async fn run(
         let inc = Incoming6 {
             bytes: &buf[..len],
             src,
-            ethernet: None,
+            ethernet: ethernet.of(&src),
         };
         let Some(out) = dhcp6.handle(&inc, now_ms()) else {
             continue;

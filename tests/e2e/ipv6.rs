@@ -197,8 +197,9 @@ fn ipv6_only_network_boots_pxev6_bios_ipxe_and_httpv6_to_confirmation() {
         ],
         prefix: "fd00:77::",
         // OVMF without an SMBIOS UUID sends a DUID-LLT; iPXE's all-zero
-        // DUID-UUID names nobody: its link-local address does.
-        mac_from: &["link_local", "duid"],
+        // DUID-UUID names nobody: the kernel's neighbour entry for its
+        // link-local address does (once there is one), else its EUI-64.
+        mac_from: &["link_local", "duid", "ethernet"],
     };
     boot_three(&mut lab, &curl, &os, &link);
     capture.stop(Duration::from_secs(5));
