@@ -390,12 +390,19 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(tools: Tools, tag: &str, taps: usize, turn: Turn) -> Lab {
+        let mut lab = Lab::unwired(tools, tag, turn);
+        lab.network(taps);
+        lab
+    }
+
+    /// The lab's directory, binary and runtime, before any namespace.
+    fn unwired(tools: Tools, tag: &str, turn: Turn) -> Lab {
         let tmp = tempfile::Builder::new()
             .prefix(&format!("ironboot-e2e-{tag}-"))
             .tempdir()
             .expect("temp dir");
         let ns = format!("ibe2e-{}-{tag}", std::process::id());
-        let mut lab = Lab {
+        Lab {
             tools,
             cns: format!("{ns}-c"),
             ns,
@@ -415,9 +422,7 @@ impl Lab {
             dhcp6_extra: String::new(),
             vm_ns: None,
             turn,
-        };
-        lab.network(taps);
-        lab
+        }
     }
 
     /// Runs a command to completion (bounded by `timeout` inside), returning
@@ -1064,32 +1069,8 @@ impl Lab {
     /// anything. Panics if ebtables is missing or refuses the rules: check
     /// [`ipv6_requirements`] first.
     pub fn new_ipv6_only(tools: Tools, tag: &str, taps: usize, turn: Turn) -> Lab {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("ironboot-e2e-{tag}-"))
-            .tempdir()
-            .expect("temp dir");
-        let ns = format!("ibe2e-{}-{tag}", std::process::id());
-        let mut lab = Lab {
-            tools,
-            cns: format!("{ns}-c"),
-            ns,
-            namespaces: Vec::new(),
-            bin: snapshot_bin(tmp.path()),
-            dir: tmp.path().to_path_buf(),
-            tmp: Some(tmp),
-            server: None,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            db: None,
-            extra_config: String::new(),
-            proxy: false,
-            ipv6: true,
-            dhcp6_extra: String::new(),
-            vm_ns: None,
-            turn,
-        };
+        let mut lab = Lab::unwired(tools, tag, turn);
+        lab.ipv6 = true;
         lab.network6(taps);
         lab
     }
