@@ -972,6 +972,10 @@ pub struct RawDhcp6 {
     pub router_advertisement: Ra6Mode,
     /// Relayed links: one pool each, chosen by the relay's link-address.
     pub subnet: Vec<RawSubnet6>,
+    /// Relays whose option 79 (the client's MAC) is believed, when the
+    /// datagram comes from that address; from anyone else it is a claim
+    /// and ignored (the MAC then comes from the DUID or the peer address).
+    pub trusted_relays: Vec<std::net::Ipv6Addr>,
     pub reservation: Vec<RawReservation6>,
     /// Answer clients that are neither network-booting nor known (default
     /// true: OVMF's own IPv6 set-up asks for an address, with nothing that
@@ -1001,6 +1005,7 @@ impl Default for RawDhcp6 {
             dns: Vec::new(),
             router_advertisement: Ra6Mode::Managed,
             subnet: Vec::new(),
+            trusted_relays: Vec::new(),
             reservation: Vec::new(),
             serve_all: true,
             pxe_bootfile: true,
@@ -1042,6 +1047,7 @@ pub struct Dhcp6Settings {
     pub dns: Vec<std::net::Ipv6Addr>,
     pub router_advertisement: Ra6Mode,
     pub reservations: Vec<crate::domain::lease::Reservation6>,
+    pub trusted_relays: Vec<std::net::Ipv6Addr>,
     pub serve_all: bool,
     pub pxe_bootfile: bool,
     pub http_listen: SocketAddr,
@@ -1156,6 +1162,7 @@ fn validate_dhcp6(raw: &RawDhcp6, http_port: u16) -> Result<Option<Dhcp6Settings
         dns: raw.dns.clone(),
         router_advertisement: raw.router_advertisement,
         reservations,
+        trusted_relays: raw.trusted_relays.clone(),
         serve_all: raw.serve_all,
         pxe_bootfile: raw.pxe_bootfile,
         http_listen: raw

@@ -130,7 +130,7 @@ impl Dhcp6 {
     /// Decides the reply to one datagram.
     pub fn handle(&self, inc: &Incoming6<'_>, now: Millis) -> Option<Outgoing6> {
         Metrics::inc(&self.metrics.dhcp6_received);
-        let req = match parse(inc.bytes) {
+        let mut req = match parse(inc.bytes) {
             Ok(req) => req,
             Err(e) => {
                 Metrics::inc(&self.metrics.dhcp6_malformed);
@@ -138,6 +138,15 @@ impl Dhcp6 {
                 return None;
             }
         };
+        if !req.hops.is_empty() && !self.settings.trusted_relays.contains(inc.src.ip()) {
+            // Option 79 from a relay not in dhcp6.trusted_relays (or a host
+            // posing as one) is a claim to be another machine: ignored.
+            for hop in &mut req.hops {
+                if hop.client_link_layer.take().is_some() {
+                    debug!(src = %inc.src, "option 79 from a relay not in dhcp6.trusted_relays: ignored");
+                }
+            }
+        }
         let Some(who) = identify(&req, *inc.src.ip(), inc.ethernet) else {
             Metrics::inc(&self.metrics.dhcp6_no_mac);
             debug!(src = %inc.src, "DHCPv6 client with no MAC to learn (a DUID alone is not one): not answered");

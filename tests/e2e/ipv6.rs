@@ -350,8 +350,10 @@ fn ipv6_only_boot_through_a_dhcpv6_relay() {
         return;
     };
     let started = Instant::now();
+    // The relay's option 79 is believed only from the relay's own address.
     lab.dhcp6_extra =
-        "[[dhcp6.subnet]]\nprefix = \"fd00:88::/64\"\nrange = [\"fd00:88::1000\", \"fd00:88::1fff\"]\n"
+        "trusted_relays = [\"fd00:77::2\"]\n[[dhcp6.subnet]]\nprefix = \"fd00:88::/64\"\n\
+                       range = [\"fd00:88::1000\", \"fd00:88::1fff\"]\n"
             .into();
     let (mut relay, mut advertiser) = relay_link(&mut lab, &dnsmasq, &radvd);
     let link = Link {

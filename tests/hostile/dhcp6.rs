@@ -183,3 +183,68 @@ async fn dhcp6_garbage_and_made_up_clients_get_nothing_lasting() {
     assert_eq!(made_up, 0, "a Solicit makes no machine");
     server.stop().await;
 }
+
+/// A host posing as a relay (or a relay not in `dhcp6.trusted_relays`)
+/// cannot name another machine through option 79: the claim is ignored
+/// and the MAC comes from the peer address it relays for.
+#[tokio::test]
+async fn option_79_from_an_untrusted_relay_names_nobody() {
+    let server = crate::common::TestServer::full_v6().await;
+    let client = Client6::new(server.dhcp6()).await;
+    let (victim, attacker) = (mac(0x31), mac(0x32));
+    let duid = duid_uuid_zero();
+    let solicit = encode(&message(
+        MessageType::Solicit,
+        Firmware::Ipxe,
+        &duid,
+        &[(1, None)],
+    ));
+    let link: Ipv6Addr = "fd00:77::1".parse().unwrap();
+    let forged = relay_forw(&solicit, link, link_local(attacker), Some(victim));
+    let answer = client
+        .exchange_bytes(&forged, Duration::from_secs(2))
+        .await
+        .expect("answered, as the peer's machine");
+    let inner = relay_options(&answer)
+        .into_iter()
+        .find(|(c, _)| *c == 9)
+        .expect("relay message")
+        .1;
+    let adv = decode(&inner);
+    let (_, ip) = addresses(&adv)[0];
+    let mut req = message(
+        MessageType::Request,
+        Firmware::Ipxe,
+        &duid,
+        &[(1, Some(ip))],
+    );
+    req.opts_mut().insert(DhcpOption::ServerId(server_id(&adv)));
+    let forged = relay_forw(&encode(&req), link, link_local(attacker), Some(victim));
+    client
+        .exchange_bytes(&forged, Duration::from_secs(2))
+        .await
+        .expect("a Reply");
+    let api = crate::common::api::Api::new(&server);
+    let explain = |m: [u8; 6]| {
+        let api = &api;
+        async move {
+            let text = m.map(|b| format!("{b:02x}")).join(":");
+            api.ok(
+                reqwest::Method::POST,
+                "/api/v1/explain",
+                Some(serde_json::json!({ "mac": text })),
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        explain(attacker).await["identity"]["mac_from"],
+        "relay_peer",
+        "the lease went to the machine the relay spoke for"
+    );
+    assert!(
+        explain(victim).await["identity"]["mac_from"].is_null(),
+        "the victim was never heard from"
+    );
+    server.stop().await;
+}
