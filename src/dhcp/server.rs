@@ -255,6 +255,24 @@ async fn send(
 /// Receive buffer asked for on DHCP sockets (8 MiB: ~20,000 requests).
 const RECEIVE_BUFFER: usize = 8 << 20;
 
+/// Asks for [`RECEIVE_BUFFER`] on a DHCP or DHCPv6 socket. A boot storm
+/// arrives as a burst: with the default buffer (~200 KiB) the kernel drops
+/// requests while a core is busy elsewhere, and each drop costs the client
+/// a retransmission timeout (4 s for PXE). The kernel caps the size at
+/// net.core.rmem_max unless the process may exceed it (CAP_NET_ADMIN, which
+/// a DHCP server usually has); a smaller buffer is not an error.
+pub fn storm_sized(sock: &socket2::Socket) {
+    if nix::sys::socket::setsockopt(
+        sock,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECEIVE_BUFFER,
+    )
+    .is_err()
+    {
+        let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
+    }
+}
+
 /// Binds a DHCP socket: broadcast allowed, `IP_PKTINFO` on, address reuse so
 /// a restart does not wait. Errors name the address.
 pub fn bind(addr: std::net::SocketAddr) -> io::Result<UdpSocket> {
@@ -265,21 +283,7 @@ pub fn bind(addr: std::net::SocketAddr) -> io::Result<UdpSocket> {
     sock.set_broadcast(true).map_err(wrap)?;
     nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::Ipv4PacketInfo, &true)
         .map_err(|e| wrap(e.into()))?;
-    // A boot storm arrives as a burst: with the default buffer (~200 KiB)
-    // the kernel drops requests while a core is busy elsewhere, and each
-    // drop costs the client a 4 s PXE timeout. The kernel caps the size at
-    // net.core.rmem_max unless the process may exceed it (CAP_NET_ADMIN,
-    // which a DHCP server on port 67 usually has); a smaller buffer is not
-    // an error.
-    if nix::sys::socket::setsockopt(
-        &sock,
-        nix::sys::socket::sockopt::RcvBufForce,
-        &RECEIVE_BUFFER,
-    )
-    .is_err()
-    {
-        let _ = sock.set_recv_buffer_size(RECEIVE_BUFFER);
-    }
+    storm_sized(&sock);
     sock.set_nonblocking(true).map_err(wrap)?;
     sock.bind(&addr.into()).map_err(wrap)?;
     UdpSocket::from_std(sock.into()).map_err(wrap)

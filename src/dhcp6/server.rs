@@ -97,6 +97,7 @@ pub fn bind(listen: SocketAddr, interfaces: &[String]) -> io::Result<(UdpSocket,
     let sock = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_only_v6(true)?;
     sock.set_reuse_address(true)?;
+    crate::dhcp::server::storm_sized(&sock);
     sock.set_nonblocking(true)?;
     sock.bind(&listen.into())?;
     let mut served = HashSet::new();
