@@ -237,6 +237,7 @@ pub async fn run(
     let sockets = bind_all(&config).await?;
     let bound = bound_addresses(&sockets)?;
     let (core, writer, reboots) = Core::start(&config, store, clients, &bound).await?;
+    core.register().await?;
 
     let mut services = Vec::new();
     let mut tasks = JoinSet::new();
@@ -304,7 +305,12 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    banner(&config, &services, new_token_file.as_deref());
+    banner(
+        &config,
+        &core.server_id,
+        &services,
+        new_token_file.as_deref(),
+    );
     if let Some(ready) = ready {
         let _ = ready.send(bound);
     }
@@ -361,6 +367,8 @@ struct Core {
     /// `http://[SERVER]:PORT` for IPv6 clients, and DHCPv6 (`[dhcp6]` on).
     server_url6: Option<String>,
     dhcp6: Option<Arc<crate::dhcp6::handler::Dhcp6>>,
+    /// This server's row in `servers` (`Config::server_id`).
+    server_id: String,
 }
 
 type Reboots = tokio::sync::mpsc::Receiver<crate::rollout::hook::Job>;
@@ -520,14 +528,35 @@ impl Core {
             server_url,
             server_url6,
             dhcp6,
+            server_id: config.server_id(http_addr.port()),
         };
         Ok((core, writer, reboots))
     }
 
-    /// After every service stopped: the ledger handles drop, the writer
-    /// commits what is queued, then the store closes.
+    /// Registers this server in `servers`: primary, no peer (one server
+    /// per database until the HA pair exists), started now.
+    async fn register(&self) -> Result<(), AppError> {
+        let start = crate::store::servers::ServerStart {
+            id: &self.server_id,
+            role: crate::store::servers::ServerRole::Primary,
+            peer: None,
+            version: env!("CARGO_PKG_VERSION"),
+            http: &self.server_url,
+            pid: std::process::id(),
+        };
+        self.store.register_server(&start, now_ms()).await?;
+        info!(id = %self.server_id, "registered in servers");
+        Ok(())
+    }
+
+    /// After every service stopped: this server's row says it stopped, the
+    /// ledger handles drop, the writer commits what is queued, then the
+    /// store closes.
     async fn stop(self, writer: tokio::task::JoinHandle<()>) {
         let store = self.store.clone();
+        if let Err(e) = store.server_stopped(&self.server_id, now_ms()).await {
+            tracing::warn!(error = %e, id = %self.server_id, "could not record the stop in servers");
+        }
         drop(self);
         if tokio::time::timeout(Duration::from_secs(10), writer)
             .await
@@ -632,9 +661,27 @@ fn every(
     });
 }
 
+/// This server's heartbeat in `servers`, every `HEARTBEAT_EVERY` until
+/// shutdown. A failed write is logged and tried again at the next beat:
+/// a database that cannot take it shows elsewhere first, and the boot path
+/// does not depend on it.
+async fn heartbeat(store: Store, id: String, shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(crate::store::servers::HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = store.server_heartbeat(&id, now_ms()).await {
+            tracing::warn!(error = %e, id = %id, "server heartbeat not written");
+        }
+    }
+}
+
 /// What runs on the clock: offers expiring, rollout gates and watchdog
-/// timeouts, forgetting never-booted machines, WAL checkpoints, event
-/// retention, and the reboot hook's queue.
+/// timeouts, this server's heartbeat, forgetting never-booted machines,
+/// WAL checkpoints, event retention, and the reboot hook's queue.
 fn spawn_clock_tasks(
     tasks: &mut Tasks,
     services: &mut Vec<String>,
@@ -659,6 +706,11 @@ fn spawn_clock_tasks(
             shutdown.clone(),
         ));
     }
+    tasks.spawn(heartbeat(
+        core.store.clone(),
+        core.server_id.clone(),
+        shutdown.clone(),
+    ));
     let (store, stop) = (core.store.clone(), shutdown.clone());
     tasks.spawn(async move {
         crate::store::checkpoint::run(store, stop).await;
@@ -739,6 +791,7 @@ fn http_app(
         dhcp: Some(core.dhcp.clone()),
         fetcher: Arc::new(fetcher),
         bmcs: Some(core.bmcs.clone()),
+        server_id: Some(core.server_id.clone()),
     };
     let services = Arc::new(services.to_vec());
     let api = crate::http::api::router(api_state);
@@ -859,7 +912,12 @@ fn artifact_hook(
 /// Prints what is served and where. Written with errors ignored: a server
 /// whose stdout was closed (a supervisor that stopped reading) keeps serving;
 /// `println!` would panic on the broken pipe.
-fn banner(config: &Config, services: &[String], new_token_file: Option<&std::path::Path>) {
+fn banner(
+    config: &Config,
+    server_id: &str,
+    services: &[String],
+    new_token_file: Option<&std::path::Path>,
+) {
     use std::io::Write;
     let mut text = format!(
         "ironboot {} serving (config: {})\n",
@@ -867,6 +925,7 @@ fn banner(config: &Config, services: &[String], new_token_file: Option<&std::pat
         config.source
     );
     text += &format!("  server ip:  {} (told to clients)\n", config.server_ip);
+    text += &format!("  server id:  {server_id} (ironboot status)\n");
     match &config.store_url {
         Some(url) => {
             text += &format!("  data:       {}\n", config.data_dir.display());

@@ -30,6 +30,7 @@ use crate::tftp::TftpConfig;
 const SECTIONS: &[&str] = &[
     "data_dir",
     "server_ip",
+    "server_name",
     "log_format",
     "http",
     "tftp",
@@ -69,6 +70,10 @@ pub struct RawConfig {
     /// first boot interface's IPv4 address, else the host's first
     /// non-loopback IPv4 address.
     pub server_ip: Option<Ipv4Addr>,
+    /// This server's id among the servers of a database (`ironboot
+    /// status`); default `HOST:HTTP_PORT`. Keep it stable: a restart with
+    /// the same id replaces its row, a new id adds one.
+    pub server_name: Option<String>,
     pub log_format: LogFormat,
     /// A directory laid out like `boot-templates/` that replaces the
     /// templates embedded in the binary.
@@ -152,6 +157,7 @@ impl Default for RawConfig {
         Self {
             data_dir: PathBuf::from("./ironboot-data"),
             server_ip: None,
+            server_name: None,
             log_format: LogFormat::Human,
             templates_dir: None,
             http: RawHttp::default(),
@@ -409,6 +415,10 @@ pub struct RawReservation {
 pub struct Config {
     pub data_dir: PathBuf,
     pub server_ip: Ipv4Addr,
+    /// `server_name` as configured (see [`Config::server_id`]).
+    pub server_name: Option<String>,
+    /// The host's name (`/proc/sys/kernel/hostname`), for the default id.
+    pub host_name: String,
     pub log_format: LogFormat,
     pub templates_dir: Option<PathBuf>,
     pub http_listen: SocketAddr,
@@ -654,7 +664,12 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if let Some(name) = &raw.server_name {
+        check_server_name(name).map_err(|m| invalid("server_name", m))?;
+    }
     Ok(Config {
+        server_name: raw.server_name.clone(),
+        host_name: host_name(),
         store_url: raw.store.url.clone(),
         rollout,
         bmc,
@@ -673,6 +688,28 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         dhcp6,
         source,
     })
+}
+
+/// A server id: 1 to 64 of letters, digits, `.`, `-`, `_` and `:`, so it
+/// reads in a table and a URL alike.
+fn check_server_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        return Err(format!(
+            "{name:?}: 1 to 64 letters, digits, '.', '-', '_' or ':' (e.g. \"boot1\")"
+        ));
+    }
+    Ok(())
+}
+
+/// The host's name, for the default server id; `localhost` where the
+/// kernel does not say.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| check_server_name(h).is_ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 fn validate_tftp(raw: &RawTftp) -> Result<TftpSettings, ConfigError> {
@@ -1217,6 +1254,15 @@ impl Config {
         self.data_dir.join("ironboot.db")
     }
 
+    /// This server's id among the servers of its database: `server_name`,
+    /// else `HOST:PORT` with the HTTP port it listens on.
+    pub fn server_id(&self, http_port: u16) -> String {
+        match &self.server_name {
+            Some(name) => name.clone(),
+            None => format!("{}:{http_port}", self.host_name),
+        }
+    }
+
     /// Base URL clients use for HTTP (`http://SERVER_IP:PORT`).
     pub fn http_base(&self) -> String {
         format!("http://{}:{}", self.server_ip, self.http_listen.port())
@@ -1283,6 +1329,8 @@ mod tests {
                 "dhcp.reservation[0].ip",
             ),
             ("[dhcp]\noffer_timeout = \"x\"", "dhcp.offer_timeout"),
+            ("server_name = \"a b\"", "server_name"),
+            ("server_name = \"\"", "server_name"),
         ];
         for (text, key) in cases {
             let err = from_toml(&format!("server_ip = \"192.0.2.1\"\n{text}"))

@@ -119,6 +119,14 @@ enum Command {
         #[command(subcommand)]
         cmd: TokensCommand,
     },
+    /// The servers that use this server's database: role, peer, state,
+    /// last heartbeat.
+    Status {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ironboot::cli::status::StatusArgs,
+    },
 }
 
 /// Flags for the most used keys; `--set KEY=VALUE` reaches every key.
@@ -283,6 +291,7 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Rollout { conn, cmd } => ironboot::cli::rollout::rollout(conn, cmd).await,
             Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
             Command::Apply { conn, args } => ironboot::cli::apply::apply(conn, args).await,
+            Command::Status { conn, args } => ironboot::cli::status::status(conn, args).await,
             Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
         }
     });

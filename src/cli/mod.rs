@@ -23,6 +23,7 @@ pub mod inventory;
 pub mod power;
 mod progress;
 pub mod rollout;
+pub mod status;
 pub mod uki;
 
 use std::path::{Path, PathBuf};

@@ -7,7 +7,8 @@
 //! reads on [`Store`] and typed writes on a transaction ([`tx::Tx`]), one
 //! row type per table, per table in
 //! `machines.rs`, `groups.rs`, `generations.rs`, `boots.rs`, `rollouts.rs`,
-//! `tokens.rs`, `bmcs.rs` and `history.rs` (the API's pages). Callers see neither a
+//! `tokens.rs`, `bmcs.rs`, `servers.rs` (the servers using the database)
+//! and `history.rs` (the API's pages). Callers see neither a
 //! connection nor SQL. The packet paths never call in here: they read what
 //! [`Store::load_leases`] and [`Store::known_macs`] loaded at start and
 //! write through the [`writer`] task (group commit).
@@ -68,6 +69,7 @@ pub mod history;
 pub mod machines;
 pub mod retention;
 pub mod rollouts;
+pub mod servers;
 pub mod tokens;
 pub mod tx;
 pub mod writer;
@@ -501,6 +503,10 @@ mod tests {
             "0016_leases6.sql",
             "4663e881bc703954444259ea455baf9a12f56e2cfbe6f6b0fae321d6dc526a64",
         ),
+        (
+            "0017_servers.sql",
+            "a57fec211257fe29f0b65c8b25ab5657d84835f5ca77c89d8ffb1ecea5fc759d",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -528,6 +534,10 @@ mod tests {
         (
             "0016_leases6.sql",
             "4663e881bc703954444259ea455baf9a12f56e2cfbe6f6b0fae321d6dc526a64",
+        ),
+        (
+            "0017_servers.sql",
+            "a57fec211257fe29f0b65c8b25ab5657d84835f5ca77c89d8ffb1ecea5fc759d",
         ),
     ];
 

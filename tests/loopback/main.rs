@@ -26,5 +26,6 @@ mod nbd;
 mod relay_identity;
 mod rollout;
 mod selectors_boot;
+mod servers;
 mod store;
 mod tftp;

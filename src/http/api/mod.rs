@@ -7,7 +7,8 @@
 //! One module per resource, each with its `routes()`: [`machines`] (machines,
 //! pins), [`history`] (boots and events, the live event stream), [`images`]
 //! (artifacts, streams, generations, gc), [`groups`] (groups and their
-//! generation pointers), [`leases`], [`tokens`], [`apply`] (desired state). This file holds what
+//! generation pointers), [`leases`], [`tokens`], [`apply`] (desired state),
+//! [`servers`] (the servers using this database). This file holds what
 //! they share: state, errors, authentication, extractors whose rejections
 //! are JSON errors, and [`etag`] (ETag / If-Match).
 //!
@@ -45,6 +46,7 @@ mod machines;
 mod openapi;
 mod paging;
 mod rollouts;
+mod servers;
 mod templates;
 mod tokens;
 
@@ -61,6 +63,7 @@ pub mod views {
     pub use super::leases::{LeaseList, LeaseView};
     pub use super::machines::{MachineDeleted, MachineDetail, MachineList, MachineView, PinView};
     pub use super::rollouts::{HealthView, RolloutList, RolloutView, WatchdogView, WaveView};
+    pub use super::servers::{ServerList, ServerView};
     pub use super::templates::{Rendered, TemplateList, TemplateView};
     pub use super::tokens::{CreatedToken, TokenList, TokenView};
     pub use super::GenerationRef;
@@ -120,6 +123,9 @@ pub struct ApiState {
     pub fetcher: Arc<crate::images::fetch::Fetcher>,
     /// Power and boot control (`None` in unit tests without one).
     pub bmcs: Option<crate::bmc::service::Bmcs>,
+    /// This server's id in `servers`, so `/api/v1/servers` marks the row
+    /// of the server that answers (`None` in unit tests).
+    pub server_id: Option<String>,
 }
 
 /// Every resource router, with the OpenAPI paths each contributes.
@@ -136,6 +142,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .merge(rollouts::routes())
         .merge(apply::routes())
         .merge(bmc::routes())
+        .merge(servers::routes())
 }
 
 /// The OpenAPI document of the whole API (what `/api/v1/openapi.json`

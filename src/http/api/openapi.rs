@@ -20,7 +20,8 @@ use super::ErrorBody;
 #[openapi(
     info(
         title = "ironboot inventory API",
-        description = "Machines, groups, images, boots and events of an ironboot server. \
+        description = "Machines, groups, images, boots and events of an ironboot server, \
+            and the servers that share its database. \
             Every request carries `Authorization: Bearer <token>`: a `read` token may look, \
             an `admin` token may also change. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`. \
             Updates accept `If-Match` with the `ETag` of the resource as last read; a mismatch is 412.",

@@ -74,6 +74,7 @@ impl Harness {
             }),
             dhcp: None,
             bmcs: None,
+            server_id: None,
             fetcher: Arc::new(
                 crate::images::fetch::Fetcher::new(Default::default()).expect("fetch client"),
             ),
@@ -185,6 +186,7 @@ async fn the_openapi_document_is_3_1_public_and_documents_errors_on_every_operat
         "/api/v1/groups",
         "/api/v1/streams/{stream}/generations",
         "/api/v1/gc",
+        "/api/v1/servers",
     ] {
         assert!(paths.contains_key(p), "{p} documented");
     }
