@@ -212,7 +212,7 @@ impl Dhcp6 {
             (Confirm, None) => Some(self.confirm(req)),
             (InformationRequest, _) => {
                 let mut msg = self.reply_to(req, MessageType::Reply);
-                self.boot_options(&mut msg, req, who, facts);
+                self.boot_options(&mut msg, who, facts);
                 Some(answer(msg, "dhcp6.information"))
             }
             _ => {
@@ -261,7 +261,7 @@ impl Dhcp6 {
                 Err(e) => msg.opts_mut().insert(self.ia_status(ia.iaid, &e)),
             }
         }
-        self.boot_options(&mut msg, req, who, facts);
+        self.boot_options(&mut msg, who, facts);
         Answer {
             msg,
             durable: Vec::new(),
@@ -321,7 +321,7 @@ impl Dhcp6 {
                 }
             }
         }
-        self.boot_options(&mut msg, req, who, facts);
+        self.boot_options(&mut msg, who, facts);
         Answer {
             msg,
             durable,
@@ -447,7 +447,7 @@ impl Dhcp6 {
 
     /// The boot file URL (option 59) for boot clients, `HTTPClient` for
     /// HTTP boot, DNS servers when configured.
-    fn boot_options(&self, msg: &mut Message, req: &Request6, who: &Identity, facts: &Facts6) {
+    fn boot_options(&self, msg: &mut Message, who: &Identity, facts: &Facts6) {
         if !self.settings.dns.is_empty() {
             msg.opts_mut()
                 .insert(DhcpOption::DomainNameServers(self.settings.dns.clone()));
@@ -466,7 +466,7 @@ impl Dhcp6 {
             debug!("dhcp6.pxe_bootfile = false: PXEv6 gets an address and no boot file");
             return;
         }
-        if let Some(url) = self.boot_url(req, who, facts) {
+        if let Some(url) = self.boot_url(who, facts) {
             msg.opts_mut()
                 .insert(DhcpOption::Unknown(UnknownOption::new(
                     OptionCode::from(OPT_BOOTFILE_URL),
@@ -477,7 +477,7 @@ impl Dhcp6 {
 
     /// The loader (or iPXE's script) as a URL over this server's IPv6
     /// address: `tftp://[addr]/file` or `http://[addr]:port/…`.
-    fn boot_url(&self, _req: &Request6, who: &Identity, facts: &Facts6) -> Option<String> {
+    fn boot_url(&self, who: &Identity, facts: &Facts6) -> Option<String> {
         let settings = self
             .loaders
             .as_ref()
