@@ -156,7 +156,7 @@ impl Dhcp6 {
         let kind = facts.kind();
         let span = tracing::debug_span!("dhcp6", mac = %who.mac, kind = kind.name(), msg = ?req.msg_type());
         let _enter = span.enter();
-        let answer = self.answer(&req, &who, &facts, inc, now);
+        let answer = self.answer(&req, &who, &facts, now);
         let Some(answer) = answer else {
             Metrics::inc(&self.metrics.dhcp6_ignored);
             return None;
@@ -180,7 +180,6 @@ impl Dhcp6 {
         req: &Request6,
         who: &Identity,
         facts: &Facts6,
-        inc: &Incoming6<'_>,
         now: Millis,
     ) -> Option<Answer> {
         let known = self.clients.knows(who.mac);
@@ -194,10 +193,14 @@ impl Dhcp6 {
             // Another server's exchange.
             (_, Some(false)) => None,
             (Solicit, None) => {
-                let source = req
-                    .hops
-                    .first()
-                    .map_or(IpAddr::V6(*inc.src.ip()), |h| IpAddr::V6(h.link_addr));
+                // New clients are counted per link, as over IPv4 per relay
+                // or segment: a relayed link by its link-address, the boot
+                // link as one (a source address is the client's own choice,
+                // so counting by it would not bound anything).
+                let source = IpAddr::V6(
+                    req.innermost_hop()
+                        .map_or(self.settings.server_ip, |h| h.link_addr),
+                );
                 if !known && !self.newcomers.admit(source, now) {
                     debug!("never-seen client over the new-client rate: not answered");
                     return None;
