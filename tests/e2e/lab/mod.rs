@@ -511,7 +511,8 @@ impl Lab {
         }
     }
 
-    pub fn network(&mut self, taps: usize) {
+    /// The server and client namespaces, made, with loopback up.
+    fn namespaces_up(&mut self) -> (String, String) {
         let (ns, cns) = (self.ns.clone(), self.cns.clone());
         for n in [&ns, &cns] {
             let ip = self.tools.ip.to_str().unwrap();
@@ -523,6 +524,11 @@ impl Lab {
         }
         self.ip(&["-n", &ns, "link", "set", "lo", "up"]);
         self.ip(&["-n", &cns, "link", "set", "lo", "up"]);
+        (ns, cns)
+    }
+
+    pub fn network(&mut self, taps: usize) {
+        let (ns, cns) = self.namespaces_up();
         self.ip(&[
             "-n",
             &ns,
@@ -1077,17 +1083,7 @@ impl Lab {
 
     /// [`Lab::network`] for the IPv6-only lab (see [`Lab::new_ipv6_only`]).
     pub fn network6(&mut self, taps: usize) {
-        let (ns, cns) = (self.ns.clone(), self.cns.clone());
-        for n in [&ns, &cns] {
-            let ip = self.tools.ip.to_str().unwrap();
-            let (ok, text) = self.run(&[ip, "netns", "add", n]);
-            if !ok {
-                panic!("ip netns add {n} failed (root without CAP_SYS_ADMIN?): {text}");
-            }
-            self.namespaces.push(n.clone());
-        }
-        self.ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        self.ip(&["-n", &cns, "link", "set", "lo", "up"]);
+        let (ns, cns) = self.namespaces_up();
         // No multicast snooping: with it the bridge joins the all-snoopers
         // groups (RFC 4286), and br0 sends an IGMPv3 report for 224.0.0.106
         // from 0.0.0.0, the one IPv4 frame such a lab would otherwise emit.
