@@ -17,6 +17,7 @@
 
 pub mod fetch;
 pub mod manifest;
+pub mod mirror;
 pub mod uki;
 pub mod verity;
 
