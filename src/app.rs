@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::auth::Tokens;
 use crate::bootfiles::Bootfiles;
@@ -212,7 +212,9 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<Bound>>,
 ) -> Result<(), AppError> {
-    let store = Store::connect(config.store_url.as_deref(), &config.data_dir).await?;
+    let Some(store) = open_store(&config, &shutdown).await? else {
+        return Ok(()); // stopped while standing by
+    };
     let (tokens, new_token_file) = Tokens::load_or_bootstrap(&store, &config.data_dir).await?;
     let clients = Clients::new(
         &config.dhcp.reservations,
@@ -320,6 +322,46 @@ pub async fn run(
         Some(e) => Err(AppError::Setup(e)),
         None => Ok(()),
     }
+}
+
+/// The store to serve from: the configured one, or, for a standby whose
+/// database another server serves from, once this server takes it over
+/// (`None`: shut down while waiting). A standby binds every socket once
+/// before it waits, so a port it could not take fails now, not at the
+/// takeover.
+async fn open_store(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Option<Store>, AppError> {
+    let url = match (&config.store_url, config.store_standby) {
+        (Some(url), true) => url,
+        (url, _) => {
+            return Ok(Some(
+                Store::connect(url.as_deref(), &config.data_dir).await?,
+            ))
+        }
+    };
+    crate::store::private_dir(&config.data_dir).map_err(AppError::Setup)?;
+    let standby = crate::store::standby::Standby::connect(url).await?;
+    if let Some(store) = standby.try_take().await? {
+        return Ok(Some(store));
+    }
+    let probe = bind_all(config).await?;
+    let bound = bound_addresses(&probe)?;
+    drop(probe);
+    let me = crate::standby::Me {
+        id: config.server_id(bound.http.port()),
+        http: format!("http://{}:{}", config.server_ip, bound.http.port()),
+    };
+    println!(
+        "ironboot {} standing by as {} (store: {}): another server serves from this \
+         database; this one takes over when its claim is released",
+        env!("CARGO_PKG_VERSION"),
+        me.id,
+        crate::config::without_password(url)
+    );
+    let images = Arc::new(ImageStore::open(&config.data_dir.join("images"))?);
+    Ok(crate::standby::wait(standby, me, images, shutdown).await?)
 }
 
 /// Where each bound socket ended up.
@@ -673,8 +715,49 @@ async fn heartbeat(store: Store, id: String, shutdown: CancellationToken) -> std
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if let Err(e) = store.server_heartbeat(&id, now_ms()).await {
+        if let Err(e) = store
+            .server_heartbeat(&id, crate::store::servers::ServerRole::Primary, now_ms())
+            .await
+        {
             tracing::warn!(error = %e, id = %id, "server heartbeat not written");
+        }
+    }
+}
+
+/// How often a server on PostgreSQL checks it still holds its claim on
+/// the database, how long one check may take, and how many checks in a
+/// row may go unanswered: a server that lost its claim (its connection
+/// closed, or silent for [`CLAIM_CHECK_EVERY`] + [`CLAIM_MISSES`] ×
+/// [`CLAIM_CHECK_WITHIN`], about 5 s) stops serving, before the database
+/// notices the silence (about 9 s, see `store::CLAIM_KEEPALIVE`) and a
+/// standby can take over.
+const CLAIM_CHECK_EVERY: Duration = Duration::from_secs(1);
+const CLAIM_CHECK_WITHIN: Duration = Duration::from_secs(2);
+const CLAIM_MISSES: u32 = 2;
+
+/// Stops the server (an error: the process exits non-zero, and a
+/// supervisor restarts it, as a standby if so configured) when its claim
+/// on the database is lost, since a standby may be serving already.
+async fn watch_claim(store: Store, shutdown: CancellationToken) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(CLAIM_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match store.check_claim(CLAIM_CHECK_WITHIN).await {
+            Ok(()) => misses = 0,
+            Err(e) => {
+                misses += 1;
+                warn!(error = %e, misses, "claim on the database not confirmed");
+                let lost = !matches!(e, StoreError::ClaimUnanswered(_));
+                if lost || misses >= CLAIM_MISSES {
+                    error!(error = %e, "lost the claim on the database: stopping, a standby may serve now");
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+            }
         }
     }
 }
@@ -711,6 +794,9 @@ fn spawn_clock_tasks(
         core.server_id.clone(),
         shutdown.clone(),
     ));
+    if core.store.backend() == crate::store::Backend::Postgres {
+        tasks.spawn(watch_claim(core.store.clone(), shutdown.clone()));
+    }
     let (store, stop) = (core.store.clone(), shutdown.clone());
     tasks.spawn(async move {
         crate::store::checkpoint::run(store, stop).await;

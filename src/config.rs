@@ -122,6 +122,10 @@ pub fn without_password(url: &str) -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub url: Option<String>,
+    /// When another server serves from `url`: wait as its standby and take
+    /// over when its claim is released (the `standby` module), instead of
+    /// failing at start.
+    pub standby: bool,
 }
 
 /// `[boot]`: who may act for a machine on the boot path, and for how long a
@@ -436,6 +440,8 @@ pub struct Config {
     pub retention: crate::store::retention::Retention,
     /// A PostgreSQL database (`None`: SQLite in `data_dir`).
     pub store_url: Option<String>,
+    /// `[store] standby`: wait for the server serving `store_url`.
+    pub store_standby: bool,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -664,6 +670,12 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             ));
         }
     }
+    if raw.store.standby && raw.store.url.is_none() {
+        return Err(invalid(
+            "store.standby",
+            "needs store.url: a standby waits on a PostgreSQL database another server serves from",
+        ));
+    }
     if let Some(name) = &raw.server_name {
         check_server_name(name).map_err(|m| invalid("server_name", m))?;
     }
@@ -671,6 +683,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         server_name: raw.server_name.clone(),
         host_name: host_name(),
         store_url: raw.store.url.clone(),
+        store_standby: raw.store.standby,
         rollout,
         bmc,
         nbd,
@@ -1331,6 +1344,8 @@ mod tests {
             ("[dhcp]\noffer_timeout = \"x\"", "dhcp.offer_timeout"),
             ("server_name = \"a b\"", "server_name"),
             ("server_name = \"\"", "server_name"),
+            ("[store]\nstandby = true", "store.standby"),
+            ("[store]\nurl = \"sqlite://x\"", "store.url"),
         ];
         for (text, key) in cases {
             let err = from_toml(&format!("server_ip = \"192.0.2.1\"\n{text}"))

@@ -43,6 +43,8 @@
 //!   a transaction ([`store::tx::Tx`]), embedded migrations, the batching
 //!   writer (group commit for what a reply promises), WAL checkpoints,
 //!   retention. Its interface is the seam for a second backend.
+//! - [`standby`]: a server waiting on a PostgreSQL database another serves
+//!   from, copying its artifacts, taking over when its claim is released.
 //! - [`ledger`]: the non-blocking handle protocol servers record events with.
 //! - [`domain`]: the types everything shares, each with one spelling: MAC,
 //!   firmware architecture, CPU, slot, kind, boot and lease state, and what
@@ -89,6 +91,7 @@ pub mod render;
 pub mod rollout;
 pub mod root_reads;
 pub mod secret;
+pub mod standby;
 pub mod store;
 pub mod storm;
 pub mod tftp;

@@ -70,6 +70,7 @@ pub mod machines;
 pub mod retention;
 pub mod rollouts;
 pub mod servers;
+pub mod standby;
 pub mod tokens;
 pub mod tx;
 pub mod writer;
@@ -99,10 +100,14 @@ pub enum StoreError {
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(
-        "another ironboot server uses this PostgreSQL database; one server per database \
-         (several servers on one inventory are not built yet)"
+        "another ironboot server serves from this PostgreSQL database; set `[store] standby = true` \
+         to run this one as its standby (it takes over when that server stops)"
     )]
     InUse,
+    #[error("lost this server's claim on the database: {0}")]
+    ClaimLost(String),
+    #[error("the database did not confirm this server's claim within {0:?}")]
+    ClaimUnanswered(Duration),
 }
 
 /// Handle to the database (cheap to clone).
@@ -111,14 +116,25 @@ pub struct Store {
     pool: Pool,
     /// On PostgreSQL, the connection holding [`ONE_SERVER_LOCK`] for as
     /// long as this server runs.
-    _owner: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
+    owner: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
 }
 
-/// Held by the one server that uses a PostgreSQL database: each server
-/// keeps the fleet in memory and numbers boots itself, so a second one on
-/// the same database would serve what the first never sees. Released when
-/// the server's connection closes (a crash included).
+/// Held by the one server that serves from a PostgreSQL database: each
+/// server keeps the fleet in memory and numbers boots itself, so a second
+/// one serving the same database would serve what the first never sees.
+/// Released when the server's connection closes (a crash included); a
+/// standby ([`standby::Standby`]) waits for it.
 const ONE_SERVER_LOCK: i64 = 72_700_420;
+
+/// Session settings of the connection holding [`ONE_SERVER_LOCK`]: the
+/// database notices a holder whose host vanished (no FIN, no RST) after
+/// about 5 + 2 × 2 s of silence and releases the lock, instead of after
+/// the kernel's two hours.
+const CLAIM_KEEPALIVE: [&str; 3] = [
+    "SET tcp_keepalives_idle = 5",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 2",
+];
 
 /// The open backend.
 #[derive(Clone)]
@@ -182,7 +198,7 @@ fn private_files(dir: &Path, db: &Path) -> std::io::Result<()> {
 }
 
 /// Creates `dir` 0700, or tightens it to that.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -199,6 +215,15 @@ fn private_mode(path: &Path, mode: u32) -> std::io::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     }
     Ok(())
+}
+
+/// A small pool on the PostgreSQL database at `url`.
+async fn postgres_pool(url: &str) -> Result<PgPool, StoreError> {
+    Ok(PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?)
 }
 
 /// A DHCPv6 lease row: address, MAC, state, expiry, IAID.
@@ -231,26 +256,57 @@ impl Store {
         }
     }
 
-    /// Connects to the PostgreSQL database at `url` and migrates it.
+    /// Connects to the PostgreSQL database at `url`, claims it and
+    /// migrates it; [`StoreError::InUse`] if another server holds it.
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool = postgres_pool(url).await?;
+        Self::claim(pool).await?.ok_or(StoreError::InUse)
+    }
+
+    /// Takes [`ONE_SERVER_LOCK`] on a connection of its own, unless another
+    /// server holds it (`None`), then migrates: the store of the one server
+    /// that serves from this database.
+    async fn claim(pool: PgPool) -> Result<Option<Self>, StoreError> {
         let mut owner = pool.acquire().await?.detach();
+        for setting in CLAIM_KEEPALIVE {
+            sqlx::query(setting).execute(&mut owner).await?;
+        }
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(ONE_SERVER_LOCK)
             .fetch_one(&mut owner)
             .await?;
         if !got {
-            return Err(StoreError::InUse);
+            // Dropping the detached connection closes it.
+            return Ok(None);
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self {
+        Ok(Some(Self {
             pool: Pool::Postgres(pool),
-            _owner: Some(std::sync::Arc::new(tokio::sync::Mutex::new(owner))),
-        })
+            owner: Some(std::sync::Arc::new(tokio::sync::Mutex::new(owner))),
+        }))
+    }
+
+    /// Whether this server still holds its claim on a PostgreSQL database
+    /// (always on SQLite): one round trip on the claiming connection,
+    /// within `within`. A server that lost it must stop serving at once,
+    /// since its standby may already serve.
+    pub async fn check_claim(&self, within: Duration) -> Result<(), StoreError> {
+        let Some(owner) = &self.owner else {
+            return Ok(());
+        };
+        let mut conn = owner.lock().await;
+        let ping = sqlx::query_as::<_, (bool,)>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND objid::bigint = $1 AND objsubid = 1 AND pid = pg_backend_pid() AND granted)",
+        )
+        .bind(ONE_SERVER_LOCK)
+        .fetch_one(&mut *conn);
+        match tokio::time::timeout(within, ping).await {
+            Ok(Ok((true,))) => Ok(()),
+            Ok(Ok((false,))) => Err(StoreError::ClaimLost("the lock is no longer held".into())),
+            Ok(Err(e)) => Err(StoreError::ClaimLost(e.to_string())),
+            Err(_) => Err(StoreError::ClaimUnanswered(within)),
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -299,7 +355,7 @@ impl Store {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool: Pool::Sqlite(pool),
-            _owner: None,
+            owner: None,
         })
     }
 

@@ -7,10 +7,13 @@
 //! else; no boot-path code (DHCP, TFTP, `/boot`, `/config`, phone home)
 //! calls in here, so nothing a machine on the boot network sends can write
 //! this table, and the heartbeat runs on its own clock task, never on a
-//! packet or script path. Today one server uses a database (the PostgreSQL
-//! advisory lock in [`super`]; SQLite is one process), so its role is
-//! [`ServerRole::Primary`] and it has no peer; the HA pair and satellites
-//! (issue 16) fill `role` and `peer` in the same row.
+//! packet or script path. One server serves from a database (the
+//! PostgreSQL claim in [`super`]; SQLite is one process): its role is
+//! [`ServerRole::Primary`]. Others on the same PostgreSQL database wait as
+//! [`ServerRole::Standby`] (the server's `standby` module); a standby's `peer` is the
+//! primary it waits on, and the primary's `peer` is the standby that names
+//! it, both written with the heartbeat. Satellites (issue 16) will add a
+//! role in the same row.
 
 use super::{Store, StoreError};
 
@@ -26,14 +29,18 @@ pub const GONE_AFTER_MS: i64 = 15_000;
 /// migration; a row whose role this version does not know still lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServerRole {
-    /// Serves its boot networks from the database it alone uses.
+    /// Serves its boot networks from the database it alone serves from.
     Primary,
+    /// Waits for the primary's claim on the database and takes over when
+    /// it is released; serves nothing until then.
+    Standby,
 }
 
 impl ServerRole {
     pub fn as_str(self) -> &'static str {
         match self {
             ServerRole::Primary => "primary",
+            ServerRole::Standby => "standby",
         }
     }
 }
@@ -132,18 +139,59 @@ impl Store {
         Ok(())
     }
 
-    /// This server's heartbeat. A row that is gone (deleted by hand) is
-    /// not brought back here: the next start registers it.
-    pub async fn server_heartbeat(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        on_pool!(&self.pool, db => sqlx::query(
-            "UPDATE servers SET heartbeat_ms = $1 WHERE id = $2 AND stopped_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(db)
-        .await
-        .map(|_| ()))?;
+    /// This server's heartbeat, with its peer: the primary it waits on for
+    /// a standby, the live standby that names it for a primary. A row that
+    /// is gone (deleted by hand) is not brought back here: the next start
+    /// registers it.
+    pub async fn server_heartbeat(
+        &self,
+        id: &str,
+        role: ServerRole,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let sql = match role {
+            ServerRole::Standby => {
+                "UPDATE servers SET heartbeat_ms = $1, peer = (
+                     SELECT p.id FROM servers p WHERE p.role = 'primary' AND p.id <> $2
+                         AND p.stopped_ms IS NULL AND p.heartbeat_ms >= $1 - $3
+                     ORDER BY p.heartbeat_ms DESC LIMIT 1)
+                 WHERE id = $2 AND stopped_ms IS NULL"
+            }
+            ServerRole::Primary => {
+                "UPDATE servers SET heartbeat_ms = $1, peer = (
+                     SELECT s.id FROM servers s WHERE s.role = 'standby' AND s.peer = $2
+                         AND s.stopped_ms IS NULL AND s.heartbeat_ms >= $1 - $3
+                     ORDER BY s.id LIMIT 1)
+                 WHERE id = $2 AND stopped_ms IS NULL"
+            }
+        };
+        on_pool!(&self.pool, db => sqlx::query(sql)
+            .bind(now_ms)
+            .bind(id)
+            .bind(GONE_AFTER_MS)
+            .execute(db)
+            .await
+            .map(|_| ()))?;
         Ok(())
+    }
+
+    /// The primary a standby waits on: the live primary row that is not
+    /// `me` (its id and the HTTP base URL it tells machines).
+    pub async fn live_primary(
+        &self,
+        me: &str,
+        now_ms: i64,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(
+            "SELECT id, http FROM servers WHERE role = 'primary' AND id <> $1
+                 AND stopped_ms IS NULL AND heartbeat_ms >= $2 - $3
+             ORDER BY heartbeat_ms DESC LIMIT 1",
+        )
+        .bind(me)
+        .bind(now_ms)
+        .bind(GONE_AFTER_MS)
+        .fetch_optional(db)
+        .await)?)
     }
 
     /// This server stopped cleanly.
@@ -217,13 +265,19 @@ mod tests {
             pid: 42,
         };
         store.register_server(&start, 1_000).await.unwrap();
-        store.server_heartbeat("node1:8080", 6_000).await.unwrap();
+        store
+            .server_heartbeat("node1:8080", ServerRole::Primary, 6_000)
+            .await
+            .unwrap();
         let rows = store.servers().await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].started_ms, rows[0].heartbeat_ms), (1_000, 6_000));
         assert_eq!(rows[0].role, "primary");
         store.server_stopped("node1:8080", 7_000).await.unwrap();
-        store.server_heartbeat("node1:8080", 8_000).await.unwrap();
+        store
+            .server_heartbeat("node1:8080", ServerRole::Primary, 8_000)
+            .await
+            .unwrap();
         let rows = store.servers().await.unwrap();
         assert_eq!(rows[0].stopped_ms, Some(7_000));
         assert_eq!(rows[0].heartbeat_ms, 7_000, "no heartbeat after the stop");
@@ -236,5 +290,65 @@ mod tests {
         assert_eq!(rows[0].started_ms, 9_000);
         assert_eq!(rows[0].stopped_ms, None);
         assert_eq!(rows[0].pid, 43);
+    }
+
+    #[tokio::test]
+    async fn a_standby_and_its_primary_name_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let start = |id, role| ServerStart {
+            id,
+            role,
+            peer: None,
+            version: "1",
+            http: "http://10.77.0.1:8080",
+            pid: 1,
+        };
+        let peers = |rows: Vec<ServerRow>| -> Vec<(String, Option<String>)> {
+            rows.into_iter().map(|r| (r.id, r.peer)).collect()
+        };
+        store
+            .register_server(&start("a", ServerRole::Primary), 1_000)
+            .await
+            .unwrap();
+        store
+            .register_server(&start("b", ServerRole::Standby), 1_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.live_primary("b", 2_000).await.unwrap(),
+            Some(("a".into(), "http://10.77.0.1:8080".into()))
+        );
+        assert_eq!(store.live_primary("a", 2_000).await.unwrap(), None);
+        store
+            .server_heartbeat("b", ServerRole::Standby, 2_000)
+            .await
+            .unwrap();
+        store
+            .server_heartbeat("a", ServerRole::Primary, 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            peers(store.servers().await.unwrap()),
+            [
+                ("a".into(), Some("b".into())),
+                ("b".into(), Some("a".into()))
+            ]
+        );
+        // The standby falls silent: the primary names no peer at its next
+        // beat; the primary dies: the standby waits on nobody.
+        let later = 2_000 + GONE_AFTER_MS + 1;
+        store
+            .server_heartbeat("a", ServerRole::Primary, later)
+            .await
+            .unwrap();
+        assert_eq!(store.servers().await.unwrap()[0].peer, None);
+        let much_later = later + GONE_AFTER_MS + 1;
+        store
+            .server_heartbeat("b", ServerRole::Standby, much_later)
+            .await
+            .unwrap();
+        assert_eq!(store.live_primary("b", much_later).await.unwrap(), None);
+        assert_eq!(store.servers().await.unwrap()[1].peer, None);
     }
 }
