@@ -12,6 +12,7 @@ mod dhcp6;
 mod durability;
 mod fetch;
 mod rollout;
+mod standby;
 mod uki;
 
 mod process {
