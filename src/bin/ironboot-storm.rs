@@ -28,6 +28,14 @@ struct Args {
     /// The server's DHCP address (as a relay reaches it).
     #[arg(long, default_value = "127.0.0.1:67")]
     dhcp: SocketAddr,
+    /// More DHCP servers the relay forwards every message to (an HA pair's
+    /// other server); repeat or separate with commas.
+    #[arg(long, value_delimiter = ',')]
+    also_dhcp: Vec<SocketAddr>,
+    /// Times a machine whose boot failed starts over from DHCP (a watchdog
+    /// power-cycling it).
+    #[arg(long, default_value_t = 0)]
+    restarts: u32,
     /// Relay address put in giaddr: picks the server's subnet, gets the replies.
     #[arg(long, default_value = "127.0.0.1")]
     giaddr: Ipv4Addr,
@@ -95,6 +103,8 @@ fn main() -> ExitCode {
     plan.concurrency = args.concurrency.unwrap_or(args.machines).max(1);
     plan.rate = args.rate;
     plan.relay_port = args.relay_port;
+    plan.also_dhcp = args.also_dhcp;
+    plan.restarts = args.restarts;
     plan.tftp_port = args.tftp_port;
     plan.tftp.blksize = args.blksize;
     plan.tftp.windowsize = args.windowsize;
@@ -130,8 +140,9 @@ fn main() -> ExitCode {
     } else {
         print!("{report}");
     }
-    // Exit status for scripts: 0 only when every machine booted.
-    if report.failed == 0 && report.machines > 0 {
+    // Exit status for scripts: 0 only when every machine booted and no
+    // address went to two machines.
+    if report.failed == 0 && report.machines > 0 && report.addresses_shared == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

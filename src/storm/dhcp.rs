@@ -50,6 +50,9 @@ pub struct Relay {
     sock: Arc<UdpSocket>,
     pub giaddr: Ipv4Addr,
     server: SocketAddr,
+    /// Servers every message also goes to, as a relay configured with an
+    /// HA pair forwards to both.
+    also: Vec<SocketAddr>,
     waiting: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -94,9 +97,17 @@ impl Relay {
             sock,
             giaddr,
             server,
+            also: Vec::new(),
             waiting,
             reader,
         })
+    }
+
+    /// Every message goes to `more` servers too (an HA pair's other
+    /// server); the first answer is taken.
+    pub fn also_to(mut self, more: &[SocketAddr]) -> Self {
+        self.also = more.to_vec();
+        self
     }
 
     /// One full exchange with firmware-like retransmissions: each message
@@ -191,7 +202,9 @@ impl Relay {
         msg.encode(&mut Encoder::new(&mut bytes))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         for (attempt, wait) in timeouts.iter().enumerate() {
-            self.sock.send_to(&bytes, self.server).await?;
+            for to in std::iter::once(&self.server).chain(&self.also) {
+                self.sock.send_to(&bytes, to).await?;
+            }
             let deadline = Instant::now() + *wait;
             while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
                 match reply.opts().msg_type() {

@@ -16,6 +16,12 @@
 //! [`Plan::subset`] stops after step 5: the work a dnsmasq + nginx stack can
 //! serve, so the two are compared on the same steps.
 //!
+//! With [`Plan::restarts`], a machine whose boot failed starts over from
+//! DHCP (its watchdog or an operator power-cycles it), so a storm through a
+//! server that dies measures what its standby saves; every address ACKed
+//! to a machine is kept, and the report counts addresses ACKed to more
+//! than one machine.
+//!
 //! Retries follow the firmware: DHCP resends after each of
 //! [`Plan::dhcp_timeouts`] (PXE: 4, 8, 16, 32 s), TFTP resends its last
 //! packet after [`TftpOptions::timeout`] and restarts a failed transfer,
@@ -58,6 +64,11 @@ pub struct Plan {
     pub rate: f64,
     /// The server's DHCP socket (port 67 on a real server).
     pub dhcp_server: SocketAddr,
+    /// More DHCP servers the relay forwards every message to (the other
+    /// server of an HA pair).
+    pub also_dhcp: Vec<SocketAddr>,
+    /// Times a machine whose boot failed starts over from DHCP.
+    pub restarts: u32,
     /// The relay address written into `giaddr`; replies come back to it,
     /// and it selects the server's subnet.
     pub giaddr: Ipv4Addr,
@@ -98,6 +109,8 @@ impl Plan {
             concurrency: machines.max(1),
             rate: 0.0,
             dhcp_server,
+            also_dhcp: Vec::new(),
+            restarts: 0,
             giaddr,
             relay_port: 0,
             tftp_port: 69,
@@ -240,6 +253,10 @@ pub struct Outcome {
     pub failed: Option<(Step, String)>,
     /// Since the start of the run.
     pub finished: Duration,
+    /// Every address a server ACKed to this machine, in order.
+    pub acked: Vec<Ipv4Addr>,
+    /// Times it started over after a failed boot.
+    pub restarts: u32,
 }
 
 /// Runs the storm and reports. Never panics on server misbehaviour: every
@@ -253,7 +270,7 @@ pub async fn run(plan: Plan) -> Report {
     let mut tasks = JoinSet::new();
     let sampler = plan.server_pid.map(proc::PeakSampler::start);
     let relay = match dhcp::Relay::bind(plan.giaddr, plan.relay_port, plan.dhcp_server) {
-        Ok(r) => Arc::new(r),
+        Ok(r) => Arc::new(r.also_to(&plan.also_dhcp)),
         Err(e) => {
             let why = format!("relay socket on {}:{}: {e}", plan.giaddr, plan.relay_port);
             let outcomes: Vec<Outcome> = (0..plan.machines)
@@ -261,6 +278,8 @@ pub async fn run(plan: Plan) -> Report {
                     samples: Vec::new(),
                     failed: Some((Step::Dhcp, why.clone())),
                     finished: Duration::ZERO,
+                    acked: Vec::new(),
+                    restarts: 0,
                 })
                 .collect();
             return Report::new(&plan, &outcomes, start.elapsed(), None, None, None);
@@ -279,9 +298,25 @@ pub async fn run(plan: Plan) -> Report {
         tasks.spawn(async move {
             let at = Arc::new(AtomicU8::new(Step::Dhcp as u8));
             let mut samples = Vec::new();
-            let result =
-                tokio::time::timeout_at(deadline, boot(&plan, &relay, &machine, &at, &mut samples))
-                    .await;
+            let mut acked = Vec::new();
+            let mut restarts = 0;
+            let result = tokio::time::timeout_at(deadline, async {
+                loop {
+                    // The samples of the boot that ended count, not those
+                    // of one that failed before it.
+                    samples.clear();
+                    let mut steps = Steps {
+                        at: &at,
+                        samples: &mut samples,
+                        acked: &mut acked,
+                    };
+                    match boot(&plan, &relay, &machine, &mut steps).await {
+                        Err(_) if restarts < plan.restarts => restarts += 1,
+                        ended => return ended,
+                    }
+                }
+            })
+            .await;
             drop(permit);
             let failed = match result {
                 Ok(Ok(())) => None,
@@ -295,6 +330,8 @@ pub async fn run(plan: Plan) -> Report {
                 samples,
                 failed,
                 finished: start.elapsed(),
+                acked,
+                restarts,
             }
         });
     }
@@ -306,6 +343,8 @@ pub async fn run(plan: Plan) -> Report {
                 samples: Vec::new(),
                 failed: Some((Step::Dhcp, format!("simulator task failed: {e}"))),
                 finished: start.elapsed(),
+                acked: Vec::new(),
+                restarts: 0,
             }),
         }
     }
@@ -325,6 +364,8 @@ type StepResult<T> = Result<T, (Step, String)>;
 struct Steps<'a> {
     at: &'a AtomicU8,
     samples: &'a mut Vec<Sample>,
+    /// Every address ACKed to the machine, across restarts.
+    acked: &'a mut Vec<Ipv4Addr>,
 }
 
 impl Steps<'_> {
@@ -353,10 +394,8 @@ async fn boot(
     plan: &Plan,
     relay: &dhcp::Relay,
     machine: &Machine,
-    at: &AtomicU8,
-    samples: &mut Vec<Sample>,
+    steps: &mut Steps<'_>,
 ) -> StepResult<()> {
-    let mut steps = Steps { at, samples };
     if let Some((server, file)) = &plan.tftp_only {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         return steps
@@ -375,6 +414,7 @@ async fn boot(
     let lease = steps
         .time(Step::Dhcp, dhcp(Step::Dhcp, Firmware::PxeRom))
         .await?;
+    steps.acked.push(lease.address);
     // The machine's own address, when this host can send from it (loopback
     // storms lease 127.x addresses): servers tell machines apart by it.
     let local: Option<IpAddr> = (lease.address.is_loopback()).then_some(lease.address.into());
@@ -393,6 +433,7 @@ async fn boot(
     let ipxe_lease = steps
         .time(Step::DhcpIpxe, dhcp(Step::DhcpIpxe, Firmware::Ipxe))
         .await?;
+    steps.acked.push(ipxe_lease.address);
     if !ipxe_lease.bootfile.starts_with("http://") {
         let offered = &ipxe_lease.bootfile;
         let why = format!("iPXE was offered {offered:?}, not an HTTP script");

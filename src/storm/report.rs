@@ -25,6 +25,13 @@ pub struct Report {
     pub time_to_last_boot_s: Option<f64>,
     pub steps: Vec<StepStats>,
     pub server: Option<ServerUsage>,
+    /// Machines that started over after a failed boot, and their restarts.
+    pub restarted: usize,
+    pub restarts: u64,
+    /// Addresses ACKed to more than one machine (must be 0), with the
+    /// first few as examples.
+    pub addresses_shared: usize,
+    pub shared_examples: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +128,12 @@ impl Report {
             }
             _ => None,
         };
+        let shared = shared_addresses(outcomes);
         Self {
+            restarted: outcomes.iter().filter(|o| o.restarts > 0).count(),
+            restarts: outcomes.iter().map(|o| u64::from(o.restarts)).sum(),
+            addresses_shared: shared.len(),
+            shared_examples: shared.into_iter().take(5).collect(),
             machines: outcomes.len(),
             subset: plan.subset,
             tftp_only: plan.tftp_only.is_some(),
@@ -138,6 +150,24 @@ impl Report {
             server,
         }
     }
+}
+
+/// Every address ACKed to more than one machine, as `address: n machines`.
+fn shared_addresses(outcomes: &[Outcome]) -> Vec<String> {
+    let mut holders: std::collections::BTreeMap<
+        std::net::Ipv4Addr,
+        std::collections::BTreeSet<usize>,
+    > = Default::default();
+    for (machine, o) in outcomes.iter().enumerate() {
+        for ip in &o.acked {
+            holders.entry(*ip).or_default().insert(machine);
+        }
+    }
+    holders
+        .into_iter()
+        .filter(|(_, machines)| machines.len() > 1)
+        .map(|(ip, machines)| format!("{ip}: {} machines", machines.len()))
+        .collect()
 }
 
 fn ms(d: Duration) -> f64 {
@@ -170,6 +200,21 @@ impl fmt::Display for Report {
                 .map(|s| format!("{s:.2} s"))
                 .unwrap_or_else(|| "-".into())
         )?;
+        if self.restarted > 0 {
+            writeln!(
+                f,
+                "  restarted {} machines ({} restarts in all)",
+                self.restarted, self.restarts
+            )?;
+        }
+        if self.addresses_shared > 0 {
+            writeln!(
+                f,
+                "  ADDRESSES ACKED TO MORE THAN ONE MACHINE: {} (e.g. {})",
+                self.addresses_shared,
+                self.shared_examples.join(", ")
+            )?;
+        }
         for x in &self.failures {
             writeln!(
                 f,
