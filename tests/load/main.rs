@@ -9,6 +9,7 @@
 mod common;
 
 mod dashboard;
+mod pair;
 mod perfdhcp;
 mod storm;
 
