@@ -19,6 +19,7 @@ mod clients;
 mod full;
 mod ipv6;
 mod nbdroot;
+mod pair;
 mod proxy;
 mod rollout;
 mod secureboot;
