@@ -846,7 +846,8 @@ fn http_app(
         core.server_url.clone(),
         core.bindings.clone(),
         core.metrics.clone(),
-    )?;
+    )?
+    .with_artifact_caches(config.dhcp.artifact_caches.clone());
     if let Some(server6) = &core.server_url6 {
         boot_state = boot_state.with_ipv6(server6.clone())?;
     }

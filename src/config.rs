@@ -397,6 +397,10 @@ pub struct RawSubnet {
     pub domain: Option<String>,
     #[serde(default = "default_lease_time")]
     pub lease_time: String,
+    /// The base URL of an artifact cache near this subnet's machines
+    /// (`ironboot artifact-cache`): the scripts of machines at an address
+    /// in `network` fetch kernels, initrds and root images from it.
+    pub artifacts: Option<String>,
 }
 
 fn default_lease_time() -> String {
@@ -473,6 +477,9 @@ pub struct DhcpSettings {
     pub new_clients_per_minute_total: u32,
     /// `None`: never-booted machines are kept for ever.
     pub forget_unbooted_after: Option<Duration>,
+    /// Artifact caches by the machines' network (`dhcp.subnet[].artifacts`),
+    /// each as a base URL without a trailing slash.
+    pub artifact_caches: Vec<(Ipv4Net, String)>,
 }
 
 /// What any client can hold of the HTTP server (`[http]`).
@@ -791,6 +798,14 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
             }
         }
     }
+    let mut artifact_caches = Vec::new();
+    for (i, s) in raw.subnet.iter().enumerate() {
+        if let Some(url) = &s.artifacts {
+            let base = artifact_base(url)
+                .map_err(|m| invalid(format!("dhcp.subnet[{i}].artifacts"), m))?;
+            artifact_caches.push((s.network.trunc(), base));
+        }
+    }
     let reservations = validate_reservations(&raw.reservation, &subnets)?;
     if raw.mode == DhcpMode::Full && subnets.is_empty() {
         return Err(invalid(
@@ -845,11 +860,29 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
         bootfiles: raw.bootfile.clone(),
         subnets,
         reservations,
+        artifact_caches,
         trusted_relays: raw.trusted_relays.clone(),
         new_clients_per_minute: raw.new_clients_per_minute,
         new_clients_per_minute_total: raw.new_clients_per_minute_total,
         forget_unbooted_after: Some(forget_unbooted_after).filter(|d| !d.is_zero()),
     })
+}
+
+/// `http://host[:port]` (a trailing slash allowed, nothing else after the
+/// authority): an artifact cache's base URL, without the slash. Machines'
+/// loaders fetch from it, so it is plain HTTP as the server's own URLs are.
+fn artifact_base(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url:?}: must start with http:// (what iPXE and GRUB fetch)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']');
+    if authority.is_empty() || !authority.chars().all(ok) {
+        return Err(format!(
+            "{url:?}: must be http://host[:port], with no path (e.g. \"http://10.77.1.5:8080\")"
+        ));
+    }
+    Ok(format!("http://{authority}"))
 }
 
 fn validate_subnet(key: &str, s: &RawSubnet) -> Result<Subnet, ConfigError> {
@@ -1345,6 +1378,14 @@ mod tests {
             ("server_name = \"a b\"", "server_name"),
             ("server_name = \"\"", "server_name"),
             ("[store]\nstandby = true", "store.standby"),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\nartifacts = \"ftp://x\"",
+                "dhcp.subnet[0].artifacts",
+            ),
+            (
+                "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\nartifacts = \"http://x/images\"",
+                "dhcp.subnet[0].artifacts",
+            ),
             ("[store]\nurl = \"sqlite://x\"", "store.url"),
         ];
         for (text, key) in cases {

@@ -33,7 +33,7 @@ use crate::domain::{Arch, Cpu, MacAddr, MachineKind};
 pub use crate::inventory::PREVIEW_TOKEN;
 use crate::inventory::{Decision, Inventory, ScriptRequest, Stage};
 use crate::netboot::named_boot_script;
-use crate::render::context;
+use crate::render::context::{self, Bases};
 use crate::render::{Renderer, ZTP_DIR};
 
 /// What a client would send. Every field but `mac` is optional: with no
@@ -704,7 +704,8 @@ impl Explainer {
         match (loader.loader.parse::<Loader>(), loader.loader.as_str()) {
             (Ok(Loader::Uki), _) => out.steps.push(uki_step(&plan)),
             (Ok(l), _) => {
-                let (template, result) = named_boot_script(&plan, &self.server, &self.renderer, l);
+                let (template, result) =
+                    named_boot_script(&plan, Bases::server(&self.server), &self.renderer, l);
                 out.steps.push(format!(
                     "script: {template}{}",
                     if result.is_ok() {
@@ -722,7 +723,7 @@ impl Explainer {
                     .map(|f| f.ztp_flavour().file())
                     .unwrap_or("cumulus.sh");
                 let template = format!("{ZTP_DIR}{file}");
-                let result = context::build(&plan, &self.server, &self.renderer)
+                let result = context::build(&plan, Bases::server(&self.server), &self.renderer)
                     .and_then(|ctx| self.renderer.render(&template, &ctx));
                 out.steps
                     .push(format!("script: {template}, rendered below"));
@@ -894,7 +895,7 @@ pub fn render_template(
     let plan = inventory
         .preview(mac, &req, None, None, Stage::Netboot)
         .preview_plan(None);
-    let ctx = context::build(&plan, server, renderer)?;
+    let ctx = context::build(&plan, Bases::server(server), renderer)?;
     renderer.render(template, &ctx)
 }
 

@@ -37,7 +37,7 @@ use crate::domain::{Cpu, MacAddr, MachineKind};
 use crate::images::{Digest, ImageStore};
 use crate::inventory::{BootPlan, Inventory, ScriptRequest, Stage};
 use crate::ledger::Ledger;
-use crate::render::context;
+use crate::render::context::{self, Bases};
 use crate::render::{RenderError, Renderer, GRUB_CFG, ZTP_DIR};
 use crate::tftp::GeneratedFiles;
 
@@ -101,11 +101,11 @@ pub type UkiImage = ImageFile;
 /// "nothing to boot" one with its reason.
 pub fn render_boot(
     plan: &BootPlan,
-    server: &str,
+    bases: Bases<'_>,
     renderer: &Renderer,
     loader: Loader,
 ) -> Result<String, RenderError> {
-    named_boot_script(plan, server, renderer, loader).1
+    named_boot_script(plan, bases, renderer, loader).1
 }
 
 /// [`render_boot`], with the template it renders (or would have): the
@@ -113,11 +113,11 @@ pub fn render_boot(
 /// why not.
 pub fn named_boot_script(
     plan: &BootPlan,
-    server: &str,
+    bases: Bases<'_>,
     renderer: &Renderer,
     loader: Loader,
 ) -> (&'static str, Result<String, RenderError>) {
-    let ctx = context::build(plan, server, renderer);
+    let ctx = context::build(plan, bases, renderer);
     let bootable = match &ctx {
         Ok(ctx) => ctx.image.is_some(),
         Err(_) => plan.bootable(),
@@ -220,7 +220,7 @@ impl Netboot {
             .inventory
             .begin_boot_as(mac, &req, "grub", None, Stage::Netboot);
         let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "loader": loader, "buildarch": req.buildarch });
-        let text = match render_boot(&plan, &self.server, &self.renderer, loader) {
+        let text = match render_boot(&plan, Bases::server(&self.server), &self.renderer, loader) {
             Ok(text) => {
                 info!(%mac, boot = plan.boot_id, target = ?plan.target, "GRUB config served");
                 self.ledger.boot_event(
@@ -421,7 +421,7 @@ impl Netboot {
             Some(MachineKind::Switch),
             Stage::CarriesOn,
         );
-        let rendered = context::build(&plan, &self.server, &self.renderer)
+        let rendered = context::build(&plan, Bases::server(&self.server), &self.renderer)
             .and_then(|ctx| self.renderer.render(&template, &ctx));
         let detail = match &rendered {
             Ok(_) => json!({ "file": file, "target": plan.target }),

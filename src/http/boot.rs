@@ -44,7 +44,7 @@ use crate::inventory::{Boot, BootPlan, Inventory, InventoryError, ScriptRequest}
 use crate::ledger::{Ledger, Record, RootRead};
 use crate::metrics::Metrics;
 use crate::netboot::render_boot;
-use crate::render::context;
+use crate::render::context::{self, Bases};
 use crate::render::{Renderer, ServerContext, ServerUrls, BOOT_IPXE};
 
 #[derive(Clone)]
@@ -61,6 +61,9 @@ pub struct BootState {
     /// an address bound to it.
     pub bindings: Arc<Bindings>,
     pub metrics: Arc<Metrics>,
+    /// Artifact caches by the machines' network: a machine there fetches
+    /// its artifacts from the cache, everything else from this server.
+    artifact_caches: Arc<Vec<(ipnet::Ipv4Net, String)>>,
     boot_ipxe: Arc<String>,
     boot_ipxe6: Option<Arc<String>>,
 }
@@ -83,6 +86,7 @@ impl BootState {
             server6: None,
             bindings,
             metrics,
+            artifact_caches: Arc::default(),
             boot_ipxe: Arc::new(boot_ipxe),
             boot_ipxe6: None,
         })
@@ -93,6 +97,29 @@ impl BootState {
         self.boot_ipxe6 = Some(Arc::new(render_boot_ipxe(&self.renderer, &server6)?));
         self.server6 = Some(server6);
         Ok(self)
+    }
+
+    /// Machines in these networks fetch artifacts from their cache.
+    pub fn with_artifact_caches(mut self, caches: Vec<(ipnet::Ipv4Net, String)>) -> Self {
+        self.artifact_caches = Arc::new(caches);
+        self
+    }
+
+    /// Where a machine at `peer` reaches this server, and its artifacts.
+    pub fn bases_for(&self, peer: std::net::IpAddr) -> Bases<'_> {
+        let server = self.server_for(peer);
+        let cache = match peer.to_canonical() {
+            std::net::IpAddr::V4(v4) => self
+                .artifact_caches
+                .iter()
+                .find(|(net, _)| net.contains(&v4))
+                .map(|(_, base)| base.as_str()),
+            std::net::IpAddr::V6(_) => None,
+        };
+        Bases {
+            server,
+            artifacts: cache.unwrap_or(server),
+        }
     }
 
     /// The base URL a machine at `peer` reaches this server by.
@@ -211,8 +238,12 @@ async fn machine_script(
     let plan = state.inventory.begin_boot(mac, &req);
     // The token in this script is usable once the boot row is committed.
     state.ledger.flush().await;
-    let server = state.server_for(peer.ip());
-    let rendered = render_boot(&plan, server, &state.renderer, Loader::Ipxe);
+    let rendered = render_boot(
+        &plan,
+        state.bases_for(peer.ip()),
+        &state.renderer,
+        Loader::Ipxe,
+    );
     let detail = json!({ "target": plan.target, "identity": plan.identity, "group": plan.machine.group, "membership": plan.machine.membership.reason(), "chip": claim("chip"), "platform": req.platform, "buildarch": req.buildarch });
     match rendered {
         Ok(text) => {
@@ -269,7 +300,7 @@ pub(crate) fn serve_config(
     file: &str,
     peer: SocketAddr,
 ) -> Response {
-    let rendered = context::build(plan, state.server_for(peer.ip()), &state.renderer)
+    let rendered = context::build(plan, state.bases_for(peer.ip()), &state.renderer)
         .map(|ctx| state.renderer.render_config(file, &ctx));
     match rendered {
         Ok(Some(Ok(text))) => {

@@ -9,6 +9,25 @@ use crate::boot::{Source, Target};
 use crate::fleet::BootPlan;
 use crate::images::{ArtifactRef, VerityRef};
 
+/// Where a machine reaches this server, and where it fetches artifacts:
+/// the server itself, or an artifact cache near its rack
+/// (`dhcp.subnet[].artifacts`).
+#[derive(Debug, Clone, Copy)]
+pub struct Bases<'a> {
+    pub server: &'a str,
+    pub artifacts: &'a str,
+}
+
+impl<'a> Bases<'a> {
+    /// Everything from the server at `server`.
+    pub fn server(server: &'a str) -> Self {
+        Self {
+            server,
+            artifacts: server,
+        }
+    }
+}
+
 /// The permanent, content-addressed URL of an artifact.
 pub fn artifact_url(server: &str, digest: &impl std::fmt::Display) -> String {
     format!("{server}/artifacts/sha256/{digest}")
@@ -65,9 +84,10 @@ fn host_of(server: &str) -> &str {
 /// the context as it stands, so it can use every machine fact.
 pub fn build(
     plan: &BootPlan,
-    server: &str,
+    bases: Bases<'_>,
     renderer: &Renderer,
 ) -> Result<BootContext, RenderError> {
+    let server = bases.server;
     let m = &plan.machine;
     let mac_hex = m.mac.to_string().replace(':', "");
     let seed = format!("{server}/config/{}/", plan.token);
@@ -114,7 +134,7 @@ pub fn build(
         (Target::Boot { source, .. }, Some(g)) => {
             let artifact = |a: &ArtifactRef| ArtifactCtx {
                 name: a.name.clone(),
-                url: artifact_url(server, &a.digest),
+                url: artifact_url(bases.artifacts, &a.digest),
                 tftp: format!("{}/artifacts/sha256/{}", tftp, a.digest),
                 sha256: a.digest.to_string(),
                 size: a.size,

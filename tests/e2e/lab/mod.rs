@@ -383,6 +383,9 @@ pub struct Lab {
     pub dhcp6_extra: String,
     /// The namespace VMs run in (their taps' bridge); default [`Lab::ns`].
     pub vm_ns: Option<String>,
+    /// Keys added to the IPv4 lab's `[[dhcp.subnet]]` (an `artifacts`
+    /// cache URL).
+    pub subnet_extra: String,
     /// Released after `Drop for Lab` has stopped everything and deleted the
     /// namespaces (fields drop after it), so the next test starts clean.
     turn: Turn,
@@ -421,6 +424,7 @@ impl Lab {
             ipv6: false,
             dhcp6_extra: String::new(),
             vm_ns: None,
+            subnet_extra: String::new(),
             turn,
         }
     }
@@ -608,11 +612,13 @@ range = ["10.77.0.100", "10.77.0.199"]
 router = "{SERVER_IP}"
 dns = ["{SERVER_IP}"]
 lease_time = "1h"
+{subnet_extra}
 [[dhcp.reservation]]
 mac = "{RESERVED_MAC}"
 ip = "{RESERVED_IP}"
 hostname = "node1"
-"#
+"#,
+                subnet_extra = self.subnet_extra
             )
         };
         let text = format!(
