@@ -6,6 +6,9 @@
 //!   validated into typed settings. The only place that reads configuration.
 //! - [`app`]: binds every socket first (failing fast with the address), then
 //!   runs each service under one shutdown signal and waits for all of them.
+//! - [`artifact_cache`]: `ironboot artifact-cache`, a satellite's
+//!   read-through cache of `/artifacts/sha256/` from a primary server:
+//!   verified fills, bounded size, least recently used evicted.
 //! - [`dhcp`]: DHCPv4 (full, proxy, relayed) and IPv6 router advertisements
 //!   (quiet beside IPv4, managed on IPv6-only links). Parsing and
 //!   classification are pure.
@@ -63,6 +66,7 @@
 //! would serialise concurrent DISCOVERs.
 
 pub mod app;
+pub mod artifact_cache;
 pub mod auth;
 pub mod binding;
 pub mod bmc;

@@ -31,6 +31,9 @@ enum Command {
     Serve(ServeArgs),
     /// Load and validate the configuration, print it, and exit.
     CheckConfig(ServeArgs),
+    /// A satellite's read-through cache of a server's boot artifacts
+    /// (`/artifacts/sha256/`), verified, bounded, until SIGINT/SIGTERM.
+    ArtifactCache(CacheArgs),
     /// Image generations: import, list, garbage-collect (also `images`).
     #[command(alias = "images")]
     Image {
@@ -203,6 +206,64 @@ impl ServeArgs {
     }
 }
 
+/// `ironboot artifact-cache --upstream http://10.0.0.1:8080 --listen
+/// 0.0.0.0:8080 --dir /var/cache/ironboot --max-size 50G`
+#[derive(clap::Args)]
+struct CacheArgs {
+    /// The server whose artifacts are cached: http(s)://host[:port].
+    #[arg(long)]
+    upstream: String,
+    /// Address the cache serves on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Directory of the cached artifacts (created if absent).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Most bytes held, e.g. 50G, 512M, 1T or a number of bytes; least
+    /// recently used artifacts are evicted beyond it.
+    #[arg(long, value_parser = ironboot::artifact_cache::parse_size)]
+    max_size: u64,
+    /// human or json
+    #[arg(long, default_value = "human", value_parser = ["human", "json"])]
+    log_format: String,
+}
+
+/// Runs the artifact cache until SIGINT or SIGTERM.
+fn artifact_cache(args: &CacheArgs) -> ExitCode {
+    init_logging(match args.log_format.as_str() {
+        "json" => LogFormat::Json,
+        _ => LogFormat::Human,
+    });
+    let settings = ironboot::artifact_cache::Settings {
+        upstream: args.upstream.clone(),
+        listen: args.listen,
+        dir: args.dir.clone(),
+        max_size: args.max_size,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ironboot: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        ironboot::artifact_cache::run(settings, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ironboot: artifact cache: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("IRONBOOT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -220,6 +281,7 @@ fn main() -> ExitCode {
     let (args, check_only) = match &cli.command {
         Command::Serve(a) => (a, false),
         Command::CheckConfig(a) => (a, true),
+        Command::ArtifactCache(a) => return artifact_cache(a),
         client => return run_client(client),
     };
     let config = match args.overrides().and_then(|o| config::load(&o)) {
@@ -292,7 +354,9 @@ fn run_client(command: &Command) -> ExitCode {
             Command::Watchdog { conn, cmd } => ironboot::cli::rollout::watchdog(conn, cmd).await,
             Command::Apply { conn, args } => ironboot::cli::apply::apply(conn, args).await,
             Command::Status { conn, args } => ironboot::cli::status::status(conn, args).await,
-            Command::Serve(_) | Command::CheckConfig(_) => unreachable!("handled by main"),
+            Command::Serve(_) | Command::CheckConfig(_) | Command::ArtifactCache(_) => {
+                unreachable!("handled by main")
+            }
         }
     });
     match result {

@@ -54,7 +54,7 @@ pub struct MirrorReport {
 
 /// Why one attempt at one artifact failed.
 #[derive(Debug, thiserror::Error)]
-enum FetchError {
+pub enum FetchError {
     #[error("request to the peer: {0}")]
     Transport(#[from] reqwest::Error),
     #[error("the peer answered {0}")]
@@ -195,6 +195,28 @@ impl Mirror {
             });
         }
         Ok(stored.size)
+    }
+
+    /// One artifact known by its digest alone (a cache's miss): one
+    /// attempt, no retry (the caller decides), verified like every fill.
+    /// The size is not known beforehand, so `limit` bounds the body: a
+    /// `Content-Length` over it is refused before any byte is read, and a
+    /// longer body is cut off.
+    pub async fn fetch_digest(
+        &self,
+        digest: Digest,
+        limit: u64,
+    ) -> Result<super::ArtifactInfo, FetchError> {
+        let url = format!("{}/artifacts/sha256/{digest}", self.upstream);
+        let response = self.client.get(url).send().await?;
+        if response.status() != StatusCode::OK {
+            return Err(FetchError::Status(response.status()));
+        }
+        if response.content_length().is_some_and(|len| len > limit) {
+            return Err(ImageError::TooLarge { limit }.into());
+        }
+        let body = response.bytes_stream();
+        Ok(self.images.put_artifact(Some(digest), limit, body).await?)
     }
 }
 

@@ -22,4 +22,5 @@ mod nbdroot;
 mod pair;
 mod proxy;
 mod rollout;
+mod satellite;
 mod secureboot;

@@ -14,6 +14,7 @@ mod common;
 
 mod api;
 mod apply;
+mod artifact_cache;
 mod bmc;
 mod bmc_ipmi;
 mod boot;

@@ -1,0 +1,284 @@
+//! An artifact cache behind a slow link (issue 16): the primary on the lab
+//! bridge (10.77.0.1), a rack namespace joined to the bridge by a veth
+//! whose bridge end is shaped with `tc` (token bucket, 40 Mbit/s toward the
+//! rack), and `ironboot artifact-cache` in the rack (10.77.0.3:8081) named
+//! by the subnet's `artifacts`. Simulated machines in the rack boot the
+//! whole flow (relayed DHCP, TFTP, script, verified kernel and initrd,
+//! config, confirmation) twice: the first storm crosses the link once per
+//! artifact, the repeat takes at least 95 % of its bytes from the cache.
+//! Then one byte of a cached artifact is changed on disk: the next boot
+//! still gets the right bytes (the simulator checks every artifact's
+//! sha256), the cache counts the corruption and fetched it again.
+//! `IRONBOOT_E2E=require cargo test --test e2e satellite:: -- --nocapture`
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::lab::*;
+
+const TEST: &str = "a_rack_behind_a_slow_link_boots_from_its_artifact_cache";
+const STREAM: &str = "live";
+const CACHE_IP: &str = "10.77.0.3";
+const CACHE: &str = "http://10.77.0.3:8081";
+const MACHINES: usize = 8;
+const RATE: &str = "40mbit";
+
+/// The rack: a namespace on the bridge through `vr` (bridge end, shaped)
+/// and `eth0` (10.77.0.3/24).
+fn rack(lab: &mut Lab) -> String {
+    let rns = format!("{}-r", lab.ns);
+    let ip = lab.tools.ip.to_str().unwrap().to_string();
+    let (ok, text) = lab.run(&[&ip, "netns", "add", &rns]);
+    assert!(ok, "ip netns add {rns}: {text}");
+    lab.namespaces.push(rns.clone());
+    let ns = lab.ns.clone();
+    lab.ip(&["-n", &rns, "link", "set", "lo", "up"]);
+    lab.ip(&[
+        "-n", &ns, "link", "add", "vr", "type", "veth", "peer", "name", "eth0", "netns", &rns,
+    ]);
+    lab.ip(&["-n", &ns, "link", "set", "vr", "master", "br0"]);
+    lab.ip(&["-n", &ns, "link", "set", "vr", "up"]);
+    lab.ip(&[
+        "-n",
+        &rns,
+        "addr",
+        "add",
+        &format!("{CACHE_IP}/24"),
+        "dev",
+        "eth0",
+    ]);
+    lab.ip(&["-n", &rns, "link", "set", "eth0", "up"]);
+    let tc = which("tc").expect("tc (iproute2)");
+    let (ok, text) = lab.run(&[
+        tc.to_str().unwrap(),
+        "-n",
+        &ns,
+        "qdisc",
+        "add",
+        "dev",
+        "vr",
+        "root",
+        "tbf",
+        "rate",
+        RATE,
+        "burst",
+        "32kb",
+        "latency",
+        "400ms",
+    ]);
+    assert!(ok, "tc qdisc add … tbf: {text}");
+    rns
+}
+
+/// Bytes the primary's side sent into the rack so far.
+fn link_bytes(lab: &Lab) -> u64 {
+    let bb = lab.tools.busybox.to_str().unwrap();
+    let (ok, text) = lab.exec(
+        &lab.ns,
+        5,
+        &[bb, "cat", "/sys/class/net/vr/statistics/tx_bytes"],
+    );
+    assert!(ok, "{text}");
+    text.trim().parse().unwrap()
+}
+
+/// A storm of `n` machines in the rack, through the whole flow: its JSON
+/// report.
+fn storm(lab: &Lab, rns: &str, n: usize, first: u32) -> Value {
+    let bin = env!("CARGO_BIN_EXE_ironboot-storm");
+    let n = n.to_string();
+    let first = first.to_string();
+    let out = lab.exec_output(
+        rns,
+        180,
+        &[
+            bin,
+            "--dhcp",
+            &format!("{SERVER_IP}:67"),
+            "--giaddr",
+            CACHE_IP,
+            "-n",
+            &n,
+            "--first",
+            &first,
+            "--tftp-port",
+            "69",
+            "--dhcp-timeouts",
+            "1,2,4,8",
+            "--http-retry-delay",
+            "1",
+            "--deadline",
+            "150",
+            "--json",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "storm output ({e}): {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["failed"], 0, "{report:#}");
+    report
+}
+
+fn step_bytes(report: &Value, steps: &[&str]) -> u64 {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| steps.contains(&s["step"].as_str().unwrap_or("")))
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum()
+}
+
+fn cache_metric(lab: &Lab, rns: &str, name: &str) -> u64 {
+    let bb = lab.tools.busybox.to_str().unwrap();
+    let url = format!("{CACHE}/metrics");
+    let (ok, text) = lab.exec(rns, 5, &[bb, "wget", "-q", "-O", "-", &url]);
+    assert!(ok, "{text}");
+    metric(&text, name)
+}
+
+fn wait_http(lab: &Lab, ns: &str, url: &str, what: &str, log: &Path) {
+    let bb = lab.tools.busybox.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !lab.exec(ns, 5, &[bb, "wget", "-q", "-O", "-", url]).0 {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer in 20 s\n{}",
+            tail(log, 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
+    let turn = Turn::wait(TEST);
+    let Some(tools) = tools_or_skip(TEST) else {
+        return;
+    };
+    if which("tc").is_none() {
+        return skip(TEST, "tc (iproute2) is missing");
+    }
+    let os = match build_liveos(&tools.timeout) {
+        Ok(os) => os,
+        Err(reason) => return skip(TEST, &reason),
+    };
+    let mut lab = Lab::new(tools, "sat", 0, turn);
+    let rns = rack(&mut lab);
+    // Every simulated machine sends from the rack's one address: a lab
+    // without the binding rule (see the README's security model).
+    lab.extra_config = "\n[boot]\nbinding = \"off\"\n".into();
+    lab.subnet_extra = format!("artifacts = \"{CACHE}\"");
+    lab.start_server(&ipxe_dir());
+    let (generation, _) = import(&lab, &os, STREAM, "console=ttyS0", &[]);
+    cli(
+        &lab,
+        &[
+            "group",
+            "set-generation",
+            "default",
+            STREAM,
+            &generation.to_string(),
+        ],
+    );
+
+    let cache_dir = lab.dir.join("cache");
+    let cache_log = lab.dir.join("cache.log");
+    let _cache = lab.spawn(
+        "artifact-cache",
+        &rns,
+        600,
+        &[
+            lab.bin.to_str().unwrap(),
+            "artifact-cache",
+            "--upstream",
+            &format!("http://{SERVER_IP}:8080"),
+            "--listen",
+            &format!("{CACHE_IP}:8081"),
+            "--dir",
+            cache_dir.to_str().unwrap(),
+            "--max-size",
+            "1G",
+        ],
+        &cache_log,
+    );
+    wait_http(
+        &lab,
+        &rns,
+        &format!("{CACHE}/healthz"),
+        "the cache",
+        &cache_log,
+    );
+
+    // The first storm: the cache fills, each artifact crossing the link once.
+    let before = link_bytes(&lab);
+    let started = Instant::now();
+    let first = storm(&lab, &rns, MACHINES, 0);
+    let first_took = started.elapsed();
+    let first_link = link_bytes(&lab) - before;
+    let artifacts = step_bytes(&first, &["kernel", "initrd"]);
+    let per_machine = artifacts / MACHINES as u64;
+    assert!(
+        first_link < per_machine * 2,
+        "the first storm crossed the link {first_link} bytes for {artifacts} bytes of \
+         artifacts: more than one copy"
+    );
+
+    // The repeat: at least 95 % of what the machines received came from
+    // the cache, not over the link.
+    let before = link_bytes(&lab);
+    let started = Instant::now();
+    let repeat = storm(&lab, &rns, MACHINES, 0);
+    let repeat_took = started.elapsed();
+    let repeat_link = link_bytes(&lab) - before;
+    let received = step_bytes(
+        &repeat,
+        &["tftp", "script", "kernel", "initrd", "config", "confirm"],
+    );
+    let from_cache = 1.0 - repeat_link as f64 / received as f64;
+    assert!(
+        from_cache >= 0.95,
+        "repeat boots took {:.1} % of their bytes from the cache ({repeat_link} of {received} \
+         over the link)",
+        from_cache * 100.0
+    );
+
+    // A cached artifact changed on disk: detected, fetched again, never
+    // served (the simulator verifies every artifact against its sha256).
+    let sha = cache_dir.join("artifacts/sha256");
+    let victim = std::fs::read_dir(&sha)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .expect("a cached artifact");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    let mut perms = std::fs::metadata(&victim).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&victim, perms).unwrap();
+    std::fs::write(&victim, &bytes).unwrap();
+    let corrupt_before = cache_metric(&lab, &rns, "cache_corrupt");
+    let one = storm(&lab, &rns, 1, 100);
+    assert_eq!(one["completed"], 1, "{one:#}");
+    assert_eq!(
+        cache_metric(&lab, &rns, "cache_corrupt"),
+        corrupt_before + 1,
+        "the changed file was detected"
+    );
+    eprintln!(
+        "{TEST}: {MACHINES} machines at {RATE}: first storm {} ({first_link} bytes over the link \
+         for {artifacts} bytes of artifacts), repeat {} ({:.1} % from the cache)",
+        secs(first_took),
+        secs(repeat_took),
+        from_cache * 100.0
+    );
+}
