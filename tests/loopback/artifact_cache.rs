@@ -313,3 +313,75 @@ async fn concurrent_misses_for_one_digest_make_one_upstream_fetch() {
     );
     cache.stop().await;
 }
+
+/// `dhcp.subnet[].artifacts`: a machine in that subnet gets a script whose
+/// kernel and initrd URLs name the cache, and every other URL the server;
+/// a machine elsewhere gets the server's URLs only. The cache then serves
+/// what the script names.
+#[tokio::test]
+async fn scripts_name_the_cache_of_the_machines_subnet_only() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cache_base = format!("http://{}", listener.local_addr().unwrap());
+    let dir = TempDir::new().unwrap();
+    let text = crate::common::full_config_with(dir.path(), "", crate::common::LOOPBACK_STANDS_IN)
+        .replacen(
+            "network = \"127.1.0.0/24\"",
+            &format!("network = \"127.1.0.0/24\"\nartifacts = \"{cache_base}/\""),
+            1,
+        );
+    let server = TestServer::start(&text, dir).await;
+    let api = Api::new(&server);
+    let (kernel, initrd) = (bytes(7, 40_000), bytes(8, 50_000));
+    let generation = api
+        .import("worker", &kernel, &initrd, "console=ttyS0")
+        .await;
+    api.point("default", "worker", generation).await;
+    let kernel_hex = hex::encode(Sha256::digest(&kernel));
+    let server_base = format!("http://{}", server.bound.http);
+
+    let script_from = |ip: &str| {
+        let client = reqwest::Client::builder()
+            .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let base = server_base.clone();
+        async move { crate::common::fleet::script(&client, &base, "52:54:00:00:00:01").await }
+    };
+    let in_rack = script_from("127.1.0.50").await;
+    assert!(
+        in_rack.contains(&format!("{cache_base}/artifacts/sha256/{kernel_hex}")),
+        "{in_rack}"
+    );
+    assert!(
+        in_rack.contains(&format!("s={server_base}/config/")),
+        "the seed stays on the server: {in_rack}"
+    );
+    let elsewhere = script_from("127.2.0.15").await;
+    assert!(
+        elsewhere.contains(&format!("{server_base}/artifacts/sha256/{kernel_hex}"))
+            && !elsewhere.contains(&cache_base),
+        "{elsewhere}"
+    );
+
+    // The cache on that address serves the kernel the script names.
+    let cache_dir = TempDir::new().unwrap();
+    let settings = Settings {
+        upstream: server_base.clone(),
+        listen: listener.local_addr().unwrap(),
+        dir: cache_dir.path().join("cache"),
+        max_size: 1 << 30,
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { serve(listener, &settings, shutdown).await }
+    });
+    let got = reqwest::get(format!("{cache_base}/artifacts/sha256/{kernel_hex}"))
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &kernel[..]);
+    shutdown.cancel();
+    let _ = task.await;
+    server.stop().await;
+}
