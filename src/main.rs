@@ -240,6 +240,18 @@ fn artifact_cache(args: &CacheArgs) -> ExitCode {
         dir: args.dir.clone(),
         max_size: args.max_size,
     };
+    until_signal("artifact cache: ", |shutdown| {
+        ironboot::artifact_cache::run(settings, shutdown)
+    })
+}
+
+/// Runs a long-lived service on a multi-threaded runtime until SIGINT or
+/// SIGTERM cancels its token; its error, after `what`, ends the process.
+fn until_signal<F, E>(what: &str, service: impl FnOnce(CancellationToken) -> F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -253,12 +265,12 @@ fn artifact_cache(args: &CacheArgs) -> ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        ironboot::artifact_cache::run(settings, shutdown).await
+        service(shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("ironboot: artifact cache: {e}");
+            eprintln!("ironboot: {what}{e}");
             ExitCode::FAILURE
         }
     }
@@ -303,28 +315,7 @@ fn main() -> ExitCode {
             "full DHCP mode on every interface: set dhcp.interfaces to the boot network"
         );
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ironboot: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        ironboot::app::run(config, shutdown, None).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ironboot: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    until_signal("", |shutdown| ironboot::app::run(config, shutdown, None))
 }
 
 /// Runs an API client subcommand; the exit code says what went wrong.

@@ -20,34 +20,6 @@ const CMDLINE: &str = "console=ttyS0,115200n8";
 const B_IP: &str = "10.77.0.2";
 const B_BASE: &str = "http://10.77.0.2:8080";
 
-/// B's namespace on the lab bridge: a veth whose far end (`eth0`) holds
-/// 10.77.0.2/24.
-fn standby_namespace(lab: &mut Lab) -> String {
-    let nsb = format!("{}-b", lab.ns);
-    let ip = lab.tools.ip.to_str().unwrap().to_string();
-    let (ok, text) = lab.run(&[&ip, "netns", "add", &nsb]);
-    assert!(ok, "ip netns add {nsb}: {text}");
-    lab.namespaces.push(nsb.clone());
-    let ns = lab.ns.clone();
-    lab.ip(&["-n", &nsb, "link", "set", "lo", "up"]);
-    lab.ip(&[
-        "-n", &ns, "link", "add", "vb", "type", "veth", "peer", "name", "eth0", "netns", &nsb,
-    ]);
-    lab.ip(&["-n", &ns, "link", "set", "vb", "master", "br0"]);
-    lab.ip(&["-n", &ns, "link", "set", "vb", "up"]);
-    lab.ip(&[
-        "-n",
-        &nsb,
-        "addr",
-        "add",
-        &format!("{B_IP}/24"),
-        "dev",
-        "eth0",
-    ]);
-    lab.ip(&["-n", &nsb, "link", "set", "eth0", "up"]);
-    nsb
-}
-
 fn artifacts(data: &Path) -> usize {
     std::fs::read_dir(data.join("images/artifacts/sha256"))
         .map(|e| e.count())
@@ -72,7 +44,8 @@ fn a_vm_boots_through_the_standby_after_the_primary_dies() {
     };
     let total = Instant::now();
     let mut lab = Lab::new(tools, "pair", 1, turn);
-    let nsb = standby_namespace(&mut lab);
+    // B's namespace on the lab bridge.
+    let nsb = lab.namespace_on_bridge("b", "vb", &format!("{B_IP}/24"));
 
     // One settings text for both, as an operator would write it; B's is A's
     // with its own address, interface, data directory and name.

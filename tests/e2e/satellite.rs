@@ -28,28 +28,8 @@ const RATE: &str = "40mbit";
 /// The rack: a namespace on the bridge through `vr` (bridge end, shaped)
 /// and `eth0` (10.77.0.3/24).
 fn rack(lab: &mut Lab) -> String {
-    let rns = format!("{}-r", lab.ns);
-    let ip = lab.tools.ip.to_str().unwrap().to_string();
-    let (ok, text) = lab.run(&[&ip, "netns", "add", &rns]);
-    assert!(ok, "ip netns add {rns}: {text}");
-    lab.namespaces.push(rns.clone());
+    let rns = lab.namespace_on_bridge("r", "vr", &format!("{CACHE_IP}/24"));
     let ns = lab.ns.clone();
-    lab.ip(&["-n", &rns, "link", "set", "lo", "up"]);
-    lab.ip(&[
-        "-n", &ns, "link", "add", "vr", "type", "veth", "peer", "name", "eth0", "netns", &rns,
-    ]);
-    lab.ip(&["-n", &ns, "link", "set", "vr", "master", "br0"]);
-    lab.ip(&["-n", &ns, "link", "set", "vr", "up"]);
-    lab.ip(&[
-        "-n",
-        &rns,
-        "addr",
-        "add",
-        &format!("{CACHE_IP}/24"),
-        "dev",
-        "eth0",
-    ]);
-    lab.ip(&["-n", &rns, "link", "set", "eth0", "up"]);
     let tc = which("tc").expect("tc (iproute2)");
     let (ok, text) = lab.run(&[
         tc.to_str().unwrap(),

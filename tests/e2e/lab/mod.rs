@@ -531,6 +531,27 @@ impl Lab {
         (ns, cns)
     }
 
+    /// Another namespace on the lab bridge (a second server, a rack): a
+    /// veth whose bridge end is `veth` in the lab's namespace and whose far
+    /// end is `eth0` with `address` (CIDR). Deleted with the lab.
+    pub fn namespace_on_bridge(&mut self, suffix: &str, veth: &str, address: &str) -> String {
+        let other = format!("{}-{suffix}", self.ns);
+        let ip = self.tools.ip.to_str().unwrap().to_string();
+        let (ok, text) = self.run(&[&ip, "netns", "add", &other]);
+        assert!(ok, "ip netns add {other}: {text}");
+        self.namespaces.push(other.clone());
+        let ns = self.ns.clone();
+        self.ip(&["-n", &other, "link", "set", "lo", "up"]);
+        self.ip(&[
+            "-n", &ns, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &other,
+        ]);
+        self.ip(&["-n", &ns, "link", "set", veth, "master", "br0"]);
+        self.ip(&["-n", &ns, "link", "set", veth, "up"]);
+        self.ip(&["-n", &other, "addr", "add", address, "dev", "eth0"]);
+        self.ip(&["-n", &other, "link", "set", "eth0", "up"]);
+        other
+    }
+
     pub fn network(&mut self, taps: usize) {
         let (ns, cns) = self.namespaces_up();
         self.ip(&[
