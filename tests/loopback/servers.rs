@@ -37,7 +37,7 @@ async fn the_server_is_up_with_a_heartbeat_that_advances() {
     assert_eq!(me["this"], true);
     assert_eq!(me["state"], "up");
     assert_eq!(me["role"], "primary");
-    assert!(me["peer"].is_null(), "no HA pair yet: {me}");
+    assert!(me["peer"].is_null(), "no standby, no peer: {me}");
     assert_eq!(me["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(me["http"], format!("http://127.0.0.1:{port}"));
     assert_eq!(me["pid"], std::process::id());

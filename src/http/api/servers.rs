@@ -19,10 +19,10 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 pub struct ServerView {
     /// Stable id: `server_name`, else `HOST:HTTP_PORT`.
     pub id: String,
-    /// `primary` (one server per database today; the HA pair and
-    /// satellites will add roles).
+    /// `primary` (serves from the database) or `standby` (waits to take
+    /// over from the primary, `[store] standby = true`).
     pub role: String,
-    /// The id of its HA partner; null while pairs do not exist.
+    /// A standby's primary, or a primary's live standby; null without one.
     pub peer: Option<String>,
     /// `up` (heartbeat within 15 s), `stopped` (a clean stop) or `gone`
     /// (no heartbeat for 15 s and no clean stop: it died).
