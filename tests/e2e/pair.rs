@@ -91,16 +91,7 @@ fn a_vm_boots_through_the_standby_after_the_primary_dies() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (generation, _) = import(&lab, &os, STREAM, CMDLINE, &[]);
-    cli(
-        &lab,
-        &[
-            "group",
-            "set-generation",
-            "default",
-            STREAM,
-            &generation.to_string(),
-        ],
-    );
+    point_default(&lab, STREAM, generation);
     lab.db = Some(lab.rt.block_on(crate::common::TestServer::db(&lab.dir)));
 
     let b_log = lab.dir.join("server-b.log");

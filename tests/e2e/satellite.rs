@@ -157,16 +157,7 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
     lab.subnet_extra = format!("artifacts = \"{CACHE}\"");
     lab.start_server(&ipxe_dir());
     let (generation, _) = import(&lab, &os, STREAM, "console=ttyS0", &[]);
-    cli(
-        &lab,
-        &[
-            "group",
-            "set-generation",
-            "default",
-            STREAM,
-            &generation.to_string(),
-        ],
-    );
+    point_default(&lab, STREAM, generation);
 
     let cache_dir = lab.dir.join("cache");
     let cache_log = lab.dir.join("cache.log");

@@ -143,6 +143,20 @@ pub fn import(
     imported(&cli(lab, &args))
 }
 
+/// The default group pointed at `stream`'s `generation`, through the CLI.
+pub fn point_default(lab: &Lab, stream: &str, generation: i64) {
+    cli(
+        lab,
+        &[
+            "group",
+            "set-generation",
+            "default",
+            stream,
+            &generation.to_string(),
+        ],
+    );
+}
+
 /// (generation, digest) from what `ironboot image import` printed
 /// (`generation N sha256:…`).
 pub fn imported(out: &str) -> (i64, String) {
