@@ -267,17 +267,21 @@ impl Store {
     /// server holds it (`None`), then migrates: the store of the one server
     /// that serves from this database.
     async fn claim(pool: PgPool) -> Result<Option<Self>, StoreError> {
-        let mut owner = pool.acquire().await?.detach();
-        for setting in CLAIM_KEEPALIVE {
-            sqlx::query(setting).execute(&mut owner).await?;
-        }
+        let mut conn = pool.acquire().await?;
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
             .bind(ONE_SERVER_LOCK)
-            .fetch_one(&mut owner)
+            .fetch_one(&mut *conn)
             .await?;
         if !got {
-            // Dropping the detached connection closes it.
+            // The connection goes back to the pool: a standby trying every
+            // 500 ms reuses it rather than opening a new one each time.
             return Ok(None);
+        }
+        // Held: this connection leaves the pool for as long as the server
+        // runs (the lock is the session's).
+        let mut owner = conn.detach();
+        for setting in CLAIM_KEEPALIVE {
+            sqlx::query(setting).execute(&mut owner).await?;
         }
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(Some(Self {
