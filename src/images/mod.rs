@@ -308,6 +308,14 @@ impl ImageStore {
         }
         let bytes = m.canonical_json();
         let digest = Digest::of(&bytes);
+        // Stored already (a re-import, a standby's copy round): the same
+        // bytes, nothing to write.
+        if tokio::fs::metadata(self.manifest_path(&digest))
+            .await
+            .is_ok()
+        {
+            return Ok(digest);
+        }
         let tmp = TmpFile(self.tmp_path());
         let mut file = tokio::fs::File::create(&tmp.0).await?;
         file.write_all(&bytes).await?;
