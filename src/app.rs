@@ -333,6 +333,10 @@ async fn open_store(
     config: &Config,
     shutdown: &CancellationToken,
 ) -> Result<Option<Store>, AppError> {
+    if let (Some(url), true) = (&config.store_url, config.store_shared) {
+        crate::store::private_dir(&config.data_dir).map_err(AppError::Setup)?;
+        return Ok(Some(Store::open_shared(url).await?));
+    }
     let url = match (&config.store_url, config.store_standby) {
         (Some(url), true) => url,
         (url, _) => {
@@ -437,10 +441,13 @@ impl Core {
         let metrics = Arc::new(Metrics::default());
         let (ledger, ledger_rx) = Ledger::new(65_536, metrics.clone());
         let writer = tokio::spawn(crate::store::writer::run(store.clone(), ledger_rx));
-        let inventory = Inventory::load(store.clone(), ledger.clone())
+        let mut inventory = Inventory::load(store.clone(), ledger.clone())
             .await?
             .with_token_ttl(config.boot.token_ttl)
             .with_clients(clients.clone());
+        if store.is_shared() {
+            inventory.share(&config.server_id(http_addr.port())).await?;
+        }
         inventory.apply_reservations(&config.dhcp.reservations);
         // Machines a rollout moves are handed to the reboot hook's task.
         let (reboot_tx, reboots) = tokio::sync::mpsc::channel(4096);
@@ -580,7 +587,7 @@ impl Core {
     async fn register(&self) -> Result<(), AppError> {
         let start = crate::store::servers::ServerStart {
             id: &self.server_id,
-            role: crate::store::servers::ServerRole::Primary,
+            role: role_of(&self.store),
             peer: None,
             version: env!("CARGO_PKG_VERSION"),
             http: &self.server_url,
@@ -715,11 +722,128 @@ async fn heartbeat(store: Store, id: String, shutdown: CancellationToken) -> std
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if let Err(e) = store
-            .server_heartbeat(&id, crate::store::servers::ServerRole::Primary, now_ms())
-            .await
-        {
+        if let Err(e) = store.server_heartbeat(&id, role_of(&store), now_ms()).await {
             tracing::warn!(error = %e, id = %id, "server heartbeat not written");
+        }
+    }
+}
+
+/// What this server is to the others on its database: the primary when it
+/// serves it alone; with `[store] shared`, the leader or a member.
+fn role_of(store: &Store) -> crate::store::servers::ServerRole {
+    use crate::store::servers::ServerRole;
+    match (store.is_shared(), store.leads()) {
+        (false, _) => ServerRole::Primary,
+        (true, true) => ServerRole::Leader,
+        (true, false) => ServerRole::Member,
+    }
+}
+
+/// How often a member of a shared database tries to take the lead.
+const LEAD_TRY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long changes announced together are gathered before one reload:
+/// a burst of commits (a boot storm's ledger batches) costs one read.
+const RELOAD_GATHER: Duration = Duration::from_millis(100);
+
+/// With `[store] shared`: tries the leader lock every [`LEAD_TRY_EVERY`]
+/// until it holds it, then takes the fleet over (the lead lasts as long
+/// as the server's claim: `watch_claim` stops a server that loses it).
+async fn lead_when_free(
+    store: Store,
+    inventory: Arc<Inventory>,
+    id: String,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(LEAD_TRY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        match store.try_lead(CLAIM_CHECK_WITHIN).await {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                warn!(error = %e, "could not ask for the lead");
+                continue;
+            }
+        }
+        // Held: no other server leads. Until the fleet is restored, this
+        // server's engine still only decides.
+        inventory
+            .lead()
+            .await
+            .map_err(|e| std::io::Error::other(format!("taking the lead: {e}")))?;
+        if let Err(e) = store.server_heartbeat(&id, role_of(&store), now_ms()).await {
+            warn!(error = %e, "heartbeat as leader not written");
+        }
+        info!(id = %id, "leading the fleet: rollouts, deadlines, reboots and retention run here");
+        return Ok(());
+    }
+}
+
+/// With `[store] shared`: reloads the inventory when another server
+/// commits a change to what the boot path reads, and on the leader feeds
+/// the inbox to the engine. Changes announced within [`RELOAD_GATHER`] of
+/// each other make one reload; a lost notification connection, a full one.
+async fn follow_changes(
+    store: Store,
+    inventory: Arc<Inventory>,
+    generations: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use crate::store::shared::Change;
+    let Some(mut changes) = store.changes().await.map_err(std::io::Error::other)? else {
+        return Ok(());
+    };
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = changes.next() => c,
+        };
+        let mut seen = vec![first];
+        let gather = tokio::time::sleep(RELOAD_GATHER);
+        tokio::pin!(gather);
+        loop {
+            tokio::select! {
+                _ = &mut gather => break,
+                c = changes.next() => seen.push(c),
+            }
+        }
+        let inbox = seen.iter().any(|c| match c {
+            Change::Missed => true,
+            Change::Table { table, .. } => table == "fleet_inbox",
+        });
+        // This server's own commits are in its memory already.
+        let view = seen.iter().any(|c| match c {
+            Change::Missed => true,
+            Change::Table { table, mine } => !mine && table != "fleet_inbox",
+        });
+        if inbox {
+            loop {
+                match inventory.drain_inbox().await {
+                    Ok(n) if n > 0 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(error = %e, "inbox not taken; trying at the next change or tick");
+                        break;
+                    }
+                }
+            }
+        }
+        // Another server imported: copy its artifacts now.
+        if seen.iter().any(|c| match c {
+            Change::Missed => true,
+            Change::Table { table, mine } => !mine && table == "generations",
+        }) {
+            generations.notify_one();
+        }
+        if view {
+            if let Err(e) = inventory.reload().await {
+                warn!(error = %e, "inventory not reloaded; trying at the next change");
+            }
         }
     }
 }
@@ -781,6 +905,44 @@ fn spawn_clock_tasks(
     every(tasks, ROLLOUT_TICK, shutdown, move || {
         inventory.tick_rollouts(now_ms())
     });
+    if core.store.is_shared() {
+        tasks.spawn(lead_when_free(
+            core.store.clone(),
+            core.inventory.clone(),
+            core.server_id.clone(),
+            shutdown.clone(),
+        ));
+        let generations = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(follow_changes(
+            core.store.clone(),
+            core.inventory.clone(),
+            generations.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(crate::standby::copy_from_peers(
+            core.store.clone(),
+            core.server_id.clone(),
+            core.images.clone(),
+            generations,
+            shutdown.clone(),
+        ));
+        // The inbox is also read on the clock: a notification lost while
+        // the leader took over is not an event lost.
+        let inventory = core.inventory.clone();
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(ROLLOUT_TICK);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                if let Err(e) = inventory.drain_inbox().await {
+                    warn!(error = %e, "inbox not taken");
+                }
+            }
+        });
+    }
     if let Some(after) = config.dhcp.forget_unbooted_after {
         tasks.spawn(forget_unbooted(
             core.inventory.clone(),
@@ -941,6 +1103,9 @@ async fn forget_unbooted(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
+        }
+        if !inventory.leads() {
+            continue; // with `[store] shared`, the leader forgets
         }
         let now = now_ms();
         match inventory

@@ -126,6 +126,10 @@ pub struct RawStore {
     /// over when its claim is released (the `standby` module), instead of
     /// failing at start.
     pub standby: bool,
+    /// Serve `url` together with the other servers that set it too: every
+    /// one answers its own boot network from the same inventory, one of
+    /// them leads the fleet (rollouts, deadlines, reboots, retention).
+    pub shared: bool,
 }
 
 /// `[boot]`: who may act for a machine on the boot path, and for how long a
@@ -446,6 +450,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// `[store] standby`: wait for the server serving `store_url`.
     pub store_standby: bool,
+    /// `[store] shared`: serve `store_url` together with other servers.
+    pub store_shared: bool,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -683,6 +689,18 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             "needs store.url: a standby waits on a PostgreSQL database another server serves from",
         ));
     }
+    if raw.store.shared && raw.store.url.is_none() {
+        return Err(invalid(
+            "store.shared",
+            "needs store.url: servers share a PostgreSQL database (SQLite has one server)",
+        ));
+    }
+    if raw.store.shared && raw.store.standby {
+        return Err(invalid(
+            "store.shared",
+            "a shared server serves at once; leave out store.standby (a standby waits for one server)",
+        ));
+    }
     if let Some(name) = &raw.server_name {
         check_server_name(name).map_err(|m| invalid("server_name", m))?;
     }
@@ -691,6 +709,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         host_name: host_name(),
         store_url: raw.store.url.clone(),
         store_standby: raw.store.standby,
+        store_shared: raw.store.shared,
         rollout,
         bmc,
         nbd,
@@ -1378,6 +1397,11 @@ mod tests {
             ("server_name = \"a b\"", "server_name"),
             ("server_name = \"\"", "server_name"),
             ("[store]\nstandby = true", "store.standby"),
+            ("[store]\nshared = true", "store.shared"),
+            (
+                "[store]\nurl = \"postgres://x/y\"\nshared = true\nstandby = true",
+                "store.shared",
+            ),
             (
                 "[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\nartifacts = \"ftp://x\"",
                 "dhcp.subnet[0].artifacts",

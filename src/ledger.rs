@@ -30,6 +30,9 @@ pub enum Record {
     /// A rollout or watchdog transition from the boot path or the clock:
     /// its rows and effects, written in one transaction.
     Rollout(crate::domain::fleet_rows::Persist),
+    /// What a server that does not lead the fleet saw, for the leader
+    /// (`[store] shared`): into the inbox with the boot it concerns.
+    Inbox(crate::domain::fleet_rows::Inboxed),
     /// What a boot read of its root image over NBD, or a verification
     /// failure its machine reported: added to the boot's counts.
     RootRead(RootRead),

@@ -16,6 +16,9 @@
 //!
 //! Invariant: nothing here serves, and the only row written is this
 //! server's own (see [`crate::store::standby`]).
+//!
+//! The copying also serves servers sharing a database (`[store] shared`,
+//! [`copy_from_peers`]): each keeps a copy of what the others imported.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -140,37 +143,83 @@ async fn beat_once(view: &Store, me: &Me, registered: bool) -> bool {
     }
 }
 
-/// One round of copying: every artifact of every generation the database
-/// holds, from the live primary, then the manifests whose artifacts are
-/// all here.
+/// One round of copying for a standby: from the live primary.
 async fn copy_round(view: Store, me: String, images: Arc<ImageStore>) {
-    let Some((primary, http)) = view.live_primary(&me, now_ms()).await.ok().flatten() else {
+    let Some(primary) = view.live_primary(&me, now_ms()).await.ok().flatten() else {
         debug!("no live primary to copy artifacts from");
         return;
     };
-    let manifests = match wanted(&view).await {
+    copy_from(&view, &[primary], &images).await;
+}
+
+/// With `[store] shared`: keeps this server's image store a copy of its
+/// peers' (every live server sharing the database), every
+/// [`MIRROR_EVERY`] and at once when `nudge` says generations changed,
+/// so each server serves the artifacts of a generation imported through
+/// another within seconds.
+pub async fn copy_from_peers(
+    store: Store,
+    me: String,
+    images: Arc<ImageStore>,
+    nudge: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let mut tick = tokio::time::interval(MIRROR_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+            _ = nudge.notified() => {}
+        }
+        let peers = match store.live_peers(&me, now_ms()).await {
+            Ok(p) => p,
+            Err(e) => {
+                debug!(error = %e, "peers not read; copying later");
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = copy_from(&store, &peers, &images) => {}
+        }
+    }
+}
+
+/// Copies every artifact of every generation the database holds that
+/// this server lacks, trying `sources` (id, HTTP base) in turn for what
+/// the one before could not give, then stores the manifests whose
+/// artifacts are all here.
+async fn copy_from(view: &Store, sources: &[(String, String)], images: &Arc<ImageStore>) {
+    let manifests = match wanted(view).await {
         Ok(m) => m,
         Err(e) => {
             debug!(error = %e, "generations not read; copying later");
             return;
         }
     };
-    let artifacts: Vec<ArtifactRef> = manifests
+    let mut artifacts: Vec<ArtifactRef> = manifests
         .iter()
         .flat_map(|m| m.artifacts().cloned())
         .collect();
-    let mirror = match Mirror::new(&http, images.clone(), MIRROR_TIMEOUT) {
-        Ok(m) => m,
-        Err(e) => {
-            warn!(%primary, %http, error = %e, "the primary's HTTP address cannot be copied from");
-            return;
+    for (source, http) in sources {
+        if artifacts.is_empty() {
+            break;
         }
-    };
-    let report = mirror.fill(&artifacts).await;
-    if report.fetched > 0 || !report.failed.is_empty() {
-        info!(%primary, fetched = report.fetched, bytes = report.bytes,
-              present = report.present, failed = report.failed.len(),
-              "standby copied artifacts from the primary");
+        let mirror = match Mirror::new(http, images.clone(), MIRROR_TIMEOUT) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(%source, %http, error = %e, "this server's HTTP address cannot be copied from");
+                continue;
+            }
+        };
+        let report = mirror.fill(&artifacts).await;
+        if report.fetched > 0 || !report.failed.is_empty() {
+            info!(%source, fetched = report.fetched, bytes = report.bytes,
+                  present = report.present, failed = report.failed.len(),
+                  "copied artifacts from another server");
+        }
+        artifacts.retain(|a| report.failed.iter().any(|(d, _)| *d == a.digest));
     }
     for m in &manifests {
         if let Err(e) = images.put_manifest(m).await {

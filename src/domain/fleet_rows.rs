@@ -58,3 +58,14 @@ impl Persist {
             && self.pointers.is_empty()
     }
 }
+
+/// An event a server that does not lead the fleet saw (a boot served, a
+/// confirmation, a reported failure), handed to the leader through the
+/// store's inbox (`store::inbox`): `kind` names it, `body` is its JSON.
+#[derive(Debug, Clone)]
+pub struct Inboxed {
+    pub server: String,
+    pub kind: &'static str,
+    pub body: String,
+    pub at_ms: i64,
+}

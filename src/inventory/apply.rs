@@ -157,6 +157,9 @@ impl Inventory {
             .map(|c| c.text.clone())
             .collect();
         let writes = self.writes_of(changes)?;
+        if !writes.rollouts.is_empty() {
+            self.must_lead().await?;
+        }
         let listed: Vec<MacAddr> = writes.machines.iter().map(|(m, _)| *m).collect();
         let known = self.store.known_macs().await?;
         self.load_listed(&listed, &known).await?;

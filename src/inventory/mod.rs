@@ -14,12 +14,13 @@ mod forget;
 mod groups;
 mod load;
 mod rollouts;
+mod shared;
 
 pub use rollouts::RolloutCommandError;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::boot::identity::{IdentityMatch, SwitchPort};
@@ -68,7 +69,17 @@ pub struct Inventory {
     store: Store,
     ledger: Ledger,
     state: RwLock<State>,
-    next_boot: AtomicI64,
+    /// Where boot ids come from (a counter, or ranges when shared).
+    ids: shared::BootIds,
+    /// This server's id (`servers`), on what it hands the leader.
+    server: String,
+    /// Hostnames of DHCP reservations (config, not the database): put back
+    /// after a reload.
+    reserved: std::sync::Mutex<Vec<(MacAddr, String)>>,
+    /// Group pointer moves the boot path or the clock queued for the
+    /// writer and a reload must apply again until they are committed
+    /// (`shared::reload`).
+    unsaved_pointers: std::sync::Mutex<Vec<crate::rollout::engine::PointerMove>>,
     /// What DHCP knows of each client: the switch port a boot came
     /// through (relay identity) and the firmware architecture a script
     /// request that does not name its own is taken to have.
@@ -97,7 +108,10 @@ impl Inventory {
             store,
             ledger,
             state: RwLock::new(state),
-            next_boot: AtomicI64::new(max_boot + 1),
+            ids: shared::BootIds::Counter(AtomicI64::new(max_boot + 1)),
+            server: String::new(),
+            reserved: Default::default(),
+            unsaved_pointers: Default::default(),
             clients: Clients::empty(),
             reboots: OnceLock::new(),
             token_ttl_ms: DEFAULT_TOKEN_TTL.as_millis() as i64,
@@ -111,6 +125,10 @@ impl Inventory {
         self
     }
 
+    fn reserved_names(&self) -> Vec<(MacAddr, String)> {
+        self.reserved.lock().expect("reservations lock").clone()
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         self.state.read().expect("inventory lock")
     }
@@ -122,6 +140,10 @@ impl Inventory {
     /// A DHCP reservation's hostname is the machine's name: templates see
     /// it (meta-data `local-hostname`) before the machine ever booted.
     pub fn apply_reservations(&self, reservations: &[crate::config::Reservation]) {
+        *self.reserved.lock().expect("reservations lock") = reservations
+            .iter()
+            .filter_map(|r| Some((r.mac, r.hostname.clone()?)))
+            .collect();
         let mut state = self.write();
         for r in reservations {
             if let Some(name) = &r.hostname {
@@ -232,7 +254,7 @@ impl Inventory {
         let now = now_ms();
         let token = new_secret();
         let hash = token_hash(&token);
-        let id = self.next_boot.fetch_add(1, Ordering::Relaxed);
+        let id = self.ids.take(&self.store);
         let (port, with_arch) = self.with_dhcp_facts(mac, req);
         let req = with_arch.as_ref().unwrap_or(req);
         let mut state = self.write();
@@ -251,7 +273,9 @@ impl Inventory {
         }
         // Rollouts and the watchdog have their say; the previous boot, if
         // it never confirmed (and this request does not carry it on), is
-        // counted as failed first.
+        // counted as failed first. A member of a shared database only asks
+        // (see `shared`): the leader is told and decides.
+        let leads = self.leads();
         let (target, fleet) = state.rollouts.boot(
             mac,
             &machine.group,
@@ -260,7 +284,15 @@ impl Inventory {
             id,
             now,
         );
-        self.apply_pointers(&mut state, &fleet.persist.pointers);
+        if leads {
+            self.apply_pointers(&mut state, &fleet.persist.pointers);
+        }
+        let seen = (!leads).then(|| shared::Seen::Boot {
+            mac,
+            served: target.clone(),
+            id,
+            carries_on: stage == Stage::CarriesOn,
+        });
         let generation = state.generation_for(&target);
         let boot = Boot {
             id,
@@ -291,7 +323,17 @@ impl Inventory {
             generation.as_deref(),
             now,
         )));
-        self.after_fleet(fleet, false);
+        match seen {
+            None => self.after_fleet(fleet, false),
+            Some(seen) => {
+                // The decision's notes are this server's to tell; its
+                // rows are the leader's to write.
+                for n in fleet.notes {
+                    self.ledger.event(n.mac, None, n.step, n.detail, None);
+                }
+                self.hand_over(seen, now);
+            }
+        }
         BootPlan {
             boot_id: id,
             token,
@@ -603,6 +645,27 @@ impl Inventory {
             .await?
         {
             return Err(InventoryError::AlreadyConfirmed(boot.id));
+        }
+        if !self.leads() {
+            // A member: the leader's engine sees it, from the inbox row
+            // committed with the confirmation.
+            let seen = shared::Seen::Confirmed {
+                mac: boot.mac,
+                generation: generation.clone(),
+                fields: fields.clone(),
+            };
+            tx.push_fleet_event(&seen.inboxed(&self.server, now))
+                .await?;
+            tx.commit().await?;
+            let mut state = self.write();
+            if let Some(b) = state.boots.get_mut(&hash) {
+                b.confirmed = true;
+            }
+            if let Some(m) = state.machines.get_mut(&boot.mac) {
+                m.current = Some(generation.clone());
+                m.last_good = Some(generation.clone());
+            }
+            return Ok((boot, generation));
         }
         // The watchdog and any rollout that moved the machine see it, in
         // the same transaction, on a copy of the fleet shown only once

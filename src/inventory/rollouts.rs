@@ -28,6 +28,10 @@ pub enum RolloutCommandError {
     NoSuchGroup(String),
     #[error("{0}")]
     NoStartingPoint(String),
+    /// Several servers share the database and another one leads the fleet:
+    /// rollout commands go to it (`leader`: its HTTP base URL, if it beats).
+    #[error("this server does not lead the fleet; send rollout commands to {}", .leader.as_deref().unwrap_or("the leader (none beats right now; one takes over within seconds)"))]
+    NotLeader { leader: Option<String> },
 }
 
 impl From<StoreError> for RolloutCommandError {
@@ -181,7 +185,22 @@ impl Inventory {
     /// Queues rows [`Inventory::show_fleet`] returned.
     pub(super) fn queue_rows(&self, rows: Vec<Persist>) {
         for r in rows.into_iter().filter(|r| !r.is_empty()) {
-            self.ledger.record(Record::Rollout(r));
+            self.queue_persist(r);
+        }
+    }
+
+    /// Queues one transition's rows; the pointer moves it carries are
+    /// remembered until committed (a reload must not undo them).
+    fn queue_persist(&self, rows: Persist) {
+        let pointers = rows.pointers.clone();
+        self.ledger.record(Record::Rollout(rows));
+        if !pointers.is_empty() && self.store.is_shared() {
+            // After the record: a reload that flushed the ledger before
+            // this line may show the move twice, never lose it.
+            self.unsaved_pointers
+                .lock()
+                .expect("unsaved pointers lock")
+                .extend(pointers);
         }
     }
 
@@ -189,7 +208,7 @@ impl Inventory {
     /// rows unless the caller already wrote them.
     pub(super) fn after_fleet(&self, out: Outcome, written: bool) {
         if !written && !out.persist.is_empty() {
-            self.ledger.record(Record::Rollout(out.persist));
+            self.queue_persist(out.persist);
         }
         for n in out.notes {
             self.ledger.event(n.mac, None, n.step, n.detail, None);
@@ -239,6 +258,15 @@ impl Inventory {
         if boot.confirmed {
             return Err(InventoryError::AlreadyConfirmed(boot.id));
         }
+        if !self.leads() {
+            let seen = super::shared::Seen::Failed {
+                mac: boot.mac,
+                id: boot.id,
+                reason,
+            };
+            self.hand_over(seen, now_ms());
+            return Ok(boot);
+        }
         let out = {
             let mut state = self.write();
             let out = state
@@ -253,6 +281,9 @@ impl Inventory {
 
     /// The clock: watchdog timeouts and rollout gates.
     pub fn tick_rollouts(&self, now_ms: i64) {
+        if !self.leads() {
+            return;
+        }
         let out = {
             let mut state = self.write();
             let out = state.rollouts.tick(now_ms);
@@ -274,6 +305,7 @@ impl Inventory {
         &self,
         f: impl Fn(&mut Rollouts, i64) -> Result<(T, Outcome), FleetError>,
     ) -> Result<T, RolloutCommandError> {
+        self.must_lead().await?;
         // Rows the boot path queued are committed first (the one-rollout-
         // per-group index must see a finished rollout as finished).
         self.settle().await;
@@ -297,6 +329,20 @@ impl Inventory {
         self.after_fleet(out, true);
         self.queue_rows(late);
         Ok(value)
+    }
+
+    /// Refuses a fleet command on a server that does not lead the fleet,
+    /// naming the one that does.
+    pub(super) async fn must_lead(&self) -> Result<(), RolloutCommandError> {
+        if self.leads() {
+            return Ok(());
+        }
+        let leader = self
+            .store
+            .live_leader(now_ms())
+            .await?
+            .map(|(_, http)| http);
+        Err(RolloutCommandError::NotLeader { leader })
     }
 
     /// Starts a rollout of `req.group` to `req.to` from the generation the

@@ -301,16 +301,7 @@ impl Rollouts {
     ) -> (Target, Outcome) {
         let mut out = Outcome::default();
         out.persist.at_ms = now_ms;
-        let policy = self.policy;
-        let failure = self
-            .health
-            .entry(mac)
-            .or_default()
-            .netbooted(&policy, now_ms);
-        if let Some((failure, failed_boot)) = failure {
-            self.failed(mac, failure, failed_boot, Some(mac), now_ms, &mut out);
-        }
-
+        self.netbooted(mac, now_ms, &mut out);
         let mut target = base;
         if let Target::Boot {
             generation,
@@ -360,14 +351,53 @@ impl Rollouts {
                 ),
             }
         }
-        if let Target::Boot { generation, .. } = &target {
+        self.open(mac, &target, boot_id, now_ms, &mut out);
+        (target, out)
+    }
+
+    /// A boot another server decided and served (`[store] shared`: the
+    /// leader hears of it from the inbox): the machine's previous boot
+    /// counts as failed if it never confirmed, and this one is open with
+    /// what was `served`. Decides nothing: the server that served it
+    /// asked [`Rollouts::boot`] on its copy of the fleet.
+    pub fn served(&mut self, mac: MacAddr, served: &Target, boot_id: i64, now_ms: i64) -> Outcome {
+        let mut out = Outcome::default();
+        out.persist.at_ms = now_ms;
+        self.netbooted(mac, now_ms, &mut out);
+        self.open(mac, served, boot_id, now_ms, &mut out);
+        out
+    }
+
+    /// A machine network-booted: its previous boot, if it never confirmed
+    /// (and was not carried on), failed.
+    fn netbooted(&mut self, mac: MacAddr, now_ms: i64, out: &mut Outcome) {
+        let policy = self.policy;
+        let failure = self
+            .health
+            .entry(mac)
+            .or_default()
+            .netbooted(&policy, now_ms);
+        if let Some((failure, failed_boot)) = failure {
+            self.failed(mac, failure, failed_boot, Some(mac), now_ms, out);
+        }
+    }
+
+    /// Opens boot `boot_id` of `target`'s generation, for the watchdog.
+    fn open(
+        &mut self,
+        mac: MacAddr,
+        target: &Target,
+        boot_id: i64,
+        now_ms: i64,
+        out: &mut Outcome,
+    ) {
+        if let Target::Boot { generation, .. } = target {
             self.health
                 .entry(mac)
                 .or_default()
                 .open(generation, Some(boot_id), now_ms);
         }
-        self.save_health(mac, now_ms, &mut out);
-        (target, out)
+        self.save_health(mac, now_ms, out);
     }
 
     /// A failed boot: recorded, counted by the watchdog (already done by

@@ -66,10 +66,12 @@ pub mod checkpoint;
 pub mod generations;
 pub mod groups;
 pub mod history;
+pub mod inbox;
 pub mod machines;
 pub mod retention;
 pub mod rollouts;
 pub mod servers;
+pub mod shared;
 pub mod standby;
 pub mod tokens;
 pub mod tx;
@@ -101,9 +103,15 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(
         "another ironboot server serves from this PostgreSQL database; set `[store] standby = true` \
-         to run this one as its standby (it takes over when that server stops)"
+         to run this one as its standby (it takes over when that server stops), or `[store] shared = true` \
+         on every server to serve it together"
     )]
     InUse,
+    #[error(
+        "a server that serves this PostgreSQL database alone holds it; stop it, or set \
+         `[store] shared = true` on every server of the database"
+    )]
+    SoloServer,
     #[error("lost this server's claim on the database: {0}")]
     ClaimLost(String),
     #[error("the database did not confirm this server's claim within {0:?}")]
@@ -117,6 +125,9 @@ pub struct Store {
     /// On PostgreSQL, the connection holding [`ONE_SERVER_LOCK`] for as
     /// long as this server runs.
     owner: Option<std::sync::Arc<tokio::sync::Mutex<sqlx::PgConnection>>>,
+    /// With `[store] shared`, whether this server leads the fleet (see
+    /// [`shared`]); `None`: it serves its database alone, and leads.
+    leading: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Held by the one server that serves from a PostgreSQL database: each
@@ -226,6 +237,17 @@ async fn postgres_pool(url: &str) -> Result<PgPool, StoreError> {
         .await?)
 }
 
+/// [`postgres_pool`] whose connections tell the database `name` (their
+/// application_name).
+async fn postgres_pool_as(url: &str, name: &str) -> Result<PgPool, StoreError> {
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name(name);
+    Ok(PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?)
+}
+
 /// A DHCPv6 lease row: address, MAC, state, expiry, IAID.
 type Lease6Row = (String, Option<String>, String, i64, Option<i64>);
 
@@ -287,6 +309,7 @@ impl Store {
         Ok(Some(Self {
             pool: Pool::Postgres(pool),
             owner: Some(std::sync::Arc::new(tokio::sync::Mutex::new(owner))),
+            leading: None,
         }))
     }
 
@@ -360,6 +383,7 @@ impl Store {
         Ok(Self {
             pool: Pool::Sqlite(pool),
             owner: None,
+            leading: None,
         })
     }
 
@@ -567,6 +591,10 @@ mod tests {
             "0017_servers.sql",
             "a57fec211257fe29f0b65c8b25ab5657d84835f5ca77c89d8ffb1ecea5fc759d",
         ),
+        (
+            "0018_shared_fleet.sql",
+            "2561bc0986e0939f1a58c2d7805e724232f54311bb2571965b69fff3b282dcb3",
+        ),
     ];
 
     /// The PostgreSQL migrations, likewise.
@@ -598,6 +626,10 @@ mod tests {
         (
             "0017_servers.sql",
             "a57fec211257fe29f0b65c8b25ab5657d84835f5ca77c89d8ffb1ecea5fc759d",
+        ),
+        (
+            "0018_shared_fleet.sql",
+            "03654c0eb61ccc2031920927dd5472532be479dae2187639f02d55f5fd8144df",
         ),
     ];
 

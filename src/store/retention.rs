@@ -84,6 +84,9 @@ pub async fn run(store: Store, retention: Retention, shutdown: CancellationToken
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        if !store.leads() {
+            continue; // with `[store] shared`, the leader prunes
+        }
         match prune(&store, retention, crate::ledger::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "old events pruned"),

@@ -34,6 +34,12 @@ pub enum ServerRole {
     /// Waits for the primary's claim on the database and takes over when
     /// it is released; serves nothing until then.
     Standby,
+    /// One of several servers sharing the database (`[store] shared`)
+    /// that leads the fleet: rollouts, deadlines, reboots, retention.
+    Leader,
+    /// One of several servers sharing the database that serves its boot
+    /// networks and hands what it saw to the leader (its `peer`).
+    Member,
 }
 
 impl ServerRole {
@@ -41,6 +47,8 @@ impl ServerRole {
         match self {
             ServerRole::Primary => "primary",
             ServerRole::Standby => "standby",
+            ServerRole::Leader => "leader",
+            ServerRole::Member => "member",
         }
     }
 }
@@ -157,6 +165,17 @@ impl Store {
                      ORDER BY p.heartbeat_ms DESC LIMIT 1)
                  WHERE id = $2 AND stopped_ms IS NULL"
             }
+            ServerRole::Member => {
+                "UPDATE servers SET heartbeat_ms = $1, role = 'member', peer = (
+                     SELECT p.id FROM servers p WHERE p.role = 'leader' AND p.id <> $2
+                         AND p.stopped_ms IS NULL AND p.heartbeat_ms >= $1 - $3
+                     ORDER BY p.heartbeat_ms DESC LIMIT 1)
+                 WHERE id = $2 AND stopped_ms IS NULL"
+            }
+            ServerRole::Leader => {
+                "UPDATE servers SET heartbeat_ms = $1, role = 'leader', peer = NULL
+                 WHERE id = $2 AND stopped_ms IS NULL AND $3 > 0"
+            }
             ServerRole::Primary => {
                 "UPDATE servers SET heartbeat_ms = $1, peer = (
                      SELECT s.id FROM servers s WHERE s.role = 'standby' AND s.peer = $2
@@ -188,6 +207,39 @@ impl Store {
              ORDER BY heartbeat_ms DESC LIMIT 1",
         )
         .bind(me)
+        .bind(now_ms)
+        .bind(GONE_AFTER_MS)
+        .fetch_optional(db)
+        .await)?)
+    }
+
+    /// Every other live server of a shared database (`[store] shared`),
+    /// the leader first: id and HTTP base URL.
+    pub async fn live_peers(
+        &self,
+        me: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(
+            "SELECT id, http FROM servers WHERE role IN ('leader', 'member') AND id <> $1
+                 AND stopped_ms IS NULL AND heartbeat_ms >= $2 - $3
+             ORDER BY CASE WHEN role = 'leader' THEN 0 ELSE 1 END, id",
+        )
+        .bind(me)
+        .bind(now_ms)
+        .bind(GONE_AFTER_MS)
+        .fetch_all(db)
+        .await)?)
+    }
+
+    /// The server leading the fleet of a shared database, if one beats:
+    /// its id and HTTP base URL (where fleet commands go).
+    pub async fn live_leader(&self, now_ms: i64) -> Result<Option<(String, String)>, StoreError> {
+        Ok(on_pool!(&self.pool, db => sqlx::query_as(
+            "SELECT id, http FROM servers WHERE role = 'leader'
+                 AND stopped_ms IS NULL AND heartbeat_ms >= $1 - $2
+             ORDER BY heartbeat_ms DESC LIMIT 1",
+        )
         .bind(now_ms)
         .bind(GONE_AFTER_MS)
         .fetch_optional(db)

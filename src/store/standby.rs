@@ -30,6 +30,7 @@ impl Standby {
         Store {
             pool: Pool::Postgres(self.pool.clone()),
             owner: None,
+            leading: None,
         }
     }
 

@@ -250,6 +250,7 @@ fn kind(record: &Record) -> &'static str {
         Record::Lease(_) => "lease",
         Record::BootStarted(_) => "boot",
         Record::Rollout(_) => "rollout",
+        Record::Inbox(_) => "inbox",
         Record::RootRead(_) => "root read",
         Record::Flush(_) => "flush",
         Record::Promise(_) => "promise",
@@ -280,6 +281,7 @@ async fn write_all(conn: &mut Conn<'_>, batch: &[Record]) -> Result<(), sqlx::Er
             Record::Event(e) => events.push(e),
             Record::BootStarted(b) => insert_boot(conn, b).await?,
             Record::Rollout(p) => crate::store::rollouts::write(conn, p).await?,
+            Record::Inbox(e) => crate::store::inbox::push(conn, e).await?,
             Record::RootRead(r) => add_root_read(conn, r).await?,
             Record::MachineSeen(_) | Record::Lease(_) | Record::Flush(_) | Record::Promise(_) => {}
         }

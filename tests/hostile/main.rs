@@ -12,6 +12,7 @@ mod dhcp6;
 mod durability;
 mod fetch;
 mod rollout;
+mod shared;
 mod standby;
 mod uki;
 
@@ -32,7 +33,18 @@ mod process {
                     .arg(config)
                     .env_remove("IRONBOOT_E2E")
                     .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
+                    .stderr(match std::env::var_os("IRONBOOT_TEST_SERVER_LOG") {
+                        // A file per server, for a failing test's story.
+                        Some(dir) => {
+                            std::fs::File::create(std::path::Path::new(&dir).join(format!(
+                                "server-{}.log",
+                                config.display().to_string().replace('/', "_")
+                            )))
+                            .unwrap()
+                            .into()
+                        }
+                        None => std::process::Stdio::null(),
+                    })
                     .spawn()
                     .unwrap(),
             )

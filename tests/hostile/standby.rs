@@ -23,20 +23,25 @@ use crate::process::{free_port, Server};
 const RELAY: Ipv4Addr = Ipv4Addr::new(127, 1, 0, 1);
 
 /// Machines with declared addresses, so their requests are bound to them.
-const MACHINES: [(&str, &str); 3] = [
+pub(crate) const MACHINES: [(&str, &str); 3] = [
     ("52:54:00:00:16:01", "127.1.0.71"),
     ("52:54:00:00:16:02", "127.1.0.72"),
     ("52:54:00:00:16:03", "127.1.0.73"),
 ];
 
 /// One server of the pair: its settings file, HTTP base and DHCP address.
-struct Node {
-    config: PathBuf,
-    base: String,
-    dhcp: SocketAddr,
+pub(crate) struct Node {
+    pub(crate) config: PathBuf,
+    pub(crate) base: String,
+    pub(crate) dhcp: SocketAddr,
 }
 
 fn node(dir: &Path, name: &str, store_url: &str) -> Node {
+    node_as(dir, name, store_url, "standby = true")
+}
+
+/// A server on `store_url` with `mode` in its `[store]` section.
+pub(crate) fn node_as(dir: &Path, name: &str, store_url: &str, mode: &str) -> Node {
     let (http, dhcp) = (free_port(), free_port());
     let reservations: String = MACHINES
         .iter()
@@ -59,7 +64,7 @@ fn node(dir: &Path, name: &str, store_url: &str) -> Node {
         );
     assert!(text.contains(&format!(":{dhcp}\"")), "{text}");
     let text = format!(
-        "server_name = \"{name}\"\n{text}\n{reservations}\n[store]\nurl = \"{store_url}\"\nstandby = true\n"
+        "server_name = \"{name}\"\n{text}\n{reservations}\n[store]\nurl = \"{store_url}\"\n{mode}\n"
     );
     let config = dir.join("ironboot.toml");
     std::fs::write(&config, text).unwrap();
@@ -70,20 +75,20 @@ fn node(dir: &Path, name: &str, store_url: &str) -> Node {
     }
 }
 
-async fn servers(api: &Api) -> Vec<Value> {
+pub(crate) async fn servers(api: &Api) -> Vec<Value> {
     api.ok(Method::GET, "/api/v1/servers", None).await["servers"]
         .as_array()
         .unwrap()
         .clone()
 }
 
-fn row<'a>(rows: &'a [Value], id: &str) -> Option<&'a Value> {
+pub(crate) fn row<'a>(rows: &'a [Value], id: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["id"] == id)
 }
 
 /// One network boot of `mac` from its own address through `base`, and
 /// its confirmation with the checks passed: the confirmation's status.
-async fn boot_and_confirm(base: &str, mac: &str, ip: &str) -> Option<u16> {
+pub(crate) async fn boot_and_confirm(base: &str, mac: &str, ip: &str) -> Option<u16> {
     let machine = client(ip.parse().unwrap());
     let token = fleet::token_in(&fleet::script(&machine, base, mac).await)?;
     Some(

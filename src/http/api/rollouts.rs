@@ -263,6 +263,9 @@ impl From<RolloutCommandError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "no_such_group", e.to_string())
             }
             RolloutCommandError::NoStartingPoint(m) => conflict(m),
+            RolloutCommandError::NotLeader { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_leader", e.to_string())
+            }
             RolloutCommandError::Fleet(f) => match &f {
                 FleetError::NoSuchRollout(_) => {
                     ApiError::new(StatusCode::NOT_FOUND, "no_such_rollout", f.to_string())
