@@ -919,13 +919,15 @@ fn spawn_clock_tasks(
             generations.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(crate::standby::copy_from_peers(
-            core.store.clone(),
-            core.server_id.clone(),
-            core.images.clone(),
-            generations,
-            shutdown.clone(),
-        ));
+        if config.store_copy_images {
+            tasks.spawn(crate::standby::copy_from_peers(
+                core.store.clone(),
+                core.server_id.clone(),
+                core.images.clone(),
+                generations,
+                shutdown.clone(),
+            ));
+        }
         // The inbox is also read on the clock: a notification lost while
         // the leader took over is not an event lost.
         let inventory = core.inventory.clone();

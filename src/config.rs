@@ -130,6 +130,11 @@ pub struct RawStore {
     /// one answers its own boot network from the same inventory, one of
     /// them leads the fleet (rollouts, deadlines, reboots, retention).
     pub shared: bool,
+    /// With `shared`: keep a copy of every artifact the other servers
+    /// imported (the default). Off for a satellite whose machines fetch
+    /// artifacts from a rack cache (`dhcp.subnet[].artifacts`): its disk
+    /// then holds what it imported itself, nothing more.
+    pub copy_images: Option<bool>,
 }
 
 /// `[boot]`: who may act for a machine on the boot path, and for how long a
@@ -452,6 +457,8 @@ pub struct Config {
     pub store_standby: bool,
     /// `[store] shared`: serve `store_url` together with other servers.
     pub store_shared: bool,
+    /// `[store] copy_images`: with `shared`, copy the others' artifacts.
+    pub store_copy_images: bool,
     /// Where the values came from, for the start-up banner.
     pub source: String,
 }
@@ -695,6 +702,12 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
             "needs store.url: servers share a PostgreSQL database (SQLite has one server)",
         ));
     }
+    if raw.store.copy_images.is_some() && !raw.store.shared {
+        return Err(invalid(
+            "store.copy_images",
+            "only means something with store.shared = true (a standby always copies; one server has nothing to copy)",
+        ));
+    }
     if raw.store.shared && raw.store.standby {
         return Err(invalid(
             "store.shared",
@@ -710,6 +723,7 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
         store_url: raw.store.url.clone(),
         store_standby: raw.store.standby,
         store_shared: raw.store.shared,
+        store_copy_images: raw.store.copy_images.unwrap_or(true),
         rollout,
         bmc,
         nbd,
@@ -1398,6 +1412,7 @@ mod tests {
             ("server_name = \"\"", "server_name"),
             ("[store]\nstandby = true", "store.standby"),
             ("[store]\nshared = true", "store.shared"),
+            ("[store]\ncopy_images = false", "store.copy_images"),
             (
                 "[store]\nurl = \"postgres://x/y\"\nshared = true\nstandby = true",
                 "store.shared",

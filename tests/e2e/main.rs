@@ -24,3 +24,4 @@ mod proxy;
 mod rollout;
 mod satellite;
 mod secureboot;
+mod shared;
