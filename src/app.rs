@@ -335,7 +335,9 @@ async fn open_store(
 ) -> Result<Option<Store>, AppError> {
     if let (Some(url), true) = (&config.store_url, config.store_shared) {
         crate::store::private_dir(&config.data_dir).map_err(AppError::Setup)?;
-        return Ok(Some(Store::open_shared(url).await?));
+        return Ok(Some(
+            Store::open_shared(url, config.server_name.as_deref()).await?,
+        ));
     }
     let url = match (&config.store_url, config.store_standby) {
         (Some(url), true) => url,
@@ -415,6 +417,8 @@ struct Core {
     dhcp6: Option<Arc<crate::dhcp6::handler::Dhcp6>>,
     /// This server's row in `servers` (`Config::server_id`).
     server_id: String,
+    /// With `dhcp.peer`: this server's side of the HA pair.
+    pair: Option<Arc<crate::dhcp::pair::Pair>>,
 }
 
 type Reboots = tokio::sync::mpsc::Receiver<crate::rollout::hook::Job>;
@@ -477,16 +481,24 @@ impl Core {
             server_ip: config.server_ip.into(),
             http_port: http_addr.port(),
         };
-        let dhcp = Arc::new(
-            Dhcp::new(
-                config.dhcp.clone(),
-                targets.clone(),
-                clients.clone(),
-                ledger.clone(),
-                metrics.clone(),
-            )
-            .with_loader_settings(inventory.clone()),
-        );
+        let mut dhcp = Dhcp::new(
+            config.dhcp.clone(),
+            targets.clone(),
+            clients.clone(),
+            ledger.clone(),
+            metrics.clone(),
+        )
+        .with_loader_settings(inventory.clone());
+        let pair = match (&config.dhcp.peer, &config.server_name) {
+            (Some(peer), Some(me)) => {
+                clients.pool().split_in_halves();
+                let pair = Arc::new(crate::dhcp::pair::Pair::new(me, peer));
+                dhcp = dhcp.with_pair(pair.clone());
+                Some(pair)
+            }
+            _ => None,
+        };
+        let dhcp = Arc::new(dhcp);
         let server_url = format!("http://{}:{}", config.server_ip, http_addr.port());
         // IPv6 clients are told the IPv6 listener's port (the same as
         // IPv4's unless `dhcp6.http_listen` says otherwise).
@@ -578,6 +590,7 @@ impl Core {
             server_url6,
             dhcp6,
             server_id: config.server_id(http_addr.port()),
+            pair,
         };
         Ok((core, writer, reboots))
     }
@@ -714,7 +727,12 @@ fn every(
 /// shutdown. A failed write is logged and tried again at the next beat:
 /// a database that cannot take it shows elsewhere first, and the boot path
 /// does not depend on it.
-async fn heartbeat(store: Store, id: String, shutdown: CancellationToken) -> std::io::Result<()> {
+async fn heartbeat(
+    store: Store,
+    id: String,
+    partner: Option<String>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let mut tick = tokio::time::interval(crate::store::servers::HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -724,6 +742,11 @@ async fn heartbeat(store: Store, id: String, shutdown: CancellationToken) -> std
         }
         if let Err(e) = store.server_heartbeat(&id, role_of(&store), now_ms()).await {
             tracing::warn!(error = %e, id = %id, "server heartbeat not written");
+        }
+        if let Some(partner) = &partner {
+            if let Err(e) = store.set_server_peer(&id, partner).await {
+                tracing::warn!(error = %e, id = %id, "HA partner not written");
+            }
         }
     }
 }
@@ -905,6 +928,15 @@ fn spawn_clock_tasks(
     every(tasks, ROLLOUT_TICK, shutdown, move || {
         inventory.tick_rollouts(now_ms())
     });
+    if let Some(pair) = &core.pair {
+        services.push(format!("HA pair with {}", pair.peer()));
+        tasks.spawn(crate::dhcp::pair::watch(
+            pair.clone(),
+            core.store.clone(),
+            core.clients.clone(),
+            shutdown.clone(),
+        ));
+    }
     if core.store.is_shared() {
         tasks.spawn(lead_when_free(
             core.store.clone(),
@@ -956,6 +988,7 @@ fn spawn_clock_tasks(
     tasks.spawn(heartbeat(
         core.store.clone(),
         core.server_id.clone(),
+        core.pair.as_ref().map(|p| p.peer().to_string()),
         shutdown.clone(),
     ));
     if core.store.backend() == crate::store::Backend::Postgres {

@@ -296,6 +296,11 @@ pub struct RawDhcp {
     /// Machines never booted and never touched by an operator are removed
     /// after this long unseen (`inventory::forget`); "0s" keeps them.
     pub forget_unbooted_after: String,
+    /// The `server_name` of this server's HA partner on the segment
+    /// (`[store] shared`): both answer, each its half of the clients by
+    /// MAC hash, and each takes the other's half while it is gone
+    /// (`dhcp::pair`).
+    pub peer: Option<String>,
 }
 
 impl Default for RawDhcp {
@@ -315,6 +320,7 @@ impl Default for RawDhcp {
             new_clients_per_minute: 1200,
             new_clients_per_minute_total: 6000,
             forget_unbooted_after: "7d".into(),
+            peer: None,
         }
     }
 }
@@ -493,6 +499,8 @@ pub struct DhcpSettings {
     /// Artifact caches by the machines' network (`dhcp.subnet[].artifacts`),
     /// each as a base URL without a trailing slash.
     pub artifact_caches: Vec<(Ipv4Net, String)>,
+    /// `[dhcp] peer`: the HA partner's server name.
+    pub peer: Option<String>,
 }
 
 /// What any client can hold of the HTTP server (`[http]`).
@@ -717,6 +725,23 @@ pub fn validate(raw: RawConfig, source: String) -> Result<Config, ConfigError> {
     if let Some(name) = &raw.server_name {
         check_server_name(name).map_err(|m| invalid("server_name", m))?;
     }
+    if let Some(peer) = &raw.dhcp.peer {
+        check_server_name(peer).map_err(|m| invalid("dhcp.peer", m))?;
+        let why = if !raw.store.shared {
+            Some("needs store.shared = true: the pair shares one PostgreSQL database")
+        } else if raw.dhcp.mode != DhcpMode::Full {
+            Some("needs dhcp.mode = \"full\": the pair splits the addresses it gives out")
+        } else if raw.server_name.is_none() {
+            Some("needs server_name: each server of the pair knows the other by it")
+        } else if raw.server_name.as_ref() == Some(peer) {
+            Some("names this server itself")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(invalid("dhcp.peer", why));
+        }
+    }
     Ok(Config {
         server_name: raw.server_name.clone(),
         host_name: host_name(),
@@ -898,6 +923,7 @@ fn validate_dhcp(raw: &RawDhcp) -> Result<DhcpSettings, ConfigError> {
         new_clients_per_minute: raw.new_clients_per_minute,
         new_clients_per_minute_total: raw.new_clients_per_minute_total,
         forget_unbooted_after: Some(forget_unbooted_after).filter(|d| !d.is_zero()),
+        peer: raw.peer.clone(),
     })
 }
 
@@ -1413,6 +1439,14 @@ mod tests {
             ("[store]\nstandby = true", "store.standby"),
             ("[store]\nshared = true", "store.shared"),
             ("[store]\ncopy_images = false", "store.copy_images"),
+            (
+                "[dhcp]\nmode = \"full\"\npeer = \"b\"\n[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]",
+                "dhcp.peer",
+            ),
+            (
+                "server_name = \"a\"\n[dhcp]\nmode = \"full\"\npeer = \"a\"\n[[dhcp.subnet]]\nnetwork = \"10.0.0.0/24\"\nrange = [\"10.0.0.2\", \"10.0.0.9\"]\n[store]\nurl = \"postgres://x/y\"\nshared = true",
+                "dhcp.peer",
+            ),
             (
                 "[store]\nurl = \"postgres://x/y\"\nshared = true\nstandby = true",
                 "store.shared",

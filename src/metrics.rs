@@ -43,6 +43,7 @@ counters! {
     dhcp_pool_exhausted: "DISCOVERs left unanswered because the subnet had no free address",
     dhcp_new_clients_limited: "DISCOVERs from never-seen MACs left unanswered over dhcp.new_clients_per_minute (per relay or segment) or dhcp.new_clients_per_minute_total",
     dhcp_send_errors: "DHCP replies that failed to send",
+    dhcp_partner_half: "DHCP requests left to the HA partner (clients of its half, while it is there)",
     ra_sent: "IPv6 router advertisements sent",
     dhcp6_received: "DHCPv6 datagrams received",
     dhcp6_malformed: "DHCPv6 datagrams dropped because they could not be parsed",

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::domain::lease::{Reservation, Subnet};
+use crate::domain::lease::{half_of, Reservation, Subnet};
 use crate::domain::MacAddr;
 
 pub use crate::domain::lease::{Entry, Millis, State};
@@ -44,6 +44,11 @@ pub struct LeaseTable {
     reserved_ips: HashMap<Ipv4Addr, MacAddr>,
     /// Where the next free-address scan starts, per subnet start address.
     cursor: HashMap<Ipv4Addr, u32>,
+    /// Half of an HA pair (`dhcp.peer`): a client gets a new address only
+    /// at an offset from its range's start whose parity is its half
+    /// ([`half_of`]), so the two servers never give one address to two
+    /// clients, whichever of them answers whom.
+    halves: bool,
 }
 
 impl LeaseTable {
@@ -54,6 +59,44 @@ impl LeaseTable {
             table.reserved_ips.insert(r.ip, r.mac);
         }
         table
+    }
+
+    /// Splits new addresses between the halves of an HA pair (see
+    /// `halves`).
+    pub fn split_in_halves(&mut self) {
+        self.halves = true;
+    }
+
+    /// Whether `ip` may be given to `mac` as a new address: in a pair,
+    /// only at an offset of its half's parity.
+    fn in_half(&self, subnet: &Subnet, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        !self.halves
+            || (u32::from(ip).wrapping_sub(u32::from(subnet.range_start)) & 1)
+                == u32::from(half_of(mac))
+    }
+
+    /// The leases the database holds for clients of `half`, over what this
+    /// table held for them: what an HA server reads when it takes over its
+    /// partner's half (the partner's bindings are then this server's to
+    /// renew). Entries of the other half are left as they are.
+    pub fn adopt_half(&mut self, half: u8, entries: Vec<Entry>) -> usize {
+        let mut adopted = 0;
+        for e in entries {
+            let Some(mac) = e.mac else { continue };
+            if half_of(mac) != half {
+                continue;
+            }
+            if let Some(old) = self.by_ip.get(&e.ip) {
+                if old.mac != Some(mac) {
+                    if let Some(other) = old.mac {
+                        self.by_mac.remove(&other);
+                    }
+                }
+            }
+            self.restore(e);
+            adopted += 1;
+        }
+        adopted
     }
 
     /// Restores a persisted lease (bound or declined) at start.
@@ -123,7 +166,7 @@ impl LeaseTable {
     ) -> Result<Ipv4Addr, LeaseError> {
         let ip = match self.choose(subnet, mac, requested, now) {
             Err(LeaseError::Exhausted) => self
-                .oldest_offer(subnet, now, hold)
+                .oldest_offer(subnet, mac, now, hold)
                 .ok_or(LeaseError::Exhausted)?,
             chosen => chosen?,
         };
@@ -158,7 +201,7 @@ impl LeaseTable {
             }
         }
         if let Some(ip) = requested.filter(|ip| in_range(subnet, *ip)) {
-            if self.available_to(ip, mac, now) {
+            if self.available_to(ip, mac, now) && self.in_half(subnet, mac, ip) {
                 return Ok(ip);
             }
         }
@@ -170,11 +213,18 @@ impl LeaseTable {
     /// hold, not a lease, so a flood of DISCOVERs from made-up MACs cannot
     /// starve a real client for the whole offer timeout (a client that
     /// REQUESTs within a few seconds, as real ones do, keeps its offer).
-    fn oldest_offer(&self, subnet: &Subnet, now: Millis, hold: Duration) -> Option<Ipv4Addr> {
+    fn oldest_offer(
+        &self,
+        subnet: &Subnet,
+        mac: MacAddr,
+        now: Millis,
+        hold: Duration,
+    ) -> Option<Ipv4Addr> {
         let hold = hold.as_millis() as i64;
         self.by_ip
             .values()
             .filter(|e| e.state == State::Offered && e.live(now) && in_range(subnet, e.ip))
+            .filter(|e| self.in_half(subnet, mac, e.ip))
             .filter(|e| e.expires_at - hold <= now - MIN_OFFER_HOLD.as_millis() as i64)
             .min_by_key(|e| e.expires_at)
             .map(|e| e.ip)
@@ -190,7 +240,10 @@ impl LeaseTable {
         for step in 0..size {
             let offset = (first + step) % size;
             let ip = Ipv4Addr::from(start + offset);
-            if self.reserved_ips.contains_key(&ip) || Some(ip) == subnet.router {
+            if self.reserved_ips.contains_key(&ip)
+                || Some(ip) == subnet.router
+                || !self.in_half(subnet, mac, ip)
+            {
                 continue;
             }
             match self.by_ip.get(&ip) {
@@ -237,6 +290,11 @@ impl LeaseTable {
             }
         }
         if !self.available_to(ip, mac, now) {
+            return Err(LeaseError::NotYours);
+        }
+        // In a pair, an address of the other half is this client's only if
+        // it already holds it here (a lease restored or adopted).
+        if !reserved_here && self.by_mac.get(&mac) != Some(&ip) && !self.in_half(subnet, mac, ip) {
             return Err(LeaseError::NotYours);
         }
         let expires_at = now + subnet.lease_time.as_millis() as i64;
@@ -393,6 +451,66 @@ mod tests {
     }
 
     const HOLD: Duration = Duration::from_secs(60);
+
+    /// Two servers of an HA pair, each with its own table, never give one
+    /// address to two clients: new addresses follow the client's half,
+    /// whichever server answers it; a partner's bindings adopted at a
+    /// takeover are renewed, not reassigned.
+    #[test]
+    fn the_halves_of_a_pair_never_share_an_address() {
+        use crate::domain::lease::half_of;
+        let s = subnet(10, 250);
+        let (mut a, mut b) = (LeaseTable::new(&[]), LeaseTable::new(&[]));
+        a.split_in_halves();
+        b.split_in_halves();
+        let macs: Vec<MacAddr> = (0..=255)
+            .map(|n| MacAddr([0x52, 0x54, 0, 0, 1, n]))
+            .collect();
+        let halves: Vec<u8> = macs.iter().map(|m| half_of(*m)).collect();
+        let ones = halves.iter().filter(|h| **h == 1).count();
+        assert!(
+            (96..=160).contains(&ones),
+            "a fair split: {ones} of 256 in half 1"
+        );
+        let mut given = std::collections::HashMap::new();
+        // A answers half 0 and B half 1, then (a takeover) B answers both.
+        for (i, m) in macs.iter().take(90).enumerate() {
+            let table = if halves[i] == 0 { &mut a } else { &mut b };
+            let ip = table.offer(&s, *m, None, 0, HOLD).unwrap();
+            table.bind(&s, *m, ip, 1, None).unwrap();
+            let offset = u32::from(ip) - u32::from(s.range_start);
+            assert_eq!(
+                offset & 1,
+                u32::from(halves[i]),
+                "{ip} for half {}",
+                halves[i]
+            );
+            assert!(given.insert(ip, *m).is_none(), "{ip} given twice");
+        }
+        let adopted = b.adopt_half(0, a.entries());
+        assert_eq!(adopted, halves[..90].iter().filter(|h| **h == 0).count());
+        for (i, m) in macs.iter().enumerate().take(90) {
+            if halves[i] == 0 {
+                let ip = b.offer(&s, *m, None, 10, HOLD).unwrap();
+                assert_eq!(given.get(&ip), Some(m), "B renews A's binding of {m}");
+            }
+        }
+        for m in macs.iter().skip(90).take(10) {
+            let ip = b.offer(&s, *m, None, 10, HOLD).unwrap();
+            assert!(given.insert(ip, *m).is_none(), "{ip} given twice");
+        }
+        // A client may not ask for an address of the other half it does
+        // not hold.
+        let (m0, m1) = (
+            macs[halves.iter().position(|h| *h == 0).unwrap()],
+            macs[halves.iter().position(|h| *h == 1).unwrap()],
+        );
+        let mut c = LeaseTable::new(&[]);
+        c.split_in_halves();
+        let odd = Ipv4Addr::new(10, 77, 0, 11);
+        assert_eq!(c.bind(&s, m0, odd, 0, None), Err(LeaseError::NotYours));
+        assert!(c.bind(&s, m1, odd, 0, None).is_ok());
+    }
 
     #[test]
     fn concurrent_discovers_get_distinct_addresses() {

@@ -82,6 +82,8 @@ pub struct Dhcp {
     /// group's variable `loader`); without it every architecture gets its
     /// default loader.
     loaders: Option<Arc<dyn loader::SettingsSource>>,
+    /// With `dhcp.peer`: this server's side of the HA pair.
+    pair: Option<Arc<super::pair::Pair>>,
     ledger: Ledger,
     metrics: Arc<Metrics>,
 }
@@ -104,9 +106,17 @@ impl Dhcp {
             targets,
             clients,
             loaders: None,
+            pair: None,
             ledger,
             metrics,
         }
+    }
+
+    /// One side of an HA pair: answers its half of the clients (and the
+    /// partner's while it is gone).
+    pub fn with_pair(mut self, pair: Arc<super::pair::Pair>) -> Self {
+        self.pair = Some(pair);
+        self
     }
 
     /// Lets machine and group settings choose the loader (see
@@ -172,6 +182,12 @@ impl Dhcp {
         let kind = facts.kind();
         let span = tracing::debug_span!("dhcp", mac = %req.mac, xid = format_args!("{:#010x}", req.xid()), kind = kind.name());
         let _enter = span.enter();
+        if self.pair.as_ref().is_some_and(|p| !p.answers(req.mac)) {
+            Metrics::inc(&self.metrics.dhcp_partner_half);
+            Metrics::inc(&self.metrics.dhcp_ignored);
+            debug!("a client of the HA partner's half: left to it");
+            return None;
+        }
         if req.msg_type == MessageType::Discover && !self.admits(&req, inc, now) {
             Metrics::inc(&self.metrics.dhcp_new_clients_limited);
             Metrics::inc(&self.metrics.dhcp_ignored);

@@ -11,6 +11,7 @@ pub mod classify;
 pub mod handler;
 pub mod newcomers;
 pub mod packet;
+pub mod pair;
 pub mod ra;
 pub mod reply;
 pub mod server;

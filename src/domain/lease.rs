@@ -97,3 +97,18 @@ pub struct Reservation6 {
     pub mac: MacAddr,
     pub ip: std::net::Ipv6Addr,
 }
+
+/// Which half of an HA pair's clients `mac` is in (0 or 1): FNV-1a over
+/// the six bytes, so both servers of a pair (and every version of them)
+/// agree. The half also decides the addresses a new client of it may get
+/// (`clients::leases`): offsets from the range start of its parity.
+pub fn half_of(mac: MacAddr) -> u8 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in mac.0 {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    // The top bit: FNV's low bits mix little (the last one is the parity
+    // of the bytes' low bits).
+    (hash >> 31) as u8
+}

@@ -112,6 +112,8 @@ pub enum StoreError {
          `[store] shared = true` on every server of the database"
     )]
     SoloServer,
+    #[error("a server named {0} already serves from this database; give each server its own server_name")]
+    NameInUse(String),
     #[error("lost this server's claim on the database: {0}")]
     ClaimLost(String),
     #[error("the database did not confirm this server's claim within {0:?}")]

@@ -213,6 +213,18 @@ impl Store {
         .await)?)
     }
 
+    /// Names `peer` as this server's partner (an HA pair: the partner
+    /// rather than the leader).
+    pub async fn set_server_peer(&self, id: &str, peer: &str) -> Result<(), StoreError> {
+        on_pool!(&self.pool, db => sqlx::query("UPDATE servers SET peer = $1 WHERE id = $2")
+            .bind(peer)
+            .bind(id)
+            .execute(db)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
     /// Every other live server of a shared database (`[store] shared`),
     /// the leader first: id and HTTP base URL.
     pub async fn live_peers(

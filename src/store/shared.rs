@@ -22,6 +22,10 @@ use super::{Pool, Store, StoreError, CLAIM_KEEPALIVE, ONE_SERVER_LOCK};
 /// saw.
 const LEADER_LOCK: i64 = 72_700_422;
 
+/// The class of the per-server locks (two-key form: this, and the hash
+/// of the server's name).
+const SERVER_LOCKS: i32 = 72_700_423;
+
 /// The channel migration 0018's triggers notify on (payload: the table).
 pub const CHANGES: &str = "ironboot_changes";
 
@@ -29,7 +33,12 @@ impl Store {
     /// Connects to the PostgreSQL database at `url` as one of several
     /// servers sharing it, then migrates it. [`StoreError::SoloServer`] if
     /// a server that serves it alone holds it.
-    pub async fn open_shared(url: &str) -> Result<Self, StoreError> {
+    ///
+    /// `name` (`server_name`, when set) is held too, as a lock of its own
+    /// on the same connection: a second server of that name is refused,
+    /// and an HA partner learns this one is gone the moment its connection
+    /// closes ([`Store::server_alive`]).
+    pub async fn open_shared(url: &str, name: Option<&str>) -> Result<Self, StoreError> {
         let pool = super::postgres_pool_as(url, &connection_name()).await?;
         let mut conn = pool.acquire().await?;
         let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock_shared($1)")
@@ -38,6 +47,16 @@ impl Store {
             .await?;
         if !got {
             return Err(StoreError::SoloServer);
+        }
+        if let Some(name) = name {
+            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                .bind(SERVER_LOCKS)
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !got {
+                return Err(StoreError::NameInUse(name.to_string()));
+            }
         }
         let mut owner = conn.detach();
         for setting in CLAIM_KEEPALIVE {
@@ -89,6 +108,29 @@ impl Store {
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Ok(false),
         }
+    }
+
+    /// Whether the server named `name` holds its connection to the
+    /// database (see [`Store::open_shared`]): `false` the moment it closed
+    /// (a stop, a crash, SIGKILL, a fenced server) or if it never started.
+    pub async fn server_alive(&self, name: &str) -> Result<bool, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(false);
+        };
+        let mut conn = pool.acquire().await?;
+        let (free,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(SERVER_LOCKS)
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if free {
+            sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+                .bind(SERVER_LOCKS)
+                .bind(name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(!free)
     }
 
     /// Listens for committed changes (PostgreSQL only; `None` on SQLite,

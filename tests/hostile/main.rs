@@ -11,6 +11,7 @@ mod dhcp;
 mod dhcp6;
 mod durability;
 mod fetch;
+mod pair;
 mod rollout;
 mod shared;
 mod standby;
