@@ -216,20 +216,25 @@ async fn the_leader_dies_mid_rollout_and_the_other_server_resumes_it() {
         }
     }
 
-    // Rollout commands go to the leader: B refuses, naming A.
+    // Rollout commands go to the leader: sent to B, B passes it to A.
     let start = json!({ "group": "default", "stream": "worker", "to": second, "canary": 1,
                         "steps": ["100%"], "timeout": "2m", "require": "checks=passed" });
-    let (status, body) = api_b
-        .call(Method::POST, "/api/v1/rollouts", Some(start.clone()))
-        .await;
-    assert_eq!(status, 409, "{body}");
-    assert!(
-        body.to_string().contains(&a.base),
-        "names the leader: {body}"
-    );
-    let r = api_a
+    let r = api_b
         .ok(Method::POST, "/api/v1/rollouts", Some(start))
         .await;
+    let on_a = api_a
+        .ok(Method::GET, &format!("/api/v1/rollouts/{}", r["id"]), None)
+        .await;
+    assert_eq!(on_a["state"], "running", "the leader runs it: {on_a}");
+    // A token that does not work is refused by the leader, through B.
+    let stranger = Api {
+        token: "not-a-token".into(),
+        ..Api::at(&b.base, dir_a.path())
+    };
+    let (status, body) = stranger
+        .call(Method::POST, "/api/v1/rollouts/1/pause", None)
+        .await;
+    assert_eq!(status, 401, "{body}");
     let id = r["id"].as_i64().unwrap();
     let canary = r["waves"][0]["machines"][0]["mac"]
         .as_str()

@@ -38,6 +38,7 @@ mod apply;
 mod bmc;
 mod etag;
 mod explain;
+mod forward;
 mod groups;
 mod history;
 mod images;
@@ -166,6 +167,10 @@ pub fn router(state: ApiState) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_leader,
+        ))
         .with_state(state)
 }
 
