@@ -34,12 +34,12 @@ fn leader_only(method: &Method, path: &str) -> bool {
         return false;
     };
     let parts: Vec<&str> = rest.split('/').collect();
-    match (method, parts.as_slice()) {
-        (&Method::POST, ["rollouts"]) | (&Method::POST, ["apply"]) => true,
-        (&Method::POST, ["rollouts", _, "pause" | "resume" | "abort"]) => true,
-        (&Method::DELETE, ["machines", _, "degraded"]) => true,
-        _ => false,
-    }
+    matches!(
+        (method, parts.as_slice()),
+        (&Method::POST, ["rollouts" | "apply"])
+            | (&Method::POST, ["rollouts", _, "pause" | "resume" | "abort"])
+            | (&Method::DELETE, ["machines", _, "degraded"])
+    )
 }
 
 /// The middleware: runs `next` here unless this server is a member of a
