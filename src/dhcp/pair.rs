@@ -36,12 +36,12 @@ use crate::domain::MacAddr;
 use crate::store::Store;
 
 /// How often a server asks whether its partner holds its connection.
-pub const PEER_CHECK_EVERY: Duration = Duration::from_millis(500);
+pub const PEER_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// How long after the partner's connection closed its half is taken: more
 /// than a server whose claim was cut takes to notice and stop (its check
-/// runs every second, see `app`).
-pub const TAKEOVER_GRACE: Duration = Duration::from_millis(1500);
+/// runs every second and fails at once on a closed connection, see `app`).
+pub const TAKEOVER_GRACE: Duration = Duration::from_millis(1200);
 
 /// One server's side of the pair.
 #[derive(Debug)]

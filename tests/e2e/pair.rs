@@ -71,35 +71,13 @@ fn a_vm_boots_through_the_standby_after_the_primary_dies() {
     std::fs::write(&a_config, a_text).unwrap();
     std::fs::write(&b_config, b_text).unwrap();
 
-    let serve = |config: &Path| {
-        vec![
-            lab.bin.to_str().unwrap().to_string(),
-            "serve".into(),
-            "--config".into(),
-            config.to_str().unwrap().to_string(),
-        ]
-    };
-    let args: Vec<String> = serve(&a_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ns = lab.ns.clone();
-    lab.server = Some(lab.spawn("ironboot-a", &ns, 600, &args, &lab.server_log()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.http("/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "A did not serve in 20 s\n{}",
-            tail(&lab.server_log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.start_server_with(&a_config);
     let (generation, _) = import(&lab, &os, STREAM, CMDLINE, &[]);
     point_default(&lab, STREAM, generation);
     lab.db = Some(lab.rt.block_on(crate::common::TestServer::db(&lab.dir)));
 
     let b_log = lab.dir.join("server-b.log");
-    let args: Vec<String> = serve(&b_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut b = lab.spawn("ironboot-b", &nsb, 600, &args, &b_log);
+    let mut b = lab.serve("ironboot-b", &nsb, &b_config, &b_log);
     let deadline = Instant::now() + Duration::from_secs(30);
     while artifacts(&b_data) < artifacts(&lab.dir.join("data")) {
         if let Some(status) = b.exited() {
@@ -238,34 +216,12 @@ fn a_vm_boots_through_the_other_half_of_a_split_pair() {
     let (a_config, b_config) = (lab.dir.join("a.toml"), lab.dir.join("b.toml"));
     std::fs::write(&a_config, a_text).unwrap();
     std::fs::write(&b_config, b_text).unwrap();
-    let serve = |config: &Path| {
-        vec![
-            lab.bin.to_str().unwrap().to_string(),
-            "serve".into(),
-            "--config".into(),
-            config.to_str().unwrap().to_string(),
-        ]
-    };
-    let args: Vec<String> = serve(&a_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ns = lab.ns.clone();
-    lab.server = Some(lab.spawn("ironboot-a", &ns, 600, &args, &lab.server_log()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.http("/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "A did not serve in 20 s\n{}",
-            tail(&lab.server_log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.start_server_with(&a_config);
     let (generation, _) = import(&lab, &os, STREAM, CMDLINE, &[]);
     point_default(&lab, STREAM, generation);
     lab.db = Some(lab.rt.block_on(crate::common::TestServer::db(&lab.dir)));
     let b_log = lab.dir.join("server-b.log");
-    let args: Vec<String> = serve(&b_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut b = Some(lab.spawn("ironboot-b", &nsb, 600, &args, &b_log));
+    let mut b = Some(lab.serve("ironboot-b", &nsb, &b_config, &b_log));
     let deadline = Instant::now() + Duration::from_secs(30);
     while artifacts(&b_data) < artifacts(&lab.dir.join("data")) {
         assert!(

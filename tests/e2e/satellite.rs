@@ -11,8 +11,7 @@
 //! sha256), the cache counts the corruption and fetched it again.
 //! `IRONBOOT_E2E=require cargo test --test e2e satellite:: -- --nocapture`
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -123,19 +122,6 @@ fn cache_metric(lab: &Lab, rns: &str, name: &str) -> u64 {
     metric(&text, name)
 }
 
-fn wait_http(lab: &Lab, ns: &str, url: &str, what: &str, log: &Path) {
-    let bb = lab.tools.busybox.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab.exec(ns, 5, &[bb, "wget", "-q", "-O", "-", url]).0 {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not answer in 20 s\n{}",
-            tail(log, 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
     let turn = Turn::wait(TEST);
@@ -179,13 +165,7 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
         ],
         &cache_log,
     );
-    wait_http(
-        &lab,
-        &rns,
-        &format!("{CACHE}/healthz"),
-        "the cache",
-        &cache_log,
-    );
+    lab.wait_http(&rns, &format!("{CACHE}/healthz"), "the cache", &cache_log);
 
     // The first storm: the cache fills, each artifact crossing the link once.
     let before = link_bytes(&lab);

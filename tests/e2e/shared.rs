@@ -12,7 +12,7 @@
 //! `IRONBOOT_E2E=require IRONBOOT_TEST_POSTGRES=… cargo test --test e2e shared:: -- --nocapture`
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::lab::*;
 
@@ -27,20 +27,6 @@ fn artifacts(data: &Path) -> usize {
     std::fs::read_dir(data.join("images/artifacts/sha256"))
         .map(|e| e.count())
         .unwrap_or(0)
-}
-
-/// Waits (20 s at most) until `url` answers from namespace `ns`.
-fn wait_http(lab: &Lab, ns: &str, url: &str, what: &str, log: &Path) {
-    let bb = lab.tools.busybox.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !lab.exec(ns, 5, &[bb, "wget", "-q", "-O", "-", url]).0 {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not answer in 20 s\n{}",
-            tail(log, 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -97,36 +83,13 @@ fn a_vm_boots_through_a_satellite_of_a_shared_inventory() {
     let (a_config, b_config) = (lab.dir.join("a.toml"), lab.dir.join("b.toml"));
     std::fs::write(&a_config, a_text).unwrap();
     std::fs::write(&b_config, b_text).unwrap();
-    let serve = |config: &Path| {
-        vec![
-            lab.bin.to_str().unwrap().to_string(),
-            "serve".into(),
-            "--config".into(),
-            config.to_str().unwrap().to_string(),
-        ]
-    };
-
-    let args: Vec<String> = serve(&a_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let ns = lab.ns.clone();
-    lab.server = Some(lab.spawn("ironboot-a", &ns, 600, &args, &lab.server_log()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.http("/healthz").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "A did not serve in 20 s\n{}",
-            tail(&lab.server_log(), 30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    lab.start_server_with(&a_config);
     let (first_gen, _) = import(&lab, &os, STREAM, CMDLINE, &[]);
     point_default(&lab, STREAM, first_gen);
     lab.db = Some(lab.rt.block_on(crate::common::TestServer::db(&lab.dir)));
 
     let b_log = lab.dir.join("server-b.log");
-    let args: Vec<String> = serve(&b_config);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let _b = lab.spawn("ironboot-b", &nsb, 600, &args, &b_log);
+    let _b = lab.serve("ironboot-b", &nsb, &b_config, &b_log);
     let cache_log = lab.dir.join("cache.log");
     let cache_dir = lab.dir.join("cache");
     let _cache = lab.spawn(
@@ -147,14 +110,8 @@ fn a_vm_boots_through_a_satellite_of_a_shared_inventory() {
         ],
         &cache_log,
     );
-    wait_http(&lab, &nsb, &format!("{B_BASE}/healthz"), "B", &b_log);
-    wait_http(
-        &lab,
-        &nsb,
-        &format!("{CACHE}/healthz"),
-        "the cache",
-        &cache_log,
-    );
+    lab.wait_http(&nsb, &format!("{B_BASE}/healthz"), "B", &b_log);
+    lab.wait_http(&nsb, &format!("{CACHE}/healthz"), "the cache", &cache_log);
     lab.wait_rows(
         "B a member of A's inventory",
         "SELECT id FROM servers WHERE id = 'b' AND role = 'member' AND peer = 'a'",

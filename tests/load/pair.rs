@@ -93,6 +93,49 @@ fn node(
     config
 }
 
+/// The storm's image imported through A (`base_a`, data in `dir_a`) and
+/// pointed at, then waited for (15 s at most) in B's store (`dir_b`).
+async fn image_on_both(base_a: &str, dir_a: &Path, dir_b: &Path) {
+    let api = Api::at(base_a, dir_a);
+    let kernel: Vec<u8> = (0..1_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let initrd: Vec<u8> = (0..1_500_000u32).map(|i| (i * 17 % 241) as u8).collect();
+    let generation = api.import("storm", &kernel, &initrd, "console=ttyS0").await;
+    api.point("default", "storm", generation).await;
+    let copied = || {
+        std::fs::read_dir(dir_b.join("data/images/artifacts/sha256"))
+            .map(|e| e.count())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while copied() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "artifacts not copied to B in 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (300 s at most) until a fifth of the machines confirmed a boot.
+async fn a_fifth_confirmed(db: &mut sqlx::PgConnection) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (confirmed,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM boots WHERE state = 'confirmed'")
+                .fetch_one(&mut *db)
+                .await
+                .unwrap();
+        if confirmed >= MACHINES as i64 / 5 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{confirmed} confirmed after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn healthy(base: &str, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
@@ -138,22 +181,8 @@ async fn a_storm_through_the_pair_loses_no_boot_and_no_address_when_the_primary_
     assert!(healthy(&base_a, Duration::from_secs(10)).await, "A up");
     let _server_b = Server::start(&b);
 
-    let api = Api::at(&base_a, dir_a.path());
-    let kernel: Vec<u8> = (0..1_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
-    let initrd: Vec<u8> = (0..1_500_000u32).map(|i| (i * 17 % 241) as u8).collect();
-    let generation = api.import("storm", &kernel, &initrd, "console=ttyS0").await;
-    api.point("default", "storm", generation).await;
-    // The standby holds the artifacts before the storm (it copies every 5 s).
-    let copied = |d: &Path| {
-        std::fs::read_dir(d.join("data/images/artifacts/sha256"))
-            .map(|e| e.count())
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while copied(dir_b.path()) < 2 {
-        assert!(Instant::now() < deadline, "artifacts not copied in 15 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // B holds the artifacts before the storm (it copies A's).
+    image_on_both(&base_a, dir_a.path(), dir_b.path()).await;
 
     let dhcp = |ip: &str| -> SocketAddr { format!("{ip}:{}", ports.2).parse().unwrap() };
     let mut plan = Plan::new(MACHINES, dhcp("127.0.0.1"), Ipv4Addr::new(127, 77, 0, 1));
@@ -172,22 +201,7 @@ async fn a_storm_through_the_pair_loses_no_boot_and_no_address_when_the_primary_
         sqlx::PgConnection::connect(&url).await.unwrap()
     };
     let mut db = db;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (confirmed,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM boots WHERE state = 'confirmed'")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-        if confirmed >= MACHINES as i64 / 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{confirmed} confirmed after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a_fifth_confirmed(&mut db).await;
     drop(server_a); // SIGKILL, reaped
     let killed = Instant::now();
     assert!(
@@ -298,24 +312,7 @@ async fn a_storm_through_the_split_pair_loses_no_boot_and_no_address_when_one_di
     servers[1] = Some(Server::start(&b));
     assert!(healthy(&bases[1], Duration::from_secs(10)).await, "B up");
 
-    let api = Api::at(&bases[0], dir_a.path());
-    let kernel: Vec<u8> = (0..1_000_000u32).map(|i| (i * 31 % 253) as u8).collect();
-    let initrd: Vec<u8> = (0..1_500_000u32).map(|i| (i * 17 % 241) as u8).collect();
-    let generation = api.import("storm", &kernel, &initrd, "console=ttyS0").await;
-    api.point("default", "storm", generation).await;
-    let copied = |d: &Path| {
-        std::fs::read_dir(d.join("data/images/artifacts/sha256"))
-            .map(|e| e.count())
-            .unwrap_or(0)
-    };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while copied(dir_b.path()) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "artifacts not copied to B in 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    image_on_both(&bases[0], dir_a.path(), dir_b.path()).await;
     // Each answers its own half only once the other gave it back.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -334,22 +331,7 @@ async fn a_storm_through_the_split_pair_loses_no_boot_and_no_address_when_one_di
         use sqlx::Connection;
         sqlx::PgConnection::connect(&url).await.unwrap()
     };
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (confirmed,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM boots WHERE state = 'confirmed'")
-                .fetch_one(&mut db)
-                .await
-                .unwrap();
-        if confirmed >= MACHINES as i64 / 5 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{confirmed} confirmed after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    a_fifth_confirmed(&mut db).await;
     // Kill the one that answered more.
     let replies = [
         counter(&bases[0], "ironboot_dhcp_replies_total").await,

@@ -531,6 +531,46 @@ impl Lab {
         (ns, cns)
     }
 
+    /// `ironboot serve --config CONFIG` in namespace `ns` (a server of a
+    /// test with more than one), its output in `log`.
+    pub fn serve(&self, name: &str, ns: &str, config: &Path, log: &Path) -> Proc {
+        let bin = self.bin.to_str().unwrap();
+        let config = config.to_str().unwrap();
+        self.spawn(name, ns, 600, &[bin, "serve", "--config", config], log)
+    }
+
+    /// Server A of a test with more than one: `config` served in the lab's
+    /// namespace, its log the lab's server log; waits (20 s at most) for
+    /// `/healthz`.
+    pub fn start_server_with(&mut self, config: &Path) {
+        let ns = self.ns.clone();
+        self.server = Some(self.serve("ironboot-a", &ns, config, &self.server_log()));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.http("/healthz").is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "A did not serve in 20 s\n{}",
+                tail(&self.server_log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits (20 s at most) until `url` answers from namespace `ns`; on
+    /// failure, `log`'s tail says why.
+    pub fn wait_http(&self, ns: &str, url: &str, what: &str, log: &Path) {
+        let bb = self.tools.busybox.to_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.exec(ns, 5, &[bb, "wget", "-q", "-O", "-", url]).0 {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not answer in 20 s\n{}",
+                tail(log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Another namespace on the lab bridge (a second server, a rack): a
     /// veth whose bridge end is `veth` in the lab's namespace and whose far
     /// end is `eth0` with `address` (CIDR). Deleted with the lab.
