@@ -65,7 +65,8 @@ fn link_bytes(lab: &Lab) -> u64 {
 
 /// A storm of `n` machines in the rack, through the whole flow: its JSON
 /// report.
-fn storm(lab: &Lab, rns: &str, n: usize, first: u32) -> Value {
+/// `dhcp`: the DHCP server the rack's relay (at the rack's address) asks.
+fn storm(lab: &Lab, rns: &str, dhcp: &str, n: usize, first: u32) -> Value {
     let bin = env!("CARGO_BIN_EXE_ironboot-storm");
     let n = n.to_string();
     let first = first.to_string();
@@ -75,7 +76,7 @@ fn storm(lab: &Lab, rns: &str, n: usize, first: u32) -> Value {
         &[
             bin,
             "--dhcp",
-            &format!("{SERVER_IP}:67"),
+            dhcp,
             "--giaddr",
             CACHE_IP,
             "-n",
@@ -170,7 +171,7 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
     // The first storm: the cache fills, each artifact crossing the link once.
     let before = link_bytes(&lab);
     let started = Instant::now();
-    let first = storm(&lab, &rns, MACHINES, 0);
+    let first = storm(&lab, &rns, &format!("{SERVER_IP}:67"), MACHINES, 0);
     let first_took = started.elapsed();
     let first_link = link_bytes(&lab) - before;
     let artifacts = step_bytes(&first, &["kernel", "initrd"]);
@@ -185,7 +186,7 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
     // the cache, not over the link.
     let before = link_bytes(&lab);
     let started = Instant::now();
-    let repeat = storm(&lab, &rns, MACHINES, 0);
+    let repeat = storm(&lab, &rns, &format!("{SERVER_IP}:67"), MACHINES, 0);
     let repeat_took = started.elapsed();
     let repeat_link = link_bytes(&lab) - before;
     let received = step_bytes(
@@ -218,7 +219,7 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
     std::fs::set_permissions(&victim, perms).unwrap();
     std::fs::write(&victim, &bytes).unwrap();
     let corrupt_before = cache_metric(&lab, &rns, "cache_corrupt");
-    let one = storm(&lab, &rns, 1, 100);
+    let one = storm(&lab, &rns, &format!("{SERVER_IP}:67"), 1, 100);
     assert_eq!(one["completed"], 1, "{one:#}");
     assert_eq!(
         cache_metric(&lab, &rns, "cache_corrupt"),
@@ -231,5 +232,168 @@ fn a_rack_behind_a_slow_link_boots_from_its_artifact_cache() {
         secs(first_took),
         secs(repeat_took),
         from_cache * 100.0
+    );
+}
+
+/// The same rack with a satellite (PostgreSQL only): a shared member in the
+/// rack's namespace answers its DHCP, TFTP and HTTP from the shared
+/// inventory (`[store] shared`, `copy_images = false`), its subnet naming
+/// the cache beside it; server A on the other side of the shaped link
+/// holds the images. The first storm crosses the link once per artifact,
+/// the repeat takes at least 95 % of its bytes from the rack (everything
+/// but artifact misses is answered there); A is then killed with SIGKILL
+/// and a third storm boots through the satellite, which takes the lead.
+/// Every boot is recorded in the shared database.
+#[test]
+fn a_satellite_behind_a_slow_link_serves_its_rack() {
+    const TEST: &str = "a_satellite_behind_a_slow_link_serves_its_rack";
+    let turn = Turn::wait(TEST);
+    let Some(tools) = tools_or_skip(TEST) else {
+        return;
+    };
+    if which("tc").is_none() {
+        return skip(TEST, "tc (iproute2) is missing");
+    }
+    if crate::common::postgres_base().is_none() {
+        eprintln!(
+            "{TEST}: runs on PostgreSQL only (CI's PostgreSQL pass sets IRONBOOT_TEST_POSTGRES)"
+        );
+        return;
+    }
+    let os = match build_liveos(&tools.timeout) {
+        Ok(os) => os,
+        Err(reason) => return skip(TEST, &reason),
+    };
+    let mut lab = Lab::new(tools, "sats", 0, turn);
+    let rns = rack(&mut lab);
+    lab.extra_config = "\n[boot]\nbinding = \"off\"\n".into();
+    let base_text = std::fs::read_to_string(lab.config(&ipxe_dir())).unwrap();
+    let shared = base_text.replace("[store]\n", "[store]\nshared = true\n");
+    let a_text = format!("server_name = \"a\"\n{shared}");
+    // The satellite: the rack's address, one DHCP socket on it (the storm's
+    // relay is in the same namespace), artifacts from the cache.
+    let sat_data = lab.dir.join("sat-data");
+    let sat_text = format!("server_name = \"rack\"\n{shared}")
+        .replace(
+            "[store]\nshared = true\n",
+            "[store]\nshared = true\ncopy_images = false\n",
+        )
+        .replace(&format!("\"{SERVER_IP}\""), &format!("\"{CACHE_IP}\""))
+        .replace(&format!("\"{SERVER_IP}:"), &format!("\"{CACHE_IP}:"))
+        .replace(
+            "interfaces = [\"br0\"]",
+            &format!("listen = \"{CACHE_IP}:67\""),
+        )
+        .replace(
+            "lease_time = \"1h\"",
+            &format!("lease_time = \"1h\"\nartifacts = \"{CACHE}\""),
+        )
+        .replace(
+            lab.dir.join("data").to_str().unwrap(),
+            sat_data.to_str().unwrap(),
+        );
+    assert!(
+        sat_text.contains(&format!("listen = \"{CACHE_IP}:67\"")),
+        "{sat_text}"
+    );
+    let (a_config, sat_config) = (lab.dir.join("a.toml"), lab.dir.join("sat.toml"));
+    std::fs::write(&a_config, a_text).unwrap();
+    std::fs::write(&sat_config, sat_text).unwrap();
+    lab.start_server_with(&a_config);
+    let (generation, _) = import(&lab, &os, STREAM, "console=ttyS0", &[]);
+    point_default(&lab, STREAM, generation);
+    lab.db = Some(lab.rt.block_on(crate::common::TestServer::db(&lab.dir)));
+
+    let sat_log = lab.dir.join("satellite.log");
+    let _sat = lab.serve("ironboot-rack", &rns, &sat_config, &sat_log);
+    let cache_dir = lab.dir.join("cache");
+    let cache_log = lab.dir.join("cache.log");
+    let _cache = lab.spawn(
+        "artifact-cache",
+        &rns,
+        600,
+        &[
+            lab.bin.to_str().unwrap(),
+            "artifact-cache",
+            "--upstream",
+            &format!("http://{SERVER_IP}:8080"),
+            "--listen",
+            &format!("{CACHE_IP}:8081"),
+            "--dir",
+            cache_dir.to_str().unwrap(),
+            "--max-size",
+            "1G",
+        ],
+        &cache_log,
+    );
+    lab.wait_http(
+        &rns,
+        &format!("http://{CACHE_IP}:8080/healthz"),
+        "the satellite",
+        &sat_log,
+    );
+    lab.wait_http(&rns, &format!("{CACHE}/healthz"), "the cache", &cache_log);
+    lab.wait_rows(
+        "the satellite a member of the inventory",
+        "SELECT id FROM servers WHERE id = 'rack' AND role = 'member'",
+        &[],
+        |rows| rows.len() == 1,
+    );
+
+    let dhcp = format!("{CACHE_IP}:67");
+    let before = link_bytes(&lab);
+    let first = storm(&lab, &rns, &dhcp, MACHINES, 0);
+    let first_link = link_bytes(&lab) - before;
+    let artifacts = step_bytes(&first, &["kernel", "initrd"]);
+    assert!(
+        first_link < artifacts / MACHINES as u64 * 2,
+        "the first storm crossed the link {first_link} bytes for {artifacts} bytes of \
+         artifacts: more than one copy"
+    );
+    let before = link_bytes(&lab);
+    let repeat = storm(&lab, &rns, &dhcp, MACHINES, 0);
+    let repeat_link = link_bytes(&lab) - before;
+    let received = step_bytes(
+        &repeat,
+        &["tftp", "script", "kernel", "initrd", "config", "confirm"],
+    );
+    let from_rack = 1.0 - repeat_link as f64 / received as f64;
+    assert!(
+        from_rack >= 0.95,
+        "repeat boots took {:.1} % of their bytes from the rack ({repeat_link} of {received} \
+         over the link)",
+        from_rack * 100.0
+    );
+    // Server A dies (SIGKILL): the rack boots on, its satellite leading.
+    let a = lab.server.as_mut().unwrap();
+    for pid in children_of(a.child.id()) {
+        signal(pid, nix::libc::SIGKILL);
+    }
+    let third = storm(&lab, &rns, &dhcp, MACHINES, 0);
+    assert_eq!(third["completed"], MACHINES, "{third:#}");
+    lab.wait_rows(
+        "the satellite leads once A is gone",
+        "SELECT id FROM servers WHERE id = 'rack' AND role = 'leader'",
+        &[],
+        |rows| rows.len() == 1,
+    );
+    // (One generation exists: every confirmed boot is of it.)
+    lab.wait_rows(
+        "the satellite's boots confirmed in the shared database",
+        "SELECT COUNT(*) FROM boots WHERE state = 'confirmed'",
+        &[],
+        |rows| rows[0][0].as_deref().and_then(|n| n.parse::<usize>().ok()) >= Some(3 * MACHINES),
+    );
+    assert_eq!(
+        std::fs::read_dir(sat_data.join("images/artifacts/sha256"))
+            .map(|e| e.count())
+            .unwrap_or(0),
+        0,
+        "the satellite copied no image"
+    );
+    eprintln!(
+        "{TEST}: {MACHINES} machines at {RATE} through the satellite: first storm {first_link} bytes \
+         over the link for {artifacts} bytes of artifacts, repeat {:.1} % from the rack",
+        from_rack * 100.0
     );
 }
