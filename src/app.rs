@@ -740,13 +740,11 @@ async fn heartbeat(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if let Err(e) = store.server_heartbeat(&id, role_of(&store), now_ms()).await {
+        if let Err(e) = store
+            .server_heartbeat(&id, role_of(&store), partner.as_deref(), now_ms())
+            .await
+        {
             tracing::warn!(error = %e, id = %id, "server heartbeat not written");
-        }
-        if let Some(partner) = &partner {
-            if let Err(e) = store.set_server_peer(&id, partner).await {
-                tracing::warn!(error = %e, id = %id, "HA partner not written");
-            }
         }
     }
 }
@@ -776,6 +774,7 @@ async fn lead_when_free(
     store: Store,
     inventory: Arc<Inventory>,
     id: String,
+    partner: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut tick = tokio::time::interval(LEAD_TRY_EVERY);
@@ -799,7 +798,10 @@ async fn lead_when_free(
             .lead()
             .await
             .map_err(|e| std::io::Error::other(format!("taking the lead: {e}")))?;
-        if let Err(e) = store.server_heartbeat(&id, role_of(&store), now_ms()).await {
+        if let Err(e) = store
+            .server_heartbeat(&id, role_of(&store), partner.as_deref(), now_ms())
+            .await
+        {
             warn!(error = %e, "heartbeat as leader not written");
         }
         info!(id = %id, "leading the fleet: rollouts, deadlines, reboots and retention run here");
@@ -928,6 +930,7 @@ fn spawn_clock_tasks(
     every(tasks, ROLLOUT_TICK, shutdown, move || {
         inventory.tick_rollouts(now_ms())
     });
+    let partner = core.pair.as_ref().map(|p| p.peer().to_string());
     if let Some(pair) = &core.pair {
         services.push(format!("HA pair with {}", pair.peer()));
         tasks.spawn(crate::dhcp::pair::watch(
@@ -942,6 +945,7 @@ fn spawn_clock_tasks(
             core.store.clone(),
             core.inventory.clone(),
             core.server_id.clone(),
+            partner.clone(),
             shutdown.clone(),
         ));
         let generations = Arc::new(tokio::sync::Notify::new());
@@ -988,7 +992,7 @@ fn spawn_clock_tasks(
     tasks.spawn(heartbeat(
         core.store.clone(),
         core.server_id.clone(),
-        core.pair.as_ref().map(|p| p.peer().to_string()),
+        partner,
         shutdown.clone(),
     ));
     if core.store.backend() == crate::store::Backend::Postgres {

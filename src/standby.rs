@@ -115,7 +115,7 @@ pub async fn wait(
 async fn beat_once(view: &Store, me: &Me, registered: bool) -> bool {
     let now = now_ms();
     let result = if registered {
-        view.server_heartbeat(&me.id, ServerRole::Standby, now)
+        view.server_heartbeat(&me.id, ServerRole::Standby, None, now)
             .await
     } else {
         let start = ServerStart {
@@ -128,7 +128,7 @@ async fn beat_once(view: &Store, me: &Me, registered: bool) -> bool {
         };
         match view.register_server(&start, now).await {
             Ok(()) => {
-                view.server_heartbeat(&me.id, ServerRole::Standby, now)
+                view.server_heartbeat(&me.id, ServerRole::Standby, None, now)
                     .await
             }
             Err(e) => Err(e),

@@ -226,6 +226,18 @@ impl Fleet {
         self.boots.insert(hash, boot);
     }
 
+    /// The boot with token `hash` of `mac` was confirmed (committed):
+    /// `generation` is the machine's current and last good.
+    pub fn confirmed(&mut self, hash: &str, mac: MacAddr, generation: &GenerationId) {
+        if let Some(b) = self.boots.get_mut(hash) {
+            b.confirmed = true;
+        }
+        if let Some(m) = self.machines.get_mut(&mac) {
+            m.current = Some(generation.clone());
+            m.last_good = Some(generation.clone());
+        }
+    }
+
     /// Moves an open boot to a new token hash, keeping its place among the
     /// machine's open boots and its client address.
     pub fn rekey_boot(&mut self, old: &str, new: String) {

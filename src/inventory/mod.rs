@@ -657,14 +657,7 @@ impl Inventory {
             tx.push_fleet_event(&seen.inboxed(&self.server, now))
                 .await?;
             tx.commit().await?;
-            let mut state = self.write();
-            if let Some(b) = state.boots.get_mut(&hash) {
-                b.confirmed = true;
-            }
-            if let Some(m) = state.machines.get_mut(&boot.mac) {
-                m.current = Some(generation.clone());
-                m.last_good = Some(generation.clone());
-            }
+            self.write().confirmed(&hash, boot.mac, &generation);
             return Ok((boot, generation));
         }
         // The watchdog and any rollout that moved the machine see it, in
@@ -684,13 +677,7 @@ impl Inventory {
             let late = self.show_fleet(&mut state, base, next, &[&fleet.persist], |live| {
                 vec![live.confirmed(boot.mac, &generation, fields, now).persist]
             });
-            if let Some(b) = state.boots.get_mut(&hash) {
-                b.confirmed = true;
-            }
-            if let Some(m) = state.machines.get_mut(&boot.mac) {
-                m.current = Some(generation.clone());
-                m.last_good = Some(generation.clone());
-            }
+            state.confirmed(&hash, boot.mac, &generation);
             late
         };
         self.after_fleet(fleet, true);

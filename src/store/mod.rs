@@ -232,17 +232,19 @@ fn private_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 
 /// A small pool on the PostgreSQL database at `url`.
 async fn postgres_pool(url: &str) -> Result<PgPool, StoreError> {
-    Ok(PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await?)
+    postgres_pool_with(sqlx::postgres::PgConnectOptions::from_str(url)?).await
 }
 
 /// [`postgres_pool`] whose connections tell the database `name` (their
 /// application_name).
 async fn postgres_pool_as(url: &str, name: &str) -> Result<PgPool, StoreError> {
-    let options = sqlx::postgres::PgConnectOptions::from_str(url)?.application_name(name);
+    postgres_pool_with(sqlx::postgres::PgConnectOptions::from_str(url)?.application_name(name))
+        .await
+}
+
+async fn postgres_pool_with(
+    options: sqlx::postgres::PgConnectOptions,
+) -> Result<PgPool, StoreError> {
     Ok(PgPoolOptions::new()
         .max_connections(8)
         .acquire_timeout(Duration::from_secs(10))

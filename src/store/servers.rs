@@ -148,46 +148,46 @@ impl Store {
     }
 
     /// This server's heartbeat, with its peer: the primary it waits on for
-    /// a standby, the live standby that names it for a primary. A row that
-    /// is gone (deleted by hand) is not brought back here: the next start
+    /// a standby, the live standby that names it for a primary, the leader
+    /// for a member of a shared database; `partner`, when given (an HA
+    /// pair, `dhcp.peer`), instead of any of those. A row that is gone
+    /// (deleted by hand) is not brought back here: the next start
     /// registers it.
     pub async fn server_heartbeat(
         &self,
         id: &str,
         role: ServerRole,
+        partner: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let live = format!("stopped_ms IS NULL AND heartbeat_ms >= $1 - {GONE_AFTER_MS}");
         let sql = match role {
-            ServerRole::Standby => {
-                "UPDATE servers SET heartbeat_ms = $1, peer = (
-                     SELECT p.id FROM servers p WHERE p.role = 'primary' AND p.id <> $2
-                         AND p.stopped_ms IS NULL AND p.heartbeat_ms >= $1 - $3
-                     ORDER BY p.heartbeat_ms DESC LIMIT 1)
+            ServerRole::Standby => format!(
+                "UPDATE servers SET heartbeat_ms = $1, peer = COALESCE($3, (
+                     SELECT id FROM servers WHERE role = 'primary' AND id <> $2 AND {live}
+                     ORDER BY heartbeat_ms DESC LIMIT 1))
                  WHERE id = $2 AND stopped_ms IS NULL"
-            }
-            ServerRole::Member => {
-                "UPDATE servers SET heartbeat_ms = $1, role = 'member', peer = (
-                     SELECT p.id FROM servers p WHERE p.role = 'leader' AND p.id <> $2
-                         AND p.stopped_ms IS NULL AND p.heartbeat_ms >= $1 - $3
-                     ORDER BY p.heartbeat_ms DESC LIMIT 1)
+            ),
+            ServerRole::Member => format!(
+                "UPDATE servers SET heartbeat_ms = $1, role = 'member', peer = COALESCE($3, (
+                     SELECT id FROM servers WHERE role = 'leader' AND id <> $2 AND {live}
+                     ORDER BY heartbeat_ms DESC LIMIT 1))
                  WHERE id = $2 AND stopped_ms IS NULL"
-            }
-            ServerRole::Leader => {
-                "UPDATE servers SET heartbeat_ms = $1, role = 'leader', peer = NULL
-                 WHERE id = $2 AND stopped_ms IS NULL AND $3 > 0"
-            }
-            ServerRole::Primary => {
-                "UPDATE servers SET heartbeat_ms = $1, peer = (
-                     SELECT s.id FROM servers s WHERE s.role = 'standby' AND s.peer = $2
-                         AND s.stopped_ms IS NULL AND s.heartbeat_ms >= $1 - $3
-                     ORDER BY s.id LIMIT 1)
+            ),
+            ServerRole::Leader => "UPDATE servers SET heartbeat_ms = $1, role = 'leader', peer = $3
                  WHERE id = $2 AND stopped_ms IS NULL"
-            }
+                .to_string(),
+            ServerRole::Primary => format!(
+                "UPDATE servers SET heartbeat_ms = $1, peer = COALESCE($3, (
+                     SELECT id FROM servers WHERE role = 'standby' AND peer = $2 AND {live}
+                     ORDER BY id LIMIT 1))
+                 WHERE id = $2 AND stopped_ms IS NULL"
+            ),
         };
-        on_pool!(&self.pool, db => sqlx::query(sql)
+        on_pool!(&self.pool, db => sqlx::query(&sql)
             .bind(now_ms)
             .bind(id)
-            .bind(GONE_AFTER_MS)
+            .bind(partner)
             .execute(db)
             .await
             .map(|_| ()))?;
@@ -211,18 +211,6 @@ impl Store {
         .bind(GONE_AFTER_MS)
         .fetch_optional(db)
         .await)?)
-    }
-
-    /// Names `peer` as this server's partner (an HA pair: the partner
-    /// rather than the leader).
-    pub async fn set_server_peer(&self, id: &str, peer: &str) -> Result<(), StoreError> {
-        on_pool!(&self.pool, db => sqlx::query("UPDATE servers SET peer = $1 WHERE id = $2")
-            .bind(peer)
-            .bind(id)
-            .execute(db)
-            .await
-            .map(|_| ()))?;
-        Ok(())
     }
 
     /// Every other live server of a shared database (`[store] shared`),
@@ -330,7 +318,7 @@ mod tests {
         };
         store.register_server(&start, 1_000).await.unwrap();
         store
-            .server_heartbeat("node1:8080", ServerRole::Primary, 6_000)
+            .server_heartbeat("node1:8080", ServerRole::Primary, None, 6_000)
             .await
             .unwrap();
         let rows = store.servers().await.unwrap();
@@ -339,7 +327,7 @@ mod tests {
         assert_eq!(rows[0].role, "primary");
         store.server_stopped("node1:8080", 7_000).await.unwrap();
         store
-            .server_heartbeat("node1:8080", ServerRole::Primary, 8_000)
+            .server_heartbeat("node1:8080", ServerRole::Primary, None, 8_000)
             .await
             .unwrap();
         let rows = store.servers().await.unwrap();
@@ -385,11 +373,11 @@ mod tests {
         );
         assert_eq!(store.live_primary("a", 2_000).await.unwrap(), None);
         store
-            .server_heartbeat("b", ServerRole::Standby, 2_000)
+            .server_heartbeat("b", ServerRole::Standby, None, 2_000)
             .await
             .unwrap();
         store
-            .server_heartbeat("a", ServerRole::Primary, 2_000)
+            .server_heartbeat("a", ServerRole::Primary, None, 2_000)
             .await
             .unwrap();
         assert_eq!(
@@ -403,13 +391,13 @@ mod tests {
         // beat; the primary dies: the standby waits on nobody.
         let later = 2_000 + GONE_AFTER_MS + 1;
         store
-            .server_heartbeat("a", ServerRole::Primary, later)
+            .server_heartbeat("a", ServerRole::Primary, None, later)
             .await
             .unwrap();
         assert_eq!(store.servers().await.unwrap()[0].peer, None);
         let much_later = later + GONE_AFTER_MS + 1;
         store
-            .server_heartbeat("b", ServerRole::Standby, much_later)
+            .server_heartbeat("b", ServerRole::Standby, None, much_later)
             .await
             .unwrap();
         assert_eq!(store.live_primary("b", much_later).await.unwrap(), None);

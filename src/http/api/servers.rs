@@ -19,10 +19,12 @@ pub(super) fn routes() -> OpenApiRouter<ApiState> {
 pub struct ServerView {
     /// Stable id: `server_name`, else `HOST:HTTP_PORT`.
     pub id: String,
-    /// `primary` (serves from the database) or `standby` (waits to take
-    /// over from the primary, `[store] standby = true`).
+    /// `primary` (serves from the database alone), `standby` (waits to
+    /// take over from the primary, `[store] standby = true`), or, with
+    /// `[store] shared = true`, `leader` (leads the fleet) or `member`.
     pub role: String,
-    /// A standby's primary, or a primary's live standby; null without one.
+    /// A standby's primary, a primary's live standby, a member's leader,
+    /// or the HA partner of a server with `dhcp.peer`; null without one.
     pub peer: Option<String>,
     /// `up` (heartbeat within 15 s), `stopped` (a clean stop) or `gone`
     /// (no heartbeat for 15 s and no clean stop: it died).
